@@ -1,0 +1,53 @@
+# Keel — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .keel/tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test lint fmt bench lock clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(UV):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): requirements.lock pyproject.toml | $(UV)
+	[ -x $(VPY) ] || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(VPY) requirements.lock
+	$(UV) pip install --quiet --python $(VPY) --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create the environment in .venv/ from the lock file (.venv/bin/keel is the CLI)
+
+run: install ## Start embedded Postgres, migrate, seed the demo, run the pipelines once, serve everything
+	$(VENV)/bin/keel dev
+
+lint: install ## ruff (format check + lint) and mypy
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+fmt: install ## Format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint ## Lint, type-check and run the whole test suite (starts its own Postgres)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install ## Run the benchmark programs under bench/, each beside its same-run baseline
+	@for b in bench/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+lock: | $(UV) ## Re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --no-emit-index-url --python-version 3.11 -o requirements.lock
+
+clean: ## Remove the environment and local data (.venv/, .keel/)
+	rm -rf $(VENV) .keel

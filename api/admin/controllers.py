@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from litestar import Controller, get, post, put
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.admin import services
+from api.admin.schemas import (
+    AdminOrgPage,
+    AdminOrgSummary,
+    AdminOrgView,
+    AuditEntryOut,
+    OrgStatusOut,
+    PlatformRoleUpdate,
+    SuspendRequest,
+    UserOut,
+)
+from api.auth import services as auth
+from api.auth.context import Actor, Principal, RequestContext
+from api.auth.permissions import StaffPermission
+from api.db.models import AuditEntry, Organization
+from api.members.controllers import member_out
+from api.pagination import Cursor, Limit, next_cursor
+
+
+def summary(org: Organization, active_members: int) -> AdminOrgSummary:
+    return AdminOrgSummary(
+        id=org.id, name=org.name, slug=org.slug, status=org.status, created_at=org.created_at,
+        deleted_at=org.deleted_at, active_members=active_members,
+    )  # fmt: skip
+
+
+def audit_out(e: AuditEntry) -> AuditEntryOut:
+    return AuditEntryOut(
+        id=e.id, occurred_at=e.occurred_at, actor_type=e.actor_type.value, actor_id=e.actor_id,
+        actor_name=e.actor_name, action=e.action, resource_type=e.resource_type,
+        resource_id=e.resource_id, metadata=e.metadata_,
+    )  # fmt: skip
+
+
+class AdminController(Controller):
+    path = "/v1/admin"
+    tags = ["admin"]
+
+    @get("/orgs", summary="Search organizations by name, slug or member email (staff)")
+    async def search_orgs(
+        self,
+        db: AsyncSession,
+        principal: Principal,
+        cursor: Cursor,
+        limit: Limit,
+        q: Annotated[str | None, Parameter(default=None, max_length=200)],
+    ) -> AdminOrgPage:
+        auth.require_staff(principal, StaffPermission.read)
+        rows = await services.search_orgs(db, q=q, cursor=cursor, limit=limit)
+        return AdminOrgPage(
+            items=[summary(org, n) for org, n in rows[:limit]],
+            next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
+        )
+
+    @get("/orgs/{org_id:uuid}", summary="One organization in one view (staff; the read is audited)")
+    async def org_view(
+        self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> AdminOrgView:
+        auth.require_staff(principal, StaffPermission.read)
+        org, members, keys, recent = await services.org_view(
+            db, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
+        )
+        return AdminOrgView(
+            id=org.id, name=org.name, slug=org.slug, status=org.status,
+            suspended_reason=org.suspended_reason, stripe_customer_id=org.stripe_customer_id,
+            created_at=org.created_at, deleted_at=org.deleted_at,
+            members=[member_out(m, u) for m, u in members], active_ingest_keys=keys,
+            recent_audit=[audit_out(e) for e in recent],
+        )  # fmt: skip
+
+    @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")
+    async def suspend(
+        self,
+        org_id: uuid.UUID,
+        data: SuspendRequest,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+    ) -> OrgStatusOut:
+        auth.require_staff(principal, StaffPermission.administer)
+        org = await services.set_suspended(
+            db,
+            org_id=org_id,
+            suspended=True,
+            reason=data.reason,
+            actor=Actor.of(principal, as_staff=True),
+            ctx=ctx,
+        )
+        return OrgStatusOut(id=org.id, status=org.status, suspended_reason=org.suspended_reason)
+
+    @post("/orgs/{org_id:uuid}/unsuspend", summary="Lift a suspension (admin)")
+    async def unsuspend(
+        self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> OrgStatusOut:
+        auth.require_staff(principal, StaffPermission.administer)
+        org = await services.set_suspended(
+            db, org_id=org_id, suspended=False, reason=None, actor=Actor.of(principal, as_staff=True), ctx=ctx
+        )
+        return OrgStatusOut(id=org.id, status=org.status, suspended_reason=org.suspended_reason)
+
+    @put("/users/{user_id:uuid}/platform-role", summary="Grant or remove a platform role (admin)")
+    async def set_platform_role(
+        self,
+        user_id: uuid.UUID,
+        data: PlatformRoleUpdate,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+    ) -> UserOut:
+        auth.require_staff(principal, StaffPermission.administer)
+        user = await services.set_platform_role(
+            db, user_id=user_id, role=data.platform_role, actor=Actor.of(principal, as_staff=True), ctx=ctx
+        )
+        return UserOut(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            platform_role=user.platform_role,
+            status=user.status.value,
+        )

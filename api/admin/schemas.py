@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from api.db.models import OrgStatus, PlatformRole
+from api.members.schemas import MemberOut
+from api.schemas import Reason, Struct
+
+
+class SuspendRequest(Struct):
+    reason: Reason
+
+
+class PlatformRoleUpdate(Struct):
+    platform_role: PlatformRole | None
+
+
+class AdminOrgSummary(msgspec.Struct):
+    id: uuid.UUID
+    name: str
+    slug: str
+    status: OrgStatus
+    created_at: datetime
+    deleted_at: datetime | None
+    active_members: int
+
+
+class OrgStatusOut(msgspec.Struct):
+    id: uuid.UUID
+    status: OrgStatus
+    suspended_reason: str | None
+
+
+class AdminOrgPage(msgspec.Struct):
+    items: list[AdminOrgSummary]
+    next_cursor: str | None
+
+
+class AuditEntryOut(msgspec.Struct):
+    id: uuid.UUID
+    occurred_at: datetime
+    actor_type: str
+    actor_id: str | None
+    actor_name: str | None
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    metadata: dict[str, Any]
+
+
+class AdminOrgView(msgspec.Struct):
+    id: uuid.UUID
+    name: str
+    slug: str
+    status: OrgStatus
+    suspended_reason: str | None
+    stripe_customer_id: str | None
+    created_at: datetime
+    deleted_at: datetime | None
+    members: list[MemberOut]
+    active_ingest_keys: int
+    recent_audit: list[AuditEntryOut]
+
+
+class UserOut(msgspec.Struct):
+    id: uuid.UUID
+    email: str
+    name: str | None
+    platform_role: PlatformRole | None
+    status: str

@@ -1,0 +1,133 @@
+"""Authentication (bearer token -> principal) and authorization (principal -> org access)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth.context import OrgAccess, Principal
+from api.auth.permissions import STAFF_PERMISSIONS, Permission, StaffPermission, role_allows
+from api.auth.secrets import digest
+from api.db.base import utcnow
+from api.db.models import (
+    ApiToken,
+    Membership,
+    MembershipStatus,
+    Organization,
+    OrgStatus,
+    TokenKind,
+    User,
+    UserStatus,
+)
+from api.errors import Forbidden, NotFound, Unauthorized
+
+ORG_NOT_FOUND = "organization not found"
+
+
+def bearer_secret(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing Authorization header: send `Authorization: Bearer <token>`")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("the Authorization header must be `Bearer <token>`")
+    return secret.strip()
+
+
+async def authenticate(session: AsyncSession, authorization: str | None, *, touch_interval: int) -> Principal:
+    """Resolve a bearer token. Unknown, expired and revoked tokens are all 401, told apart in ``detail``."""
+    secret = bearer_secret(authorization)
+    row = (
+        await session.execute(
+            select(ApiToken, User)
+            .outerjoin(User, User.id == ApiToken.user_id)
+            .where(ApiToken.secret_hash == digest(secret))
+        )
+    ).one_or_none()
+    if row is None:
+        raise Unauthorized("invalid token")
+    token, user = row
+    now = utcnow()
+    if token.revoked_at is not None:
+        raise Unauthorized("this token has been revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise Unauthorized("this token has expired")
+    if user is not None and user.status is UserStatus.disabled:
+        raise Unauthorized("this user is disabled")
+    if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=touch_interval):
+        await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
+    return Principal(
+        token_id=token.id,
+        kind=token.kind,
+        user_id=token.user_id,
+        email=user.email if user is not None else None,
+        platform_role=user.platform_role if user is not None else None,
+        organization_id=token.organization_id,
+    )
+
+
+def require_user(principal: Principal) -> uuid.UUID:
+    if not principal.is_user or principal.user_id is None:
+        raise Forbidden("this route needs a user token, not an ingest key")
+    return principal.user_id
+
+
+def require_staff(principal: Principal, permission: StaffPermission) -> None:
+    """Platform roles govern ``/v1/admin/...`` only; org roles never grant anything here."""
+    require_user(principal)
+    if principal.platform_role is None:
+        raise Forbidden("this route is for platform staff")
+    if permission not in STAFF_PERMISSIONS[principal.platform_role]:
+        raise Forbidden(f"platform role {principal.platform_role.value!r} may not do this")
+
+
+async def org_access(
+    session: AsyncSession, principal: Principal, org_id: uuid.UUID, permission: Permission
+) -> OrgAccess:
+    """The caller's access to ``org_id``; 404 for non-members (existence never leaks), 403 otherwise."""
+    if not principal.is_user:
+        # An ingest key reaches only the routes made for it; everywhere else its org is unknown to it.
+        raise NotFound(ORG_NOT_FOUND)
+    row = (
+        await session.execute(
+            select(Membership.role, Organization.status)
+            .join(Organization, Organization.id == Membership.organization_id)
+            .where(
+                Membership.organization_id == org_id,
+                Membership.user_id == principal.user_id,
+                Membership.status == MembershipStatus.active,
+                Organization.deleted_at.is_(None),
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(ORG_NOT_FOUND)
+    role, status = row
+    if status is OrgStatus.suspended:
+        raise Forbidden("this organization is suspended; contact support")
+    if not role_allows(role, permission):
+        raise Forbidden(f"the {role.value} role may not do this ({permission.value.replace('_', ' ')})")
+    return OrgAccess(organization_id=org_id, role=role, principal=principal)
+
+
+async def ingest_org(session: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:
+    """The organization an ingest key writes to: its own, or (platform keys) the one named, if live."""
+    if principal.kind is TokenKind.org_ingest:
+        assert principal.organization_id is not None
+        if org_id is not None and org_id != principal.organization_id:
+            raise Forbidden("an org ingest key writes only to its own organization")
+        target = principal.organization_id
+    elif principal.kind is TokenKind.platform_ingest:
+        if org_id is None:
+            raise Forbidden("a platform ingest key must name the org_id")
+        target = org_id
+    else:
+        raise Forbidden("this route needs an ingest key")
+    org = await session.get(Organization, target)
+    if org is None or org.deleted_at is not None:
+        raise NotFound(ORG_NOT_FOUND)
+    if org.status is OrgStatus.suspended:
+        raise Forbidden("this organization is suspended")
+    return target

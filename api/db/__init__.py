@@ -1,0 +1,1 @@
+"""Keel's database layer: SQLAlchemy models, engines and sessions, Alembic migrations."""

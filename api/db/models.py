@@ -1,0 +1,176 @@
+"""Every table Keel owns. The schema changes only through the migrations in ``migrations/``."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from api.db.base import Base, IdMixin, TimestampMixin, new_id, utcnow
+
+
+class PlatformRole(enum.StrEnum):
+    admin = "admin"
+    support = "support"
+
+
+class UserStatus(enum.StrEnum):
+    active = "active"
+    invited = "invited"
+    disabled = "disabled"
+
+
+class OrgStatus(enum.StrEnum):
+    active = "active"
+    suspended = "suspended"
+
+
+class OrgRole(enum.StrEnum):
+    owner = "owner"
+    admin = "admin"
+    billing = "billing"
+    member = "member"
+    viewer = "viewer"
+
+
+class MembershipStatus(enum.StrEnum):
+    invited = "invited"
+    active = "active"
+    removed = "removed"
+
+
+class TokenKind(enum.StrEnum):
+    user = "user"
+    org_ingest = "org_ingest"
+    platform_ingest = "platform_ingest"
+
+
+class ActorType(enum.StrEnum):
+    user = "user"
+    staff = "staff"
+    api_key = "api_key"
+    system = "system"
+    stripe = "stripe"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as text with a CHECK constraint: adding a value later is a one-line migration.
+    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=32, validate_strings=True)
+
+
+class User(IdMixin, TimestampMixin, Base):
+    __tablename__ = "users"
+    __table_args__ = (Index("uq_users_email_lower", func.lower(text("email")), unique=True),)
+
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+    platform_role: Mapped[PlatformRole | None] = mapped_column(_enum(PlatformRole, "platform_role"))
+    status: Mapped[UserStatus] = mapped_column(_enum(UserStatus, "user_status"), default=UserStatus.active)
+
+
+class Organization(IdMixin, TimestampMixin, Base):
+    __tablename__ = "organizations"
+
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[OrgStatus] = mapped_column(_enum(OrgStatus, "org_status"), default=OrgStatus.active)
+    suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Membership(IdMixin, TimestampMixin, Base):
+    __tablename__ = "memberships"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "user_id"),
+        Index("ix_memberships_user_id", "user_id"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[OrgRole] = mapped_column(_enum(OrgRole, "org_role"))
+    status: Mapped[MembershipStatus] = mapped_column(
+        _enum(MembershipStatus, "membership_status"), default=MembershipStatus.invited
+    )
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+
+
+class ApiToken(IdMixin, TimestampMixin, Base):
+    """User tokens, org ingest keys and platform ingest keys. Only a SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        CheckConstraint(
+            "(kind = 'user' AND user_id IS NOT NULL AND organization_id IS NULL)"
+            " OR (kind = 'org_ingest' AND organization_id IS NOT NULL)"
+            " OR (kind = 'platform_ingest' AND organization_id IS NULL)",
+            name="owner_matches_kind",
+        ),
+        Index("ix_api_tokens_user_id", "user_id"),
+        Index("ix_api_tokens_organization_id", "organization_id"),
+    )
+
+    kind: Mapped[TokenKind] = mapped_column(_enum(TokenKind, "token_kind"))
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("organizations.id"))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One audited action. Append-only (triggers refuse UPDATE, DELETE, TRUNCATE).
+
+    Entries of one organization form a SHA-256 hash chain ordered by ``seq``; entries with no
+    organization (platform-level actions) form their own chain.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        UniqueConstraint("chain_key", "seq"),
+        Index("ix_audit_log_organization_id_id", "organization_id", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    #: The organization id as text, or ``platform`` for entries of no organization.
+    chain_key: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("organizations.id"))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+    actor_type: Mapped[ActorType] = mapped_column(_enum(ActorType, "actor_type"))
+    actor_id: Mapped[str | None] = mapped_column(String(255))
+    actor_name: Mapped[str | None] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(200))
+    resource_type: Mapped[str | None] = mapped_column(String(100))
+    resource_id: Mapped[str | None] = mapped_column(String(255))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    ip: Mapped[str | None] = mapped_column(INET)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

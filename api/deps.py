@@ -1,0 +1,77 @@
+"""Per-request dependencies: the database session, the caller, and the request's context."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth import services as auth
+from api.auth.context import Principal, RequestContext
+from api.errors import Unauthorized
+
+PUBLIC = {"public": True}
+OPENAPI_PATH = "/schema"
+
+
+async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """One transaction per request: committed when the handler succeeds, before the answer is sent."""
+    async with state.sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+async def authenticate_request(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` hook: every route that is not marked public needs a valid token.
+
+    Runs before the body is parsed, so an anonymous caller learns nothing from validation errors.
+    """
+    if (
+        request.route_handler.opt.get("public")
+        or request.method == "OPTIONS"
+        or request.url.path.startswith(OPENAPI_PATH)
+    ):
+        return
+    state = request.app.state
+    async with state.sessionmaker() as session:
+        principal = await auth.authenticate(
+            session,
+            request.headers.get("authorization"),
+            touch_interval=state.settings.token_touch_interval,
+        )
+        await session.commit()
+    request.state.principal = principal
+
+
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    principal = getattr(request.state, "principal", None)
+    if principal is None:  # a public route asked for a principal: a programming error, said plainly
+        raise Unauthorized("this route needs a token")
+    return principal
+
+
+def _valid_ip(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def provide_context(request: Request[Any, Any, Any]) -> RequestContext:
+    return RequestContext(
+        request_id=request.state.get("request_id") or str(uuid.uuid4()),
+        ip=_valid_ip(request.client.host if request.client else None),
+        user_agent=(request.headers.get("user-agent") or "")[:1000] or None,
+    )

@@ -1,0 +1,64 @@
+"""One error tree. Services raise these; one handler turns them into ``application/problem+json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KeelError(Exception):
+    """A domain error with its HTTP status and a human ``detail``."""
+
+    status_code = 400
+    title = "Bad request"
+    type_slug = "bad-request"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra
+
+
+class BadRequest(KeelError):
+    pass
+
+
+class Unauthorized(KeelError):
+    status_code = 401
+    title = "Unauthorized"
+    type_slug = "unauthorized"
+
+
+class Forbidden(KeelError):
+    status_code = 403
+    title = "Forbidden"
+    type_slug = "forbidden"
+
+
+class NotFound(KeelError):
+    status_code = 404
+    title = "Not found"
+    type_slug = "not-found"
+
+
+class Conflict(KeelError):
+    status_code = 409
+    title = "Conflict"
+    type_slug = "conflict"
+
+
+class PayloadTooLarge(KeelError):
+    status_code = 413
+    title = "Payload too large"
+    type_slug = "payload-too-large"
+
+
+class ValidationFailed(KeelError):
+    status_code = 422
+    title = "Validation failed"
+    type_slug = "validation-failed"
+
+    def __init__(self, detail: str, *, field: str | None = None, errors: list[dict[str, str]] | None = None):
+        if errors is None and field is not None:
+            errors = [{"field": field, "message": detail}]
+        super().__init__(detail, errors=errors)

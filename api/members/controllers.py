@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import uuid
+
+from litestar import Controller, delete, get, patch, post
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth import services as auth
+from api.auth.context import Actor, Principal, RequestContext
+from api.auth.permissions import Permission
+from api.db.models import Membership, User
+from api.members import services
+from api.members.schemas import MemberInvite, MemberOut, MemberPage, MemberUpdate
+from api.pagination import Cursor, Limit, next_cursor
+
+
+def member_out(m: Membership, u: User) -> MemberOut:
+    return MemberOut(
+        user_id=u.id, email=u.email, name=u.name, role=m.role, status=m.status,
+        invited_by=m.invited_by, created_at=m.created_at, updated_at=m.updated_at,
+    )  # fmt: skip
+
+
+class MemberController(Controller):
+    path = "/v1/orgs/{org_id:uuid}/members"
+    tags = ["members"]
+
+    @get("/", summary="List an organization's active and invited members")
+    async def list_members(
+        self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, cursor: Cursor, limit: Limit
+    ) -> MemberPage:
+        await auth.org_access(db, principal, org_id, Permission.read_org)
+        rows = await services.list_members(db, org_id=org_id, cursor=cursor, limit=limit)
+        return MemberPage(
+            items=[member_out(m, u) for m, u in rows[:limit]],
+            next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
+        )
+
+    @post("/", summary="Invite someone by email with a role (creates the user when new)")
+    async def invite(
+        self,
+        org_id: uuid.UUID,
+        data: MemberInvite,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+    ) -> MemberOut:
+        access = await auth.org_access(db, principal, org_id, Permission.manage_org)
+        membership, user = await services.invite(
+            db,
+            access=access,
+            actor=Actor.of(principal),
+            ctx=ctx,
+            email=data.email,
+            role=data.role,
+            name=data.name,
+        )
+        return member_out(membership, user)
+
+    @post("/accept", summary="Accept your pending invitation to this organization")
+    async def accept(
+        self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> MemberOut:
+        user_id = auth.require_user(principal)
+        membership = await services.accept(
+            db, org_id=org_id, user_id=user_id, actor=Actor.of(principal), ctx=ctx
+        )
+        user = await db.get(User, user_id)
+        assert user is not None
+        return member_out(membership, user)
+
+    @patch("/{user_id:uuid}", summary="Change a member's role")
+    async def change_role(
+        self,
+        org_id: uuid.UUID,
+        user_id: uuid.UUID,
+        data: MemberUpdate,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+    ) -> MemberOut:
+        access = await auth.org_access(db, principal, org_id, Permission.manage_org)
+        membership = await services.change_role(
+            db, access=access, actor=Actor.of(principal), ctx=ctx, user_id=user_id, role=data.role
+        )
+        user = await db.get(User, user_id)
+        assert user is not None
+        return member_out(membership, user)
+
+    @delete("/{user_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a member, or leave")
+    async def remove(
+        self,
+        org_id: uuid.UUID,
+        user_id: uuid.UUID,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+    ) -> None:
+        access = await auth.org_access(db, principal, org_id, Permission.read_org)
+        await services.remove(db, access=access, actor=Actor.of(principal), ctx=ctx, user_id=user_id)

@@ -1,0 +1,213 @@
+"""Memberships: invite, accept, change role, remove; an organization always keeps an active owner."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.audit import services as audit
+from api.auth.context import Actor, OrgAccess, RequestContext
+from api.auth.permissions import Permission, role_allows
+from api.db.models import Membership, MembershipStatus, OrgRole, User, UserStatus
+from api.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from api.pagination import decode_cursor
+
+LIVE = (MembershipStatus.active, MembershipStatus.invited)
+
+
+def normalize_email(email: str) -> str:
+    try:
+        return validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValidationFailed(f"invalid email: {exc}", field="email") from None
+
+
+def snapshot(m: Membership) -> dict[str, Any]:
+    return {"user_id": str(m.user_id), "role": m.role.value, "status": m.status.value}
+
+
+async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+
+
+async def get_or_create_user(session: AsyncSession, *, email: str, name: str | None) -> tuple[User, bool]:
+    email = normalize_email(email)
+    user = await find_user_by_email(session, email)
+    if user is not None:
+        return user, False
+    user = User(email=email, name=name, status=UserStatus.invited)
+    session.add(user)
+    await session.flush()
+    return user, True
+
+
+async def list_members(
+    session: AsyncSession, *, org_id: uuid.UUID, cursor: str | None, limit: int
+) -> list[tuple[Membership, User]]:
+    after = decode_cursor(cursor)
+    query = (
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.organization_id == org_id, Membership.status.in_(LIVE))
+        .order_by(Membership.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(Membership.id > after)
+    return [(m, u) for m, u in (await session.execute(query)).all()]
+
+
+async def _membership(session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
+    membership = await session.scalar(
+        select(Membership)
+        .where(
+            Membership.organization_id == org_id,
+            Membership.user_id == user_id,
+            Membership.status.in_(LIVE),
+        )
+        .with_for_update()
+    )
+    if membership is None:
+        raise NotFound("member not found")
+    return membership
+
+
+async def _ensure_other_owner(session: AsyncSession, org_id: uuid.UUID, leaving: Membership) -> None:
+    """Refuse a change that would leave the organization with no active owner.
+
+    Owner rows are locked first so two concurrent demotions cannot both see the other owner.
+    """
+    owners = (
+        await session.scalars(
+            select(Membership.id)
+            .where(
+                Membership.organization_id == org_id,
+                Membership.role == OrgRole.owner,
+                Membership.status == MembershipStatus.active,
+            )
+            .with_for_update()
+        )
+    ).all()
+    if not [owner for owner in owners if owner != leaving.id]:
+        raise Conflict("an organization must keep at least one active owner; make someone else owner first")
+
+
+def _require_owner_rights(access: OrgAccess, *roles: OrgRole) -> None:
+    if OrgRole.owner in roles and not role_allows(access.role, Permission.manage_owners):
+        raise Forbidden("only an owner may grant, change or remove the owner role")
+
+
+async def invite(
+    session: AsyncSession,
+    *,
+    access: OrgAccess,
+    actor: Actor,
+    ctx: RequestContext | None,
+    email: str,
+    role: OrgRole,
+    name: str | None = None,
+    status: MembershipStatus = MembershipStatus.invited,
+) -> tuple[Membership, User]:
+    _require_owner_rights(access, role)
+    org_id = access.organization_id
+    user, created = await get_or_create_user(session, email=email, name=name)
+    existing = await session.scalar(
+        select(Membership)
+        .where(Membership.organization_id == org_id, Membership.user_id == user.id)
+        .with_for_update()
+    )
+    if existing is not None and existing.status in LIVE:
+        raise Conflict(f"{user.email} is already a member of this organization", errors=[
+            {"field": "email", "message": "already a member"}
+        ])  # fmt: skip
+    if existing is None:
+        membership = Membership(organization_id=org_id, user_id=user.id, role=role, status=status)
+        session.add(membership)
+    else:
+        membership = existing
+        membership.role, membership.status = role, status
+    membership.invited_by = access.principal.user_id
+    await session.flush()
+    await audit.record(
+        session, action="member.invited", actor=actor, ctx=ctx, organization_id=org_id,
+        resource_type="membership", resource_id=membership.id, after=snapshot(membership),
+        metadata={"email": user.email, "user_created": created},
+    )  # fmt: skip
+    return membership, user
+
+
+async def accept(
+    session: AsyncSession, *, org_id: uuid.UUID, user_id: uuid.UUID, actor: Actor, ctx: RequestContext
+) -> Membership:
+    membership = await session.scalar(
+        select(Membership)
+        .where(
+            Membership.organization_id == org_id,
+            Membership.user_id == user_id,
+            Membership.status == MembershipStatus.invited,
+        )
+        .with_for_update()
+    )
+    if membership is None:
+        raise NotFound("organization not found")
+    before = snapshot(membership)
+    membership.status = MembershipStatus.active
+    user = await session.get(User, user_id)
+    if user is not None and user.status is UserStatus.invited:
+        user.status = UserStatus.active
+    await session.flush()
+    await audit.record(
+        session, action="member.joined", actor=actor, ctx=ctx, organization_id=org_id,
+        resource_type="membership", resource_id=membership.id, before=before, after=snapshot(membership),
+    )  # fmt: skip
+    return membership
+
+
+async def change_role(
+    session: AsyncSession,
+    *,
+    access: OrgAccess,
+    actor: Actor,
+    ctx: RequestContext | None,
+    user_id: uuid.UUID,
+    role: OrgRole,
+) -> Membership:
+    membership = await _membership(session, access.organization_id, user_id)
+    _require_owner_rights(access, membership.role, role)
+    if membership.role == role:
+        return membership
+    if membership.role is OrgRole.owner and membership.status is MembershipStatus.active:
+        await _ensure_other_owner(session, access.organization_id, membership)
+    before = snapshot(membership)
+    membership.role = role
+    await session.flush()
+    await audit.record(
+        session, action="member.role_changed", actor=actor, ctx=ctx, organization_id=access.organization_id,
+        resource_type="membership", resource_id=membership.id, before=before, after=snapshot(membership),
+    )  # fmt: skip
+    return membership
+
+
+async def remove(
+    session: AsyncSession, *, access: OrgAccess, actor: Actor, ctx: RequestContext, user_id: uuid.UUID
+) -> None:
+    """Remove a member (owners and admins), or leave (anyone, for themselves)."""
+    membership = await _membership(session, access.organization_id, user_id)
+    leaving_self = user_id == access.principal.user_id
+    if not leaving_self:
+        if not role_allows(access.role, Permission.manage_org):
+            raise Forbidden(f"the {access.role.value} role may not remove members")
+        _require_owner_rights(access, membership.role)
+    if membership.role is OrgRole.owner and membership.status is MembershipStatus.active:
+        await _ensure_other_owner(session, access.organization_id, membership)
+    before = snapshot(membership)
+    membership.status = MembershipStatus.removed
+    await session.flush()
+    await audit.record(
+        session, action="member.removed", actor=actor, ctx=ctx, organization_id=access.organization_id,
+        resource_type="membership", resource_id=membership.id, before=before, after=snapshot(membership),
+    )  # fmt: skip

@@ -1,0 +1,118 @@
+"""Organizations: create, read, update, soft-delete."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.audit import services as audit
+from api.auth.context import Actor, Principal, RequestContext
+from api.db.base import utcnow
+from api.db.models import Membership, MembershipStatus, Organization, OrgRole
+from api.errors import Conflict, NotFound
+from api.pagination import decode_cursor
+
+
+def snapshot(org: Organization) -> dict[str, Any]:
+    return {"name": org.name, "slug": org.slug, "status": org.status.value}
+
+
+async def _ensure_slug_free(session: AsyncSession, slug: str, *, except_id: uuid.UUID | None = None) -> None:
+    taken = await session.scalar(select(Organization.id).where(Organization.slug == slug))
+    if taken is not None and taken != except_id:
+        raise Conflict(f"the slug {slug!r} is already taken", errors=[{"field": "slug", "message": "taken"}])
+
+
+async def create_org(
+    session: AsyncSession, *, principal: Principal, ctx: RequestContext | None, name: str, slug: str
+) -> Organization:
+    """Create an organization; its creator becomes its first active owner."""
+    assert principal.user_id is not None
+    await _ensure_slug_free(session, slug)
+    org = Organization(name=name, slug=slug)
+    session.add(org)
+    await session.flush()
+    membership = Membership(
+        organization_id=org.id, user_id=principal.user_id, role=OrgRole.owner, status=MembershipStatus.active
+    )
+    session.add(membership)
+    await session.flush()
+    actor = Actor.of(principal)
+    await audit.record(
+        session, action="org.created", actor=actor, ctx=ctx, organization_id=org.id,
+        resource_type="organization", resource_id=org.id, after=snapshot(org),
+    )  # fmt: skip
+    await audit.record(
+        session, action="member.added", actor=actor, ctx=ctx, organization_id=org.id,
+        resource_type="membership", resource_id=membership.id,
+        after={"user_id": str(principal.user_id), "role": "owner", "status": "active"},
+    )  # fmt: skip
+    return org
+
+
+async def list_user_orgs(
+    session: AsyncSession, *, user_id: uuid.UUID, cursor: str | None, limit: int
+) -> list[tuple[Organization, OrgRole]]:
+    after = decode_cursor(cursor)
+    query = (
+        select(Organization, Membership.role)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .where(
+            Membership.user_id == user_id,
+            Membership.status == MembershipStatus.active,
+            Organization.deleted_at.is_(None),
+        )
+        .order_by(Organization.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(Organization.id > after)
+    return [(org, role) for org, role in (await session.execute(query)).all()]
+
+
+async def get_live_org(session: AsyncSession, org_id: uuid.UUID) -> Organization:
+    org = await session.get(Organization, org_id)
+    if org is None or org.deleted_at is not None:
+        raise NotFound("organization not found")
+    return org
+
+
+async def update_org(
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    actor: Actor,
+    ctx: RequestContext | None,
+    changes: dict[str, Any],
+) -> Organization:
+    org = await get_live_org(session, org_id)
+    before = snapshot(org)
+    if "slug" in changes and changes["slug"] != org.slug:
+        await _ensure_slug_free(session, changes["slug"], except_id=org.id)
+    for key, value in changes.items():
+        setattr(org, key, value)
+    await session.flush()
+    if snapshot(org) != before:
+        await audit.record(
+            session, action="org.updated", actor=actor, ctx=ctx, organization_id=org.id,
+            resource_type="organization", resource_id=org.id, before=before, after=snapshot(org),
+        )  # fmt: skip
+    return org
+
+
+async def delete_org(
+    session: AsyncSession, *, org_id: uuid.UUID, actor: Actor, ctx: RequestContext | None
+) -> None:
+    """Soft delete: the row and its audit history stay; the slug is freed for reuse."""
+    org = await get_live_org(session, org_id)
+    before = snapshot(org)
+    org.deleted_at = utcnow()
+    org.slug = f"{org.slug[:40]}--deleted-{org.id.hex[-12:]}"
+    await session.flush()
+    await audit.record(
+        session, action="org.deleted", actor=actor, ctx=ctx, organization_id=org.id,
+        resource_type="organization", resource_id=org.id, before=before,
+    )  # fmt: skip

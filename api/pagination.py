@@ -1,0 +1,41 @@
+"""Keyset cursor pagination over UUIDv7 ids (which sort by creation time)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Annotated
+
+from litestar.params import Parameter
+
+from api.errors import ValidationFailed
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+Limit = Annotated[
+    int, Parameter(ge=1, le=MAX_LIMIT, default=DEFAULT_LIMIT, description="Items per page (1-200).")
+]
+Cursor = Annotated[
+    str | None, Parameter(default=None, max_length=64, description="`next_cursor` of the previous page.")
+]
+
+
+def encode_cursor(last_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(last_id.bytes).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> uuid.UUID | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return uuid.UUID(bytes=raw)
+    except (ValueError, binascii.Error):
+        raise ValidationFailed("cursor is not one this API issued", field="cursor") from None
+
+
+def next_cursor(rows: list, limit: int, key=lambda row: row.id) -> str | None:  # type: ignore[no-untyped-def]
+    """Given ``limit + 1`` fetched rows, the cursor for the page after ``rows[:limit]``."""
+    return encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None

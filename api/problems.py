@@ -1,0 +1,152 @@
+"""Every error leaves as ``application/problem+json`` (RFC 9457), with field paths for validation."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from api.errors import KeelError
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger("keel.errors")
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Validation failed",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    title = TITLES.get(status, "Error")
+    body: dict[str, Any] = {
+        "type": f"https://keel.dev/problems/{title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def keel_error(request: Request[Any, Any, Any], exc: KeelError) -> Response[dict[str, Any]]:
+    return problem(request, exc.status_code, exc.detail, errors=exc.errors, **exc.extra)
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`")
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+
+
+def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", ""))
+        key = str(item.get("key") or "")
+        # The request body arrives as the handler's ``data`` argument; users know it as the body.
+        field = "" if key in ("data", "body") else key
+        match = _MSGSPEC_PATH.search(message)
+        path = ""
+        if match:
+            # msgspec says "... - at `$.events[0].name`": keep the path, drop the suffix.
+            path = match.group("path").lstrip(".")
+            message = message[: match.start()]
+        missing = _MISSING.search(message)
+        if missing:
+            path = f"{path}.{missing.group('name')}" if path else missing.group("name")
+        field = ".".join(p for p in (field, path) if p) if not path.startswith("[") else field + path
+        errors.append({"field": field or "body", "message": message})
+    return errors
+
+
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    errors = _field_errors(exc)
+    text = " ".join(e["message"] for e in errors) + " " + str(exc.detail)
+    if "malformed" in text.lower() or "truncated" in text.lower() or "invalid json" in text.lower():
+        return problem(request, 400, f"the request body is not valid JSON ({exc.detail})")
+    if not errors:
+        return problem(request, 400, f"the request body could not be read: {exc.detail}")
+    detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
+    return problem(request, 422, detail, errors=errors)
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    detail = exc.detail if exc.detail and exc.detail.lower() != TITLES.get(status, "").lower() else ""
+    if status == 400 and any(w in detail.lower() for w in ("malformed", "truncated", "json")):
+        detail = f"the request body is not valid JSON ({detail})"
+    if status == 404 and not detail:
+        detail = "no such route"
+    if status == 405:
+        detail = f"{request.method} is not allowed here"
+    return problem(request, status, detail or TITLES.get(status, "error"), headers=exc.headers)
+
+
+def integrity_error(request: Request[Any, Any, Any], exc: IntegrityError) -> Response[dict[str, Any]]:
+    """A constraint the services did not pre-check (usually a race): never a 500."""
+    code = getattr(exc.orig, "sqlstate", None)
+    diag = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+    if code == "23505":
+        return problem(request, 409, f"conflicts with an existing record ({diag})")
+    if code == "23503":
+        return problem(request, 409, f"refers to a record that does not exist ({diag})")
+    return problem(request, 422, f"violates a data rule ({diag})")
+
+
+def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[dict[str, Any]]:
+    code = getattr(exc.orig, "sqlstate", None) or ""
+    if code.startswith("22"):  # data exception: a value Postgres cannot store
+        return problem(request, 422, "a value is out of range or malformed for storage")
+    if code == "40001" or code == "40P01":
+        return problem(
+            request, 409, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}
+        )
+    log.exception("database error", extra={"fields": {"path": request.url.path}})
+    return problem(request, 503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
+    return problem(request, HTTP_500_INTERNAL_SERVER_ERROR, "an internal error occurred; it has been logged")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    KeelError: keel_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    IntegrityError: integrity_error,
+    DBAPIError: database_error,
+    Exception: internal_error,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM", "MediaType", "problem"]

@@ -1,0 +1,112 @@
+"""Keel's settings: read once from ``KEEL_*`` environment variables (and a ``.env`` file).
+
+``create_app(settings)`` and every command take a :class:`Settings` explicitly, so tests build
+their own instead of patching globals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+class SettingsError(ValueError):
+    """A ``KEEL_*`` variable holds a value Keel cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".keel")
+    lake_url: str | None = None
+    warehouse_path: Path | None = None
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    webhook_retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_allow_private_targets: bool = False
+    events_retention_days: int = 30
+    audit_retention_days: int = 365
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    #: Seconds between ``last_used_at`` writes for one token: a hot key must not write a row per request.
+    token_touch_interval: int = 60
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resolved_lake_url(self) -> str:
+        return self.lake_url or str((self.data_dir / "lake").resolve())
+
+    @property
+    def resolved_warehouse_path(self) -> Path:
+        return self.warehouse_path or self.data_dir / "warehouse.duckdb"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {value!r}") from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Read settings from the environment; a ``.env`` file fills in what the environment lacks."""
+    env: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+
+    def get(name: str) -> str | None:
+        value = env.get(f"KEEL_{name}")
+        return value if value not in (None, "") else None
+
+    schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    if raw := get("WEBHOOK_RETRY_SCHEDULE"):
+        try:
+            schedule = tuple(int(part) for part in raw.split(","))
+        except ValueError:
+            raise SettingsError(
+                f"KEEL_WEBHOOK_RETRY_SCHEDULE must be seconds separated by commas, not {raw!r}"
+            ) from None
+        if not schedule or any(s < 0 for s in schedule):
+            raise SettingsError("KEEL_WEBHOOK_RETRY_SCHEDULE needs at least one non-negative number")
+
+    data_dir = Path(get("DATA_DIR") or ".keel")
+    warehouse = get("WAREHOUSE_PATH")
+    return Settings(
+        database_url=get("DATABASE_URL"),
+        data_dir=data_dir,
+        lake_url=get("LAKE_URL"),
+        warehouse_path=Path(warehouse) if warehouse else None,
+        stripe_api_key=get("STRIPE_API_KEY"),
+        stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
+        stripe_api_base=get("STRIPE_API_BASE"),
+        webhook_retry_schedule=schedule,
+        webhook_allow_private_targets=_flag(
+            get("WEBHOOK_ALLOW_PRIVATE_TARGETS") or "false", "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS"
+        ),
+        events_retention_days=_int(get("EVENTS_RETENTION_DAYS") or "30", "KEEL_EVENTS_RETENTION_DAYS"),
+        audit_retention_days=_int(get("AUDIT_RETENTION_DAYS") or "365", "KEEL_AUDIT_RETENTION_DAYS"),
+        host=get("HOST") or "127.0.0.1",
+        port=_int(get("PORT") or "8000", "KEEL_PORT"),
+        log_level=(get("LOG_LEVEL") or "INFO").upper(),
+    )

@@ -11,12 +11,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.admin.controllers import AdminController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.members.controllers import MemberController
 from api.observability import request_id_middleware
+from api.openapi import document_problems
 from api.orgs.controllers import OrgController
 from api.problems import EXCEPTION_HANDLERS
 from api.settings import Settings
@@ -52,7 +55,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await engine.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=CONTROLLERS,
         lifespan=[lifespan],
         dependencies={
@@ -76,3 +79,33 @@ def create_app(settings: Settings) -> Litestar:
             security=[{"bearer": []}],
         ),
     )
+    document_problems(app)
+    allowed = {
+        route.path: ", ".join(sorted(route.methods)) for route in app.routes if isinstance(route, HTTPRoute)
+    }
+    app.asgi_handler = _correct_allow_header(app.asgi_handler, allowed)
+    return app
+
+
+def _correct_allow_header(handler: ASGIApp, allowed: dict[str, str]) -> ASGIApp:
+    """Litestar's generated OPTIONS answer lists only the methods of the first handler merged into a
+    path; answer with every method the path supports."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "OPTIONS":
+            await handler(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            route_handler = scope.get("route_handler")
+            paths = getattr(route_handler, "paths", None)
+            if message["type"] == "http.response.start" and paths:
+                methods = allowed.get(next(iter(paths)))
+                if methods:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                    message["headers"] = [*headers, (b"allow", methods.encode())]
+            await send(message)
+
+        await handler(scope, receive, send_wrapper)
+
+    return wrapped

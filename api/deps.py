@@ -16,6 +16,7 @@ from api.auth.context import Principal, RequestContext
 from api.errors import Unauthorized
 
 PUBLIC = {"public": True}
+ADMIN_PREFIX = "/v1/admin/"
 OPENAPI_PATH = "/schema"
 
 
@@ -32,9 +33,11 @@ async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
 
 
 async def authenticate_request(request: Request[Any, Any, Any]) -> None:
-    """``before_request`` hook: every route that is not marked public needs a valid token.
+    """``before_request`` hook: every route that is not marked public needs a valid token, and every
+    ``/v1/orgs/{org_id}/...`` route a caller who belongs to that organization.
 
-    Runs before the body is parsed, so an anonymous caller learns nothing from validation errors.
+    Runs before the body is parsed, so a caller from outside learns nothing from validation errors,
+    and a route added later cannot forget the tenant check.
     """
     if (
         request.route_handler.opt.get("public")
@@ -50,6 +53,9 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
             touch_interval=state.settings.token_touch_interval,
         )
         await session.commit()
+        org_id = request.path_params.get("org_id")
+        if org_id is not None and not request.url.path.startswith(ADMIN_PREFIX):
+            await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
     request.state.principal = principal
 
 

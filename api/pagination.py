@@ -18,7 +18,12 @@ Limit = Annotated[
     int, Parameter(ge=1, le=MAX_LIMIT, default=DEFAULT_LIMIT, description="Items per page (1-200).")
 ]
 Cursor = Annotated[
-    str | None, Parameter(default=None, max_length=64, description="`next_cursor` of the previous page.")
+    str | None,
+    Parameter(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{22}$",
+        description="The `next_cursor` of the previous page (opaque).",
+    ),
 ]
 
 
@@ -31,7 +36,7 @@ def decode_cursor(cursor: str | None) -> uuid.UUID | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return uuid.UUID(bytes=raw)
+        return uuid.UUID(bytes=raw[:16]) if len(raw) >= 16 else uuid.UUID(bytes=raw)
     except (ValueError, binascii.Error):
         raise ValidationFailed("cursor is not one this API issued", field="cursor") from None
 

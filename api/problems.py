@@ -63,7 +63,7 @@ def keel_error(request: Request[Any, Any, Any], exc: KeelError) -> Response[dict
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`")
-_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
 def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
@@ -81,7 +81,7 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
             # msgspec says "... - at `$.events[0].name`": keep the path, drop the suffix.
             path = match.group("path").lstrip(".")
             message = message[: match.start()]
-        missing = _MISSING.search(message)
+        missing = _NAMED_FIELD.search(message)
         if missing:
             path = f"{path}.{missing.group('name')}" if path else missing.group("name")
         field = ".".join(p for p in (field, path) if p) if not path.startswith("[") else field + path

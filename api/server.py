@@ -29,4 +29,11 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> 
             log_config=None, access_log=False, timeout_graceful_shutdown=30,
         )  # fmt: skip
         return
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -56,6 +58,16 @@ async def authenticate(session: AsyncSession, authorization: str | None, *, touc
         raise Unauthorized("this token has expired")
     if user is not None and user.status is UserStatus.disabled:
         raise Unauthorized("this user is disabled")
+    if token.kind is TokenKind.org_ingest:
+        org_status = await session.scalar(
+            select(Organization.status).where(
+                Organization.id == token.organization_id, Organization.deleted_at.is_(None)
+            )
+        )
+        if org_status is None:
+            raise Unauthorized("this key's organization has been deleted")
+        if org_status is OrgStatus.suspended:
+            raise Forbidden("this key's organization is suspended; contact support")
     if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=touch_interval):
         await session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
     return Principal(
@@ -110,6 +122,43 @@ async def org_access(
     if not role_allows(role, permission):
         raise Forbidden(f"the {role.value} role may not do this ({permission.value.replace('_', ' ')})")
     return OrgAccess(organization_id=org_id, role=role, principal=principal)
+
+
+#: Route options understood by :func:`guard_org`.
+ALLOW_INVITED = "allow_invited"  # the invitee may call it before accepting
+ALLOW_ORG_KEY = "allow_org_key"  # the organization's own ingest key may call it
+
+
+async def guard_org(
+    session: AsyncSession, principal: Principal, org_id: uuid.UUID, *, opt: Mapping[str, Any]
+) -> None:
+    """Tenant isolation for every ``/v1/orgs/{org_id}/...`` route, before anything else is read.
+
+    Someone with no live tie to the organization gets 404, never a hint that it exists.
+    """
+    if principal.kind is TokenKind.org_ingest:
+        if not opt.get(ALLOW_ORG_KEY) or principal.organization_id != org_id:
+            raise NotFound(ORG_NOT_FOUND)
+        return
+    if not principal.is_user:
+        raise NotFound(ORG_NOT_FOUND)
+    statuses = [MembershipStatus.active]
+    if opt.get(ALLOW_INVITED):
+        statuses.append(MembershipStatus.invited)
+    status = await session.scalar(
+        select(Organization.status)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .where(
+            Organization.id == org_id,
+            Organization.deleted_at.is_(None),
+            Membership.user_id == principal.user_id,
+            Membership.status.in_(statuses),
+        )
+    )
+    if status is None:
+        raise NotFound(ORG_NOT_FOUND)
+    if status is OrgStatus.suspended:
+        raise Forbidden("this organization is suspended; contact support")
 
 
 async def ingest_org(session: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:

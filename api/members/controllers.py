@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission
+from api.auth.services import ALLOW_INVITED
 from api.db.models import Membership, User
 from api.members import services
 from api.members.schemas import MemberInvite, MemberOut, MemberPage, MemberUpdate
@@ -58,7 +59,7 @@ class MemberController(Controller):
         )
         return member_out(membership, user)
 
-    @post("/accept", summary="Accept your pending invitation to this organization")
+    @post("/accept", summary="Accept your pending invitation to this organization", opt={ALLOW_INVITED: True})
     async def accept(
         self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> MemberOut:

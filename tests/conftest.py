@@ -1,0 +1,107 @@
+"""Session-wide real parts: an embedded Postgres with the migrations applied, and a live API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from api.app import create_app
+from api.db.embedded import start_embedded_postgres
+from api.db.engine import make_sync_engine
+from api.db.migrate import upgrade
+from api.db.models import PlatformRole
+from api.settings import Settings
+from tests.harness import LiveServer, OrgWorld, make_org, make_user
+
+OUTPUT_DIR = Path(os.environ.get("KEEL_TEST_OUTPUT", "test-output"))
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    data_dir = tmp_path_factory.mktemp("pg")
+    url, server = start_embedded_postgres(data_dir, cleanup="delete")
+    # The suite checks behaviour, not crash-durability of Postgres itself: skip the fsyncs.
+    server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;")  # type: ignore[attr-defined]
+    server.psql("SELECT pg_reload_conf();")  # type: ignore[attr-defined]
+    yield url, server
+    server.cleanup()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: tuple[str, object]) -> str:
+    url = pg_server[0]
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_sync_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("keel"))
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    return create_app(settings)
+
+
+@pytest.fixture(scope="session")
+def live_server(app) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    with LiveServer(app) as server:
+        yield server
+
+
+@pytest.fixture
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def org(client: httpx.Client, engine: Engine) -> OrgWorld:
+    """A fresh organization with one active member per role."""
+    return make_org(client, engine)
+
+
+@pytest.fixture
+def other_org(client: httpx.Client, engine: Engine) -> OrgWorld:
+    return make_org(client, engine)
+
+
+@pytest.fixture
+def staff_admin(engine: Engine) -> tuple[str, str]:
+    return make_user(engine, platform_role=PlatformRole.admin)
+
+
+@pytest.fixture
+def staff_support(engine: Engine) -> tuple[str, str]:
+    return make_user(engine, platform_role=PlatformRole.support)
+
+
+@pytest.fixture
+def fresh_database(pg_server: tuple[str, object]) -> Iterator[str]:
+    """An empty database of its own, for tests that need a schema-less start."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    base_url = pg_server[0]
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    admin = make_sync_engine(base_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -1,0 +1,190 @@
+"""Every mutating route writes an audit entry (actor, IP, resource) in the same transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+from litestar import Litestar
+from litestar.routes import HTTPRoute
+from sqlalchemy import Engine, text
+
+from api.audit.chain import GENESIS, entry_hash
+from tests.harness import OrgWorld, audit_rows, auth, make_org, make_user, unique
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+Call = Callable[[httpx.Client, Engine, OrgWorld, str], httpx.Response]
+
+
+def _invitee(client: httpx.Client, engine: Engine, world: OrgWorld) -> str:
+    user_id, token = make_user(engine)
+    email = client.get("/v1/me", headers=auth(token)).json()["email"]
+    client.post(
+        f"/v1/orgs/{world.id}/members",
+        json={"email": email, "role": "member"},
+        headers=world.headers("owner"),
+    )
+    world.tokens["invitee"] = token
+    return user_id
+
+
+# One successful call per mutating route, with the action it must record.
+CASES: dict[tuple[str, str], tuple[Call, str]] = {
+    ("POST", "/v1/orgs"): (
+        lambda c, e, w, s: c.post("/v1/orgs", json={"name": "N", "slug": unique("o")}, headers=w.headers("owner")),
+        "org.created",
+    ),
+    ("PATCH", "/v1/orgs/{org_id:uuid}"): (
+        lambda c, e, w, s: c.patch(f"/v1/orgs/{w.id}", json={"name": "Renamed"}, headers=w.headers("owner")),
+        "org.updated",
+    ),
+    ("DELETE", "/v1/orgs/{org_id:uuid}"): (
+        lambda c, e, w, s: c.delete(f"/v1/orgs/{w.id}", headers=w.headers("owner")),
+        "org.deleted",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/members"): (
+        lambda c, e, w, s: c.post(
+            f"/v1/orgs/{w.id}/members", json={"email": f"{unique('i')}@t.example", "role": "viewer"}, headers=w.headers("owner")
+        ),
+        "member.invited",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/members/accept"): (
+        lambda c, e, w, s: (_invitee(c, e, w), c.post(f"/v1/orgs/{w.id}/members/accept", headers=w.headers("invitee")))[1],
+        "member.joined",
+    ),
+    ("PATCH", "/v1/orgs/{org_id:uuid}/members/{user_id:uuid}"): (
+        lambda c, e, w, s: c.patch(f"/v1/orgs/{w.id}/members/{w.user_ids['member']}", json={"role": "viewer"}, headers=w.headers("owner")),
+        "member.role_changed",
+    ),
+    ("DELETE", "/v1/orgs/{org_id:uuid}/members/{user_id:uuid}"): (
+        lambda c, e, w, s: c.delete(f"/v1/orgs/{w.id}/members/{w.user_ids['member']}", headers=w.headers("owner")),
+        "member.removed",
+    ),
+    ("POST", "/v1/me/tokens"): (
+        lambda c, e, w, s: c.post("/v1/me/tokens", json={"name": "t"}, headers=w.headers("owner")),
+        "token.created",
+    ),
+    ("DELETE", "/v1/me/tokens/{token_id:uuid}"): (
+        lambda c, e, w, s: c.delete(
+            f"/v1/me/tokens/{c.post('/v1/me/tokens', json={'name': 't'}, headers=w.headers('owner')).json()['id']}",
+            headers=w.headers("owner"),
+        ),
+        "token.revoked",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/ingest-keys"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/ingest-keys", json={"name": "k"}, headers=w.headers("admin")),
+        "ingest_key.created",
+    ),
+    ("DELETE", "/v1/orgs/{org_id:uuid}/ingest-keys/{key_id:uuid}"): (
+        lambda c, e, w, s: c.delete(f"/v1/orgs/{w.id}/ingest-keys/{w.ingest_key_id}", headers=w.headers("admin")),
+        "ingest_key.revoked",
+    ),
+    ("POST", "/v1/admin/ingest-keys"): (
+        lambda c, e, w, s: c.post("/v1/admin/ingest-keys", json={"name": "p"}, headers=auth(s)),
+        "platform_ingest_key.created",
+    ),
+    ("DELETE", "/v1/admin/ingest-keys/{key_id:uuid}"): (
+        lambda c, e, w, s: c.delete(
+            f"/v1/admin/ingest-keys/{c.post('/v1/admin/ingest-keys', json={'name': 'p'}, headers=auth(s)).json()['id']}",
+            headers=auth(s),
+        ),
+        "platform_ingest_key.revoked",
+    ),
+    ("POST", "/v1/admin/orgs/{org_id:uuid}/suspend"): (
+        lambda c, e, w, s: c.post(f"/v1/admin/orgs/{w.id}/suspend", json={"reason": "r"}, headers=auth(s)),
+        "org.suspended",
+    ),
+    ("POST", "/v1/admin/orgs/{org_id:uuid}/unsuspend"): (
+        lambda c, e, w, s: (
+            c.post(f"/v1/admin/orgs/{w.id}/suspend", json={"reason": "r"}, headers=auth(s)),
+            c.post(f"/v1/admin/orgs/{w.id}/unsuspend", headers=auth(s)),
+        )[1],
+        "org.unsuspended",
+    ),
+    ("PUT", "/v1/admin/users/{user_id:uuid}/platform-role"): (
+        lambda c, e, w, s: c.put(f"/v1/admin/users/{w.user_ids['viewer']}/platform-role", json={"platform_role": "support"}, headers=auth(s)),
+        "user.platform_role_changed",
+    ),
+}  # fmt: skip
+
+
+def mutating_routes(app: Litestar) -> set[tuple[str, str]]:
+    return {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        for method in handler.http_methods & MUTATING
+    }
+
+
+def test_every_mutating_route_has_a_case(app: Litestar) -> None:
+    missing = mutating_routes(app) - set(CASES)
+    assert not missing, f"add an audit case for: {sorted(missing)}"
+
+
+def test_every_mutating_route_writes_an_audit_entry(
+    app: Litestar, client: httpx.Client, engine: Engine, staff_admin: tuple[str, str]
+) -> None:
+    for (method, path), (call, action) in sorted(CASES.items()):
+        world = make_org(client, engine)
+        request_id = f"audit-{uuid.uuid4().hex}"
+        client.headers["X-Request-ID"] = request_id
+        try:
+            response = call(client, engine, world, staff_admin[1])
+        finally:
+            del client.headers["X-Request-ID"]
+        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
+        rows = [r for r in audit_rows(engine, request_id=request_id) if r["action"] == action]
+        assert rows, f"{method} {path} wrote no {action} entry"
+        row = rows[-1]
+        assert row["actor_type"] in {"user", "staff"} and row["actor_id"], (method, path, row)
+        assert row["ip"] is not None, (method, path)
+        assert row["resource_type"] and row["resource_id"], (method, path)
+
+
+def test_changes_record_before_and_after(client: httpx.Client, engine: Engine, org: OrgWorld) -> None:
+    client.patch(
+        f"/v1/orgs/{org.id}/members/{org.user_ids['member']}",
+        json={"role": "admin"},
+        headers=org.headers("owner"),
+    )
+    (row,) = audit_rows(engine, organization_id=org.id, action="member.role_changed")
+    assert row["metadata"]["before"]["role"] == "member" and row["metadata"]["after"]["role"] == "admin"
+    assert row["actor_id"] == org.user_ids["owner"]
+
+
+def test_a_refused_change_writes_nothing(client: httpx.Client, engine: Engine, org: OrgWorld) -> None:
+    before = len(audit_rows(engine, organization_id=org.id))
+    refused = client.patch(
+        f"/v1/orgs/{org.id}/members/{org.user_ids['owner']}",
+        json={"role": "viewer"},
+        headers=org.headers("owner"),
+    )
+    assert refused.status_code == 409
+    assert len(audit_rows(engine, organization_id=org.id)) == before
+
+
+def test_each_org_chain_recomputes(client: httpx.Client, engine: Engine, org: OrgWorld) -> None:
+    client.patch(f"/v1/orgs/{org.id}", json={"name": "Chain check"}, headers=org.headers("admin"))
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                text(
+                    "SELECT id::text, organization_id::text, seq, occurred_at, actor_type, actor_id, actor_name,"
+                    " action, resource_type, resource_id, metadata, host(ip) AS ip, user_agent, request_id,"
+                    " prev_hash, hash FROM audit_log WHERE chain_key = :k ORDER BY seq"
+                ),
+                {"k": org.id},
+            )
+            .mappings()
+            .all()
+        )
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    prev = GENESIS
+    for row in rows:
+        assert row["prev_hash"] == prev
+        assert entry_hash(dict(row), prev) == row["hash"]
+        prev = row["hash"]

@@ -1,0 +1,104 @@
+"""Tenant isolation, enumerated from the app's own routes: a route added later is covered as it is.
+
+Every route whose path names an organization (or another tenant-owned id) is called with the
+credentials of another organization; each must answer 404 and change nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.routes import HTTPRoute
+from sqlalchemy import Engine, text
+
+from tests.harness import OrgWorld, auth
+
+PARAM = re.compile(r"{(?P<name>\w+)(?::\w+)?}")
+STAFF_ONLY = "/v1/admin/"
+SKIP_PREFIXES = ("/schema",)
+
+
+def tenant_routes(app: Litestar) -> list[tuple[str, str]]:
+    """(method, path template) for every route with a path parameter, outside the staff area."""
+    found = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not PARAM.search(route.path):
+            continue
+        if route.path.startswith(STAFF_ONLY) or route.path.startswith(SKIP_PREFIXES):
+            continue
+        for handler in route.route_handlers:
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                found.append((method, route.path))
+    return found
+
+
+def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
+    """A real id of the victim organization for each path parameter a tenant route may carry."""
+    tokens = client.get("/v1/me/tokens", headers=victim.headers("owner")).json()["items"]
+    return {
+        "org_id": victim.id,
+        "user_id": victim.user_ids["member"],
+        "key_id": victim.ingest_key_id,
+        "token_id": tokens[0]["id"],
+    }
+
+
+def fill(path: str, values: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        assert name in values, f"test_isolation has no victim value for `{{{name}}}` in {path}: add one"
+        return values[name]
+
+    return PARAM.sub(replace, path)
+
+
+def snapshot(engine: Engine, org_id: str) -> tuple:
+    with engine.connect() as conn:
+        return (
+            conn.execute(text("SELECT name, slug, status, deleted_at FROM organizations WHERE id = :i"), {"i": org_id}).one(),
+            tuple(conn.execute(text("SELECT user_id, role, status FROM memberships WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
+            tuple(conn.execute(text("SELECT id, revoked_at FROM api_tokens WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
+        )  # fmt: skip
+
+
+def strip(problem: dict) -> dict:
+    return {k: v for k, v in problem.items() if k not in {"instance", "request_id"}}
+
+
+def test_routes_are_enumerated(app: Litestar) -> None:
+    # Guard against the enumeration silently finding nothing.
+    paths = {path for _, path in tenant_routes(app)}
+    assert "/v1/orgs/{org_id:uuid}" in paths
+    assert "/v1/orgs/{org_id:uuid}/members/{user_id:uuid}" in paths
+
+
+@pytest.mark.parametrize("credential", ["other owner", "other ingest key"])
+def test_every_tenant_route_hides_other_orgs(
+    app: Litestar, client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld, credential: str
+) -> None:
+    victim, attacker = org, other_org
+    values = victim_values(client, victim)
+    headers = auth(attacker.tokens["owner"] if credential == "other owner" else attacker.ingest_key)
+    before = snapshot(engine, victim.id)
+    checked = []
+    for method, template in tenant_routes(app):
+        url = fill(template, values)
+        body = {} if method in {"POST", "PUT", "PATCH"} else None
+        response = client.request(method, url, headers=headers, json=body)
+        # Org routes answer 404; routes of another tenant-owned id may refuse the credential itself (403).
+        expected = {404} if "{org_id" in template else {403, 404}
+        assert response.status_code in expected, (
+            f"{method} {template} answered {response.status_code}: {response.text}"
+        )
+        assert response.headers["content-type"].startswith("application/problem+json")
+        # Indistinguishable from ids that do not exist at all.
+        ghosts = {name: str(uuid.uuid4()) for name in values}
+        ghost = client.request(method, fill(template, ghosts), headers=headers, json=body)
+        assert strip(response.json()) == strip(ghost.json()), f"{method} {template} leaks existence"
+        checked.append((method, template))
+    assert len(checked) >= 10
+    assert snapshot(engine, victim.id) == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
@@ -17,6 +19,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.admin.controllers import AdminController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
+from api.events.controllers import EventController
+from api.events.services import PartitionKeeper, keep_event_partitions
 from api.members.controllers import MemberController
 from api.observability import request_id_middleware
 from api.openapi import document_problems
@@ -34,6 +38,7 @@ CONTROLLERS = [
     OrgIngestKeyController,
     PlatformIngestKeyController,
     AdminController,
+    EventController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.
@@ -50,9 +55,14 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.partitions = PartitionKeeper()
+        upkeep = asyncio.create_task(keep_event_partitions(engine, app.state.partitions))
         try:
             yield
         finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
             await engine.dispose()
 
     app = Litestar(

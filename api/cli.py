@@ -105,12 +105,15 @@ def demo_seed(
         bool, typer.Option(help="Seed even when the database already has organizations.")
     ] = False,
 ) -> None:
-    """Seed demo organizations, members, keys (and their activity)."""
+    """Seed demo organizations, members, keys and sixty days of their activity (migrates first)."""
+    from api.db.migrate import upgrade
     from api.demo import seed
 
     config = settings()
     url = database_url(config)
-    summary = seed(url, force=force, console=console)
+    upgrade(url)
+    with console.status("seeding the demo…"):
+        summary = seed(url, force=force)
     console.print(summary)
 
 

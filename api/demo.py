@@ -5,24 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.auth.context import Actor, OrgAccess
-from api.db.models import MembershipStatus, Organization, OrgRole, PlatformRole, TokenKind
+from api.auth.context import Actor, OrgAccess, Principal
+from api.db.models import ApiToken, MembershipStatus, Organization, OrgRole, PlatformRole, TokenKind
+from api.demo_events import generate
+from api.events.services import Origin, PartitionKeeper, ingest
 from api.members import services as members
 from api.orgs import services as orgs
 from api.tokens.services import create_token
 from api.users import create_user_with_token
 
 DEMO_ORGS = [
-    # slug, name, member count, trend (events issue uses it)
-    ("acme", "Acme Corp", 14, "growing"),
-    ("globex", "Globex", 9, "steady"),
-    ("initech", "Initech", 7, "declining"),
-    ("umbrella", "Umbrella Health", 4, "new"),
+    # slug, name, member count, activity trend over the sixty days of events
+    ("acme", "Acme Corp", 120, "growing"),
+    ("globex", "Globex", 80, "steady"),
+    ("initech", "Initech", 60, "declining"),
+    ("umbrella", "Umbrella Health", 25, "new"),
 ]
+EVENT_BATCH = 1000
 ROLES = [OrgRole.admin, OrgRole.billing, OrgRole.member, OrgRole.member, OrgRole.viewer]
 
 
@@ -38,7 +40,10 @@ class DemoSummary:
             return "[yellow]the database already has organizations: demo not seeded (use --force)[/]"
         lines = [f"[green]demo seeded:[/] {len(self.orgs)} organizations"]
         for slug, info in self.orgs.items():
-            lines.append(f"  {slug:<10} {info['members']:>3} members  ingest key {info['ingest_key']}")
+            lines.append(
+                f"  {slug:<10} {info['members']:>3} members {info['events']:>7} events"
+                f"  ingest key {info['ingest_key']}"
+            )
         lines.append(f"  platform admin {self.admin_email}  token {self.admin_token}")
         return "\n".join(lines)
 
@@ -69,20 +74,52 @@ async def seed_async(session: AsyncSession, *, force: bool = False) -> DemoSumma
         principal = owner.principal()
         org = await orgs.create_org(session, principal=principal, ctx=None, name=name, slug=slug)
         access = OrgAccess(organization_id=org.id, role=OrgRole.owner, principal=principal)
+        invited = []
         for i in range(1, size):
-            await members.invite(
+            membership, _ = await members.invite(
                 session, access=access, actor=Actor.of(principal), ctx=None,
                 email=f"user{i}@{slug}.example", name=f"User {i}", role=ROLES[i % len(ROLES)],
                 status=MembershipStatus.active,
             )  # fmt: skip
-        _, ingest = await create_token(
+            invited.append(membership)
+        key, ingest = await create_token(
             session, kind=TokenKind.org_ingest, name="demo", actor=system, ctx=None, organization_id=org.id
         )
-        summary.orgs[slug] = {"id": str(org.id), "members": size, "ingest_key": ingest, "trend": trend}
+        user_ids = [str(owner.user_id), *(str(m.user_id) for m in invited)]
+        events = await _send_events(session, key, user_ids, trend, seed=len(summary.orgs))
+        summary.orgs[slug] = {
+            "id": str(org.id),
+            "members": size,
+            "ingest_key": ingest,
+            "trend": trend,
+            "events": events,
+        }
     return summary
 
 
-def seed(url: str, *, force: bool = False, console: Console | None = None) -> DemoSummary:
+async def _send_events(
+    session: AsyncSession, key: ApiToken, user_ids: list[str], trend: str, *, seed: int
+) -> int:
+    """The same ingest path product clients use, in batches, as the org's own ingest key."""
+    principal = Principal(token_id=key.id, kind=TokenKind.org_ingest, organization_id=key.organization_id)
+    partitions = PartitionKeeper()
+    origin = Origin(ip=None, user_agent="keel-demo")
+    accepted = 0
+    batch: list[bytes] = []
+    for raw in generate(user_ids, trend, seed=seed):
+        batch.append(raw)
+        if len(batch) == EVENT_BATCH:
+            result = await ingest(session, batch, principal=principal, partitions=partitions, origin=origin)
+            accepted += result.accepted
+            batch = []
+    if batch:
+        accepted += (
+            await ingest(session, batch, principal=principal, partitions=partitions, origin=origin)
+        ).accepted
+    return accepted
+
+
+def seed(url: str, *, force: bool = False) -> DemoSummary:
     from api.cli import run_in_session
 
     return run_in_session(url, lambda s: seed_async(s, force=force))

@@ -11,6 +11,7 @@ from litestar import Request
 from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.auth import cache, secrets
 from api.auth import services as auth
 from api.auth.context import Principal, RequestContext
 from api.errors import Unauthorized
@@ -46,16 +47,21 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     ):
         return
     state = request.app.state
-    async with state.sessionmaker() as session:
-        principal = await auth.authenticate(
-            session,
-            request.headers.get("authorization"),
-            touch_interval=state.settings.token_touch_interval,
-        )
-        await session.commit()
-        org_id = request.path_params.get("org_id")
-        if org_id is not None and not request.url.path.startswith(ADMIN_PREFIX):
-            await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
+    header = request.headers.get("authorization")
+    digest = secrets.digest(auth.bearer_secret(header))
+    principal = cache.principals.get(digest)
+    org_id = request.path_params.get("org_id")
+    guard = org_id is not None and not request.url.path.startswith(ADMIN_PREFIX)
+    if principal is None or guard:
+        async with state.sessionmaker() as session:
+            if principal is None:
+                principal = await auth.authenticate(
+                    session, header, touch_interval=state.settings.token_touch_interval
+                )
+                await session.commit()
+                cache.principals.put(digest, principal)
+            if guard and org_id is not None:
+                await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
     request.state.principal = principal
 
 

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from litestar import Litestar
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
 from api.schemas import Struct
 
@@ -33,6 +43,34 @@ PROBLEM_SCHEMA = Schema(
 )
 
 
+_RENAMES = {
+    "additionalProperties": "additional_properties",
+    "anyOf": "any_of",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "minItems": "min_items",
+    "maxItems": "max_items",
+}
+
+
+def _from_json_schema(node: dict[str, Any]) -> Schema | Reference:
+    """msgspec's JSON Schema as Litestar's OpenAPI objects (the subset msgspec emits for our structs)."""
+    if "$ref" in node:
+        return Reference(ref=node["$ref"])
+    fields: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            value = {name: _from_json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            value = _from_json_schema(value)
+        elif key == "anyOf":
+            value = [_from_json_schema(sub) for sub in value]
+        elif key == "type":
+            value = OpenAPIType(value)
+        fields[_RENAMES.get(key, key)] = value
+    return Schema(**fields)
+
+
 def _strict_struct_names() -> set[str]:
     names: set[str] = set()
     pending = list(Struct.__subclasses__())
@@ -60,6 +98,20 @@ def document_problems(app: Litestar) -> None:
         if handler.opt.get("public")
         for method in getattr(handler, "http_methods", ())
     }
+    # Bulk routes read their own bodies (for gzip and size limits); document what they read.
+    raw_bodies = {
+        (route.path, method.lower()): handler.opt["request_body"]
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if "request_body" in handler.opt
+        for method in getattr(handler, "http_methods", ())
+    }
+    if raw_bodies:
+        _, components = msgspec.json.schema_components(
+            set(raw_bodies.values()), ref_template="#/components/schemas/{name}"
+        )
+        for name, body in components.items():
+            spec.components.schemas[name] = _from_json_schema(body)  # type: ignore[assignment]
     problem = {
         "application/problem+json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
     }
@@ -68,6 +120,16 @@ def document_problems(app: Litestar) -> None:
             operation = getattr(path_item, method, None)
             if operation is None:
                 continue
+            if (path, method) in raw_bodies:
+                name = raw_bodies[(path, method)].__name__
+                operation.request_body = RequestBody(
+                    required=True,
+                    content={
+                        "application/json": OpenAPIMediaType(
+                            schema=Reference(ref=f"#/components/schemas/{name}")
+                        )
+                    },
+                )
             if (path, method) in public:
                 operation.security = []  # needs no token
             # Litestar documents its own 400 shape; Keel answers every error as a problem instead.

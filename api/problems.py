@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from litestar import MediaType, Request, Response
@@ -12,6 +11,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from api.errors import KeelError
+from api.schemas import split_validation_message
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("keel.errors")
@@ -62,10 +62,6 @@ def keel_error(request: Request[Any, Any, Any], exc: KeelError) -> Response[dict
     return problem(request, exc.status_code, exc.detail, errors=exc.errors, **exc.extra)
 
 
-_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`")
-_NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
-
-
 def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
@@ -75,15 +71,7 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
         key = str(item.get("key") or "")
         # The request body arrives as the handler's ``data`` argument; users know it as the body.
         field = "" if key in ("data", "body") else key
-        match = _MSGSPEC_PATH.search(message)
-        path = ""
-        if match:
-            # msgspec says "... - at `$.events[0].name`": keep the path, drop the suffix.
-            path = match.group("path").lstrip(".")
-            message = message[: match.start()]
-        missing = _NAMED_FIELD.search(message)
-        if missing:
-            path = f"{path}.{missing.group('name')}" if path else missing.group("name")
+        path, message = split_validation_message(message)
         field = ".".join(p for p in (field, path) if p) if not path.startswith("[") else field + path
         errors.append({"field": field or "body", "message": message})
     return errors

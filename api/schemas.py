@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -26,3 +27,21 @@ Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 class Struct(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     """Base for request bodies: unknown fields are an error, not silently dropped."""
+
+
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`")
+_NAMED_FIELD = re.compile(r"(?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+
+
+def split_validation_message(message: str) -> tuple[str, str]:
+    """Turn msgspec's "Expected `str`, got `int` - at `$.events[0].name`" into (field path, message)."""
+    path = ""
+    match = _AT_PATH.search(message)
+    if match:
+        path = match.group("path").lstrip(".")
+        message = message[: match.start()]
+    named = _NAMED_FIELD.search(message)
+    if named:
+        name = named.group("name")
+        path = f"{path}.{name}" if path and not path.endswith("]") else f"{path}{name}" if path else name
+    return path, message

@@ -8,6 +8,7 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.auth import cache
 from api.auth.context import Actor, RequestContext
 from api.db.models import (
     ApiToken,
@@ -120,6 +121,7 @@ async def set_suspended(
         return org  # idempotent: nothing changed, nothing to audit
     before = {"status": org.status.value, "suspended_reason": org.suspended_reason}
     org.status, org.suspended_reason = target, reason if suspended else None
+    cache.invalidate()
     await session.flush()
     await audit.record(
         session, action="org.suspended" if suspended else "org.unsuspended", actor=actor, ctx=ctx,
@@ -147,6 +149,7 @@ async def set_platform_role(
             raise Conflict("the platform must keep at least one admin")
     before = {"platform_role": user.platform_role.value if user.platform_role else None}
     user.platform_role = role
+    cache.invalidate()
     await session.flush()
     await audit.record(
         session, action="user.platform_role_changed", actor=actor, ctx=ctx, organization_id=None,

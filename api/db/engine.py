@@ -21,7 +21,8 @@ def libpq_url(url: str) -> str:
 
 
 def make_async_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout); connections are recycled and errors surface as 503.
+    return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=10, pool_recycle=1800)
 
 
 def make_sync_engine(url: str) -> Engine:

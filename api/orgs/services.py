@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.auth import cache
 from api.auth.context import Actor, Principal, RequestContext
 from api.db.base import utcnow
 from api.db.models import Membership, MembershipStatus, Organization, OrgRole
@@ -110,6 +111,7 @@ async def delete_org(
     org = await get_live_org(session, org_id)
     before = snapshot(org)
     org.deleted_at = utcnow()
+    cache.invalidate()
     org.slug = f"{org.slug[:40]}--deleted-{org.id.hex[-12:]}"
     await session.flush()
     await audit.record(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
-from api.auth import secrets
+from api.auth import cache, secrets
 from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
 from api.db.models import ApiToken, TokenKind
@@ -102,6 +102,7 @@ async def revoke_token(
     if token.revoked_at is not None:
         return
     token.revoked_at = utcnow()
+    cache.invalidate()
     await session.flush()
     await audit.record(
         session, action=f"{ACTION_NOUN[kind]}.revoked", actor=actor, ctx=ctx, organization_id=organization_id,

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.datastructures import State
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth.context import Principal
+from api.db.models import TokenKind
+from api.deps import provide_context
+from api.errors import BadRequest, Forbidden, KeelError, PayloadTooLarge, ValidationFailed
+from api.events import services
+from api.events.body import read_limited_body
+from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, BatchIn, EventDoc, EventIn, IngestResult
+from api.schemas import split_validation_message
+
+_decode_batch = msgspec.json.Decoder(BatchIn)
+INGEST_KEYS = {TokenKind.org_ingest, TokenKind.platform_ingest}
+
+
+def _require_ingest_key(principal: Principal) -> None:
+    if principal.kind not in INGEST_KEYS:
+        raise Forbidden("events are sent with an org or platform ingest key, not a user token")
+
+
+def _origin(request: Request[Any, Any, Any]) -> services.Origin:
+    ctx = provide_context(request)
+    return services.Origin(ip=ctx.ip, user_agent=ctx.user_agent)
+
+
+def _as_problem(error: str) -> KeelError:
+    """A single event's rejection, as the error of the whole request."""
+    if error.startswith("event is ") and "limit" in error:
+        return PayloadTooLarge(error)
+    if error.startswith("not valid JSON"):
+        return BadRequest(f"the request body is {error}")
+    field, _, message = error.partition(": ")
+    return ValidationFailed(error, field=field if message else "body")
+
+
+class EventController(Controller):
+    path = "/v1/events"
+    tags = ["events"]
+    request_max_body_size = MAX_REQUEST_BYTES
+
+    @post(
+        "/",
+        status_code=200,
+        summary="Record one event",
+        description="Authenticated by an ingest key. Answers after commit. A duplicate message_id is "
+        "counted, not stored again. `Content-Encoding: gzip` is accepted.",
+        opt={"request_body": EventIn},
+    )
+    async def one(
+        self, request: Request[Any, Any, Any], db: AsyncSession, principal: Principal, state: State
+    ) -> IngestResult:
+        _require_ingest_key(principal)
+        body = await read_limited_body(request, MAX_REQUEST_BYTES)
+        if not body.strip():
+            raise BadRequest("the request body is empty; send one event as JSON")
+        result = await services.ingest(
+            db, [body], principal=principal, partitions=state.partitions, origin=_origin(request)
+        )
+        if result.rejected:
+            raise _as_problem(result.rejected[0].error)
+        return result
+
+    @post(
+        "/batch",
+        status_code=200,
+        summary="Record a batch of up to 5,000 events",
+        description='`{"events": [...], "sent_at": optional}`. Valid items are stored even when '
+        "others are rejected; each rejection names its index and reason. Limits: 5,000 events, "
+        "32 KB an event, 5 MB a request (after gzip decompression).",
+        opt={"request_body": EventDoc},
+    )
+    async def batch(
+        self, request: Request[Any, Any, Any], db: AsyncSession, principal: Principal, state: State
+    ) -> IngestResult:
+        _require_ingest_key(principal)
+        body = await read_limited_body(request, MAX_REQUEST_BYTES)
+        try:
+            envelope = _decode_batch.decode(body)
+        except msgspec.ValidationError as exc:
+            field, message = split_validation_message(str(exc))
+            raise ValidationFailed(
+                f"{field}: {message}" if field else message, field=field or "body"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+        if len(envelope.events) > MAX_BATCH_EVENTS:
+            raise PayloadTooLarge(
+                f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(envelope.events)}"
+            )
+        return await services.ingest(
+            db, envelope.events, principal=principal, partitions=state.partitions,
+            origin=_origin(request), batch_sent_at=envelope.sent_at,
+        )  # fmt: skip

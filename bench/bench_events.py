@@ -1,0 +1,170 @@
+"""Event ingestion figures (issue: event ingestion), each beside a baseline from the same run.
+
+1. Batch path: 1,000-event batches from several concurrent clients, acknowledged after commit,
+   against a raw `COPY` of the same events into the same table from Python (target: >= 70%).
+2. Single-event path at a fixed offered load (500 requests/s): achieved rate, p50 and p99.
+3. Peak RSS of the server process through the run (target: < 300 MB).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from harness import HttpLoad, PeakRss, percentile, private_postgres, row, run, served_api
+
+from api.db.engine import libpq_url
+
+EVENTS = 200_000
+BATCH = 1_000
+CLIENTS = 4
+SINGLE_RATE = 500
+SINGLE_SECONDS = 10
+
+
+def make_events(n: int) -> list[dict]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "event": ("dashboard.viewed", "report.created", "search.performed")[i % 3],
+            "user_id": f"user-{i % 500}",
+            "message_id": f"m-{i}-{uuid.uuid4().hex[:8]}",
+            "timestamp": (now - timedelta(seconds=i % 86_400)).isoformat(),
+            "properties": {"plan": "pro", "source": "web", "n": i, "path": f"/projects/{i % 97}/reports"},
+            "context": {"library": {"name": "bench", "version": "1.0"}, "ip": "10.0.0.1"},
+        }
+        for i in range(n)
+    ]
+
+
+def setup_org(url: str) -> tuple[str, str]:
+    from api.auth.context import Actor
+    from api.cli import run_in_session
+    from api.db.models import TokenKind
+    from api.orgs.services import create_org
+    from api.tokens.services import create_token
+    from api.users import create_user_with_token
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        owner = await create_user_with_token(
+            session, email=f"bench-{uuid.uuid4().hex[:6]}@bench.example", name=None, platform_role=None
+        )
+        org = await create_org(
+            session, principal=owner.principal(), ctx=None, name="Bench", slug=f"bench-{uuid.uuid4().hex[:6]}"
+        )
+        _, key = await create_token(
+            session,
+            kind=TokenKind.org_ingest,
+            name="bench",
+            actor=Actor.system("bench"),
+            ctx=None,
+            organization_id=org.id,
+        )
+        return str(org.id), key
+
+    return run_in_session(url, work)
+
+
+def raw_copy(url: str, org_id: str, events: list[dict], *, with_keys: bool) -> float:
+    """Baseline: COPY the same events from Python into the events table (and, ``with_keys``, their
+    dedupe keys into event_keys, in the same 1,000-row transactions the API uses); rows/s."""
+    received = datetime.now(UTC)
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute("SELECT keel_ensure_event_partitions(current_date, 2)")
+        conn.commit()
+        started = time.perf_counter()
+        chunk = BATCH if with_keys else len(events)
+        for start in range(0, len(events), chunk):
+            part = events[start : start + chunk]
+            cur = conn.cursor()
+            if with_keys:
+                with cur.copy(
+                    "COPY event_keys (organization_id, message_id, received_at) FROM STDIN"
+                ) as copy:
+                    for e in part:
+                        copy.write_row((org_id, e["message_id"], received))
+            with cur.copy(
+                "COPY events (organization_id, message_id, event, user_id, anonymous_id, timestamp, sent_at,"
+                " received_at, properties, context) FROM STDIN"
+            ) as copy:
+                for e in part:
+                    copy.write_row(
+                        (
+                            org_id,
+                            e["message_id"],
+                            e["event"],
+                            e["user_id"],
+                            None,
+                            e["timestamp"],
+                            None,
+                            received,
+                            json.dumps(e["properties"]),
+                            json.dumps(e["context"]),
+                        )
+                    )
+            conn.commit()
+        elapsed = time.perf_counter() - started
+        conn.execute("TRUNCATE events, event_keys")
+        conn.commit()
+    return len(events) / elapsed
+
+
+async def batch_path(api: str, key: str, bodies: list[bytes]) -> float:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with HttpLoad(api, CLIENTS) as load:
+        requests = [load.build("POST", "/v1/events/batch", body, headers) for body in bodies]
+        rate, statuses = await load.closed_loop(requests)
+    assert set(statuses) == {200}, f"statuses {set(statuses)}"
+    return rate * BATCH
+
+
+async def single_path(api: str, key: str) -> tuple[float, float, float, int]:
+    """Open-loop load at SINGLE_RATE requests/s; latency counts from each request's scheduled time."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with HttpLoad(api, 64) as load:
+        requests = [
+            load.build(
+                "POST",
+                "/v1/events",
+                json.dumps(
+                    {"event": "button.clicked", "user_id": f"u{i % 50}", "message_id": f"single-{i}"}
+                ).encode(),
+                headers,
+            )
+            for i in range(SINGLE_RATE * SINGLE_SECONDS)
+        ]
+        rate, latencies, statuses = await load.open_loop(requests, SINGLE_RATE)
+    return rate, percentile(latencies, 50), percentile(latencies, 99), sum(s != 200 for s in statuses)
+
+
+def main() -> None:
+    print("bench_events: event ingestion")
+    events = make_events(EVENTS)
+    bodies = [json.dumps({"events": events[i : i + BATCH]}).encode() for i in range(0, EVENTS, BATCH)]
+    with private_postgres() as url:
+        org_id, key = setup_org(url)
+        copy_rate = raw_copy(url, org_id, events, with_keys=False)
+        keyed_rate = raw_copy(url, org_id, events, with_keys=True)
+        row("baseline: raw COPY into events, one transaction", f"{copy_rate:,.0f} rows/s")
+        row("baseline: raw COPY into events + event_keys, per 1,000", f"{keyed_rate:,.0f} rows/s")
+        with served_api(url) as (api, process), PeakRss(process) as rss:
+            batch_rate = run(lambda: batch_path(api, key, bodies))
+            row(
+                f"batch path ({BATCH}-event batches, {CLIENTS} clients)",
+                f"{batch_rate:,.0f} events/s",
+                f"{batch_rate / copy_rate:.0%} of raw COPY, {batch_rate / keyed_rate:.0%} of keyed COPY (target >= 70%)",
+            )
+            single_rate, p50, p99, errors = run(lambda: single_path(api, key))
+        row(
+            f"single-event path, offered {SINGLE_RATE} req/s",
+            f"{single_rate:,.0f} req/s",
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (aim p99 < 50 ms), errors {errors}",
+        )
+        row("server peak RSS through the run", f"{rss.peak:,.0f} MB", "(target < 300 MB)")
+
+
+if __name__ == "__main__":
+    main()

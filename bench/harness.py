@@ -1,0 +1,218 @@
+"""Shared scaffolding for the benchmark programs: a private Postgres, a served API, RSS sampling.
+
+Every bench starts its own embedded Postgres in a temporary directory (default durability
+settings, unlike the test suite) and its own `keel serve` process on a port chosen at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from api.db.embedded import start_embedded_postgres
+from api.db.migrate import upgrade
+
+T = TypeVar("T")
+KEEL = str(Path(sys.executable).with_name("keel"))
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[str]:
+    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    url, server = start_embedded_postgres(workdir, cleanup="delete")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_api(database_url: str, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="keel-bench-api-")
+    environment = {
+        **os.environ,
+        "KEEL_DATABASE_URL": database_url,
+        "KEEL_DATA_DIR": workdir,
+        "KEEL_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [KEEL, "serve", "--port", str(port)],
+        env=environment,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("keel serve did not start")
+            time.sleep(0.1)
+        yield url, psutil.Process(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class PeakRss:
+    """Samples a process's resident set size in the background; ``peak`` is the largest seen (MB)."""
+
+    def __init__(self, process: psutil.Process, every: float = 0.05) -> None:
+        self.process, self.every, self.peak = process, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self.process.memory_info().rss / 1024 / 1024)
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run(coro: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro())  # type: ignore[arg-type]
+
+
+class HttpLoad:
+    """A lean HTTP/1.1 keep-alive load generator on raw asyncio streams.
+
+    httpx spends more CPU per request than the server under test does on a small route; on a
+    2-core machine that would measure the client. This one sends pre-built requests and parses
+    only the status line and Content-Length.
+    """
+
+    def __init__(self, url: str, connections: int) -> None:
+        host_port = url.removeprefix("http://")
+        self.host, port = host_port.split(":")
+        self.port = int(port)
+        self.size = connections
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def __aenter__(self) -> HttpLoad:
+        for _ in range(self.size):
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while not self.idle.empty():
+            _, writer = self.idle.get_nowait()
+            writer.close()
+
+    def build(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> bytes:
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+        ]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        reader, writer = await self.idle.get()
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length) if length else b""
+        except Exception:
+            writer.close()
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            raise
+        self.idle.put_nowait((reader, writer))
+        return status, body
+
+    async def closed_loop(self, requests: list[bytes]) -> tuple[float, list[int]]:
+        """Send every request as fast as the connections allow; returns (requests/s, statuses)."""
+        pending = iter(requests)
+        statuses: list[int] = []
+
+        async def worker() -> None:
+            for request in pending:
+                statuses.append((await self.send(request))[0])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(self.size)))
+        return len(requests) / (time.perf_counter() - started), statuses
+
+    async def open_loop(self, requests: list[bytes], rate: float) -> tuple[float, list[float], list[int]]:
+        """Offer ``rate`` requests/s on a fixed schedule; latency counts from the scheduled time, so a
+        queue building up shows in the figures. Returns (achieved requests/s, latencies ms, statuses)."""
+        latencies: list[float] = []
+        statuses: list[int] = []
+        started = time.perf_counter()
+
+        async def one(i: int, request: bytes) -> None:
+            due = started + i / rate
+            statuses.append((await self.send(request))[0])
+            latencies.append((time.perf_counter() - due) * 1000)
+
+        tasks = []
+        for i, request in enumerate(requests):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, request)))
+        await asyncio.gather(*tasks)
+        return len(requests) / (time.perf_counter() - started), latencies, statuses
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def row(label: str, value: str, note: str = "") -> None:
+    print(f"  {label:<52} {value:>18}  {note}")
+
+
+__all__ = ["KEEL", "Any", "PeakRss", "percentile", "private_postgres", "row", "run", "served_api"]

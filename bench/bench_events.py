@@ -155,7 +155,8 @@ def main() -> None:
             row(
                 f"batch path ({BATCH}-event batches, {CLIENTS} clients)",
                 f"{batch_rate:,.0f} events/s",
-                f"{batch_rate / copy_rate:.0%} of raw COPY, {batch_rate / keyed_rate:.0%} of keyed COPY (target >= 70%)",
+                f"{batch_rate / copy_rate:.0%} of raw COPY, "
+                f"{batch_rate / keyed_rate:.0%} of keyed COPY (target >= 70%)",
             )
             single_rate, p50, p99, errors = run(lambda: single_path(api, key))
         row(

@@ -17,6 +17,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.admin.controllers import AdminController
+from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
@@ -39,6 +40,8 @@ CONTROLLERS = [
     PlatformIngestKeyController,
     AdminController,
     EventController,
+    AnalyticsController,
+    AdminAnalyticsController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.

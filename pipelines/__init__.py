@@ -1,0 +1,1 @@
+"""Prefect flows (orchestration only) and their tasks (one I/O step each)."""

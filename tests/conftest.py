@@ -105,3 +105,25 @@ def fresh_database(pg_server: tuple[str, object]) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One real Prefect API (temporary, local) for the whole session; flows run against it."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def pipeline_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The settings flows read from the environment, with a lake and warehouse of this test's own."""
+    paths = {"data": tmp_path / "data", "lake": tmp_path / "lake", "warehouse": tmp_path / "warehouse.duckdb"}
+    monkeypatch.setenv("KEEL_DATABASE_URL", database_url)
+    monkeypatch.setenv("KEEL_DATA_DIR", str(paths["data"]))
+    monkeypatch.setenv("KEEL_LAKE_URL", str(paths["lake"]))
+    monkeypatch.setenv("KEEL_WAREHOUSE_PATH", str(paths["warehouse"]))
+    return paths

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit.chain import GENESIS, entry_hash
 from api.auth.context import Actor, RequestContext
+from api.db import fence
 from api.db.base import new_id
 from api.db.models import AuditEntry
 
@@ -36,6 +37,7 @@ async def record(
     organization queue up instead of forking the chain; the lock is released at commit or rollback.
     """
     chain_key = str(organization_id) if organization_id else PLATFORM_CHAIN
+    await fence.hold_shared(session)  # the row's export_seq is drawn below; see api.db.fence
     await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(chain_key, 0))))
     head = (
         await session.execute(

@@ -144,6 +144,9 @@ class ApiToken(IdMixin, TimestampMixin, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+audit_log_export_seq = Sequence("audit_log_export_seq", metadata=Base.metadata)
+
+
 class AuditEntry(Base):
     """One audited action. Append-only (triggers refuse UPDATE, DELETE, TRUNCATE).
 
@@ -155,6 +158,7 @@ class AuditEntry(Base):
     __table_args__ = (
         UniqueConstraint("chain_key", "seq"),
         Index("ix_audit_log_organization_id_id", "organization_id", "id"),
+        Index("ix_audit_log_export_seq_brin", "export_seq", postgresql_using="brin"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -178,6 +182,10 @@ class AuditEntry(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: Global insertion number for the incremental lake export (drawn under the export fence).
+    export_seq: Mapped[int] = mapped_column(
+        BigInteger, audit_log_export_seq, server_default=audit_log_export_seq.next_value()
+    )
 
 
 # Events are written by one bulk statement per batch and read by the export flow in ingest order,

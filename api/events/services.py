@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from api.auth.context import Principal
 from api.db.base import new_id
+from api.db.fence import EXPORT_FENCE_LOCK
 from api.db.models import Organization, OrgStatus, TokenKind
 from api.events.schemas import MAX_EVENT_BYTES, EventIn, IngestResult, Rejection
 from api.schemas import split_validation_message
@@ -29,9 +30,6 @@ from api.schemas import split_validation_message
 log = logging.getLogger("keel.events")
 MAX_FUTURE = timedelta(hours=24)
 PARTITION_DAYS_AHEAD = 7
-#: Ingesting transactions hold this lock shared; the exporter takes it exclusively for an instant
-#: to learn an ingest_seq below which every row is committed (no gaps behind its watermark).
-EXPORT_FENCE_LOCK = 0x6B65656C_6576  # "keelev"
 
 _decode_event = msgspec.json.Decoder(EventIn)
 _encode = msgspec.json.Encoder()

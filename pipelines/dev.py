@@ -1,11 +1,28 @@
-"""``keel dev`` (what ``make run`` starts): everything on embedded defaults, then serve."""
+"""``keel dev`` (what ``make run`` starts): everything on embedded defaults, then serve.
+
+Registered as a ``keel.cli`` entry point: it composes api and pipelines, so it lives on the
+pipelines side of the one-way import rule.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
 from rich.console import Console
 from rich.panel import Panel
 
 from api.settings import Settings
+
+
+def dev(
+    host: Annotated[str | None, typer.Option(help="Interface (default KEEL_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default KEEL_PORT or 8000).")] = None,
+) -> None:
+    """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API."""
+    from api.cli import console, settings
+
+    run_dev(settings(), host=host, port=port, console=console)
 
 
 def run_dev(settings: Settings, *, host: str | None, port: int | None, console: Console) -> None:
@@ -36,6 +53,7 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             ),
         )
         token = created.token
+    report = refresh_analytics_once(settings.with_(database_url=url), console)
     host, port = host or settings.host, port or settings.port
     base = f"http://{host}:{port}"
     console.print(
@@ -43,9 +61,26 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             f"API          {base}\n"
             f"OpenAPI      {base}/schema/openapi.json\n"
             f"Docs UI      {base}/schema\n"
-            f"Admin token  {token}\n\n"
+            f"Admin token  {token}\n"
+            f"Report       {report}\n"
+            f'Warehouse    keel warehouse sql "SELECT * FROM org_health"\n\n'
             f"try: curl -H 'Authorization: Bearer {token}' {base}/v1/admin/orgs",
             title="Keel is running",
         )
     )
     serve_api(settings.with_(database_url=url), host=host, port=port)
+
+
+def refresh_analytics_once(settings: Settings, console: Console) -> str:
+    """Export, build and report once, in-process as a real Prefect flow run; returns the report path."""
+    import os
+
+    os.environ["KEEL_DATABASE_URL"] = settings.database_url or ""
+    home = os.environ.setdefault("PREFECT_HOME", str(settings.data_dir.resolve() / "prefect"))
+    os.makedirs(home, exist_ok=True)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from pipelines.flows import refresh_analytics
+
+    with console.status("running the pipelines once (export → warehouse → org health report)…"):
+        result = refresh_analytics()
+    return str(result["report"]["html"])

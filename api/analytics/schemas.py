@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import uuid
+from datetime import date
+
+import msgspec
+
+
+class ActivityDay(msgspec.Struct):
+    day: date
+    events: int
+    active_users: int
+    new_users: int
+    dau: int
+    wau: int
+    mau: int
+    dau_mau: float | None
+
+
+class ActivityOut(msgspec.Struct):
+    organization_id: uuid.UUID
+    start: date = msgspec.field(name="from")
+    end: date = msgspec.field(name="to")
+    as_of: date
+    days: list[ActivityDay]
+
+
+class HealthOut(msgspec.Struct):
+    organization_id: uuid.UUID
+    name: str
+    as_of: date
+    score: int
+    label: str
+    reasons: list[str]
+    wau_now: int
+    wau_4w_ago: int | None
+    wau_trend: float | None
+    mau: int
+    active_members: int
+    seat_utilization: float | None
+    billing_status: str | None
+    owner_changes_30d: int
+    key_churn_30d: int
+    days_since_last_event: int | None

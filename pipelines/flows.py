@@ -1,0 +1,139 @@
+"""Keel's Prefect flows. Flows orchestrate; each task is one I/O step around a plain function in
+``pipelines.tasks`` (which the tests also call directly). Deployed by ``flows.yaml``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import Flow, flow, task
+
+from pipelines import progress, runtime
+from pipelines.tasks import export as export_tasks
+from pipelines.tasks import retention as retention_tasks
+
+
+@task(name="export-append-only", retries=2, retry_delay_seconds=5)
+def export_append_only(table: str, chunk_rows: int) -> dict[str, Any]:
+    config = runtime.settings()
+    result = export_tasks.export_table(
+        runtime.database_url(config),
+        runtime.lake(config),
+        export_tasks.APPEND_ONLY[table],
+        chunk_rows=chunk_rows,
+        progress=lambda done, total: progress.report(f"export {table}", done, total),
+    )
+    return {"table": table, "rows": result.rows, "files": len(result.files), "watermark": result.watermark_to}
+
+
+@task(name="export-snapshot", retries=2, retry_delay_seconds=5)
+def export_snapshot(name: str) -> dict[str, Any]:
+    config = runtime.settings()
+    result = export_tasks.export_snapshot(
+        runtime.database_url(config), runtime.lake(config), export_tasks.SNAPSHOTS[name]
+    )
+    progress.report(f"snapshot {name}", result.rows, result.rows)
+    return {"table": name, "rows": result.rows}
+
+
+@task(name="write-schemas")
+def write_schemas() -> None:
+    export_tasks.write_schemas(runtime.lake(runtime.settings()))
+
+
+@flow(name="export-lake", log_prints=True)
+def export_lake(chunk_rows: int = 250_000) -> list[dict[str, Any]]:
+    """Incremental, idempotent export of every record table to the Parquet lake."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    write_schemas()
+    results = [export_append_only(name, chunk_rows) for name in export_tasks.APPEND_ONLY]
+    results += [export_snapshot(name) for name in export_tasks.SNAPSHOTS]
+    return results
+
+
+@task(name="build-duckdb")
+def build_duckdb(as_of: str | None) -> dict[str, Any]:
+    from warehouse.build import build_warehouse
+
+    config = runtime.settings()
+    day = date.fromisoformat(as_of) if as_of else None
+    done = 0
+
+    def on_model(model: Any) -> None:
+        nonlocal done
+        done += 1
+        progress.report("build warehouse", done, None)
+
+    result = build_warehouse(
+        config.resolved_lake_url, config.resolved_warehouse_path, as_of=day, on_model=on_model
+    )
+    return {"path": str(result.path), "as_of": result.as_of.isoformat(), "tables": result.tables}
+
+
+@flow(name="build-warehouse", log_prints=True)
+def build_warehouse_flow(as_of: str | None = None) -> dict[str, Any]:
+    """Rebuild the DuckDB warehouse (staging views over the lake, marts) from the lake."""
+    if as_of is not None:
+        date.fromisoformat(as_of)  # a bad date fails here, before anything is written
+    return build_duckdb(as_of)
+
+
+@task(name="render-org-health")
+def render_org_health(out_dir: str | None) -> dict[str, str]:
+    from pathlib import Path
+
+    from warehouse.report import write_report
+
+    config = runtime.settings()
+    target = Path(out_dir) if out_dir else config.data_dir / "reports"
+    target.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt in ("html", "csv"):
+        paths[fmt] = str(write_report(config.resolved_warehouse_path, target / f"org-health.{fmt}", fmt))
+        progress.report("org health report", len(paths), 2)
+    return paths
+
+
+@flow(name="org-health", log_prints=True)
+def org_health(out_dir: str | None = None) -> dict[str, str]:
+    """Write the org health report (HTML with charts, and CSV) from the warehouse."""
+    return render_org_health(out_dir)
+
+
+@flow(name="refresh-analytics", log_prints=True)
+def refresh_analytics(chunk_rows: int = 250_000, as_of: str | None = None) -> dict[str, Any]:
+    """Export, rebuild the warehouse, write the report: what `make run` does before serving."""
+    exported = export_lake(chunk_rows=chunk_rows)
+    built = build_warehouse_flow(as_of=as_of)
+    report = org_health()
+    return {"exported": exported, "warehouse": built, "report": report}
+
+
+@task(name="drop-exported-partitions")
+def drop_exported_partitions(retention_days: int | None) -> dict[str, Any]:
+    config = runtime.settings()
+    days = config.events_retention_days if retention_days is None else retention_days
+    result = retention_tasks.prune_events(
+        runtime.database_url(config), runtime.lake(config), retention_days=days
+    )
+    progress.report("retention", len(result.dropped), len(result.dropped) + len(result.kept))
+    return {"dropped": result.dropped, "kept": result.kept, "keys_removed": result.keys_removed}
+
+
+@flow(name="retention", log_prints=True)
+def retention(events_retention_days: int | None = None) -> dict[str, Any]:
+    """Drop event partitions older than the retention window, only once the lake holds them."""
+    if events_retention_days is not None and events_retention_days < 1:
+        raise ValueError("events_retention_days must be at least 1")
+    return drop_exported_partitions(events_retention_days)
+
+
+#: The flows `keel flows` knows, by the names flows.yaml deploys them under.
+FLOWS: dict[str, Flow[..., Any]] = {
+    "export-lake": export_lake,
+    "build-warehouse": build_warehouse_flow,
+    "org-health": org_health,
+    "refresh-analytics": refresh_analytics,
+    "retention": retention,
+}

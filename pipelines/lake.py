@@ -1,0 +1,108 @@
+"""The Parquet lake: a local path or ``s3://`` URL, through pyarrow filesystems.
+
+Files are written under a temporary name and renamed into place, so a reader (or a crash) never
+sees half a file. Export state (watermarks) lives beside the data in ``_state/``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be reached or written."""
+
+
+@dataclass(frozen=True)
+class Lake:
+    fs: pafs.FileSystem
+    root: str
+    url: str
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True) -> Lake:
+        try:
+            if url.startswith("s3://"):
+                filesystem, root = _s3(url)
+            else:
+                filesystem, root = pafs.LocalFileSystem(), str(url)
+                if create:
+                    filesystem.create_dir(root, recursive=True)
+            info = filesystem.get_file_info(root)
+            if create and info.type == pafs.FileType.NotFound and not url.startswith("s3://"):
+                raise LakeError(f"cannot create the lake at {url}")
+        except (OSError, pa.ArrowException) as exc:
+            raise LakeError(f"the lake at {url} is unreachable: {exc}") from exc
+        return cls(fs=filesystem, root=root.rstrip("/"), url=url)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list_files(self, prefix: str, suffix: str = ".parquet") -> list[str]:
+        selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.path.endswith(suffix)
+        )
+
+    def write_parquet(self, table: pa.Table, path: str) -> None:
+        """Write ``table`` to ``path`` atomically (temporary name, then rename)."""
+        directory = posixpath.dirname(path)
+        self.fs.create_dir(directory, recursive=True)
+        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
+        try:
+            with self.fs.open_output_stream(temporary) as sink:
+                pq.write_table(table, sink, compression="zstd")
+            self.fs.move(temporary, path)
+        except BaseException:
+            if self.exists(temporary):
+                self.fs.delete_file(temporary)
+            raise
+
+    def read_json(self, path: str) -> Any:
+        if not self.exists(path):
+            return None
+        with self.fs.open_input_stream(path) as source:
+            return json.loads(source.read())
+
+    def write_json(self, path: str, value: Any) -> None:
+        directory = posixpath.dirname(path)
+        self.fs.create_dir(directory, recursive=True)
+        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.json")
+        with self.fs.open_output_stream(temporary) as sink:
+            sink.write(json.dumps(value, indent=2, sort_keys=True).encode())
+        self.fs.move(temporary, path)
+
+    def delete(self, path: str) -> None:
+        if self.exists(path):
+            self.fs.delete_file(path)
+
+
+def _s3(url: str) -> tuple[pafs.FileSystem, str]:
+    """``s3://bucket/prefix``; credentials, region and endpoint come from the usual AWS variables
+    (``AWS_ENDPOINT_URL`` points at an S3-compatible store)."""
+    import os
+
+    parsed = urlparse(url)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {}
+    if endpoint:
+        endpoint_url = urlparse(endpoint)
+        options["endpoint_override"] = endpoint_url.netloc or endpoint
+        options["scheme"] = endpoint_url.scheme or "https"
+    if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+        options["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return pafs.S3FileSystem(**options), f"{parsed.netloc}{parsed.path}"

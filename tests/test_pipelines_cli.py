@@ -1,0 +1,223 @@
+"""flows.yaml, `keel flows`, `keel warehouse`, `keel report`, and the report as a person sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.lake import Lake, LakeError
+from pipelines.tasks import export as export_tasks
+from tests.harness import auth
+from warehouse.build import build_warehouse
+
+ROOT = Path(__file__).resolve().parents[1]
+KEEL = str(Path(sys.executable).with_name("keel"))
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+OUTPUT = Path(os.environ.get("KEEL_TEST_OUTPUT", ROOT / "test-output"))
+
+
+def keel(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KEEL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.fixture
+def built_warehouse(database_url: str, pipeline_env: dict[str, Path]) -> Path:
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.write_schemas(lake)
+    for table in export_tasks.APPEND_ONLY.values():
+        export_tasks.export_table(database_url, lake, table)
+    for snapshot in export_tasks.SNAPSHOTS.values():
+        export_tasks.export_snapshot(database_url, lake, snapshot)
+    build_warehouse(str(pipeline_env["lake"]), pipeline_env["warehouse"], as_of=datetime.now(UTC).date())
+    return pipeline_env["warehouse"]
+
+
+def test_flows_yaml_is_accepted_by_prefect_deploy(prefect_harness: None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    async def create_pool() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="keel", type="process"), overwrite=True)
+
+    asyncio.run(create_pool())
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "KEEL_HOME": str(ROOT)}
+    result = subprocess.run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "flows.yaml", "--all"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    declared = {d["name"]: d for d in yaml.safe_load((ROOT / "flows.yaml").read_text())["deployments"]}
+
+    async def deployed() -> dict[str, list[str]]:
+        async with get_client() as client:
+            found = await client.read_deployments()
+            return {d.name: [s.schedule.cron for s in d.schedules] for d in found}  # type: ignore[union-attr]
+
+    schedules = asyncio.run(deployed())
+    for name, d in declared.items():
+        assert schedules[name] == [s["cron"] for s in d.get("schedules") or []]
+
+
+def test_keel_flows_list_and_bad_input() -> None:
+    listed = keel("flows", "list")
+    assert listed.returncode == 0 and "export-lake" in listed.stdout and "*/15 * * * *" in listed.stdout
+    unknown = keel("flows", "run", "export-everything")
+    assert unknown.returncode == 2 and "no flow named 'export-everything'" in unknown.stderr
+    bad_param = keel("flows", "run", "export-lake", "--param", "rows=5")
+    assert bad_param.returncode == 2 and "has no parameter rows" in bad_param.stderr
+    malformed = keel("flows", "run", "export-lake", "--param", "chunk_rows")
+    assert malformed.returncode == 2 and "k=v" in malformed.stderr
+
+
+def test_flows_run_with_an_unreachable_lake_fails_clearly(database_url: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the lake should be")
+    env = {"KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp_path / "data"),
+           "KEEL_LAKE_URL": str(blocker / "lake")}  # fmt: skip
+    result = keel("flows", "run", "export-lake", env=env, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "flow export-lake failed" in result.stderr and "lake" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[:3000]
+    with pytest.raises(LakeError, match="unreachable"):
+        Lake.open(str(blocker / "lake"))
+
+
+def test_flows_run_builds_everything_with_progress(client, org, database_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        {"event": "report.created", "user_id": f"u{i % 4}", "message_id": f"cli-{i}"} for i in range(40)
+    ]
+    assert (
+        client.post("/v1/events/batch", json={"events": events}, headers=auth(org.ingest_key)).json()[
+            "accepted"
+        ]
+        == 40
+    )
+    env = {"KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp_path / "data"),
+           "KEEL_LAKE_URL": str(tmp_path / "lake"), "KEEL_WAREHOUSE_PATH": str(tmp_path / "w.duckdb")}  # fmt: skip
+    result = keel("flows", "run", "refresh-analytics", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "flow refresh-analytics completed" in result.stderr and "export events" in result.stderr, (
+        result.stdout + result.stderr
+    )
+    summary = json.loads(result.stdout)
+    assert Path(summary["report"]["html"]).is_file() and Path(summary["report"]["csv"]).is_file()
+    assert summary["warehouse"]["tables"]["org_health"] >= 1
+    assert summary["exported"][0] == {
+        "table": "events",
+        "rows": summary["exported"][0]["rows"],
+        "files": summary["exported"][0]["files"],
+        "watermark": summary["exported"][0]["watermark"],
+    }
+    assert summary["exported"][0]["rows"] >= 40
+
+
+def test_warehouse_sql_describe_and_report(built_warehouse: Path, tmp_path: Path) -> None:
+    env = {"KEEL_WAREHOUSE_PATH": str(built_warehouse)}
+    table = keel("warehouse", "sql", "SELECT count(*) AS n FROM org_health", env=env)
+    assert table.returncode == 0 and "n" in table.stdout
+    as_json = keel(
+        "warehouse",
+        "sql",
+        "SELECT label, count(*) AS n FROM org_health GROUP BY 1",
+        "--format",
+        "json",
+        env=env,
+    )
+    assert {row["label"] for row in json.loads(as_json.stdout)} <= {"healthy", "watch", "at_risk"}
+    csv = keel(
+        "warehouse", "sql", "SELECT organization_id, score FROM org_health", "--format", "csv", env=env
+    )
+    assert csv.stdout.splitlines()[0] == "organization_id,score"
+    parquet = tmp_path / "health.parquet"
+    assert (
+        keel(
+            "warehouse",
+            "sql",
+            "SELECT * FROM org_health",
+            "--format",
+            "parquet",
+            "--out",
+            str(parquet),
+            env=env,
+        ).returncode
+        == 0
+    )
+    assert parquet.stat().st_size > 0
+    broken = keel("warehouse", "sql", "SELEKT 1", env=env)
+    assert broken.returncode == 1 and "the query failed" in broken.stderr and "Traceback" not in broken.stderr
+    no_table = keel("warehouse", "sql", "SELECT * FROM no_such_mart", env=env)
+    assert no_table.returncode == 1 and "no_such_mart" in no_table.stderr
+    assert keel("warehouse", "sql", "SELECT 1", "--format", "xml", env=env).returncode == 2
+    describe = keel("warehouse", "describe", env=env)
+    for mart in (
+        "org_daily_activity",
+        "org_active_users",
+        "feature_adoption",
+        "seat_utilization",
+        "org_health",
+    ):
+        assert mart in describe.stdout
+    assert "one row per organization per UTC day" in describe.stdout
+    missing = keel("warehouse", "sql", "SELECT 1", env={"KEEL_WAREHOUSE_PATH": str(tmp_path / "none.duckdb")})
+    assert missing.returncode == 1 and "build-warehouse" in missing.stderr
+    out = tmp_path / "report.csv"
+    assert keel("report", "org-health", "--out", str(out), "--format", "csv", env=env).returncode == 0
+    assert out.read_text().startswith("organization_id,name,score,label")
+
+
+def test_the_duckdb_file_opens_in_a_plain_duckdb_client(built_warehouse: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect(str(built_warehouse), read_only=True)
+    try:
+        marts = {r[0] for r in con.execute("SELECT name FROM keel_catalog WHERE kind = 'mart'").fetchall()}
+        assert marts == {
+            "org_daily_activity",
+            "org_active_users",
+            "feature_adoption",
+            "seat_utilization",
+            "org_health",
+        }
+        assert con.execute("SELECT count(*) FROM stg_events").fetchone()[0] > 0  # views reach the lake
+    finally:
+        con.close()
+
+
+def test_the_report_renders_in_a_browser_with_its_charts(built_warehouse: Path, tmp_path: Path) -> None:
+    from warehouse import queries
+    from warehouse.report import write_report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (.ci/run installs it)"
+    page = write_report(built_warehouse, tmp_path / "org-health.html", "html")
+    assert "http://" not in page.read_text() and "https://" not in page.read_text(), (
+        "the page must need no network"
+    )
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    screenshot = OUTPUT / "org-health-report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1300,1000"]  # fmt: skip
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    organizations = queries.org_health(built_warehouse).height
+    assert dom.stdout.count("<polyline") == organizations  # one WAU chart per org, drawn by the browser
+    assert dom.stdout.count('class="chart seats"') == organizations
+    shot = subprocess.run(
+        [chromium, *flags, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, timeout=120
+    )
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-500:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Litestar
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
 
@@ -33,14 +34,34 @@ PROBLEM_SCHEMA = Schema(
 )
 
 
-def _strict_struct_names() -> set[str]:
-    names: set[str] = set()
+def _strict_structs() -> list[type[Struct]]:
+    found: list[type[Struct]] = []
     pending = list(Struct.__subclasses__())
     while pending:
         cls = pending.pop()
-        names.add(cls.__name__)
+        found.append(cls)
         pending.extend(cls.__subclasses__())
-    return names
+    return found
+
+
+_BOUNDS = (("ge", "minimum"), ("gt", "exclusive_minimum"), ("le", "maximum"), ("lt", "exclusive_maximum"))
+
+
+def _restore_zero_bounds(cls: type[Struct], component: Schema) -> None:
+    """Litestar drops a numeric bound equal to 0 on optional fields (it tests the bound for truth),
+    so a PATCH body's ``rollout_percentage >= 0`` would vanish from the document: put it back."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        kind = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
+        prop = (component.properties or {}).get(field.encode_name)
+        if not isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+            continue
+        if not isinstance(prop, Schema):
+            continue
+        for bound, key in _BOUNDS:
+            if getattr(kind, bound) == 0 and getattr(prop, key) is None:
+                setattr(prop, key, 0)
 
 
 def document_problems(app: Litestar) -> None:
@@ -49,10 +70,11 @@ def document_problems(app: Litestar) -> None:
     assert spec.components is not None
     spec.components.schemas = {**(spec.components.schemas or {}), "Problem": PROBLEM_SCHEMA}
     # Request bodies refuse unknown fields; say so, so clients (and fuzzers) know.
-    for name in _strict_struct_names():
-        component = spec.components.schemas.get(name)
+    for cls in _strict_structs():
+        component = spec.components.schemas.get(cls.__name__)
         if isinstance(component, Schema):
             component.additional_properties = False
+            _restore_zero_bounds(cls, component)
     public = {
         (route.path, method.lower())
         for route in app.routes

@@ -17,6 +17,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.admin.controllers import AdminController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
+from api.flags.controllers import FlagAdminController, FlagEvaluationController
+from api.flags.store import FlagStore
 from api.members.controllers import MemberController
 from api.observability import request_id_middleware
 from api.openapi import document_problems
@@ -34,6 +36,8 @@ CONTROLLERS = [
     OrgIngestKeyController,
     PlatformIngestKeyController,
     AdminController,
+    FlagAdminController,
+    FlagEvaluationController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.
@@ -50,9 +54,14 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        # The flags' in-process copy: loaded before the first request, refreshed until shutdown.
+        flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)
+        await flags.start()
+        app.state.flags = flags
         try:
             yield
         finally:
+            await flags.stop()
             await engine.dispose()
 
     app = Litestar(

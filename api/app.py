@@ -22,6 +22,8 @@ from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
 from api.events.services import PartitionKeeper, keep_event_partitions
+from api.flags.controllers import FlagAdminController, FlagEvaluationController
+from api.flags.store import FlagStore
 from api.members.controllers import MemberController
 from api.observability import request_id_middleware
 from api.openapi import document_problems
@@ -42,6 +44,8 @@ CONTROLLERS = [
     EventController,
     AnalyticsController,
     AdminAnalyticsController,
+    FlagAdminController,
+    FlagEvaluationController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.
@@ -60,9 +64,14 @@ def create_app(settings: Settings) -> Litestar:
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.partitions = PartitionKeeper()
         upkeep = asyncio.create_task(keep_event_partitions(engine, app.state.partitions))
+        # The flags' in-process copy: loaded before the first request, refreshed until shutdown.
+        flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)
+        await flags.start()
+        app.state.flags = flags
         try:
             yield
         finally:
+            await flags.stop()
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,9 +21,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Keel: the or
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_app = typer.Typer(no_args_is_help=True, help="Users and their tokens.")
 demo_app = typer.Typer(no_args_is_help=True, help="Demo data.")
+flags_app = typer.Typer(no_args_is_help=True, help="Feature flags.")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(demo_app, name="demo")
+app.add_typer(flags_app, name="flags")
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -116,6 +119,35 @@ def demo_seed(
     with console.status("seeding the demo…"):
         summary = seed(url, force=force)
     console.print(summary)
+
+
+@flags_app.command("explain")
+def flags_explain(
+    key: Annotated[str, typer.Argument(help="The flag's key.")],
+    org: Annotated[uuid.UUID, typer.Option("--org", help="The organization's id.")],
+    user: Annotated[
+        str | None, typer.Option("--user", help="The end user's id (for user stickiness).")
+    ] = None,
+) -> None:
+    """Say whether a flag is on for an organization (and user), and why, read from the database."""
+    from api.flags.services import explain
+
+    url = database_url(settings())
+    try:
+        flag, organization, result = run_in_session(
+            url, lambda s: explain(s, key=key, org_id=org, user_id=user)
+        )
+    except KeelError as exc:
+        raise fail(exc.detail) from None
+    state = "archived" if flag.archived_at else ("enabled" if flag.enabled else "disabled (kill switch)")
+    rollout = f"rollout {flag.rollout_percentage}%, sticky by {flag.stickiness.value}"
+    sys.stdout.write(
+        f"flag:   {flag.key} ({state}; {rollout})\n"
+        f"org:    {organization.id} ({organization.name})\n"
+        + (f"user:   {user}\n" if user else "")
+        + f"result: {'ON' if result.enabled else 'OFF'} ({result.reason.value})\n"
+        f"why:    {result.explain()}\n"
+    )
 
 
 @app.command("serve")

@@ -62,3 +62,14 @@ class ValidationFailed(KeelError):
         if errors is None and field is not None:
             errors = [{"field": field, "message": detail}]
         super().__init__(detail, errors=errors)
+
+
+class ServiceUnavailable(KeelError):
+    """Something the answer depends on is not ready yet (the database is down); retry shortly."""
+
+    status_code = 503
+    title = "Service unavailable"
+    type_slug = "service-unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})

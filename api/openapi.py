@@ -71,14 +71,34 @@ def _from_json_schema(node: dict[str, Any]) -> Schema | Reference:
     return Schema(**fields)
 
 
-def _strict_struct_names() -> set[str]:
-    names: set[str] = set()
+def _strict_structs() -> list[type[Struct]]:
+    found: list[type[Struct]] = []
     pending = list(Struct.__subclasses__())
     while pending:
         cls = pending.pop()
-        names.add(cls.__name__)
+        found.append(cls)
         pending.extend(cls.__subclasses__())
-    return names
+    return found
+
+
+_BOUNDS = (("ge", "minimum"), ("gt", "exclusive_minimum"), ("le", "maximum"), ("lt", "exclusive_maximum"))
+
+
+def _restore_zero_bounds(cls: type[Struct], component: Schema) -> None:
+    """Litestar drops a numeric bound equal to 0 on optional fields (it tests the bound for truth),
+    so a PATCH body's ``rollout_percentage >= 0`` would vanish from the document: put it back."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        kind = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
+        prop = (component.properties or {}).get(field.encode_name)
+        if not isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+            continue
+        if not isinstance(prop, Schema):
+            continue
+        for bound, key in _BOUNDS:
+            if getattr(kind, bound) == 0 and getattr(prop, key) is None:
+                setattr(prop, key, 0)
 
 
 def document_problems(app: Litestar) -> None:
@@ -87,10 +107,11 @@ def document_problems(app: Litestar) -> None:
     assert spec.components is not None
     spec.components.schemas = {**(spec.components.schemas or {}), "Problem": PROBLEM_SCHEMA}
     # Request bodies refuse unknown fields; say so, so clients (and fuzzers) know.
-    for name in _strict_struct_names():
-        component = spec.components.schemas.get(name)
+    for cls in _strict_structs():
+        component = spec.components.schemas.get(cls.__name__)
         if isinstance(component, Schema):
             component.additional_properties = False
+            _restore_zero_bounds(cls, component)
     public = {
         (route.path, method.lower())
         for route in app.routes
@@ -112,6 +133,14 @@ def document_problems(app: Litestar) -> None:
         )
         for name, body in components.items():
             spec.components.schemas[name] = _from_json_schema(body)  # type: ignore[assignment]
+    # Routes that answer in several formats list them in opt["media_types"] (media type -> JSON type).
+    formats = {
+        (route.path, method.lower()): handler.opt["media_types"]
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if "media_types" in handler.opt
+        for method in getattr(handler, "http_methods", ())
+    }
     problem = {
         "application/problem+json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
     }
@@ -132,6 +161,13 @@ def document_problems(app: Litestar) -> None:
                 )
             if (path, method) in public:
                 operation.security = []  # needs no token
+            if (path, method) in formats and operation.responses and "200" in operation.responses:
+                ok = operation.responses["200"]
+                assert isinstance(ok, OpenAPIResponse)
+                ok.content = {
+                    media: OpenAPIMediaType(schema=Schema(type=OpenAPIType(kind)))
+                    for media, kind in formats[(path, method)].items()
+                }
             # Litestar documents its own 400 shape; Keel answers every error as a problem instead.
             operation.responses = {k: v for k, v in (operation.responses or {}).items() if k != "400"}
             operation.responses.setdefault(

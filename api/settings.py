@@ -38,6 +38,8 @@ class Settings:
     log_level: str = "INFO"
     #: Seconds between ``last_used_at`` writes for one token: a hot key must not write a row per request.
     token_touch_interval: int = 60
+    #: Seconds between the flag cache's version checks (the fallback when a NOTIFY is missed).
+    flags_poll_interval: float = 1.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

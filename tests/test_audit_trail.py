@@ -30,6 +30,13 @@ def _invitee(client: httpx.Client, engine: Engine, world: OrgWorld) -> str:
     return user_id
 
 
+def _new_flag(client: httpx.Client, staff_token: str) -> str:
+    key = unique("flag")
+    created = client.post("/v1/admin/flags", json={"key": key}, headers=auth(staff_token))
+    assert created.status_code == 201, created.text
+    return key
+
+
 # One successful call per mutating route, with the action it must record.
 CASES: dict[tuple[str, str], tuple[Call, str]] = {
     ("POST", "/v1/orgs"): (
@@ -106,6 +113,32 @@ CASES: dict[tuple[str, str], tuple[Call, str]] = {
     ("PUT", "/v1/admin/users/{user_id:uuid}/platform-role"): (
         lambda c, e, w, s: c.put(f"/v1/admin/users/{w.user_ids['viewer']}/platform-role", json={"platform_role": "support"}, headers=auth(s)),
         "user.platform_role_changed",
+    ),
+    ("POST", "/v1/admin/flags"): (
+        lambda c, e, w, s: c.post("/v1/admin/flags", json={"key": unique("flag"), "rollout_percentage": 5}, headers=auth(s)),
+        "flag.created",
+    ),
+    ("PATCH", "/v1/admin/flags/{key:str}"): (
+        lambda c, e, w, s: c.patch(f"/v1/admin/flags/{_new_flag(c, s)}", json={"rollout_percentage": 25}, headers=auth(s)),
+        "flag.updated",
+    ),
+    ("DELETE", "/v1/admin/flags/{key:str}"): (
+        lambda c, e, w, s: c.delete(f"/v1/admin/flags/{_new_flag(c, s)}", headers=auth(s)),
+        "flag.archived",
+    ),
+    ("PUT", "/v1/admin/flags/{key:str}/overrides/{org_id:uuid}"): (
+        lambda c, e, w, s: c.put(
+            f"/v1/admin/flags/{_new_flag(c, s)}/overrides/{w.id}", json={"enabled": True, "reason": "beta"}, headers=auth(s)
+        ),
+        "flag.override_set",
+    ),
+    ("DELETE", "/v1/admin/flags/{key:str}/overrides/{org_id:uuid}"): (
+        lambda c, e, w, s: (
+            key := _new_flag(c, s),
+            c.put(f"/v1/admin/flags/{key}/overrides/{w.id}", json={"enabled": False, "reason": "r"}, headers=auth(s)),
+            c.delete(f"/v1/admin/flags/{key}/overrides/{w.id}", headers=auth(s)),
+        )[2],
+        "flag.override_removed",
     ),
 }  # fmt: skip
 

@@ -16,7 +16,10 @@ from sqlalchemy import Engine
 from api.app import create_app
 from api.db.models import PlatformRole
 from api.settings import Settings
+from pipelines.lake import Lake
+from pipelines.tasks import export as export_tasks
 from tests.harness import LiveServer, auth, make_org, make_user
+from warehouse.build import build_warehouse
 
 # The document does not depend on the database; the calls go to the session's live server.
 schema = schemathesis.openapi.from_dict(
@@ -29,9 +32,22 @@ FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=list(Healt
 
 
 @pytest.fixture(scope="module")
-def personas(live_server: LiveServer, engine: Engine) -> dict[str, tuple[dict[str, str], str]]:
+def personas(
+    live_server: LiveServer, engine: Engine, database_url: str, app, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[dict[str, str], str]]:  # type: ignore[no-untyped-def]
     with httpx.Client(base_url=live_server.url) as client:
         world = make_org(client, engine)
+        client.post(
+            "/v1/events", json={"event": "fuzz.ready", "user_id": "u"}, headers=auth(world.ingest_key)
+        )
+    # Analytics routes read the warehouse: build one, so they are fuzzed past "not built yet" (503).
+    lake = Lake.open(str(tmp_path_factory.mktemp("fuzz-lake")))
+    export_tasks.write_schemas(lake)
+    for table in export_tasks.APPEND_ONLY.values():
+        export_tasks.export_table(database_url, lake, table)
+    for snapshot in export_tasks.SNAPSHOTS.values():
+        export_tasks.export_snapshot(database_url, lake, snapshot)
+    build_warehouse(lake.url, app.state.settings.resolved_warehouse_path)
     _, admin = make_user(engine, platform_role=PlatformRole.admin)
     return {"owner": (world.headers("owner"), world.id), "platform admin": (auth(admin), world.id)}
 

@@ -1,7 +1,9 @@
 """Tenant isolation, enumerated from the app's own routes: a route added later is covered as it is.
 
 Every route whose path names an organization (or another tenant-owned id) is called with the
-credentials of another organization; each must answer 404 and change nothing.
+credentials of another organization; each must answer 404 and change nothing. Routes that take
+the organization as the ``org_id`` query parameter instead (flag evaluation) get the victim's id
+there, so they are held to the same rule.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
         "user_id": victim.user_ids["member"],
         "key_id": victim.ingest_key_id,
         "token_id": tokens[0]["id"],
+        # Flags are platform-wide; what a flag route must hide is the org named in its query.
+        "key": "isolation-check",
     }
 
 
@@ -88,7 +92,7 @@ def test_every_tenant_route_hides_other_orgs(
     for method, template in tenant_routes(app):
         url = fill(template, values)
         body = {} if method in {"POST", "PUT", "PATCH"} else None
-        response = client.request(method, url, headers=headers, json=body)
+        response = client.request(method, url, headers=headers, json=body, params={"org_id": victim.id})
         # Org routes answer 404; routes of another tenant-owned id may refuse the credential itself (403).
         expected = {404} if "{org_id" in template else {403, 404}
         assert response.status_code in expected, (
@@ -97,7 +101,9 @@ def test_every_tenant_route_hides_other_orgs(
         assert response.headers["content-type"].startswith("application/problem+json")
         # Indistinguishable from ids that do not exist at all.
         ghosts = {name: str(uuid.uuid4()) for name in values}
-        ghost = client.request(method, fill(template, ghosts), headers=headers, json=body)
+        ghost = client.request(
+            method, fill(template, ghosts), headers=headers, json=body, params={"org_id": ghosts["org_id"]}
+        )
         assert strip(response.json()) == strip(ghost.json()), f"{method} {template} leaks existence"
         checked.append((method, template))
     assert len(checked) >= 10

@@ -22,6 +22,9 @@ from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
 from api.db.models import AuditEntry, Organization
+from api.flags import services as flags
+from api.flags.controllers import override_out
+from api.flags.schemas import OrgFlagState
 from api.members.controllers import member_out
 from api.pagination import Cursor, Limit, next_cursor
 
@@ -69,12 +72,21 @@ class AdminController(Controller):
         org, members, keys, recent = await services.org_view(
             db, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )
+        states, overrides = await flags.org_flags(db, org_id=org_id)
         return AdminOrgView(
             id=org.id, name=org.name, slug=org.slug, status=org.status,
             suspended_reason=org.suspended_reason, stripe_customer_id=org.stripe_customer_id,
             created_at=org.created_at, deleted_at=org.deleted_at,
             members=[member_out(m, u) for m, u in members], active_ingest_keys=keys,
             recent_audit=[audit_out(e) for e in recent],
+            flags=[
+                OrgFlagState(
+                    key=f.key, enabled=r.enabled, reason=r.reason, bucket=r.bucket,
+                    rollout_percentage=f.rollout_percentage, stickiness=f.stickiness,
+                )
+                for f, r in states
+            ],
+            flag_overrides=[override_out(o, key, org.name) for o, key in overrides],
         )  # fmt: skip
 
     @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from api.db.models import OrgStatus, PlatformRole
+from api.flags.schemas import OrgFlagState, OverrideOut
 from api.members.schemas import MemberOut
 from api.schemas import Reason, Struct
 
@@ -64,6 +65,10 @@ class AdminOrgView(msgspec.Struct):
     members: list[MemberOut]
     active_ingest_keys: int
     recent_audit: list[AuditEntryOut]
+    #: Every live flag as this organization gets it (without a user id), read fresh.
+    flags: list[OrgFlagState]
+    #: This organization's overrides, archived flags' included.
+    flag_overrides: list[OverrideOut]
 
 
 class UserOut(msgspec.Struct):

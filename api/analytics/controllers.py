@@ -60,6 +60,7 @@ class AdminAnalyticsController(Controller):
         "/reports/org-health",
         summary="The org health report for account managers: HTML (charts), CSV or JSON (staff; audited)",
         media_type="text/html",
+        opt={"media_types": {"text/html": "string", "text/csv": "string", "application/json": "object"}},
     )
     async def org_health_report(
         self,

@@ -90,16 +90,18 @@ penalties AS (
             CASE WHEN key_churn_30d >= 3 THEN struct_pack(points := 5, reason := printf('%d ingest keys created or revoked in the last 30 days.', key_churn_30d)) END
         ], lambda x: x IS NOT NULL) AS found
     FROM signals
+),
+scored AS (
+    SELECT
+        *,
+        CAST(greatest(0, 100 - coalesce(list_sum(list_transform(found, lambda x: x.points)), 0)) AS INTEGER) AS score
+    FROM penalties
 )
 SELECT
     organization_id,
     name,
-    greatest(0, 100 - coalesce(list_sum(list_transform(found, lambda x: x.points)), 0)) AS score,
-    CASE
-        WHEN greatest(0, 100 - coalesce(list_sum(list_transform(found, lambda x: x.points)), 0)) >= 70 THEN 'healthy'
-        WHEN greatest(0, 100 - coalesce(list_sum(list_transform(found, lambda x: x.points)), 0)) >= 40 THEN 'watch'
-        ELSE 'at_risk'
-    END AS label,
+    score,
+    CASE WHEN score >= 70 THEN 'healthy' WHEN score >= 40 THEN 'watch' ELSE 'at_risk' END AS label,
     wau_now,
     wau_4w_ago,
     wau_trend,
@@ -112,4 +114,4 @@ SELECT
     days_since_last_event,
     CASE WHEN len(found) = 0 THEN ['Active, growing or steady use; no warning signs.']
          ELSE list_transform(found, lambda x: x.reason) END AS reasons
-FROM penalties
+FROM scored

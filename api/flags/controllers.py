@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from litestar import Controller, delete, get, patch, post, put
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from msgspec import UNSET
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth import services as auth
+from api.auth.context import Actor, Principal, RequestContext
+from api.auth.permissions import Permission, StaffPermission
+from api.db.models import FeatureFlag, FlagOverride, TokenKind
+from api.errors import Forbidden, NotFound
+from api.flags import services
+from api.flags.schemas import (
+    KEY_PATTERN,
+    EvaluationOut,
+    FlagCreate,
+    FlagDetail,
+    FlagOut,
+    FlagPage,
+    FlagsOut,
+    FlagUpdate,
+    OverrideOut,
+    OverrideSet,
+)
+from api.flags.store import FlagStore, canonical_org_id
+from api.pagination import Cursor, Limit, next_cursor
+
+PathKey = Annotated[str, Parameter(pattern=KEY_PATTERN, max_length=100, description="The flag's key.")]
+OrgIdQuery = Annotated[
+    uuid.UUID | None,
+    Parameter(
+        default=None,
+        description="The organization: required with a user token; an org ingest key may omit it.",
+    ),
+]
+UserIdQuery = Annotated[
+    str | None,
+    Parameter(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="The end user, hashed as given, for flags with `user` stickiness.",
+    ),
+]
+
+
+def flag_out(flag: FeatureFlag) -> FlagOut:
+    return FlagOut(
+        id=flag.id, key=flag.key, description=flag.description, enabled=flag.enabled,
+        rollout_percentage=flag.rollout_percentage, stickiness=flag.stickiness,
+        archived=flag.archived_at is not None, archived_at=flag.archived_at, created_by=flag.created_by,
+        updated_by=flag.updated_by, created_at=flag.created_at, updated_at=flag.updated_at,
+    )  # fmt: skip
+
+
+def override_out(override: FlagOverride, flag_key: str, organization_name: str) -> OverrideOut:
+    return OverrideOut(
+        flag_key=flag_key, organization_id=override.organization_id, organization_name=organization_name,
+        enabled=override.enabled, reason=override.reason, created_by=override.created_by,
+        updated_by=override.updated_by, created_at=override.created_at, updated_at=override.updated_at,
+    )  # fmt: skip
+
+
+class FlagAdminController(Controller):
+    """Definitions and overrides: platform admins change them, support reads them."""
+
+    path = "/v1/admin/flags"
+    tags = ["flags"]
+
+    @get("/", summary="List flag definitions (staff)")
+    async def list_flags(
+        self,
+        db: AsyncSession,
+        principal: Principal,
+        cursor: Cursor,
+        limit: Limit,
+        include_archived: Annotated[bool, Parameter(default=False, description="Include archived flags.")],
+    ) -> FlagPage:
+        auth.require_staff(principal, StaffPermission.read)
+        flags = await services.list_flags(db, include_archived=include_archived, cursor=cursor, limit=limit)
+        return FlagPage(items=[flag_out(f) for f in flags[:limit]], next_cursor=next_cursor(flags, limit))
+
+    @post("/", summary="Create a flag (admin)")
+    async def create(
+        self, data: FlagCreate, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> FlagOut:
+        auth.require_staff(principal, StaffPermission.administer)
+        flag = await services.create_flag(
+            db, key=data.key, description=data.description, enabled=data.enabled,
+            rollout_percentage=data.rollout_percentage, stickiness=data.stickiness,
+            actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id,
+        )  # fmt: skip
+        return flag_out(flag)
+
+    @get("/{key:str}", summary="One flag with its per-org overrides (staff)")
+    async def read(self, key: PathKey, db: AsyncSession, principal: Principal) -> FlagDetail:
+        auth.require_staff(principal, StaffPermission.read)
+        flag = await services.get_flag(db, key)
+        overrides = await services.overrides_of(db, flag)
+        out = flag_out(flag)
+        return FlagDetail(
+            **{f: getattr(out, f) for f in out.__struct_fields__},
+            overrides=[override_out(o, flag.key, name) for o, name in overrides],
+        )
+
+    @patch("/{key:str}", summary="Change a flag: kill switch, rollout, stickiness, description (admin)")
+    async def update(
+        self, key: PathKey, data: FlagUpdate, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> FlagOut:
+        auth.require_staff(principal, StaffPermission.administer)
+        changes = {f: getattr(data, f) for f in data.__struct_fields__ if getattr(data, f) is not UNSET}
+        flag = await services.update_flag(
+            db, key=key, changes=changes, actor=Actor.of(principal, as_staff=True), ctx=ctx,
+            user_id=principal.user_id,
+        )  # fmt: skip
+        return flag_out(flag)
+
+    @delete("/{key:str}", status_code=HTTP_204_NO_CONTENT, summary="Archive a flag: off everywhere (admin)")
+    async def archive(
+        self, key: PathKey, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> None:
+        auth.require_staff(principal, StaffPermission.administer)
+        await services.archive_flag(
+            db, key=key, actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id
+        )
+
+    @put("/{key:str}/overrides/{org_id:uuid}", summary="Force a flag on or off for one organization (admin)")
+    async def set_override(
+        self,
+        key: PathKey,
+        org_id: uuid.UUID,
+        data: OverrideSet,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+    ) -> OverrideOut:
+        auth.require_staff(principal, StaffPermission.administer)
+        override, org_name = await services.set_override(
+            db, key=key, org_id=org_id, enabled=data.enabled, reason=data.reason,
+            actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id,
+        )  # fmt: skip
+        return override_out(override, key, org_name)
+
+    @delete(
+        "/{key:str}/overrides/{org_id:uuid}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Remove an organization's override: the rollout decides again (admin)",
+    )
+    async def remove_override(
+        self, key: PathKey, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> None:
+        auth.require_staff(principal, StaffPermission.administer)
+        await services.remove_override(
+            db, key=key, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
+        )
+
+
+async def evaluation_org(db: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> str:
+    """The organization to evaluate for, as the caller may see it.
+
+    These routes carry the org in the query, so the central org guard does not apply: an org
+    ingest key answers for its own org only, a user token for an org they are an active member of.
+    Anyone else is told the org does not exist (404), exactly as for an id that never existed.
+    """
+    if principal.kind is TokenKind.org_ingest:
+        # authenticate() has already refused the key of a deleted (401) or suspended (403) org.
+        if org_id is not None and org_id != principal.organization_id:
+            raise NotFound(auth.ORG_NOT_FOUND)
+        assert principal.organization_id is not None
+        return canonical_org_id(principal.organization_id)
+    if not principal.is_user:
+        raise Forbidden("flag evaluation needs an org ingest key or a member's user token")
+    if org_id is None:
+        # 403 as for a platform key that names no org (auth.ingest_org): the request is well-formed,
+        # this credential just cannot use it that way.
+        raise Forbidden(
+            "a user token must name the organization: add ?org_id=",
+            errors=[{"field": "org_id", "message": "required with a user token"}],
+        )
+    await auth.org_access(db, principal, org_id, Permission.read_org)
+    return canonical_org_id(org_id)
+
+
+class FlagEvaluationController(Controller):
+    """What product clients call: answers come from the in-process copy, not the database."""
+
+    path = "/v1/flags/evaluate"
+    tags = ["flags"]
+
+    @get("/", summary="Every flag's answer for an organization (org ingest key or member token)")
+    async def evaluate_all(
+        self, state: State, db: AsyncSession, principal: Principal, org_id: OrgIdQuery, user_id: UserIdQuery
+    ) -> FlagsOut:
+        org = await evaluation_org(db, principal, org_id)
+        store: FlagStore = state.flags
+        results = store.snapshot.evaluate_all(org_id=org, user_id=user_id)
+        return FlagsOut(flags={r.key: r.enabled for r in results})
+
+    @get("/{key:str}", summary="One flag's answer and the reason for it (org ingest key or member token)")
+    async def evaluate_one(
+        self,
+        key: PathKey,
+        state: State,
+        db: AsyncSession,
+        principal: Principal,
+        org_id: OrgIdQuery,
+        user_id: UserIdQuery,
+    ) -> EvaluationOut:
+        org = await evaluation_org(db, principal, org_id)
+        store: FlagStore = state.flags
+        result = store.snapshot.evaluate(key, org_id=org, user_id=user_id)
+        if result is None:
+            raise services.flag_not_found(key)
+        return EvaluationOut(key=result.key, enabled=result.enabled, reason=result.reason)

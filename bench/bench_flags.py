@@ -1,0 +1,242 @@
+"""Feature flags: in-process evaluations/s, and the evaluate endpoint's requests/s beside /health.
+
+Run by `make bench`. Every figure is printed beside a baseline measured in the same run:
+- in-process: one flag and 50 flags evaluated from a snapshot, beside the bare murmur3 hash
+  rate (the floor of what one evaluation costs);
+- over HTTP: one uvicorn process (a subprocess, on a free port chosen at run time) with
+  its own embedded Postgres in a temporary directory, migrated and seeded with 50 flags; a few
+  keep-alive clients send a fixed number of requests to `GET /v1/flags/evaluate` (an org ingest
+  key, all 50 flags) and to `GET /health` on the same process, in alternating rounds; the ratio
+  of the medians is the figure (target >= 0.6). `GET /v1/me` with the same key is measured in
+  the same rounds: it authenticates exactly as evaluate does and does nothing else, so
+  evaluate / me is what the flags themselves cost. The server logs as deployed (INFO, one JSON
+  line per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import mmh3
+from sqlalchemy import insert
+
+from api.auth import secrets
+from api.db.base import new_id
+from api.db.embedded import start_embedded_postgres
+from api.db.engine import make_sync_engine
+from api.db.migrate import upgrade
+from api.db.models import ApiToken, FeatureFlag, Organization, TokenKind
+from api.flags.evaluation import FlagDefinition, FlagSnapshot, Override, Stickiness
+
+FLAGS = 50
+ORGS = 10_000
+ONE_FLAG_EVALUATIONS = 300_000
+ALL_FLAGS_CALLS = 20_000
+HTTP_CLIENTS = 4
+HTTP_REQUESTS = 3_000  # per round, per endpoint
+HTTP_ROUNDS = 3
+HTTP_WARMUP = 500
+TARGET_RATIO = 0.6
+#: The whole HTTP part gives up after this long rather than hang `make bench`.
+HTTP_TIME_LIMIT = 300
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:>12,.0f}/s"
+
+
+def definitions(n: int) -> dict[str, FlagDefinition]:
+    """A realistic mix: mostly org-sticky rollouts, some by user, a few killed or archived."""
+    flags = {}
+    for i in range(n):
+        key = f"bench.flag-{i:02d}"
+        flags[key] = FlagDefinition(
+            key=key, enabled=i % 17 != 5, archived=i % 23 == 7, rollout_percentage=(i * 7) % 101,
+            stickiness=Stickiness.user if i % 5 == 0 else Stickiness.org,
+        )  # fmt: skip
+    return flags
+
+
+def in_process() -> None:
+    rng = random.Random(1)
+    orgs = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(ORGS)]
+    users = [f"user-{i}" for i in range(ORGS)]
+    flags = definitions(FLAGS)
+    overrides = {org: {"bench.flag-03": Override(True, "beta")} for org in orgs[:200]}
+    many = FlagSnapshot(version=1, flags=flags, overrides=overrides)
+    one = FlagSnapshot(version=1, flags={"bench.flag-01": flags["bench.flag-01"]}, overrides=overrides)
+
+    started = time.perf_counter()
+    for i in range(ONE_FLAG_EVALUATIONS):
+        mmh3.hash(f"bench.flag-01:{orgs[i % ORGS]}", 0, signed=False)
+    hash_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for i in range(ONE_FLAG_EVALUATIONS):
+        one.evaluate("bench.flag-01", org_id=orgs[i % ORGS])
+    one_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for i in range(ALL_FLAGS_CALLS):
+        many.evaluate_all(org_id=orgs[i % ORGS], user_id=users[i % ORGS])
+    all_seconds = time.perf_counter() - started
+
+    print("in-process evaluation (one Python thread)")
+    print(f"  baseline: murmur3 hashes        {rate(ONE_FLAG_EVALUATIONS, hash_seconds)}")
+    print(f"  one flag: evaluations           {rate(ONE_FLAG_EVALUATIONS, one_seconds)}")
+    print(f"  {FLAGS} flags: calls (all flags)     {rate(ALL_FLAGS_CALLS, all_seconds)}")
+    print(f"  {FLAGS} flags: flag evaluations      {rate(ALL_FLAGS_CALLS * FLAGS, all_seconds)}")
+
+
+def seed(database_url: str) -> str:
+    """An organization, its ingest key and the 50 flags; returns the key's secret."""
+    engine = make_sync_engine(database_url)
+    secret, prefix, digest = secrets.generate(TokenKind.org_ingest)
+    org_id = new_id()
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Organization).values(id=org_id, name="Bench", slug="bench", status="active"))
+            conn.execute(
+                insert(ApiToken).values(
+                    id=new_id(), kind=TokenKind.org_ingest, name="bench", prefix=prefix,
+                    secret_hash=digest, organization_id=org_id,
+                )
+            )  # fmt: skip
+            for flag in definitions(FLAGS).values():
+                conn.execute(
+                    insert(FeatureFlag).values(
+                        id=new_id(), key=flag.key, description="", enabled=flag.enabled,
+                        rollout_percentage=flag.rollout_percentage, stickiness=flag.stickiness,
+                    )
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+    return secret
+
+
+async def _client(port: int, request: bytes, count: int, statuses: dict[int, int]) -> None:
+    """One keep-alive connection sending ``count`` requests in turn (a deliberately thin client)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(count):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def _round(port: int, request: bytes, total: int) -> float:
+    """``total`` requests over ``HTTP_CLIENTS`` connections; returns requests per second."""
+    statuses: dict[int, int] = {}
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_client(port, request, total // HTTP_CLIENTS, statuses) for _ in range(HTTP_CLIENTS))
+    )
+    seconds = time.perf_counter() - started
+    if set(statuses) != {200}:
+        raise RuntimeError(f"unexpected answers: {statuses}")
+    return (total // HTTP_CLIENTS) * HTTP_CLIENTS / seconds
+
+
+def _get(path: str, token: str | None = None) -> bytes:
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n{authorization}\r\n".encode()
+
+
+async def _measure(port: int, requests: dict[str, bytes]) -> dict[str, list[float]]:
+    """Requests/s of each request, in alternating rounds so drift on a shared machine hits all alike."""
+    for request in requests.values():
+        await _round(port, request, HTTP_WARMUP)
+    rates: dict[str, list[float]] = {name: [] for name in requests}
+    for _ in range(HTTP_ROUNDS):
+        for name, request in requests.items():
+            rates[name].append(await _round(port, request, HTTP_REQUESTS))
+    return rates
+
+
+def free_port() -> int:
+    """A port free right now, chosen by the OS (never a fixed one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_serving(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the API server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                if probe.recv(12).endswith(b"200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the API server did not answer within 60 s:\n{log.read_text()[-3000:]}")
+
+
+def over_http() -> None:
+    with tempfile.TemporaryDirectory(prefix="keel-bench-flags-") as tmp:
+        database_url, pg = start_embedded_postgres(Path(tmp), cleanup="delete")
+        try:
+            upgrade(database_url)
+            token = seed(database_url)
+            port = free_port()
+            log = Path(tmp) / "server.log"
+            env = {**os.environ, "KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": tmp}
+            command = [
+                *(sys.executable, "-m", "uvicorn", "api.server:from_env", "--factory"),
+                *("--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"),
+            ]
+            with log.open("wb") as out:
+                server = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+            try:
+                _wait_until_serving(port, server, log)
+                requests = {
+                    "health": _get("/health"),
+                    "me": _get("/v1/me", token),
+                    "evaluate": _get("/v1/flags/evaluate", token),
+                }
+                rates = asyncio.run(asyncio.wait_for(_measure(port, requests), HTTP_TIME_LIMIT))
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        finally:
+            pg.cleanup()
+
+    h, m, e = (statistics.median(rates[name]) for name in ("health", "me", "evaluate"))
+
+    def rounds(name: str) -> str:
+        return ", ".join(f"{r:,.0f}" for r in rates[name])
+
+    print(f"HTTP, one server process, {HTTP_CLIENTS} keep-alive clients, {HTTP_REQUESTS} requests a round")
+    print(f"  baseline: GET /health (no token)      {h:>8,.0f}/s  (rounds: {rounds('health')})")
+    print(f"  GET /v1/flags/evaluate ({FLAGS} flags)    {e:>8,.0f}/s  (rounds: {rounds('evaluate')})")
+    verdict = "meets" if e / h >= TARGET_RATIO else "below"
+    print(f"  ratio evaluate / health               {e / h:>8.2f}   ({verdict} the {TARGET_RATIO} target)")
+    print(f"  for scale: GET /v1/me (same key: token check only) {m:,.0f}/s (rounds: {rounds('me')});")
+    print(f"    evaluate / me = {e / m:.2f}: what flags add on top of authenticating the request")
+
+
+if __name__ == "__main__":
+    in_process()
+    over_http()

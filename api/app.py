@@ -15,6 +15,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.admin.controllers import AdminController
+from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.members.controllers import MemberController
@@ -34,6 +35,9 @@ CONTROLLERS = [
     OrgIngestKeyController,
     PlatformIngestKeyController,
     AdminController,
+    AuditIngestController,
+    OrgAuditController,
+    AdminAuditController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.harness import OrgWorld, auth, audit_rows
+from tests.harness import OrgWorld, audit_rows, auth
 from tests.test_bad_input import assert_problem
 
 
@@ -33,7 +33,9 @@ def verify(client: httpx.Client, org: OrgWorld) -> dict[str, Any]:
     return response.json()
 
 
-def test_an_org_key_records_an_entry_in_its_org_chain(client: httpx.Client, engine: Engine, org: OrgWorld) -> None:
+def test_an_org_key_records_an_entry_in_its_org_chain(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
     response = client.post("/v1/audit-logs", json=entry(), headers=auth(org.ingest_key))
     assert response.status_code == 201, response.text
     body = response.json()
@@ -56,29 +58,50 @@ def test_an_org_key_records_an_entry_in_its_org_chain(client: httpx.Client, engi
 def test_a_platform_key_names_a_live_org(
     client: httpx.Client, org: OrgWorld, other_org: OrgWorld, staff_admin: tuple[str, str]
 ) -> None:
-    key = client.post("/v1/admin/ingest-keys", json={"name": "server"}, headers=auth(staff_admin[1])).json()["token"]
+    key = client.post("/v1/admin/ingest-keys", json={"name": "server"}, headers=auth(staff_admin[1])).json()[
+        "token"
+    ]
     created = client.post("/v1/audit-logs", json=entry(org_id=org.id), headers=auth(key))
     assert created.status_code == 201, created.text
     assert created.json()["organization_id"] == org.id
 
-    assert "must name the org_id" in assert_problem(client.post("/v1/audit-logs", json=entry(), headers=auth(key)), 403)["detail"]
-    assert_problem(client.post("/v1/audit-logs", json=entry(org_id=str(uuid.uuid4())), headers=auth(key)), 404)
-    client.post(f"/v1/admin/orgs/{other_org.id}/suspend", json={"reason": "unpaid"}, headers=auth(staff_admin[1]))
-    assert "suspended" in assert_problem(
-        client.post("/v1/audit-logs", json=entry(org_id=other_org.id), headers=auth(key)), 403
-    )["detail"]
+    assert (
+        "must name the org_id"
+        in assert_problem(client.post("/v1/audit-logs", json=entry(), headers=auth(key)), 403)["detail"]
+    )
+    assert_problem(
+        client.post("/v1/audit-logs", json=entry(org_id=str(uuid.uuid4())), headers=auth(key)), 404
+    )
+    client.post(
+        f"/v1/admin/orgs/{other_org.id}/suspend", json={"reason": "unpaid"}, headers=auth(staff_admin[1])
+    )
+    assert (
+        "suspended"
+        in assert_problem(
+            client.post("/v1/audit-logs", json=entry(org_id=other_org.id), headers=auth(key)), 403
+        )["detail"]
+    )
     client.delete(f"/v1/orgs/{org.id}", headers=org.headers("owner"))
     assert_problem(client.post("/v1/audit-logs", json=entry(org_id=org.id), headers=auth(key)), 404)
 
 
-def test_an_org_key_writes_only_to_its_own_org(client: httpx.Client, org: OrgWorld, other_org: OrgWorld) -> None:
+def test_an_org_key_writes_only_to_its_own_org(
+    client: httpx.Client, org: OrgWorld, other_org: OrgWorld
+) -> None:
     response = client.post("/v1/audit-logs", json=entry(org_id=other_org.id), headers=auth(org.ingest_key))
     assert "only to its own organization" in assert_problem(response, 403)["detail"]
     # A user token is not an ingest key, whatever its role.
-    assert "ingest key" in assert_problem(client.post("/v1/audit-logs", json=entry(), headers=org.headers("owner")), 403)["detail"]
+    assert (
+        "ingest key"
+        in assert_problem(client.post("/v1/audit-logs", json=entry(), headers=org.headers("owner")), 403)[
+            "detail"
+        ]
+    )
 
 
-def test_idempotency_key_replays_the_first_answer(client: httpx.Client, engine: Engine, org: OrgWorld) -> None:
+def test_idempotency_key_replays_the_first_answer(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
     headers = {**auth(org.ingest_key), "Idempotency-Key": f"evt-{uuid.uuid4()}"}
     first = client.post("/v1/audit-logs", json=entry(), headers=headers)
     assert first.status_code == 201 and "idempotent-replayed" not in first.headers
@@ -88,14 +111,18 @@ def test_idempotency_key_replays_the_first_answer(client: httpx.Client, engine: 
     assert again.headers["idempotent-replayed"] == "true"
     assert len(audit_rows(engine, organization_id=org.id, action="document.shared")) == 1
 
-    conflict = assert_problem(client.post("/v1/audit-logs", json=entry(action="document.deleted"), headers=headers), 409)
+    conflict = assert_problem(
+        client.post("/v1/audit-logs", json=entry(action="document.deleted"), headers=headers), 409
+    )
     assert conflict["errors"] == [{"field": "Idempotency-Key", "message": "reused with a different body"}]
 
     # Another org may use the same key: keys are per organization.
     assert len(audit_rows(engine, organization_id=org.id, action="document.shared")) == 1
 
 
-def test_idempotency_key_is_honoured_for_24_hours_only(client: httpx.Client, engine: Engine, org: OrgWorld) -> None:
+def test_idempotency_key_is_honoured_for_24_hours_only(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
     key = f"evt-{uuid.uuid4()}"
     headers = {**auth(org.ingest_key), "Idempotency-Key": key}
     first = client.post("/v1/audit-logs", json=entry(), headers=headers)
@@ -109,7 +136,9 @@ def test_idempotency_key_is_honoured_for_24_hours_only(client: httpx.Client, eng
     assert "idempotent-replayed" not in later.headers
 
 
-def test_concurrent_requests_with_one_key_write_once(client: httpx.Client, engine: Engine, org: OrgWorld, live_server) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_requests_with_one_key_write_once(
+    client: httpx.Client, engine: Engine, org: OrgWorld, live_server
+) -> None:  # type: ignore[no-untyped-def]
     from concurrent.futures import ThreadPoolExecutor
 
     headers = {**auth(org.ingest_key), "Idempotency-Key": f"evt-{uuid.uuid4()}"}
@@ -160,7 +189,9 @@ def test_bad_entries_are_precise_422s(
     client: httpx.Client, engine: Engine, org: OrgWorld, overrides: dict[str, Any], field: str, says: str
 ) -> None:
     before = len(audit_rows(engine, organization_id=org.id))
-    body = assert_problem(client.post("/v1/audit-logs", json=entry(**overrides), headers=auth(org.ingest_key)), 422, field)
+    body = assert_problem(
+        client.post("/v1/audit-logs", json=entry(**overrides), headers=auth(org.ingest_key)), 422, field
+    )
     assert says in body["detail"], body
     assert len(audit_rows(engine, organization_id=org.id)) == before
 
@@ -169,7 +200,9 @@ def test_bad_idempotency_keys_and_json(client: httpx.Client, org: OrgWorld) -> N
     headers = {**auth(org.ingest_key), "Idempotency-Key": "x" * 256}
     assert_problem(client.post("/v1/audit-logs", json=entry(), headers=headers), 422)
     response = client.post(
-        "/v1/audit-logs", content=b'{"action": ', headers={**auth(org.ingest_key), "content-type": "application/json"}
+        "/v1/audit-logs",
+        content=b'{"action": ',
+        headers={**auth(org.ingest_key), "content-type": "application/json"},
     )
     assert "not valid JSON" in assert_problem(response, 400)["detail"]
 
@@ -189,9 +222,12 @@ def test_values_that_postgres_stores_differently_still_verify(client: httpx.Clie
     for overrides in tricky:
         response = client.post("/v1/audit-logs", json=entry(**overrides), headers=auth(org.ingest_key))
         assert response.status_code == 201, (overrides, response.text)
-    assert client.post("/v1/audit-logs", json=entry(**tricky[0]), headers=auth(org.ingest_key)).json()["metadata"][
-        "neg_zero"
-    ] == 0.0
+    assert (
+        client.post("/v1/audit-logs", json=entry(**tricky[0]), headers=auth(org.ingest_key)).json()[
+            "metadata"
+        ]["neg_zero"]
+        == 0.0
+    )
     report = verify(client, org)
     assert report["ok"] is True, report
     assert report["first_broken"] is None

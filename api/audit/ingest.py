@@ -80,7 +80,9 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         if not 1 <= len(key) <= MAX_METADATA_KEY:
             raise ValidationFailed(f"metadata keys are 1-{MAX_METADATA_KEY} characters", field=field[:60])
         if isinstance(value, str) and len(value) > MAX_METADATA_STRING:
-            raise ValidationFailed(f"metadata values are at most {MAX_METADATA_STRING} characters", field=field)
+            raise ValidationFailed(
+                f"metadata values are at most {MAX_METADATA_STRING} characters", field=field
+            )
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_METADATA_INT:
             raise ValidationFailed("metadata integers must fit in 64 bits", field=field)
         if isinstance(value, float) and not abs(value) < MAX_JSON_FLOAT:

@@ -13,7 +13,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from sqlalchemy import text
 
 from api.audit.schemas import ExportFormat
 from api.db.models import PlatformRole
@@ -198,7 +197,7 @@ def audit_export(
 ) -> None:
     """Export one organization's audit log with each entry's hashes (to re-verify offline: docs/audit.md)."""
     from api.audit.export import export_chunks, export_filter
-    from api.audit.rows import snapshot
+    from api.audit.rows import count_rows, snapshot
     from api.audit.services import chain_key_of, record
     from api.auth.context import Actor
     from api.db.engine import make_async_engine, make_sessionmaker
@@ -224,8 +223,8 @@ def audit_export(
             with _progress() as progress, out.open("wb") as sink:
                 async with snapshot(engine) as conn:
                     where, params = export_filter(chain_key_of(org_id), since, until)
-                    total = await conn.execute(text(f"SELECT count(*) FROM audit_log WHERE {where}"), params)
-                    task = progress.add_task(f"exporting to {out}", total=total.scalar_one())
+                    total = await count_rows(conn, where, params)
+                    task = progress.add_task(f"exporting to {out}", total=total)
                     async for piece, entries in export_chunks(
                         conn,
                         chain_key=chain_key_of(org_id),

@@ -38,11 +38,17 @@ HASHED_FIELDS = (
 OPTIONAL_FIELDS: dict[str, Any] = {"source": "keel", "targets": []}
 
 
+_AS_IS = frozenset({str, int, float, bool, list, dict})
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _plain(value: Any) -> Any:
+    if value is None or type(value) in _AS_IS:
+        return value
     if isinstance(value, datetime):
         # Always UTC: Postgres hands timestamps back in the session's time zone.
         return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+    if isinstance(value, (str, int, float, bool, list, dict)):
         return value
     return str(value)
 
@@ -52,13 +58,14 @@ def canonical(entry: Mapping[str, Any]) -> bytes:
 
     Values must be what the database gives back: ``ip`` in Python's ``ipaddress`` form, metadata
     as decoded from JSONB (see ``api.audit.services.jsonb_safe``), ``occurred_at`` to the microsecond.
+    (Equal to ``json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.)
     """
     body = {name: _plain(entry.get(name)) for name in HASHED_FIELDS}
     for name, default in OPTIONAL_FIELDS.items():
         value = entry.get(name)
         if value is not None and value != default:
             body[name] = _plain(value)
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def entry_hash(entry: Mapping[str, Any], prev_hash: str) -> str:

@@ -27,13 +27,13 @@ _encoder = msgspec.json.Encoder()
 def export_filter(
     chain_key: str, since: datetime | None, until: datetime | None
 ) -> tuple[str, dict[str, Any]]:
-    where = "chain_key = :chain_key"
+    where = "chain_key = %(chain_key)s"
     params: dict[str, Any] = {"chain_key": chain_key}
     if since is not None:
-        where += " AND occurred_at >= :since"
+        where += " AND occurred_at >= %(since)s"
         params["since"] = since
     if until is not None:
-        where += " AND occurred_at < :until"
+        where += " AND occurred_at < %(until)s"
         params["until"] = until
     return where, params
 

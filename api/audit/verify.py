@@ -31,7 +31,7 @@ class Broken:
 class Point:
     seq: int
     hash: str
-    entry_id: uuid.UUID | None = None
+    entry_id: uuid.UUID | str | None = None
 
 
 @dataclass
@@ -98,7 +98,8 @@ class ChainWalk:
             self.report.broken = Broken(self.report.chain_key, uuid.UUID(entry["id"]), entry["seq"], reason)
         else:
             assert point is not None
-            self.report.broken = Broken(self.report.chain_key, point.entry_id, point.seq, reason)
+            entry_id = uuid.UUID(str(point.entry_id)) if point.entry_id is not None else None
+            self.report.broken = Broken(self.report.chain_key, entry_id, point.seq, reason)
 
     def feed(self, entry: dict[str, Any]) -> bool:
         """Check one entry; False once the chain is broken (the walk can stop)."""
@@ -130,7 +131,7 @@ class ChainWalk:
         elif entry_hash(entry, entry["prev_hash"]) != entry["hash"]:
             self._break(entry, "the entry's content does not match its hash: it was changed")
         else:
-            self.last = Point(seq, entry["hash"], uuid.UUID(entry["id"]))
+            self.last = Point(seq, entry["hash"], entry["id"])
             return True
         return False
 
@@ -178,7 +179,7 @@ async def verify_chain(
 ) -> ChainReport:
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
-    async for chunk in stream_rows(conn, "chain_key = :chain_key", {"chain_key": chain_key}):
+    async for chunk in stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}):
         going = _feed_chunk(walk, chunk)
         if progress is not None:
             progress(len(chunk))

@@ -25,7 +25,7 @@ from api.audit.schemas import (
 from api.audit.services import MAX_JSON_FLOAT
 from api.audit.views import entry_out
 from api.auth.context import Actor, RequestContext
-from api.db.models import AuditEntry, AuditIdempotencyKey, AuditSource
+from api.db.models import AuditIdempotencyKey, AuditSource
 from api.errors import Conflict, ValidationFailed
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -145,7 +145,7 @@ async def ingest_entry(
                 )
             return Answer(earlier.status_code, earlier.response, replayed=True)
     targets = [{"type": t.type, "id": t.id, "name": t.name} for t in data.targets]
-    recorded = await audit.record(
+    stored = await audit.record(
         session,
         action=data.action,
         actor=Actor(data.actor.type, data.actor.id, data.actor.name),
@@ -160,8 +160,7 @@ async def ingest_entry(
         targets=targets,
         source=AuditSource.product,
     )
-    entry = await session.get_one(AuditEntry, recorded.id)
-    answer = Answer(201, msgspec.json.encode(entry_out(entry)))
+    answer = Answer(201, msgspec.json.encode(entry_out(stored)))
     if idempotency_key is not None:
         values = {
             "body_hash": digest,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar import Litestar
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Reference, Schema
 
 from api.schemas import Struct
+
+_PATH_TYPE = re.compile(r"{(\w+):\w+}")  # "{org_id:uuid}" in a route is "{org_id}" in the document
+#: Route option: the media types a streaming route may answer with (one per format it offers).
+MEDIA_TYPES = "media_types"
 
 PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
@@ -60,6 +66,14 @@ def document_problems(app: Litestar) -> None:
         if handler.opt.get("public")
         for method in getattr(handler, "http_methods", ())
     }
+    # Routes that stream a body in more than one format name them in opt["media_types"].
+    streamed = {
+        (_PATH_TYPE.sub(r"{\1}", route.path), method.lower()): handler.opt[MEDIA_TYPES]
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if handler.opt.get(MEDIA_TYPES)
+        for method in getattr(handler, "http_methods", ())
+    }
     problem = {
         "application/problem+json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
     }
@@ -70,6 +84,15 @@ def document_problems(app: Litestar) -> None:
                 continue
             if (path, method) in public:
                 operation.security = []  # needs no token
+            if (path, method) in streamed:
+                text = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+                operation.responses = {
+                    **(operation.responses or {}),
+                    "200": OpenAPIResponse(
+                        description="The body, streamed.",
+                        content={media_type: text for media_type in streamed[(path, method)]},
+                    ),
+                }
             # Litestar documents its own 400 shape; Keel answers every error as a problem instead.
             operation.responses = {k: v for k, v in (operation.responses or {}).items() if k != "400"}
             operation.responses.setdefault(

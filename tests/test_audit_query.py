@@ -58,6 +58,8 @@ def test_filters(client: httpx.Client, org: OrgWorld) -> None:
     assert actions(since="2026-02-01T00:00:00Z", until="2026-03-01T00:00:00Z") == ["document.deleted"]
     assert actions(since="2026-02-01T01:00:00+01:00", action="document.*") == ["document.deleted"]
     assert actions(action="document_x.*") == []  # `_` is not a wildcard
+    assert actions(since="2026-03-01T00:00:00Z", until="2026-02-01T00:00:00Z") == []  # an empty window
+    assert "billing.card_added" in actions(since="0001-01-01T00:00:00-20:06")  # far-off offsets are fine
     keel_entries = listing(client, org, action="org.created")["items"]
     assert keel_entries[0]["source"] == "keel" and keel_entries[0]["actor"]["id"] == org.user_ids["owner"]
 
@@ -106,7 +108,6 @@ def test_an_ingest_key_cannot_read_the_log(client: httpx.Client, org: OrgWorld) 
         ({"action": "member*"}, "action"),
         ({"actor_type": "robot"}, "actor_type"),
         ({"since": "2026-01-01T00:00:00"}, "since"),
-        ({"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "since"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"limit": 0}, "limit"),
         ({"resource_id": "x" * 256}, "resource_id"),

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import ingest, queries
 from api.audit import verify as chain_verify
-from api.audit.export import MEDIA_TYPES, export_chunks
+from api.audit.export import MEDIA_TYPES as EXPORT_MEDIA_TYPES
+from api.audit.export import export_chunks
 from api.audit.ingest import IDEMPOTENCY_HEADER
 from api.audit.queries import ActionFilter, AuditFilters, SeqCursor
 from api.audit.rows import snapshot
@@ -33,6 +34,7 @@ from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
 from api.db.models import ActorType
+from api.openapi import MEDIA_TYPES
 from api.pagination import Cursor, Limit
 
 Since = Annotated[datetime | None, Parameter(default=None, description="Entries that occurred at or after.")]
@@ -140,6 +142,7 @@ class OrgAuditController(Controller):
     @get(
         "/export",
         summary="Stream the audit log as JSON Lines or CSV, each entry with its hashes (owner, admin)",
+        opt={MEDIA_TYPES: list(EXPORT_MEDIA_TYPES.values())},
     )
     async def export(
         self,
@@ -165,7 +168,7 @@ class OrgAuditController(Controller):
 
         return Stream(
             body(),
-            media_type=MEDIA_TYPES[fmt],
+            media_type=EXPORT_MEDIA_TYPES[fmt],
             headers={"Content-Disposition": f'attachment; filename="audit-log-{org_id}.{fmt.value}"'},
         )
 

@@ -18,6 +18,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
+from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
@@ -46,6 +47,9 @@ CONTROLLERS = [
     AdminAnalyticsController,
     FlagAdminController,
     FlagEvaluationController,
+    AuditIngestController,
+    OrgAuditController,
+    AdminAuditController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.

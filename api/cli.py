@@ -7,12 +7,14 @@ import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from api.audit.schemas import ExportFormat
 from api.db.models import PlatformRole
 from api.errors import KeelError
 from api.settings import Settings, SettingsError, load_settings
@@ -22,10 +24,12 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_app = typer.Typer(no_args_is_help=True, help="Users and their tokens.")
 demo_app = typer.Typer(no_args_is_help=True, help="Demo data.")
 flags_app = typer.Typer(no_args_is_help=True, help="Feature flags.")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit log: verify its hash chains, export it.")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(demo_app, name="demo")
 app.add_typer(flags_app, name="flags")
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -148,6 +152,146 @@ def flags_explain(
         + f"result: {'ON' if result.enabled else 'OFF'} ({result.reason.value})\n"
         f"why:    {result.explain()}\n"
     )
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
+
+
+@audit_app.command("verify")
+def audit_verify(
+    org: Annotated[str | None, typer.Option(help="One organization's chain (default: every chain).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Walk the audit hash chain(s) end to end; exit 1 if any is broken."""
+    from api.audit.services import chain_key_of
+    from api.audit.verify import verify
+    from api.db.engine import make_async_engine, make_sessionmaker
+    from api.db.models import Organization
+
+    org_id = _org_id(org) if org else None
+    url = database_url(settings())
+    with _progress() as progress:
+        task = progress.add_task("verifying", total=None)
+
+        async def main() -> Any:
+            engine = make_async_engine(url, pool_size=1)
+            try:
+                if org_id is not None:
+                    async with make_sessionmaker(engine)() as session:
+                        if await session.get(Organization, org_id) is None:
+                            raise fail(f"organization {org_id} not found")
+                return await verify(
+                    engine,
+                    chain_key=chain_key_of(org_id) if org_id else None,
+                    progress=lambda n: progress.advance(task, n),
+                    on_total=lambda total: progress.update(task, total=total),
+                )
+            finally:
+                await engine.dispose()
+
+        report = asyncio.run(main())
+    summary = report.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    broken = summary["first_broken"]
+    if broken is None:
+        checked, chains = summary["entries_checked"], summary["chains_checked"]
+        console.print(f"[green]ok:[/] {checked} entries in {chains} chain(s) verified")
+        return
+    console.print(
+        f"[bold red]broken:[/] chain {broken['chain_key']}, entry {broken['id']} (seq {broken['seq']}): "
+        f"{broken['reason']} — {summary['entries_checked']} entries checked, "
+        f"{len(summary['broken_chains'])} chain(s) broken"
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    org: Annotated[str, typer.Option(help="The organization whose audit log to export.")],
+    out: Annotated[Path, typer.Option(help="The file to write.", dir_okay=False, writable=True)],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="jsonl or csv.")] = ExportFormat.jsonl,
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="Entries that occurred at or after (UTC if no offset).", formats=TIME_FORMATS),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(help="Entries that occurred before (UTC if no offset).", formats=TIME_FORMATS),
+    ] = None,
+) -> None:
+    """Export one organization's audit log with each entry's hashes (to re-verify offline: docs/audit.md)."""
+    from api.audit.export import export_chunks, export_filter
+    from api.audit.rows import count_rows, snapshot
+    from api.audit.services import chain_key_of, record
+    from api.auth.context import Actor
+    from api.db.engine import make_async_engine, make_sessionmaker
+    from api.db.models import Organization
+
+    org_id = _org_id(org)
+    since, until = (_utc(v) for v in (since, until))
+    url = database_url(settings())
+
+    async def main() -> int:
+        engine = make_async_engine(url, pool_size=2)
+        try:
+            async with make_sessionmaker(engine)() as session, session.begin():
+                if await session.get(Organization, org_id) is None:
+                    raise fail(f"organization {org_id} not found")
+                # An export through the CLI bypasses the API's roles; the org's own log says it happened.
+                await record(
+                    session, action="audit_log.exported", actor=Actor.system("keel-cli"), ctx=None,
+                    organization_id=org_id, resource_type="audit_log", resource_id=org_id,
+                    metadata={"format": fmt.value, "since": _iso(since), "until": _iso(until)},
+                )  # fmt: skip
+            written = 0
+            with _progress() as progress, out.open("wb") as sink:
+                async with snapshot(engine) as conn:
+                    where, params = export_filter(chain_key_of(org_id), since, until)
+                    total = await count_rows(conn, where, params)
+                    task = progress.add_task(f"exporting to {out}", total=total)
+                    async for piece, entries in export_chunks(
+                        conn,
+                        chain_key=chain_key_of(org_id),
+                        fmt=fmt,
+                        since=since,
+                        until=until,
+                    ):
+                        sink.write(piece)
+                        written += entries
+                        progress.advance(task, entries)
+            return written
+        finally:
+            await engine.dispose()
+
+    written = asyncio.run(main())
+    console.print(f"[green]exported {written} entries to {out}[/] (check them offline: docs/audit.md)")
+
+
+def _org_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise fail(f"--org must be an organization id (a UUID), not {value!r}", 2) from None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 @app.command("serve")

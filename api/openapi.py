@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -16,6 +17,11 @@ from litestar.openapi.spec import (
 )
 
 from api.schemas import Struct
+
+_PATH_TYPE = re.compile(r"{(\w+):\w+}")  # "{org_id:uuid}" in a route is "{org_id}" in the document
+#: Route option naming the media types a route answers in: a list (bodies as text), or a mapping
+#: of media type to the JSON type of its body.
+MEDIA_TYPES = "media_types"
 
 PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
@@ -101,6 +107,10 @@ def _restore_zero_bounds(cls: type[Struct], component: Schema) -> None:
                 setattr(prop, key, 0)
 
 
+def _media_kinds(value: list[str] | dict[str, str]) -> dict[str, str]:
+    return dict(value) if isinstance(value, dict) else dict.fromkeys(value, "string")
+
+
 def document_problems(app: Litestar) -> None:
     """Add the Problem schema and a ``4XX``/``5XX`` problem answer to every operation; mark public ones."""
     spec = app.openapi_schema
@@ -133,12 +143,12 @@ def document_problems(app: Litestar) -> None:
         )
         for name, body in components.items():
             spec.components.schemas[name] = _from_json_schema(body)  # type: ignore[assignment]
-    # Routes that answer in several formats list them in opt["media_types"] (media type -> JSON type).
+    # Routes that answer in several formats (or stream text) name them in opt[MEDIA_TYPES].
     formats = {
-        (route.path, method.lower()): handler.opt["media_types"]
+        (_PATH_TYPE.sub(r"{\1}", route.path), method.lower()): _media_kinds(handler.opt[MEDIA_TYPES])
         for route in app.routes
         for handler in getattr(route, "route_handlers", [])
-        if "media_types" in handler.opt
+        if handler.opt.get(MEDIA_TYPES)
         for method in getattr(handler, "http_methods", ())
     }
     problem = {
@@ -161,12 +171,16 @@ def document_problems(app: Litestar) -> None:
                 )
             if (path, method) in public:
                 operation.security = []  # needs no token
-            if (path, method) in formats and operation.responses and "200" in operation.responses:
-                ok = operation.responses["200"]
-                assert isinstance(ok, OpenAPIResponse)
-                ok.content = {
-                    media: OpenAPIMediaType(schema=Schema(type=OpenAPIType(kind)))
-                    for media, kind in formats[(path, method)].items()
+            if (path, method) in formats:
+                operation.responses = {
+                    **(operation.responses or {}),
+                    "200": OpenAPIResponse(
+                        description="The body, in the format asked for.",
+                        content={
+                            media: OpenAPIMediaType(schema=Schema(type=OpenAPIType(kind)))
+                            for media, kind in formats[(path, method)].items()
+                        },
+                    ),
                 }
             # Litestar documents its own 400 shape; Keel answers every error as a problem instead.
             operation.responses = {k: v for k, v in (operation.responses or {}).items() if k != "400"}

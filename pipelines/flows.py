@@ -121,12 +121,33 @@ def drop_exported_partitions(retention_days: int | None) -> dict[str, Any]:
     return {"dropped": result.dropped, "kept": result.kept, "keys_removed": result.keys_removed}
 
 
+@task(name="prune-exported-audit-entries")
+def prune_exported_audit_entries(retention_days: int | None) -> dict[str, Any]:
+    config = runtime.settings()
+    days = config.audit_retention_days if retention_days is None else retention_days
+    result = retention_tasks.prune_audit_log(
+        runtime.database_url(config), runtime.lake(config), retention_days=days
+    )
+    progress.report("audit retention", result.chains, result.chains)
+    return {"chains": result.chains, "removed": result.removed, "checkpoints": result.checkpoints}
+
+
 @flow(name="retention", log_prints=True)
-def retention(events_retention_days: int | None = None) -> dict[str, Any]:
-    """Drop event partitions older than the retention window, only once the lake holds them."""
-    if events_retention_days is not None and events_retention_days < 1:
-        raise ValueError("events_retention_days must be at least 1")
-    return drop_exported_partitions(events_retention_days)
+def retention(
+    events_retention_days: int | None = None, audit_retention_days: int | None = None
+) -> dict[str, Any]:
+    """Drop event partitions and audit entries past their retention, only once the lake holds them
+    (audit entries through the checkpointing prune path, so every chain still verifies)."""
+    for name, value in (
+        ("events_retention_days", events_retention_days),
+        ("audit_retention_days", audit_retention_days),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1")
+    return {
+        "events": drop_exported_partitions(events_retention_days),
+        "audit": prune_exported_audit_entries(audit_retention_days),
+    }
 
 
 #: The flows `keel flows` knows, by the names flows.yaml deploys them under.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,14 @@ def pipeline_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("KEEL_LAKE_URL", str(paths["lake"]))
     monkeypatch.setenv("KEEL_WAREHOUSE_PATH", str(paths["warehouse"]))
     return paths
+
+
+@pytest.fixture(scope="session")
+def offline_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline verifier exactly as an auditor copies it out of docs/audit.md."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "audit.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 1, "docs/audit.md should hold exactly one python script"
+    path = tmp_path_factory.mktemp("auditor") / "verify_audit_export.py"
+    path.write_text(blocks[0])
+    return path

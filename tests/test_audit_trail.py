@@ -140,6 +140,16 @@ CASES: dict[tuple[str, str], tuple[Call, str]] = {
         )[2],
         "flag.override_removed",
     ),
+    ("POST", "/v1/audit-logs"): (
+        lambda c, e, w, s: c.post(
+            "/v1/audit-logs",
+            json={"action": "document.shared", "occurred_at": "2026-01-15T10:30:00Z",
+                  "actor": {"type": "user", "id": "user_42", "name": "Ada"},
+                  "targets": [{"type": "document", "id": "doc_7"}], "context": {"ip": "203.0.113.7"}},
+            headers=auth(w.ingest_key),
+        ),
+        "document.shared",
+    ),
 }  # fmt: skip
 
 

@@ -315,3 +315,28 @@ def test_analytics_without_a_warehouse_is_a_clear_503(client: httpx.Client, org:
     finally:
         if moved.exists():
             moved.rename(warehouse)
+
+
+def test_audit_retention_prunes_only_exported_entries_and_chains_still_verify(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    from pipelines.tasks.retention import prune_audit_log
+
+    lake = Lake.open(str(pipeline_env["lake"]))
+    later = datetime.now(UTC) + timedelta(days=400)  # every entry of this org is past 365 days then
+    before = client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("owner")).json()
+    assert before["ok"] and before["entries_checked"] > 0
+    untouched = prune_audit_log(database_url, lake, retention_days=365, now=later, chain_keys={org.id})
+    assert untouched.removed == 0  # the lake holds none of them yet
+    export_tasks.export_table(database_url, lake, export_tasks.AUDIT_LOG)
+    pruned = prune_audit_log(database_url, lake, retention_days=365, now=later, chain_keys={org.id})
+    assert pruned.removed == before["entries_checked"] and org.id in pruned.checkpoints
+    after = client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("owner")).json()
+    assert after["ok"], after
+    # The chain goes on from its checkpoint, and the lake still holds every pruned entry.
+    client.patch(f"/v1/orgs/{org.id}", json={"name": "After pruning"}, headers=org.headers("owner"))
+    assert client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("owner")).json()["ok"]
+    ids = set(export_tasks.lake_keys(lake, export_tasks.AUDIT_LOG)["id"].to_list())
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        remaining = conn.execute("SELECT count(*) FROM audit_log WHERE chain_key = %s", (org.id,)).fetchone()
+    assert remaining == (1,) and len(ids) >= before["entries_checked"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64
@@ -32,17 +32,40 @@ HASHED_FIELDS = (
 )
 
 
+#: Fields added after the first chains were written (migration 0003), with the value every older
+#: entry implicitly has. They are hashed only when they differ from it, so older entries keep
+#: their hashes; a non-default value is always hashed, so changing it is still evident.
+OPTIONAL_FIELDS: dict[str, Any] = {"source": "keel", "targets": []}
+
+
+_AS_IS = frozenset({str, int, float, bool, list, dict})
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _plain(value: Any) -> Any:
+    if value is None or type(value) in _AS_IS:
+        return value
     if isinstance(value, datetime):
-        return value.isoformat(timespec="microseconds")
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        # Always UTC: Postgres hands timestamps back in the session's time zone.
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, (str, int, float, bool, list, dict)):
         return value
     return str(value)
 
 
 def canonical(entry: Mapping[str, Any]) -> bytes:
+    """The bytes an entry's hash covers: its hashed fields as compact JSON with sorted keys.
+
+    Values must be what the database gives back: ``ip`` in Python's ``ipaddress`` form, metadata
+    as decoded from JSONB (see ``api.audit.services.jsonb_safe``), ``occurred_at`` to the microsecond.
+    (Equal to ``json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.)
+    """
     body = {name: _plain(entry.get(name)) for name in HASHED_FIELDS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    for name, default in OPTIONAL_FIELDS.items():
+        value = entry.get(name)
+        if value is not None and value != default:
+            body[name] = _plain(value)
+    return _ENCODER.encode(body).encode()
 
 
 def entry_hash(entry: Mapping[str, Any], prev_hash: str) -> str:

@@ -78,6 +78,13 @@ class ActorType(enum.StrEnum):
     stripe = "stripe"
 
 
+class AuditSource(enum.StrEnum):
+    """Who wrote an audit entry: Keel itself, or the product through ``POST /v1/audit-logs``."""
+
+    keel = "keel"
+    product = "product"
+
+
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
     # Stored as text with a CHECK constraint: adding a value later is a one-line migration.
     return Enum(cls, name=name, native_enum=False, create_constraint=True, length=32, validate_strings=True)
@@ -162,6 +169,9 @@ class AuditEntry(Base):
         UniqueConstraint("chain_key", "seq"),
         Index("ix_audit_log_organization_id_id", "organization_id", "id"),
         Index("ix_audit_log_export_seq_brin", "export_seq", postgresql_using="brin"),
+        # "Who did what to this member?" and "what did this user do?" without a walk of the chain.
+        Index("ix_audit_log_chain_key_resource", "chain_key", "resource_type", "resource_id", "seq"),
+        Index("ix_audit_log_chain_key_actor_id", "chain_key", "actor_id", "seq"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -183,6 +193,11 @@ class AuditEntry(Base):
     ip: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[AuditSource] = mapped_column(
+        _enum(AuditSource, "audit_source"), default=AuditSource.keel, server_default=AuditSource.keel.value
+    )
+    #: ``[{"type", "id", "name"}]`` for product-sent entries; the first also fills resource_type/id.
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
     #: Global insertion number for the incremental lake export (drawn under the export fence).
@@ -283,3 +298,52 @@ class FlagsVersion(Base):
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditChainHead(Base):
+    """The newest entry of each chain, kept by a trigger on ``audit_log`` inserts.
+
+    It makes removal from the end of a chain evident (the chain would stop short of its head) and
+    lets the database refuse an insert that does not extend its chain by exactly one link.
+    """
+
+    __tablename__ = "audit_chain_heads"
+
+    chain_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_id: Mapped[uuid.UUID]
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """Where a chain was pruned: entries up to ``seq`` were removed; ``hash`` was the hash of entry ``seq``.
+
+    ``verify`` starts from the newest checkpoint of a chain. Append-only, like the log itself.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    chain_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    entry_id: Mapped[uuid.UUID]
+    hash: Mapped[str] = mapped_column(String(64))
+    removed: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+
+
+class AuditIdempotencyKey(Base):
+    """The first answer to a ``POST /v1/audit-logs`` carrying an ``Idempotency-Key``, replayed for 24 h."""
+
+    __tablename__ = "audit_idempotency_keys"
+    __table_args__ = (Index("ix_audit_idempotency_keys_created_at", "created_at"),)
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    response: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )

@@ -81,12 +81,12 @@ AUDIT_LOG = AppendOnlyTable(
     source="audit_log",
     select="export_seq, id, organization_id, chain_key, seq, occurred_at, recorded_at, actor_type, actor_id,"
     " actor_name, action, resource_type, resource_id, metadata::text, host(ip), user_agent, request_id,"
-    " prev_hash, hash",
+    " prev_hash, hash, source, targets::text",
     schema=columns(
         "export_seq int, id text, organization_id text, chain_key text, seq int, occurred_at ts,"
         " recorded_at ts, actor_type text, actor_id text, actor_name text, action text, resource_type text,"
         " resource_id text, metadata text, ip text, user_agent text, request_id text, prev_hash text,"
-        " hash text"
+        " hash text, source text, targets text"
     ),
     date_column="occurred_at",
     key=("id",),

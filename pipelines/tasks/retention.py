@@ -64,3 +64,70 @@ def prune_events(
                 result.keys_removed += removed.rowcount
                 result.dropped.append(name)
     return result
+
+
+@dataclass
+class AuditRetentionResult:
+    chains: int = 0
+    removed: int = 0
+    checkpoints: dict[str, int] = field(default_factory=dict)
+
+
+def prune_audit_log(
+    database_url: str,
+    lake: Lake,
+    *,
+    retention_days: int,
+    now: datetime | None = None,
+    chain_keys: set[str] | None = None,
+) -> AuditRetentionResult:
+    """Remove audit entries older than the retention window, only those the lake already holds.
+
+    Each chain is pruned through ``api.audit.services.prune_audit`` (the privileged path that
+    records a checkpoint), with its limit pulled back to the oldest entry not yet exported.
+    """
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from api.audit.services import prune_audit
+    from api.db.engine import make_async_engine, make_sessionmaker
+    from api.db.models import AuditEntry
+    from pipelines.tasks.export import AUDIT_LOG
+
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
+    watermark = read_watermark(lake, AUDIT_LOG.name)
+    result = AuditRetentionResult()
+
+    async def run() -> None:
+        engine = make_async_engine(database_url, pool_size=1)
+        try:
+            sessions = make_sessionmaker(engine)
+            async with sessions() as session:
+                chains = (
+                    await session.execute(
+                        select(AuditEntry.chain_key, func.min(AuditEntry.recorded_at))
+                        .where(AuditEntry.recorded_at < cutoff)
+                        .group_by(AuditEntry.chain_key)
+                    )
+                ).all()
+            for chain_key, _ in chains:
+                if chain_keys is not None and chain_key not in chain_keys:
+                    continue
+                async with sessions() as session, session.begin():
+                    unexported = await session.scalar(
+                        select(func.min(AuditEntry.recorded_at)).where(
+                            AuditEntry.chain_key == chain_key, AuditEntry.export_seq > watermark
+                        )
+                    )
+                    before = min(cutoff, unexported) if unexported is not None else cutoff
+                    pruned = await prune_audit(session, chain_key=chain_key, before=before)
+                result.chains += 1
+                result.removed += pruned.removed
+                if pruned.through_seq is not None:
+                    result.checkpoints[chain_key] = pruned.through_seq
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    return result

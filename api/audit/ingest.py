@@ -1,0 +1,176 @@
+"""Product-sent audit entries (``POST /v1/audit-logs``), with ``Idempotency-Key`` replay for 24 hours."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.audit import services as audit
+from api.audit.schemas import (
+    MAX_METADATA_INT,
+    MAX_METADATA_KEY,
+    MAX_METADATA_STRING,
+    AuditLogCreate,
+)
+from api.audit.services import MAX_JSON_FLOAT
+from api.audit.views import entry_out
+from api.auth.context import Actor, RequestContext
+from api.db.models import AuditIdempotencyKey, AuditSource
+from api.errors import Conflict, ValidationFailed
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+MAX_FUTURE = timedelta(hours=24)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    body: bytes
+    replayed: bool = False
+
+
+def body_hash(data: AuditLogCreate) -> str:
+    """Same body, same hash: key order and whitespace do not count, values do."""
+    plain = msgspec.to_builtins(data)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_occurred_at(value: datetime, now: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or utc < EARLIEST:
+        raise ValidationFailed("occurred_at must be after 1970-01-01T00:00:00Z", field="occurred_at")
+    if utc > now + MAX_FUTURE:
+        raise ValidationFailed(
+            f"occurred_at is more than 24 hours in the future (the server's time is {now.isoformat()})",
+            field="occurred_at",
+        )
+    return utc
+
+
+def _check_ip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValidationFailed(f"{value!r} is not an IPv4 or IPv6 address", field="context.ip") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise ValidationFailed("an address with a zone (`%…`) cannot be stored", field="context.ip")
+    return str(address)
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    for key, value in metadata.items():
+        field = f"metadata.{key}"
+        if not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise ValidationFailed(f"metadata keys are 1-{MAX_METADATA_KEY} characters", field=field[:60])
+        if isinstance(value, str) and len(value) > MAX_METADATA_STRING:
+            raise ValidationFailed(
+                f"metadata values are at most {MAX_METADATA_STRING} characters", field=field
+            )
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_METADATA_INT:
+            raise ValidationFailed("metadata integers must fit in 64 bits", field=field)
+        if isinstance(value, float) and not abs(value) < MAX_JSON_FLOAT:
+            raise ValidationFailed("metadata numbers must be below 1e16 in magnitude", field=field)
+
+
+def _first_nul(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding a NUL character, which Postgres cannot store."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path}.{key}" if path else key
+            found = _first_nul(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_nul(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+async def ingest_entry(
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    data: AuditLogCreate,
+    request_id: str | None,
+    idempotency_key: str | None,
+) -> Answer:
+    """Write one product entry to the org's chain and answer it; or replay the key's first answer."""
+    now = datetime.now(UTC)
+    nul = _first_nul(msgspec.to_builtins(data), "")
+    if nul:
+        raise ValidationFailed("text cannot contain NUL (\\u0000) characters", field=nul.replace(".[", "["))
+    _check_metadata(data.metadata)
+    occurred_at = _check_occurred_at(data.occurred_at, now)
+    ip = _check_ip(data.context.ip if data.context else None)
+    digest = body_hash(data)
+    if idempotency_key is not None:
+        # Two requests with one key queue here; the second finds the first's answer.
+        await session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"{org_id}:{idempotency_key}", 1)))
+        )
+        earlier = await session.scalar(
+            select(AuditIdempotencyKey).where(
+                AuditIdempotencyKey.organization_id == org_id,
+                AuditIdempotencyKey.key == idempotency_key,
+                AuditIdempotencyKey.created_at > now - IDEMPOTENCY_TTL,
+            )
+        )
+        if earlier is not None:
+            if earlier.body_hash != digest:
+                raise Conflict(
+                    "this Idempotency-Key was used in the last 24 hours with a different body",
+                    errors=[{"field": IDEMPOTENCY_HEADER, "message": "reused with a different body"}],
+                )
+            return Answer(earlier.status_code, earlier.response, replayed=True)
+    targets = [{"type": t.type, "id": t.id, "name": t.name} for t in data.targets]
+    stored = await audit.record(
+        session,
+        action=data.action,
+        actor=Actor(data.actor.type, data.actor.id, data.actor.name),
+        ctx=RequestContext(
+            request_id=request_id, ip=ip, user_agent=data.context.user_agent if data.context else None
+        ),
+        organization_id=org_id,
+        resource_type=targets[0]["type"] if targets else None,
+        resource_id=targets[0]["id"] if targets else None,
+        metadata=dict(data.metadata),
+        occurred_at=occurred_at,
+        targets=targets,
+        source=AuditSource.product,
+    )
+    answer = Answer(201, msgspec.json.encode(entry_out(stored)))
+    if idempotency_key is not None:
+        values = {
+            "body_hash": digest,
+            "status_code": answer.status_code,
+            "response": answer.body,
+            "created_at": now,
+        }
+        await session.execute(
+            pg_insert(AuditIdempotencyKey)
+            .values(organization_id=org_id, key=idempotency_key, **values)
+            .on_conflict_do_update(index_elements=["organization_id", "key"], set_=values)
+        )
+    return answer

@@ -1,0 +1,383 @@
+"""Audit log figures, each beside a baseline measured in the same run.
+
+- appends/s through ``POST /v1/audit-logs`` (8 concurrent clients), with the chain verified after;
+  baseline: the same server answering an authenticated read (``GET /v1/me``) at the same concurrency.
+- ``verify`` over 1,000,000 entries in entries/s; baseline: Postgres alone streaming the same
+  rows (``COPY (SELECT …) TO STDOUT``), and Python alone hashing them (while generating them).
+- export of 1,000,000 entries through the streaming endpoint and through ``keel audit export``,
+  with the exporting process's peak RSS (must stay under 200 MB); same COPY baseline.
+
+It starts its own embedded Postgres in a temporary directory and the API in a subprocess on a
+port the OS picks. ``KEEL_BENCH_AUDIT_ENTRIES`` shrinks the large figures for a quick look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api.audit.chain import GENESIS, entry_hash  # noqa: E402
+from api.db.base import new_id  # noqa: E402
+from api.db.embedded import start_embedded_postgres  # noqa: E402
+from api.db.engine import make_async_engine, make_sessionmaker  # noqa: E402
+from api.db.migrate import upgrade  # noqa: E402
+from api.db.models import PlatformRole  # noqa: E402
+from api.users import create_user_with_token  # noqa: E402
+
+ENTRIES = int(os.environ.get("KEEL_BENCH_AUDIT_ENTRIES", "1000000"))
+APPENDS = int(os.environ.get("KEEL_BENCH_AUDIT_APPENDS", "2000"))
+WRITERS = 8
+RSS_LIMIT_MB = 200
+ACTIONS = ("document.shared", "document.viewed", "member.removed")
+KEEL = str(Path(sys.executable).with_name("keel"))
+
+# uvicorn's own ``fd=`` takes every inherited socket for a Unix one, which leaves Nagle's algorithm
+# on for TCP (40 ms stalls per answer); a socket object built from the descriptor knows its family.
+SERVER = """
+import socket, sys, uvicorn
+from api.app import create_app
+from api.settings import Settings
+sock = socket.socket(fileno=int(sys.argv[1]))
+config = uvicorn.Config(create_app(Settings(database_url=sys.argv[2])), log_config=None, access_log=False,
+                        log_level="warning")
+uvicorn.Server(config).run(sockets=[sock])
+"""
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+@contextmanager
+def api_server(database_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The API in its own process, on a socket bound here to a port the OS chose (no race for it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(sock.fileno()), database_url], pass_fds=[sock.fileno()], cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sock.close()
+
+
+class PeakRss:
+    """Samples a process's resident memory every 20 ms; ``peak`` in MB."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def concurrently(total: int, call: Callable[[httpx.Client, int], httpx.Response], base_url: str) -> float:
+    """Run ``call`` ``total`` times from WRITERS threads; requests per second. Every answer must be 2xx."""
+    failures: list[str] = []
+    start = threading.Barrier(WRITERS + 1)
+
+    def worker(n: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            start.wait()
+            for i in range(n, total, WRITERS):
+                response = call(client, i)
+                if response.status_code >= 300:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(WRITERS)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    return total / elapsed
+
+
+def product_entry(i: int, org_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": "document.shared",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "actor": {"type": "user", "id": f"user_{i % 97}", "name": "Bench User"},
+        "targets": [{"type": "document", "id": f"doc_{i}"}],
+        "context": {"ip": "203.0.113.7", "user_agent": "bench/1.0"},
+        "metadata": {"i": i, "permission": "edit"},
+    }
+    if org_id:
+        body["org_id"] = org_id
+    return body
+
+
+def make_world(url: str, database_url: str) -> tuple[str, list[tuple[str, str]]]:
+    """A platform admin's token (it owns the orgs) and ten orgs with an ingest key each."""
+
+    async def user() -> str:
+        engine = make_async_engine(database_url, pool_size=1)
+        try:
+            async with make_sessionmaker(engine)() as session, session.begin():
+                created = await create_user_with_token(
+                    session, email="bench@keel.bench", name="Bench", platform_role=PlatformRole.admin
+                )
+            return created.token
+        finally:
+            await engine.dispose()
+
+    token = asyncio.run(user())
+    headers = {"Authorization": f"Bearer {token}"}
+    orgs = []
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        for n in range(WRITERS + 2):
+            org = client.post("/v1/orgs", json={"name": f"Bench {n}", "slug": f"bench-{n}"}).json()["id"]
+            key = client.post(f"/v1/orgs/{org}/ingest-keys", json={"name": "bench"}).json()["token"]
+            orgs.append((org, key))
+    return token, orgs
+
+
+def bulk_load(database_url: str, org_id: str, count: int) -> float:
+    """Append ``count`` product entries to the org's chain with COPY, hashed exactly as Keel hashes them.
+
+    Triggers stay on: the chain-link trigger checks the whole COPY at once and moves the head.
+    Returns Python's hashing rate (entries/s) over the generation, a baseline for verify.
+    """
+    hashing = 0.0
+    with psycopg.connect(database_url) as conn:
+        seq, prev = conn.execute(
+            "SELECT seq, hash FROM audit_chain_heads WHERE chain_key = %s", [org_id]
+        ).fetchone() or (0, GENESIS)
+        base = datetime.now(UTC) - timedelta(days=30)
+        columns = ("id", "chain_key", "seq", "organization_id", "occurred_at", "recorded_at", "actor_type",
+                   "actor_id", "actor_name", "action", "resource_type", "resource_id", "metadata", "ip",
+                   "user_agent", "request_id", "source", "targets", "prev_hash", "hash")  # fmt: skip
+        with conn.cursor().copy(f"COPY audit_log ({', '.join(columns)}) FROM STDIN") as copy:
+            for i in range(count):
+                seq += 1
+                when = base + timedelta(microseconds=2_000 * i)
+                entry = {
+                    "id": str(new_id()), "organization_id": org_id, "seq": seq,
+                    "occurred_at": when.isoformat(timespec="microseconds"), "actor_type": "user",
+                    "actor_id": f"user_{i % 997}", "actor_name": "Bulk User", "action": ACTIONS[i % 3],
+                    "resource_type": "document", "resource_id": f"doc_{i}",
+                    "metadata": {"i": i, "permission": "edit", "ratio": 0.5}, "ip": f"203.0.113.{i % 250}",
+                    "user_agent": "Mozilla/5.0 (bench)", "request_id": f"req-{i}", "source": "product",
+                    "targets": [{"type": "document", "id": f"doc_{i}", "name": None}],
+                }  # fmt: skip
+                began = time.perf_counter()
+                digest = entry_hash(entry, prev)
+                hashing += time.perf_counter() - began
+                copy.write_row((
+                    entry["id"], org_id, seq, org_id, when, when, "user", entry["actor_id"], "Bulk User",
+                    entry["action"], "document", entry["resource_id"], json.dumps(entry["metadata"]),
+                    entry["ip"], entry["user_agent"], entry["request_id"], "product",
+                    json.dumps(entry["targets"]), prev, digest,
+                ))  # fmt: skip
+                prev = digest
+        conn.commit()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE audit_log")
+    return count / hashing
+
+
+SAME_ROWS = (
+    "COPY (SELECT chain_key, seq, id::text, organization_id::text, occurred_at, recorded_at, source, action,"
+    " actor_type, actor_id, actor_name, resource_type, resource_id, targets::text, metadata::text, host(ip),"
+    " user_agent, request_id, prev_hash, hash FROM audit_log WHERE chain_key = '{org}' ORDER BY seq)"
+    " TO STDOUT"
+)
+
+
+def copy_out_rate(database_url: str, org_id: str, rows: int) -> float:
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        began = time.perf_counter()
+        with cur.copy(SAME_ROWS.format(org=org_id)) as copy:
+            for _ in copy:
+                pass
+        return rows / (time.perf_counter() - began)
+
+
+def main() -> int:
+    say(f"bench_audit: {ENTRIES:,} entries for verify/export, {APPENDS:,} appends by {WRITERS} clients")
+    with tempfile.TemporaryDirectory(prefix="keel-bench-audit-") as tmp:
+        database_url, pg = start_embedded_postgres(Path(tmp), cleanup="delete")
+        try:
+            upgrade(database_url)
+            with api_server(database_url) as (url, server):
+                return run(url, server, database_url, Path(tmp))
+        finally:
+            pg.cleanup()
+
+
+def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path) -> int:
+    token, orgs = make_world(url, database_url)
+    user_headers = {"Authorization": f"Bearer {token}"}
+    (_, one_key), many = orgs[0], orgs[1 : WRITERS + 1]
+    results: list[tuple[str, str, str]] = []
+
+    # -- appends through the API
+    baseline = concurrently(APPENDS, lambda c, i: c.get("/v1/me", headers=user_headers), url)
+    one = concurrently(
+        APPENDS,
+        lambda c, i: c.post(
+            "/v1/audit-logs", json=product_entry(i), headers={"Authorization": f"Bearer {one_key}"}
+        ),
+        url,
+    )
+    spread = concurrently(
+        APPENDS,
+        lambda c, i: c.post(
+            "/v1/audit-logs",
+            json=product_entry(i),
+            headers={"Authorization": f"Bearer {many[i % WRITERS][1]}"},
+        ),
+        url,
+    )
+    with httpx.Client(base_url=url, headers=user_headers, timeout=600) as client:
+        for org, _ in orgs[: WRITERS + 1]:
+            report = client.get(f"/v1/orgs/{org}/audit-logs/verify").json()
+            if not report["ok"]:
+                raise RuntimeError(f"chain {org} broken after the appends: {report}")
+    results.append(
+        (
+            "appends/s, one org (every append queues on its chain)",
+            f"{one:,.0f}",
+            f"GET /v1/me {baseline:,.0f}/s",
+        )
+    )
+    results.append(
+        (f"appends/s, spread over {WRITERS} orgs", f"{spread:,.0f}", f"GET /v1/me {baseline:,.0f}/s")
+    )
+    # Ratio to single-event ingestion (POST /v1/events, same server, same clients) goes here once
+    # the events API exists (issue: events); until then GET /v1/me is the same-run baseline.
+    say(f"  appends: one org {one:,.0f}/s, {WRITERS} orgs {spread:,.0f}/s; GET /v1/me {baseline:,.0f}/s")
+
+    # -- one million entries
+    big = orgs[-1][0]  # its own org: the appends above do not touch it
+    began = time.perf_counter()
+    hash_rate = bulk_load(database_url, big, ENTRIES)
+    loaded = time.perf_counter() - began
+    say(f"  loaded {ENTRIES:,} entries by COPY in {loaded:.1f}s (Python hashing alone {hash_rate:,.0f}/s)")
+    with psycopg.connect(database_url) as conn:
+        total = conn.execute("SELECT count(*) FROM audit_log WHERE chain_key = %s", [big]).fetchone()[0]  # type: ignore[index]
+    copy_rate = copy_out_rate(database_url, big, total)
+
+    with httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client, PeakRss(server.pid) as rss:
+        began = time.perf_counter()
+        report = client.get(f"/v1/orgs/{big}/audit-logs/verify").json()
+        verify_rate = total / (time.perf_counter() - began)
+    if not report["ok"] or report["entries_checked"] != total:
+        raise RuntimeError(f"the bulk chain does not verify: {report}")
+    results.append((f"verify, entries/s over {total:,} (API)", f"{verify_rate:,.0f}",
+                    f"COPY TO STDOUT {copy_rate:,.0f} rows/s; hashing alone {hash_rate:,.0f}/s"))  # fmt: skip
+    say(f"  verify: {verify_rate:,.0f} entries/s (server peak RSS {rss.peak_mb:.0f} MB)")
+
+    idle = psutil.Process(server.pid).memory_info().rss / 2**20
+    with httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client, PeakRss(server.pid) as rss:
+        began = time.perf_counter()
+        size = lines = 0
+        with client.stream(
+            "GET", f"/v1/orgs/{big}/audit-logs/export", params={"format": "jsonl"}
+        ) as response:
+            for piece in response.iter_bytes():
+                size += len(piece)
+                lines += piece.count(b"\n")
+        http_rate = lines / (time.perf_counter() - began)
+    api_peak = rss.peak_mb
+    if lines != total:
+        raise RuntimeError(f"the export held {lines} lines, not {total}")
+    results.append((f"export jsonl via API, entries/s ({size / 2**20:,.0f} MB)", f"{http_rate:,.0f}",
+                    f"COPY TO STDOUT {copy_rate:,.0f} rows/s"))  # fmt: skip
+    results.append(
+        ("  server peak RSS during the export", f"{api_peak:,.0f} MB", f"idle before it {idle:,.0f} MB")
+    )
+    say(f"  export via API: {http_rate:,.0f} entries/s, server peak RSS {api_peak:.0f} MB")
+
+    out = tmp / "export.jsonl"
+    env = {**os.environ, "KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp)}
+    began = time.perf_counter()
+    command = [KEEL, "audit", "export", "--org", big, "--format", "jsonl", "--out", str(out)]
+    cli = subprocess.Popen(command, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with PeakRss(cli.pid) as rss:
+        code = cli.wait()
+    cli_rate = total / (time.perf_counter() - began)
+    if code != 0:
+        raise RuntimeError(f"keel audit export exited {code}")
+    results.append(
+        (
+            "export jsonl via `keel audit export`, entries/s",
+            f"{cli_rate:,.0f}",
+            f"COPY TO STDOUT {copy_rate:,.0f} rows/s",
+        )
+    )
+    results.append(("  CLI peak RSS", f"{rss.peak_mb:,.0f} MB", f"limit {RSS_LIMIT_MB} MB"))
+    say(f"  export via CLI: {cli_rate:,.0f} entries/s, peak RSS {rss.peak_mb:.0f} MB")
+
+    width = max(len(r[0]) for r in results)
+    say("")
+    say(f"{'figure'.ljust(width)}  {'value':>12}  baseline (same run)")
+    for name, value, base in results:
+        say(f"{name.ljust(width)}  {value:>12}  {base}")
+    over = [name for name, peak in (("API", api_peak), ("CLI", rss.peak_mb)) if peak >= RSS_LIMIT_MB]
+    if over:
+        say(f"FAIL: peak RSS of {', '.join(over)} export at or over {RSS_LIMIT_MB} MB")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,8 @@ pipelines side of the one-way import rule.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -68,7 +70,8 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             title="Keel is running",
         )
     )
-    serve_api(settings.with_(database_url=url), host=host, port=port)
+    with background_services(settings.with_(database_url=url), console):
+        serve_api(settings.with_(database_url=url), host=host, port=port)
 
 
 def refresh_analytics_once(settings: Settings, console: Console) -> str:
@@ -79,8 +82,41 @@ def refresh_analytics_once(settings: Settings, console: Console) -> str:
     home = os.environ.setdefault("PREFECT_HOME", str(settings.data_dir.resolve() / "prefect"))
     os.makedirs(home, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from pipelines.flows import refresh_analytics
 
     with console.status("running the pipelines once (export → warehouse → org health report)…"):
         result = refresh_analytics()
     return str(result["report"]["html"])
+
+
+@contextlib.contextmanager
+def background_services(settings: Settings, console: Console) -> Iterator[None]:
+    """The processes `make run` keeps beside the API: the flow schedules of flows.yaml
+    (`keel flows serve`). They are stopped when the API stops."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    keel = str(Path(sys.executable).with_name("keel"))
+    env = {**os.environ, "KEEL_DATABASE_URL": settings.database_url or ""}
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children = []
+    for name, args in {"flow schedules": ["flows", "serve"]}.items():
+        log = (log_dir / f"{args[0]}.log").open("ab")
+        children.append(
+            subprocess.Popen([keel, *args], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        )
+        console.print(f"started {name} (`keel {' '.join(args)}`, log in {log_dir / (args[0] + '.log')})")
+    try:
+        yield
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()

@@ -581,3 +581,33 @@ def test_staff_and_members_of_other_orgs_get_nothing_an_owner_gets_what_the_key_
     assert evaluated(client, fresh.headers("owner"), org_id=fresh.id) == evaluated(
         client, auth(fresh.ingest_key)
     )
+
+
+# --- exposure tracking ----------------------------------------------------------------------------
+
+
+def test_track_records_each_answer_as_an_event_of_the_org(
+    client: httpx.Client, engine: Engine, org: OrgWorld, admin: str
+) -> None:
+    flag = create_flag(client, admin, rollout_percentage=100)
+    one = client.get(f"/v1/flags/evaluate/{flag['key']}", params={"user_id": "end-user-9", "track": "true"},
+                     headers=auth(org.ingest_key))  # fmt: skip
+    assert one.status_code == 200 and one.json()["enabled"] is True
+    every = client.get(
+        "/v1/flags/evaluate", params={"org_id": org.id, "track": "true"}, headers=org.headers("member")
+    )
+    assert every.status_code == 200
+    untracked = client.get("/v1/flags/evaluate", params={"org_id": org.id}, headers=org.headers("member"))
+    assert untracked.status_code == 200
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT user_id, properties FROM events WHERE organization_id = :o AND event = '$flag_evaluated'"
+            ),
+            {"o": org.id},
+        ).all()
+    mine = [(user, props) for user, props in rows if props["flag"] == flag["key"]]
+    assert ("end-user-9", {"flag": flag["key"], "enabled": True, "reason": "rollout",
+                           "bucket": mine[0][1]["bucket"], "rollout_percentage": 100}) in mine  # fmt: skip
+    assert (org.user_ids["member"], mine[1][1]) in mine  # the member's own id when no user_id is given
+    assert len(mine) == 2 and len(rows) == len(every.json()["flags"]) + 1

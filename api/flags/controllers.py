@@ -15,7 +15,10 @@ from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
 from api.db.models import FeatureFlag, FlagOverride, TokenKind
 from api.errors import Forbidden, NotFound
+from api.events.services import Origin
 from api.flags import services
+from api.flags.evaluation import Evaluation
+from api.flags.exposure import record_exposures
 from api.flags.schemas import (
     KEY_PATTERN,
     EvaluationOut,
@@ -187,6 +190,27 @@ async def evaluation_org(db: AsyncSession, principal: Principal, org_id: uuid.UU
     return canonical_org_id(org_id)
 
 
+TrackQuery = Annotated[
+    bool,
+    Parameter(default=False, description="Also record each answer as a `$flag_evaluated` event (exposure)."),
+]
+
+
+async def _track(
+    db: AsyncSession,
+    state: State,
+    principal: Principal,
+    ctx: RequestContext,
+    org: str,
+    user_id: str | None,
+    results: list[Evaluation],
+) -> None:
+    await record_exposures(
+        db, results, organization_id=org, user_id=user_id, principal=principal,
+        partitions=state.partitions, origin=Origin(ip=ctx.ip, user_agent=ctx.user_agent),
+    )  # fmt: skip
+
+
 class FlagEvaluationController(Controller):
     """What product clients call: answers come from the in-process copy, not the database."""
 
@@ -195,11 +219,20 @@ class FlagEvaluationController(Controller):
 
     @get("/", summary="Every flag's answer for an organization (org ingest key or member token)")
     async def evaluate_all(
-        self, state: State, db: AsyncSession, principal: Principal, org_id: OrgIdQuery, user_id: UserIdQuery
+        self,
+        state: State,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+        org_id: OrgIdQuery,
+        user_id: UserIdQuery,
+        track: TrackQuery,
     ) -> FlagsOut:
         org = await evaluation_org(db, principal, org_id)
         store: FlagStore = state.flags
         results = store.snapshot.evaluate_all(org_id=org, user_id=user_id)
+        if track:
+            await _track(db, state, principal, ctx, org, user_id, results)
         return FlagsOut(flags={r.key: r.enabled for r in results})
 
     @get("/{key:str}", summary="One flag's answer and the reason for it (org ingest key or member token)")
@@ -209,12 +242,16 @@ class FlagEvaluationController(Controller):
         state: State,
         db: AsyncSession,
         principal: Principal,
+        ctx: RequestContext,
         org_id: OrgIdQuery,
         user_id: UserIdQuery,
+        track: TrackQuery,
     ) -> EvaluationOut:
         org = await evaluation_org(db, principal, org_id)
         store: FlagStore = state.flags
         result = store.snapshot.evaluate(key, org_id=org, user_id=user_id)
         if result is None:
             raise services.flag_not_found(key)
+        if track:
+            await _track(db, state, principal, ctx, org, user_id, [result])
         return EvaluationOut(key=result.key, enabled=result.enabled, reason=result.reason)

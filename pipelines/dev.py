@@ -7,6 +7,8 @@ pipelines side of the one-way import rule.
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -70,6 +72,9 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             title="Keel is running",
         )
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the children
+    # and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with background_services(settings.with_(database_url=url), console):
         serve_api(settings.with_(database_url=url), host=host, port=port)
 
@@ -96,7 +101,6 @@ def background_services(settings: Settings, console: Console) -> Iterator[None]:
     (`keel flows serve`). They are stopped when the API stops."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     keel = str(Path(sys.executable).with_name("keel"))

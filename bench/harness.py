@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_api(database_url: str, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="keel-bench-api-")
     environment = {
@@ -62,7 +62,7 @@ def served_api(database_url: str, **env: str) -> Iterator[tuple[str, psutil.Proc
         **env,
     }
     proc = subprocess.Popen(
-        [KEEL, "serve", "--port", str(port)],
+        [KEEL, "serve", "--port", str(port), "--workers", str(workers)],
         env=environment,
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -91,7 +91,8 @@ def served_api(database_url: str, **env: str) -> Iterator[tuple[str, psutil.Proc
 
 
 class PeakRss:
-    """Samples a process's resident set size in the background; ``peak`` is the largest seen (MB)."""
+    """Samples the resident set size of a process and its children (all server workers) in the
+    background; ``peak`` is the largest total seen (MB)."""
 
     def __init__(self, process: psutil.Process, every: float = 0.05) -> None:
         self.process, self.every, self.peak = process, every, 0.0
@@ -101,7 +102,12 @@ class PeakRss:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.process.memory_info().rss / 1024 / 1024)
+                tree = [self.process, *self.process.children(recursive=True)]
+                total = 0
+                for proc in tree:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+                self.peak = max(self.peak, total / 1024 / 1024)
             time.sleep(self.every)
 
     def __enter__(self) -> PeakRss:

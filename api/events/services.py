@@ -41,6 +41,28 @@ FROM unnest(%s::uuid[], %s::text[]) AS k(organization_id, message_id)
 ON CONFLICT DO NOTHING
 RETURNING organization_id, message_id
 """
+#: Small batches (single events, mostly) go in one statement: one round trip instead of three.
+SMALL_BATCH = 32
+INSERT_SMALL = """
+WITH fence AS (SELECT pg_advisory_xact_lock_shared(%s) AS held),
+incoming AS (
+    SELECT * FROM unnest(
+        %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+        %s::text[], %s::text[]
+    ) AS t(organization_id, message_id, event, user_id, anonymous_id, ts, sent_at, properties, context)
+),
+fresh AS (
+    INSERT INTO event_keys (organization_id, message_id, received_at)
+    SELECT i.organization_id, i.message_id, %s FROM incoming i, fence
+    ON CONFLICT DO NOTHING
+    RETURNING organization_id, message_id
+)
+INSERT INTO events (organization_id, message_id, event, user_id, anonymous_id, timestamp, sent_at,
+                    received_at, properties, context)
+SELECT i.organization_id, i.message_id, i.event, i.user_id, i.anonymous_id, i.ts, i.sent_at, %s,
+       i.properties::jsonb, i.context::jsonb
+FROM incoming i JOIN fresh f USING (organization_id, message_id)
+"""
 COPY_EVENTS = (
     "COPY events (organization_id, message_id, event, user_id, anonymous_id, timestamp, sent_at,"
     " received_at, properties, context) FROM STDIN (FORMAT BINARY)"
@@ -188,6 +210,19 @@ async def _store(session: AsyncSession, rows: list[Row], received_at: datetime) 
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     pg: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    if len(rows) <= SMALL_BATCH:
+        async with pg.cursor() as cur:
+            await cur.execute(
+                INSERT_SMALL,
+                (
+                    EXPORT_FENCE_LOCK,
+                    [r.organization_id for r in rows], [r.message_id for r in rows], [r.event for r in rows],
+                    [r.user_id for r in rows], [r.anonymous_id for r in rows], [r.timestamp for r in rows],
+                    [r.sent_at for r in rows], [r.properties for r in rows], [r.context for r in rows],
+                    received_at, received_at,
+                ),
+            )  # fmt: skip
+            return cur.rowcount
     async with pg.cursor(binary=True) as cur:
         await cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (EXPORT_FENCE_LOCK,))
         await cur.execute(

@@ -37,13 +37,13 @@ def load_events(url: str) -> None:
                 INSERT INTO events (organization_id, message_id, event, user_id, timestamp, received_at,
                                     properties, context)
                 SELECT
-                    ('00000000-0000-7000-8000-' || lpad(to_hex(i % %(orgs)s), 12, '0'))::uuid,
+                    ('00000000-0000-7000-8000-' || lpad(to_hex(i %% %(orgs)s), 12, '0'))::uuid,
                     'm-' || i,
-                    (ARRAY['dashboard.viewed', 'report.created', 'search.performed'])[1 + i % 3],
-                    'user-' || (i % %(users)s),
-                    now() - make_interval(days => (i / 7) % %(days)s, secs => i % 86400),
+                    (ARRAY['dashboard.viewed', 'report.created', 'search.performed'])[1 + i %% 3],
+                    'user-' || (i %% %(users)s),
+                    now() - make_interval(days => (i / 7) %% %(days)s, secs => i %% 86400),
                     now(),
-                    jsonb_build_object('plan', 'pro', 'n', i, 'path', '/projects/' || (i % 97)),
+                    jsonb_build_object('plan', 'pro', 'n', i, 'path', '/projects/' || (i %% 97)),
                     '{"library": {"name": "bench", "version": "1.0"}}'::jsonb
                 FROM generate_series(%(start)s, %(stop)s) AS i
                 """,

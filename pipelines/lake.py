@@ -65,7 +65,7 @@ class Lake:
         temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
         try:
             with self.fs.open_output_stream(temporary) as sink:
-                pq.write_table(table, sink, compression="zstd")
+                pq.write_table(table, sink, compression="zstd", compression_level=1)
             self.fs.move(temporary, path)
         except BaseException:
             if self.exists(temporary):

@@ -340,3 +340,42 @@ def test_audit_retention_prunes_only_exported_entries_and_chains_still_verify(
     with psycopg.connect(libpq_url(database_url)) as conn:
         remaining = conn.execute("SELECT count(*) FROM audit_log WHERE chain_key = %s", (org.id,)).fetchone()
     assert remaining == (1,) and len(ids) >= before["entries_checked"]
+
+
+def test_awkward_text_reaches_the_lake_unchanged(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    import json
+
+    awkward = [
+        'comma, "quotes"',
+        "tab\there",
+        "new\nline",
+        "unit\x1fsep",
+        "start\x01quote",
+        "back\\slash",
+        "ünïcødé ✓",
+    ]
+    events = [
+        {
+            "event": text_value,
+            "user_id": text_value,
+            "message_id": f"awk-{i}",
+            "properties": {"v": text_value, "n": i},
+        }
+        for i, text_value in enumerate(awkward)
+    ]
+    assert client.post("/v1/events/batch", json={"events": events}, headers=auth(org.ingest_key)).json()[
+        "accepted"
+    ] == len(awkward)
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS)
+    rows = {}
+    for path in lake.list_files("events"):
+        for r in export_tasks.lake_read(lake, path).to_pylist():
+            if r["organization_id"] == org.id:
+                rows[r["message_id"]] = r
+    for i, text_value in enumerate(awkward):
+        row = rows[f"awk-{i}"]
+        assert (row["event"], row["user_id"]) == (text_value, text_value)
+        assert json.loads(row["properties"]) == {"v": text_value, "n": i}

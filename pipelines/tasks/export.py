@@ -19,6 +19,7 @@ import posixpath
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -173,20 +174,26 @@ def remove_orphans(lake: Lake, table: str, watermark: int) -> list[str]:
     return removed
 
 
+# CSV with a unit separator between fields and \x01 as the quote: JSON text never holds either
+# (JSONB escapes control characters), so its many double quotes are not doubled by the server
+# and not undone by the parser; text fields that do hold one are quoted as usual.
+CSV_OPTIONS = "FORMAT csv, DELIMITER e'\\x1f', QUOTE e'\\x01'"
+PARSE_OPTIONS = pacsv.ParseOptions(delimiter="\x1f", quote_char="\x01", newlines_in_values=True)
+
+
 def _copy_csv(conn: psycopg.Connection, query: str, params: tuple[object, ...] = ()) -> tuple[bytes, int]:
-    buffer = io.BytesIO()
-    rows = 0
-    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT csv)", params) as copy:
-        for data in copy:
-            buffer.write(data)
-            rows += 1
-    return buffer.getvalue(), rows
+    parts: list[bytes] = []
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT ({CSV_OPTIONS})", params) as copy:
+        for data in copy:  # one message per row
+            parts.append(bytes(data))
+    return b"".join(parts), len(parts)
 
 
 def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
     return pacsv.read_csv(
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(column_names=schema.names, block_size=16 << 20),
+        parse_options=PARSE_OPTIONS,
         convert_options=pacsv.ConvertOptions(
             column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False
         ),
@@ -207,11 +214,29 @@ def export_table(
     watermark = read_watermark(lake, table.name)
     result = ExportResult(table=table.name, watermark_from=watermark, watermark_to=watermark)
     remove_orphans(lake, table.name, watermark)
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn, ThreadPoolExecutor(1) as writer:
         conn.execute("SET TIME ZONE 'UTC'")
         high = high_water_mark(conn, table.sequence)
         expected = max(high - watermark, 0)
+        # Two stages overlap: while one range is parsed and written (pyarrow releases the GIL),
+        # the next is read from Postgres. At most two ranges are in memory at once.
+        pending: Future[list[str]] | None = None
+        pending_range = (watermark, watermark, 0)
         lo, chunks = watermark, 0
+
+        def settle() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            result.files += pending.result()
+            _, done_hi, done_rows = pending_range
+            result.rows += done_rows
+            _write_watermark(lake, table.name, done_hi, result.rows)
+            result.watermark_to = done_hi
+            pending = None
+            if progress:
+                progress(done_hi - watermark, expected)
+
         while lo < high:
             hi = min(lo + chunk_rows, high)
             data, rows = _copy_csv(
@@ -220,18 +245,20 @@ def export_table(
                 f" WHERE {table.seq_column} > %s AND {table.seq_column} <= %s",
                 (lo, hi),
             )
-            if rows:
-                result.files += write_partitioned(lake, table, _parse(data, table.schema), lo, hi)
-            result.rows += rows
-            _write_watermark(lake, table.name, hi, result.rows)
-            result.watermark_to = lo = hi
+            settle()  # the watermark moves in order, only after the previous range is durable
+            pending = writer.submit(_write_range, lake, table, data, rows, lo, hi)
+            pending_range = (lo, hi, rows)
+            lo = hi
             chunks += 1
-            if progress:
-                progress(lo - watermark, expected)
             if stop_after_chunks is not None and chunks >= stop_after_chunks:
                 break
+        settle()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _write_range(lake: Lake, table: AppendOnlyTable, data: bytes, rows: int, lo: int, hi: int) -> list[str]:
+    return write_partitioned(lake, table, _parse(data, table.schema), lo, hi) if rows else []
 
 
 def write_partitioned(lake: Lake, table: AppendOnlyTable, rows: pa.Table, lo: int, hi: int) -> list[str]:

@@ -26,6 +26,7 @@ from api.events.services import PartitionKeeper, keep_event_partitions
 from api.flags.controllers import FlagAdminController, FlagEvaluationController
 from api.flags.store import FlagStore
 from api.members.controllers import MemberController
+from api.metrics import PROMETHEUS, MetricsController
 from api.observability import request_id_middleware
 from api.openapi import document_problems
 from api.orgs.controllers import OrgController
@@ -36,6 +37,7 @@ from api.tokens.controllers import MyTokenController, OrgIngestKeyController, Pl
 
 CONTROLLERS = [
     SystemController,
+    MetricsController,
     OrgController,
     MemberController,
     MyTokenController,
@@ -91,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         before_request=authenticate_request,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, PROMETHEUS.middleware],
         request_max_body_size=DEFAULT_MAX_BODY,
         logging_config=None,
         state=State({"settings": settings}),

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from api import metrics
 from api.auth.context import Principal
 from api.db.base import new_id
 from api.db.fence import EXPORT_FENCE_LOCK
@@ -327,4 +328,7 @@ async def ingest(
         await partitions.ensure(session, received_at.astimezone(UTC).date())
         inserted = await _store(session, unique, received_at)
     rejected.sort(key=lambda r: r.index)
+    metrics.EVENTS_ACCEPTED.inc(inserted)
+    metrics.EVENTS_DUPLICATES.inc(len(rows) - inserted)
+    metrics.EVENTS_REJECTED.inc(len(rejected))
     return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, rejected=rejected)

@@ -172,14 +172,13 @@ def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=300, stop_after_chunks=2)
     watermark = export_tasks.read_watermark(lake, "events")
     # A run that wrote the next range's files and died before moving the watermark:
-    with psycopg.connect(libpq_url(database_url)) as conn:
-        conn.execute("SET TIME ZONE 'UTC'")
-        data, _ = export_tasks._copy_csv(
-            conn, f"SELECT {export_tasks.EVENTS.select} FROM events WHERE ingest_seq > %s AND ingest_seq <= %s",
-            (watermark, watermark + 700),
-        )  # fmt: skip
-    export_tasks.write_partitioned(lake, export_tasks.EVENTS, export_tasks._parse(data, export_tasks.EVENTS.schema),
-                                   watermark, watermark + 700)  # fmt: skip
+    events = export_tasks.EVENTS
+    with export_tasks._open_reader(database_url) as reader:
+        rows = export_tasks._read_arrow(
+            reader, export_tasks._range_query(events, watermark, watermark + 700), events.schema
+        )
+    assert rows.num_rows > 0
+    export_tasks.write_partitioned(lake, events, rows, watermark, watermark + 700)
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=1000)
     keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
     assert keys.height == keys.unique().height

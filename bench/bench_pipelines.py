@@ -27,7 +27,8 @@ DAYS = 60
 
 
 def load_events(url: str) -> None:
-    """Fill the events table server-side (the figure here is the export, not the load)."""
+    """Fill the events table server-side (the figure here is the export, not the load): sixty days
+    of events arriving in time order, as ingestion writes them."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("SELECT keel_ensure_event_partitions(current_date, 1)")
         step = 1_000_000
@@ -41,7 +42,7 @@ def load_events(url: str) -> None:
                     'm-' || i,
                     (ARRAY['dashboard.viewed', 'report.created', 'search.performed'])[1 + i %% 3],
                     'user-' || (i %% %(users)s),
-                    now() - make_interval(days => (i / 7) %% %(days)s, secs => i %% 86400),
+                    now() - make_interval(secs => ((%(events)s - i)::float8 * %(seconds)s / %(events)s)),
                     now(),
                     jsonb_build_object('plan', 'pro', 'n', i, 'path', '/projects/' || (i %% 97)),
                     '{"library": {"name": "bench", "version": "1.0"}}'::jsonb
@@ -50,7 +51,8 @@ def load_events(url: str) -> None:
                 {
                     "orgs": ORGS,
                     "users": USERS,
-                    "days": DAYS,
+                    "events": EVENTS,
+                    "seconds": DAYS * 86400,
                     "start": start,
                     "stop": min(start + step, EVENTS) - 1,
                 },

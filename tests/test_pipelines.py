@@ -191,8 +191,10 @@ def test_killing_the_export_process_mid_run_then_rerunning(
     send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=10, seed=5))
     lake_dir = pipeline_env["lake"]
     script = (
-        "import sys; from pipelines.lake import Lake; from pipelines.tasks import export as e;"
-        f"e.export_table({database_url!r}, Lake.open({str(lake_dir)!r}), e.EVENTS, chunk_rows=50)"
+        "import time; from pipelines.lake import Lake; from pipelines.tasks import export as e;"
+        # a pause after each range keeps the run long enough to be killed in the middle of it
+        f"e.export_table({database_url!r}, Lake.open({str(lake_dir)!r}), e.EVENTS, chunk_rows=50,"
+        " progress=lambda done, total: time.sleep(0.05))"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 60

@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from api.db.engine import libpq_url
 from api.db.fence import EXPORT_FENCE_LOCK
@@ -57,6 +58,8 @@ class AppendOnlyTable:
     #: Column whose UTC date is the Hive partition (``date=YYYY-MM-DD``).
     date_column: str
     key: tuple[str, ...]
+    #: Low-cardinality columns worth dictionary-encoding in Parquet.
+    dictionary: tuple[str, ...] = ()
 
 
 EVENTS = AppendOnlyTable(
@@ -72,6 +75,7 @@ EVENTS = AppendOnlyTable(
     ),
     date_column="timestamp",
     key=("organization_id", "message_id"),
+    dictionary=("organization_id", "event", "user_id", "anonymous_id"),
 )
 
 AUDIT_LOG = AppendOnlyTable(
@@ -91,6 +95,15 @@ AUDIT_LOG = AppendOnlyTable(
     ),
     date_column="occurred_at",
     key=("id",),
+    dictionary=(
+        "organization_id",
+        "chain_key",
+        "actor_type",
+        "actor_id",
+        "action",
+        "resource_type",
+        "source",
+    ),
 )
 
 APPEND_ONLY = {t.name: t for t in (EVENTS, AUDIT_LOG)}
@@ -257,13 +270,12 @@ def export_table(
 
 def write_partitioned(lake: Lake, table: AppendOnlyTable, rows: pa.Table, lo: int, hi: int) -> list[str]:
     """One file per date partition for the sequence range (lo, hi]; the name makes re-runs idempotent."""
-    frame = pl.from_arrow(rows)
-    assert isinstance(frame, pl.DataFrame)
-    frame = frame.with_columns(pl.col(table.date_column).dt.date().alias("_date"))
+    days = pc.cast(rows[table.date_column], pa.date32())
     written = []
-    for (day,), part in frame.partition_by("_date", as_dict=True, maintain_order=True).items():
+    for day in pc.unique(days).to_pylist():
+        part = rows.filter(pc.equal(days, pa.scalar(day, pa.date32())))
         path = lake.path(table.name, f"date={day}", f"{table.name}-{lo:020d}-{hi:020d}.parquet")
-        lake.write_parquet(part.drop("_date").to_arrow(), path)
+        lake.write_parquet(part, path, dictionary=list(table.dictionary))
         written.append(path)
     return written
 

@@ -470,5 +470,7 @@ class BillingDiscrepancy(IdMixin, Base):
     detail: Mapped[str] = mapped_column(Text)
     repaired: Mapped[bool] = mapped_column(Boolean, default=False)
     export_seq: Mapped[int] = mapped_column(
-        BigInteger, billing_discrepancies_export_seq, server_default=billing_discrepancies_export_seq.next_value()
+        BigInteger,
+        billing_discrepancies_export_seq,
+        server_default=billing_discrepancies_export_seq.next_value(),
     )

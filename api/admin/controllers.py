@@ -21,8 +21,8 @@ from api.admin.schemas import (
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
-from api.db.models import AuditEntry, Organization
 from api.billing.services import billing_screen
+from api.db.models import AuditEntry, Organization
 from api.flags import services as flags
 from api.flags.controllers import override_out
 from api.flags.schemas import OrgFlagState

@@ -23,7 +23,9 @@ def insert_org(engine: Engine, *, members: int = 1, stripe_customer_id: str | No
     slug = unique("bill")
     with engine.begin() as conn:
         conn.execute(
-            insert(Organization).values(id=org_id, name=f"Org {slug}", slug=slug, stripe_customer_id=stripe_customer_id)
+            insert(Organization).values(
+                id=org_id, name=f"Org {slug}", slug=slug, stripe_customer_id=stripe_customer_id
+            )
         )
         for i in range(members):
             add_member(conn, org_id, OrgRole.owner if i == 0 else OrgRole.member)
@@ -33,7 +35,9 @@ def insert_org(engine: Engine, *, members: int = 1, stripe_customer_id: str | No
 def add_member(conn: Any, org_id: uuid.UUID, role: OrgRole = OrgRole.member) -> None:
     user_id = new_id()
     conn.execute(
-        insert(User).values(id=user_id, email=f"{unique('u')}@bill.example", name="U", status=UserStatus.active)
+        insert(User).values(
+            id=user_id, email=f"{unique('u')}@bill.example", name="U", status=UserStatus.active
+        )
     )
     conn.execute(
         insert(Membership).values(
@@ -80,7 +84,12 @@ def subscribe(
     """A Stripe customer naming ``org_id`` in its metadata, with one subscription. Returns (customer, sub)."""
     customer = stripe.store.add_customer(name=str(org_id), metadata={"organization_id": str(org_id)}, at=at)
     sub = stripe.store.add_subscription(
-        customer["id"], prices[plan], quantity=seats, status=status, metadata={"organization_id": str(org_id)}, at=at
+        customer["id"],
+        prices[plan],
+        quantity=seats,
+        status=status,
+        metadata={"organization_id": str(org_id)},
+        at=at,
     )
     return customer["id"], sub["id"]
 
@@ -91,5 +100,7 @@ def plans(stripe: LocalStripe) -> dict[str, str]:
 
 def mirror_row(engine: Engine, sub_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT * FROM subscriptions WHERE stripe_subscription_id = :s"), {"s": sub_id}).first()
+        row = conn.execute(
+            text("SELECT * FROM subscriptions WHERE stripe_subscription_id = :s"), {"s": sub_id}
+        ).first()
     return dict(row._mapping) if row else None

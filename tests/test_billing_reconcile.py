@@ -23,7 +23,15 @@ from api.billing.stripe_local import LocalStripe, StripeStore
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade
 from api.db.models import DiscrepancyKind
-from tests.billing_support import add_member, add_usage, insert_org, mirror_row, plans, settings_for, subscribe
+from tests.billing_support import (
+    add_member,
+    add_usage,
+    insert_org,
+    mirror_row,
+    plans,
+    settings_for,
+    subscribe,
+)
 from tests.harness import free_port
 
 KEEL = str(Path(sys.executable).with_name("keel"))
@@ -76,7 +84,9 @@ def insert_org_id(i: int) -> object:
 def test_stripe_errors_map_to_clear_failures(local_stripe: LocalStripe, tmp_path: Path) -> None:
     with httpx.Client(base_url=local_stripe.url) as raw:
         missing_key = raw.get("/v1/customers")
-        assert missing_key.status_code == 401 and missing_key.json()["error"]["type"] == "invalid_request_error"
+        assert (
+            missing_key.status_code == 401 and missing_key.json()["error"]["type"] == "invalid_request_error"
+        )
         headers = {"Authorization": f"Bearer {local_stripe.api_key}"}
         not_found = raw.get("/v1/customers/cus_nope", headers=headers).json()["error"]
         assert not_found["code"] == "resource_missing" and not_found["param"] == "id"
@@ -116,7 +126,9 @@ def test_every_discrepancy_kind_is_found_exactly_once_and_a_clean_dataset_yields
         subs[name] = subscribe(local_stripe, org_id, prices, seats=3, status=status)[1]
 
     synced = run_sync(config, url)
-    assert synced.created == 8 and synced.linked == 8 and synced.errors == [] and synced.unlinked_customers == []
+    assert (
+        synced.created == 8 and synced.linked == 8 and synced.errors == [] and synced.unlinked_customers == []
+    )
     again = run_sync(config, url)
     assert again.created == again.updated == 0 and again.unchanged == 8  # idempotent
     clean, _ = run_reconciliation(config, url)
@@ -131,7 +143,9 @@ def test_every_discrepancy_kind_is_found_exactly_once_and_a_clean_dataset_yields
     with engine.begin() as conn:
         add_member(conn, org["crowded"])  # over_seat_limit: 4 members, 3 seats
         conn.execute(
-            text("UPDATE subscriptions SET synced_at = now() - interval '3 days' WHERE stripe_subscription_id = :s"),
+            text(
+                "UPDATE subscriptions SET synced_at = now() - interval '3 days' WHERE stripe_subscription_id = :s"
+            ),
             {"s": subs["stale"]},
         )
     add_usage(engine, org["unpaid"], users=2)  # unpaid_active_usage: canceled, still used
@@ -153,7 +167,9 @@ def test_every_discrepancy_kind_is_found_exactly_once_and_a_clean_dataset_yields
     assert [e["id"] for e in first.errors] == ["sub_broken"] and "exploded" in first.errors[0]["error"]
 
     def shape(result: object) -> list[tuple]:  # type: ignore[type-arg]
-        return [(f.kind, f.organization_id, f.stripe_subscription_id, f.expected, f.actual) for f in result.found]  # type: ignore[attr-defined]
+        return [
+            (f.kind, f.organization_id, f.stripe_subscription_id, f.expected, f.actual) for f in result.found
+        ]  # type: ignore[attr-defined]
 
     second, _ = run_reconciliation(config, url)
     assert shape(second) == shape(first)  # the same data gives the same result
@@ -180,7 +196,9 @@ def test_every_discrepancy_kind_is_found_exactly_once_and_a_clean_dataset_yields
     })  # fmt: skip
     assert {(t, n) for _, t, n in actors} == {("system", "billing-reconcile")}
     after, _ = run_reconciliation(config, url)
-    assert kinds(after.found) == Counter({"over_seat_limit": 1, "unpaid_active_usage": 1, "unlinked_customer": 1})
+    assert kinds(after.found) == Counter(
+        {"over_seat_limit": 1, "unpaid_active_usage": 1, "unlinked_customer": 1}
+    )
 
 
 def test_the_cli_prints_the_run_and_fails_cleanly_when_stripe_is_down(
@@ -206,7 +224,11 @@ def test_the_cli_prints_the_run_and_fails_cleanly_when_stripe_is_down(
     down = keel("billing", "reconcile", KEEL_STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "Stripe is unreachable" in down.stderr and "Traceback" not in down.stderr
     report = keel("billing", "report")
-    assert report.returncode == 0 and "the latest run failed" in report.stderr and "over_seat_limit" in report.stdout
+    assert (
+        report.returncode == 0
+        and "the latest run failed" in report.stderr
+        and "over_seat_limit" in report.stdout
+    )
 
 
 def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_failures(
@@ -233,9 +255,13 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
     assert result["by_kind"] == {"over_seat_limit": 1} and result["usage_source"] == "postgres"
     assert result["exported"] == {"billing_discrepancies": 1, "subscriptions": 1}
     found = pq.read_table(next(lake.glob("billing_discrepancies/date=*/*.parquet"))).to_pylist()
-    assert [(r["kind"], r["organization_id"], r["repaired"]) for r in found] == [("over_seat_limit", str(org_id), False)]
+    assert [(r["kind"], r["organization_id"], r["repaired"]) for r in found] == [
+        ("over_seat_limit", str(org_id), False)
+    ]
     mirrored = pq.read_table(next(lake.glob("subscriptions/snapshot_date=*/*.parquet"))).to_pylist()
-    assert [(r["organization_id"], r["status"], r["seats"]) for r in mirrored] == [(str(org_id), "past_due", 3)]
+    assert [(r["organization_id"], r["status"], r["seats"]) for r in mirrored] == [
+        (str(org_id), "past_due", 3)
+    ]
 
     local_stripe.store.faults.status, local_stripe.store.faults.count = 503, None
     state = reconcile_billing(repair=True, return_state=True)
@@ -243,7 +269,14 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
     with pytest.raises(Exception, match="Stripe answered an error"):
         state.result()
     with engine.connect() as conn:
-        runs = dict(conn.execute(text("SELECT status, count(*) FROM billing_reconciliation_runs GROUP BY status")).all())
+        runs = dict(
+            conn.execute(
+                text("SELECT status, count(*) FROM billing_reconciliation_runs GROUP BY status")
+            ).all()
+        )
         found_rows = conn.execute(text("SELECT count(*) FROM billing_discrepancies")).scalar()
-    assert runs == {"completed": 1, "failed": 3}  # the task ran three times (two retries), writing nothing else
+    assert runs == {
+        "completed": 1,
+        "failed": 3,
+    }  # the task ran three times (two retries), writing nothing else
     assert found_rows == 1

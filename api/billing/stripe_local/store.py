@@ -214,9 +214,9 @@ class StripeStore:
                     sub[key] = value
             if changes.get("status") == "canceled":
                 sub["canceled_at"] = sub["ended_at"] = when
-            canceled = changes.get("status") == "canceled"
-            kind = "customer.subscription.deleted" if canceled else "customer.subscription.updated"
-            self.record_event(kind, sub, at=when, previous=previous)
+            # Stripe tells a cancellation apart: it sends ``customer.subscription.deleted``.
+            change = "deleted" if changes.get("status") == "canceled" else "updated"
+            self.record_event(f"customer.subscription.{change}", sub, at=when, previous=previous)
             return sub
 
     def remove_subscription(self, sub_id: str) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
-import stripe
 from sqlalchemy import Engine, text
 
 from api.billing.services import run_reconciliation, run_sync

@@ -117,6 +117,59 @@ async def sync_billing(session: AsyncSession, snapshot: StripeSnapshot) -> SyncR
     return result
 
 
+#: Customers (with their subscriptions), or fixes, written per transaction. Every audited change
+#: holds its organization's chain lock until commit, and Postgres's lock table is finite: a first
+#: sync of 10,000 customers in one transaction runs out of it.
+BATCH = 200
+
+
+def _customer_of(obj: Any) -> str | None:
+    customer = obj.get("customer") if isinstance(obj, dict) else None
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return customer if isinstance(customer, str) else None
+
+
+def batches(snapshot: StripeSnapshot, size: int = BATCH) -> list[StripeSnapshot]:
+    """The snapshot cut into pieces of ``size`` customers with all their subscriptions (then the
+    subscriptions of customers the customer list does not have)."""
+    customers = sorted(
+        (c for c in snapshot.customers if isinstance(c.get("id"), str)), key=lambda c: str(c["id"])
+    )
+    known = {c["id"] for c in customers}
+    by_customer: dict[str, list[dict[str, Any]]] = {}
+    orphans = []
+    for obj in snapshot.subscriptions:
+        customer = _customer_of(obj)
+        if customer in known:
+            by_customer.setdefault(customer, []).append(obj)  # type: ignore[arg-type]
+        else:
+            orphans.append(obj)
+    pieces = []
+    for i in range(0, len(customers), size):
+        chunk = customers[i : i + size]
+        subs = [obj for c in chunk for obj in by_customer.get(c["id"], [])]
+        pieces.append(StripeSnapshot(snapshot.read_started_at, chunk, subs))
+    for i in range(0, len(orphans), size):
+        pieces.append(StripeSnapshot(snapshot.read_started_at, [], orphans[i : i + size]))
+    return pieces or [StripeSnapshot(snapshot.read_started_at)]
+
+
+async def sync_in_batches(sessions: Callable[[], Any], snapshot: StripeSnapshot) -> SyncResult:
+    """:func:`sync_billing` over :func:`batches`, a transaction each. A run stopped half-way (the
+    database failing) leaves whole batches behind, and the next run finishes the work."""
+    total = SyncResult()
+    for piece in batches(snapshot):
+        async with sessions() as session, session.begin():
+            part = await sync_billing(session, piece)
+        for name in ("customers", "subscriptions", "created", "updated", "unchanged", "stale", "linked"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.unlinked_customers += part.unlinked_customers
+        total.errors += part.errors
+    total.unlinked_customers.sort()
+    return total
+
+
 async def _linked_count(session: AsyncSession) -> int:
     return int(
         await session.scalar(select(func.count()).where(Organization.stripe_customer_id.is_not(None))) or 0
@@ -393,7 +446,7 @@ class RunResult:
 
 
 async def reconcile(
-    session: AsyncSession,
+    sessions: Callable[[], Any],
     snapshot: StripeSnapshot,
     *,
     repair: bool = False,
@@ -401,84 +454,93 @@ async def reconcile(
     stale_after: timedelta = DEFAULT_STALE_AFTER,
     clock: Callable[[], datetime] = utcnow,
 ) -> RunResult:
-    """Compare, record the run and its discrepancies (and repair, if asked) in the session's
-    transaction. Every repair is audited as the system actor."""
+    """Compare; repair if asked (in batches, each fix audited as the system actor); then record the
+    run and its discrepancies in one transaction. A repair stopped half-way by a database failure
+    leaves whole batches of fixes and no run: the next run finds what is left."""
     import time
 
     started = clock()
     tick = time.perf_counter()
-    orgs, rows = await keel_side(session)
-    usage, source = await usage_by_org(session, warehouse_path)
+    async with sessions() as session, session.begin():
+        orgs, rows = await keel_side(session)
+        usage, source = await usage_by_org(session, warehouse_path)
     result = compare(snapshot, orgs, rows, usage, now=started, stale_after=stale_after)
     compare_seconds = time.perf_counter() - tick
-    repaired = 0
-    if repair:
-        repaired = await _repair(session, result, snapshot)
+    repaired = await _repair(sessions, result, snapshot) if repair else 0
     run = ReconciliationRun(
         id=new_id(), started_at=started, finished_at=clock(), status=ReconciliationRunStatus.completed,
         repair=repair, usage_source=source, stripe_customers=len(snapshot.customers),
         stripe_subscriptions=len(snapshot.subscriptions), mirror_subscriptions=len(rows),
         discrepancy_count=len(result.found), repaired_count=repaired, errors=result.errors,
     )  # fmt: skip
-    session.add(run)
-    await session.flush()
-    if result.found:
-        await fence.hold_shared(session)  # discrepancies are exported by export_seq (api.db.fence)
-        await session.execute(
-            insert(BillingDiscrepancy),
-            [
-                {
-                    "id": new_id(),
-                    "run_id": run.id,
-                    "detected_at": started,
-                    "kind": f.kind,
-                    "severity": f.severity,
-                    "organization_id": f.organization_id,
-                    "stripe_customer_id": f.stripe_customer_id,
-                    "stripe_subscription_id": f.stripe_subscription_id,
-                    "expected": f.expected,
-                    "actual": f.actual,
-                    "detail": f.detail,
-                    "repaired": f.repaired,
-                }
-                for f in result.found
-            ],
-        )
+    async with sessions() as session, session.begin():
+        session.add(run)
+        await session.flush()
+        if result.found:
+            await fence.hold_shared(session)  # discrepancies are exported by export_seq (api.db.fence)
+            await session.execute(
+                insert(BillingDiscrepancy),
+                [
+                    {
+                        "id": new_id(),
+                        "run_id": run.id,
+                        "detected_at": started,
+                        "kind": f.kind,
+                        "severity": f.severity,
+                        "organization_id": f.organization_id,
+                        "stripe_customer_id": f.stripe_customer_id,
+                        "stripe_subscription_id": f.stripe_subscription_id,
+                        "expected": f.expected,
+                        "actual": f.actual,
+                        "detail": f.detail,
+                        "repaired": f.repaired,
+                    }
+                    for f in result.found
+                ],
+            )
     return RunResult(run.id, result.found, result.errors, source, repaired, compare_seconds)
 
 
-async def _repair(session: AsyncSession, result: Comparison, snapshot: StripeSnapshot) -> int:
-    for customer_id, org_id in sorted(result.to_link.items(), key=lambda kv: kv[0]):
-        org = await session.get(Organization, org_id, with_for_update=True)
-        if org is not None and org.stripe_customer_id is None:
-            await mirror.link_customer(session, org, customer_id, actor=REPAIR_ACTOR)
-    repaired = 0
-    done: set[str] = set()
+async def _repair(sessions: Callable[[], Any], result: Comparison, snapshot: StripeSnapshot) -> int:
+    links = sorted(result.to_link.items(), key=lambda kv: kv[0])
+    for i in range(0, len(links), BATCH):
+        async with sessions() as session, session.begin():
+            for customer_id, org_id in links[i : i + BATCH]:
+                org = await session.get(Organization, org_id, with_for_update=True)
+                if org is not None and org.stripe_customer_id is None:
+                    await mirror.link_customer(session, org, customer_id, actor=REPAIR_ACTOR)
+    fixes: dict[str, list[Found]] = {}
     for found in result.found:
-        if found.kind not in REPAIRABLE or found.stripe_subscription_id is None:
-            continue
-        sub_id = found.stripe_subscription_id
-        if sub_id not in done:
-            if found.kind is K.missing_in_stripe:
-                row = await session.scalar(
-                    select(Subscription)
-                    .where(Subscription.stripe_subscription_id == sub_id)
-                    .with_for_update()
-                )
-                if row is not None:
-                    await mirror.remove_subscription(
-                        session, row, actor=REPAIR_ACTOR, reason="not in Stripe (reconciliation repair)"
-                    )
-            else:
-                state, org_id = result.linked[sub_id]
-                await mirror.apply_state(
-                    session, state, organization_id=org_id, reported_at=snapshot.read_started_at,
-                    actor=REPAIR_ACTOR, force=True,
-                )  # fmt: skip
-            done.add(sub_id)
-        found.repaired = True
-        repaired += 1
-    return repaired
+        if found.kind in REPAIRABLE and found.stripe_subscription_id is not None:
+            fixes.setdefault(found.stripe_subscription_id, []).append(found)
+    sub_ids = sorted(fixes)
+    for i in range(0, len(sub_ids), BATCH):
+        async with sessions() as session, session.begin():
+            for sub_id in sub_ids[i : i + BATCH]:
+                await _fix(session, sub_id, fixes[sub_id][0].kind, result, snapshot)
+        for sub_id in sub_ids[i : i + BATCH]:
+            for found in fixes[sub_id]:
+                found.repaired = True
+    return sum(len(f) for f in fixes.values())
+
+
+async def _fix(
+    session: AsyncSession, sub_id: str, kind: DiscrepancyKind, result: Comparison, snapshot: StripeSnapshot
+) -> None:
+    if kind is K.missing_in_stripe:
+        row = await session.scalar(
+            select(Subscription).where(Subscription.stripe_subscription_id == sub_id).with_for_update()
+        )
+        if row is not None:
+            await mirror.remove_subscription(
+                session, row, actor=REPAIR_ACTOR, reason="not in Stripe (reconciliation repair)"
+            )
+        return
+    state, org_id = result.linked[sub_id]
+    await mirror.apply_state(
+        session, state, organization_id=org_id, reported_at=snapshot.read_started_at, actor=REPAIR_ACTOR,
+        force=True,
+    )  # fmt: skip
 
 
 async def record_failure(

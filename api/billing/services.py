@@ -100,10 +100,24 @@ def _in_session(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:
     return asyncio.run(main())
 
 
+def _with_sessions(database_url: str, work: Callable[[Any], Any]) -> Any:
+    from api.db.engine import make_async_engine, make_sessionmaker
+
+    async def main() -> Any:
+        engine = make_async_engine(database_url, pool_size=2)
+        try:
+            return await work(make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
 def run_sync(settings: Settings, database_url: str, *, progress: Progress | None = None) -> rec.SyncResult:
-    """Read Stripe whole, then mirror it in one transaction. Raises StripeUnavailable (nothing written)."""
+    """Read Stripe whole, then mirror it (in batches of customers, a transaction each).
+    Raises StripeUnavailable when Stripe cannot be read: then nothing is written."""
     snapshot = read_stripe(make_client(settings), progress=progress)
-    return _in_session(database_url, lambda s: rec.sync_billing(s, snapshot))  # type: ignore[no-any-return]
+    return _with_sessions(database_url, lambda sessions: rec.sync_in_batches(sessions, snapshot))  # type: ignore[no-any-return]
 
 
 def run_reconciliation(
@@ -114,7 +128,7 @@ def run_reconciliation(
     stale_after: timedelta = rec.DEFAULT_STALE_AFTER,
     progress: Progress | None = None,
 ) -> tuple[rec.RunResult, float]:
-    """Read Stripe whole, then compare, record (and repair) in one transaction.
+    """Read Stripe whole, then compare, repair (if asked) and record the run (see rec.reconcile).
 
     Returns the result and the seconds spent reading Stripe. When Stripe cannot be read, a failed
     run is recorded (nothing else) and StripeUnavailable is raised.
@@ -125,10 +139,10 @@ def run_reconciliation(
         error = str(exc)
         _in_session(database_url, lambda s: rec.record_failure(s, repair=repair, error=error))
         raise
-    result = _in_session(
+    result = _with_sessions(
         database_url,
-        lambda s: rec.reconcile(
-            s,
+        lambda sessions: rec.reconcile(
+            sessions,
             snapshot,
             repair=repair,
             warehouse_path=settings.resolved_warehouse_path,

@@ -279,3 +279,31 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
         "failed": 3,
     }  # the task ran three times (two retries), writing nothing else
     assert found_rows == 1
+
+
+def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
+    billing_db: tuple[str, Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.billing.dev import start_demo_stripe
+
+    url, engine = billing_db
+    orgs = [insert_org(engine, members=n) for n in (8, 9, 10, 11)]
+    monkeypatch.delenv("KEEL_STRIPE_API_KEY", raising=False)
+    monkeypatch.delenv("KEEL_STRIPE_API_BASE", raising=False)
+    config = settings_for(url, None, tmp_path).with_(stripe_api_key=None)
+    local, server, summary = start_demo_stripe(config, url)
+    assert server is not None
+    try:
+        assert os.environ["KEEL_STRIPE_API_BASE"] == server.url == local.stripe_api_base
+        assert "4 subscriptions mirrored" in summary
+        with engine.connect() as conn:
+            linked = conn.execute(text("SELECT count(*) FROM organizations WHERE stripe_customer_id IS NOT NULL")).scalar()
+            found = dict(conn.execute(text("SELECT kind, count(*) FROM billing_discrepancies GROUP BY kind")).all())
+            statuses = {s for (s,) in conn.execute(text("SELECT status FROM subscriptions")).all()}
+        assert linked == len(orgs)
+        assert found == {"over_seat_limit": 1, "plan_mismatch": 1, "seat_count_mismatch": 1, "unlinked_customer": 1}
+        assert {"past_due", "trialing", "active"} <= statuses
+    finally:
+        server.stop()
+    real = config.with_(stripe_api_key="sk_live_real")
+    assert start_demo_stripe(real, url) == (real, None, "Stripe: the real API (KEEL_STRIPE_API_KEY is set)")

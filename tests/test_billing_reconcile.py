@@ -297,11 +297,20 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
         assert os.environ["KEEL_STRIPE_API_BASE"] == server.url == local.stripe_api_base
         assert "4 subscriptions mirrored" in summary
         with engine.connect() as conn:
-            linked = conn.execute(text("SELECT count(*) FROM organizations WHERE stripe_customer_id IS NOT NULL")).scalar()
-            found = dict(conn.execute(text("SELECT kind, count(*) FROM billing_discrepancies GROUP BY kind")).all())
+            linked = conn.execute(
+                text("SELECT count(*) FROM organizations WHERE stripe_customer_id IS NOT NULL")
+            ).scalar()
+            found = dict(
+                conn.execute(text("SELECT kind, count(*) FROM billing_discrepancies GROUP BY kind")).all()
+            )
             statuses = {s for (s,) in conn.execute(text("SELECT status FROM subscriptions")).all()}
         assert linked == len(orgs)
-        assert found == {"over_seat_limit": 1, "plan_mismatch": 1, "seat_count_mismatch": 1, "unlinked_customer": 1}
+        assert found == {
+            "over_seat_limit": 1,
+            "plan_mismatch": 1,
+            "seat_count_mismatch": 1,
+            "unlinked_customer": 1,
+        }
         assert {"past_due", "trialing", "active"} <= statuses
     finally:
         server.stop()

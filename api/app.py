@@ -19,6 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
+from api.billing.controllers import AdminBillingController, BillingController
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
@@ -52,6 +53,8 @@ CONTROLLERS = [
     AuditIngestController,
     OrgAuditController,
     AdminAuditController,
+    BillingController,
+    AdminBillingController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.

@@ -40,6 +40,8 @@ class Settings:
     token_touch_interval: int = 60
     #: Seconds between the flag cache's version checks (the fallback when a NOTIFY is missed).
     flags_poll_interval: float = 1.0
+    #: Seconds Prefect waits before retrying a billing task that could not read Stripe.
+    billing_retry_delay: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,6 +70,16 @@ def _int(value: str, name: str) -> int:
         return int(value)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, not {value!r}") from None
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {value!r}") from None
+    if number < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return number
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
@@ -111,4 +123,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         host=get("HOST") or "127.0.0.1",
         port=_int(get("PORT") or "8000", "KEEL_PORT"),
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
+        billing_retry_delay=_float(get("BILLING_RETRY_DELAY") or "30", "KEEL_BILLING_RETRY_DELAY"),
     )

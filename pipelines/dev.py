@@ -57,6 +57,12 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             ),
         )
         token = created.token
+    # Without a real Stripe key, a local Stripe-compatible server mirrors the demo orgs (with a few
+    # planted discrepancies), so billing, reconciliation and the report have something to show.
+    from api.billing.dev import start_demo_stripe
+
+    settings, _stripe_server, stripe_line = start_demo_stripe(settings.with_(database_url=url), url)
+    console.print(stripe_line)
     report = refresh_analytics_once(settings.with_(database_url=url), console)
     host, port = host or settings.host, port or settings.port
     base = f"http://{host}:{port}"

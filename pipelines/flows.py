@@ -150,6 +150,82 @@ def retention(
     }
 
 
+class StripeUnreachable(RuntimeError):
+    """Stripe could not be read; Prefect retries the task, and nothing was written."""
+
+
+def _billing_retry_delay() -> float:
+    return runtime.settings().billing_retry_delay
+
+
+@task(name="sync-stripe-subscriptions", retries=2, retry_delay_seconds=30)
+def sync_stripe_subscriptions() -> dict[str, Any]:
+    from api.billing.services import run_sync
+    from api.billing.stripe_api import StripeUnavailable
+
+    config = runtime.settings()
+    try:
+        result = run_sync(
+            config,
+            runtime.database_url(config),
+            progress=lambda what, n: progress.report(f"read {what}", n, None),
+        )
+    except StripeUnavailable as exc:
+        raise StripeUnreachable(str(exc)) from None
+    progress.report("mirror subscriptions", result.subscriptions, result.subscriptions)
+    return result.as_dict()
+
+
+@flow(name="sync-billing", log_prints=True)
+def sync_billing() -> dict[str, Any]:
+    """Mirror every Stripe subscription into Postgres (all pages, idempotent, each change audited)."""
+    delay = _billing_retry_delay()
+    return sync_stripe_subscriptions.with_options(retry_delay_seconds=delay)()
+
+
+@task(name="reconcile-stripe-mirror-usage", retries=2, retry_delay_seconds=30)
+def reconcile_stripe_mirror_usage(repair: bool, stale_after_hours: float) -> dict[str, Any]:
+    from datetime import timedelta
+
+    from api.billing.services import run_reconciliation
+    from api.billing.stripe_api import StripeUnavailable
+
+    config = runtime.settings()
+    try:
+        result, stripe_seconds = run_reconciliation(
+            config,
+            runtime.database_url(config),
+            repair=repair,
+            stale_after=timedelta(hours=stale_after_hours),
+            progress=lambda what, n: progress.report(f"read {what}", n, None),
+        )
+    except StripeUnavailable as exc:
+        raise StripeUnreachable(str(exc)) from None
+    progress.report("reconcile", len(result.found), len(result.found))
+    return {**result.as_dict(), "stripe_seconds": round(stripe_seconds, 3)}
+
+
+@task(name="export-billing")
+def export_billing() -> dict[str, Any]:
+    config = runtime.settings()
+    url, lake = runtime.database_url(config), runtime.lake(config)
+    export_tasks.write_schemas(lake)
+    found = export_tasks.export_table(url, lake, export_tasks.BILLING_DISCREPANCIES)
+    mirror = export_tasks.export_snapshot(url, lake, export_tasks.SNAPSHOTS["subscriptions"])
+    return {"billing_discrepancies": found.rows, "subscriptions": mirror.rows}
+
+
+@flow(name="reconcile-billing", log_prints=True)
+def reconcile_billing(repair: bool = False, stale_after_hours: float = 48.0) -> dict[str, Any]:
+    """Compare Stripe (live), the billing mirror and product use; record every discrepancy in
+    Postgres and the lake. ``repair=true`` brings the mirror in line with Stripe (audited)."""
+    if stale_after_hours <= 0:
+        raise ValueError("stale_after_hours must be positive")
+    delay = _billing_retry_delay()
+    result = reconcile_stripe_mirror_usage.with_options(retry_delay_seconds=delay)(repair, stale_after_hours)
+    return {**result, "exported": export_billing()}
+
+
 #: The flows `keel flows` knows, by the names flows.yaml deploys them under.
 FLOWS: dict[str, Flow[..., Any]] = {
     "export-lake": export_lake,
@@ -157,4 +233,6 @@ FLOWS: dict[str, Flow[..., Any]] = {
     "org-health": org_health,
     "refresh-analytics": refresh_analytics,
     "retention": retention,
+    "sync-billing": sync_billing,
+    "reconcile-billing": reconcile_billing,
 }

@@ -22,7 +22,11 @@ from warehouse.models import Model, load_models
 #: Sources that may not exist yet in a lake (written by later parts), with their empty shape.
 OPTIONAL_SOURCES = {
     "subscriptions": "organization_id VARCHAR, status VARCHAR, seats BIGINT, plan VARCHAR, "
-    "updated_at TIMESTAMPTZ, filename VARCHAR",
+    "unit_amount BIGINT, currency VARCHAR, current_period_end TIMESTAMPTZ, cancel_at_period_end BOOLEAN, "
+    "synced_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, filename VARCHAR",
+    "billing_discrepancies": "id VARCHAR, run_id VARCHAR, detected_at TIMESTAMPTZ, kind VARCHAR, "
+    "severity VARCHAR, organization_id VARCHAR, stripe_customer_id VARCHAR, stripe_subscription_id VARCHAR, "
+    "expected VARCHAR, actual VARCHAR, detail VARCHAR, repaired BOOLEAN, filename VARCHAR",
 }
 
 

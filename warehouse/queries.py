@@ -100,3 +100,11 @@ def describe(path: Path) -> pl.DataFrame:
             ORDER BY c.kind DESC, c.name, col.ordinal_position
             """
         ).pl()
+
+
+def monthly_active_users(path: Path) -> pl.DataFrame:
+    """Each organization's monthly active users at the warehouse's as-of date (org_active_users.mau)."""
+    with connect(path) as con:
+        return con.sql(
+            "SELECT organization_id, mau FROM org_active_users WHERE day = (SELECT as_of FROM keel_params)"
+        ).pl()

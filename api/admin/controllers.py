@@ -21,6 +21,7 @@ from api.admin.schemas import (
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
+from api.billing.services import billing_screen
 from api.db.models import AuditEntry, Organization
 from api.flags import services as flags
 from api.flags.controllers import override_out
@@ -73,6 +74,7 @@ class AdminController(Controller):
             db, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )
         states, overrides = await flags.org_flags(db, org_id=org_id)
+        billing = await billing_screen(db, org_id)
         return AdminOrgView(
             id=org.id, name=org.name, slug=org.slug, status=org.status,
             suspended_reason=org.suspended_reason, stripe_customer_id=org.stripe_customer_id,
@@ -87,6 +89,7 @@ class AdminController(Controller):
                 for f, r in states
             ],
             flag_overrides=[override_out(o, key, org.name) for o, key in overrides],
+            billing=billing,
         )  # fmt: skip
 
     @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")

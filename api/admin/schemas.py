@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from api.billing.schemas import BillingOut
 from api.db.models import OrgStatus, PlatformRole
 from api.flags.schemas import OrgFlagState, OverrideOut
 from api.members.schemas import MemberOut
@@ -69,6 +70,8 @@ class AdminOrgView(msgspec.Struct):
     flags: list[OrgFlagState]
     #: This organization's overrides, archived flags' included.
     flag_overrides: list[OverrideOut]
+    #: The billing screen as the organization sees it (from the mirror).
+    billing: BillingOut
 
 
 class UserOut(msgspec.Struct):

@@ -106,7 +106,24 @@ AUDIT_LOG = AppendOnlyTable(
     ),
 )
 
-APPEND_ONLY = {t.name: t for t in (EVENTS, AUDIT_LOG)}
+BILLING_DISCREPANCIES = AppendOnlyTable(
+    name="billing_discrepancies",
+    sequence="billing_discrepancies_export_seq",
+    seq_column="export_seq",
+    source="billing_discrepancies",
+    select="export_seq, id::text AS id, run_id::text AS run_id, detected_at, kind, severity,"
+    " organization_id::text AS organization_id, stripe_customer_id, stripe_subscription_id,"
+    " expected::text AS expected, actual::text AS actual, detail, repaired",
+    schema=columns(
+        "export_seq int, id text, run_id text, detected_at ts, kind text, severity text,"
+        " organization_id text, stripe_customer_id text, stripe_subscription_id text, expected text,"
+        " actual text, detail text, repaired bool"
+    ),
+    date_column="detected_at",
+    key=("id",),
+)
+
+APPEND_ONLY = {t.name: t for t in (EVENTS, AUDIT_LOG, BILLING_DISCREPANCIES)}
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,22 @@ SNAPSHOTS = {
             columns(
                 "id text, organization_id text, user_id text, role text, status text, created_at ts,"
                 " updated_at ts"
+            ),
+        ),
+        # The billing mirror, whole: small (one row per subscription) and updated in place.
+        Snapshot(
+            "subscriptions",
+            "SELECT id::text AS id, organization_id::text AS organization_id, stripe_subscription_id,"
+            " stripe_customer_id, stripe_price_id, stripe_product_id, plan, status, seats, unit_amount,"
+            " currency, interval, current_period_start, current_period_end, trial_end,"
+            " cancel_at_period_end, canceled_at, stripe_state_at, synced_at, created_at, updated_at"
+            " FROM subscriptions",
+            columns(
+                "id text, organization_id text, stripe_subscription_id text, stripe_customer_id text,"
+                " stripe_price_id text, stripe_product_id text, plan text, status text, seats int,"
+                " unit_amount int, currency text, interval text, current_period_start ts,"
+                " current_period_end ts, trial_end ts, cancel_at_period_end bool, canceled_at ts,"
+                " stripe_state_at ts, synced_at ts, created_at ts, updated_at ts"
             ),
         ),
     )

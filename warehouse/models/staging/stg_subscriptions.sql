@@ -1,15 +1,33 @@
 -- name: stg_subscriptions
--- grain: one row per organization with a subscription (its most recently updated one)
+-- grain: one row per organization with a subscription (a live one first, then the most recently updated)
 -- key: organization_id
--- description: The billing mirror's view of each paying organization (empty until billing is synced).
+-- description: The billing mirror's view of each paying organization, from the latest daily snapshot (empty until billing is synced).
 -- columns:
 --   organization_id: the paying organization
 --   status: trialing, active, past_due, canceled, unpaid, incomplete, incomplete_expired or paused
 --   seats: seats bought (subscription quantity)
 --   plan: the plan's lookup key or product name
-SELECT organization_id, status, seats, plan
+--   amount: per billing interval, in the currency's minor units (unit amount x seats)
+--   currency: ISO currency code, lower case
+--   renewal_date: the end of the current billing period
+--   cancel_at_period_end: whether the subscription ends at the renewal date
+--   synced_at: when the mirror last confirmed this subscription against Stripe
+SELECT organization_id, status, seats, plan, amount, currency, renewal_date, cancel_at_period_end, synced_at
 FROM (
-    SELECT *, row_number() OVER (PARTITION BY organization_id ORDER BY updated_at DESC) AS recency
+    SELECT
+        organization_id,
+        status,
+        seats,
+        plan,
+        unit_amount * seats AS amount,
+        currency,
+        current_period_end AS renewal_date,
+        cancel_at_period_end,
+        synced_at,
+        row_number() OVER (
+            PARTITION BY organization_id
+            ORDER BY status NOT IN ('canceled', 'incomplete_expired') DESC, updated_at DESC
+        ) AS recency
     FROM {subscriptions}
     WHERE filename = (SELECT max(filename) FROM {subscriptions})
 )

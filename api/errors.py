@@ -62,3 +62,9 @@ class ValidationFailed(KeelError):
         if errors is None and field is not None:
             errors = [{"field": field, "message": detail}]
         super().__init__(detail, errors=errors)
+
+
+class Unavailable(KeelError):
+    status_code = 503
+    title = "Service unavailable"
+    type_slug = "service-unavailable"

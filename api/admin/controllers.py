@@ -24,6 +24,7 @@ from api.auth.permissions import StaffPermission
 from api.db.models import AuditEntry, Organization
 from api.members.controllers import member_out
 from api.pagination import Cursor, Limit, next_cursor
+from api.webhooks.deliveries import failing_endpoints
 
 
 def summary(org: Organization, active_members: int) -> AdminOrgSummary:
@@ -75,6 +76,7 @@ class AdminController(Controller):
             created_at=org.created_at, deleted_at=org.deleted_at,
             members=[member_out(m, u) for m, u in members], active_ingest_keys=keys,
             recent_audit=[audit_out(e) for e in recent],
+            failing_endpoints=await failing_endpoints(db, org_id=org_id),
         )  # fmt: skip
 
     @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")

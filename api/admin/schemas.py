@@ -9,6 +9,7 @@ import msgspec
 from api.db.models import OrgStatus, PlatformRole
 from api.members.schemas import MemberOut
 from api.schemas import Reason, Struct
+from api.webhooks.schemas import FailingEndpoint
 
 
 class SuspendRequest(Struct):
@@ -64,6 +65,8 @@ class AdminOrgView(msgspec.Struct):
     members: list[MemberOut]
     active_ingest_keys: int
     recent_audit: list[AuditEntryOut]
+    #: Webhook endpoints that are disabled, failing now, or failed deliveries in the last 24 hours.
+    failing_endpoints: list[FailingEndpoint]
 
 
 class UserOut(msgspec.Struct):

@@ -74,8 +74,7 @@ async def resolve(host: str, port: int, *, allow_private: bool, within: float | 
     if ip is not None:
         addresses = [str(ip)]
     else:
-        if not allow_private:
-            check_host(host)
+        # Names are judged by what they resolve to now, whatever they resolved to at creation.
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(within):

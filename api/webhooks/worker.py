@@ -411,24 +411,35 @@ class Worker:
         await self.record(list(outcomes))
         return len(jobs)
 
-    async def seconds_until_due(self) -> float | None:
+    async def seconds_until_due(self, organization_id: uuid.UUID | None = None) -> float | None:
         assert self._claim_conn is not None
-        cursor = await self._claim_conn.execute(NEXT_DUE)
+        if organization_id is None:
+            cursor = await self._claim_conn.execute(NEXT_DUE)
+        else:
+            cursor = await self._claim_conn.execute(
+                NEXT_DUE + " AND organization_id = %s", (organization_id,)
+            )
         row = await cursor.fetchone()
         return None if row is None or row[0] is None else max(0.0, float(row[0]))
 
     async def run_until_idle(
-        self, *, max_seconds: float = 60.0, done: Callable[[], bool] | None = None, horizon: float = 30.0
+        self,
+        *,
+        max_seconds: float = 60.0,
+        done: Callable[[], bool] | None = None,
+        horizon: float = 30.0,
+        organization_id: uuid.UUID | None = None,
     ) -> WorkerStats:
         """Tick until nothing is due within ``horizon`` seconds (or ``done()`` says so); for tests
-        and ``keel worker --until-idle``. Waits for scheduled retries that fall inside the horizon."""
+        and ``keel worker --until-idle``. Waits for scheduled retries that fall inside the horizon
+        (of ``organization_id``'s deliveries only, when given: other work is delivered meanwhile)."""
         deadline = time.monotonic() + max_seconds
         while True:
             if await self.tick():
                 continue
             if done is not None and done():
                 return self.stats
-            wait = await self.seconds_until_due()
+            wait = await self.seconds_until_due(organization_id)
             if done is None and (wait is None or wait > horizon):
                 return self.stats
             if time.monotonic() > deadline:
@@ -477,8 +488,10 @@ class Worker:
             for task in self._inflight:
                 task.cancel()
             flushed.set()
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(flusher, timeout=30)
+            except Exception:
+                log.exception("recording the last outcomes failed")
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
@@ -500,7 +513,9 @@ class Worker:
             self._wake.set()
 
     async def _deliver(self, job: Job) -> None:
-        self._results.append(await self._send(job))
+        outcome = await self._send(job)
+        # Appended only now: the flusher swaps the list out while requests are in flight.
+        self._results.append(outcome)
         self._results_ready.set()
 
     async def _flush_loop(self, finished: asyncio.Event) -> None:
@@ -557,6 +572,10 @@ class Worker:
 def run_worker(settings: Settings, config: WorkerConfig, *, until_idle: bool = False) -> WorkerStats:
     """Run a worker in this process until SIGTERM or SIGINT (graceful: in-flight requests finish,
     leases are released), or until nothing is due with ``until_idle``."""
+
+    # A line per request would cost more than the request: outcomes are in webhook_attempts.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     async def main() -> WorkerStats:
         stop = asyncio.Event()

@@ -72,14 +72,19 @@ class StripeWebhookController(Controller):
         "id; a replay answers 200 and is counted. A bad or missing signature is 400 and is recorded.",
     )
     async def stripe_webhook(
-        self, request: Request[Any, Any, Any], db: AsyncSession, state: State
+        self,
+        request: Request[Any, Any, Any],
+        db: AsyncSession,
+        state: State,
+        stripe_signature: Annotated[
+            str | None,
+            Parameter(header="stripe-signature", default=None, description="`t=<unix time>,v1=<hex HMAC>`"),
+        ],
     ) -> InboundAck:
         ctx = provide_context(request)
         body = await read_limited_body(request, inbound.MAX_BODY)
         try:
-            event = inbound.verify(
-                body, request.headers.get("stripe-signature"), state.settings.stripe_webhook_secret
-            )
+            event = inbound.verify(body, stripe_signature, state.settings.stripe_webhook_secret)
         except KeelError as exc:
             await inbound.reject(state.sessionmaker, body=body, ctx=ctx, error=exc.detail)
             raise

@@ -137,6 +137,9 @@ def serve(
 def worker(
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 256,
     batch: Annotated[int, typer.Option(help="Deliveries claimed per statement.", min=1)] = 128,
+    per_endpoint: Annotated[
+        int, typer.Option(help="Requests in flight to one endpoint at once.", min=1)
+    ] = 32,
     timeout: Annotated[float, typer.Option(help="Seconds a 2xx may take, all told.", min=0.1)] = 15.0,
     lease_seconds: Annotated[
         float, typer.Option(help="Seconds a claim is held; must outlast the timeout.", min=0.2)
@@ -153,7 +156,11 @@ def worker(
     configure_logging(config.log_level)
     try:
         worker_config = WorkerConfig(
-            concurrency=concurrency, batch_size=batch, request_timeout=timeout, lease_seconds=lease_seconds
+            concurrency=concurrency,
+            batch_size=batch,
+            per_endpoint=per_endpoint,
+            request_timeout=timeout,
+            lease_seconds=lease_seconds,
         )
     except ValueError as exc:
         raise fail(str(exc), 2) from None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socketserver
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -199,20 +201,35 @@ async def test_errors_are_classified(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, hooks_settings: Settings
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}/hook"
+
+    class PlainText(socketserver.BaseRequestHandler):
+        def handle(self) -> None:  # answers a TLS hello in plain HTTP
+            self.request.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    plain = socketserver.ThreadingTCPServer(("127.0.0.1", 0), PlainText)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
     with Receiver(always(200, delay=3)) as slow:
         refused = create_endpoint(hooks_client, world, closed)
         timed_out = create_endpoint(hooks_client, world, slow.url)
         unknown = create_endpoint(hooks_client, world, "http://no-such-host.invalid/hook")
+        tls = create_endpoint(hooks_client, world, f"https://127.0.0.1:{plain.server_address[1]}/hook")
         publish(hooks_client, world, "member.added", {})
         async with Worker(hooks_settings, WorkerConfig(request_timeout=1, lease_seconds=5)) as worker:
             await worker.tick()
+    plain.shutdown()
+    plain.server_close()
     classes = {}
-    for endpoint in (refused, timed_out, unknown):
+    for endpoint in (refused, timed_out, unknown, tls):
         (delivery,) = delivery_rows(engine, world.id, endpoint_id=endpoint["id"])
         (attempt,) = attempt_rows(engine, delivery["id"])
         assert attempt["status_code"] is None and delivery["status"] == "failed"
         classes[endpoint["id"]] = attempt["error_class"]
-    assert classes == {refused["id"]: "refused", timed_out["id"]: "timeout", unknown["id"]: "dns"}
+    assert classes == {
+        refused["id"]: "refused",
+        timed_out["id"]: "timeout",
+        unknown["id"]: "dns",
+        tls["id"]: "tls",
+    }
 
 
 async def test_private_targets_are_refused_at_send_time(

@@ -96,16 +96,24 @@ def classify(exc: BaseException) -> tuple[str, str]:
     while current is not None and len(chain) < 10:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    if any(isinstance(e, ssl.SSLError) for e in chain) or "SSL" in detail or "certificate" in detail:
+    if any(isinstance(e, ssrf.TlsFailure | ssl.SSLError) for e in chain):
         return "tls", detail
-    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in detail.lower():
+    if any(isinstance(e, ssrf.ConnectRefused | ConnectionRefusedError) for e in chain):
         return "refused", detail
     if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
         return "protocol", detail
     return "connection", detail
 
 
-async def attempt(client: httpx.AsyncClient, job: Job, keys: list[bytes], *, within: float) -> Outcome:
+async def attempt(
+    transport: httpx.AsyncBaseTransport,
+    url: httpx.URL,
+    job: Job,
+    keys: list[bytes],
+    *,
+    within: float,
+    timeouts: dict[str, float | None] | None = None,
+) -> Outcome:
     """POST the signed body once. Success is a 2xx answered within ``within`` seconds, all told."""
     timestamp = int(time.time())
     headers = {
@@ -122,9 +130,10 @@ async def attempt(client: httpx.AsyncClient, job: Job, keys: list[bytes], *, wit
     outcome = Outcome(job=job, started_at=started_at, duration_ms=0)
     try:
         async with asyncio.timeout(within):
-            response = await client.send(
-                client.build_request("POST", job.url, content=job.body, headers=headers), stream=True
-            )
+            request = httpx.Request("POST", url, content=job.body, headers=headers)
+            if timeouts:
+                request.extensions["timeout"] = timeouts
+            response = await transport.handle_async_request(request)
             try:
                 chunks: list[bytes] = []
                 size = 0
@@ -138,8 +147,10 @@ async def attempt(client: httpx.AsyncClient, job: Job, keys: list[bytes], *, wit
         outcome.status_code = response.status_code
         outcome.body = _clean(b"".join(chunks)[:MAX_BODY].decode("utf-8", "replace"))
         collected: dict[str, str] = {}
-        for name, value in response.headers.multi_items()[:MAX_HEADERS]:
-            value = _clean(value[:MAX_HEADER_VALUE])
+        # Raw bytes, decoded once here: httpx's own header accessors re-detect encodings per call.
+        for raw_name, raw_value in response.headers.raw[:MAX_HEADERS]:
+            name = raw_name.decode("latin-1").lower()
+            value = _clean(raw_value[:MAX_HEADER_VALUE].decode("latin-1"))
             collected[name] = f"{collected[name]}, {value}" if name in collected else value
         outcome.headers = collected
         if response.status_code in (429, 503):

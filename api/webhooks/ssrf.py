@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import typing
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from httpcore._backends.auto import AutoBackend
+from httpcore._utils import is_socket_readable
 
 from api.errors import ValidationFailed
 
@@ -33,6 +34,15 @@ class TargetRefused(Exception):
 
 class DnsFailure(Exception):
     """The host name did not resolve."""
+
+
+# httpcore's pool re-raises connection errors ``from None``, so what went wrong travels in the type.
+class ConnectRefused(httpcore.ConnectError):
+    """Nothing listens there: the connection was refused."""
+
+
+class TlsFailure(httpcore.ConnectError):
+    """The TLS handshake failed (certificate, protocol)."""
 
 
 def address_allowed(ip: IPAddress) -> bool:
@@ -127,12 +137,74 @@ async def validate_url(url: str, *, allow_private: bool) -> str:
     return url
 
 
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    """A connection on plain asyncio streams (httpcore's default goes through anyio, which costs
+    more per request than the rest of a delivery); errors are httpcore's, as httpx expects."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout("no answer in time") from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout("the request could not be sent in time") from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout("the TLS handshake did not finish in time") from exc
+        except ssl.SSLError as exc:
+            raise TlsFailure(f"TLS handshake failed: {exc}") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        if info == "ssl_object":
+            return self._writer.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self._writer.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._writer.get_extra_info("peername")
+        if info == "socket":
+            return self._writer.get_extra_info("socket")
+        if info == "is_readable":
+            return is_socket_readable(self._writer.get_extra_info("socket"))
+        return None
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, resolving and checking each host itself before connecting."""
+    """httpcore's network backend: resolves and checks each host itself, then connects to the very
+    address it checked."""
 
     def __init__(self, *, allow_private: bool) -> None:
         self.allow_private = allow_private
-        self._inner = AutoBackend()
 
     async def connect_tcp(
         self,
@@ -143,16 +215,25 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: typing.Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         addresses = await resolve(host, port, allow_private=self.allow_private, within=timeout)
-        error: Exception | None = None
+        failure: OSError | TimeoutError | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
+                async with asyncio.timeout(timeout):
+                    reader, writer = await asyncio.open_connection(
+                        address, port, local_addr=(local_address, 0) if local_address else None
+                    )
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+                continue
+            sock = writer.get_extra_info("socket")
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            return AsyncioStream(reader, writer)
+        if isinstance(failure, TimeoutError):
+            raise httpcore.ConnectTimeout(f"no connection to {host}:{port} in time") from failure
+        if isinstance(failure, ConnectionRefusedError):
+            raise ConnectRefused(f"{host}:{port} refused the connection") from failure
+        raise httpcore.ConnectError(f"{host}:{port}: {failure}") from failure
 
     async def connect_unix_socket(
         self,
@@ -163,21 +244,27 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         raise TargetRefused("webhooks are never sent to Unix sockets")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
-def guarded_client(*, allow_private: bool, connections: int, timeout: float) -> httpx.AsyncClient:
-    """One keep-alive client for all deliveries, connecting only where :func:`resolve` allows."""
+def guarded_transport(
+    *, allow_private: bool, connections: int, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncHTTPTransport:
+    """httpx's keep-alive transport, connecting only where :func:`resolve` allows.
+
+    Deliveries use the transport itself, not an ``httpx.AsyncClient`` around it: a webhook sender
+    keeps no cookies and follows no redirects, and the client's layers for those cost more than a
+    whole request to a fast receiver.
+    """
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    context = ssl_context or httpx.create_ssl_context(trust_env=False)
+    transport = httpx.AsyncHTTPTransport(verify=context, limits=limits, trust_env=False)
     # httpx takes no network backend; its pool is rebuilt with the same limits and the guarded one.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=transport._pool._ssl_context,  # type: ignore[union-attr]
+        ssl_context=context,
         max_connections=connections,
         max_keepalive_connections=connections,
         keepalive_expiry=limits.keepalive_expiry,
         network_backend=GuardedBackend(allow_private=allow_private),
     )
-    return httpx.AsyncClient(
-        transport=transport, timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
-    )
+    return transport

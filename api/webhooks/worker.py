@@ -22,12 +22,12 @@ import signal
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import msgspec
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -37,8 +37,9 @@ from api.db.base import new_id
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.db.models import DeliveryStatus, WebhookEndpoint
 from api.settings import Settings
-from api.webhooks import signing, ssrf
+from api.webhooks import signing
 from api.webhooks.endpoints import disable_endpoint
+from api.webhooks.lanes import Lanes
 from api.webhooks.messages import NOTIFY_CHANNEL
 from api.webhooks.sender import Job, Outcome, attempt, envelope
 
@@ -133,6 +134,9 @@ WHERE status IN ('pending', 'failed') AND next_attempt_at IS NOT NULL
 class WorkerConfig:
     #: Requests in flight at once.
     concurrency: int = 256
+    #: Requests in flight to one endpoint at once (the rest of its claimed deliveries wait their turn):
+    #: a backlog for one customer never opens hundreds of connections to their server.
+    per_endpoint: int = 32
     #: Deliveries claimed per statement.
     batch_size: int = 128
     #: How long a claim is held; must outlast a request (the timeout) with room to record it.
@@ -144,8 +148,8 @@ class WorkerConfig:
     reap_interval: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.batch_size < 1:
-            raise ValueError("concurrency and batch size must be at least 1")
+        if self.concurrency < 1 or self.batch_size < 1 or self.per_endpoint < 1:
+            raise ValueError("concurrency, batch size and per-endpoint concurrency must be at least 1")
         if self.request_timeout <= 0 or self.lease_seconds <= self.request_timeout:
             raise ValueError("the lease must be longer than the request timeout")
 
@@ -158,6 +162,13 @@ class WorkerStats:
     reaped: int = 0
     disabled: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: the unit connections are kept per."""
+    start = url.find("//") + 2
+    end = url.find("/", start)
+    return url if end < 0 else url[:end]
 
 
 def worker_name() -> str:
@@ -178,6 +189,10 @@ class Worker:
         self.stats = WorkerStats()
         self._keys: dict[str, bytes] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        #: Claimed and not yet finished (in flight, or waiting for their endpoint's turn).
+        self._held = 0
+        self._active: dict[uuid.UUID, int] = {}
+        self._waiting: dict[uuid.UUID, deque[Job]] = {}
         self._results: list[Outcome] = []
         self._wake = asyncio.Event()
         self._results_ready = asyncio.Event()
@@ -186,7 +201,7 @@ class Worker:
         self._write_conn: psycopg.AsyncConnection[Any] | None = None
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[Any] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._lanes: Lanes | None = None
 
     async def __aenter__(self) -> Worker:
         url = libpq_url(self.settings.database_url or "")
@@ -194,9 +209,10 @@ class Worker:
         self._write_conn = await psycopg.AsyncConnection.connect(url)
         self._engine = make_async_engine(self.settings.database_url or "", pool_size=2)
         self._sessions = make_sessionmaker(self._engine)
-        self._client = ssrf.guarded_client(
+        self._lanes = Lanes(
             allow_private=self.settings.webhook_allow_private_targets,
             connections=self.config.concurrency,
+            per_origin=self.config.per_endpoint,
             timeout=self.config.request_timeout,
         )
         return self
@@ -204,8 +220,8 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             await self.release_leases()
-        if self._client is not None:
-            await self._client.aclose()
+        if self._lanes is not None:
+            await self._lanes.aclose()
         for conn in (self._claim_conn, self._write_conn):
             if conn is not None:
                 await conn.close()
@@ -284,9 +300,17 @@ class Worker:
     # --- attempting and recording -------------------------------------------------------------
 
     async def _send(self, job: Job) -> Outcome:
-        assert self._client is not None
+        assert self._lanes is not None
         keys = [self._key(s) for s in job.secrets]
-        return await attempt(self._client, job, keys, within=self.config.request_timeout)
+        lane = self._lanes.pick(origin(job.url))
+        self._lanes.busy[lane] += 1
+        try:
+            return await attempt(
+                self._lanes.transports[lane], self._lanes.url(job.url), job, keys,
+                within=self.config.request_timeout, timeouts=self._lanes.timeout,
+            )  # fmt: skip
+        finally:
+            self._lanes.busy[lane] -= 1
 
     def _next_delay(self, outcome: Outcome) -> float | None:
         """Seconds until the next attempt, or None when the delivery is out of attempts."""
@@ -457,9 +481,9 @@ class Worker:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                room = self.config.concurrency - len(self._inflight)
+                room = self.config.concurrency - self._held
                 claimed = 0
-                if room >= batch or not self._inflight:
+                if room >= batch or not self._held:
                     try:
                         jobs = await self.claim(min(room, self.config.batch_size))
                     except psycopg.Error:
@@ -469,11 +493,11 @@ class Worker:
                     claimed = len(jobs)
                     for job in jobs:
                         self._start(job)
-                if claimed == batch and self.config.concurrency - len(self._inflight) >= batch:
+                if claimed == batch and self.config.concurrency - self._held >= batch:
                     await asyncio.sleep(0)
                     continue
                 wait = self.config.poll_interval
-                if not claimed and not self._inflight:
+                if not claimed and not self._held:
                     with contextlib.suppress(psycopg.Error):
                         until = await self.seconds_until_due()
                         if until is not None:
@@ -483,6 +507,7 @@ class Worker:
                 waker.cancel()
         finally:
             stopper.cancel()
+            self._waiting.clear()  # not started: released below with the rest of the leases
             if self._inflight:
                 await asyncio.wait(self._inflight, timeout=self.config.request_timeout + 5)
             for task in self._inflight:
@@ -501,22 +526,41 @@ class Worker:
         return self.stats
 
     def _start(self, job: Job) -> None:
+        self._held += 1
+        if self._active.get(job.endpoint_id, 0) >= self.config.per_endpoint:
+            self._waiting.setdefault(job.endpoint_id, deque()).append(job)
+            return
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        self._active[job.endpoint_id] = self._active.get(job.endpoint_id, 0) + 1
         task = asyncio.create_task(self._deliver(job))
         self._inflight.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self._inflight.discard)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if len(self._inflight) <= self.config.concurrency - min(
-            self.config.batch_size, self.config.concurrency
-        ):
+    def _finished(self, job: Job) -> None:
+        self._held -= 1
+        waiting = self._waiting.get(job.endpoint_id)
+        if waiting:
+            self._launch(waiting.popleft())
+        else:
+            self._waiting.pop(job.endpoint_id, None)
+        left = self._active[job.endpoint_id] - 1
+        if left:
+            self._active[job.endpoint_id] = left
+        else:
+            del self._active[job.endpoint_id]
+        if self._held <= self.config.concurrency - min(self.config.batch_size, self.config.concurrency):
             self._wake.set()
 
     async def _deliver(self, job: Job) -> None:
-        outcome = await self._send(job)
-        # Appended only now: the flusher swaps the list out while requests are in flight.
-        self._results.append(outcome)
-        self._results_ready.set()
+        try:
+            outcome = await self._send(job)
+            # Appended only now: the flusher swaps the list out while requests are in flight.
+            self._results.append(outcome)
+            self._results_ready.set()
+        finally:
+            self._finished(job)
 
     async def _flush_loop(self, finished: asyncio.Event) -> None:
         while True:

@@ -1,6 +1,11 @@
-"""``keel dev`` (what ``make run`` starts): everything on embedded defaults, then serve."""
+"""``keel dev`` (what ``make run`` starts): everything on embedded defaults, then the API and the
+webhook worker."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 from rich.console import Console
 from rich.panel import Panel
@@ -48,4 +53,18 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             title="Keel is running",
         )
     )
-    serve_api(settings.with_(database_url=url), host=host, port=port)
+    worker = _start_worker(url)
+    try:
+        serve_api(settings.with_(database_url=url), host=host, port=port)
+    finally:
+        worker.terminate()  # graceful: in-flight deliveries finish, leases are released
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def _start_worker(database_url: str) -> subprocess.Popen[bytes]:
+    """The webhook worker beside the API, as its own process (as it runs in production)."""
+    env = {**os.environ, "KEEL_DATABASE_URL": database_url}
+    return subprocess.Popen([sys.executable, "-c", "from api.cli import main; main()", "worker"], env=env)

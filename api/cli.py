@@ -164,7 +164,14 @@ def worker(
         )
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    stats = run_worker(config.with_(database_url=database_url(config)), worker_config, until_idle=until_idle)
+    import psycopg
+
+    try:
+        stats = run_worker(
+            config.with_(database_url=database_url(config)), worker_config, until_idle=until_idle
+        )
+    except psycopg.OperationalError as exc:
+        raise fail(f"cannot reach the database: {str(exc).strip().splitlines()[0]}") from None
     console.print(
         f"[green]worker stopped:[/] {stats.attempts} attempts, {stats.succeeded} succeeded, "
         f"{stats.failed} failed, {stats.reaped} reclaimed, {stats.disabled} endpoints disabled"

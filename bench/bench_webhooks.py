@@ -93,7 +93,7 @@ async def receiver_capacity(port: int) -> float:
     lanes = Lanes(allow_private=True, connections=CONCURRENCY, per_origin=per_endpoint, timeout=15)
     url = f"http://127.0.0.1:{port}/hook"
     secret = new_secret()
-    job = Job(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), 1, url, [secret], "msg_bench", BODY, True)
+    job = Job(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), 1, url, [secret], "msg_bench", BODY)
     keys = [secret_key(secret)]
     pending = iter(range(BASELINE_REQUESTS))
     statuses: list[int | None] = []

@@ -33,7 +33,6 @@ class Job:
     secrets: list[str]
     webhook_id: str
     body: bytes
-    endpoint_live: bool
 
 
 @dataclass(slots=True)

@@ -257,7 +257,6 @@ class Worker:
                     attempt_number=attempts + 1, url=url,
                     secrets=[secret, previous] if previous else [secret],
                     webhook_id=f"msg_{message_id.hex}", body=envelope(event_type, created_at, payload),
-                    endpoint_live=True,
                 )
             )  # fmt: skip
         if parked:

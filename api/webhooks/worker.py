@@ -409,7 +409,12 @@ class Worker:
         for endpoint_id in overdue:
             gone.setdefault(endpoint_id, f"every attempt failed for {FAILURE_WINDOW.days} days")
         for endpoint_id, reason in gone.items():
-            await self._disable(endpoint_id, reason)
+            # After the commit: the outcomes are recorded whatever happens here. A disable that fails
+            # is logged; the endpoint's next failure asks again.
+            try:
+                await self._disable(endpoint_id, reason)
+            except Exception:
+                log.exception("could not disable webhook endpoint %s", endpoint_id)
 
     async def _disable(self, endpoint_id: uuid.UUID, reason: str) -> None:
         assert self._sessions is not None
@@ -573,10 +578,12 @@ class Worker:
             batch, self._results = self._results, []
             try:
                 await self.record(batch)
-            except psycopg.Error:
+            except Exception as exc:
+                # Nothing of the batch was committed (one transaction): keep it and try again.
                 log.exception("recording %d outcomes failed; retrying", len(batch))
                 self._results = batch + self._results
-                await self._reconnect_write()
+                if isinstance(exc, psycopg.Error):
+                    await self._reconnect_write()
                 await asyncio.sleep(1)
 
     async def _reconnect_claim(self) -> None:

@@ -52,6 +52,9 @@ class Receiver:
         self.respond = respond or always(200)
         self.arrivals: list[Arrival] = []
         self.arrived = threading.Event()
+        #: Requests being answered right now, and the most there ever were at once.
+        self.in_progress = 0
+        self.max_in_progress = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -114,8 +117,13 @@ class Receiver:
                 self.arrivals.append(arrival)
                 self.arrived.set()
                 reply = self.respond(arrival, n)
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
+                self.in_progress += 1
+                self.max_in_progress = max(self.max_in_progress, self.in_progress)
+                try:
+                    if reply.delay:
+                        await asyncio.sleep(reply.delay)
+                finally:
+                    self.in_progress -= 1
                 extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
                 writer.write(
                     f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}\r\n"

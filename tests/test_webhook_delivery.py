@@ -339,3 +339,30 @@ def test_payload_shape_matches_what_was_published(
             text("SELECT payload FROM webhook_messages WHERE id = :i"), {"i": message["id"]}
         ).scalar()
     assert stored == body and json.dumps(stored)
+
+
+async def test_a_slow_backlog_does_not_hold_up_other_endpoints(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, hooks_settings: Settings
+) -> None:
+    with Receiver(always(200, delay=0.5)) as slow, Receiver() as fast:
+        create_endpoint(hooks_client, world, slow.url, event_types=["bulk.*"])
+        create_endpoint(hooks_client, world, fast.url, event_types=["urgent.*"])
+        for i in range(60):
+            publish(hooks_client, world, "bulk.export", {"i": i})
+        for i in range(3):  # due after the whole backlog
+            publish(hooks_client, world, "urgent.alert", {"i": i})
+        config = WorkerConfig(concurrency=16, batch_size=8, per_endpoint=4)
+        async with Worker(hooks_settings, config) as worker:
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop))
+            for _ in range(200):
+                if len(fast.arrivals) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            slow_done_then = len(slow.arrivals)
+            stop.set()
+            await running
+    assert len(fast.arrivals) == 3
+    # The urgent ones were claimed as soon as the backlog held its share (2 x 4), not after it.
+    assert slow_done_then <= 8
+    assert slow.max_in_progress == 4  # the per-endpoint cap, reached and never passed

@@ -55,6 +55,7 @@ CLAIM = """
 WITH due AS (
     SELECT id FROM webhook_deliveries
     WHERE status IN ('pending', 'failed') AND next_attempt_at IS NOT NULL AND next_attempt_at <= now()
+      AND NOT (endpoint_id = ANY(%(saturated)s))
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -193,6 +194,10 @@ class Worker:
         self._held = 0
         self._active: dict[uuid.UUID, int] = {}
         self._waiting: dict[uuid.UUID, deque[Job]] = {}
+        #: Held per endpoint. One with twice its share held is left out of claims, so a big backlog
+        #: for one slow customer never fills the worker while others' deliveries wait behind it.
+        self._held_by: dict[uuid.UUID, int] = {}
+        self._saturation = 2 * self.config.per_endpoint
         self._results: list[Outcome] = []
         self._wake = asyncio.Event()
         self._results_ready = asyncio.Event()
@@ -239,11 +244,14 @@ class Worker:
         return key
 
     async def claim(self, limit: int) -> list[Job]:
-        """Lease up to ``limit`` due deliveries; those of a disabled endpoint are parked instead."""
+        """Lease up to ``limit`` due deliveries (none of a saturated endpoint); those of a disabled
+        endpoint are parked instead."""
         assert self._claim_conn is not None
         await self._maybe_reap()
+        saturated = [e for e, held in self._held_by.items() if held >= self._saturation]
         cursor = await self._claim_conn.execute(
-            CLAIM, {"limit": limit, "lease": self.config.lease_seconds, "worker": self.name}
+            CLAIM,
+            {"limit": limit, "lease": self.config.lease_seconds, "worker": self.name, "saturated": saturated},
         )
         jobs, parked = [], []
         for (delivery_id, org_id, endpoint_id, attempts, url, live, secret, previous, message_id,
@@ -531,6 +539,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         self._held += 1
+        self._held_by[job.endpoint_id] = self._held_by.get(job.endpoint_id, 0) + 1
         if self._active.get(job.endpoint_id, 0) >= self.config.per_endpoint:
             self._waiting.setdefault(job.endpoint_id, deque()).append(job)
             return
@@ -544,6 +553,11 @@ class Worker:
 
     def _finished(self, job: Job) -> None:
         self._held -= 1
+        held_by = self._held_by[job.endpoint_id] - 1
+        if held_by:
+            self._held_by[job.endpoint_id] = held_by
+        else:
+            del self._held_by[job.endpoint_id]
         waiting = self._waiting.get(job.endpoint_id)
         if waiting:
             self._launch(waiting.popleft())
@@ -554,7 +568,10 @@ class Worker:
             self._active[job.endpoint_id] = left
         else:
             del self._active[job.endpoint_id]
-        if self._held <= self.config.concurrency - min(self.config.batch_size, self.config.concurrency):
+        # Wake the claim loop only when something changes what it may claim: room for a batch
+        # opens up, or an endpoint stops being saturated (not on every finished request).
+        batch = min(self.config.batch_size, self.config.concurrency)
+        if self._held == self.config.concurrency - batch or held_by == self._saturation - 1:
             self._wake.set()
 
     async def _deliver(self, job: Job) -> None:

@@ -9,7 +9,8 @@ import httpx
 from sqlalchemy import Engine, text
 
 from api.settings import Settings
-from api.webhooks.worker import Worker, WorkerConfig, WorkerStats
+from api.webhooks.queue import WorkerStats
+from api.webhooks.worker import Worker, WorkerConfig
 from tests.harness import OrgWorld
 
 

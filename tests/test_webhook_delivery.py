@@ -363,6 +363,7 @@ async def test_a_slow_backlog_does_not_hold_up_other_endpoints(
             stop.set()
             await running
     assert len(fast.arrivals) == 3
-    # The urgent ones were claimed as soon as the backlog held its share (2 x 4), not after it.
-    assert slow_done_then <= 8
+    # The urgent ones were claimed once the backlog held its share (2 x 4, give or take a claim of
+    # 8), not after the backlog: without the share they wait for ~50 of the 60.
+    assert slow_done_then <= 16
     assert slow.max_in_progress == 4  # the per-endpoint cap, reached and never passed

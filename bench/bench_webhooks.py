@@ -12,8 +12,10 @@ The receiver is a raw asyncio HTTP/1.1 server (no framework) in its own process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,10 +23,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-from harness import KEEL, HttpLoad, free_port, percentile, private_postgres, row, run, served_api
+from harness import KEEL, HttpLoad, free_port, percentile, row, run, served_api
 
 from api.db.engine import libpq_url
 
@@ -37,6 +40,30 @@ BODY = json.dumps(
     {"type": "bench.event", "timestamp": "2026-01-01T00:00:00+00:00", "data": {"n": 1}}
 ).encode()
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+# --- Postgres that records when each transaction committed ----------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_with_commit_times() -> Iterator[str]:
+    """bench/harness.py's private Postgres, with ``track_commit_timestamp`` on: a message is
+    accepted when its transaction commits, and ``pg_xact_commit_timestamp(xmin)`` says when."""
+    from api.db.embedded import start_embedded_postgres
+    from api.db.migrate import upgrade
+
+    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    url, server = start_embedded_postgres(workdir, cleanup="delete")  # (quiets pgserver's warnings)
+    from pgserver._commands import pg_ctl
+
+    try:
+        server.psql("ALTER SYSTEM SET track_commit_timestamp = on;")
+        pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+        upgrade(url)
+        yield url
+    finally:
+        server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- the receiver ---------------------------------------------------------------------------------
@@ -238,20 +265,20 @@ async def fan_out(api: str, org_id: str, key: str) -> tuple[dict[str, tuple[floa
 def fan_out_latencies(
     url: str, org_id: str, times: dict[str, tuple[float, float]]
 ) -> tuple[list[float], list[float]]:
-    """Per message, ms to its first attempt starting from its publish request being sent, and from
-    its 202 reaching the publisher (negative when the attempt began first: the worker wakes at the
-    commit, before the answer is on its way)."""
+    """Per message, ms to its first attempt starting: from its publish committing (accepted), and
+    from its publish request being sent (end to end, the API's own time included)."""
     with psycopg.connect(libpq_url(url)) as conn:
         rows = conn.execute(
-            "SELECT m.message_id, EXTRACT(EPOCH FROM a.started_at)"
+            "SELECT m.message_id, EXTRACT(EPOCH FROM pg_xact_commit_timestamp(m.xmin)),"
+            " EXTRACT(EPOCH FROM a.started_at)"
             " FROM webhook_messages m JOIN webhook_deliveries d ON d.webhook_message_id = m.id"
             " JOIN webhook_attempts a ON a.delivery_id = d.id AND a.attempt_number = 1"
             " WHERE m.organization_id = %s AND m.event_type = 'bench.fanout'",
             (org_id,),
         ).fetchall()
-    from_sent = [(float(started) - times[key][0]) * 1000 for key, started in rows]
-    from_accepted = [(float(started) - times[key][1]) * 1000 for key, started in rows]
-    return from_sent, from_accepted
+    from_commit = [(float(started) - float(committed)) * 1000 for _, committed, started in rows]
+    from_sent = [(float(started) - times[key][0]) * 1000 for key, _, started in rows]
+    return from_commit, from_sent
 
 
 def main() -> None:
@@ -260,7 +287,7 @@ def main() -> None:
     try:
         capacity = run(lambda: receiver_capacity(port))
         row("baseline: receiver capacity, the worker's send path, no DB", f"{capacity:,.0f} req/s")
-        with private_postgres() as url:
+        with postgres_with_commit_times() as url:
             org_id, key = setup(url, port)
             backlog(url, org_id, BACKLOG)
             worker = start_worker(url)
@@ -275,17 +302,17 @@ def main() -> None:
                 with served_api(url) as (api, _process):
                     times, statuses = run(lambda: fan_out(api, org_id, key))
                     wait_delivered(url, org_id, BACKLOG + len(statuses))
-                from_sent, from_accepted = fan_out_latencies(url, org_id, times)
+                from_commit, from_sent = fan_out_latencies(url, org_id, times)
                 row(
-                    f"fan-out at {FANOUT_RATE} msg/s: publish sent -> 1st attempt",
-                    f"p50 {percentile(from_sent, 50):.1f} ms",
-                    f"p99 {percentile(from_sent, 99):.1f} ms over {len(from_sent)} messages "
-                    f"(errors {sum(s != 202 for s in statuses)})",
+                    f"fan-out at {FANOUT_RATE} msg/s: accepted -> 1st attempt",
+                    f"p50 {percentile(from_commit, 50):.1f} ms",
+                    f"p99 {percentile(from_commit, 99):.1f} ms over {len(from_commit)} messages, from the "
+                    f"publish's commit (errors {sum(s != 202 for s in statuses)})",
                 )
                 row(
-                    "fan-out: 202 received -> 1st attempt",
-                    f"p50 {percentile(from_accepted, 50):.1f} ms",
-                    f"p99 {percentile(from_accepted, 99):.1f} ms (< 0: attempt began before the 202 arrived)",
+                    "fan-out, end to end: publish sent -> 1st attempt",
+                    f"p50 {percentile(from_sent, 50):.1f} ms",
+                    f"p99 {percentile(from_sent, 99):.1f} ms (the API's own time included)",
                 )
             finally:
                 worker.send_signal(signal.SIGTERM)

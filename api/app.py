@@ -35,6 +35,12 @@ from api.problems import EXCEPTION_HANDLERS
 from api.settings import Settings
 from api.system.controllers import SystemController
 from api.tokens.controllers import MyTokenController, OrgIngestKeyController, PlatformIngestKeyController
+from api.webhooks.admin_controllers import AdminWebhookController, StripeWebhookController
+from api.webhooks.controllers import (
+    WebhookDeliveryController,
+    WebhookEndpointController,
+    WebhookMessageController,
+)
 
 CONTROLLERS = [
     SystemController,
@@ -55,6 +61,11 @@ CONTROLLERS = [
     AdminAuditController,
     BillingController,
     AdminBillingController,
+    WebhookEndpointController,
+    WebhookMessageController,
+    WebhookDeliveryController,
+    StripeWebhookController,
+    AdminWebhookController,
 ]
 
 #: Bodies of ordinary JSON routes; routes made for bulk data raise their own limit.

@@ -316,6 +316,59 @@ app.add_typer(billing_app, name="billing")
 app.add_typer(stripe_mock_app, name="stripe-mock")
 
 
+@app.command("worker")
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 256,
+    batch: Annotated[int, typer.Option(help="Deliveries claimed per statement.", min=1)] = 128,
+    per_endpoint: Annotated[
+        int, typer.Option(help="Requests in flight to one endpoint at once.", min=1)
+    ] = 32,
+    timeout: Annotated[float, typer.Option(help="Seconds a 2xx may take, all told.", min=0.1)] = 15.0,
+    lease_seconds: Annotated[
+        float, typer.Option(help="Seconds a claim is held; must outlast the timeout.", min=0.2)
+    ] = 60.0,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once nothing is due (instead of running on).")
+    ] = False,
+) -> None:
+    """Deliver webhooks: claim due deliveries, send them signed, record every attempt, retry."""
+    from api.observability import configure_logging
+    from api.webhooks.worker import WorkerConfig, run_worker
+
+    config = settings()
+    configure_logging(config.log_level)
+    try:
+        worker_config = WorkerConfig(
+            concurrency=concurrency,
+            batch_size=batch,
+            per_endpoint=per_endpoint,
+            request_timeout=timeout,
+            lease_seconds=lease_seconds,
+        )
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    import psycopg
+
+    try:
+        stats = run_worker(
+            config.with_(database_url=database_url(config)), worker_config, until_idle=until_idle
+        )
+    except psycopg.OperationalError as exc:
+        raise fail(f"cannot reach the database: {str(exc).strip().splitlines()[0]}") from None
+    console.print(
+        f"[green]worker stopped:[/] {stats.attempts} attempts, {stats.succeeded} succeeded, "
+        f"{stats.failed} failed, {stats.reaped} reclaimed, {stats.disabled} endpoints disabled"
+    )
+
+
+@app.command("dev")
+def dev(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """What `make run` starts: Postgres, migrations, the demo when empty, then the API."""
+
+
 @billing_app.command("sync")
 def billing_sync(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,

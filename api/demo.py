@@ -16,6 +16,8 @@ from api.members import services as members
 from api.orgs import services as orgs
 from api.tokens.services import create_token
 from api.users import create_user_with_token
+from api.webhooks.endpoints import create_endpoint
+from api.webhooks.schemas import EndpointCreate
 
 DEMO_ORGS = [
     # slug, name, member count, activity trend over the sixty days of events
@@ -85,6 +87,11 @@ async def seed_async(session: AsyncSession, *, force: bool = False) -> DemoSumma
         key, ingest = await create_token(
             session, kind=TokenKind.org_ingest, name="demo", actor=system, ctx=None, organization_id=org.id
         )
+        await create_endpoint(
+            session, org_id=org.id, allow_private=False, actor=Actor.of(principal), ctx=None,
+            data=EndpointCreate(url=f"https://hooks.{slug}.example/keel", description="demo receiver",
+                                event_types=["member.*", "org.*"]),
+        )  # fmt: skip
         user_ids = [str(owner.user_id), *(str(m.user_id) for m in invited)]
         events = await _send_events(session, key, user_ids, trend, seed=len(summary.orgs))
         summary.orgs[slug] = {

@@ -73,3 +73,9 @@ class ServiceUnavailable(KeelError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": "1"})
+
+
+class Unavailable(KeelError):
+    status_code = 503
+    title = "Service unavailable"
+    type_slug = "service-unavailable"

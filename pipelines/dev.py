@@ -103,8 +103,9 @@ def refresh_analytics_once(settings: Settings, console: Console) -> str:
 
 @contextlib.contextmanager
 def background_services(settings: Settings, console: Console) -> Iterator[None]:
-    """The processes `make run` keeps beside the API: the flow schedules of flows.yaml
-    (`keel flows serve`). They are stopped when the API stops."""
+    """The processes `make run` keeps beside the API: the webhook worker (`keel worker`) and the
+    flow schedules of flows.yaml (`keel flows serve`). They are stopped when the API stops (the
+    worker gracefully: in-flight deliveries finish, leases are released)."""
     import os
     import subprocess
     from pathlib import Path
@@ -114,7 +115,7 @@ def background_services(settings: Settings, console: Console) -> Iterator[None]:
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children = []
-    for name, args in {"flow schedules": ["flows", "serve"]}.items():
+    for name, args in {"webhook worker": ["worker"], "flow schedules": ["flows", "serve"]}.items():
         log = (log_dir / f"{args[0]}.log").open("ab")
         children.append(
             subprocess.Popen([keel, *args], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -127,6 +128,6 @@ def background_services(settings: Settings, console: Console) -> Iterator[None]:
             child.terminate()
         for child in children:
             try:
-                child.wait(15)
+                child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()

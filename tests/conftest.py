@@ -20,6 +20,9 @@ from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, make_org, make_user
 
 OUTPUT_DIR = Path(os.environ.get("KEEL_TEST_OUTPUT", "test-output"))
+STRIPE_SECRET = "whsec_test_keel_stripe_0123456789abcdef"
+#: Retry schedule for tests that watch retries happen: seconds, not hours.
+FAST_SCHEDULE = (0, 1, 2)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +52,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(database_url=database_url, data_dir=tmp_path_factory.mktemp("keel"))
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("keel"),
+        stripe_webhook_secret=STRIPE_SECRET,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +68,25 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
 def live_server(app) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
     with LiveServer(app) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def hooks_settings(settings: Settings) -> Settings:
+    """Settings for tests that deliver to local receivers: private targets allowed, fast retries."""
+    return settings.with_(webhook_allow_private_targets=True, webhook_retry_schedule=FAST_SCHEDULE)
+
+
+@pytest.fixture(scope="session")
+def hooks_server(hooks_settings: Settings) -> Iterator[LiveServer]:
+    """A second live API whose endpoints may point at 127.0.0.1 (the session's server refuses)."""
+    with LiveServer(create_app(hooks_settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def hooks_client(hooks_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hooks_server.url, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture

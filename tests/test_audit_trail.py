@@ -37,6 +37,38 @@ def _new_flag(client: httpx.Client, staff_token: str) -> str:
     return key
 
 
+def _endpoint(client: httpx.Client, world: OrgWorld) -> str:
+    response = client.post(
+        f"/v1/orgs/{world.id}/webhook-endpoints", json={"url": "https://hooks.example.com/audit"},
+        headers=world.headers("owner"),
+    )  # fmt: skip
+    return response.json()["id"]
+
+
+def _delivery(client: httpx.Client, world: OrgWorld) -> str:
+    _endpoint(client, world)
+    client.post(f"/v1/orgs/{world.id}/webhook-messages", json={"event_type": "audit.check", "payload": {}},
+                headers=world.headers("owner"))  # fmt: skip
+    return client.get(f"/v1/orgs/{world.id}/webhook-deliveries", headers=world.headers("owner")).json()[
+        "items"
+    ][0]["id"]
+
+
+def _inbound_event(client: httpx.Client) -> str:
+    import json
+    import time
+
+    import stripe
+
+    from tests.conftest import STRIPE_SECRET
+
+    body = json.dumps({"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "customer.updated",
+                       "created": int(time.time()), "livemode": False, "data": {"object": {}}})  # fmt: skip
+    header = stripe.WebhookSignature.generate_signature_header(body, STRIPE_SECRET)
+    response = client.post("/v1/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    return response.json()["id"]
+
+
 # One successful call per mutating route, with the action it must record.
 CASES: dict[tuple[str, str], tuple[Call, str]] = {
     ("POST", "/v1/orgs"): (
@@ -150,6 +182,38 @@ CASES: dict[tuple[str, str], tuple[Call, str]] = {
         ),
         "document.shared",
     ),
+    ("POST", "/v1/orgs/{org_id:uuid}/webhook-endpoints"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/webhook-endpoints", json={"url": "https://hooks.example.com/a"}, headers=w.headers("admin")),
+        "webhook_endpoint.created",
+    ),
+    ("PATCH", "/v1/orgs/{org_id:uuid}/webhook-endpoints/{endpoint_id:uuid}"): (
+        lambda c, e, w, s: c.patch(f"/v1/orgs/{w.id}/webhook-endpoints/{_endpoint(c, w)}", json={"description": "changed"}, headers=w.headers("owner")),
+        "webhook_endpoint.updated",
+    ),
+    ("DELETE", "/v1/orgs/{org_id:uuid}/webhook-endpoints/{endpoint_id:uuid}"): (
+        lambda c, e, w, s: c.delete(f"/v1/orgs/{w.id}/webhook-endpoints/{_endpoint(c, w)}", headers=w.headers("owner")),
+        "webhook_endpoint.deleted",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/webhook-endpoints/{endpoint_id:uuid}/rotate-secret"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/webhook-endpoints/{_endpoint(c, w)}/rotate-secret", headers=w.headers("owner")),
+        "webhook_endpoint.secret_rotated",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/webhook-endpoints/{endpoint_id:uuid}/recover"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/webhook-endpoints/{_endpoint(c, w)}/recover", params={"since": "2020-01-01T00:00:00Z"}, headers=w.headers("owner")),
+        "webhook_endpoint.recovered",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/webhook-deliveries/{delivery_id:uuid}/retry"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/webhook-deliveries/{_delivery(c, w)}/retry", headers=w.headers("owner")),
+        "webhook_delivery.retried",
+    ),
+    ("POST", "/v1/admin/webhook-deliveries/{delivery_id:uuid}/retry"): (
+        lambda c, e, w, s: c.post(f"/v1/admin/webhook-deliveries/{_delivery(c, w)}/retry", headers=auth(s)),
+        "webhook_delivery.retried",
+    ),
+    ("POST", "/v1/admin/inbound-events/{event_id:uuid}/reprocess"): (
+        lambda c, e, w, s: c.post(f"/v1/admin/inbound-events/{_inbound_event(c)}/reprocess", headers=auth(s)),
+        "inbound_event.reprocessed",
+    ),
 }  # fmt: skip
 
 
@@ -167,6 +231,10 @@ def mutating_routes(app: Litestar) -> set[tuple[str, str]]:
 NOT_AUDITED = {
     ("POST", "/v1/events"): "product analytics events are data, not administrative actions",
     ("POST", "/v1/events/batch"): "product analytics events are data, not administrative actions",
+    ("POST", "/v1/orgs/{org_id:uuid}/webhook-messages"): "webhook messages are the product's data, each "
+    "stored with its deliveries and every attempt (the record support reads), not administrative actions",
+    ("POST", "/v1/webhooks/stripe"): "Stripe's own requests: each is a row in inbound_webhook_requests "
+    "(accepted, duplicate or rejected) and each event a row in inbound_events",
 }
 
 

@@ -85,3 +85,21 @@ def test_a_bad_setting_is_a_clear_error(database_url: str, tmp_path: Path) -> No
         [KEEL, "db", "upgrade"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
     )
     assert result.returncode == 2 and "KEEL_PORT must be an integer" in result.stderr
+
+
+def test_worker_refuses_a_lease_shorter_than_its_timeout(database_url: str, tmp_path: Path) -> None:
+    result = keel(
+        "worker", "--timeout", "20", "--lease-seconds", "10", database_url=database_url, tmp_path=tmp_path
+    )
+    assert (
+        result.returncode == 2
+        and "lease must be longer" in result.stderr
+        and "Traceback" not in result.stderr
+    )
+
+
+def test_worker_until_idle_exits_when_nothing_is_due(fresh_database: str, tmp_path: Path) -> None:
+    assert keel("db", "upgrade", database_url=fresh_database, tmp_path=tmp_path).returncode == 0
+    result = keel("worker", "--until-idle", database_url=fresh_database, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "worker stopped" in result.stderr

@@ -41,6 +41,18 @@ def tenant_routes(app: Litestar) -> list[tuple[str, str]]:
 def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
     """A real id of the victim organization for each path parameter a tenant route may carry."""
     tokens = client.get("/v1/me/tokens", headers=victim.headers("owner")).json()["items"]
+    owner = victim.headers("owner")
+    endpoint = client.post(
+        f"/v1/orgs/{victim.id}/webhook-endpoints",
+        json={"url": "https://hooks.example.com/victim"},
+        headers=owner,
+    ).json()
+    client.post(
+        f"/v1/orgs/{victim.id}/webhook-messages",
+        json={"event_type": "victim.event", "payload": {}},
+        headers=owner,
+    )
+    delivery = client.get(f"/v1/orgs/{victim.id}/webhook-deliveries", headers=owner).json()["items"][0]
     return {
         "org_id": victim.id,
         "user_id": victim.user_ids["member"],
@@ -48,6 +60,8 @@ def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
         "token_id": tokens[0]["id"],
         # Flags are platform-wide; what a flag route must hide is the org named in its query.
         "key": "isolation-check",
+        "endpoint_id": endpoint["id"],
+        "delivery_id": delivery["id"],
     }
 
 
@@ -66,6 +80,9 @@ def snapshot(engine: Engine, org_id: str) -> tuple:
             conn.execute(text("SELECT name, slug, status, deleted_at FROM organizations WHERE id = :i"), {"i": org_id}).one(),
             tuple(conn.execute(text("SELECT user_id, role, status FROM memberships WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
             tuple(conn.execute(text("SELECT id, revoked_at FROM api_tokens WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
+            tuple(conn.execute(text("SELECT id, url, secret, enabled, deleted_at FROM webhook_endpoints WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
+            tuple(conn.execute(text("SELECT id, status, next_attempt_at FROM webhook_deliveries WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
+            conn.execute(text("SELECT count(*) FROM webhook_messages WHERE organization_id = :i"), {"i": org_id}).scalar(),
         )  # fmt: skip
 
 

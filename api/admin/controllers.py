@@ -28,6 +28,7 @@ from api.flags.controllers import override_out
 from api.flags.schemas import OrgFlagState
 from api.members.controllers import member_out
 from api.pagination import Cursor, Limit, next_cursor
+from api.webhooks.deliveries import failing_endpoints
 
 
 def summary(org: Organization, active_members: int) -> AdminOrgSummary:
@@ -90,6 +91,7 @@ class AdminController(Controller):
             ],
             flag_overrides=[override_out(o, key, org.name) for o, key in overrides],
             billing=billing,
+            failing_endpoints=await failing_endpoints(db, org_id=org_id),
         )  # fmt: skip
 
     @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")

@@ -11,6 +11,7 @@ from api.db.models import OrgStatus, PlatformRole
 from api.flags.schemas import OrgFlagState, OverrideOut
 from api.members.schemas import MemberOut
 from api.schemas import Reason, Struct
+from api.webhooks.schemas import FailingEndpoint
 
 
 class SuspendRequest(Struct):
@@ -72,6 +73,8 @@ class AdminOrgView(msgspec.Struct):
     flag_overrides: list[OverrideOut]
     #: The billing screen as the organization sees it (from the mirror).
     billing: BillingOut
+    #: Webhook endpoints that are disabled, failing now, or failed deliveries in the last 24 hours.
+    failing_endpoints: list[FailingEndpoint]
 
 
 class UserOut(msgspec.Struct):

@@ -23,6 +23,7 @@ from api.db.models import (
 )
 from api.errors import Conflict, NotFound
 from api.pagination import decode_cursor
+from api.webhooks.messages import publish
 
 RECENT_AUDIT = 20
 
@@ -127,6 +128,10 @@ async def set_suspended(
         session, action="org.suspended" if suspended else "org.unsuspended", actor=actor, ctx=ctx,
         organization_id=org_id, resource_type="organization", resource_id=org_id, before=before,
         after={"status": org.status.value, "suspended_reason": org.suspended_reason},
+    )  # fmt: skip
+    await publish(
+        session, organization_id=org_id, event_type="org.suspended" if suspended else "org.unsuspended",
+        payload={"organization_id": str(org_id), "status": org.status.value},
     )  # fmt: skip
     return org
 

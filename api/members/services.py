@@ -15,6 +15,7 @@ from api.auth.permissions import Permission, role_allows
 from api.db.models import Membership, MembershipStatus, OrgRole, User, UserStatus
 from api.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from api.pagination import decode_cursor
+from api.webhooks.messages import publish
 
 LIVE = (MembershipStatus.active, MembershipStatus.invited)
 
@@ -28,6 +29,19 @@ def normalize_email(email: str) -> str:
 
 def snapshot(m: Membership) -> dict[str, Any]:
     return {"user_id": str(m.user_id), "role": m.role.value, "status": m.status.value}
+
+
+async def announce(
+    session: AsyncSession, event_type: str, m: Membership, *, email: str | None = None, **extra: Any
+) -> None:
+    """Publish a ``member.*`` webhook message in the transaction of the change it announces."""
+    if email is None:
+        user = await session.get(User, m.user_id)
+        email = user.email if user is not None else None
+    await publish(
+        session, organization_id=m.organization_id, event_type=event_type,
+        payload={"organization_id": str(m.organization_id), "email": email, **snapshot(m), **extra},
+    )  # fmt: skip
 
 
 async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -137,6 +151,8 @@ async def invite(
         resource_type="membership", resource_id=membership.id, after=snapshot(membership),
         metadata={"email": user.email, "user_created": created},
     )  # fmt: skip
+    added = membership.status is MembershipStatus.active
+    await announce(session, "member.added" if added else "member.invited", membership, email=user.email)
     return membership, user
 
 
@@ -164,6 +180,7 @@ async def accept(
         session, action="member.joined", actor=actor, ctx=ctx, organization_id=org_id,
         resource_type="membership", resource_id=membership.id, before=before, after=snapshot(membership),
     )  # fmt: skip
+    await announce(session, "member.joined", membership, email=user.email if user is not None else None)
     return membership
 
 
@@ -189,6 +206,7 @@ async def change_role(
         session, action="member.role_changed", actor=actor, ctx=ctx, organization_id=access.organization_id,
         resource_type="membership", resource_id=membership.id, before=before, after=snapshot(membership),
     )  # fmt: skip
+    await announce(session, "member.role_changed", membership, previous_role=before["role"])
     return membership
 
 
@@ -211,3 +229,4 @@ async def remove(
         session, action="member.removed", actor=actor, ctx=ctx, organization_id=access.organization_id,
         resource_type="membership", resource_id=membership.id, before=before, after=snapshot(membership),
     )  # fmt: skip
+    await announce(session, "member.removed", membership, left=leaving_self)

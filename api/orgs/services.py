@@ -15,6 +15,7 @@ from api.db.base import utcnow
 from api.db.models import Membership, MembershipStatus, Organization, OrgRole
 from api.errors import Conflict, NotFound
 from api.pagination import decode_cursor
+from api.webhooks.messages import publish
 
 
 def snapshot(org: Organization) -> dict[str, Any]:
@@ -101,6 +102,10 @@ async def update_org(
             session, action="org.updated", actor=actor, ctx=ctx, organization_id=org.id,
             resource_type="organization", resource_id=org.id, before=before, after=snapshot(org),
         )  # fmt: skip
+        await publish(
+            session, organization_id=org.id, event_type="org.updated",
+            payload={"organization_id": str(org.id), **snapshot(org), "previous": before},
+        )  # fmt: skip
     return org
 
 
@@ -110,6 +115,13 @@ async def delete_org(
     """Soft delete: the row and its audit history stay; the slug is freed for reuse."""
     org = await get_live_org(session, org_id)
     before = snapshot(org)
+    # Announced before the soft delete, so the organization's endpoints hear of it.
+    await publish(
+        session,
+        organization_id=org.id,
+        event_type="org.deleted",
+        payload={"organization_id": str(org.id), **before},
+    )
     org.deleted_at = utcnow()
     cache.invalidate()
     org.slug = f"{org.slug[:40]}--deleted-{org.id.hex[-12:]}"

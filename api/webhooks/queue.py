@@ -1,0 +1,389 @@
+"""The delivery queue in Postgres: claiming due deliveries under a lease, reclaiming the leases of
+dead workers, and recording a batch of outcomes in one transaction.
+
+Claims take due rows with ``FOR UPDATE SKIP LOCKED`` (so any number of workers share the queue)
+through the partial index of due rows, and mark them ``delivering`` until ``leased_until``. A
+worker that dies leaves its lease to expire; whichever worker looks first records the lost
+attempt (``worker_lost``) and makes the delivery due again: at least once, never never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import psycopg
+
+from api.auth.context import Actor
+from api.db.base import new_id
+from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
+from api.db.models import DeliveryStatus, WebhookEndpoint
+from api.webhooks.endpoints import disable_endpoint
+from api.webhooks.sender import Job, Outcome, envelope
+
+log = logging.getLogger("keel.webhooks.worker")
+
+#: Continuous failure for this long disables an endpoint.
+FAILURE_WINDOW = timedelta(days=5)
+#: A Retry-After is honoured up to a day.
+MAX_RETRY_AFTER = 86_400.0
+JITTER = 0.10
+
+#: Oldest due first, but at most ``per_endpoint`` of one endpoint per claim (among the oldest
+#: ``scan`` due rows), and none of the endpoints the worker already holds its fill of: one
+#: customer's backlog never stands in front of everyone else's deliveries.
+CLAIM = """
+WITH candidates AS (
+    SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
+    WHERE status IN ('pending', 'failed') AND next_attempt_at IS NOT NULL AND next_attempt_at <= now()
+      AND NOT (endpoint_id = ANY(%(saturated)s))
+    ORDER BY next_attempt_at
+    LIMIT %(scan)s
+), ranked AS (
+    SELECT id, next_attempt_at,
+           row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS place
+    FROM candidates
+), due AS (
+    SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
+    WHERE r.place <= %(per_endpoint)s
+      AND d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
+    ORDER BY r.next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET status = 'delivering', leased_until = now() + make_interval(secs => %(lease)s),
+    leased_by = %(worker)s, last_attempt_at = now(), updated_at = now()
+FROM due, webhook_endpoints e, webhook_messages m
+WHERE d.id = due.id AND e.id = d.endpoint_id AND m.id = d.webhook_message_id
+RETURNING d.id, d.organization_id, d.endpoint_id, d.attempts, e.url,
+          e.enabled AND e.deleted_at IS NULL, e.secret,
+          CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END,
+          m.id, m.event_type, m.created_at, m.payload::text
+"""
+
+REAP = """
+WITH lost AS (
+    SELECT id FROM webhook_deliveries
+    WHERE status = 'delivering' AND leased_until < now()
+    LIMIT 500
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET attempts = d.attempts + 1,
+    status = CASE WHEN d.attempts + 1 >= %(max)s THEN 'exhausted' ELSE 'failed' END,
+    next_attempt_at = CASE WHEN d.attempts + 1 >= %(max)s THEN NULL ELSE now() END,
+    last_status_code = NULL, last_error = 'worker_lost: the worker stopped before recording an outcome',
+    leased_until = NULL, leased_by = NULL, updated_at = now()
+FROM lost
+WHERE d.id = lost.id
+RETURNING d.id, d.organization_id, d.endpoint_id, d.attempts, d.last_attempt_at
+"""
+
+COMPLETE = """
+UPDATE webhook_deliveries d
+SET status = u.status, attempts = u.attempt, next_attempt_at = u.next_at, last_attempt_at = u.started_at,
+    last_status_code = u.code, last_error = u.error, succeeded_at = u.succeeded_at,
+    leased_until = NULL, leased_by = NULL, updated_at = now()
+FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::timestamptz[], %s::timestamptz[], %s::int[],
+            %s::text[], %s::timestamptz[]) AS u(id, status, attempt, next_at, started_at, code, error,
+                                                 succeeded_at)
+WHERE d.id = u.id AND d.status = 'delivering' AND d.leased_by = %s
+"""
+
+RECORD_ATTEMPTS = """
+INSERT INTO webhook_attempts (id, organization_id, endpoint_id, delivery_id, attempt_number, started_at,
+                              duration_ms, status_code, response_headers, response_body, error_class,
+                              error_detail)
+SELECT u.id, u.org, u.endpoint, u.delivery, u.n, u.started_at, u.duration, u.code, u.headers::jsonb,
+       u.body, u.error_class, u.error_detail
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::timestamptz[], %s::int[],
+            %s::int[], %s::text[], %s::text[], %s::text[], %s::text[])
+     AS u(id, org, endpoint, delivery, n, started_at, duration, code, headers, body, error_class,
+          error_detail)
+"""
+
+PARK = """
+UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, leased_until = NULL,
+    leased_by = NULL, last_error = 'endpoint disabled', updated_at = now()
+WHERE id = ANY(%s) AND status = 'delivering' AND leased_by = %s
+"""
+
+RELEASE = """
+UPDATE webhook_deliveries
+SET status = CASE WHEN attempts = 0 THEN 'pending' ELSE 'failed' END, next_attempt_at = now(),
+    leased_until = NULL, leased_by = NULL, last_attempt_at = NULL, updated_at = now()
+WHERE leased_by = %s AND status = 'delivering'
+"""
+
+NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float FROM webhook_deliveries
+WHERE status IN ('pending', 'failed') AND next_attempt_at IS NOT NULL
+"""
+
+
+@dataclass
+class WorkerStats:
+    attempts: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    reaped: int = 0
+    disabled: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+
+
+class DeliveryQueue:
+    """One worker's two connections to the queue: one claims (autocommit), one records."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        worker: str,
+        schedule: tuple[int, ...],
+        lease_seconds: float,
+        per_endpoint: int,
+        reap_interval: float = 1.0,
+    ) -> None:
+        self.database_url = database_url
+        self.name = worker
+        self.schedule = schedule
+        self.lease_seconds = lease_seconds
+        self.per_endpoint = per_endpoint
+        self.reap_interval = reap_interval
+        self.stats = WorkerStats()
+        self._last_reap = 0.0
+        self._claim_conn: psycopg.AsyncConnection[Any] | None = None
+        self._write_conn: psycopg.AsyncConnection[Any] | None = None
+        self._engine = make_async_engine(database_url, pool_size=2)
+        self._sessions = make_sessionmaker(self._engine)
+
+    async def open(self) -> None:
+        url = libpq_url(self.database_url)
+        self._claim_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        self._write_conn = await psycopg.AsyncConnection.connect(url)
+
+    async def close(self) -> None:
+        for conn in (self._claim_conn, self._write_conn):
+            if conn is not None:
+                await conn.close()
+        await self._engine.dispose()
+
+    async def claim(self, limit: int, saturated: list[uuid.UUID] | None = None) -> list[Job]:
+        """Lease up to ``limit`` due deliveries (none of a saturated endpoint); those of a disabled
+        endpoint are parked instead."""
+        assert self._claim_conn is not None
+        await self._maybe_reap()
+        cursor = await self._claim_conn.execute(
+            CLAIM,
+            {
+                "limit": limit,
+                "scan": limit * 4,
+                "per_endpoint": self.per_endpoint,
+                "lease": self.lease_seconds,
+                "worker": self.name,
+                "saturated": saturated or [],
+            },
+        )
+        jobs, parked = [], []
+        for (delivery_id, org_id, endpoint_id, attempts, url, live, secret, previous, message_id,
+             event_type, created_at, payload) in await cursor.fetchall():  # fmt: skip
+            if not live:
+                parked.append(delivery_id)
+                continue
+            jobs.append(
+                Job(
+                    delivery_id=delivery_id, organization_id=org_id, endpoint_id=endpoint_id,
+                    attempt_number=attempts + 1, url=url,
+                    secrets=[secret, previous] if previous else [secret],
+                    webhook_id=f"msg_{message_id.hex}", body=envelope(event_type, created_at, payload),
+                )
+            )  # fmt: skip
+        if parked:
+            await self._claim_conn.execute(PARK, (parked, self.name))
+        return jobs
+
+    async def _maybe_reap(self) -> None:
+        if time.monotonic() - self._last_reap < self.reap_interval:
+            return
+        self._last_reap = time.monotonic()
+        await self.reap()
+
+    async def reap(self) -> int:
+        """Deliveries whose worker died holding them: record the lost attempt, make them due again."""
+        assert self._claim_conn is not None
+        async with self._claim_conn.transaction():
+            cursor = await self._claim_conn.execute(REAP, {"max": len(self.schedule)})
+            rows = await cursor.fetchall()
+            if rows:
+                now = datetime.now(UTC)
+                columns = list(zip(*[
+                    (new_id(), org, endpoint, delivery, n, started or now,
+                     int(((now - started).total_seconds() if started else 0) * 1000), None, None, None,
+                     "worker_lost", "the worker holding the lease stopped before recording an outcome")
+                    for delivery, org, endpoint, n, started in rows
+                ], strict=True))  # fmt: skip
+                await self._claim_conn.execute(RECORD_ATTEMPTS, [list(c) for c in columns])
+        if rows:
+            self.stats.reaped += len(rows)
+            log.warning("reclaimed %d deliveries from expired leases", len(rows))
+        return len(rows)
+
+    async def release(self) -> int:
+        """On shutdown: whatever this worker still holds becomes due again at once."""
+        if self._claim_conn is None or self._claim_conn.closed:
+            return 0
+        cursor = await self._claim_conn.execute(RELEASE, (self.name,))
+        return cursor.rowcount
+
+    def next_delay(self, outcome: Outcome) -> float | None:
+        """Seconds until the next attempt, or None when the delivery is out of attempts."""
+        made = outcome.job.attempt_number
+        if made >= len(self.schedule):
+            return None
+        delay = self.schedule[made] * random.uniform(1 - JITTER, 1 + JITTER)
+        if outcome.retry_after is not None and outcome.status_code in (429, 503):
+            delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
+        return delay
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Write a batch of outcomes and their attempts in one transaction; then disable endpoints
+        that answered 410 or have failed for five days."""
+        assert self._write_conn is not None
+        now = datetime.now(UTC)
+        ids: list[uuid.UUID] = []
+        statuses: list[str] = []
+        numbers: list[int] = []
+        next_at: list[datetime | None] = []
+        started: list[datetime] = []
+        codes: list[int | None] = []
+        errors: list[str | None] = []
+        succeeded_at: list[datetime | None] = []
+        gone: dict[uuid.UUID, str] = {}
+        for o in outcomes:
+            job = o.job
+            ids.append(job.delivery_id)
+            numbers.append(job.attempt_number)
+            started.append(o.started_at)
+            codes.append(o.status_code)
+            if o.succeeded:
+                statuses.append(DeliveryStatus.succeeded.value)
+                next_at.append(None)
+                errors.append(None)
+                succeeded_at.append(o.started_at + timedelta(milliseconds=o.duration_ms))
+                continue
+            errors.append(o.summary)
+            succeeded_at.append(None)
+            delay = self.next_delay(o)
+            if o.status_code == 410:
+                gone[job.endpoint_id] = "the endpoint answered 410 Gone"
+                statuses.append(DeliveryStatus.failed.value)
+                next_at.append(None)
+            elif delay is None:
+                statuses.append(DeliveryStatus.exhausted.value)
+                next_at.append(None)
+            else:
+                statuses.append(DeliveryStatus.failed.value)
+                next_at.append(now + timedelta(seconds=delay))
+        attempt_rows = [
+            (new_id(), o.job.organization_id, o.job.endpoint_id, o.job.delivery_id,
+             o.job.attempt_number, o.started_at, o.duration_ms, o.status_code,
+             msgspec.json.encode(o.headers).decode() if o.headers is not None else None, o.body,
+             o.error_class, o.error_detail)
+            for o in outcomes
+        ]  # fmt: skip
+        recovered = {o.job.endpoint_id for o in outcomes if o.succeeded}
+        failing: dict[uuid.UUID, datetime] = {}
+        for o in sorted(outcomes, key=lambda o: o.started_at):
+            if o.succeeded:
+                failing.pop(o.job.endpoint_id, None)
+            else:
+                failing.setdefault(o.job.endpoint_id, o.started_at)
+        async with self._write_conn.transaction():
+            await self._write_conn.execute(
+                COMPLETE, (ids, statuses, numbers, next_at, started, codes, errors, succeeded_at, self.name)
+            )
+            await self._write_conn.execute(
+                RECORD_ATTEMPTS, [list(c) for c in zip(*attempt_rows, strict=True)]
+            )
+            if recovered - set(failing):
+                await self._write_conn.execute(
+                    "UPDATE webhook_endpoints SET failing_since = NULL"
+                    " WHERE id = ANY(%s) AND failing_since IS NOT NULL",
+                    (list(recovered - set(failing)),),
+                )
+            overdue: list[uuid.UUID] = []
+            if failing:
+                cursor = await self._write_conn.execute(
+                    "UPDATE webhook_endpoints e SET failing_since = CASE WHEN u.id = ANY(%s) THEN u.since"
+                    " ELSE coalesce(e.failing_since, u.since) END"
+                    " FROM unnest(%s::uuid[], %s::timestamptz[]) AS u(id, since) WHERE e.id = u.id"
+                    " RETURNING e.id, e.enabled AND e.failing_since < now() - make_interval(secs => %s)",
+                    (list(recovered), list(failing), list(failing.values()),
+                     FAILURE_WINDOW.total_seconds()),
+                )  # fmt: skip
+                overdue = [endpoint_id for endpoint_id, late in await cursor.fetchall() if late]
+        for o in outcomes:
+            self.stats.attempts += 1
+            if o.succeeded:
+                self.stats.succeeded += 1
+            else:
+                self.stats.failed += 1
+                key = o.error_class or f"http_{o.status_code}"
+                self.stats.by_error[key] = self.stats.by_error.get(key, 0) + 1
+        for endpoint_id in overdue:
+            gone.setdefault(endpoint_id, f"every attempt failed for {FAILURE_WINDOW.days} days")
+        for endpoint_id, reason in gone.items():
+            # After the commit: the outcomes are recorded whatever happens here. A disable that fails
+            # is logged; the endpoint's next failure asks again.
+            try:
+                await self._disable(endpoint_id, reason)
+            except Exception:
+                log.exception("could not disable webhook endpoint %s", endpoint_id)
+
+    async def _disable(self, endpoint_id: uuid.UUID, reason: str) -> None:
+        async with self._sessions() as session, session.begin():
+            endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+            if endpoint is None or not endpoint.enabled or endpoint.deleted_at is not None:
+                return
+            await disable_endpoint(
+                session, endpoint, reason=reason, actor=Actor.system("webhook-worker"), ctx=None
+            )
+        self.stats.disabled += 1
+        log.warning("disabled webhook endpoint %s: %s", endpoint_id, reason)
+
+    async def seconds_until_due(self, organization_id: uuid.UUID | None = None) -> float | None:
+        assert self._claim_conn is not None
+        if organization_id is None:
+            cursor = await self._claim_conn.execute(NEXT_DUE)
+        else:
+            cursor = await self._claim_conn.execute(
+                NEXT_DUE + " AND organization_id = %s", (organization_id,)
+            )
+        row = await cursor.fetchone()
+        return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+    async def reconnect_claim(self) -> None:
+        await asyncio.sleep(1)
+        with contextlib.suppress(Exception):
+            if self._claim_conn is not None:
+                await self._claim_conn.close()
+        with contextlib.suppress(psycopg.Error):
+            self._claim_conn = await psycopg.AsyncConnection.connect(
+                libpq_url(self.database_url), autocommit=True
+            )
+
+    async def reconnect_write(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._write_conn is not None:
+                await self._write_conn.close()
+        with contextlib.suppress(psycopg.Error):
+            self._write_conn = await psycopg.AsyncConnection.connect(libpq_url(self.database_url))

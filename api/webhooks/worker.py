@@ -1,0 +1,352 @@
+"""The delivery worker (``keel worker``): claims due deliveries from the queue
+(:mod:`api.webhooks.queue`), sends them concurrently, and records every attempt.
+
+Any number of workers can run against one database. Throughput comes from doing per batch what
+can be done per batch: one claim statement for up to ``batch_size`` deliveries, up to
+``concurrency`` requests in flight over keep-alive connections (:mod:`api.webhooks.lanes`), and
+one transaction that writes a whole batch of outcomes and attempts while the next requests fly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from api.db.engine import libpq_url
+from api.settings import Settings
+from api.webhooks import signing
+from api.webhooks.lanes import Lanes
+from api.webhooks.messages import NOTIFY_CHANNEL
+from api.webhooks.queue import DeliveryQueue, WorkerStats
+from api.webhooks.sender import Job, Outcome, attempt
+
+log = logging.getLogger("keel.webhooks.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    #: Requests in flight at once.
+    concurrency: int = 256
+    #: Requests in flight to one endpoint at once (the rest of its claimed deliveries wait their turn):
+    #: a backlog for one customer never opens hundreds of connections to their server.
+    per_endpoint: int = 32
+    #: Deliveries claimed per statement.
+    batch_size: int = 128
+    #: How long a claim is held; must outlast a request (the timeout) with room to record it.
+    lease_seconds: float = 60.0
+    #: A 2xx must arrive within this many seconds, all told.
+    request_timeout: float = 15.0
+    #: Longest sleep between looks at the queue (a NOTIFY wakes the worker sooner).
+    poll_interval: float = 1.0
+    reap_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.batch_size < 1 or self.per_endpoint < 1:
+            raise ValueError("concurrency, batch size and per-endpoint concurrency must be at least 1")
+        if self.request_timeout <= 0 or self.lease_seconds <= self.request_timeout:
+            raise ValueError("the lease must be longer than the request timeout")
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: the unit connections are kept per."""
+    start = url.find("//") + 2
+    end = url.find("/", start)
+    return url if end < 0 else url[:end]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """One worker process's delivery loop. Use as ``async with Worker(settings) as w: await w.run()``;
+    tests call :meth:`tick` or :meth:`run_until_idle` instead."""
+
+    def __init__(self, settings: Settings, config: WorkerConfig | None = None) -> None:
+        if not settings.database_url:
+            raise ValueError("the worker needs settings.database_url")
+        self.settings = settings
+        self.config = config or WorkerConfig()
+        self.name = worker_name()
+        self.queue = DeliveryQueue(
+            settings.database_url, worker=self.name, schedule=settings.webhook_retry_schedule,
+            lease_seconds=self.config.lease_seconds, per_endpoint=self.config.per_endpoint,
+            reap_interval=self.config.reap_interval,
+        )  # fmt: skip
+        self._keys: dict[str, bytes] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        #: Claimed and not yet finished (in flight, or waiting for their endpoint's turn).
+        self._held = 0
+        self._active: dict[uuid.UUID, int] = {}
+        self._waiting: dict[uuid.UUID, deque[Job]] = {}
+        #: Held per endpoint. One with twice its share held is left out of claims, so a big backlog
+        #: for one slow customer never fills the worker while others' deliveries wait behind it.
+        self._held_by: dict[uuid.UUID, int] = {}
+        self._saturation = 2 * self.config.per_endpoint
+        self._results: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._results_ready = asyncio.Event()
+        self._lanes: Lanes | None = None
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self.queue.stats
+
+    async def __aenter__(self) -> Worker:
+        await self.queue.open()
+        self._lanes = Lanes(
+            allow_private=self.settings.webhook_allow_private_targets,
+            per_origin=self.config.per_endpoint,
+            timeout=self.config.request_timeout,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.queue.release()
+        if self._lanes is not None:
+            await self._lanes.aclose()
+        await self.queue.close()
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Lease up to ``limit`` due deliveries, none of an endpoint this worker holds its fill of."""
+        saturated = [e for e, held in self._held_by.items() if held >= self._saturation]
+        return await self.queue.claim(limit, saturated)
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        await self.queue.record(outcomes)
+
+    async def seconds_until_due(self, organization_id: uuid.UUID | None = None) -> float | None:
+        return await self.queue.seconds_until_due(organization_id)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _key(self, secret: str) -> bytes:
+        key = self._keys.get(secret)
+        if key is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            key = self._keys[secret] = signing.secret_key(secret)
+        return key
+
+    async def _send(self, job: Job) -> Outcome:
+        assert self._lanes is not None
+        keys = [self._key(s) for s in job.secrets]
+        lane = self._lanes.lane(origin(job.url))
+        lane.busy += 1
+        try:
+            return await attempt(
+                lane.transport, self._lanes.url(job.url), job, keys,
+                within=self.config.request_timeout, timeouts=self._lanes.timeout,
+            )  # fmt: skip
+        finally:
+            lane.busy -= 1
+
+    # --- loops --------------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """One claim, every claimed delivery attempted, every outcome recorded; returns how many."""
+        jobs = await self.claim(self.config.batch_size)
+        if not jobs:
+            return 0
+        outcomes = await asyncio.gather(*(self._send(job) for job in jobs))
+        await self.record(list(outcomes))
+        return len(jobs)
+
+    async def run_until_idle(
+        self,
+        *,
+        max_seconds: float = 60.0,
+        done: Callable[[], bool] | None = None,
+        horizon: float = 30.0,
+        organization_id: uuid.UUID | None = None,
+    ) -> WorkerStats:
+        """Tick until nothing is due within ``horizon`` seconds (or ``done()`` says so); for tests
+        and ``keel worker --until-idle``. Waits for scheduled retries that fall inside the horizon
+        (of ``organization_id``'s deliveries only, when given: other work is delivered meanwhile)."""
+        deadline = time.monotonic() + max_seconds
+        while True:
+            if await self.tick():
+                continue
+            if done is not None and done():
+                return self.stats
+            wait = await self.seconds_until_due(organization_id)
+            if done is None and (wait is None or wait > horizon):
+                return self.stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker was not idle within {max_seconds} s")
+            await asyncio.sleep(min(wait if wait is not None else 0.2, 0.2))
+
+    async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
+        """Deliver until ``stop`` is set; then finish what is in flight and release the rest."""
+        stop = stop or asyncio.Event()
+        flushed = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_loop(flushed))
+        listener = asyncio.create_task(self._listen())
+        stopper = asyncio.create_task(stop.wait())
+        batch = min(self.config.batch_size, self.config.concurrency)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                room = self.config.concurrency - self._held
+                claimed = 0
+                if room >= batch or not self._held:
+                    try:
+                        jobs = await self.claim(min(room, self.config.batch_size))
+                    except psycopg.Error:
+                        log.exception("claiming failed; retrying shortly")
+                        await self.queue.reconnect_claim()
+                        jobs = []
+                    claimed = len(jobs)
+                    for job in jobs:
+                        self._start(job)
+                # A claim can come back short because it takes few of any one endpoint: claim again
+                # until one finds nothing (or the worker is full).
+                if claimed and self.config.concurrency - self._held >= batch:
+                    await asyncio.sleep(0)
+                    continue
+                wait = self.config.poll_interval
+                if not claimed and not self._held:
+                    with contextlib.suppress(psycopg.Error):
+                        until = await self.seconds_until_due()
+                        if until is not None:
+                            wait = min(wait, max(until, 0.005))
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waker, stopper}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+        finally:
+            stopper.cancel()
+            self._waiting.clear()  # not started: released below with the rest of the leases
+            if self._inflight:
+                await asyncio.wait(self._inflight, timeout=self.config.request_timeout + 5)
+            for task in self._inflight:
+                task.cancel()
+            flushed.set()
+            try:
+                await asyncio.wait_for(flusher, timeout=30)
+            except Exception:
+                log.exception("recording the last outcomes failed")
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+            released = await self.queue.release()
+            if released:
+                log.info("released %d leased deliveries", released)
+        return self.stats
+
+    def _start(self, job: Job) -> None:
+        self._held += 1
+        self._held_by[job.endpoint_id] = self._held_by.get(job.endpoint_id, 0) + 1
+        if self._active.get(job.endpoint_id, 0) >= self.config.per_endpoint:
+            self._waiting.setdefault(job.endpoint_id, deque()).append(job)
+            return
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        self._active[job.endpoint_id] = self._active.get(job.endpoint_id, 0) + 1
+        task = asyncio.create_task(self._deliver(job))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _finished(self, job: Job) -> None:
+        self._held -= 1
+        held_by = self._held_by[job.endpoint_id] - 1
+        if held_by:
+            self._held_by[job.endpoint_id] = held_by
+        else:
+            del self._held_by[job.endpoint_id]
+        waiting = self._waiting.get(job.endpoint_id)
+        if waiting:
+            self._launch(waiting.popleft())
+        else:
+            self._waiting.pop(job.endpoint_id, None)
+        left = self._active[job.endpoint_id] - 1
+        if left:
+            self._active[job.endpoint_id] = left
+        else:
+            del self._active[job.endpoint_id]
+        # Wake the claim loop only when something changes what it may claim: room for a batch
+        # opens up, or an endpoint stops being saturated (not on every finished request).
+        batch = min(self.config.batch_size, self.config.concurrency)
+        if self._held == self.config.concurrency - batch or held_by == self._saturation - 1:
+            self._wake.set()
+
+    async def _deliver(self, job: Job) -> None:
+        try:
+            outcome = await self._send(job)
+            # Appended only now: the flusher swaps the list out while requests are in flight.
+            self._results.append(outcome)
+            self._results_ready.set()
+        finally:
+            self._finished(job)
+
+    async def _flush_loop(self, finished: asyncio.Event) -> None:
+        while True:
+            if not self._results:
+                if finished.is_set():
+                    return
+                self._results_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._results_ready.wait(), 0.05)
+                continue
+            batch, self._results = self._results, []
+            try:
+                await self.record(batch)
+            except Exception as exc:
+                # Nothing of the batch was committed (one transaction): keep it and try again.
+                log.exception("recording %d outcomes failed; retrying", len(batch))
+                self._results = batch + self._results
+                if isinstance(exc, psycopg.Error):
+                    await self.queue.reconnect_write()
+                await asyncio.sleep(1)
+
+    async def _listen(self) -> None:
+        """Wake on NOTIFY from publishers; the poll interval covers a lost connection."""
+        url = libpq_url(self.settings.database_url or "")
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except psycopg.Error:
+                log.warning("lost the LISTEN connection; polling until it is back", exc_info=True)
+                await asyncio.sleep(1)
+
+
+def run_worker(settings: Settings, config: WorkerConfig, *, until_idle: bool = False) -> WorkerStats:
+    """Run a worker in this process until SIGTERM or SIGINT (graceful: in-flight requests finish,
+    leases are released), or until nothing is due with ``until_idle``."""
+
+    # A line per request would cost more than the request: outcomes are in webhook_attempts.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    async def main() -> WorkerStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with Worker(settings, config) as worker:
+            log.info("webhook worker %s started", worker.name)
+            if until_idle:
+                return await worker.run_until_idle(max_seconds=float("inf"))
+            return await worker.run(stop)
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.run(main())

@@ -1,0 +1,335 @@
+"""Webhook delivery figures (issue: webhooks), each beside a baseline from the same run.
+
+1. Throughput: one `keel worker` process drains a backlog of deliveries to a local receiver that
+   answers 200 at once, beside the receiver's own capacity measured with the same kind of client
+   (one keep-alive httpx client, same concurrency, same signed bodies). Aim: >= 1,000 deliveries/s.
+2. Fan-out latency: messages published through the API at a steady rate; time from a message
+   being accepted (its created_at) to its first attempt starting, p50 and p99.
+
+The receiver is a raw asyncio HTTP/1.1 server (no framework) in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from harness import KEEL, HttpLoad, free_port, percentile, row, run, served_api
+
+from api.db.engine import libpq_url
+
+BACKLOG = 30_000
+BASELINE_REQUESTS = 20_000
+CONCURRENCY = 256
+FANOUT_RATE = 100
+FANOUT_SECONDS = 10
+BODY = json.dumps(
+    {"type": "bench.event", "timestamp": "2026-01-01T00:00:00+00:00", "data": {"n": 1}}
+).encode()
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+# --- Postgres that records when each transaction committed ----------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_with_commit_times() -> Iterator[str]:
+    """bench/harness.py's private Postgres, with ``track_commit_timestamp`` on: a message is
+    accepted when its transaction commits, and ``pg_xact_commit_timestamp(xmin)`` says when."""
+    from api.db.embedded import start_embedded_postgres
+    from api.db.migrate import upgrade
+
+    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    url, server = start_embedded_postgres(workdir, cleanup="delete")  # (quiets pgserver's warnings)
+    from pgserver._commands import pg_ctl
+
+    try:
+        server.psql("ALTER SYSTEM SET track_commit_timestamp = on;")
+        pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+        upgrade(url)
+        yield url
+    finally:
+        server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- the receiver ---------------------------------------------------------------------------------
+
+
+async def _serve(port: int) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                writer.write(RESPONSE)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def start_receiver() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--receiver", str(port)])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the receiver did not start")
+
+
+# --- baseline: the receiver's capacity with the worker's kind of client ---------------------------
+
+
+async def receiver_capacity(port: int) -> float:
+    """The worker's own sending path (its lanes of httpx transports, its per-endpoint concurrency,
+    signing included) against the same receiver, with no database: what one worker could reach."""
+    from api.webhooks.lanes import Lanes
+    from api.webhooks.sender import Job, attempt
+    from api.webhooks.signing import new_secret, secret_key
+    from api.webhooks.worker import WorkerConfig, origin
+
+    per_endpoint = WorkerConfig().per_endpoint
+    lanes = Lanes(allow_private=True, per_origin=per_endpoint, timeout=15)
+    url = f"http://127.0.0.1:{port}/hook"
+    secret = new_secret()
+    job = Job(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), 1, url, [secret], "msg_bench", BODY)
+    keys = [secret_key(secret)]
+    pending = iter(range(BASELINE_REQUESTS))
+    statuses: list[int | None] = []
+
+    async def sender() -> None:
+        for _ in pending:
+            lane = lanes.lane(origin(url))
+            lane.busy += 1
+            try:
+                outcome = await attempt(lane.transport, lanes.url(url), job, keys, within=15)
+            finally:
+                lane.busy -= 1
+            statuses.append(outcome.status_code)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(per_endpoint)))
+    elapsed = time.perf_counter() - started
+    await lanes.aclose()
+    assert set(statuses) == {200}, set(statuses)
+    return BASELINE_REQUESTS / elapsed
+
+
+# --- setup --------------------------------------------------------------------------------------
+
+
+def setup(url: str, port: int) -> tuple[str, str]:
+    from api.auth.context import Actor
+    from api.cli import run_in_session
+    from api.db.models import TokenKind
+    from api.orgs.services import create_org
+    from api.tokens.services import create_token
+    from api.users import create_user_with_token
+    from api.webhooks.signing import new_secret
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        owner = await create_user_with_token(
+            session, email=f"bench-{uuid.uuid4().hex[:6]}@bench.example", name=None, platform_role=None
+        )
+        org = await create_org(
+            session, principal=owner.principal(), ctx=None, name="Bench", slug=f"bench-{uuid.uuid4().hex[:6]}"
+        )
+        _, key = await create_token(
+            session, kind=TokenKind.org_ingest, name="bench", actor=Actor.system("bench"), ctx=None,
+            organization_id=org.id,
+        )  # fmt: skip
+        return str(org.id), key
+
+    org_id, key = run_in_session(url, work)
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(
+            "INSERT INTO webhook_endpoints (id, organization_id, url, description, event_types, enabled,"
+            " secret) VALUES (gen_random_uuid(), %s, %s, 'bench', '{}', true, %s)",
+            (org_id, f"http://127.0.0.1:{port}/hook", new_secret()),
+        )
+    return org_id, key
+
+
+def backlog(url: str, org_id: str, n: int) -> None:
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(
+            "INSERT INTO webhook_messages (id, organization_id, message_id, event_type, payload)"
+            " SELECT gen_random_uuid(), %s, 'backlog-' || g, 'bench.event',"
+            " jsonb_build_object('n', g, 'text', 'hello')"
+            " FROM generate_series(1, %s) g",
+            (org_id, n),
+        )
+        conn.execute(
+            "INSERT INTO webhook_deliveries (id, organization_id, endpoint_id, webhook_message_id,"
+            " event_type, status, attempts, next_attempt_at)"
+            " SELECT gen_random_uuid(), m.organization_id, e.id, m.id, m.event_type, 'pending', 0, now()"
+            " FROM webhook_messages m JOIN webhook_endpoints e ON e.organization_id = m.organization_id"
+            " WHERE m.organization_id = %s",
+            (org_id,),
+        )
+
+
+def start_worker(url: str) -> subprocess.Popen[bytes]:
+    workdir = tempfile.mkdtemp(prefix="keel-bench-worker-")
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": url,
+        "KEEL_DATA_DIR": workdir,
+        "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        "KEEL_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [KEEL, "worker", "--concurrency", str(CONCURRENCY)], env=env, cwd=workdir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def wait_delivered(url: str, org_id: str, expected: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            done = conn.execute(
+                "SELECT count(*) FROM webhook_deliveries WHERE organization_id = %s AND status = 'succeeded'",
+                (org_id,),
+            ).fetchone()
+            if done and done[0] >= expected:
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"deliveries did not finish within {timeout} s")
+
+
+def delivery_rate(url: str, org_id: str) -> float:
+    with psycopg.connect(libpq_url(url)) as conn:
+        count, first, last = conn.execute(
+            "SELECT count(*), min(started_at), max(started_at + duration_ms * interval '1 millisecond')"
+            " FROM webhook_attempts WHERE organization_id = %s",
+            (org_id,),
+        ).fetchone()  # type: ignore[misc]
+    return count / (last - first).total_seconds()
+
+
+async def fan_out(api: str, org_id: str, key: str) -> tuple[dict[str, tuple[float, float]], list[int]]:
+    """Publish FANOUT_RATE messages/s through the API (open loop: each at its scheduled time);
+    returns, per message, when its request was sent and when its 202 arrived (wall clock)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    times: dict[str, tuple[float, float]] = {}
+    statuses: list[int] = []
+    async with HttpLoad(api, 32) as load:
+
+        async def one(i: int, request: bytes) -> None:
+            sent = time.time()
+            statuses.append((await load.send(request))[0])
+            times[f"fan-{i}"] = (sent, time.time())
+
+        started = time.perf_counter()
+        tasks = []
+        for i in range(FANOUT_RATE * FANOUT_SECONDS):
+            body = json.dumps({"event_type": "bench.fanout", "payload": {"i": i}, "message_id": f"fan-{i}"})
+            request = load.build("POST", f"/v1/orgs/{org_id}/webhook-messages", body.encode(), headers)
+            delay = started + i / FANOUT_RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, request)))
+        await asyncio.gather(*tasks)
+    return times, statuses
+
+
+def fan_out_latencies(
+    url: str, org_id: str, times: dict[str, tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    """Per message, ms to its first attempt starting: from its publish committing (accepted), and
+    from its publish request being sent (end to end, the API's own time included)."""
+    with psycopg.connect(libpq_url(url)) as conn:
+        rows = conn.execute(
+            "SELECT m.message_id, EXTRACT(EPOCH FROM pg_xact_commit_timestamp(m.xmin)),"
+            " EXTRACT(EPOCH FROM a.started_at)"
+            " FROM webhook_messages m JOIN webhook_deliveries d ON d.webhook_message_id = m.id"
+            " JOIN webhook_attempts a ON a.delivery_id = d.id AND a.attempt_number = 1"
+            " WHERE m.organization_id = %s AND m.event_type = 'bench.fanout'",
+            (org_id,),
+        ).fetchall()
+    from_commit = [(float(started) - float(committed)) * 1000 for _, committed, started in rows]
+    from_sent = [(float(started) - times[key][0]) * 1000 for key, _, started in rows]
+    return from_commit, from_sent
+
+
+def main() -> None:
+    print("bench_webhooks: webhook delivery")
+    receiver, port = start_receiver()
+    try:
+        capacity = run(lambda: receiver_capacity(port))
+        row("baseline: receiver capacity, the worker's send path, no DB", f"{capacity:,.0f} req/s")
+        with postgres_with_commit_times() as url:
+            org_id, key = setup(url, port)
+            backlog(url, org_id, BACKLOG)
+            worker = start_worker(url)
+            try:
+                wait_delivered(url, org_id, BACKLOG)
+                rate = delivery_rate(url, org_id)
+                row(
+                    f"one worker process, {BACKLOG:,} queued deliveries",
+                    f"{rate:,.0f} deliveries/s",
+                    f"{rate / capacity:.0%} of the receiver's capacity (aim >= 1,000/s)",
+                )
+                with served_api(url) as (api, _process):
+                    times, statuses = run(lambda: fan_out(api, org_id, key))
+                    wait_delivered(url, org_id, BACKLOG + len(statuses))
+                from_commit, from_sent = fan_out_latencies(url, org_id, times)
+                row(
+                    f"fan-out at {FANOUT_RATE} msg/s: accepted -> 1st attempt",
+                    f"p50 {percentile(from_commit, 50):.1f} ms",
+                    f"p99 {percentile(from_commit, 99):.1f} ms over {len(from_commit)} messages, from the "
+                    f"publish's commit (errors {sum(s != 202 for s in statuses)})",
+                )
+                row(
+                    "fan-out, end to end: publish sent -> 1st attempt",
+                    f"p50 {percentile(from_sent, 50):.1f} ms",
+                    f"p99 {percentile(from_sent, 99):.1f} ms (the API's own time included)",
+                )
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+    finally:
+        receiver.kill()
+        receiver.wait(10)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--receiver":
+        import uvloop
+
+        uvloop.run(_serve(int(sys.argv[2])))
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        main()

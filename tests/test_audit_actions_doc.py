@@ -20,6 +20,11 @@ def actions_in_code() -> set[str]:
         found |= set(re.findall(r'action = "([a-z_]+\.[a-z_.]+)" if ', source))
         found |= set(re.findall(r'= "([a-z_]+\.[a-z_.]+)" if after', source))
         found |= set(re.findall(r' else "([a-z_]+\.[a-z_.]+)"', source))
+        resource = re.search(r'^RESOURCE = "([a-z_]+)"', source, flags=re.M)
+        if resource:
+            found |= {
+                f"{resource.group(1)}.{s}" for s in re.findall(r'action=f"\{RESOURCE\}\.([a-z_]+)"', source)
+            }
         for suffix in re.findall(r'action=f"\{ACTION_NOUN\[kind\]\}\.([a-z_]+)"', source):
             found |= {f"{noun}.{suffix}" for noun in ACTION_NOUN.values()}
     return found

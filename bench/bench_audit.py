@@ -287,6 +287,16 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         ),
         url,
     )
+    # The same server's single-event ingestion, same clients and concurrency: the issue's ratio.
+    events = concurrently(
+        APPENDS,
+        lambda c, i: c.post(
+            "/v1/events",
+            json={"event": "bench.audit_baseline", "user_id": f"u{i}", "message_id": f"audit-bench-{i}"},
+            headers={"Authorization": f"Bearer {one_key}"},
+        ),
+        url,
+    )
     with httpx.Client(base_url=url, headers=user_headers, timeout=600) as client:
         for org, _ in orgs[: WRITERS + 1]:
             report = client.get(f"/v1/orgs/{org}/audit-logs/verify").json()
@@ -296,15 +306,17 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         (
             "appends/s, one org (every append queues on its chain)",
             f"{one:,.0f}",
-            f"GET /v1/me {baseline:,.0f}/s",
+            f"single events {events:,.0f}/s, ratio {one / events:.2f}; GET /v1/me {baseline:,.0f}/s",
         )
     )
     results.append(
-        (f"appends/s, spread over {WRITERS} orgs", f"{spread:,.0f}", f"GET /v1/me {baseline:,.0f}/s")
+        (
+            f"appends/s, spread over {WRITERS} orgs",
+            f"{spread:,.0f}",
+            f"single events {events:,.0f}/s, ratio {spread / events:.2f}",
+        )
     )
-    # Ratio to single-event ingestion (POST /v1/events, same server, same clients) goes here once
-    # the events API exists (issue: events); until then GET /v1/me is the same-run baseline.
-    say(f"  appends: one org {one:,.0f}/s, {WRITERS} orgs {spread:,.0f}/s; GET /v1/me {baseline:,.0f}/s")
+    say(f"  appends: one org {one:,.0f}/s, {WRITERS} orgs {spread:,.0f}/s; single events {events:,.0f}/s")
 
     # -- one million entries
     big = orgs[-1][0]  # its own org: the appends above do not touch it

@@ -590,6 +590,12 @@ def test_track_records_each_answer_as_an_event_of_the_org(
     client: httpx.Client, engine: Engine, org: OrgWorld, admin: str
 ) -> None:
     flag = create_flag(client, admin, rollout_percentage=100)
+    eventually(  # the new flag reaches the in-process copy within the 2 s promise
+        lambda: (
+            client.get(f"/v1/flags/evaluate/{flag['key']}", headers=auth(org.ingest_key)).status_code == 200
+        ),
+        what="the new flag is evaluated",
+    )
     one = client.get(f"/v1/flags/evaluate/{flag['key']}", params={"user_id": "end-user-9", "track": "true"},
                      headers=auth(org.ingest_key))  # fmt: skip
     assert one.status_code == 200 and one.json()["enabled"] is True

@@ -22,8 +22,9 @@ from api.db.engine import make_async_engine, make_sessionmaker
 from api.db.models import Subscription, SubscriptionStatus
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
-from tests.billing_support import insert_org, plans, settings_for, subscribe
+from tests.billing_support import insert_org, mirror_row, plans, settings_for, subscribe
 from tests.harness import OrgWorld, auth
+from tests.test_stripe_inbound import send
 from warehouse import queries
 from warehouse.build import build_warehouse
 
@@ -107,6 +108,52 @@ async def test_subscription_events_in_any_order_leave_stripes_newest_state(
         actors = set(conn.execute(text(
             "SELECT actor_type, actor_id FROM audit_log WHERE resource_id = :s"), {"s": sub_id}).all())  # fmt: skip
     assert {t for t, _ in actors} == {"stripe"} and all(i.startswith("evt_") for _, i in actors)
+
+
+def test_signed_subscription_events_through_the_receiver_leave_stripes_newest_state(
+    client: httpx.Client, engine: Engine, local_stripe: LocalStripe
+) -> None:
+    """The same history as above, but as Stripe delivers it: each event signed and posted to
+    ``POST /v1/webhooks/stripe``, in order, newest first and shuffled, with redeliveries."""
+    store, prices = local_stripe.store, plans(local_stripe)
+    base = 1_800_000_000
+    orders = ["oldest first", "newest first", *(f"shuffled {seed}" for seed in range(3))]
+    for n, order in enumerate(orders):
+        org_id = insert_org(engine, members=2)
+        at = base + n * 1000
+        _, sub_id = subscribe(local_stripe, org_id, prices, seats=3, status="trialing", at=at)
+        for step, change in enumerate(
+            [{"status": "active"}, {"quantity": 7}, {"price": prices["business_monthly"]},
+             {"status": "past_due"}, {"cancel_at_period_end": True}, {"status": "active"}], start=1
+        ):  # fmt: skip
+            store.update_subscription(sub_id, at=at + 10 * step, **change)
+        # The events exactly as the local Stripe serves them on the wire (and would post them).
+        events = [e for e in store.subscription_events() if e["data"]["object"]["id"] == sub_id]
+        assert len(events) == 7
+        if order == "oldest first":
+            events.sort(key=lambda e: e["created"])
+        elif order == "newest first":
+            events.sort(key=lambda e: -e["created"])
+        else:
+            random.Random(n).shuffle(events)
+        answers = [send(client, e) for e in events + events[:2]]  # Stripe redelivers too
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert [a.json()["duplicate"] for a in answers] == [False] * 7 + [True] * 2
+        assert expected_of(store.subscriptions[sub_id]) == {
+            k: v
+            for k, v in mirror_row(engine, sub_id).items()
+            if k in MIRRORED  # type: ignore[union-attr]
+        }, order
+        with engine.connect() as conn:
+            statuses = dict(conn.execute(text(
+                "SELECT external_id, status FROM inbound_events WHERE external_id = ANY(:ids)"),
+                {"ids": [e["id"] for e in events]}).all())  # fmt: skip
+        # Every delivery is recorded once; the ones older than the state held at the time are ignored.
+        newest_so_far = 0
+        for event in events:
+            applied = event["created"] > newest_so_far
+            assert statuses[event["id"]] == ("processed" if applied else "ignored"), (order, event["type"])
+            newest_so_far = max(newest_so_far, event["created"])
 
 
 async def test_invoice_and_unknown_events_and_malformed_objects(

@@ -34,6 +34,8 @@ def _prepare_prefect(verbose: bool = False) -> None:
     home = Path(os.environ.setdefault("PREFECT_HOME", str(load_settings().data_dir.resolve() / "prefect")))
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server needs longer than Prefect's 20 s default on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # Prefect's own logs (with tracebacks) only on request; the command prints its own summary.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
 

@@ -94,6 +94,7 @@ def refresh_analytics_once(settings: Settings, console: Console) -> str:
     os.makedirs(home, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from pipelines.flows import refresh_analytics
 
     with console.status("running the pipelines once (export → warehouse → org health report)…"):

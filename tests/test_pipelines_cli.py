@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,6 +168,7 @@ def test_warehouse_sql_describe_and_report(built_warehouse: Path, tmp_path: Path
         "org_active_users",
         "feature_adoption",
         "seat_utilization",
+        "webhook_health",
         "org_health",
     ):
         assert mart in describe.stdout
@@ -189,6 +191,7 @@ def test_the_duckdb_file_opens_in_a_plain_duckdb_client(built_warehouse: Path) -
             "org_active_users",
             "feature_adoption",
             "seat_utilization",
+            "webhook_health",
             "org_health",
         }
         assert con.execute("SELECT count(*) FROM stg_events").fetchone()[0] > 0  # views reach the lake
@@ -221,3 +224,17 @@ def test_the_report_renders_in_a_browser_with_its_charts(built_warehouse: Path, 
         [chromium, *flags, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, timeout=120
     )
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-500:]
+
+
+def test_every_question_in_the_warehouse_guide_runs(built_warehouse: Path) -> None:
+    import duckdb
+
+    guide = (ROOT / "docs" / "warehouse.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", guide, flags=re.S)
+    assert len(queries) >= 5
+    con = duckdb.connect(str(built_warehouse), read_only=True)
+    try:
+        for query in queries:
+            con.execute(query).fetchall()  # raises on a column or table the guide gets wrong
+    finally:
+        con.close()

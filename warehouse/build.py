@@ -27,6 +27,17 @@ OPTIONAL_SOURCES = {
     "billing_discrepancies": "id VARCHAR, run_id VARCHAR, detected_at TIMESTAMPTZ, kind VARCHAR, "
     "severity VARCHAR, organization_id VARCHAR, stripe_customer_id VARCHAR, stripe_subscription_id VARCHAR, "
     "expected VARCHAR, actual VARCHAR, detail VARCHAR, repaired BOOLEAN, filename VARCHAR",
+    "webhook_attempts": "seq BIGINT, id VARCHAR, organization_id VARCHAR, endpoint_id VARCHAR, "
+    "delivery_id VARCHAR, event_type VARCHAR, attempt_number BIGINT, started_at TIMESTAMPTZ, "
+    "duration_ms BIGINT, status_code BIGINT, error_class VARCHAR, error_detail VARCHAR, filename VARCHAR",
+    "webhook_endpoints": "id VARCHAR, organization_id VARCHAR, url VARCHAR, description VARCHAR, "
+    "event_types VARCHAR, enabled BOOLEAN, disabled_reason VARCHAR, disabled_at TIMESTAMPTZ, "
+    "failing_since TIMESTAMPTZ, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, deleted_at TIMESTAMPTZ, "
+    "filename VARCHAR",
+    "inbound_events": "id VARCHAR, source VARCHAR, external_id VARCHAR, event_type VARCHAR, "
+    "livemode BOOLEAN, event_created_at TIMESTAMPTZ, status VARCHAR, attempts BIGINT, last_error VARCHAR, "
+    "duplicates BIGINT, received_at TIMESTAMPTZ, processed_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, "
+    "filename VARCHAR",
 }
 
 

@@ -19,7 +19,8 @@ LABEL_COLORS = {"healthy": "#1a7f37", "watch": "#b58105", "at_risk": "#cf222e"}
 CSV_COLUMNS = [
     "organization_id", "name", "score", "label", "wau_now", "wau_4w_ago", "wau_trend", "mau",
     "active_members", "seat_utilization", "billing_status", "owner_changes_30d", "key_churn_30d",
-    "days_since_last_event", "reasons",
+    "days_since_last_event", "webhook_attempts_7d", "webhook_success_rate_7d",
+    "webhook_endpoints_disabled_30d", "reasons",
 ]  # fmt: skip
 
 
@@ -86,6 +87,8 @@ def render_html(path: Path) -> str:
         trend = "" if r["wau_trend"] is None else f"{r['wau_trend']:+.0%}"
         utilization = "" if r["seat_utilization"] is None else f"{r['seat_utilization']:.0%}"
         billing = r["billing_status"] or ""
+        hook_rate = r.get("webhook_success_rate_7d")
+        hooks = "" if hook_rate is None else f"{hook_rate:.0%} of {r['webhook_attempts_7d']}"
         reasons = "".join(f"<li>{html.escape(reason)}</li>" for reason in r["reasons"] or [])
         body.append(
             f'<tr><td data-sort="{html.escape(r["name"].lower())}"><strong>{html.escape(r["name"])}</strong>'
@@ -98,6 +101,7 @@ def render_html(path: Path) -> str:
             f'<td data-sort="{r["seat_utilization"] or 0}">{utilization}<br>'
             f"{_seat_bar(seat.get('active_users'), capacity)}</td>"
             f'<td data-sort="{html.escape(billing)}">{html.escape(billing or "unknown")}</td>'
+            f'<td data-sort="{-1 if hook_rate is None else hook_rate}">{hooks or "none"}</td>'
             f"<td><ul>{reasons}</ul></td></tr>"
         )
     summary = " · ".join(f"{counts[label]} {label.replace('_', ' ')}" for label in LABEL_COLORS)
@@ -124,10 +128,10 @@ ul {{ margin: 0; padding-left: 18px; }}
 <h1>Organization health</h1>
 <div class="meta">As of {as_of} · {count} organizations · {summary}
 · WAU: weekly active users over the last 60 days;
-seats: monthly active users against seats bought (or members).</div>
+seats: monthly active users against seats bought (or members); webhooks: outbound attempts answered 2xx.</div>
 <table id="health">
 <thead><tr><th>Organization</th><th>Score</th><th>Label</th><th>WAU (trend over 4 weeks)</th><th>Seat use</th>
-<th>Billing</th><th>Why</th></tr></thead>
+<th>Billing</th><th>Webhooks (7 days)</th><th>Why</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>

@@ -42,3 +42,6 @@ class HealthOut(msgspec.Struct):
     owner_changes_30d: int
     key_churn_30d: int
     days_since_last_event: int | None
+    webhook_attempts_7d: int = 0
+    webhook_success_rate_7d: float | None = None
+    webhook_endpoints_disabled_30d: int = 0

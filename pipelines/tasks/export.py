@@ -123,7 +123,27 @@ BILLING_DISCREPANCIES = AppendOnlyTable(
     key=("id",),
 )
 
-APPEND_ONLY = {t.name: t for t in (EVENTS, AUDIT_LOG, BILLING_DISCREPANCIES)}
+# One row per HTTP attempt of an outbound webhook, with the delivery's event type. Response headers
+# and bodies stay in Postgres (support reads them through the API): they are the customer's data.
+WEBHOOK_ATTEMPTS = AppendOnlyTable(
+    name="webhook_attempts",
+    sequence="webhook_attempts_seq_seq",
+    seq_column="a.seq",
+    source="webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id",
+    select="a.seq, a.id::text AS id, a.organization_id::text AS organization_id,"
+    " a.endpoint_id::text AS endpoint_id, a.delivery_id::text AS delivery_id, d.event_type,"
+    " a.attempt_number, a.started_at, a.duration_ms, a.status_code, a.error_class, a.error_detail",
+    schema=columns(
+        "seq int, id text, organization_id text, endpoint_id text, delivery_id text, event_type text,"
+        " attempt_number int, started_at ts, duration_ms int, status_code int, error_class text,"
+        " error_detail text"
+    ),
+    date_column="started_at",
+    key=("id",),
+    dictionary=("organization_id", "endpoint_id", "event_type", "error_class"),
+)
+
+APPEND_ONLY = {t.name: t for t in (EVENTS, AUDIT_LOG, BILLING_DISCREPANCIES, WEBHOOK_ATTEMPTS)}
 
 
 @dataclass(frozen=True)
@@ -170,6 +190,31 @@ SNAPSHOTS = {
                 " unit_amount int, currency text, interval text, current_period_start ts,"
                 " current_period_end ts, trial_end ts, cancel_at_period_end bool, canceled_at ts,"
                 " stripe_state_at ts, synced_at ts, created_at ts, updated_at ts"
+            ),
+        ),
+        # Customers' receivers, without their secrets, and their URLs without query or fragment
+        # (where receivers often carry a token).
+        Snapshot(
+            "webhook_endpoints",
+            "SELECT id::text AS id, organization_id::text AS organization_id,"
+            " regexp_replace(url, '[?#].*$', '') AS url, description,"
+            " array_to_string(event_types, ',') AS event_types, enabled, disabled_reason, disabled_at,"
+            " failing_since, created_at, updated_at, deleted_at FROM webhook_endpoints",
+            columns(
+                "id text, organization_id text, url text, description text, event_types text, enabled bool,"
+                " disabled_reason text, disabled_at ts, failing_since ts, created_at ts, updated_at ts,"
+                " deleted_at ts"
+            ),
+        ),
+        # Events received from Stripe and what became of them (the payload stays in Postgres).
+        Snapshot(
+            "inbound_events",
+            "SELECT id::text AS id, source, external_id, event_type, livemode, event_created_at, status,"
+            " attempts, last_error, duplicates, received_at, processed_at, updated_at FROM inbound_events",
+            columns(
+                "id text, source text, external_id text, event_type text, livemode bool,"
+                " event_created_at ts, status text, attempts int, last_error text, duplicates int,"
+                " received_at ts, processed_at ts, updated_at ts"
             ),
         ),
     )

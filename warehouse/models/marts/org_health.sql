@@ -17,6 +17,9 @@
 --   owner_changes_30d: owner role grants, removals and changes in the last 30 days
 --   key_churn_30d: ingest keys created or revoked in the last 30 days
 --   days_since_last_event: days between the last event and the as-of date
+--   webhook_attempts_7d: outbound webhook attempts to the organization's endpoints in the 7 days to the as-of date
+--   webhook_success_rate_7d: the share of those attempts answered 2xx (null without attempts)
+--   webhook_endpoints_disabled_30d: endpoints disabled in the last 30 days (410 Gone, five days of failures, or by hand)
 --   reasons: why the score is what it is, one sentence per signal
 WITH params AS (SELECT as_of FROM keel_params),
 orgs AS (
@@ -51,6 +54,20 @@ security AS (
       AND CAST(occurred_at AS DATE) <= (SELECT as_of FROM params)
     GROUP BY organization_id
 ),
+webhooks AS (
+    SELECT organization_id, sum(attempts) AS webhook_attempts_7d, sum(succeeded) / sum(attempts) AS webhook_success_rate_7d
+    FROM webhook_health
+    WHERE day > (SELECT as_of FROM params) - 7 AND day <= (SELECT as_of FROM params)
+    GROUP BY organization_id
+),
+disabled_endpoints AS (
+    SELECT organization_id, count(*) AS webhook_endpoints_disabled_30d
+    FROM stg_webhook_endpoints
+    WHERE deleted_at IS NULL AND NOT enabled
+      AND CAST(disabled_at AS DATE) > (SELECT as_of FROM params) - 30
+      AND CAST(disabled_at AS DATE) <= (SELECT as_of FROM params)
+    GROUP BY organization_id
+),
 signals AS (
     SELECT
         o.organization_id,
@@ -64,7 +81,10 @@ signals AS (
         b.status AS billing_status,
         coalesce(sec.owner_changes_30d, 0) AS owner_changes_30d,
         coalesce(sec.key_churn_30d, 0) AS key_churn_30d,
-        CASE WHEN l.last_day IS NOT NULL THEN (SELECT as_of FROM params) - l.last_day END AS days_since_last_event
+        CASE WHEN l.last_day IS NOT NULL THEN (SELECT as_of FROM params) - l.last_day END AS days_since_last_event,
+        coalesce(w.webhook_attempts_7d, 0) AS webhook_attempts_7d,
+        w.webhook_success_rate_7d,
+        coalesce(de.webhook_endpoints_disabled_30d, 0) AS webhook_endpoints_disabled_30d
     FROM orgs o
     LEFT JOIN now_au n USING (organization_id)
     LEFT JOIN past_au p USING (organization_id)
@@ -73,6 +93,8 @@ signals AS (
     LEFT JOIN last_event l USING (organization_id)
     LEFT JOIN security sec USING (organization_id)
     LEFT JOIN stg_subscriptions b USING (organization_id)
+    LEFT JOIN webhooks w USING (organization_id)
+    LEFT JOIN disabled_endpoints de USING (organization_id)
 ),
 penalties AS (
     SELECT
@@ -87,7 +109,11 @@ penalties AS (
             CASE WHEN billing_status IN ('past_due', 'unpaid') THEN struct_pack(points := 30, reason := printf('The subscription is %s.', billing_status))
                  WHEN billing_status IN ('canceled', 'incomplete_expired') THEN struct_pack(points := 40, reason := printf('The subscription is %s.', billing_status)) END,
             CASE WHEN owner_changes_30d >= 2 THEN struct_pack(points := 10, reason := printf('%d owner changes in the last 30 days.', owner_changes_30d)) END,
-            CASE WHEN key_churn_30d >= 3 THEN struct_pack(points := 5, reason := printf('%d ingest keys created or revoked in the last 30 days.', key_churn_30d)) END
+            CASE WHEN key_churn_30d >= 3 THEN struct_pack(points := 5, reason := printf('%d ingest keys created or revoked in the last 30 days.', key_churn_30d)) END,
+            -- A handful of attempts says little: the rate counts from 10 attempts in the week.
+            CASE WHEN webhook_attempts_7d >= 10 AND webhook_success_rate_7d < 0.5 THEN struct_pack(points := 20, reason := printf('Only %.0f%% of %d webhook attempts succeeded in the last 7 days.', 100 * webhook_success_rate_7d, webhook_attempts_7d))
+                 WHEN webhook_attempts_7d >= 10 AND webhook_success_rate_7d < 0.9 THEN struct_pack(points := 10, reason := printf('%.0f%% of %d webhook attempts succeeded in the last 7 days.', 100 * webhook_success_rate_7d, webhook_attempts_7d)) END,
+            CASE WHEN webhook_endpoints_disabled_30d > 0 THEN struct_pack(points := 5, reason := printf('%d webhook endpoint(s) disabled in the last 30 days.', webhook_endpoints_disabled_30d)) END
         ], lambda x: x IS NOT NULL) AS found
     FROM signals
 ),
@@ -112,6 +138,9 @@ SELECT
     owner_changes_30d,
     key_churn_30d,
     days_since_last_event,
+    webhook_attempts_7d,
+    webhook_success_rate_7d,
+    webhook_endpoints_disabled_30d,
     CASE WHEN len(found) = 0 THEN ['Active, growing or steady use; no warning signs.']
          ELSE list_transform(found, lambda x: x.reason) END AS reasons
 FROM scored

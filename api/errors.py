@@ -65,17 +65,12 @@ class ValidationFailed(KeelError):
 
 
 class ServiceUnavailable(KeelError):
-    """Something the answer depends on is not ready yet (the database is down); retry shortly."""
+    """Something the answer depends on is not there: not ready yet (the database is down; retry in
+    ``retry_after`` seconds) or not set up here (``retry_after=None``: retrying will not help)."""
 
     status_code = 503
     title = "Service unavailable"
     type_slug = "service-unavailable"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"Retry-After": "1"})
-
-
-class Unavailable(KeelError):
-    status_code = 503
-    title = "Service unavailable"
-    type_slug = "service-unavailable"
+    def __init__(self, detail: str, *, retry_after: int | None = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)} if retry_after else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -115,6 +116,9 @@ def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response
     code = getattr(exc.orig, "sqlstate", None) or ""
     if code.startswith("22"):  # data exception: a value Postgres cannot store
         return problem(request, 422, "a value is out of range or malformed for storage")
+    if isinstance(exc.orig, psycopg.DataError):  # refused by the driver before sending, e.g. a NUL
+        detail = "text cannot contain NUL (\\u0000) characters" if "NUL" in str(exc.orig) else str(exc.orig)
+        return problem(request, 422, detail)
     if code == "40001" or code == "40P01":
         return problem(
             request, 409, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}

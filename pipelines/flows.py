@@ -132,12 +132,18 @@ def prune_exported_audit_entries(retention_days: int | None) -> dict[str, Any]:
     return {"chains": result.chains, "removed": result.removed, "checkpoints": result.checkpoints}
 
 
+@task(name="purge-idempotency-keys")
+def purge_idempotency_keys() -> int:
+    return retention_tasks.purge_idempotency_keys(runtime.database_url(runtime.settings()))
+
+
 @flow(name="retention", log_prints=True)
 def retention(
     events_retention_days: int | None = None, audit_retention_days: int | None = None
 ) -> dict[str, Any]:
     """Drop event partitions and audit entries past their retention, only once the lake holds them
-    (audit entries through the checkpointing prune path, so every chain still verifies)."""
+    (audit entries through the checkpointing prune path, so every chain still verifies); forget
+    audit idempotency keys past their 24 h replay window."""
     for name, value in (
         ("events_retention_days", events_retention_days),
         ("audit_retention_days", audit_retention_days),
@@ -147,6 +153,7 @@ def retention(
     return {
         "events": drop_exported_partitions(events_retention_days),
         "audit": prune_exported_audit_entries(audit_retention_days),
+        "idempotency_keys_purged": purge_idempotency_keys(),
     }
 
 

@@ -140,6 +140,30 @@ def test_idempotency_key_is_honoured_for_24_hours_only(
     assert "idempotent-replayed" not in later.headers
 
 
+def test_the_retention_flow_forgets_expired_idempotency_keys(
+    client: httpx.Client, engine: Engine, org: OrgWorld, database_url: str
+) -> None:
+    from pipelines.tasks.retention import purge_idempotency_keys
+
+    old, fresh = f"evt-{uuid.uuid4()}", f"evt-{uuid.uuid4()}"
+    for key in (old, fresh):
+        client.post("/v1/audit-logs", json=entry(), headers={**auth(org.ingest_key), "Idempotency-Key": key})
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_idempotency_keys SET created_at = :t WHERE organization_id = :o AND key = :k"),
+            {"t": datetime.now(UTC) - timedelta(hours=25), "o": org.id, "k": old},
+        )
+    assert purge_idempotency_keys(database_url) >= 1
+    with engine.connect() as conn:
+        kept = set(conn.execute(
+            text("SELECT key FROM audit_idempotency_keys WHERE organization_id = :o"), {"o": org.id}).scalars())  # fmt: skip
+    assert kept == {fresh}
+    replay = client.post(
+        "/v1/audit-logs", json=entry(), headers={**auth(org.ingest_key), "Idempotency-Key": fresh}
+    )
+    assert replay.headers["idempotent-replayed"] == "true"  # the live key still replays
+
+
 def test_concurrent_requests_with_one_key_write_once(
     client: httpx.Client, engine: Engine, org: OrgWorld, live_server
 ) -> None:  # type: ignore[no-untyped-def]

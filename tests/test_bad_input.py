@@ -195,3 +195,22 @@ def test_request_id_is_echoed_and_in_problems(client: httpx.Client) -> None:
     assert response.json()["request_id"] == "trace-123"
     unsafe = client.get("/v1/me", headers={"X-Request-ID": "bad id\twith spaces"})
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_a_nul_character_in_text_is_422_and_changes_nothing(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    """Postgres text cannot hold NUL: the driver refuses it before sending; the caller gets a 422."""
+    _, token = make_user(engine)
+    body = assert_problem(
+        client.post("/v1/orgs", json={"name": "Nul\u0000Corp", "slug": "nul-corp"}, headers=auth(token)), 422
+    )
+    assert "NUL" in body["detail"]
+    assert client.get("/v1/orgs", headers=auth(token)).json()["items"] == []
+    renamed = client.patch(f"/v1/orgs/{org.id}", json={"name": "a\u0000b"}, headers=org.headers("owner"))
+    assert_problem(renamed, 422)
+    assert client.get(f"/v1/orgs/{org.id}", headers=org.headers("owner")).json()["name"] == f"Org {org.slug}"
+    key = client.post(
+        f"/v1/orgs/{org.id}/ingest-keys", json={"name": "k\u0000"}, headers=org.headers("owner")
+    )
+    assert_problem(key, 422)

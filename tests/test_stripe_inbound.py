@@ -228,11 +228,11 @@ def test_staff_only_and_support_may_reprocess(
 
 
 def test_an_unconfigured_secret_refuses_everything() -> None:
-    from api.errors import Unavailable
+    from api.errors import ServiceUnavailable
     from api.webhooks import inbound
 
     body = json.dumps(stripe_event()).encode()
     header = stripe.WebhookSignature.generate_signature_header(body.decode(), STRIPE_SECRET)
-    with pytest.raises(Unavailable, match="KEEL_STRIPE_WEBHOOK_SECRET"):
+    with pytest.raises(ServiceUnavailable, match="KEEL_STRIPE_WEBHOOK_SECRET"):
         inbound.verify(body, header, None)
     assert inbound.verify(body, header, STRIPE_SECRET)["type"] == "customer.subscription.updated"

@@ -11,16 +11,11 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from api.analytics.schemas import ActivityDay, ActivityOut, HealthOut
-from api.errors import KeelError, NotFound, ValidationFailed
+from api.errors import NotFound, ServiceUnavailable, ValidationFailed
 from warehouse import queries
 
 MAX_RANGE_DAYS = 366
 T = TypeVar("T")
-
-
-class AnalyticsUnavailable(KeelError):
-    status_code = 503
-    title = "Service unavailable"
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -28,8 +23,8 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     try:
         return await anyio.to_thread.run_sync(fn, *args)
     except queries.WarehouseMissing:
-        raise AnalyticsUnavailable(
-            "analytics are not built yet: the build-warehouse flow has not run"
+        raise ServiceUnavailable(
+            "analytics are not built yet: the build-warehouse flow has not run", retry_after=None
         ) from None
 
 

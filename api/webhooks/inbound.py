@@ -20,7 +20,7 @@ from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
 from api.db.base import new_id, utcnow
 from api.db.models import InboundEvent, InboundOutcome, InboundRequest, InboundStatus
-from api.errors import BadRequest, NotFound, Unavailable, ValidationFailed
+from api.errors import BadRequest, NotFound, ServiceUnavailable, ValidationFailed
 from api.pagination import decode_cursor
 from api.webhooks import dispatch
 from api.webhooks.messages import check_payload
@@ -67,7 +67,9 @@ async def reject(
 def verify(body: bytes, signature: str | None, secret: str | None) -> dict[str, Any]:
     """The verified event as a dict; :class:`BadRequest` (or 503 when unconfigured) otherwise."""
     if not secret:
-        raise Unavailable("Stripe webhooks are not configured here (KEEL_STRIPE_WEBHOOK_SECRET)")
+        raise ServiceUnavailable(
+            "Stripe webhooks are not configured here (KEEL_STRIPE_WEBHOOK_SECRET)", retry_after=None
+        )
     try:
         stripe.Webhook.construct_event(body, signature, secret, tolerance=TOLERANCE)
     except stripe.SignatureVerificationError as exc:

@@ -131,3 +131,13 @@ def prune_audit_log(
 
     asyncio.run(run())
     return result
+
+
+def purge_idempotency_keys(database_url: str, *, now: datetime | None = None) -> int:
+    """Forget the saved answers of ``POST /v1/audit-logs`` once their replay window has passed
+    (a key is only ever honoured for ``IDEMPOTENCY_TTL``; an expired one is dead weight)."""
+    from api.audit.ingest import IDEMPOTENCY_TTL
+
+    cutoff = (now or datetime.now(UTC)) - IDEMPOTENCY_TTL
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        return conn.execute("DELETE FROM audit_idempotency_keys WHERE created_at <= %s", (cutoff,)).rowcount

@@ -123,6 +123,7 @@ async def test_webhook_attempts_reach_the_lake_the_mart_and_the_health_score(
     health = {r["organization_id"]: r for r in queries.org_health(warehouse).iter_rows(named=True)}
     rate = 7 / total
     assert health[world.id]["webhook_attempts_7d"] == total
+    assert type(health[world.id]["webhook_attempts_7d"]) is int  # an integer in JSON, not a decimal
     assert abs(health[world.id]["webhook_success_rate_7d"] - rate) < 1e-9
     assert health[world.id]["webhook_endpoints_disabled_30d"] == 1
     assert (

@@ -55,7 +55,8 @@ security AS (
     GROUP BY organization_id
 ),
 webhooks AS (
-    SELECT organization_id, sum(attempts) AS webhook_attempts_7d, sum(succeeded) / sum(attempts) AS webhook_success_rate_7d
+    SELECT organization_id, CAST(sum(attempts) AS BIGINT) AS webhook_attempts_7d,
+           sum(succeeded) / sum(attempts) AS webhook_success_rate_7d
     FROM webhook_health
     WHERE day > (SELECT as_of FROM params) - 7 AND day <= (SELECT as_of FROM params)
     GROUP BY organization_id

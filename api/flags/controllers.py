@@ -233,12 +233,12 @@ class FlagEvaluationController(Controller):
     async def evaluate_all(
         self,
         request: Request[Any, Any, Any],
-        state: State,
         principal: Principal,
         org_id: OrgIdQuery,
         user_id: UserIdQuery,
         track: TrackQuery,
     ) -> FlagsOut:
+        state = request.app.state  # not a `state` parameter: Litestar would build a State per request
         org = await evaluation_org(state, principal, org_id)
         store: FlagStore = state.flags
         if not track:
@@ -252,12 +252,12 @@ class FlagEvaluationController(Controller):
         self,
         key: PathKey,
         request: Request[Any, Any, Any],
-        state: State,
         principal: Principal,
         org_id: OrgIdQuery,
         user_id: UserIdQuery,
         track: TrackQuery,
     ) -> EvaluationOut:
+        state = request.app.state
         org = await evaluation_org(state, principal, org_id)
         store: FlagStore = state.flags
         result = store.snapshot.evaluate(key, org_id=org, user_id=user_id)

@@ -9,10 +9,12 @@ product renders; looking the caller up each time costs a transaction. So a proce
   *active* organization (only what :func:`api.auth.services.org_access` granted; refusals are
   never cached, so a 404 or 403 is always asked of the database).
 
-The bound: anything that can withdraw access (token revocation, org suspension or deletion, a
-platform-role change, a member's removal or role change) clears both caches of the process that
-made it; every other process, and a change made behind the API's back (psql), takes effect
-within ``TTL`` seconds.
+The bound: a withdrawn access (token revocation, org suspension or deletion, a platform-role
+change, a member's removal or role change) stops working everywhere within ``TTL`` seconds of its
+commit. The process that makes the change clears both caches at once (so there it is usually
+immediate; a request racing the commit can refill an entry with the old answer, which then lives
+at most ``TTL``); every other process, and a change made behind the API's back (psql), simply
+waits for the entries to expire.
 """
 
 from __future__ import annotations

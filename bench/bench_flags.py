@@ -2,7 +2,8 @@
 
 Run by `make bench`. Every figure is printed beside a baseline measured in the same run:
 - in-process: one flag and 50 flags evaluated from a snapshot, beside the bare murmur3 hash
-  rate (the floor of what one evaluation costs);
+  rate (the floor of what one evaluation costs); and the `{key: bool}` map of 50 flags that the
+  endpoint answers with (`FlagSnapshot.answers`: same precedence, no reasons);
 - over HTTP: one uvicorn process (a subprocess, on a free port chosen at run time) with
   its own embedded Postgres in a temporary directory, migrated and seeded with 50 flags; a few
   keep-alive clients send a fixed number of requests to `GET /v1/flags/evaluate` (an org ingest
@@ -91,11 +92,18 @@ def in_process() -> None:
         many.evaluate_all(org_id=orgs[i % ORGS], user_id=users[i % ORGS])
     all_seconds = time.perf_counter() - started
 
+    started = time.perf_counter()
+    for i in range(ALL_FLAGS_CALLS):
+        many.answers(org_id=orgs[i % ORGS], user_id=users[i % ORGS])
+    answers_seconds = time.perf_counter() - started
+
     print("in-process evaluation (one Python thread)")
     print(f"  baseline: murmur3 hashes        {rate(ONE_FLAG_EVALUATIONS, hash_seconds)}")
     print(f"  one flag: evaluations           {rate(ONE_FLAG_EVALUATIONS, one_seconds)}")
     print(f"  {FLAGS} flags: calls (all flags)     {rate(ALL_FLAGS_CALLS, all_seconds)}")
     print(f"  {FLAGS} flags: flag evaluations      {rate(ALL_FLAGS_CALLS * FLAGS, all_seconds)}")
+    answers = rate(ALL_FLAGS_CALLS, answers_seconds)
+    print(f"  {FLAGS} flags: answer maps           {answers}  (the endpoint's path)")
 
 
 def seed(database_url: str) -> str:

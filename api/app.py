@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db),
-            "principal": Provide(provide_principal),
+            "principal": Provide(provide_principal, sync_to_thread=False),
             "ctx": Provide(provide_context, sync_to_thread=False),
         },
         before_request=authenticate_request,

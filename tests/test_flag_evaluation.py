@@ -208,3 +208,27 @@ def test_snapshot_evaluates_one_or_all_with_the_orgs_overrides() -> None:
     one = snapshot.evaluate("a", org_id=org)
     assert one is not None and one.reason is Reason.override
     assert snapshot.evaluate("missing", org_id=org) is None
+
+
+def test_answers_agree_with_evaluate_all_for_every_precedence_case() -> None:
+    """The endpoint's fast path (``answers``) and the reasoned one give the same map, case by case."""
+    orgs = org_ids(300, seed=7)
+    flags = {
+        f"k{i}": flag(
+            f"k{i}",
+            rollout=(i * 13) % 101,
+            stickiness="user" if i % 3 == 0 else "org",
+            enabled=i % 7 != 1,
+            archived=i % 11 == 2,
+        )
+        for i in range(40)
+    }
+    overrides = {
+        org: {"k1": Override(True, "killed anyway"), "k4": Override(False, "x")} for org in orgs[:50]
+    }
+    snapshot = FlagSnapshot(version=1, flags=flags, overrides=overrides)
+    for org in orgs:
+        for user in (None, "", "user-9", org):
+            expected = {r.key: r.enabled for r in snapshot.evaluate_all(org_id=org, user_id=user)}
+            assert snapshot.answers(org_id=org, user_id=user) == expected
+    assert list(snapshot.answers(org_id=orgs[0])) == list(flags)  # the snapshot's (key) order

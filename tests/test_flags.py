@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, insert, text
 
 from api.app import create_app
+from api.auth import cache
 from api.db.base import new_id
 from api.db.engine import make_async_engine
 from api.db.models import FeatureFlag, PlatformRole
@@ -28,6 +29,8 @@ from tests.test_cli import keel
 PROPAGATION_BOUND = 2.0
 #: Not a timing claim: how long to wait for something that is not time-bound before calling it stuck.
 HANG_GUARD = 30.0
+#: What a check may take beyond a cache's promised bound: the requests that observe it.
+REQUEST_SLACK = 1.0
 
 
 def eventually(check: Callable[[], bool], *, what: str, within: float = PROPAGATION_BOUND) -> None:
@@ -581,6 +584,38 @@ def test_staff_and_members_of_other_orgs_get_nothing_an_owner_gets_what_the_key_
     assert evaluated(client, fresh.headers("owner"), org_id=fresh.id) == evaluated(
         client, auth(fresh.ingest_key)
     )
+
+
+def test_a_members_cached_access_ends_when_the_membership_does(client: httpx.Client, engine: Engine) -> None:
+    """Evaluation keeps a member's access for ``cache.TTL`` seconds instead of asking the database
+    each time; taking the access away through the API ends it at once, behind its back within TTL."""
+    world = make_org(client, engine, roles=("owner", "member", "viewer", "billing"))
+
+    def status(role: str) -> int:
+        response = client.get("/v1/flags/evaluate", params={"org_id": world.id}, headers=world.headers(role))
+        return response.status_code
+
+    assert [status(role) for role in ("member", "viewer", "billing")] == [200, 200, 200]  # now cached
+    # Through the API: a removal ends access at once; a role change keeps it (every role reads flags).
+    owner = world.headers("owner")
+    removed = client.delete(f"/v1/orgs/{world.id}/members/{world.user_ids['member']}", headers=owner)
+    assert removed.status_code == 204, removed.text
+    assert status("member") == 404
+    viewer = f"/v1/orgs/{world.id}/members/{world.user_ids['viewer']}"
+    assert client.patch(viewer, json={"role": "member"}, headers=owner).status_code == 200
+    assert status("viewer") == 200
+    # Behind the API's back (psql): no process is told, so the cache's bound applies.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE memberships SET status = 'removed' WHERE organization_id = :o AND user_id = :u"),
+            {"o": world.id, "u": world.user_ids["billing"]},
+        )
+    eventually(lambda: status("billing") == 404, what="a membership removed in the database ends",
+               within=cache.TTL + REQUEST_SLACK)  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET status = 'suspended' WHERE id = :o"), {"o": world.id})
+    eventually(lambda: status("viewer") == 403, what="an org suspended in the database stops answering",
+               within=cache.TTL + REQUEST_SLACK)  # fmt: skip
 
 
 # --- exposure tracking ----------------------------------------------------------------------------

@@ -1,49 +1,70 @@
-"""A short-lived in-process cache of authenticated principals.
+"""Short-lived in-process caches of what authentication and the org check found.
 
-Ingest keys are presented on every event request; looking each one up costs a transaction. A
-principal is kept for ``TTL`` seconds. Anything that can make a credential invalid (revocation,
-suspension, deletion, a platform-role change) clears the cache of the process that made it at
-once; other API processes see the change within ``TTL``.
+Ingest keys are presented on every event request, and flag evaluation is asked on every page a
+product renders; looking the caller up each time costs a transaction. So a process keeps, for
+``TTL`` seconds:
+
+- ``principals``: bearer-token digest -> the authenticated :class:`Principal`;
+- ``memberships``: (user id, org id) -> the role of that user's *active* membership of a live,
+  *active* organization (only what :func:`api.auth.services.org_access` granted; refusals are
+  never cached, so a 404 or 403 is always asked of the database).
+
+The bound: a withdrawn access (token revocation, org suspension or deletion, a platform-role
+change, a member's removal or role change) stops working everywhere within ``TTL`` seconds of its
+commit. The process that makes the change clears both caches at once (so there it is usually
+immediate; a request racing the commit can refill an entry with the old answer, which then lives
+at most ``TTL``); every other process, and a change made behind the API's back (psql), simply
+waits for the entries to expire.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from typing import Generic, TypeVar
 
 from api.auth.context import Principal
+from api.db.models import OrgRole
 
 TTL = 2.0
 MAX_ENTRIES = 50_000
 
+K = TypeVar("K")
+V = TypeVar("V")
 
-class PrincipalCache:
+
+class TtlCache(Generic[K, V]):
+    """A dictionary whose entries vanish ``ttl`` seconds after they were put (at most ``MAX_ENTRIES``)."""
+
     def __init__(self, ttl: float = TTL) -> None:
         self.ttl = ttl
-        self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._entries: dict[K, tuple[float, V]] = {}
 
-    def get(self, digest: bytes) -> Principal | None:
-        entry = self._entries.get(digest)
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
         if entry is None:
             return None
-        expires, principal = entry
+        expires, value = entry
         if expires < time.monotonic():
-            self._entries.pop(digest, None)
+            self._entries.pop(key, None)
             return None
-        return principal
+        return value
 
-    def put(self, digest: bytes, principal: Principal) -> None:
+    def put(self, key: K, value: V) -> None:
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        self._entries[digest] = (time.monotonic() + self.ttl, principal)
+        self._entries[key] = (time.monotonic() + self.ttl, value)
 
     def clear(self) -> None:
         self._entries.clear()
 
 
-#: The process's cache. Module state on purpose: invalidation must reach every app in the process.
-principals = PrincipalCache()
+#: The process's caches. Module state on purpose: invalidation must reach every app in the process.
+principals: TtlCache[bytes, Principal] = TtlCache()
+memberships: TtlCache[tuple[uuid.UUID, uuid.UUID], OrgRole] = TtlCache()
 
 
 def invalidate() -> None:
-    """Call when a credential may have stopped being valid."""
+    """Call when a credential or a membership may have stopped being valid."""
     principals.clear()
+    memberships.clear()

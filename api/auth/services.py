@@ -8,8 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.auth import cache
 from api.auth.context import OrgAccess, Principal
 from api.auth.permissions import STAFF_PERMISSIONS, Permission, StaffPermission, role_allows
 from api.auth.secrets import digest
@@ -19,6 +20,7 @@ from api.db.models import (
     Membership,
     MembershipStatus,
     Organization,
+    OrgRole,
     OrgStatus,
     TokenKind,
     User,
@@ -95,6 +97,10 @@ def require_staff(principal: Principal, permission: StaffPermission) -> None:
         raise Forbidden(f"platform role {principal.platform_role.value!r} may not do this")
 
 
+def _role_refuses(role: OrgRole, permission: Permission) -> Forbidden:
+    return Forbidden(f"the {role.value} role may not do this ({permission.value.replace('_', ' ')})")
+
+
 async def org_access(
     session: AsyncSession, principal: Principal, org_id: uuid.UUID, permission: Permission
 ) -> OrgAccess:
@@ -120,8 +126,34 @@ async def org_access(
     if status is OrgStatus.suspended:
         raise Forbidden("this organization is suspended; contact support")
     if not role_allows(role, permission):
-        raise Forbidden(f"the {role.value} role may not do this ({permission.value.replace('_', ' ')})")
+        raise _role_refuses(role, permission)
     return OrgAccess(organization_id=org_id, role=role, principal=principal)
+
+
+async def org_access_cached(
+    sessions: async_sessionmaker[AsyncSession],
+    principal: Principal,
+    org_id: uuid.UUID,
+    permission: Permission,
+) -> OrgAccess:
+    """:func:`org_access` for routes that need nothing else from the database (flag evaluation).
+
+    A granted membership is kept in ``cache.memberships`` for ``cache.TTL`` seconds, so a member
+    asking again costs no session; a miss opens one, only for the check. Refusals (404, 403) are
+    never cached. Removal, a role change, suspension and deletion clear the cache in-process; see
+    ``api/auth/cache.py`` for the bound everywhere else.
+    """
+    if principal.is_user and principal.user_id is not None:
+        role = cache.memberships.get((principal.user_id, org_id))
+        if role is not None:
+            if not role_allows(role, permission):
+                raise _role_refuses(role, permission)
+            return OrgAccess(organization_id=org_id, role=role, principal=principal)
+    async with sessions() as session:
+        access = await org_access(session, principal, org_id, permission)
+    assert principal.user_id is not None  # org_access refused every credential that is not a user's
+    cache.memberships.put((principal.user_id, org_id), access.role)
+    return access
 
 
 #: Route options understood by :func:`guard_org`.

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_204_NO_CONTENT
@@ -14,6 +14,7 @@ from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
 from api.db.models import FeatureFlag, FlagOverride, TokenKind
+from api.deps import provide_context
 from api.errors import Forbidden, NotFound
 from api.events.services import Origin
 from api.flags import services
@@ -164,12 +165,15 @@ class FlagAdminController(Controller):
         )
 
 
-async def evaluation_org(db: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> str:
+async def evaluation_org(state: State, principal: Principal, org_id: uuid.UUID | None) -> str:
     """The organization to evaluate for, as the caller may see it.
 
     These routes carry the org in the query, so the central org guard does not apply: an org
     ingest key answers for its own org only, a user token for an org they are an active member of.
     Anyone else is told the org does not exist (404), exactly as for an id that never existed.
+
+    No database round trip in the common case: an ingest key's org comes from the (cached)
+    principal, a member's from the membership cache (``api/auth/cache.py``, same 2 s bound).
     """
     if principal.kind is TokenKind.org_ingest:
         # authenticate() has already refused the key of a deleted (401) or suspended (403) org.
@@ -186,7 +190,7 @@ async def evaluation_org(db: AsyncSession, principal: Principal, org_id: uuid.UU
             "a user token must name the organization: add ?org_id=",
             errors=[{"field": "org_id", "message": "required with a user token"}],
         )
-    await auth.org_access(db, principal, org_id, Permission.read_org)
+    await auth.org_access_cached(state.sessionmaker, principal, org_id, Permission.read_org)
     return canonical_org_id(org_id)
 
 
@@ -197,22 +201,30 @@ TrackQuery = Annotated[
 
 
 async def _track(
-    db: AsyncSession,
-    state: State,
+    request: Request[Any, Any, Any],
     principal: Principal,
-    ctx: RequestContext,
     org: str,
     user_id: str | None,
     results: list[Evaluation],
 ) -> None:
-    await record_exposures(
-        db, results, organization_id=org, user_id=user_id, principal=principal,
-        partitions=state.partitions, origin=Origin(ip=ctx.ip, user_agent=ctx.user_agent),
-    )  # fmt: skip
+    """Record the answers as events, in a transaction of their own committed before the answer.
+
+    The only evaluation that writes, so the only one that opens a session."""
+    state = request.app.state
+    ctx = provide_context(request)
+    async with state.sessionmaker() as session, session.begin():
+        await record_exposures(
+            session, results, organization_id=org, user_id=user_id, principal=principal,
+            partitions=state.partitions, origin=Origin(ip=ctx.ip, user_agent=ctx.user_agent),
+        )  # fmt: skip
 
 
 class FlagEvaluationController(Controller):
-    """What product clients call: answers come from the in-process copy, not the database."""
+    """What product clients call: answers come from the in-process copy, not the database.
+
+    Nothing here depends on ``db``: a request opens no session unless the membership cache
+    misses or ``track`` asks for events to be written.
+    """
 
     path = "/v1/flags/evaluate"
     tags = ["flags"]
@@ -220,38 +232,37 @@ class FlagEvaluationController(Controller):
     @get("/", summary="Every flag's answer for an organization (org ingest key or member token)")
     async def evaluate_all(
         self,
-        state: State,
-        db: AsyncSession,
+        request: Request[Any, Any, Any],
         principal: Principal,
-        ctx: RequestContext,
         org_id: OrgIdQuery,
         user_id: UserIdQuery,
         track: TrackQuery,
     ) -> FlagsOut:
-        org = await evaluation_org(db, principal, org_id)
+        state = request.app.state  # not a `state` parameter: Litestar would build a State per request
+        org = await evaluation_org(state, principal, org_id)
         store: FlagStore = state.flags
+        if not track:
+            return FlagsOut(flags=store.snapshot.answers(org_id=org, user_id=user_id))
         results = store.snapshot.evaluate_all(org_id=org, user_id=user_id)
-        if track:
-            await _track(db, state, principal, ctx, org, user_id, results)
+        await _track(request, principal, org, user_id, results)
         return FlagsOut(flags={r.key: r.enabled for r in results})
 
     @get("/{key:str}", summary="One flag's answer and the reason for it (org ingest key or member token)")
     async def evaluate_one(
         self,
         key: PathKey,
-        state: State,
-        db: AsyncSession,
+        request: Request[Any, Any, Any],
         principal: Principal,
-        ctx: RequestContext,
         org_id: OrgIdQuery,
         user_id: UserIdQuery,
         track: TrackQuery,
     ) -> EvaluationOut:
-        org = await evaluation_org(db, principal, org_id)
+        state = request.app.state
+        org = await evaluation_org(state, principal, org_id)
         store: FlagStore = state.flags
         result = store.snapshot.evaluate(key, org_id=org, user_id=user_id)
         if result is None:
             raise services.flag_not_found(key)
         if track:
-            await _track(db, state, principal, ctx, org, user_id, [result])
+            await _track(request, principal, org, user_id, [result])
         return EvaluationOut(key=result.key, enabled=result.enabled, reason=result.reason)

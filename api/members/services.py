@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.auth import cache
 from api.auth.context import Actor, OrgAccess, RequestContext
 from api.auth.permissions import Permission, role_allows
 from api.db.models import Membership, MembershipStatus, OrgRole, User, UserStatus
@@ -201,6 +202,7 @@ async def change_role(
         await _ensure_other_owner(session, access.organization_id, membership)
     before = snapshot(membership)
     membership.role = role
+    cache.invalidate()  # a cached membership carries the old role
     await session.flush()
     await audit.record(
         session, action="member.role_changed", actor=actor, ctx=ctx, organization_id=access.organization_id,
@@ -224,6 +226,7 @@ async def remove(
         await _ensure_other_owner(session, access.organization_id, membership)
     before = snapshot(membership)
     membership.status = MembershipStatus.removed
+    cache.invalidate()  # the membership cache must not outlive it
     await session.flush()
     await audit.record(
         session, action="member.removed", actor=actor, ctx=ctx, organization_id=access.organization_id,

@@ -17,6 +17,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+#: Files are written under this prefix, then renamed; readers skip such names (like Hive and Spark,
+#: which treat files starting with "." as hidden).
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def _is_temporary(path: str) -> bool:
+    return posixpath.basename(path).startswith(TEMPORARY_PREFIX)
+
 
 class LakeError(RuntimeError):
     """The lake cannot be reached or written."""
@@ -51,6 +59,15 @@ class Lake:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def list_files(self, prefix: str, suffix: str = ".parquet") -> list[str]:
+        """The finished files under ``prefix``: never a temporary one still being written (or left
+        by a writer that was killed), whose content may be cut short."""
+        return [p for p in self._list(prefix, suffix) if not _is_temporary(p)]
+
+    def list_temporary(self, prefix: str) -> list[str]:
+        """Temporary files under ``prefix``: a write in progress, or one a killed process left."""
+        return [p for p in self._list(prefix, "") if _is_temporary(p)]
+
+    def _list(self, prefix: str, suffix: str) -> list[str]:
         selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
         return sorted(
             info.path
@@ -66,7 +83,7 @@ class Lake:
         """
         directory = posixpath.dirname(path)
         self.fs.create_dir(directory, recursive=True)
-        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
+        temporary = posixpath.join(directory, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.parquet")
         try:
             with self.fs.open_output_stream(temporary) as sink:
                 pq.write_table(
@@ -88,7 +105,7 @@ class Lake:
     def write_json(self, path: str, value: Any) -> None:
         directory = posixpath.dirname(path)
         self.fs.create_dir(directory, recursive=True)
-        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.json")
+        temporary = posixpath.join(directory, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.json")
         with self.fs.open_output_stream(temporary) as sink:
             sink.write(json.dumps(value, indent=2, sort_keys=True).encode())
         self.fs.move(temporary, path)

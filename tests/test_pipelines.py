@@ -211,6 +211,32 @@ def test_killing_the_export_process_mid_run_then_rerunning(
     assert not list(lake_dir.glob("**/.tmp-*")), "a temporary file was left visible"
 
 
+def test_a_half_written_temporary_file_is_never_read_and_the_next_run_removes_it(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    from warehouse.build import build_warehouse
+
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=13))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.write_schemas(lake)
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=300, stop_after_chunks=1)
+    for snapshot in export_tasks.SNAPSHOTS.values():
+        export_tasks.export_snapshot(database_url, lake, snapshot)
+    # What a writer killed in the middle of a file leaves: its temporary name, cut short.
+    partition = Path(lake.list_files("events")[0]).parent
+    leftover = partition / ".tmp-killed.parquet"
+    leftover.write_bytes(b"PAR1" + b"\0" * 100)
+
+    assert str(leftover) not in lake.list_files("events")
+    export_tasks.lake_keys(lake, export_tasks.EVENTS)  # reads every finished file, not the leftover
+    build_warehouse(str(pipeline_env["lake"]), pipeline_env["warehouse"])
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS)
+    assert not leftover.exists()
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
 def test_retention_drops_only_what_the_lake_holds(database_url: str, pipeline_env: dict[str, Path]) -> None:
     lake = Lake.open(str(pipeline_env["lake"]))
     today = datetime.now(UTC).date()

@@ -58,8 +58,11 @@ def _filesystem(lake_url: str) -> tuple[pafs.FileSystem, str, bool]:
 
 def _files(filesystem: pafs.FileSystem, root: str, name: str) -> list[str]:
     selector = pafs.FileSelector(f"{root}/{name}", recursive=True, allow_not_found=True)
+    # A name starting with "." is a file still being written (or left by a killed writer): skip it.
     return sorted(
-        i.path for i in filesystem.get_file_info(selector) if i.is_file and i.path.endswith(".parquet")
+        i.path
+        for i in filesystem.get_file_info(selector)
+        if i.is_file and i.path.endswith(".parquet") and not i.base_name.startswith(".")
     )
 
 

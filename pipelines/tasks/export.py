@@ -211,8 +211,11 @@ def high_water_mark(conn: psycopg.Connection, sequence: str) -> int:
 
 
 def remove_orphans(lake: Lake, table: str, watermark: int) -> list[str]:
-    """Files written past the watermark by a run that crashed before moving it."""
-    removed = []
+    """Files written past the watermark by a run that crashed before moving it, and temporary files
+    a killed writer left half-written (readers already skip them; this reclaims the space)."""
+    removed = lake.list_temporary(table)
+    for path in removed:
+        lake.delete(path)
     for path in lake.list_files(table):
         match = FILE_NAME.search(path)
         if match and int(match.group("hi")) > watermark:

@@ -169,7 +169,7 @@ def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
 ) -> None:
     send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=3))
     lake = Lake.open(str(pipeline_env["lake"]))
-    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=300, stop_after_chunks=2)
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=50, stop_after_chunks=2)
     watermark = export_tasks.read_watermark(lake, "events")
     # A run that wrote the next range's files and died before moving the watermark:
     events = export_tasks.EVENTS

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
@@ -25,6 +26,8 @@ class Settings:
     database_url: str | None = None
     data_dir: Path = Path(".keel")
     lake_url: str | None = None
+    #: S3-compatible endpoint (``http(s)://host[:port]``) for an ``s3://`` lake; AWS when unset.
+    lake_s3_endpoint: str | None = None
     warehouse_path: Path | None = None
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
@@ -104,12 +107,21 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         if not schedule or any(s < 0 for s in schedule):
             raise SettingsError("KEEL_WEBHOOK_RETRY_SCHEDULE needs at least one non-negative number")
 
+    lake_s3_endpoint = get("LAKE_S3_ENDPOINT")
+    if lake_s3_endpoint is not None:
+        parsed = urlparse(lake_s3_endpoint)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc or parsed.path.strip("/"):
+            raise SettingsError(
+                f"KEEL_LAKE_S3_ENDPOINT must be http(s)://host[:port], not {lake_s3_endpoint!r}"
+            )
+
     data_dir = Path(get("DATA_DIR") or ".keel")
     warehouse = get("WAREHOUSE_PATH")
     return Settings(
         database_url=get("DATABASE_URL"),
         data_dir=data_dir,
         lake_url=get("LAKE_URL"),
+        lake_s3_endpoint=lake_s3_endpoint,
         warehouse_path=Path(warehouse) if warehouse else None,
         stripe_api_key=get("STRIPE_API_KEY"),
         stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),

@@ -66,7 +66,11 @@ def build_duckdb(as_of: str | None) -> dict[str, Any]:
         progress.report("build warehouse", done, None)
 
     result = build_warehouse(
-        config.resolved_lake_url, config.resolved_warehouse_path, as_of=day, on_model=on_model
+        config.resolved_lake_url,
+        config.resolved_warehouse_path,
+        as_of=day,
+        on_model=on_model,
+        s3_endpoint=config.lake_s3_endpoint,
     )
     return {"path": str(result.path), "as_of": result.as_of.isoformat(), "tables": result.tables}
 

@@ -11,11 +11,20 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from warehouse.storage import open_lake_storage
+
+#: Files are written under this prefix, then renamed; readers skip such names (like Hive and Spark,
+#: which treat files starting with "." as hidden).
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def _is_temporary(path: str) -> bool:
+    return posixpath.basename(path).startswith(TEMPORARY_PREFIX)
 
 
 class LakeError(RuntimeError):
@@ -29,18 +38,22 @@ class Lake:
     url: str
 
     @classmethod
-    def open(cls, url: str, *, create: bool = True) -> Lake:
+    def open(cls, url: str, *, create: bool = True, s3_endpoint: str | None = None) -> Lake:
+        """The lake at ``url``: a local directory (made when ``create``) or ``s3://bucket/prefix``
+        (the bucket must exist; ``s3_endpoint`` is ``KEEL_LAKE_S3_ENDPOINT``, see
+        ``warehouse.storage``)."""
         try:
-            if url.startswith("s3://"):
-                filesystem, root = _s3(url)
-            else:
-                filesystem, root = pafs.LocalFileSystem(), str(url)
-                if create:
-                    filesystem.create_dir(root, recursive=True)
+            storage = open_lake_storage(url, s3_endpoint=s3_endpoint)
+            filesystem, root = storage.fs, storage.root
+            if create and not storage.remote:
+                filesystem.create_dir(root, recursive=True)
+            bucket = root.split("/", 1)[0]
+            if storage.remote and filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise LakeError(f"the lake at {url} is unreachable: bucket {bucket!r} does not exist")
             info = filesystem.get_file_info(root)
-            if create and info.type == pafs.FileType.NotFound and not url.startswith("s3://"):
+            if create and info.type == pafs.FileType.NotFound and not storage.remote:
                 raise LakeError(f"cannot create the lake at {url}")
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, ValueError, pa.ArrowException) as exc:
             raise LakeError(f"the lake at {url} is unreachable: {exc}") from exc
         return cls(fs=filesystem, root=root.rstrip("/"), url=url)
 
@@ -51,6 +64,15 @@ class Lake:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def list_files(self, prefix: str, suffix: str = ".parquet") -> list[str]:
+        """The finished files under ``prefix``: never a temporary one still being written (or left
+        by a writer that was killed), whose content may be cut short."""
+        return [p for p in self._list(prefix, suffix) if not _is_temporary(p)]
+
+    def list_temporary(self, prefix: str) -> list[str]:
+        """Temporary files under ``prefix``: a write in progress, or one a killed process left."""
+        return [p for p in self._list(prefix, "") if _is_temporary(p)]
+
+    def _list(self, prefix: str, suffix: str) -> list[str]:
         selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
         return sorted(
             info.path
@@ -66,7 +88,7 @@ class Lake:
         """
         directory = posixpath.dirname(path)
         self.fs.create_dir(directory, recursive=True)
-        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.parquet")
+        temporary = posixpath.join(directory, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.parquet")
         try:
             with self.fs.open_output_stream(temporary) as sink:
                 pq.write_table(
@@ -88,7 +110,7 @@ class Lake:
     def write_json(self, path: str, value: Any) -> None:
         directory = posixpath.dirname(path)
         self.fs.create_dir(directory, recursive=True)
-        temporary = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}.json")
+        temporary = posixpath.join(directory, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.json")
         with self.fs.open_output_stream(temporary) as sink:
             sink.write(json.dumps(value, indent=2, sort_keys=True).encode())
         self.fs.move(temporary, path)
@@ -96,20 +118,3 @@ class Lake:
     def delete(self, path: str) -> None:
         if self.exists(path):
             self.fs.delete_file(path)
-
-
-def _s3(url: str) -> tuple[pafs.FileSystem, str]:
-    """``s3://bucket/prefix``; credentials, region and endpoint come from the usual AWS variables
-    (``AWS_ENDPOINT_URL`` points at an S3-compatible store)."""
-    import os
-
-    parsed = urlparse(url)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {}
-    if endpoint:
-        endpoint_url = urlparse(endpoint)
-        options["endpoint_override"] = endpoint_url.netloc or endpoint
-        options["scheme"] = endpoint_url.scheme or "https"
-    if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-        options["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return pafs.S3FileSystem(**options), f"{parsed.netloc}{parsed.path}"

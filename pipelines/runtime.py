@@ -19,4 +19,4 @@ def database_url(config: Settings) -> str:
 
 
 def lake(config: Settings) -> Lake:
-    return Lake.open(config.resolved_lake_url)
+    return Lake.open(config.resolved_lake_url, s3_endpoint=config.lake_s3_endpoint)

@@ -169,7 +169,7 @@ def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
 ) -> None:
     send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=3))
     lake = Lake.open(str(pipeline_env["lake"]))
-    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=300, stop_after_chunks=2)
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=50, stop_after_chunks=2)
     watermark = export_tasks.read_watermark(lake, "events")
     # A run that wrote the next range's files and died before moving the watermark:
     events = export_tasks.EVENTS
@@ -209,6 +209,116 @@ def test_killing_the_export_process_mid_run_then_rerunning(
     assert keys.height == keys.unique().height
     assert set(keys.iter_rows()) == pg_keys(database_url)
     assert not list(lake_dir.glob("**/.tmp-*")), "a temporary file was left visible"
+
+
+def test_a_half_written_temporary_file_is_never_read_and_the_next_run_removes_it(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    from warehouse.build import build_warehouse
+
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=13))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.write_schemas(lake)
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=300, stop_after_chunks=1)
+    for snapshot in export_tasks.SNAPSHOTS.values():
+        export_tasks.export_snapshot(database_url, lake, snapshot)
+    # What a writer killed in the middle of a file leaves: its temporary name, cut short.
+    partition = Path(lake.list_files("events")[0]).parent
+    leftover = partition / ".tmp-killed.parquet"
+    leftover.write_bytes(b"PAR1" + b"\0" * 100)
+
+    assert str(leftover) not in lake.list_files("events")
+    export_tasks.lake_keys(lake, export_tasks.EVENTS)  # reads every finished file, not the leftover
+    build_warehouse(str(pipeline_env["lake"]), pipeline_env["warehouse"])
+    export_tasks.export_table(database_url, lake, export_tasks.EVENTS)
+    assert not leftover.exists()
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
+def test_a_long_backlog_is_read_through_a_summarized_brin_index(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    """Rows appended since the last vacuum sit in BRIN ranges without a summary, which match every
+    range query: the export summarizes them first, or each range would read them all again."""
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=8, seed=17))
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        indexes = export_tasks.brin_indexes(conn, export_tasks.EVENTS)
+        assert indexes and all(name.startswith("events_p") for name in indexes)
+        assert export_tasks.brin_indexes(conn, export_tasks.AUDIT_LOG) == ["ix_audit_log_export_seq_brin"]
+
+        def summarize(index: str) -> int:
+            return conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (index,)).fetchone()[0]  # type: ignore[index]
+
+        def forget_summaries() -> None:  # as a freshly loaded table is
+            for index in indexes:
+                conn.execute(
+                    "SELECT brin_desummarize_range(indexrelid, b) FROM pg_index,"
+                    " generate_series(0, pg_relation_size(indrelid) / 8192, 128) AS b"
+                    " WHERE indexrelid = %s::regclass",
+                    (index,),
+                )
+
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT indrelid::regclass::text FROM pg_index WHERE indexrelid = ANY(%s::regclass[])",
+                (indexes,),
+            )
+        ]
+        for name in tables:  # no vacuum may summarize them behind the test's back
+            conn.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = off)")
+        try:
+            forget_summaries()
+            assert sum(summarize(index) for index in indexes) > 0  # there was something to summarize
+            forget_summaries()
+            lake = Lake.open(str(pipeline_env["lake"]))
+            export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=200)
+            assert [summarize(index) for index in indexes] == [0] * len(indexes)  # the export did
+        finally:
+            for name in tables:
+                conn.execute(f"ALTER TABLE {name} RESET (autovacuum_enabled)")
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
+def test_an_exporter_that_may_only_read_still_exports_everything(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    """Summarizing needs the table's owner; a read-only role's export is slower, never wrong."""
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=19))
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute("CREATE ROLE keel_lake_reader LOGIN")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO keel_lake_reader")
+        conn.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO keel_lake_reader")
+    reader_url = database_url.replace("postgresql://postgres:@", "postgresql://keel_lake_reader:@")
+    assert reader_url != database_url
+    lake = Lake.open(str(pipeline_env["lake"]))
+    export_tasks.export_table(reader_url, lake, export_tasks.EVENTS, chunk_rows=200)
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
+def test_rows_split_by_day_keep_every_row_in_sequence_order() -> None:
+    import pyarrow as pa
+
+    def at(day: int, hour: int) -> datetime:
+        return datetime(2025, 3, day, hour, tzinfo=UTC)
+
+    stamps = {
+        "in time order": [at(1, 1), at(1, 2), at(2, 0), at(2, 5), at(3, 9)],
+        "interleaved": [at(2, 1), at(1, 2), at(2, 0), at(1, 5), at(3, 9)],
+    }
+    for case, times in stamps.items():
+        rows = pa.table({"seq": list(range(len(times))), "ts": pa.array(times, pa.timestamp("us", tz="UTC"))})
+        parts = {day: part["seq"].to_pylist() for day, part in export_tasks.split_by_day(rows, "ts")}
+        expected: dict[str, list[int]] = defaultdict(list)
+        for seq, ts in enumerate(times):
+            expected[ts.date().isoformat()].append(seq)
+        assert parts == expected, case
 
 
 def test_retention_drops_only_what_the_lake_holds(database_url: str, pipeline_env: dict[str, Path]) -> None:

@@ -14,10 +14,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
-import pyarrow.dataset as ds
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from warehouse.models import Model, load_models
+from warehouse.storage import LakeStorage, open_lake_storage
 
 #: Sources that may not exist yet in a lake (written by later parts), with their empty shape.
 OPTIONAL_SOURCES = {
@@ -53,24 +55,13 @@ class BuildResult:
     seconds: float
 
 
-def _filesystem(lake_url: str) -> tuple[pafs.FileSystem, str, bool]:
-    if lake_url.startswith("s3://"):
-        from urllib.parse import urlparse
-
-        parsed = urlparse(lake_url)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        options = {}
-        if endpoint:
-            e = urlparse(endpoint)
-            options = {"endpoint_override": e.netloc, "scheme": e.scheme or "https"}
-        return pafs.S3FileSystem(**options), f"{parsed.netloc}{parsed.path}".rstrip("/"), True
-    return pafs.LocalFileSystem(), str(Path(lake_url).resolve()), False
-
-
 def _files(filesystem: pafs.FileSystem, root: str, name: str) -> list[str]:
     selector = pafs.FileSelector(f"{root}/{name}", recursive=True, allow_not_found=True)
+    # A name starting with "." is a file still being written (or left by a killed writer): skip it.
     return sorted(
-        i.path for i in filesystem.get_file_info(selector) if i.is_file and i.path.endswith(".parquet")
+        i.path
+        for i in filesystem.get_file_info(selector)
+        if i.is_file and i.path.endswith(".parquet") and not i.base_name.startswith(".")
     )
 
 
@@ -78,30 +69,23 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def _source_relations(con: duckdb.DuckDBPyConnection, lake_url: str, names: set[str]) -> dict[str, str]:
+def _source_relations(
+    con: duckdb.DuckDBPyConnection, lake_url: str, names: set[str], *, s3_endpoint: str | None = None
+) -> dict[str, str]:
     """The relation each ``{source}`` placeholder reads: Parquet files of the lake, or an empty shape."""
-    filesystem, root, remote = _filesystem(lake_url)
+    storage = open_lake_storage(lake_url, s3_endpoint=s3_endpoint)
     relations = {}
     for name in sorted(names):
-        files = _files(filesystem, root, name)
+        files = _files(storage.fs, storage.root, name)
         if not files:
-            schema_file = f"{root}/_schema/{name}.parquet"
-            if filesystem.get_file_info(schema_file).is_file:
+            schema_file = f"{storage.root}/_schema/{name}.parquet"
+            if storage.fs.get_file_info(schema_file).is_file:
                 files = [schema_file]
-        if files and not remote:
+        if files and not storage.remote:
             listing = ", ".join(_quote(f) for f in files)
             relations[name] = f"read_parquet([{listing}], filename = true, union_by_name = true)"
         elif files:
-            # DuckDB cannot reach object storage here without its httpfs extension: materialize
-            # through pyarrow's S3 filesystem instead (same rows, read once per build).
-            dataset = ds.dataset(files, filesystem=filesystem, format="parquet")
-            table = dataset.to_table()
-            import pyarrow as pa
-
-            table = table.append_column("filename", pa.array(["s3"] * table.num_rows, pa.string()))
-            con.register(f"_arrow_{name}", table)
-            con.execute(f"CREATE TABLE raw_{name} AS SELECT * FROM _arrow_{name}")
-            con.unregister(f"_arrow_{name}")
+            _copy_in(con, f"raw_{name}", storage, files)
             relations[name] = f"raw_{name}"
         elif name in OPTIONAL_SOURCES:
             con.execute(f"CREATE TABLE raw_{name} ({OPTIONAL_SOURCES[name]})")
@@ -113,14 +97,36 @@ def _source_relations(con: duckdb.DuckDBPyConnection, lake_url: str, names: set[
     return relations
 
 
+def _copy_in(con: duckdb.DuckDBPyConnection, table: str, storage: LakeStorage, files: list[str]) -> None:
+    """Copy remote Parquet files into ``table``, as ``read_parquet(files, filename = true,
+    union_by_name = true)`` would read them locally.
+
+    DuckDB cannot reach object storage here (its httpfs extension is downloaded at run time), so
+    pyarrow's filesystem reads the files: one at a time, so memory holds one file, not the lake.
+    """
+    schema = pa.unify_schemas([pq.read_schema(f, filesystem=storage.fs) for f in files])
+    empty = schema.append(pa.field("filename", pa.string())).empty_table()
+    con.register("_lake_file", empty)
+    con.execute(f"CREATE TABLE {table} AS SELECT * FROM _lake_file")
+    for path in files:
+        part = pq.read_table(path, filesystem=storage.fs)
+        part = part.append_column("filename", pa.array([storage.url_of(path)] * part.num_rows, pa.string()))
+        con.register("_lake_file", part)
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _lake_file")
+    con.unregister("_lake_file")
+
+
 def build_warehouse(
     lake_url: str,
     warehouse_path: Path,
     *,
     as_of: date | None = None,
     on_model: Callable[[Model], None] | None = None,
+    s3_endpoint: str | None = None,
 ) -> BuildResult:
-    """Build every model into a fresh file, check the marts' keys, and replace ``warehouse_path``."""
+    """Build every model into a fresh file, check the marts' keys, and replace ``warehouse_path``.
+
+    ``s3_endpoint`` (``KEEL_LAKE_S3_ENDPOINT``) serves an ``s3://`` lake; see ``warehouse.storage``."""
     started = time.perf_counter()
     as_of = as_of or datetime.now(UTC).date()
     models = load_models()
@@ -137,7 +143,11 @@ def build_warehouse(
             con.execute(
                 "CREATE TABLE keel_params AS SELECT CAST(? AS DATE) AS as_of, now() AS built_at", [as_of]
             )
-            relations = _source_relations(con, lake_url, set().union(*(m.sources for m in models)))
+            sources = set().union(*(m.sources for m in models))
+            try:
+                relations = _source_relations(con, lake_url, sources, s3_endpoint=s3_endpoint)
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise WarehouseError(f"the lake at {lake_url} is unreachable: {exc}") from exc
             for model in models:
                 sql = model.sql.format(**relations)
                 kind = "VIEW" if model.kind == "staging" else "TABLE"

@@ -20,10 +20,10 @@ from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
 from api.billing.controllers import AdminBillingController, BillingController
-from api.db.engine import make_async_engine, make_sessionmaker
+from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
-from api.events.services import PartitionKeeper, keep_event_partitions
+from api.events.store import PartitionKeeper, keep_event_partitions, make_ingest_pool
 from api.flags.controllers import FlagAdminController, FlagEvaluationController
 from api.flags.store import FlagStore
 from api.members.controllers import MemberController
@@ -82,8 +82,12 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        # Events skip SQLAlchemy: one autocommit statement per request on a connection of their own.
+        ingest_pool = make_ingest_pool(libpq_url(settings.database_url or ""))
+        await ingest_pool.open()
+        app.state.ingest_pool = ingest_pool
         app.state.partitions = PartitionKeeper()
-        upkeep = asyncio.create_task(keep_event_partitions(engine, app.state.partitions))
+        upkeep = asyncio.create_task(keep_event_partitions(ingest_pool, app.state.partitions))
         # The flags' in-process copy: loaded before the first request, refreshed until shutdown.
         flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)
         await flags.start()
@@ -95,6 +99,7 @@ def create_app(settings: Settings) -> Litestar:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+            await ingest_pool.close()
             await engine.dispose()
 
     app = Litestar(

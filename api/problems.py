@@ -8,6 +8,8 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from psycopg import Error as PsycopgError
+from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from api.errors import KeelError
@@ -111,8 +113,11 @@ def integrity_error(request: Request[Any, Any, Any], exc: IntegrityError) -> Res
     return problem(request, 422, f"violates a data rule ({diag})")
 
 
-def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[dict[str, Any]]:
-    code = getattr(exc.orig, "sqlstate", None) or ""
+def database_error(
+    request: Request[Any, Any, Any], exc: DBAPIError | PsycopgError
+) -> Response[dict[str, Any]]:
+    """Through SQLAlchemy (``exc.orig``) or straight from psycopg (the ingest path's own connections)."""
+    code = getattr(getattr(exc, "orig", exc), "sqlstate", None) or ""
     if code.startswith("22"):  # data exception: a value Postgres cannot store
         return problem(request, 422, "a value is out of range or malformed for storage")
     if code == "40001" or code == "40P01":
@@ -120,6 +125,13 @@ def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response
             request, 409, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}
         )
     log.exception("database error", extra={"fields": {"path": request.url.path}})
+    return problem(request, 503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+def pool_timeout(request: Request[Any, Any, Any], exc: PoolTimeout) -> Response[dict[str, Any]]:
+    log.warning(
+        "no database connection within the pool timeout", extra={"fields": {"path": request.url.path}}
+    )
     return problem(request, 503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"})
 
 
@@ -134,6 +146,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: http_error,
     IntegrityError: integrity_error,
     DBAPIError: database_error,
+    PsycopgError: database_error,
+    PoolTimeout: pool_timeout,
     Exception: internal_error,
 }
 

@@ -176,9 +176,7 @@ def postmaster(database_url: str) -> psutil.Process:
     from api.db.engine import libpq_url
 
     with psycopg.connect(libpq_url(database_url)) as conn:
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert backend is not None
-    return psutil.Process(psutil.Process(backend[0]).ppid())
+        return psutil.Process(psutil.Process(conn.info.backend_pid).ppid())
 
 
 def run(coro: Callable[[], Awaitable[T]]) -> T:

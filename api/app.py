@@ -23,7 +23,7 @@ from api.billing.controllers import AdminBillingController, BillingController
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
-from api.events.store import PartitionKeeper, keep_event_partitions, make_ingest_pool
+from api.events.store import EventWriter, PartitionKeeper, keep_event_partitions, make_ingest_pool
 from api.flags.controllers import FlagAdminController, FlagEvaluationController
 from api.flags.store import FlagStore
 from api.members.controllers import MemberController
@@ -82,11 +82,13 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
-        # Events skip SQLAlchemy: one autocommit statement per request on a connection of their own.
+        # Events skip SQLAlchemy: autocommit statements on connections of their own, which small
+        # requests share (api/events/store.py).
         ingest_pool = make_ingest_pool(libpq_url(settings.database_url or ""))
         await ingest_pool.open()
-        app.state.ingest_pool = ingest_pool
         app.state.partitions = PartitionKeeper()
+        app.state.event_writer = EventWriter(ingest_pool, app.state.partitions)
+        app.state.event_writer.start()
         upkeep = asyncio.create_task(keep_event_partitions(ingest_pool, app.state.partitions))
         # The flags' in-process copy: loaded before the first request, refreshed until shutdown.
         flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)
@@ -99,6 +101,7 @@ def create_app(settings: Settings) -> Litestar:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+            await app.state.event_writer.stop()
             await ingest_pool.close()
             await engine.dispose()
 

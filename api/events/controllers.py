@@ -57,10 +57,13 @@ class EventController(Controller):
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
         if not body.strip():
             raise BadRequest("the request body is empty; send one event as JSON")
-        async with state.ingest_pool.connection() as conn:
-            result = await services.ingest(
-                conn, [body], principal=principal, partitions=state.partitions, origin=_origin(request)
-            )
+        result = await services.ingest(
+            state.event_writer,
+            [body],
+            principal=principal,
+            partitions=state.partitions,
+            origin=_origin(request),
+        )
         if result.rejected:
             raise _as_problem(result.rejected[0].error)
         return result
@@ -92,8 +95,7 @@ class EventController(Controller):
             raise PayloadTooLarge(
                 f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(envelope.events)}"
             )
-        async with state.ingest_pool.connection() as conn:
-            return await services.ingest(
-                conn, envelope.events, principal=principal, partitions=state.partitions,
-                origin=_origin(request), batch_sent_at=envelope.sent_at,
-            )  # fmt: skip
+        return await services.ingest(
+            state.event_writer, envelope.events, principal=principal, partitions=state.partitions,
+            origin=_origin(request), batch_sent_at=envelope.sent_at,
+        )  # fmt: skip

@@ -23,15 +23,23 @@ from api.events.schemas import MAX_EVENT_BYTES, EventIn, IngestResult, Rejection
 from api.events.store import (
     PARTITION_DAYS_AHEAD,
     EventRow,
+    EventWriter,
     PartitionKeeper,
-    PgConnection,
+    SessionWriter,
+    Writer,
     keep_event_partitions,
-    session_connection,
-    store,
 )
 from api.schemas import split_validation_message
 
-__all__ = ["PARTITION_DAYS_AHEAD", "Origin", "PartitionKeeper", "ingest", "keep_event_partitions", "prepare"]
+__all__ = [
+    "PARTITION_DAYS_AHEAD",
+    "EventWriter",
+    "Origin",
+    "PartitionKeeper",
+    "ingest",
+    "keep_event_partitions",
+    "prepare",
+]
 
 MAX_FUTURE = timedelta(hours=24)
 
@@ -131,6 +139,7 @@ def prepare(
             anonymous_id=item.anonymous_id,
             timestamp=timestamp.astimezone(UTC),
             sent_at=sent_at,
+            received_at=received_at,
             properties=_json(item.properties, "properties"),
             context=_json(context, "context"),
         )
@@ -139,15 +148,8 @@ def prepare(
         raise
 
 
-async def _live_orgs(conn: PgConnection, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
-    cursor = await conn.execute(
-        "SELECT id, status FROM organizations WHERE id = ANY(%s) AND deleted_at IS NULL", (list(org_ids),)
-    )
-    return {org_id: OrgStatus(status) for org_id, status in await cursor.fetchall()}
-
-
 async def ingest(
-    db: PgConnection | AsyncSession,
+    db: EventWriter | AsyncSession,
     raws: list[bytes] | list[msgspec.Raw],
     *,
     principal: Principal,
@@ -158,9 +160,9 @@ async def ingest(
 ) -> IngestResult:
     """Store the valid events of one batch; count and explain the rest.
 
-    ``db`` is a session (the events join its transaction) or an autocommit psycopg connection (the
-    batch is its own transaction, committed when this returns)."""
-    conn = await session_connection(db) if isinstance(db, AsyncSession) else db
+    ``db`` is a session (the events join its transaction; ``partitions`` is its day cache) or the
+    API's :class:`EventWriter` (the batch is durable when this returns)."""
+    writer: Writer = SessionWriter(db, partitions) if isinstance(db, AsyncSession) else db
     received_at = received_at or datetime.now(UTC)
     rejected: list[Rejection] = []
     rows: list[tuple[int, EventRow]] = []
@@ -174,7 +176,7 @@ async def ingest(
             rejected.append(Rejection(index=index, message_id=exc.message_id, error=exc.error))
 
     if principal.kind is TokenKind.platform_ingest and rows:
-        live = await _live_orgs(conn, {row.organization_id for _, row in rows})
+        live = await writer.live_orgs({row.organization_id for _, row in rows})
         kept = []
         for index, row in rows:
             status = live.get(row.organization_id)
@@ -194,10 +196,7 @@ async def ingest(
         if key not in seen:
             seen.add(key)
             unique.append(row)
-    inserted = 0
-    if unique:
-        await partitions.ensure(conn, received_at.astimezone(UTC).date())
-        inserted = await store(conn, unique, received_at)
+    inserted = await writer.write(unique) if unique else 0
     rejected.sort(key=lambda r: r.index)
     metrics.EVENTS_ACCEPTED.inc(inserted)
     metrics.EVENTS_DUPLICATES.inc(len(rows) - inserted)

@@ -80,7 +80,9 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("keel serve did not start")
             time.sleep(0.1)
-        yield url, psutil.Process(proc.pid)
+        server = psutil.Process(proc.pid)
+        wait_until_idle(server, deadline)
+        yield url, server
     finally:
         proc.terminate()
         try:
@@ -88,6 +90,18 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_until_idle(server: psutil.Process, deadline: float, window: float = 0.5) -> None:
+    """One worker answering /ready does not mean all have started: the others may still be importing,
+    which would be charged to the first figure. Wait until the process tree is nearly idle."""
+    last = CpuMeter.tree_seconds(server)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = CpuMeter.tree_seconds(server)
+        if now - last < 0.1 * window:
+            return
+        last = now
 
 
 class PeakRss:

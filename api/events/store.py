@@ -138,12 +138,22 @@ class PartitionKeeper:
         wanted = {day + timedelta(days=i) for i in range(days)}
         if wanted <= self.known:
             return
-        await conn.execute("SELECT keel_ensure_event_partitions(%s, %s)", (day, days))
+        for attempt in range(3):
+            try:
+                # Its own transaction on an autocommit connection, a savepoint inside a caller's.
+                async with conn.transaction():
+                    await conn.execute("SELECT keel_ensure_event_partitions(%s, %s)", (day, days))
+                break
+            except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                # CREATE TABLE IF NOT EXISTS is not safe against a concurrent creator (another
+                # connection, another process): that one made the partition; look again.
+                if attempt == 2:
+                    raise
         self.known |= wanted
 
     async def ensure_for(self, conn: PgConnection, rows: list[EventRow]) -> None:
-        for day in {row.received_at.astimezone(UTC).date() for row in rows}:
-            await self.ensure(conn, day)
+        for received_at in {row.received_at for row in rows}:
+            await self.ensure(conn, received_at.astimezone(UTC).date())
 
 
 class Writer(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
@@ -94,6 +95,11 @@ def create_app(settings: Settings) -> Litestar:
         flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)
         await flags.start()
         app.state.flags = flags
+        # Everything loaded so far lives as long as the process: keep it out of the collector's
+        # way. Without this, each full collection walked ~100 MB of modules and stalled every
+        # request in flight for ~150 ms (the single-event p99).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

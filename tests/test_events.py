@@ -136,6 +136,9 @@ def test_clock_skew_is_corrected_and_far_future_rejected(
     assert abs((row["received_at"] - row["timestamp"]).total_seconds() - 300) < 2
     response = client.post("/v1/events", json=future, headers=headers)
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "timestamp"
+    overflow = event(timestamp="0001-01-01T00:00:00Z", sent_at="9999-12-31T00:00:00Z")
+    response = client.post("/v1/events", json=overflow, headers=headers)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "timestamp"
 
 
 def test_platform_keys_name_live_orgs(

@@ -131,7 +131,10 @@ def prepare(
         sent_at = item.sent_at or batch_sent_at
         if sent_at is not None:
             # The client's clock is off by (sent_at - received_at); shift its timestamp back.
-            timestamp = timestamp + (received_at - sent_at)
+            try:
+                timestamp = timestamp + (received_at - sent_at)
+            except OverflowError:  # e.g. a timestamp in year 1 sent by a clock in year 9999
+                raise ItemRejected("timestamp: out of range after clock-skew correction") from None
         if timestamp - received_at > MAX_FUTURE:
             raise ItemRejected("timestamp: more than 24 h in the future, even after clock-skew correction")
         context = item.context

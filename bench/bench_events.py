@@ -4,6 +4,10 @@
    against a raw `COPY` of the same events into the same table from Python (target: >= 70%).
 2. Single-event path at a fixed offered load (500 requests/s): achieved rate, p50 and p99.
 3. Peak RSS of the server process through the run (target: < 300 MB).
+
+Beside each rate: CPU milliseconds per 1,000 events (or per request) spent by the server's
+processes, Postgres's and the load generator (or the baseline's client). This machine has 2 cores
+and is shared, so rates move with the neighbours' load; the CPU split says what each part costs.
 """
 
 from __future__ import annotations

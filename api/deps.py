@@ -65,19 +65,20 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     state = request.app.state
     header = _header(scope, b"authorization")
     digest = secrets.digest(auth.bearer_secret(header))
-    principal = cache.principals.get(digest)
-    org_id = request.path_params.get("org_id")
-    guard = org_id is not None and not path.startswith(ADMIN_PREFIX)
-    if principal is None or guard:
+
+    async def lookup() -> Principal:
         async with state.sessionmaker() as session:
-            if principal is None:
-                principal = await auth.authenticate(
-                    session, header, touch_interval=state.settings.token_touch_interval
-                )
-                await session.commit()
-                cache.principals.put(digest, principal)
-            if guard and org_id is not None:
-                await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
+            found = await auth.authenticate(
+                session, header, touch_interval=state.settings.token_touch_interval
+            )
+            await session.commit()
+            return found
+
+    principal = cache.principals.get(digest) or await cache.principals.get_or_load(digest, lookup)
+    org_id = request.path_params.get("org_id")
+    if org_id is not None and not path.startswith(ADMIN_PREFIX):
+        async with state.sessionmaker() as session:
+            await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
     # The scope's state dict itself (``request.state`` would wrap it in a new State object each time).
     scope.setdefault("state", {})[PRINCIPAL] = principal
 

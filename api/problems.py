@@ -9,6 +9,8 @@ import psycopg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from psycopg import Error as PsycopgError
+from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from api.errors import KeelError
@@ -112,18 +114,29 @@ def integrity_error(request: Request[Any, Any, Any], exc: IntegrityError) -> Res
     return problem(request, 422, f"violates a data rule ({diag})")
 
 
-def database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[dict[str, Any]]:
-    code = getattr(exc.orig, "sqlstate", None) or ""
+def database_error(
+    request: Request[Any, Any, Any], exc: DBAPIError | PsycopgError
+) -> Response[dict[str, Any]]:
+    """Through SQLAlchemy (``exc.orig``) or straight from psycopg (the ingest path's own connections)."""
+    error = getattr(exc, "orig", exc)
+    code = getattr(error, "sqlstate", None) or ""
     if code.startswith("22"):  # data exception: a value Postgres cannot store
         return problem(request, 422, "a value is out of range or malformed for storage")
-    if isinstance(exc.orig, psycopg.DataError):  # refused by the driver before sending, e.g. a NUL
-        detail = "text cannot contain NUL (\\u0000) characters" if "NUL" in str(exc.orig) else str(exc.orig)
+    if isinstance(error, psycopg.DataError):  # refused by the driver before sending, e.g. a NUL
+        detail = "text cannot contain NUL (\\u0000) characters" if "NUL" in str(error) else str(error)
         return problem(request, 422, detail)
     if code == "40001" or code == "40P01":
         return problem(
             request, 409, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}
         )
     log.exception("database error", extra={"fields": {"path": request.url.path}})
+    return problem(request, 503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+def pool_timeout(request: Request[Any, Any, Any], exc: PoolTimeout) -> Response[dict[str, Any]]:
+    log.warning(
+        "no database connection within the pool timeout", extra={"fields": {"path": request.url.path}}
+    )
     return problem(request, 503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"})
 
 
@@ -138,6 +151,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: http_error,
     IntegrityError: integrity_error,
     DBAPIError: database_error,
+    PsycopgError: database_error,
+    PoolTimeout: pool_timeout,
     Exception: internal_error,
 }
 

@@ -4,17 +4,34 @@
    against a raw `COPY` of the same events into the same table from Python (target: >= 70%).
 2. Single-event path at a fixed offered load (500 requests/s): achieved rate, p50 and p99.
 3. Peak RSS of the server process through the run (target: < 300 MB).
+
+Beside each rate: CPU milliseconds per 1,000 events (or per request) spent by the server's
+processes, Postgres's and the load generator (or the baseline's client). This machine has 2 cores
+and is shared, so rates move with the neighbours' load; the CPU split says what each part costs.
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
 import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import psycopg
-from harness import HttpLoad, PeakRss, percentile, private_postgres, row, run, served_api
+from harness import (
+    CpuMeter,
+    HttpLoad,
+    PeakRss,
+    percentile,
+    postmaster,
+    private_postgres,
+    row,
+    run,
+    served_api,
+)
 
 from api.db.engine import libpq_url
 
@@ -113,16 +130,16 @@ def raw_copy(url: str, org_id: str, events: list[dict], *, with_keys: bool) -> f
     return len(events) / elapsed
 
 
-async def batch_path(api: str, key: str, bodies: list[bytes]) -> float:
+async def batch_path(api: str, key: str, bodies: list[bytes], clients: int) -> float:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    async with HttpLoad(api, CLIENTS) as load:
+    async with HttpLoad(api, clients) as load:
         requests = [load.build("POST", "/v1/events/batch", body, headers) for body in bodies]
         rate, statuses = await load.closed_loop(requests)
     assert set(statuses) == {200}, f"statuses {set(statuses)}"
     return rate * BATCH
 
 
-async def single_path(api: str, key: str) -> tuple[float, float, float, int]:
+async def single_path(api: str, key: str, seconds: int) -> tuple[float, float, float, int]:
     """Open-loop load at SINGLE_RATE requests/s; latency counts from each request's scheduled time."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     async with HttpLoad(api, 64) as load:
@@ -135,39 +152,66 @@ async def single_path(api: str, key: str) -> tuple[float, float, float, int]:
                 ).encode(),
                 headers,
             )
-            for i in range(SINGLE_RATE * SINGLE_SECONDS)
+            for i in range(SINGLE_RATE * seconds)
         ]
         rate, latencies, statuses = await load.open_loop(requests, SINGLE_RATE)
     return rate, percentile(latencies, 50), percentile(latencies, 99), sum(s != 200 for s in statuses)
 
 
 def main() -> None:
-    print("bench_events: event ingestion")
-    events = make_events(EVENTS)
-    bodies = [json.dumps({"events": events[i : i + BATCH]}).encode() for i in range(0, EVENTS, BATCH)]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=EVENTS, help="events for the batch figures")
+    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent batch clients")
+    parser.add_argument("--workers", type=int, default=SERVER_WORKERS, help="server worker processes")
+    parser.add_argument("--single-seconds", type=int, default=SINGLE_SECONDS, help="0 skips the single path")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batch path (and its baselines)")
+    args = parser.parse_args()
+    print(f"bench_events: event ingestion ({args.workers} server worker(s))")
+    events = make_events(args.events)
+    bodies = [json.dumps({"events": events[i : i + BATCH]}).encode() for i in range(0, len(events), BATCH)]
+    # The load generator holds millions of objects (the events): its full collections stalled it
+    # for up to ~190 ms mid-run, which the open-loop latencies charged to the server.
+    gc.collect()
+    gc.freeze()
     with private_postgres() as url:
         org_id, key = setup_org(url)
-        copy_rate = raw_copy(url, org_id, events, with_keys=False)
-        keyed_rate = raw_copy(url, org_id, events, with_keys=True)
-        row("baseline: raw COPY into events, one transaction", f"{copy_rate:,.0f} rows/s")
-        row("baseline: raw COPY into events + event_keys, per 1,000", f"{keyed_rate:,.0f} rows/s")
-        # Two uvicorn workers: one per core of this machine, as it would be deployed.
-        with served_api(url, workers=SERVER_WORKERS) as (api, process), PeakRss(process) as rss:
-            batch_rate = run(lambda: batch_path(api, key, bodies))
-            row(
-                f"batch path ({BATCH}-event batches, {CLIENTS} clients)",
-                f"{batch_rate:,.0f} events/s",
-                f"{batch_rate / copy_rate:.0%} of raw COPY, "
-                f"{batch_rate / keyed_rate:.0%} of keyed COPY (target >= 70%)",
-            )
-            single_rate, p50, p99, errors = run(lambda: single_path(api, key))
+        postgres, bench = postmaster(url), psutil.Process()
+        cost = "  CPU per 1,000 events:"
+        if not args.no_batch:
+            meter = CpuMeter(trees={"postgres": postgres}, single={"client": bench})
+            meter.reset()
+            copy_rate = raw_copy(url, org_id, events, with_keys=False)
+            row("baseline: raw COPY into events, one transaction", f"{copy_rate:,.0f} rows/s")
+            row(cost, "", meter.per(len(events)))
+            meter.reset()
+            keyed_rate = raw_copy(url, org_id, events, with_keys=True)
+            row("baseline: raw COPY into events + event_keys, per 1,000", f"{keyed_rate:,.0f} rows/s")
+            row(cost, "", meter.per(len(events)))
+        with served_api(url, workers=args.workers) as (api, process), PeakRss(process) as rss:
+            meter = CpuMeter(trees={"server": process, "postgres": postgres}, single={"load": bench})
+            if not args.no_batch:
+                meter.reset()
+                batch_rate = run(lambda: batch_path(api, key, bodies, args.clients))
+                row(
+                    f"batch path ({BATCH}-event batches, {args.clients} clients)",
+                    f"{batch_rate:,.0f} events/s",
+                    f"{batch_rate / copy_rate:.0%} of raw COPY, "
+                    f"{batch_rate / keyed_rate:.0%} of keyed COPY (target >= 70%)",
+                )
+                row(cost, "", meter.per(len(events)))
+            if args.single_seconds:
+                meter.reset()
+                single_rate, p50, p99, errors = run(lambda: single_path(api, key, args.single_seconds))
+                row(
+                    f"single-event path, offered {SINGLE_RATE} req/s",
+                    f"{single_rate:,.0f} req/s",
+                    f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (aim p99 < 50 ms), errors {errors}",
+                )
+                row("  CPU per request:", "", meter.per(SINGLE_RATE * args.single_seconds, scale=1))
         row(
-            f"single-event path, offered {SINGLE_RATE} req/s",
-            f"{single_rate:,.0f} req/s",
-            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (aim p99 < 50 ms), errors {errors}",
-        )
-        row(
-            f"server peak RSS through the run ({SERVER_WORKERS} workers)",
+            f"server peak RSS through the run ({args.workers} worker(s))",
             f"{rss.peak:,.0f} MB",
             "(target < 300 MB)",
         )

@@ -80,7 +80,9 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("keel serve did not start")
             time.sleep(0.1)
-        yield url, psutil.Process(proc.pid)
+        server = psutil.Process(proc.pid)
+        wait_until_idle(server, deadline)
+        yield url, server
     finally:
         proc.terminate()
         try:
@@ -90,24 +92,44 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def wait_until_idle(server: psutil.Process, deadline: float, window: float = 0.5) -> None:
+    """One worker answering /ready does not mean all have started: the others may still be importing,
+    which would be charged to the first figure. Wait until the process tree is nearly idle."""
+    last = CpuMeter.tree_seconds(server)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = CpuMeter.tree_seconds(server)
+        if now - last < 0.1 * window:
+            return
+        last = now
+
+
 class PeakRss:
     """Samples the resident set size of a process and its children (all server workers) in the
-    background; ``peak`` is the largest total seen (MB)."""
+    background; ``peak`` is the largest total seen (MB).
 
-    def __init__(self, process: psutil.Process, every: float = 0.05) -> None:
-        self.process, self.every, self.peak = process, every, 0.0
+    The process tree is re-read every ``rescan`` seconds only: finding children walks all of /proc,
+    which at 20 times a second cost the load generator's side of a 2-core machine more than the
+    sampling itself."""
+
+    def __init__(self, process: psutil.Process, every: float = 0.05, rescan: float = 1.0) -> None:
+        self.process, self.every, self.rescan, self.peak = process, every, rescan, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        tree: list[psutil.Process] = []
+        scanned = 0.0
         while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                tree = [self.process, *self.process.children(recursive=True)]
-                total = 0
-                for proc in tree:
-                    with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
-                self.peak = max(self.peak, total / 1024 / 1024)
+            if time.monotonic() - scanned > self.rescan:
+                with contextlib.suppress(psutil.Error):
+                    tree = [self.process, *self.process.children(recursive=True)]
+                scanned = time.monotonic()
+            total = 0
+            for proc in tree:
+                with contextlib.suppress(psutil.Error):
+                    total += proc.memory_info().rss
+            self.peak = max(self.peak, total / 1024 / 1024)
             time.sleep(self.every)
 
     def __enter__(self) -> PeakRss:
@@ -117,6 +139,58 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent between two readings by process trees (the server's
+    workers; Postgres's backends, exited ones too through the postmaster's waited-children times)
+    and by single processes (the load generator, without the server it started). On a shared
+    2-core machine rates move with the neighbours' load; CPU per event says what each part costs."""
+
+    def __init__(self, trees: dict[str, psutil.Process], single: dict[str, psutil.Process]) -> None:
+        self.trees, self.single = trees, single
+        self.start: dict[str, float] = {}
+
+    @staticmethod
+    def own_seconds(proc: psutil.Process) -> float:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            return times.user + times.system
+        return 0.0
+
+    @classmethod
+    def tree_seconds(cls, root: psutil.Process) -> float:
+        total = cls.own_seconds(root)
+        with contextlib.suppress(psutil.Error):
+            times = root.cpu_times()
+            total += times.children_user + times.children_system
+            for child in root.children(recursive=True):
+                total += cls.own_seconds(child)
+        return total
+
+    def _now(self) -> dict[str, float]:
+        readings = {name: self.tree_seconds(proc) for name, proc in self.trees.items()}
+        readings.update({name: self.own_seconds(proc) for name, proc in self.single.items()})
+        return readings
+
+    def reset(self) -> None:
+        self.start = self._now()
+
+    def per(self, units: float, scale: float = 1000.0) -> str:
+        """Milliseconds of CPU of every part per ``scale`` units (events, requests)."""
+        time.sleep(0.5)  # a closed connection's backend must exit and be reaped to be counted
+        spent = {name: seconds - self.start[name] for name, seconds in self._now().items()}
+        return ", ".join(f"{name} {seconds / units * scale * 1000:.1f} ms" for name, seconds in spent.items())
+
+
+def postmaster(database_url: str) -> psutil.Process:
+    """The Postgres server process behind ``database_url`` (its backends are its children)."""
+    import psycopg
+
+    from api.db.engine import libpq_url
+
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        return psutil.Process(psutil.Process(conn.info.backend_pid).ppid())
 
 
 def run(coro: Callable[[], Awaitable[T]]) -> T:
@@ -221,4 +295,15 @@ def row(label: str, value: str, note: str = "") -> None:
     print(f"  {label:<52} {value:>18}  {note}")
 
 
-__all__ = ["KEEL", "Any", "PeakRss", "percentile", "private_postgres", "row", "run", "served_api"]
+__all__ = [
+    "KEEL",
+    "Any",
+    "CpuMeter",
+    "PeakRss",
+    "percentile",
+    "postmaster",
+    "private_postgres",
+    "row",
+    "run",
+    "served_api",
+]

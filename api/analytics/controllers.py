@@ -17,7 +17,6 @@ from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
 from api.db.models import Organization
 from api.errors import NotFound
-from warehouse import queries, report
 
 
 class AnalyticsController(Controller):
@@ -72,6 +71,7 @@ class AdminAnalyticsController(Controller):
     ) -> Response[Any]:
         auth.require_staff(principal, StaffPermission.read)
         path = state.settings.resolved_warehouse_path
+        queries, report = services.warehouse_queries(), services.warehouse_report()
         if fmt == "html":
             body = await services.in_thread(report.render_html, path)
             media = "text/html; charset=utf-8"

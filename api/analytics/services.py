@@ -6,23 +6,39 @@ import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 
 from api.analytics.schemas import ActivityDay, ActivityOut, HealthOut
 from api.errors import NotFound, ServiceUnavailable, ValidationFailed
-from warehouse import queries
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 MAX_RANGE_DAYS = 366
 T = TypeVar("T")
+
+
+def warehouse_queries() -> ModuleType:
+    """:mod:`warehouse.queries`, imported on the first analytics request: it brings polars and
+    duckdb (~70 MB) that an API process serving only events and orgs never needs."""
+    from warehouse import queries
+
+    return queries
+
+
+def warehouse_report() -> ModuleType:
+    from warehouse import report
+
+    return report
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run a warehouse query off the event loop; a missing warehouse is a 503, said plainly."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
-    except queries.WarehouseMissing:
+    except warehouse_queries().WarehouseMissing:
         raise ServiceUnavailable(
             "analytics are not built yet: the build-warehouse flow has not run", retry_after=None
         ) from None
@@ -31,6 +47,7 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 async def activity(
     warehouse: Path, organization_id: uuid.UUID, start: date | None, end: date | None
 ) -> ActivityOut:
+    queries = warehouse_queries()
     as_of = await in_thread(queries.as_of, warehouse)
     end = end or as_of
     start = start or end - timedelta(days=29)
@@ -49,6 +66,7 @@ async def activity(
 
 
 async def health(warehouse: Path, organization_id: uuid.UUID) -> HealthOut:
+    queries = warehouse_queries()
     as_of = await in_thread(queries.as_of, warehouse)
     frame = await in_thread(queries.org_health, warehouse, str(organization_id))
     if frame.is_empty():

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from api.settings import Settings
+
+if TYPE_CHECKING:  # the SDK (~30 MB) loads on first use, not in every API process
+    import stripe
 
 PAGE_SIZE = 100
 SUBSCRIPTION_EXPAND = ["data.items.data.price.product"]
@@ -29,6 +30,8 @@ def make_client(settings: Settings, *, max_network_retries: int = 2) -> stripe.S
     """The SDK client for ``settings``: ``KEEL_STRIPE_API_BASE`` names a Stripe-compatible server."""
     if not settings.stripe_api_key:
         raise StripeNotConfigured("KEEL_STRIPE_API_KEY is not set: Keel cannot read Stripe")
+    import stripe
+
     bases: Any = {"api": settings.stripe_api_base.rstrip("/")} if settings.stripe_api_base else None
     return stripe.StripeClient(
         settings.stripe_api_key, base_addresses=bases, max_network_retries=max_network_retries
@@ -37,6 +40,8 @@ def make_client(settings: Settings, *, max_network_retries: int = 2) -> stripe.S
 
 def describe_error(exc: stripe.StripeError) -> str:
     """One line a person can act on."""
+    import stripe
+
     if isinstance(exc, stripe.APIConnectionError):
         return f"Stripe is unreachable: {exc.user_message or exc}".strip()
     if isinstance(exc, stripe.AuthenticationError):
@@ -65,6 +70,8 @@ def read_stripe(
     client: stripe.StripeClient, *, progress: Callable[[str, int], None] | None = None
 ) -> StripeSnapshot:
     """Every customer and every subscription (``status=all``, prices and products expanded)."""
+    import stripe
+
     started = time.perf_counter()
     # Whole seconds, as Stripe's own timestamps: what this read shows is Stripe's state at least
     # as of this second (see api.billing.mirror for the ordering rule).

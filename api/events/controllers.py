@@ -5,7 +5,6 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, post
 from litestar.datastructures import State
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.context import Principal
 from api.db.models import TokenKind
@@ -53,15 +52,17 @@ class EventController(Controller):
         "counted, not stored again. `Content-Encoding: gzip` is accepted.",
         opt={"request_body": EventIn},
     )
-    async def one(
-        self, request: Request[Any, Any, Any], db: AsyncSession, principal: Principal, state: State
-    ) -> IngestResult:
+    async def one(self, request: Request[Any, Any, Any], principal: Principal, state: State) -> IngestResult:
         _require_ingest_key(principal)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
         if not body.strip():
             raise BadRequest("the request body is empty; send one event as JSON")
         result = await services.ingest(
-            db, [body], principal=principal, partitions=state.partitions, origin=_origin(request)
+            state.event_writer,
+            [body],
+            principal=principal,
+            partitions=state.partitions,
+            origin=_origin(request),
         )
         if result.rejected:
             raise _as_problem(result.rejected[0].error)
@@ -77,7 +78,7 @@ class EventController(Controller):
         opt={"request_body": EventDoc},
     )
     async def batch(
-        self, request: Request[Any, Any, Any], db: AsyncSession, principal: Principal, state: State
+        self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> IngestResult:
         _require_ingest_key(principal)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
@@ -95,6 +96,6 @@ class EventController(Controller):
                 f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(envelope.events)}"
             )
         return await services.ingest(
-            db, envelope.events, principal=principal, partitions=state.partitions,
+            state.event_writer, envelope.events, principal=principal, partitions=state.partitions,
             origin=_origin(request), batch_sent_at=envelope.sent_at,
         )  # fmt: skip

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import stripe
 from sqlalchemy import insert, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -70,6 +69,8 @@ def verify(body: bytes, signature: str | None, secret: str | None) -> dict[str, 
         raise ServiceUnavailable(
             "Stripe webhooks are not configured here (KEEL_STRIPE_WEBHOOK_SECRET)", retry_after=None
         )
+    import stripe  # loaded on first use: ~30 MB no API process needs until Stripe calls
+
     try:
         stripe.Webhook.construct_event(body, signature, secret, tolerance=TOLERANCE)
     except stripe.SignatureVerificationError as exc:

@@ -1,0 +1,318 @@
+"""Writing events: one statement claims the keys (the dedupe) and inserts the new rows.
+
+The rows travel as one JSONB array parameter: msgspec encodes it in C, Postgres parses it once
+(properties and context arrive as JSONB values, parsed with the rest). Earlier designs cost the
+API process more than Postgres: a ``RETURNING`` of every claimed key (UUIDs built and hashed in
+Python), then a binary ``COPY`` row by row.
+
+Two ways in:
+
+- :class:`SessionWriter`: the statement joins a session's transaction (the demo seed, flag
+  exposures recorded beside other writes).
+- :class:`EventWriter`: the API's own autocommit connections, where the statement is its own
+  transaction and returns only after the commit. A large batch gets a statement of its own. Small
+  requests (single events, mostly) arriving while a statement is in flight wait for the next one
+  and share it, each still answered only after that statement's commit: one round trip, one
+  commit and one WAL flush for many requests, instead of one each, which is what a 2-core machine
+  could not afford at hundreds of single events a second. A shared statement that fails is
+  retried request by request, so one request's bad row never fails another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.db.fence import EXPORT_FENCE_LOCK
+from api.db.models import OrgStatus
+
+log = logging.getLogger("keel.events")
+PARTITION_DAYS_AHEAD = 7
+#: Requests with at most this many new rows share statements; larger ones get their own.
+SHARED_MAX_ROWS = 32
+#: Rows in one shared statement at most (events are at most 32 KB each).
+GROUP_MAX_ROWS = 512
+#: Statements of shared requests in flight at once (each on its own connection).
+SHARED_WRITERS = 2
+
+PgConnection = psycopg.AsyncConnection[Any]
+EventKey = tuple[uuid.UUID, str]
+
+
+class EventRow(msgspec.Struct, array_like=True, gc=False):
+    """One valid event, in column order; properties and context are JSON already (checked)."""
+
+    organization_id: uuid.UUID
+    message_id: str
+    event: str
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: datetime
+    sent_at: datetime | None
+    received_at: datetime
+    properties: msgspec.Raw
+    context: msgspec.Raw
+
+
+_encode_rows = msgspec.json.Encoder().encode
+
+# The fence is taken before any number is drawn: every row reaching the events insert comes
+# through ``fresh``, which reads ``fence`` first (see api/db/fence.py).
+_CLAIM = """
+WITH fence AS (SELECT pg_advisory_xact_lock_shared(%(fence)s) AS held),
+incoming AS (
+    SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
+           e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
+           (e->>7)::timestamptz AS received_at, e->8 AS properties, e->9 AS context, n
+    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS t(e, n)
+),
+fresh AS (
+    INSERT INTO event_keys (organization_id, message_id, received_at)
+    SELECT i.organization_id, i.message_id, i.received_at FROM incoming i, fence
+    ON CONFLICT DO NOTHING
+    RETURNING organization_id, message_id
+)"""
+_INSERT = """
+INSERT INTO events (organization_id, message_id, event, user_id, anonymous_id, timestamp, sent_at,
+                    received_at, properties, context)
+SELECT i.organization_id, i.message_id, i.event, i.user_id, i.anonymous_id, i.ts, i.sent_at,
+       i.received_at, i.properties, i.context
+FROM incoming i JOIN fresh f ON f.organization_id = i.organization_id AND f.message_id = i.message_id
+ORDER BY i.n"""
+#: Only the count comes back (a batch's own statement).
+INSERT_EVENTS = _CLAIM + _INSERT
+#: The ordinals (from 1) of the rows stored (a shared statement answers each request apart).
+INSERT_EVENTS_RETURNING = (
+    _CLAIM
+    + ",\nstored AS ("
+    + _INSERT
+    + "\n)\nSELECT i.n FROM incoming i JOIN fresh f"
+    + " ON f.organization_id = i.organization_id AND f.message_id = i.message_id"
+)
+
+
+def _params(rows: list[EventRow]) -> dict[str, Any]:
+    return {"fence": EXPORT_FENCE_LOCK, "rows": _encode_rows(rows).decode()}
+
+
+async def store(conn: PgConnection, rows: list[EventRow]) -> int:
+    """Store the rows whose (organization, message_id) is new; returns how many were stored.
+
+    ``rows`` must not repeat a key (the caller keeps the first of each)."""
+    async with conn.cursor() as cur:
+        await cur.execute(INSERT_EVENTS, _params(rows))
+        return cur.rowcount
+
+
+async def store_returning(conn: PgConnection, rows: list[EventRow]) -> set[int]:
+    """Like :func:`store`; returns the positions (from 0) of the rows stored."""
+    async with conn.cursor() as cur:
+        await cur.execute(INSERT_EVENTS_RETURNING, _params(rows))
+        return {n - 1 for (n,) in await cur.fetchall()}
+
+
+async def live_orgs(conn: PgConnection, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
+    cursor = await conn.execute(
+        "SELECT id, status FROM organizations WHERE id = ANY(%s) AND deleted_at IS NULL", (list(org_ids),)
+    )
+    return {org_id: OrgStatus(status) for org_id, status in await cursor.fetchall()}
+
+
+class PartitionKeeper:
+    """Knows which day partitions exist, so the ingest path asks Postgres only for a new day."""
+
+    def __init__(self) -> None:
+        self.known: set[date] = set()
+
+    async def ensure(self, conn: PgConnection, day: date, days: int = 1) -> None:
+        wanted = {day + timedelta(days=i) for i in range(days)}
+        if wanted <= self.known:
+            return
+        for attempt in range(3):
+            try:
+                # Its own transaction on an autocommit connection, a savepoint inside a caller's.
+                async with conn.transaction():
+                    await conn.execute("SELECT keel_ensure_event_partitions(%s, %s)", (day, days))
+                break
+            except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                # CREATE TABLE IF NOT EXISTS is not safe against a concurrent creator (another
+                # connection, another process): that one made the partition; look again.
+                if attempt == 2:
+                    raise
+        self.known |= wanted
+
+    async def ensure_for(self, conn: PgConnection, rows: list[EventRow]) -> None:
+        for received_at in {row.received_at for row in rows}:
+            await self.ensure(conn, received_at.astimezone(UTC).date())
+
+
+class Writer(Protocol):
+    """Where :func:`api.events.services.ingest` stores rows."""
+
+    async def write(self, rows: list[EventRow]) -> int:
+        """Store ``rows`` (no key twice) durably; returns how many were new."""
+        ...
+
+    async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]: ...
+
+
+async def session_connection(session: AsyncSession) -> PgConnection:
+    """The psycopg connection under a session, inside the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    pg: PgConnection = raw.driver_connection  # type: ignore[assignment]
+    return pg
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWriter:
+    """Rows join the session's transaction; they are durable when the caller commits."""
+
+    session: AsyncSession
+    partitions: PartitionKeeper
+
+    async def write(self, rows: list[EventRow]) -> int:
+        conn = await session_connection(self.session)
+        await self.partitions.ensure_for(conn, rows)
+        return await store(conn, rows)
+
+    async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
+        return await live_orgs(await session_connection(self.session), org_ids)
+
+
+def make_ingest_pool(conninfo: str, *, max_size: int = 10) -> AsyncConnectionPool[PgConnection]:
+    """Autocommit connections for the ingest path: one statement is one transaction, one round trip.
+
+    Not opened; the app's lifespan opens and closes it."""
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=SHARED_WRITERS,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        open=False,
+        name="keel-ingest",
+    )
+
+
+@dataclass(slots=True)
+class _Pending:
+    rows: list[EventRow]
+    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class EventWriter:
+    """The API's writer: autocommit statements, small requests sharing them (module docstring)."""
+
+    def __init__(self, pool: AsyncConnectionPool[PgConnection], partitions: PartitionKeeper) -> None:
+        self.pool, self.partitions = pool, partitions
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"keel-events-{i}") for i in range(SHARED_WRITERS)
+        ]
+
+    async def stop(self) -> None:
+        """After the server stopped taking requests: finish what is queued, then end the writers."""
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def write(self, rows: list[EventRow]) -> int:
+        if len(rows) > SHARED_MAX_ROWS:
+            async with self.pool.connection() as conn:
+                await self.partitions.ensure_for(conn, rows)
+                return await store(conn, rows)
+        pending = _Pending(rows)
+        self._queue.put_nowait(pending)
+        return await pending.done
+
+    async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
+        async with self.pool.connection() as conn:
+            return await live_orgs(conn, org_ids)
+
+    def _take_group(self, first: _Pending) -> list[_Pending]:
+        group, size = [first], len(first.rows)
+        while size < GROUP_MAX_ROWS and not self._queue.empty():
+            pending = self._queue.get_nowait()
+            group.append(pending)
+            size += len(pending.rows)
+        return group
+
+    async def _run(self) -> None:
+        while True:
+            group = self._take_group(await self._queue.get())
+            try:
+                await self._write_group(group)
+            except Exception as exc:  # one request alone: its own error; several: each again alone
+                if len(group) == 1:
+                    _settle(group[0], exc)
+                else:
+                    log.warning("a shared event statement failed; retrying its requests one by one")
+                    for pending in group:
+                        try:
+                            await self._write_group([pending])
+                        except Exception as alone:
+                            _settle(pending, alone)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+    async def _write_group(self, group: list[_Pending]) -> None:
+        # Two requests may carry the same key: the first one queued stores it, the other counts a
+        # duplicate, exactly as if their statements had run one after the other.
+        rows: list[EventRow] = []
+        owners: list[int] = []
+        seen: set[EventKey] = set()
+        for number, pending in enumerate(group):
+            for row in pending.rows:
+                key = (row.organization_id, row.message_id)
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row)
+                    owners.append(number)
+        stored = [0] * len(group)
+        if rows:
+            async with self.pool.connection() as conn:
+                await self.partitions.ensure_for(conn, rows)
+                for position in await store_returning(conn, rows):
+                    stored[owners[position]] += 1
+        for pending, count in zip(group, stored, strict=True):
+            _settle(pending, count)
+
+
+def _settle(pending: _Pending, outcome: int | BaseException) -> None:
+    if pending.done.done():  # the request went away (client gone); its rows are stored regardless
+        return
+    if isinstance(outcome, BaseException):
+        pending.done.set_exception(outcome)
+    else:
+        pending.done.set_result(outcome)
+
+
+async def keep_event_partitions(
+    pool: AsyncConnectionPool[PgConnection], keeper: PartitionKeeper, every: float = 3600
+) -> None:
+    """Background upkeep: partitions for today and the week ahead exist before they are needed."""
+    while True:
+        try:
+            async with pool.connection() as conn:
+                keeper.known.clear()
+                await keeper.ensure(conn, datetime.now(UTC).date(), PARTITION_DAYS_AHEAD)
+        except Exception:
+            log.warning("could not create event partitions ahead", exc_info=True)
+        await asyncio.sleep(every)

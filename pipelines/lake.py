@@ -110,7 +110,10 @@ class Lake:
     def write_json(self, path: str, value: Any) -> None:
         directory = posixpath.dirname(path)
         self.fs.create_dir(directory, recursive=True)
-        temporary = posixpath.join(directory, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.json")
+        # Named after its target, so a later run can tell whose leftover it is (see remove_orphans).
+        temporary = posixpath.join(
+            directory, f"{TEMPORARY_PREFIX}{posixpath.basename(path)}.{uuid.uuid4().hex}"
+        )
         with self.fs.open_output_stream(temporary) as sink:
             sink.write(json.dumps(value, indent=2, sort_keys=True).encode())
         self.fs.move(temporary, path)

@@ -226,12 +226,17 @@ def test_a_half_written_temporary_file_is_never_read_and_the_next_run_removes_it
     partition = Path(lake.list_files("events")[0]).parent
     leftover = partition / ".tmp-killed.parquet"
     leftover.write_bytes(b"PAR1" + b"\0" * 100)
+    # ...or killed while moving the watermark; another table's state write is not this run's.
+    state_leftover = pipeline_env["lake"] / "_state" / ".tmp-events.json.0123abcd"
+    state_leftover.write_text('{"watermark": 1')
+    other_table = pipeline_env["lake"] / "_state" / ".tmp-audit_log.json.0123abcd"
+    other_table.write_text("{}")
 
     assert str(leftover) not in lake.list_files("events")
     export_tasks.lake_keys(lake, export_tasks.EVENTS)  # reads every finished file, not the leftover
     build_warehouse(str(pipeline_env["lake"]), pipeline_env["warehouse"])
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS)
-    assert not leftover.exists()
+    assert not leftover.exists() and not state_leftover.exists() and other_table.exists()
     keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
     assert keys.height == keys.unique().height
     assert set(keys.iter_rows()) == pg_keys(database_url)

@@ -310,7 +310,10 @@ def summarize_new_ranges(conn: psycopg.Connection, table: AppendOnlyTable) -> in
 def remove_orphans(lake: Lake, table: str, watermark: int) -> list[str]:
     """Files written past the watermark by a run that crashed before moving it, and temporary files
     a killed writer left half-written (readers already skip them; this reclaims the space)."""
-    removed = lake.list_temporary(table)
+    state = posixpath.basename(_state_path(lake, table))
+    removed = lake.list_temporary(table) + [
+        p for p in lake.list_temporary(STATE_DIR) if posixpath.basename(p).startswith(f".tmp-{state}.")
+    ]
     for path in removed:
         lake.delete(path)
     for path in lake.list_files(table):

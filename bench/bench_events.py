@@ -2,6 +2,8 @@
 
 1. Batch path: 1,000-event batches from several concurrent clients, acknowledged after commit,
    against a raw `COPY` of the same events into the same table from Python (target: >= 70%).
+   The two take turns for `--rounds` rounds, each phase on an empty table after a checkpoint;
+   the median round is the figure, and every round is printed.
 2. Single-event path at a fixed offered load (500 requests/s): achieved rate, p50 and p99.
 3. Peak RSS of the server process through the run (target: < 300 MB).
 

@@ -85,6 +85,13 @@ def expected_figures(rows: list[tuple[date, str, str]], today: date) -> dict[dat
     return out
 
 
+def assert_lake_holds_postgres_events_once(lake: Lake, database_url: str) -> None:
+    """Every event key Postgres holds is in the lake, and none twice."""
+    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
+    assert keys.height == keys.unique().height
+    assert set(keys.iter_rows()) == pg_keys(database_url)
+
+
 def test_marts_match_ground_truth_exactly(
     client: httpx.Client, engine: Engine, prefect_harness: None, pipeline_env: dict[str, Path]
 ) -> None:
@@ -159,9 +166,7 @@ def test_export_twice_changes_nothing(
     first = export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=500)
     second = export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=500)
     assert first.rows > 0 and second.rows == 0
-    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
-    assert keys.height == keys.unique().height
-    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert_lake_holds_postgres_events_once(lake, database_url)
 
 
 def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
@@ -180,9 +185,7 @@ def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
     assert rows.num_rows > 0
     export_tasks.write_partitioned(lake, events, rows, watermark, watermark + 700)
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=1000)
-    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
-    assert keys.height == keys.unique().height
-    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert_lake_holds_postgres_events_once(lake, database_url)
 
 
 def test_killing_the_export_process_mid_run_then_rerunning(
@@ -205,9 +208,7 @@ def test_killing_the_export_process_mid_run_then_rerunning(
     assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed"
     lake = Lake.open(str(lake_dir))
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=5000)
-    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
-    assert keys.height == keys.unique().height
-    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert_lake_holds_postgres_events_once(lake, database_url)
     assert not list(lake_dir.glob("**/.tmp-*")), "a temporary file was left visible"
 
 
@@ -237,9 +238,7 @@ def test_a_half_written_temporary_file_is_never_read_and_the_next_run_removes_it
     build_warehouse(str(pipeline_env["lake"]), pipeline_env["warehouse"])
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS)
     assert not leftover.exists() and not state_leftover.exists() and other_table.exists()
-    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
-    assert keys.height == keys.unique().height
-    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert_lake_holds_postgres_events_once(lake, database_url)
 
 
 def test_a_long_backlog_is_read_through_a_summarized_brin_index(
@@ -284,9 +283,7 @@ def test_a_long_backlog_is_read_through_a_summarized_brin_index(
         finally:
             for name in tables:
                 conn.execute(f"ALTER TABLE {name} RESET (autovacuum_enabled)")
-    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
-    assert keys.height == keys.unique().height
-    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert_lake_holds_postgres_events_once(lake, database_url)
 
 
 def test_an_exporter_that_may_only_read_still_exports_everything(
@@ -302,9 +299,7 @@ def test_an_exporter_that_may_only_read_still_exports_everything(
     assert reader_url != database_url
     lake = Lake.open(str(pipeline_env["lake"]))
     export_tasks.export_table(reader_url, lake, export_tasks.EVENTS, chunk_rows=200)
-    keys = export_tasks.lake_keys(lake, export_tasks.EVENTS)
-    assert keys.height == keys.unique().height
-    assert set(keys.iter_rows()) == pg_keys(database_url)
+    assert_lake_holds_postgres_events_once(lake, database_url)
 
 
 def test_rows_split_by_day_keep_every_row_in_sequence_order() -> None:

@@ -35,6 +35,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import wait_for_answer  # noqa: E402
+
 from api.audit.chain import GENESIS, entry_hash  # noqa: E402
 from api.db.base import new_id  # noqa: E402
 from api.db.embedded import start_embedded_postgres  # noqa: E402
@@ -78,16 +80,7 @@ def api_server(database_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]
         [sys.executable, "-c", SERVER, str(sock.fileno()), database_url], pass_fds=[sock.fileno()], cwd=ROOT
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.1)
+        wait_for_answer(f"{url}/health", proc, "the API")
         yield url, proc
     finally:
         proc.terminate()

@@ -70,16 +70,7 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("keel serve did not start")
-            time.sleep(0.1)
+        deadline = wait_for_answer(f"{url}/ready", proc, "keel serve")
         server = psutil.Process(proc.pid)
         wait_until_idle(server, deadline)
         yield url, server
@@ -90,6 +81,21 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for_answer(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> float:
+    """Poll ``url`` until it answers 200; raise if ``proc`` exits or ``timeout`` passes first.
+    Returns the deadline, for whatever else the caller waits for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return deadline
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.1)
 
 
 def wait_until_idle(server: psutil.Process, deadline: float, window: float = 0.5) -> None:

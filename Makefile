@@ -10,7 +10,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint fmt bench lock clean
+.PHONY: help install run test lint fmt bench lock clean test-tools
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -40,7 +40,22 @@ fmt: install ## Format and autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint ## Lint, type-check and run the whole test suite (starts its own Postgres)
+# What the tests need beyond the venv: Debian's Chromium (the report and the docs pages are checked in
+# a real browser, driven by Playwright through executable_path; browser downloads are not possible).
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+test-tools: ## Install what the tests need beyond Python (Debian's chromium; as root, else says how)
+	@if [ -z "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests need Debian's chromium: run  sudo apt-get install -y chromium  and then make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: lint test-tools ## Lint, type-check and run the whole test suite (starts its own Postgres)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: install ## Run the benchmark programs under bench/, each beside its same-run baseline

@@ -204,7 +204,7 @@ def test_the_report_renders_in_a_browser_with_its_charts(built_warehouse: Path, 
     from warehouse.report import write_report
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed (.ci/run installs it)"
+    assert chromium, "Debian's chromium is needed (make test installs it)"
     page = write_report(built_warehouse, tmp_path / "org-health.html", "html")
     assert "http://" not in page.read_text() and "https://" not in page.read_text(), (
         "the page must need no network"

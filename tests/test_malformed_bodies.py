@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
+from pathlib import Path
 
 import httpx
 import pytest
@@ -150,6 +151,12 @@ def test_routes_are_enumerated(app: Litestar) -> None:
     found = {(r.method, r.template) for r in json_routes(app)}
     assert {("POST", "/v1/orgs"), ("POST", "/v1/events/batch"), ("POST", "/v1/webhooks/stripe")} <= found
     assert {r.template for r in json_routes(app) if r.text_plain} == {"/v1/events", "/v1/events/batch"}
+
+
+def test_the_nesting_limit_is_documented() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    assert f"nest at most **{MAX_JSON_DEPTH} levels**" in guide
+    assert f"nests deeper than {MAX_JSON_DEPTH} levels" in guide
 
 
 def check_route(send: Sender) -> None:

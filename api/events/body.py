@@ -79,7 +79,7 @@ def decode_batch(body: bytes) -> BatchIn:
     one nested past its recursion limit (some 900 levels, in 2 KB) fails the whole decode. Then, and
     when the envelope itself is not UTF-8, the events are cut out of the body by :func:`_event_spans`.
     """
-    if not body.strip():
+    if not body or body.isspace():
         raise BadRequest(f"{BODY} is empty; send a JSON object with an `events` array")
     try:
         return _decode(body)

@@ -1,9 +1,9 @@
 """What a JSON request body must be, checked in one place for every route.
 
 Routes with a ``data`` argument get their body through :class:`KeelRequest` (the app's request
-class); the bulk routes that read raw bytes (events, the Stripe receiver) go through
-:func:`api.events.body.read_limited_body`. Both apply the same media-type policy and decode with
-:func:`decode_json`, so a malformed body is a precise 400 (or 415), never a 500:
+class), which decodes it with :func:`decode_json`; the routes that read raw bytes (events, the
+Stripe receiver) go through :func:`api.events.body.read_limited_body` and :func:`check_json`
+before their own decoders. Either way a malformed body is a precise 400 (or 415), never a 500:
 
 - only JSON media types (``application/json``, ``application/*+json``); the ingest routes also take
   ``text/plain``, which browsers' ``navigator.sendBeacon`` sends to avoid a CORS preflight. A body
@@ -72,7 +72,7 @@ def check_identity_encoding(request: Request[Any, Any, Any]) -> None:
     if encoding != "identity":
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not accepted here; send the body uncompressed "
-            "(only the event routes take gzip)",
+            "(gzip is for the event routes)",
             headers={"Accept-Encoding": "identity"},
         )
 

@@ -21,6 +21,7 @@ from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
 from api.billing.controllers import AdminBillingController, BillingController
+from api.bodies import KeelRequest
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_id_middleware, PROMETHEUS.middleware],
         request_max_body_size=DEFAULT_MAX_BODY,
+        request_class=KeelRequest,
         logging_config=None,
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(

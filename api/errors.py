@@ -53,6 +53,14 @@ class PayloadTooLarge(KeelError):
     type_slug = "payload-too-large"
 
 
+class UnsupportedMediaType(KeelError):
+    """A body in a media type or content encoding the route does not read."""
+
+    status_code = 415
+    title = "Unsupported media type"
+    type_slug = "unsupported-media-type"
+
+
 class ValidationFailed(KeelError):
     status_code = 422
     title = "Validation failed"

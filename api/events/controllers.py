@@ -2,20 +2,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, post
 from litestar.datastructures import State
 
 from api.auth.context import Principal
+from api.bodies import MAX_JSON_DEPTH, TEXT_PLAIN_JSON, check_json
 from api.db.models import TokenKind
 from api.deps import provide_context
 from api.errors import BadRequest, Forbidden, KeelError, PayloadTooLarge, ValidationFailed
 from api.events import services
-from api.events.body import read_limited_body
-from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, BatchIn, EventDoc, EventIn, IngestResult
-from api.schemas import split_validation_message
+from api.events.body import decode_batch, read_limited_body
+from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, EventDoc, EventIn, IngestResult
 
-_decode_batch = msgspec.json.Decoder(BatchIn)
 INGEST_KEYS = {TokenKind.org_ingest, TokenKind.platform_ingest}
 
 
@@ -49,14 +47,16 @@ class EventController(Controller):
         status_code=200,
         summary="Record one event",
         description="Authenticated by an ingest key. Answers after commit. A duplicate message_id is "
-        "counted, not stored again. `Content-Encoding: gzip` is accepted.",
-        opt={"request_body": EventIn},
+        "counted, not stored again. `Content-Encoding: gzip` is accepted, and `text/plain` bodies "
+        "are read as JSON (what `navigator.sendBeacon` sends).",
+        opt={"request_body": EventIn, TEXT_PLAIN_JSON: True},
     )
     async def one(self, request: Request[Any, Any, Any], principal: Principal, state: State) -> IngestResult:
         _require_ingest_key(principal)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
         if not body.strip():
             raise BadRequest("the request body is empty; send one event as JSON")
+        check_json(body)
         result = await services.ingest(
             state.event_writer,
             [body],
@@ -74,23 +74,16 @@ class EventController(Controller):
         summary="Record a batch of up to 5,000 events",
         description='`{"events": [...], "sent_at": optional}`. Valid items are stored even when '
         "others are rejected; each rejection names its index and reason. Limits: 5,000 events, "
-        "32 KB an event, 5 MB a request (after gzip decompression).",
-        opt={"request_body": EventDoc},
+        f"32 KB an event, 5 MB a request (after gzip decompression), {MAX_JSON_DEPTH} levels of "
+        "nesting in an event. `text/plain` bodies are read as JSON (what `navigator.sendBeacon` sends).",
+        opt={"request_body": EventDoc, TEXT_PLAIN_JSON: True},
     )
     async def batch(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> IngestResult:
         _require_ingest_key(principal)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
-        try:
-            envelope = _decode_batch.decode(body)
-        except msgspec.ValidationError as exc:
-            field, message = split_validation_message(str(exc))
-            raise ValidationFailed(
-                f"{field}: {message}" if field else message, field=field or "body"
-            ) from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+        envelope = decode_batch(body)
         if len(envelope.events) > MAX_BATCH_EVENTS:
             raise PayloadTooLarge(
                 f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(envelope.events)}"

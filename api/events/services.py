@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import metrics
 from api.auth.context import Principal
+from api.bodies import TOO_DEEP, nests_too_deep, utf8_problem
 from api.db.base import new_id
 from api.db.models import OrgStatus, TokenKind
 from api.events.schemas import MAX_EVENT_BYTES, EventIn, IngestResult, Rejection
@@ -106,13 +107,18 @@ def prepare(
     size = len(raw)
     if size > MAX_EVENT_BYTES:
         raise ItemRejected(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+    data = bytes(raw)
+    if nests_too_deep(data):
+        raise ItemRejected(f"the event {TOO_DEEP}")
     try:
-        item = _decode_event.decode(raw)
+        item = _decode_event.decode(data)
     except msgspec.ValidationError as exc:
         field, message = split_validation_message(str(exc))
         raise ItemRejected(f"{field}: {message}" if field else message) from None
-    except msgspec.DecodeError as exc:
-        raise ItemRejected(f"not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # The envelope's decoder skipped the event's bytes without checking their UTF-8.
+        problem = utf8_problem(data)
+        raise ItemRejected(f"the event {problem}" if problem else f"not valid JSON: {exc}") from None
     message_id = item.message_id or str(new_id())
     try:
         if item.user_id is None and item.anonymous_id is None:

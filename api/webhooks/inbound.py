@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
+from api.bodies import check_json
 from api.db.base import new_id, utcnow
 from api.db.models import InboundEvent, InboundOutcome, InboundRequest, InboundStatus
 from api.errors import BadRequest, NotFound, ServiceUnavailable, ValidationFailed
@@ -69,6 +70,8 @@ def verify(body: bytes, signature: str | None, secret: str | None) -> dict[str, 
         raise ServiceUnavailable(
             "Stripe webhooks are not configured here (KEEL_STRIPE_WEBHOOK_SECRET)", retry_after=None
         )
+    # Before the SDK parses it: it would fail on these too, but with less to say.
+    check_json(body, subject="the Stripe event")
     import stripe  # loaded on first use: ~30 MB no API process needs until Stripe calls
 
     try:

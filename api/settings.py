@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 from dotenv import dotenv_values
 
 DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+#: The shortest metrics token accepted: a guessable one would hand out every route's traffic.
+MIN_SECRET_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -39,6 +41,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
+    #: The bearer token a Prometheus scraper presents to read ``/metrics``; unset: no ``/metrics``.
+    metrics_token: str | None = None
     #: Seconds between ``last_used_at`` writes for one token: a hot key must not write a row per request.
     token_touch_interval: int = 60
     #: Seconds between the flag cache's version checks (the fallback when a NOTIFY is missed).
@@ -83,6 +87,12 @@ def _float(value: str, name: str) -> float:
     if number < 0:
         raise SettingsError(f"{name} must not be negative")
     return number
+
+
+def _secret(value: str | None, name: str) -> str | None:
+    if value is not None and len(value.strip()) < MIN_SECRET_LENGTH:
+        raise SettingsError(f"{name} must be at least {MIN_SECRET_LENGTH} characters (a random token)")
+    return value.strip() if value is not None else None
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
@@ -135,5 +145,6 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         host=get("HOST") or "127.0.0.1",
         port=_int(get("PORT") or "8000", "KEEL_PORT"),
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
+        metrics_token=_secret(get("METRICS_TOKEN"), "KEEL_METRICS_TOKEN"),
         billing_retry_delay=_float(get("BILLING_RETRY_DELAY") or "30", "KEEL_BILLING_RETRY_DELAY"),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from api.audit.actions import KEEL_ACTIONS
 from api.tokens.services import ACTION_NOUN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +41,12 @@ def test_the_doc_lists_every_action_the_code_writes() -> None:
     assert {"org.unsuspended", "token.revoked", "platform_ingest_key.created"} <= code  # the scan works
     assert code - doc == set(), f"add to docs/audit-actions.md: {sorted(code - doc)}"
     assert doc - code == set(), f"no longer written by the code: {sorted(doc - code)}"
+
+
+def test_the_reserved_list_is_the_docs_list() -> None:
+    """``KEEL_ACTIONS`` (what product entries may not use) is exactly the documented table."""
+    doc = actions_in_doc()
+    assert doc - KEEL_ACTIONS == set(), (
+        f"add to KEEL_ACTIONS in api/audit/actions.py: {sorted(doc - KEEL_ACTIONS)}"
+    )
+    assert KEEL_ACTIONS - doc == set(), f"not in docs/audit-actions.md: {sorted(KEEL_ACTIONS - doc)}"

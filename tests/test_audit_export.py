@@ -32,7 +32,7 @@ def fill(client: httpx.Client, org: OrgWorld) -> None:
         {"metadata": {"emoji": "😀 ü", "n": -12, "x": 0.1, "flag": False, "none": None}},
         {"context": {"ip": "::ffff:10.0.0.1", "user_agent": 'quotes " and, commas\nand a newline'}},
         {"occurred_at": "2026-01-15T23:59:59.999999-11:30", "targets": []},
-        {"actor": {"type": "system", "id": "cron"}, "action": "report.generated"},
+        {"actor": {"type": "api_key", "id": "cron"}, "action": "report.generated"},
     ):
         assert (
             client.post("/v1/audit-logs", json=entry(**overrides), headers=auth(org.ingest_key)).status_code

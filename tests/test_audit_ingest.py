@@ -13,6 +13,7 @@ from schemathesis import checks
 from sqlalchemy import Engine, text
 
 from tests.harness import OrgWorld, audit_rows, auth, make_org
+from tests.test_audit_actions_doc import actions_in_doc
 from tests.test_bad_input import assert_problem
 from tests.test_fuzz_openapi import INJECTED_AUTH_CHECKS
 from tests.test_fuzz_openapi import schema as fuzz_schema
@@ -222,6 +223,43 @@ def test_bad_entries_are_precise_422s(
     )
     assert says in body["detail"], body
     assert len(audit_rows(engine, organization_id=org.id)) == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "says"),
+    [
+        ({"actor": {"type": "staff", "id": "s1"}}, "actor.type", "for Keel's own entries"),
+        ({"actor": {"type": "system", "id": "cron"}}, "actor.type", "one of user, api_key, stripe"),
+        ({"action": "org.suspended"}, "action", "reserved for Keel"),
+        ({"action": "staff.org_viewed"}, "action", "reserved for Keel"),
+        ({"action": "staff.data_exported"}, "action", "`staff.*`"),
+        ({"action": "keel.anything"}, "action", "`keel.*`"),
+    ],
+)
+def test_product_entries_cannot_pass_for_keels_own(
+    client: httpx.Client, engine: Engine, org: OrgWorld, overrides: dict[str, Any], field: str, says: str
+) -> None:
+    before = len(audit_rows(engine, organization_id=org.id))
+    body = assert_problem(
+        client.post("/v1/audit-logs", json=entry(**overrides), headers=auth(org.ingest_key)), 422, field
+    )
+    assert says in body["detail"], body
+    assert len(audit_rows(engine, organization_id=org.id)) == before
+
+
+def test_every_action_keel_documents_is_refused_and_the_products_own_pass(
+    client: httpx.Client, org: OrgWorld
+) -> None:
+    accepted = [
+        action
+        for action in sorted(actions_in_doc())
+        if client.post("/v1/audit-logs", json=entry(action=action), headers=auth(org.ingest_key)).status_code
+        != 422
+    ]
+    assert accepted == []
+    for action in ("billing.card_added", "member.exported_contacts", "keelhaul.done", "user.signed_in"):
+        response = client.post("/v1/audit-logs", json=entry(action=action), headers=auth(org.ingest_key))
+        assert response.status_code == 201, (action, response.text)
 
 
 def test_bad_idempotency_keys_and_json(client: httpx.Client, org: OrgWorld) -> None:

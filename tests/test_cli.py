@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from api.db.engine import make_sync_engine
 from tests.harness import auth, unique
+from tests.test_migrations import fullwidth
 
 KEEL = str(Path(sys.executable).with_name("keel"))
 
@@ -51,6 +52,10 @@ def test_users_create_refuses_bad_input_clearly(database_url: str, tmp_path: Pat
     )
     again = keel("users", "create", "--email", email.upper(), database_url=database_url, tmp_path=tmp_path)
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    lookalike = keel(
+        "users", "create", "--email", fullwidth(email), database_url=database_url, tmp_path=tmp_path
+    )
+    assert lookalike.returncode == 1 and f"{email} already exists" in lookalike.stderr
     bad_email = keel("users", "create", "--email", "nope", database_url=database_url, tmp_path=tmp_path)
     assert bad_email.returncode == 1 and "invalid email" in bad_email.stderr
     bad_role = keel("users", "create", "--email", "x@y.example", "--platform-role", "root",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 import warnings
+from collections.abc import Callable
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -63,20 +65,48 @@ def test_audit_log_is_append_only_in_the_database(database_url: str, org) -> Non
         engine.dispose()
 
 
-def test_emails_are_unique_regardless_of_case(database_url: str) -> None:
+def fullwidth(text: str) -> str:
+    """The full-width lookalike of ASCII text (U+FF01-FF5E for ``!``-``~``)."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize("lookalike", [str.upper, fullwidth, lambda e: fullwidth(e.upper())])
+def test_emails_are_unique_regardless_of_case_and_width(
+    database_url: str, lookalike: Callable[[str], str]
+) -> None:
+    """Refused by the database itself, even for a row written past the API's normalization."""
     engine = make_sync_engine(database_url)
+    original = f"Case{uuid.uuid4().hex[:8]}@Unique.test"
+    insert = text("INSERT INTO users (id, email, status) VALUES (gen_random_uuid(), :e, 'active')")
     try:
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO users (id, email, status) VALUES (gen_random_uuid(), 'Case@Unique.test', 'active')"
+            conn.execute(insert, {"e": original})
+        with pytest.raises(DBAPIError, match="uq_users_email_key"), engine.begin() as conn:
+            conn.execute(insert, {"e": lookalike(original)})
+    finally:
+        engine.dispose()
+
+
+def test_the_upgrade_names_addresses_that_now_collide(fresh_database: str) -> None:
+    engine = make_sync_engine(fresh_database)
+    try:
+        upgrade(fresh_database, "0007")
+        with engine.begin() as conn:
+            for email in ("ada@example.test", f"{fullwidth('ada')}@example.test"):
+                conn.execute(
+                    text("INSERT INTO users (id, email, status) VALUES (gen_random_uuid(), :e, 'active')"),
+                    {"e": email},
                 )
-            )
-        with pytest.raises(DBAPIError, match="uq_users_email_lower"), engine.begin() as conn:
+        with pytest.raises(RuntimeError, match="merged or renamed") as refused:
+            upgrade(fresh_database)
+        assert "ada@example.test" in str(refused.value)
+        assert f"{fullwidth('ada')}@example.test" in str(refused.value)
+        with engine.begin() as conn:
             conn.execute(
-                text(
-                    "INSERT INTO users (id, email, status) VALUES (gen_random_uuid(), 'case@unique.TEST', 'active')"
-                )
+                text("DELETE FROM users WHERE email = :e"), {"e": f"{fullwidth('ada')}@example.test"}
             )
+        upgrade(fresh_database)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
     finally:
         engine.dispose()

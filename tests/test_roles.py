@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.harness import ROLES, OrgWorld, make_org, make_user, unique
+from tests.test_migrations import fullwidth
 
 ALL = set(ROLES)
 MANAGERS = {"owner", "admin"}
@@ -175,3 +176,34 @@ def test_invited_member_has_no_access_until_accepting(
     ]
     assert client.post(f"/v1/orgs/{org.id}/members/accept", headers=headers).status_code == 201
     assert client.get(f"/v1/orgs/{org.id}", headers=headers).json()["role"] == "admin"
+
+
+def test_an_invite_to_a_lookalike_address_reaches_the_same_user(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    """Emails are NFKC-normalized before the case-insensitive comparison: the full-width spelling of
+    an existing address is that user, and a new full-width address is stored as the plain one."""
+    user_id, token = make_user(engine)
+    email = client.get("/v1/me", headers={"Authorization": f"Bearer {token}"}).json()["email"]
+    invited = client.post(
+        f"/v1/orgs/{org.id}/members",
+        json={"email": fullwidth(email.upper()).replace(fullwidth("@"), "@"), "role": "member"},
+        headers=org.headers("owner"),
+    )
+    assert invited.status_code == 201, invited.text
+    assert invited.json()["user_id"] == user_id and invited.json()["email"] == email
+    fresh = f"{unique('wide')}@test.example"
+    created = client.post(
+        f"/v1/orgs/{org.id}/members",
+        json={"email": fullwidth(fresh).replace(fullwidth("@"), "@"), "role": "viewer"},
+        headers=org.headers("owner"),
+    )
+    assert created.status_code == 201 and created.json()["email"] == fresh
+    again = client.post(
+        f"/v1/orgs/{org.id}/members",
+        json={"email": fresh.upper(), "role": "viewer"},
+        headers=org.headers("owner"),
+    )
+    assert again.status_code == 409 and again.json()["errors"] == [
+        {"field": "email", "message": "already a member"}
+    ]

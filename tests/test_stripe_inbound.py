@@ -138,6 +138,56 @@ def test_bad_signatures_are_400_recorded_and_not_processed(
     assert detail in rejected["error"] and rejected["body_bytes"] > 0 and rejected["inbound_event_id"] is None
 
 
+@pytest.mark.parametrize("ahead", [305, 86_400, 10**9])
+def test_a_timestamp_too_far_in_the_future_is_400_and_recorded(
+    client: httpx.Client, engine: Engine, ahead: int
+) -> None:
+    mark = watermark()
+    event = stripe_event()
+    response = send(client, event, timestamp=int(time.time()) + ahead)
+    assert response.status_code == 400 and "in the future" in response.json()["detail"], response.text
+    assert stored(engine, event["id"]) == []
+    (rejected,) = rejections(engine, mark)
+    assert "tolerance" in rejected["error"] and rejected["inbound_event_id"] is None
+
+
+def test_a_timestamp_slightly_ahead_is_within_tolerance(client: httpx.Client, engine: Engine) -> None:
+    event = stripe_event()
+    response = send(client, event, timestamp=int(time.time()) + 200)  # a receiver's clock behind
+    assert response.status_code == 200, response.text
+    assert len(stored(engine, event["id"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [("NaN", "NaN is not a JSON number"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"),
+     ("1e400", "1e400 is out of range"), ("-1e400", "out of range")],
+)  # fmt: skip
+def test_signed_bodies_with_numbers_json_cannot_hold_are_400_and_recorded(
+    client: httpx.Client, engine: Engine, value: str, detail: str
+) -> None:
+    mark = watermark()
+    event = stripe_event()
+    body = json.dumps({**event, "data": {"object": {"amount": "AMOUNT"}}}).replace('"AMOUNT"', value)
+    response = send(client, body.encode())
+    assert response.status_code == 400 and response.headers["content-type"].startswith(
+        "application/problem+json"
+    )
+    assert detail in response.json()["detail"], response.text
+    assert stored(engine, event["id"]) == []
+    (rejected,) = rejections(engine, mark)
+    assert detail in rejected["error"] and rejected["body_bytes"] == len(body)
+
+
+def test_an_oversized_body_is_413_and_recorded(client: httpx.Client, engine: Engine) -> None:
+    mark = watermark()
+    event = stripe_event(padding="x" * 600_000)
+    response = send(client, event)
+    assert response.status_code == 413, response.text
+    (rejected,) = rejections(engine, mark)
+    assert "limit" in rejected["error"] and rejected["inbound_event_id"] is None
+
+
 def test_missing_signature_and_non_events(
     client: httpx.Client, engine: Engine, staff_admin: tuple[str, str]
 ) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.audit.actions import RESERVED_ACTION_PREFIXES, RESERVED_ACTOR_TYPES, is_reserved_action
 from api.audit.schemas import (
     MAX_METADATA_INT,
     MAX_METADATA_KEY,
@@ -25,7 +26,7 @@ from api.audit.schemas import (
 from api.audit.services import MAX_JSON_FLOAT
 from api.audit.views import entry_out
 from api.auth.context import Actor, RequestContext
-from api.db.models import AuditIdempotencyKey, AuditSource
+from api.db.models import ActorType, AuditIdempotencyKey, AuditSource
 from api.errors import Conflict, ValidationFailed
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -60,6 +61,26 @@ def _check_occurred_at(value: datetime, now: datetime) -> datetime:
             field="occurred_at",
         )
     return utc
+
+
+PRODUCT_ACTOR_TYPES = ", ".join(t.value for t in ActorType if t not in RESERVED_ACTOR_TYPES)
+
+
+def _check_not_keel(data: AuditLogCreate) -> None:
+    """A product entry cannot pass for one of Keel's own: not its actions, not its actor types."""
+    if data.actor.type in RESERVED_ACTOR_TYPES:
+        raise ValidationFailed(
+            f"actor.type {data.actor.type.value!r} is for Keel's own entries; a product's actor is "
+            f"one of {PRODUCT_ACTOR_TYPES}",
+            field="actor.type",
+        )
+    if is_reserved_action(data.action):
+        namespaces = " and ".join(f"`{p}*`" for p in RESERVED_ACTION_PREFIXES)
+        raise ValidationFailed(
+            f"action {data.action!r} is reserved for Keel: Keel's own actions (docs/audit-actions.md) "
+            f"and {namespaces} cannot be sent by the product",
+            field="action",
+        )
 
 
 def _check_ip(value: str | None) -> str | None:
@@ -118,6 +139,7 @@ async def ingest_entry(
 ) -> Answer:
     """Write one product entry to the org's chain and answer it; or replay the key's first answer."""
     now = datetime.now(UTC)
+    _check_not_keel(data)
     nul = _first_nul(msgspec.to_builtins(data), "")
     if nul:
         raise ValidationFailed("text cannot contain NUL (\\u0000) characters", field=nul.replace(".[", "["))

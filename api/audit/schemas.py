@@ -17,7 +17,8 @@ Action = Annotated[
     str,
     msgspec.Meta(
         pattern=ACTION_PATTERN,
-        description="1-200 lowercase letters, digits, `.`, `_` and `-`.",
+        description="1-200 lowercase letters, digits, `.`, `_` and `-`. Keel's own actions "
+        "(docs/audit-actions.md) and anything under `keel.` or `staff.` are reserved (422).",
         examples=["document.shared"],
     ),
 ]
@@ -35,7 +36,10 @@ MAX_METADATA_INT = 2**63 - 1
 
 
 class ActorIn(Struct):
-    type: ActorType
+    type: Annotated[
+        ActorType,
+        msgspec.Meta(description="`staff` and `system` are for Keel's own entries and are refused (422)."),
+    ]
     id: Identifier
     name: DisplayName | None = None
 

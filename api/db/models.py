@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db.base import Base, IdMixin, TimestampMixin, new_id, utcnow
+from api.emails import email_key
 from api.flags.evaluation import Stickiness
 
 
@@ -115,7 +116,8 @@ def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
 
 class User(IdMixin, TimestampMixin, Base):
     __tablename__ = "users"
-    __table_args__ = (Index("uq_users_email_lower", func.lower(text("email")), unique=True),)
+    #: One user per address, as :func:`api.emails.email_key` compares them (NFKC, then case).
+    __table_args__ = (Index("uq_users_email_key", email_key(text("email")), unique=True),)
 
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
@@ -14,18 +13,12 @@ from api.auth import cache
 from api.auth.context import Actor, OrgAccess, RequestContext
 from api.auth.permissions import Permission, role_allows
 from api.db.models import Membership, MembershipStatus, OrgRole, User, UserStatus
-from api.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from api.emails import email_key, normalize_email
+from api.errors import Conflict, Forbidden, NotFound
 from api.pagination import decode_cursor
 from api.webhooks.messages import publish
 
 LIVE = (MembershipStatus.active, MembershipStatus.invited)
-
-
-def normalize_email(email: str) -> str:
-    try:
-        return validate_email(email, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise ValidationFailed(f"invalid email: {exc}", field="email") from None
 
 
 def snapshot(m: Membership) -> dict[str, Any]:
@@ -46,7 +39,8 @@ async def announce(
 
 
 async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
-    return await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+    """The user whose address is the same as ``email`` (:func:`api.emails.email_key`)."""
+    return await session.scalar(select(User).where(email_key(User.email) == email_key(literal(email))))
 
 
 async def get_or_create_user(session: AsyncSession, *, email: str, name: str | None) -> tuple[User, bool]:

@@ -68,8 +68,11 @@ class StripeWebhookController(Controller):
         status_code=HTTP_200_OK,
         opt={**PUBLIC, "request_body": StripeEventDoc},
         summary="Stripe's webhook endpoint (authenticated by the Stripe-Signature header)",
-        description="Verified with the `stripe` SDK (300 s tolerance). Each event is stored once by its "
-        "id; a replay answers 200 and is counted. A bad or missing signature is 400 and is recorded.",
+        description=f"Verified with the `stripe` SDK ({inbound.TOLERANCE} s tolerance). Each event is stored "
+        "once by its id; a replay answers 200 and is counted. Every refusal is recorded "
+        "(`GET /v1/admin/inbound-requests`): a bad or missing signature, a timestamp more than "
+        f"{inbound.TOLERANCE} s in the past or the future, a body that is not a Stripe event (NaN, 1e400, "
+        f"…) are 400; a body over {inbound.MAX_BODY // 1024} KB is 413.",
     )
     async def stripe_webhook(
         self,
@@ -82,8 +85,9 @@ class StripeWebhookController(Controller):
         ],
     ) -> InboundAck:
         ctx = provide_context(request)
-        body = await read_limited_body(request, inbound.MAX_BODY)
+        body = b""
         try:
+            body = await read_limited_body(request, inbound.MAX_BODY)
             event = inbound.verify(body, stripe_signature, state.settings.stripe_webhook_secret)
         except KeelError as exc:
             await inbound.reject(state.sessionmaker, body=body, ctx=ctx, error=exc.detail)

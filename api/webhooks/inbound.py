@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +66,27 @@ async def reject(
         await _record_request(session, body=body, outcome=InboundOutcome.rejected, ctx=ctx, error=error)
 
 
+def signed_at(signature: str) -> int:
+    """The ``t=`` of a ``Stripe-Signature`` header (the first, as the SDK reads it)."""
+    for item in signature.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            return int(value)
+    raise ValueError("no timestamp")
+
+
+def _not_a_number(name: str) -> float:
+    # json accepts NaN, Infinity and -Infinity; JSON does not, and neither does JSONB.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def verify(body: bytes, signature: str | None, secret: str | None) -> dict[str, Any]:
     """The verified event as a dict; :class:`BadRequest` (or 503 when unconfigured) otherwise."""
     if not secret:
@@ -80,7 +103,17 @@ def verify(body: bytes, signature: str | None, secret: str | None) -> dict[str, 
         raise BadRequest(f"Stripe-Signature: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # the signature is good, the body is not a Stripe event
         raise BadRequest(f"the body is not a Stripe event ({type(exc).__name__})") from None
-    event = json.loads(body)
+    # The SDK refuses only timestamps too far in the past; one from the future is as suspect.
+    ahead = signed_at(signature or "") - time.time()
+    if ahead > TOLERANCE:
+        raise BadRequest(
+            f"Stripe-Signature: Timestamp outside the tolerance zone ({ahead:.0f} s in the future; "
+            f"the tolerance is {TOLERANCE} s either way)"
+        )
+    try:
+        event = json.loads(body, parse_constant=_not_a_number, parse_float=_finite_float)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not a Stripe event ({exc})") from None
     if not isinstance(event, dict):
         raise BadRequest("the body is not a Stripe event (not an object)")
     event_id, event_type = event.get("id"), event.get("type")

@@ -1,4 +1,5 @@
-"""Where a webhook may be sent: public addresses only (unless the setting allows private ones).
+"""Where a webhook may be sent: globally routable addresses only, as ``api.egress`` defines them
+(unless the setting allows private ones).
 
 A URL is checked when an endpoint is created or changed, and its host is resolved and checked
 again on every new connection (:class:`GuardedBackend`), which then connects to the very address
@@ -20,16 +21,16 @@ import httpcore
 import httpx
 from httpcore._utils import is_socket_readable
 
+from api.egress import InvalidHostName, ascii_host_name, literal_address, non_routable_reason
 from api.errors import ValidationFailed
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 LOCAL_SUFFIXES = (".localhost", ".local", ".localdomain", ".internal", ".home.arpa")
 CREATION_DNS_TIMEOUT = 2.0
 
 
 class TargetRefused(Exception):
-    """The target is on a private, loopback, link-local or otherwise non-public address."""
+    """The target is on an address that is not globally routable (``api.egress``), or a local name."""
 
 
 class DnsFailure(Exception):
@@ -45,41 +46,20 @@ class TlsFailure(httpcore.ConnectError):
     """The TLS handshake failed (certificate, protocol)."""
 
 
-def address_allowed(ip: IPAddress) -> bool:
-    """Public unicast addresses only; IPv4 hidden inside IPv6 is judged as the IPv4 it carries."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is not None and not address_allowed(embedded):
-            return False
-    return ip.is_global and not ip.is_multicast
-
-
-def literal_address(host: str) -> IPAddress | None:
-    """The address a host names literally, including legacy IPv4 forms (``2130706433``, ``0x7f.1``)."""
-    bare = host.strip("[]")
-    try:
-        return ipaddress.ip_address(bare.split("%", 1)[0])
-    except ValueError:
-        pass
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(bare))
-    except (OSError, ValueError):
-        return None
-
-
 def check_host(host: str) -> None:
-    """Refuse local names and non-public literal addresses, without resolving anything."""
+    """Refuse local names and literal addresses that are not globally routable, without resolving."""
     name = host.lower().rstrip(".")
     if name in LOCAL_NAMES or name.endswith(LOCAL_SUFFIXES):
         raise TargetRefused(f"{host} is a local name")
     ip = literal_address(name)
-    if ip is not None and not address_allowed(ip):
-        raise TargetRefused(f"{ip} is not a public address")
+    reason = non_routable_reason(ip) if ip is not None else None
+    if reason is not None:
+        raise TargetRefused(reason)
 
 
 async def resolve(host: str, port: int, *, allow_private: bool, within: float | None) -> list[str]:
-    """Every address ``host`` resolves to, each checked; refused if any of them is not public
-    (one private record beside public ones is enough to aim a request inward)."""
+    """Every address ``host`` resolves to, each checked; refused if any of them is not globally
+    routable (one private record beside public ones is enough to aim a request inward)."""
     ip = literal_address(host)
     if ip is not None:
         addresses = [str(ip)]
@@ -96,8 +76,9 @@ async def resolve(host: str, port: int, *, allow_private: bool, within: float | 
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         for address in addresses:
-            if not address_allowed(ipaddress.ip_address(address.split("%", 1)[0])):
-                raise TargetRefused(f"{host} resolves to {address}, which is not a public address")
+            reason = non_routable_reason(ipaddress.ip_address(address.split("%", 1)[0]))
+            if reason is not None:
+                raise TargetRefused(reason if ip is not None else f"{host} resolves to {address}: {reason}")
     return addresses
 
 
@@ -119,10 +100,15 @@ async def validate_url(url: str, *, allow_private: bool) -> str:
     scheme = parts.scheme.lower()
     if scheme != "https" and not (scheme == "http" and allow_private):
         raise refuse("must use https")
-    if not host or not parsed.host:
+    if not host or not parsed.raw_host:
         raise refuse("needs a host")
     if parts.username is not None or parts.password is not None:
         raise refuse("must not carry credentials; authenticate with the signature instead")
+    if literal_address(host) is None:
+        try:
+            host = ascii_host_name(host)
+        except InvalidHostName as exc:
+            raise refuse(f"the host {exc}") from None
     if allow_private:
         return url
     try:
@@ -133,7 +119,7 @@ async def validate_url(url: str, *, allow_private: bool) -> str:
             with contextlib.suppress(DnsFailure):
                 await resolve(host, parts.port or 443, allow_private=False, within=CREATION_DNS_TIMEOUT)
     except TargetRefused as exc:
-        raise refuse(f"must be a public address ({exc})") from None
+        raise refuse(f"must be a globally routable address: {exc}") from None
     return url
 
 

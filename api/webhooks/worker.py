@@ -20,7 +20,9 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import httpx
 import psycopg
 
 from api.db.engine import libpq_url
@@ -143,11 +145,19 @@ class Worker:
     async def _send(self, job: Job) -> Outcome:
         assert self._lanes is not None
         keys = [self._key(s) for s in job.secrets]
+        try:
+            url = self._lanes.url(job.url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            # Only a URL changed behind the API's back gets here (the API validates every URL).
+            return Outcome(
+                job=job, started_at=datetime.now(UTC), duration_ms=0,
+                error_class="invalid_url", error_detail=str(exc)[:500],
+            )  # fmt: skip
         lane = self._lanes.lane(origin(job.url))
         lane.busy += 1
         try:
             return await attempt(
-                lane.transport, self._lanes.url(job.url), job, keys,
+                lane.transport, url, job, keys,
                 within=self.config.request_timeout, timeouts=self._lanes.timeout,
             )  # fmt: skip
         finally:

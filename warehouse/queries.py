@@ -58,14 +58,13 @@ def org_health(path: Path, organization_id: str | None = None) -> pl.DataFrame:
 
 
 def wau_series(path: Path, days: int) -> pl.DataFrame:
-    """WAU per org per day over the ``days`` days ending at the as-of date (for charts): only days
-    whose 7-day window the lake holds whole (``org_active_users.wau_complete``)."""
+    """WAU per org per day over the ``days`` days ending at the as-of date (for charts), with
+    ``wau_complete``: whether the lake holds that day's whole 7-day window."""
     with connect(path) as con:
         return con.sql(
             """
-            SELECT organization_id, day, wau FROM org_active_users
+            SELECT organization_id, day, wau, wau_complete FROM org_active_users
             WHERE day > (SELECT as_of FROM keel_params) - ? AND day <= (SELECT as_of FROM keel_params)
-              AND wau_complete
             ORDER BY organization_id, day
             """,
             params=[days],

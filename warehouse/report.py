@@ -54,36 +54,43 @@ def chart_window(as_of: date) -> tuple[date, date]:
     return as_of - timedelta(days=CHART_DAYS - 1), as_of
 
 
-def _sparkline(points: list[tuple[date, int]], start: date, end: date) -> str:
+def _sparkline(days: list[tuple[date, int, bool]], start: date, end: date) -> str:
     """WAU on a date axis from ``start`` to ``end``: a line begins on its first day in the window
-    (an organization younger than the window starts part-way along, it is not stretched)."""
+    (an organization younger than the window starts part-way along, it is not stretched). Days
+    whose 7-day window the lake holds only part of are not drawn: they would ramp up from nothing."""
     width, height = CHART_WIDTH, CHART_HEIGHT
     span = max((end - start).days, 1)
+    points = [(d, v) for d, v, complete in days if complete]
     top = max([v for _, v in points] + [1])
 
     def xy(day: date, value: int) -> str:
         return f"{(day - start).days / span * width:.1f},{height - 3 - value / top * (height - 8):.1f}"
 
+    window = f"weekly active users from {start.isoformat()} to {end.isoformat()}"
+    drawing, note = "", ""
     if points:
         coords = " ".join(xy(d, v) for d, v in points)
         first_x, last_x = coords.split(" ")[0].split(",")[0], coords.split(" ")[-1].split(",")[0]
-        since = f" (first active {points[0][0].isoformat()})" if points[0][0] > start else ""
-        label = (
-            f"weekly active users from {start.isoformat()} to {end.isoformat()}{since}: "
-            f"{points[0][1]} to {points[-1][1]}"
+        since = f" (from {points[0][0].isoformat()})" if points[0][0] > start else ""
+        label = f"{window}{since}: {points[0][1]} to {points[-1][1]}"
+        last_y = coords.split(" ")[-1].split(",")[1]
+        drawing = (  # the dot marks the latest figure (and is all there is of a one-day line)
+            f'<polygon points="{first_x},{height} {coords} {last_x},{height}" fill="#ddf4ff"/>'
+            f'<polyline points="{coords}" fill="none" stroke="#0969da" stroke-width="2"/>'
+            f'<circle cx="{last_x}" cy="{last_y}" r="2.5" fill="#0969da"/>'
         )
-    else:  # nothing in the window: a flat line at zero, not a missing chart
-        coords, first_x, last_x = f"0,{height - 3} {width},{height - 3}", "0", str(width)
-        label = f"weekly active users from {start.isoformat()} to {end.isoformat()}: no activity"
-    area = f"{first_x},{height} {coords} {last_x},{height}"
+    elif days:  # active, but the lake does not hold a whole week yet
+        label = f"{window}: the lake holds less than a week of this organization's activity"
+        note = f'<div class="chart-note">less than a week in the lake (since {_date(days[0][0])})</div>'
+    else:
+        label = f"{window}: no activity"
+        note = '<div class="chart-note">no activity in the lake</div>'
     return (
         f'<svg class="chart wau" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>'
-        f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#d1d9e0"/>'
-        f'<polygon points="{area}" fill="#ddf4ff"/>'
-        f'<polyline points="{coords}" fill="none" stroke="#0969da" stroke-width="2"/></svg>'
+        f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#d1d9e0"/>{drawing}</svg>'
         f'<div class="axis"><span class="axis-start">{start.isoformat()}</span>'
-        f'<span class="axis-end">{end.isoformat()}</span></div>'
+        f'<span class="axis-end">{end.isoformat()}</span></div>{note}'
     )
 
 
@@ -185,10 +192,17 @@ def render_html(path: Path) -> str:
     start, end = chart_window(as_of)
     series = queries.wau_series(path, CHART_DAYS)
     seats = {r["organization_id"]: r for r in queries.seat_use(path).to_dicts()}
-    wau: dict[str, list[tuple[date, int]]] = {}
+    wau: dict[str, list[tuple[date, int, bool]]] = {}
     for org_id, frame in series.group_by("organization_id"):
         ordered = frame.sort("day")
-        wau[str(org_id[0])] = list(zip(ordered["day"].to_list(), ordered["wau"].to_list(), strict=True))
+        wau[str(org_id[0])] = list(
+            zip(
+                ordered["day"].to_list(),
+                ordered["wau"].to_list(),
+                ordered["wau_complete"].to_list(),
+                strict=True,
+            )
+        )
     counts = {label: sum(1 for r in rows if r["label"] == label) for label in LABEL_COLORS}
     body = []
     for r in rows:
@@ -252,6 +266,7 @@ th .window {{ font-weight: normal; }}
 .seat-text {{ color: #1f2328; font-size: 13px; }}
 .seat-text .expansion {{ color: {expansion}; }}
 svg.chart {{ display: block; margin: 4px 0; }}
+.chart-note {{ color: #59636e; font-size: 11px; }}
 .axis {{ display: flex; justify-content: space-between; width: 170px; color: #59636e; font-size: 11px; }}
 ul.reasons {{ margin: 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; }}
 ul.reasons li {{ color: #1f2328; }}

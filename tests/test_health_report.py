@@ -170,13 +170,25 @@ def plant(report_db: str, tmp_path: Path) -> tuple[dict[str, Planted], Path, dat
 
 CONTRAST_JS = """
 (selector) => {
-  const parse = (c) => { const m = c.match(/[\\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
-  const backdrop = (el) => {  // the colour actually behind el: backgrounds composited up to an opaque one
+  // Every element matching selector that holds text: its text colour (fill, for SVG text) and the
+  // colour really painted behind its middle (what elementsFromPoint finds under it, composited).
+  const parse = (c) => {
+    const m = (c || '').match(/[\\d.]+/g);
+    return m && m.length >= 3 ? [+m[0], +m[1], +m[2], m.length > 3 ? +m[3] : 1] : null;
+  };
+  const isSvg = (n) => n instanceof SVGElement;
+  const paint = (n) => isSvg(n)
+    ? (n instanceof SVGTextElement || n instanceof SVGSVGElement ? null : parse(getComputedStyle(n).fill))
+    : parse(getComputedStyle(n).backgroundColor);
+  const backdrop = (el) => {
+    el.scrollIntoView({ block: 'center', inline: 'center' });
+    const box = el.getBoundingClientRect();
+    const stack = document.elementsFromPoint(box.left + box.width / 2, box.top + box.height / 2)
+      .filter((n) => (n === el ? !isSvg(el) : !el.contains(n)));
     const layers = [];
-    for (let node = el; node; node = node.parentElement) {
-      const bg = parse(getComputedStyle(node).backgroundColor);
-      if (bg[3] > 0) layers.push(bg);
-      if (bg[3] >= 1) break;
+    for (const n of stack) {
+      const p = paint(n);
+      if (p && p[3] > 0) { layers.push(p); if (p[3] >= 1) break; }
     }
     let out = [255, 255, 255];
     for (const [r, g, b, a] of layers.reverse()) out = [r * a + out[0] * (1 - a), g * a + out[1] * (1 - a), b * a + out[2] * (1 - a)];
@@ -184,7 +196,12 @@ CONTRAST_JS = """
   };
   return Array.from(document.querySelectorAll(selector))
     .filter((el) => Array.from(el.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim()))
-    .map((el) => ({ text: el.textContent.trim(), color: parse(getComputedStyle(el).color).slice(0, 3), background: backdrop(el) }));
+    .filter((el) => el.getClientRects().length > 0)  // rendered (an SVG <title> is not)
+    .map((el) => ({
+      text: el.textContent.trim().slice(0, 60),
+      color: parse(isSvg(el) ? getComputedStyle(el).fill : getComputedStyle(el).color).slice(0, 3),
+      background: backdrop(el),
+    }));
 }
 """
 

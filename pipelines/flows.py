@@ -221,9 +221,14 @@ def export_billing() -> dict[str, Any]:
     config = runtime.settings()
     url, lake = runtime.database_url(config), runtime.lake(config)
     export_tasks.write_schemas(lake)
+    runs = export_tasks.export_snapshot(url, lake, export_tasks.SNAPSHOTS["billing_reconciliation_runs"])
     found = export_tasks.export_table(url, lake, export_tasks.BILLING_DISCREPANCIES)
     mirror = export_tasks.export_snapshot(url, lake, export_tasks.SNAPSHOTS["subscriptions"])
-    return {"billing_discrepancies": found.rows, "subscriptions": mirror.rows}
+    return {
+        "billing_discrepancies": found.rows,
+        "subscriptions": mirror.rows,
+        "billing_reconciliation_runs": runs.rows,
+    }
 
 
 @flow(name="reconcile-billing", log_prints=True)

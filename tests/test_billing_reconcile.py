@@ -252,7 +252,11 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
     assert sync_billing()["created"] == 1
     result = reconcile_billing(repair=False)
     assert result["by_kind"] == {"over_seat_limit": 1} and result["usage_source"] == "postgres"
-    assert result["exported"] == {"billing_discrepancies": 1, "subscriptions": 1}
+    assert result["exported"] == {
+        "billing_discrepancies": 1,
+        "subscriptions": 1,
+        "billing_reconciliation_runs": 1,
+    }
     found = pq.read_table(next(lake.glob("billing_discrepancies/date=*/*.parquet"))).to_pylist()
     assert [(r["kind"], r["organization_id"], r["repaired"]) for r in found] == [
         ("over_seat_limit", str(org_id), False)

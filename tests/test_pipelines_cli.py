@@ -218,7 +218,9 @@ def test_the_report_renders_in_a_browser_with_its_charts(built_warehouse: Path, 
         [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
     )
     organizations = queries.org_health(built_warehouse).height
-    assert dom.stdout.count("<polyline") == organizations  # one WAU chart per org, drawn by the browser
+    assert (
+        dom.stdout.count('class="chart wau"') == organizations
+    )  # one WAU chart per org, drawn by the browser
     assert dom.stdout.count('class="chart seats"') == organizations
     shot = subprocess.run(
         [chromium, *flags, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, timeout=120

@@ -24,11 +24,15 @@ from warehouse.storage import LakeStorage, open_lake_storage
 #: Sources that may not exist yet in a lake (written by later parts), with their empty shape.
 OPTIONAL_SOURCES = {
     "subscriptions": "organization_id VARCHAR, status VARCHAR, seats BIGINT, plan VARCHAR, "
-    "unit_amount BIGINT, currency VARCHAR, current_period_end TIMESTAMPTZ, cancel_at_period_end BOOLEAN, "
+    "unit_amount BIGINT, currency VARCHAR, current_period_end TIMESTAMPTZ, trial_end TIMESTAMPTZ, "
+    "cancel_at_period_end BOOLEAN, "
     "synced_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, filename VARCHAR",
     "billing_discrepancies": "id VARCHAR, run_id VARCHAR, detected_at TIMESTAMPTZ, kind VARCHAR, "
     "severity VARCHAR, organization_id VARCHAR, stripe_customer_id VARCHAR, stripe_subscription_id VARCHAR, "
     "expected VARCHAR, actual VARCHAR, detail VARCHAR, repaired BOOLEAN, filename VARCHAR",
+    "billing_reconciliation_runs": "id VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
+    "status VARCHAR, repair BOOLEAN, usage_source VARCHAR, discrepancy_count BIGINT, repaired_count BIGINT, "
+    "filename VARCHAR",
     "webhook_attempts": "seq BIGINT, id VARCHAR, organization_id VARCHAR, endpoint_id VARCHAR, "
     "delivery_id VARCHAR, event_type VARCHAR, attempt_number BIGINT, started_at TIMESTAMPTZ, "
     "duration_ms BIGINT, status_code BIGINT, error_class VARCHAR, error_detail VARCHAR, filename VARCHAR",

@@ -57,12 +57,13 @@ def org_health(path: Path, organization_id: str | None = None) -> pl.DataFrame:
         return con.sql(f"SELECT * FROM org_health {where} ORDER BY score, name", params=params).pl()
 
 
-def wau_series(path: Path, days: int = 60) -> pl.DataFrame:
-    """WAU per org per day for the last ``days`` days up to the as-of date (for charts)."""
+def wau_series(path: Path, days: int) -> pl.DataFrame:
+    """WAU per org per day over the ``days`` days ending at the as-of date (for charts), with
+    ``wau_complete``: whether the lake holds that day's whole 7-day window."""
     with connect(path) as con:
         return con.sql(
             """
-            SELECT organization_id, day, wau, mau FROM org_active_users
+            SELECT organization_id, day, wau, wau_complete FROM org_active_users
             WHERE day > (SELECT as_of FROM keel_params) - ? AND day <= (SELECT as_of FROM keel_params)
             ORDER BY organization_id, day
             """,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from typing import Literal
 
 import msgspec
 
@@ -25,6 +26,14 @@ class ActivityOut(msgspec.Struct):
     days: list[ActivityDay]
 
 
+class HealthSignal(msgspec.Struct):
+    """One signal behind a health score: a risk (points off) or an expansion signal (no points)."""
+
+    kind: Literal["risk", "expansion"]
+    points: int
+    reason: str
+
+
 class HealthOut(msgspec.Struct):
     organization_id: uuid.UUID
     name: str
@@ -45,3 +54,11 @@ class HealthOut(msgspec.Struct):
     webhook_attempts_7d: int = 0
     webhook_success_rate_7d: float | None = None
     webhook_endpoints_disabled_30d: int = 0
+    #: Seats bought; more active members than that (on a live subscription) is ``over_seat_limit``.
+    seats: int | None = None
+    over_seat_limit: bool = False
+    renewal_date: date | None = None
+    trial_end: date | None = None
+    #: Unrepaired discrepancies of the latest billing reconciliation run.
+    open_discrepancies: int = 0
+    signals: list[HealthSignal] = msgspec.field(default_factory=list)

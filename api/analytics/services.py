@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
+import msgspec
 
 from api.analytics.schemas import ActivityDay, ActivityOut, HealthOut
 from api.errors import NotFound, ServiceUnavailable, ValidationFailed
@@ -71,5 +72,4 @@ async def health(warehouse: Path, organization_id: uuid.UUID) -> HealthOut:
     frame = await in_thread(queries.org_health, warehouse, str(organization_id))
     if frame.is_empty():
         raise NotFound("no health score for this organization yet: the warehouse has not seen it")
-    row = frame.to_dicts()[0]
-    return HealthOut(as_of=as_of, **{**row, "organization_id": uuid.UUID(row["organization_id"])})
+    return msgspec.convert({**frame.to_dicts()[0], "as_of": as_of}, HealthOut)

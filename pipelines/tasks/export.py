@@ -198,6 +198,17 @@ SNAPSHOTS = {
                 " stripe_state_at ts, synced_at ts, created_at ts, updated_at ts"
             ),
         ),
+        # Every reconciliation run (one a day or so): which run is the latest, and how many
+        # discrepancies it recorded, so the warehouse knows which of them are still open.
+        Snapshot(
+            "billing_reconciliation_runs",
+            "SELECT id::text AS id, started_at, finished_at, status, repair, usage_source,"
+            " discrepancy_count, repaired_count FROM billing_reconciliation_runs",
+            columns(
+                "id text, started_at ts, finished_at ts, status text, repair bool, usage_source text,"
+                " discrepancy_count int, repaired_count int"
+            ),
+        ),
         # Customers' receivers, without their secrets, and their URLs without query or fragment
         # (where receivers often carry a token).
         Snapshot(

@@ -9,8 +9,18 @@
 --   wau: distinct users active in the 7 days ending that day
 --   mau: distinct users active in the 30 days ending that day
 --   dau_mau: dau / mau (stickiness), null when mau is 0
+--   wau_complete: the lake holds every event of the 7 days ending that day (false on the lake's first 6 days for an organization already active then: its weekly figure would ramp up from nothing)
+--   mau_complete: the same for the 30 days ending that day
 WITH user_days AS (
     SELECT DISTINCT organization_id, day, user_id FROM stg_events WHERE user_id IS NOT NULL
+),
+-- The lake's history starts on its first event; an organization active on that day may have been
+-- active before it too, so its trailing windows are whole only once they fit inside the lake.
+lake_start AS (
+    SELECT min(day) AS first_day FROM stg_events
+),
+org_start AS (
+    SELECT organization_id, min(day) AS first_day FROM stg_events GROUP BY organization_id
 ),
 windows AS (
     SELECT
@@ -24,5 +34,10 @@ windows AS (
         ON u.organization_id = a.organization_id AND u.day BETWEEN a.day - 29 AND a.day
     GROUP BY a.organization_id, a.day
 )
-SELECT organization_id, day, dau, wau, mau, CASE WHEN mau > 0 THEN dau / mau END AS dau_mau
-FROM windows
+SELECT
+    w.organization_id, w.day, w.dau, w.wau, w.mau, CASE WHEN w.mau > 0 THEN w.dau / w.mau END AS dau_mau,
+    o.first_day > l.first_day OR w.day >= l.first_day + 6 AS wau_complete,
+    o.first_day > l.first_day OR w.day >= l.first_day + 29 AS mau_complete
+FROM windows w
+JOIN org_start o USING (organization_id)
+CROSS JOIN lake_start l

@@ -1,7 +1,7 @@
 -- name: org_health
 -- grain: one row per live organization, as of the as-of date
 -- key: organization_id
--- description: A 0-100 health score with its label (healthy >= 70, watch >= 40, at_risk below) and the reasons, in words.
+-- description: A 0-100 health score with its label (healthy >= 70, watch >= 40, at_risk below) and the reasons, in words: risks take points off, expansion signals (more members than seats bought) take none.
 -- columns:
 --   organization_id: the organization
 --   name: its name
@@ -13,14 +13,20 @@
 --   mau: monthly active users at the as-of date
 --   active_members: active members now
 --   seat_utilization: mau / seats (or / active members)
+--   seats: seats bought on the current subscription (null without one)
+--   over_seat_limit: more active members than seats bought, on a trialing, active or past-due subscription (reconciliation's over_seat_limit rule)
 --   billing_status: the subscription status, when the billing mirror knows it
+--   renewal_date: the end of the subscription's current billing period (UTC date)
+--   trial_end: when its trial ends (UTC date; null without a trial)
+--   open_discrepancies: discrepancies the latest billing reconciliation recorded for the organization and did not repair
 --   owner_changes_30d: owner role grants, removals and changes in the last 30 days
 --   key_churn_30d: ingest keys created or revoked in the last 30 days
 --   days_since_last_event: days between the last event and the as-of date
 --   webhook_attempts_7d: outbound webhook attempts to the organization's endpoints in the 7 days to the as-of date
 --   webhook_success_rate_7d: the share of those attempts answered 2xx (null without attempts)
 --   webhook_endpoints_disabled_30d: endpoints disabled in the last 30 days (410 Gone, five days of failures, or by hand)
---   reasons: why the score is what it is, one sentence per signal
+--   signals: every signal found, as {kind: risk or expansion, points: taken off the score, reason: in words}
+--   reasons: why the score is what it is, one sentence per signal (the signals' reasons; 'no warning signs' first when none is a risk)
 WITH params AS (SELECT as_of FROM keel_params),
 orgs AS (
     SELECT organization_id, name FROM stg_organizations WHERE deleted_at IS NULL
@@ -29,7 +35,9 @@ now_au AS (
     SELECT organization_id, wau AS wau_now, mau FROM org_active_users WHERE day = (SELECT as_of FROM params)
 ),
 past_au AS (
-    SELECT organization_id, wau AS wau_4w_ago FROM org_active_users WHERE day = (SELECT as_of FROM params) - 28
+    -- A weekly figure the lake holds only part of (its first days) would make a false trend.
+    SELECT organization_id, wau AS wau_4w_ago FROM org_active_users
+    WHERE day = (SELECT as_of FROM params) - 28 AND wau_complete
 ),
 seats AS (
     SELECT organization_id, active_members, utilization FROM seat_utilization WHERE day = (SELECT as_of FROM params)
@@ -61,6 +69,46 @@ webhooks AS (
     WHERE day > (SELECT as_of FROM params) - 7 AND day <= (SELECT as_of FROM params)
     GROUP BY organization_id
 ),
+subscription AS (
+    SELECT organization_id, status, seats, CAST(renewal_date AS DATE) AS renewal_date,
+           CAST(trial_end AS DATE) AS trial_end
+    FROM stg_subscriptions
+),
+-- Open discrepancies are those of the latest completed reconciliation run, unrepaired. A run
+-- counts once the lake holds all it recorded (the runs snapshot and the discrepancies are
+-- exported one after the other, so either may be a little ahead of the other).
+held_runs AS (
+    SELECT run_id, started_at FROM stg_billing_reconciliation_runs r
+    WHERE status = 'completed'
+      AND discrepancy_count = (SELECT count(*) FROM stg_billing_discrepancies d WHERE d.run_id = r.run_id)
+    UNION
+    SELECT DISTINCT run_id, detected_at FROM stg_billing_discrepancies
+),
+latest_run AS (
+    SELECT run_id FROM held_runs
+    WHERE CAST(started_at AS DATE) <= (SELECT as_of FROM params)
+    ORDER BY started_at DESC, run_id DESC
+    LIMIT 1
+),
+open_discrepancies AS (
+    SELECT
+        organization_id,
+        count(*) AS open_discrepancies,
+        list(struct_pack(
+            kind := 'risk',
+            points := CASE severity WHEN 'high' THEN 20 WHEN 'medium' THEN 10 ELSE 5 END,
+            reason := printf('Billing reconciliation on %s: %s, %s severity — %s (expected %s, found %s).',
+                             strftime(detected_at, '%Y-%m-%d'), replace(kind, '_', ' '), severity, detail,
+                             coalesce(expected, 'nothing'), coalesce(actual, 'nothing'))
+        ) ORDER BY severity = 'high' DESC, severity = 'medium' DESC, kind, discrepancy_id)
+            FILTER (WHERE kind <> 'over_seat_limit') AS discrepancy_risks,
+        -- More members than seats is a sale to make, not a risk: the expansion signal below says it.
+        min(strftime(detected_at, '%Y-%m-%d')) FILTER (WHERE kind = 'over_seat_limit') AS over_seat_recorded_on,
+        min(printf('%s; %s', expected, actual)) FILTER (WHERE kind = 'over_seat_limit') AS over_seat_recorded
+    FROM stg_billing_discrepancies
+    WHERE run_id = (SELECT run_id FROM latest_run) AND NOT repaired AND organization_id IS NOT NULL
+    GROUP BY organization_id
+),
 disabled_endpoints AS (
     SELECT organization_id, count(*) AS webhook_endpoints_disabled_30d
     FROM stg_webhook_endpoints
@@ -69,7 +117,7 @@ disabled_endpoints AS (
       AND CAST(disabled_at AS DATE) <= (SELECT as_of FROM params)
     GROUP BY organization_id
 ),
-signals AS (
+facts AS (
     SELECT
         o.organization_id,
         o.name,
@@ -79,7 +127,20 @@ signals AS (
         coalesce(n.mau, 0) AS mau,
         coalesce(m.active_members, 0) AS active_members,
         s.utilization AS seat_utilization,
+        b.seats,
+        -- The rule reconcile-billing applies (api/billing/reconcile.py): active members above the
+        -- seats of a subscription in good standing (api/billing/mirror.py IN_GOOD_STANDING).
+        coalesce(b.status IN ('trialing', 'active', 'past_due') AND coalesce(m.active_members, 0) > b.seats, false)
+            AS over_seat_limit,
         b.status AS billing_status,
+        b.renewal_date,
+        b.trial_end,
+        b.trial_end - (SELECT as_of FROM params) AS trial_days_left,
+        (SELECT as_of FROM params) - b.renewal_date AS renewal_days_past,
+        coalesce(od.open_discrepancies, 0) AS open_discrepancies,
+        coalesce(od.discrepancy_risks, []) AS discrepancy_risks,
+        od.over_seat_recorded_on,
+        od.over_seat_recorded,
         coalesce(sec.owner_changes_30d, 0) AS owner_changes_30d,
         coalesce(sec.key_churn_30d, 0) AS key_churn_30d,
         CASE WHEN l.last_day IS NOT NULL THEN (SELECT as_of FROM params) - l.last_day END AS days_since_last_event,
@@ -93,36 +154,46 @@ signals AS (
     LEFT JOIN members m USING (organization_id)
     LEFT JOIN last_event l USING (organization_id)
     LEFT JOIN security sec USING (organization_id)
-    LEFT JOIN stg_subscriptions b USING (organization_id)
+    LEFT JOIN subscription b USING (organization_id)
+    LEFT JOIN open_discrepancies od USING (organization_id)
     LEFT JOIN webhooks w USING (organization_id)
     LEFT JOIN disabled_endpoints de USING (organization_id)
 ),
-penalties AS (
+found AS (
     SELECT
         *,
-        list_filter([
-            CASE WHEN days_since_last_event IS NULL THEN struct_pack(points := 50, reason := 'No product activity recorded yet.')
-                 WHEN days_since_last_event >= 14 THEN struct_pack(points := 50, reason := printf('No activity for %d days.', days_since_last_event)) END,
-            CASE WHEN wau_trend <= -0.5 THEN struct_pack(points := 40, reason := printf('Weekly active users fell %.0f%% over four weeks (%d to %d).', -100 * wau_trend, wau_4w_ago, wau_now))
-                 WHEN wau_trend <= -0.2 THEN struct_pack(points := 20, reason := printf('Weekly active users fell %.0f%% over four weeks (%d to %d).', -100 * wau_trend, wau_4w_ago, wau_now)) END,
-            CASE WHEN seat_utilization < 0.3 THEN struct_pack(points := 25, reason := printf('Only %.0f%% of seats were used this month.', 100 * seat_utilization))
-                 WHEN seat_utilization < 0.5 THEN struct_pack(points := 10, reason := printf('%.0f%% of seats were used this month.', 100 * seat_utilization)) END,
-            CASE WHEN billing_status IN ('past_due', 'unpaid') THEN struct_pack(points := 30, reason := printf('The subscription is %s.', billing_status))
-                 WHEN billing_status IN ('canceled', 'incomplete_expired') THEN struct_pack(points := 40, reason := printf('The subscription is %s.', billing_status)) END,
-            CASE WHEN owner_changes_30d >= 2 THEN struct_pack(points := 10, reason := printf('%d owner changes in the last 30 days.', owner_changes_30d)) END,
-            CASE WHEN key_churn_30d >= 3 THEN struct_pack(points := 5, reason := printf('%d ingest keys created or revoked in the last 30 days.', key_churn_30d)) END,
+        list_concat(list_filter([
+            CASE WHEN days_since_last_event IS NULL THEN struct_pack(kind := 'risk', points := 50, reason := 'No product activity recorded yet.')
+                 WHEN days_since_last_event >= 14 THEN struct_pack(kind := 'risk', points := 50, reason := printf('No activity for %d days.', days_since_last_event)) END,
+            CASE WHEN wau_trend <= -0.5 THEN struct_pack(kind := 'risk', points := 40, reason := printf('Weekly active users fell %.0f%% over four weeks (%d to %d).', -100 * wau_trend, wau_4w_ago, wau_now))
+                 WHEN wau_trend <= -0.2 THEN struct_pack(kind := 'risk', points := 20, reason := printf('Weekly active users fell %.0f%% over four weeks (%d to %d).', -100 * wau_trend, wau_4w_ago, wau_now)) END,
+            CASE WHEN seat_utilization < 0.3 THEN struct_pack(kind := 'risk', points := 25, reason := printf('Only %.0f%% of seats were used this month.', 100 * seat_utilization))
+                 WHEN seat_utilization < 0.5 THEN struct_pack(kind := 'risk', points := 10, reason := printf('%.0f%% of seats were used this month.', 100 * seat_utilization)) END,
+            CASE WHEN billing_status IN ('past_due', 'unpaid') THEN struct_pack(kind := 'risk', points := 30, reason := printf('The subscription is %s.', billing_status))
+                 WHEN billing_status IN ('canceled', 'incomplete_expired') THEN struct_pack(kind := 'risk', points := 40, reason := printf('The subscription is %s.', billing_status)) END,
+            -- A trial about to end (or already over while the mirror still says trialing) needs a conversion call.
+            CASE WHEN billing_status = 'trialing' AND trial_days_left BETWEEN 0 AND 14 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The trial ends on %s (%s) and nothing is paid yet.', strftime(trial_end, '%Y-%m-%d'), CASE trial_days_left WHEN 0 THEN 'today' WHEN 1 THEN 'tomorrow' ELSE printf('in %d days', trial_days_left) END))
+                 WHEN billing_status = 'trialing' AND trial_days_left < 0 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The trial ended on %s, %d day(s) ago, and the subscription still says trialing.', strftime(trial_end, '%Y-%m-%d'), -trial_days_left)) END,
+            -- A live subscription's period always ends in the future: a past one was not renewed, or the mirror is stale.
+            CASE WHEN billing_status NOT IN ('canceled', 'incomplete_expired') AND renewal_days_past > 0 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The renewal date, %s, passed %d day(s) ago without a renewal: the subscription may have lapsed, or the billing mirror is out of date.', strftime(renewal_date, '%Y-%m-%d'), renewal_days_past)) END,
+            CASE WHEN owner_changes_30d >= 2 THEN struct_pack(kind := 'risk', points := 10, reason := printf('%d owner changes in the last 30 days.', owner_changes_30d)) END,
+            CASE WHEN key_churn_30d >= 3 THEN struct_pack(kind := 'risk', points := 5, reason := printf('%d ingest keys created or revoked in the last 30 days.', key_churn_30d)) END,
             -- A handful of attempts says little: the rate counts from 10 attempts in the week.
-            CASE WHEN webhook_attempts_7d >= 10 AND webhook_success_rate_7d < 0.5 THEN struct_pack(points := 20, reason := printf('Only %.0f%% of %d webhook attempts succeeded in the last 7 days.', 100 * webhook_success_rate_7d, webhook_attempts_7d))
-                 WHEN webhook_attempts_7d >= 10 AND webhook_success_rate_7d < 0.9 THEN struct_pack(points := 10, reason := printf('%.0f%% of %d webhook attempts succeeded in the last 7 days.', 100 * webhook_success_rate_7d, webhook_attempts_7d)) END,
-            CASE WHEN webhook_endpoints_disabled_30d > 0 THEN struct_pack(points := 5, reason := printf('%d webhook endpoint(s) disabled in the last 30 days.', webhook_endpoints_disabled_30d)) END
-        ], lambda x: x IS NOT NULL) AS found
-    FROM signals
+            CASE WHEN webhook_attempts_7d >= 10 AND webhook_success_rate_7d < 0.5 THEN struct_pack(kind := 'risk', points := 20, reason := printf('Only %.0f%% of %d webhook attempts succeeded in the last 7 days.', 100 * webhook_success_rate_7d, webhook_attempts_7d))
+                 WHEN webhook_attempts_7d >= 10 AND webhook_success_rate_7d < 0.9 THEN struct_pack(kind := 'risk', points := 10, reason := printf('%.0f%% of %d webhook attempts succeeded in the last 7 days.', 100 * webhook_success_rate_7d, webhook_attempts_7d)) END,
+            CASE WHEN webhook_endpoints_disabled_30d > 0 THEN struct_pack(kind := 'risk', points := 5, reason := printf('%d webhook endpoint(s) disabled in the last 30 days.', webhook_endpoints_disabled_30d)) END
+        ], lambda x: x IS NOT NULL), discrepancy_risks, list_filter([
+            CASE WHEN over_seat_limit THEN struct_pack(kind := 'expansion', points := 0, reason := printf('Expansion signal: %d active members on %d seats bought, %d over the seat limit%s.', active_members, seats, active_members - seats, CASE WHEN over_seat_recorded_on IS NOT NULL THEN printf(' (billing reconciliation recorded it on %s)', over_seat_recorded_on) ELSE '' END))
+                 WHEN over_seat_recorded_on IS NOT NULL THEN struct_pack(kind := 'expansion', points := 0, reason := printf('Expansion signal: billing reconciliation on %s found more active members than seats bought (%s).', over_seat_recorded_on, over_seat_recorded)) END
+        ], lambda x: x IS NOT NULL)) AS signals
+    FROM facts
 ),
 scored AS (
     SELECT
         *,
-        CAST(greatest(0, 100 - coalesce(list_sum(list_transform(found, lambda x: x.points)), 0)) AS INTEGER) AS score
-    FROM penalties
+        CAST(greatest(0, 100 - coalesce(list_sum(list_transform(signals, lambda x: x.points)), 0)) AS INTEGER) AS score,
+        len(list_filter(signals, lambda x: x.kind = 'risk')) AS risks
+    FROM found
 )
 SELECT
     organization_id,
@@ -135,13 +206,19 @@ SELECT
     mau,
     active_members,
     seat_utilization,
+    seats,
+    over_seat_limit,
     billing_status,
+    renewal_date,
+    trial_end,
+    open_discrepancies,
     owner_changes_30d,
     key_churn_30d,
     days_since_last_event,
     webhook_attempts_7d,
     webhook_success_rate_7d,
     webhook_endpoints_disabled_30d,
-    CASE WHEN len(found) = 0 THEN ['Active, growing or steady use; no warning signs.']
-         ELSE list_transform(found, lambda x: x.reason) END AS reasons
+    signals,
+    CASE WHEN risks = 0 THEN list_concat(['Active, growing or steady use; no warning signs.'], list_transform(signals, lambda x: x.reason))
+         ELSE list_transform(signals, lambda x: x.reason) END AS reasons
 FROM scored

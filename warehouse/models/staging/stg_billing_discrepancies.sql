@@ -13,9 +13,10 @@
 --   stripe_subscription_id: the Stripe subscription, when one is concerned
 --   expected: Stripe's value, or the limit a use went past
 --   actual: the mirror's value, or the use measured
+--   detail: what differs, in words
 --   repaired: whether the run brought the mirror in line with Stripe
 SELECT DISTINCT ON (id)
     id AS discrepancy_id, run_id, detected_at, kind, severity, organization_id, stripe_customer_id,
-    stripe_subscription_id, expected, actual, repaired
+    stripe_subscription_id, expected, actual, detail, repaired
 FROM {billing_discrepancies}
 ORDER BY id

@@ -10,9 +10,10 @@
 --   amount: per billing interval, in the currency's minor units (unit amount x seats)
 --   currency: ISO currency code, lower case
 --   renewal_date: the end of the current billing period
+--   trial_end: when the trial ends (null without a trial)
 --   cancel_at_period_end: whether the subscription ends at the renewal date
 --   synced_at: when the mirror last confirmed this subscription against Stripe
-SELECT organization_id, status, seats, plan, amount, currency, renewal_date, cancel_at_period_end, synced_at
+SELECT organization_id, status, seats, plan, amount, currency, renewal_date, trial_end, cancel_at_period_end, synced_at
 FROM (
     SELECT
         organization_id,
@@ -22,6 +23,7 @@ FROM (
         unit_amount * seats AS amount,
         currency,
         current_period_end AS renewal_date,
+        trial_end,
         cancel_at_period_end,
         synced_at,
         row_number() OVER (

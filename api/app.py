@@ -12,11 +12,11 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import docs_ui
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=CONTROLLERS,
+        route_handlers=[*CONTROLLERS, docs_ui.assets_router()],
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db),
@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> Litestar:
             version="1.0.0",
             description="Organizations, members, roles, tokens, events, audit log, flags, webhooks, billing.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=docs_ui.render_plugins(),
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 import psycopg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -80,7 +81,34 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors
 
 
+def _missing_body(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]] | None:
+    """A route that takes a body got none: Litestar says only ``'data'`` (the handler's argument);
+    say that a body is required and name the fields it must have."""
+    items = exc.extra if isinstance(exc.extra, list) else []
+    if not any(
+        isinstance(i, dict) and i.get("key") == "data" and i.get("message") == "'data'" for i in items
+    ):
+        return None
+    field = getattr(request.route_handler, "parsed_data_field", None)
+    body_type = getattr(field, "annotation", None)
+    required: list[str] = []
+    if isinstance(body_type, type) and issubclass(body_type, msgspec.Struct):
+        required = [f.encode_name for f in msgspec.structs.fields(body_type) if f.required]
+    if not required:
+        return problem(request, 422, "a JSON request body is required", errors=[
+            {"field": "body", "message": "a JSON request body is required"}
+        ])  # fmt: skip
+    names = ", ".join(f"`{name}`" for name in required)
+    detail = f"a JSON request body is required, with {names}"
+    return problem(request, 422, detail, errors=[{"field": name, "message": "required"} for name in required])
+
+
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    missing = _missing_body(request, exc)
+    if missing is not None:
+        return missing
     errors = _field_errors(exc)
     text = " ".join(e["message"] for e in errors) + " " + str(exc.detail)
     if "malformed" in text.lower() or "truncated" in text.lower() or "invalid json" in text.lower():

@@ -160,6 +160,11 @@ def test_pagination_and_query_validation(
 def test_admin_bad_input(client: httpx.Client, org: OrgWorld, staff_admin: tuple[str, str]) -> None:
     headers = auth(staff_admin[1])
     assert_problem(client.post(f"/v1/admin/orgs/{org.id}/suspend", json={}, headers=headers), 422, "reason")
+    # No body at all: the answer says a body is needed and names `reason` (not Litestar's "data").
+    bodiless = assert_problem(client.post(f"/v1/admin/orgs/{org.id}/suspend", headers=headers), 422, "reason")
+    assert bodiless["detail"] == "a JSON request body is required, with `reason`"
+    assert "data" not in str(bodiless)
+    assert client.get(f"/v1/orgs/{org.id}", headers=org.headers("viewer")).status_code == 200  # not suspended
     assert_problem(
         client.post(f"/v1/admin/orgs/{org.id}/suspend", json={"reason": "r" * 501}, headers=headers),
         422,

@@ -121,7 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         before_request=authenticate_request,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware, PROMETHEUS.middleware],
+        middleware=[PROMETHEUS.middleware],
         request_max_body_size=DEFAULT_MAX_BODY,
         logging_config=None,
         state=State({"settings": settings}),
@@ -139,7 +139,9 @@ def create_app(settings: Settings) -> Litestar:
     allowed = {
         route.path: ", ".join(sorted(route.methods)) for route in app.routes if isinstance(route, HTTPRoute)
     }
-    app.asgi_handler = _correct_allow_header(app.asgi_handler, allowed)
+    # Outermost, around Litestar's router: requests that match no route (404, 405) get a request id
+    # and their access log line too (route middleware runs only once a route has matched).
+    app.asgi_handler = request_id_middleware(_correct_allow_header(app.asgi_handler, allowed))
     return app
 
 

@@ -35,7 +35,9 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.mark.parametrize("path", ["/schema", "/schema/swagger"])
-def test_the_docs_ui_renders_its_operations_offline(browser: Browser, live_server: LiveServer, path: str) -> None:
+def test_the_docs_ui_renders_its_operations_offline(
+    browser: Browser, live_server: LiveServer, path: str
+) -> None:
     requested: list[str] = []
     refused: list[str] = []
 

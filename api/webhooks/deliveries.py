@@ -23,6 +23,7 @@ from api.db.models import (
 )
 from api.errors import Conflict, NotFound
 from api.pagination import decode_cursor
+from api.schemas import utc_bound
 from api.webhooks.messages import NOTIFY_CHANNEL
 from api.webhooks.schemas import FailingEndpoint
 
@@ -50,8 +51,9 @@ class DeliveryFilters:
     def __post_init__(self) -> None:
         for name in ("since", "until"):
             value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                object.__setattr__(self, name, value.replace(tzinfo=UTC))
+            if value is not None:
+                aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+                object.__setattr__(self, name, utc_bound(aware))
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         if self.status is not None:

@@ -12,11 +12,11 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import docs_ui
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=CONTROLLERS,
+        route_handlers=[*CONTROLLERS, docs_ui.assets_router()],
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db),
@@ -122,7 +122,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         before_request=authenticate_request,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware, PROMETHEUS.middleware],
+        middleware=[PROMETHEUS.middleware],
         request_max_body_size=DEFAULT_MAX_BODY,
         request_class=KeelRequest,
         logging_config=None,
@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> Litestar:
             version="1.0.0",
             description="Organizations, members, roles, tokens, events, audit log, flags, webhooks, billing.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=docs_ui.render_plugins(),
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),
@@ -141,7 +141,9 @@ def create_app(settings: Settings) -> Litestar:
     allowed = {
         route.path: ", ".join(sorted(route.methods)) for route in app.routes if isinstance(route, HTTPRoute)
     }
-    app.asgi_handler = _correct_allow_header(app.asgi_handler, allowed)
+    # Outermost, around Litestar's router: requests that match no route (404, 405) get a request id
+    # and their access log line too (route middleware runs only once a route has matched).
+    app.asgi_handler = request_id_middleware(_correct_allow_header(app.asgi_handler, allowed))
     return app
 
 

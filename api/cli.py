@@ -556,7 +556,7 @@ def warehouse_sql(
 
 @warehouse_app.command("describe")
 def warehouse_describe() -> None:
-    """Tables, their grain, and their columns with descriptions."""
+    """Tables (and keel_params, the build's as-of date), their grain, and their columns with descriptions."""
     from rich.table import Table
 
     from warehouse import queries
@@ -573,7 +573,7 @@ def warehouse_describe() -> None:
             "column",
             "type",
             "description",
-            title=f"{name} ({kind}) — {grain}; key: {key}",
+            title=f"{name} ({kind}) — {grain}" + (f"; key: {key}" if key else ""),
             title_justify="left",
         )
         for row in columns.iter_rows(named=True):

@@ -46,7 +46,8 @@ def configure_logging(level: str = "INFO") -> None:
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Give every request an id (the caller's ``X-Request-ID`` when well-formed), echo it, log the request.
 
-    Tokens never reach the log: only method, path, status, duration and ids are written.
+    Tokens never reach the log: only method, path, status, duration and ids are written. It wraps
+    the app's ASGI handler (``create_app``), outside routing, so unknown routes are logged too.
     """
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:

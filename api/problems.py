@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 import psycopg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.utils.scope.state import ScopeState
 from psycopg import Error as PsycopgError
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -81,17 +81,35 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     return errors
 
 
-def _body_missing(request: Request[Any, Any, Any], exc: ValidationException) -> bool:
-    """Litestar leaves ``data`` out for an empty body, then reports the whole of it (key ``data``) missing."""
-    body = ScopeState.from_scope(request.scope).body
+def _missing_body(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]] | None:
+    """A route that takes a body got none: Litestar says only ``'data'`` (the handler's argument);
+    say that a body is required and name the fields it must have."""
     items = exc.extra if isinstance(exc.extra, list) else []
-    return body == b"" and any(isinstance(i, dict) and i.get("key") == "data" for i in items)
+    if not any(
+        isinstance(i, dict) and i.get("key") == "data" and i.get("message") == "'data'" for i in items
+    ):
+        return None
+    field = getattr(request.route_handler, "parsed_data_field", None)
+    body_type = getattr(field, "annotation", None)
+    required: list[str] = []
+    if isinstance(body_type, type) and issubclass(body_type, msgspec.Struct):
+        required = [f.encode_name for f in msgspec.structs.fields(body_type) if f.required]
+    # Bodies that are not JSON never get here: api.bodies refuses them first, by name.
+    if not required:
+        return problem(request, 400, "the request body is empty; send it as JSON", errors=[
+            {"field": "body", "message": "a JSON request body is required"}
+        ])  # fmt: skip
+    names = ", ".join(f"`{name}`" for name in required)
+    detail = f"the request body is empty; a JSON body is required, with {names}"
+    return problem(request, 400, detail, errors=[{"field": name, "message": "required"} for name in required])
 
 
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
-    # Bodies that are not JSON never get here: api.bodies refuses them first, by name.
-    if _body_missing(request, exc):
-        return problem(request, 400, "the request body is empty; send it as JSON")
+    missing = _missing_body(request, exc)
+    if missing is not None:
+        return missing
     errors = _field_errors(exc)
     if not errors:
         return problem(request, 400, f"the request body could not be read: {exc.detail}")

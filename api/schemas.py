@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -23,6 +24,16 @@ Email = Annotated[
     msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$", examples=["ada@example.com"]),
 ]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+def utc_bound(value: datetime) -> datetime:
+    """A time filter's bound (with an offset) in UTC, before it reaches Postgres (which refuses
+    offsets past ±15:59); a time so close to year 1 or 9999 that UTC cannot hold it means "before
+    everything" or "after everything"."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 class Struct(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 
 import httpx
@@ -160,6 +162,11 @@ def test_pagination_and_query_validation(
 def test_admin_bad_input(client: httpx.Client, org: OrgWorld, staff_admin: tuple[str, str]) -> None:
     headers = auth(staff_admin[1])
     assert_problem(client.post(f"/v1/admin/orgs/{org.id}/suspend", json={}, headers=headers), 422, "reason")
+    # No body at all: the answer says a body is needed and names `reason` (not Litestar's "data").
+    bodiless = assert_problem(client.post(f"/v1/admin/orgs/{org.id}/suspend", headers=headers), 400, "reason")
+    assert bodiless["detail"] == "the request body is empty; a JSON body is required, with `reason`"
+    assert "data" not in str(bodiless)
+    assert client.get(f"/v1/orgs/{org.id}", headers=org.headers("viewer")).status_code == 200  # not suspended
     assert_problem(
         client.post(f"/v1/admin/orgs/{org.id}/suspend", json={"reason": "r" * 501}, headers=headers),
         422,
@@ -195,6 +202,37 @@ def test_request_id_is_echoed_and_in_problems(client: httpx.Client) -> None:
     assert response.json()["request_id"] == "trace-123"
     unsafe = client.get("/v1/me", headers={"X-Request-ID": "bad id\twith spaces"})
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def access_line(caplog: pytest.LogCaptureFixture, request_id: str) -> dict:
+    """The access log line of one request (written once the answer has been sent: wait for it)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("request_id") == request_id]
+        if lines or time.monotonic() > deadline:
+            (line,) = lines
+            return line
+        time.sleep(0.01)
+
+
+def test_every_request_is_in_the_access_log_unknown_routes_too(
+    client: httpx.Client, org: OrgWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = {
+        "GET /v1/nothing-here": (lambda h: client.get("/v1/nothing-here", headers=h), 404),
+        "PUT /v1/orgs": (lambda h: client.put("/v1/orgs", headers=h), 405),
+        "GET /v1/orgs/{id}": (lambda h: client.get(f"/v1/orgs/{org.id}", headers={**h, **org.headers("viewer")}), 200),
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="keel.access"):
+        for n, (name, (call, status)) in enumerate(calls.items()):
+            request_id = f"access-{n}-{uuid.uuid4().hex}"
+            response = call({"X-Request-ID": request_id})
+            assert response.status_code == status, name
+            assert response.headers["x-request-id"] == request_id, name
+            line = access_line(caplog, request_id)
+            assert line["status"] == status and line["method"] == name.split()[0], name
+            assert line["path"] == response.request.url.path and line["duration_ms"] >= 0, name
+    assert line["org_id"] == org.id  # a route with an organization still names it
 
 
 def test_a_nul_character_in_text_is_422_and_changes_nothing(

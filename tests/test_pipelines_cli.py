@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -173,11 +174,27 @@ def test_warehouse_sql_describe_and_report(built_warehouse: Path, tmp_path: Path
     ):
         assert mart in describe.stdout
     assert "one row per organization per UTC day" in describe.stdout
+    # The table the docs' examples filter on is in the catalog too, first, with its columns.
+    assert describe.stdout.index("keel_params (parameters)") < describe.stdout.index("stg_events")
+    assert "as_of" in describe.stdout and "the UTC date the marts are computed for" in describe.stdout
     missing = keel("warehouse", "sql", "SELECT 1", env={"KEEL_WAREHOUSE_PATH": str(tmp_path / "none.duckdb")})
     assert missing.returncode == 1 and "build-warehouse" in missing.stderr
     out = tmp_path / "report.csv"
     assert keel("report", "org-health", "--out", str(out), "--format", "csv", env=env).returncode == 0
     assert out.read_text().startswith("organization_id,name,score,label")
+
+
+def test_the_warehouse_docs_way_in_with_duckdb_works(built_warehouse: Path) -> None:
+    """docs/warehouse.md's DuckDB line runs as written (no `duckdb` shell is installed: it uses the
+    Python package that wrote the file)."""
+    doc = (ROOT / "docs" / "warehouse.md").read_text()
+    assert "duckdb -readonly" not in doc
+    (line,) = [line for line in doc.splitlines() if line.startswith(".venv/bin/python -c")]
+    argv = shlex.split(line.replace(".keel/warehouse.duckdb", str(built_warehouse)))
+    assert argv[0] == ".venv/bin/python" and (ROOT / argv[0]).exists()
+    shown = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "score" in shown.stdout and "label" in shown.stdout
 
 
 def test_the_duckdb_file_opens_in_a_plain_duckdb_client(built_warehouse: Path) -> None:

@@ -18,7 +18,13 @@ def test_staff_without_membership_gets_404_on_org_routes(
     assert view.status_code == 200
     body = view.json()
     assert body["slug"] == org.slug
-    assert sorted(m["role"] for m in body["members"]) == ["admin", "billing", "member", "owner", "viewer"]
+    assert sorted(m["role"] for m in body["members"]["items"]) == [
+        "admin",
+        "billing",
+        "member",
+        "owner",
+        "viewer",
+    ]
     assert body["active_ingest_keys"] == 1
 
 

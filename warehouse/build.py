@@ -21,6 +21,22 @@ import pyarrow.parquet as pq
 from warehouse.models import Model, load_models
 from warehouse.storage import LakeStorage, open_lake_storage
 
+#: The build's own parameters, a one-row table the marts read (``SELECT as_of FROM keel_params``);
+#: in the catalog beside the models, so ``keel warehouse describe`` lists it too.
+PARAMS = Model(
+    name="keel_params",
+    kind="parameters",
+    sql="SELECT CAST(? AS DATE) AS as_of, now() AS built_at",
+    grain="one row: the parameters this warehouse was built with",
+    key=(),
+    description="The as-of date every mart is computed for, and when the file was built.",
+    columns={
+        "as_of": "the UTC date the marts are computed for (their last day); filter with "
+        "`(SELECT as_of FROM keel_params)`",
+        "built_at": "when this warehouse file was built",
+    },
+)
+
 #: Sources that may not exist yet in a lake (written by later parts), with their empty shape.
 OPTIONAL_SOURCES = {
     "subscriptions": "organization_id VARCHAR, status VARCHAR, seats BIGINT, plan VARCHAR, "
@@ -144,9 +160,7 @@ def build_warehouse(
         con = duckdb.connect(str(building))
         try:
             con.execute("SET TimeZone = 'UTC'")
-            con.execute(
-                "CREATE TABLE keel_params AS SELECT CAST(? AS DATE) AS as_of, now() AS built_at", [as_of]
-            )
+            con.execute(f"CREATE TABLE {PARAMS.name} AS {PARAMS.sql}", [as_of])
             sources = set().union(*(m.sources for m in models))
             try:
                 relations = _source_relations(con, lake_url, sources, s3_endpoint=s3_endpoint)
@@ -161,7 +175,7 @@ def build_warehouse(
                     tables[model.name] = con.execute(f"SELECT count(*) FROM {model.name}").fetchone()[0]  # type: ignore[index]
                 if on_model:
                     on_model(model)
-            write_catalog(con, models)
+            write_catalog(con, [PARAMS, *models])
             con.execute("CHECKPOINT")
         finally:
             con.close()

@@ -89,7 +89,7 @@ def sql(path: Path, query: str) -> pl.DataFrame:
 
 
 def describe(path: Path) -> pl.DataFrame:
-    """Every model with its grain and columns (type and description)."""
+    """``keel_params`` and every model, with its grain and columns (type and description)."""
     with connect(path) as con:
         return con.sql(
             """
@@ -98,7 +98,8 @@ def describe(path: Path) -> pl.DataFrame:
             FROM keel_catalog c
             JOIN information_schema.columns col ON col.table_name = c.name
             LEFT JOIN keel_columns d ON d.table_name = c.name AND d.column_name = col.column_name
-            ORDER BY c.kind DESC, c.name, col.ordinal_position
+            ORDER BY CASE c.kind WHEN 'parameters' THEN 0 WHEN 'staging' THEN 1 ELSE 2 END, c.name,
+                     col.ordinal_position
             """
         ).pl()
 

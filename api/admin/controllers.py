@@ -4,6 +4,7 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, get, post, put
+from litestar.openapi.spec import Example
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,21 +13,22 @@ from api.admin.schemas import (
     AdminOrgPage,
     AdminOrgSummary,
     AdminOrgView,
-    AuditEntryOut,
     OrgStatusOut,
     PlatformRoleUpdate,
     SuspendRequest,
     UserOut,
 )
+from api.audit.views import entry_out
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
 from api.billing.services import billing_screen
-from api.db.models import AuditEntry, Organization
+from api.db.models import Membership, Organization, User
 from api.flags import services as flags
 from api.flags.controllers import override_out
 from api.flags.schemas import OrgFlagState
 from api.members.controllers import member_out
+from api.members.schemas import MemberPage
 from api.pagination import Cursor, Limit, next_cursor
 from api.webhooks.deliveries import failing_endpoints
 
@@ -38,12 +40,11 @@ def summary(org: Organization, active_members: int) -> AdminOrgSummary:
     )  # fmt: skip
 
 
-def audit_out(e: AuditEntry) -> AuditEntryOut:
-    return AuditEntryOut(
-        id=e.id, occurred_at=e.occurred_at, actor_type=e.actor_type.value, actor_id=e.actor_id,
-        actor_name=e.actor_name, action=e.action, resource_type=e.resource_type,
-        resource_id=e.resource_id, metadata=e.metadata_,
-    )  # fmt: skip
+def member_page(rows: list[tuple[Membership, User]], limit: int) -> MemberPage:
+    return MemberPage(
+        items=[member_out(m, u) for m, u in rows[:limit]],
+        next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
+    )
 
 
 class AdminController(Controller):
@@ -57,7 +58,17 @@ class AdminController(Controller):
         principal: Principal,
         cursor: Cursor,
         limit: Limit,
-        q: Annotated[str | None, Parameter(default=None, max_length=200)],
+        q: Annotated[
+            str | None,
+            Parameter(
+                default=None,
+                max_length=200,
+                description="Organizations whose name or slug contains this text, or with a member whose "
+                "email contains it (case-insensitive; `%` and `_` are taken literally). Without it: every "
+                "organization, oldest first.",
+                examples=[Example(value="acme"), Example(value="ada@acme.example")],
+            ),
+        ],
     ) -> AdminOrgPage:
         auth.require_staff(principal, StaffPermission.read)
         rows = await services.search_orgs(db, q=q, cursor=cursor, limit=limit)
@@ -71,17 +82,17 @@ class AdminController(Controller):
         self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> AdminOrgView:
         auth.require_staff(principal, StaffPermission.read)
-        org, members, keys, recent = await services.org_view(
-            db, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
-        )
+        view = await services.org_view(db, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx)
+        org = view.org
         states, overrides = await flags.org_flags(db, org_id=org_id)
         billing = await billing_screen(db, org_id)
         return AdminOrgView(
             id=org.id, name=org.name, slug=org.slug, status=org.status,
             suspended_reason=org.suspended_reason, stripe_customer_id=org.stripe_customer_id,
             created_at=org.created_at, deleted_at=org.deleted_at,
-            members=[member_out(m, u) for m, u in members], active_ingest_keys=keys,
-            recent_audit=[audit_out(e) for e in recent],
+            members=member_page(view.members, services.VIEW_MEMBERS), active_members=view.active_members,
+            invited_members=view.invited_members, active_ingest_keys=view.active_ingest_keys,
+            recent_audit=[entry_out(e) for e in view.recent_audit],
             flags=[
                 OrgFlagState(
                     key=f.key, enabled=r.enabled, reason=r.reason, bucket=r.bucket,
@@ -93,6 +104,25 @@ class AdminController(Controller):
             billing=billing,
             failing_endpoints=await failing_endpoints(db, org_id=org_id),
         )  # fmt: skip
+
+    @get(
+        "/orgs/{org_id:uuid}/members",
+        summary="An organization's active and invited members, a page at a time (staff; audited)",
+    )
+    async def org_members(
+        self,
+        org_id: uuid.UUID,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+        cursor: Cursor,
+        limit: Limit,
+    ) -> MemberPage:
+        auth.require_staff(principal, StaffPermission.read)
+        rows = await services.staff_members(
+            db, org_id=org_id, cursor=cursor, limit=limit, actor=Actor.of(principal, as_staff=True), ctx=ctx
+        )
+        return member_page(rows, limit)
 
     @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")
     async def suspend(

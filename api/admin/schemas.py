@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import msgspec
 
+from api.audit.schemas import AuditLogOut
 from api.billing.schemas import BillingOut
 from api.db.models import OrgStatus, PlatformRole
 from api.flags.schemas import OrgFlagState, OverrideOut
-from api.members.schemas import MemberOut
+from api.members.schemas import MemberPage
 from api.schemas import Reason, Struct
 from api.webhooks.schemas import FailingEndpoint
 
@@ -43,18 +43,6 @@ class AdminOrgPage(msgspec.Struct):
     next_cursor: str | None
 
 
-class AuditEntryOut(msgspec.Struct):
-    id: uuid.UUID
-    occurred_at: datetime
-    actor_type: str
-    actor_id: str | None
-    actor_name: str | None
-    action: str
-    resource_type: str | None
-    resource_id: str | None
-    metadata: dict[str, Any]
-
-
 class AdminOrgView(msgspec.Struct):
     id: uuid.UUID
     name: str
@@ -64,16 +52,22 @@ class AdminOrgView(msgspec.Struct):
     stripe_customer_id: str | None
     created_at: datetime
     deleted_at: datetime | None
-    members: list[MemberOut]
+    #: The first 20 active and invited members; `next_cursor` continues at
+    #: `GET /v1/admin/orgs/{org_id}/members?cursor=`.
+    members: MemberPage
+    active_members: int
+    invited_members: int
     active_ingest_keys: int
-    recent_audit: list[AuditEntryOut]
+    #: The newest 20 entries of the organization's audit log, as `GET …/audit-logs` shows them.
+    recent_audit: list[AuditLogOut]
     #: Every live flag as this organization gets it (without a user id), read fresh.
     flags: list[OrgFlagState]
     #: This organization's overrides, archived flags' included.
     flag_overrides: list[OverrideOut]
     #: The billing screen as the organization sees it (from the mirror).
     billing: BillingOut
-    #: Webhook endpoints that are disabled, failing now, or failed deliveries in the last 24 hours.
+    #: Webhook endpoints that are disabled, failing now, or failed deliveries in the last 24 hours,
+    #: each with its latest failed delivery ids.
     failing_endpoints: list[FailingEndpoint]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,10 +23,24 @@ from api.db.models import (
     User,
 )
 from api.errors import Conflict, NotFound
+from api.members.services import list_members
 from api.pagination import decode_cursor
 from api.webhooks.messages import publish
 
 RECENT_AUDIT = 20
+#: Members in the org view itself; the rest are a page away (``GET /v1/admin/orgs/{id}/members``).
+VIEW_MEMBERS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class OrgView:
+    org: Organization
+    #: The first ``VIEW_MEMBERS`` active and invited members, plus one when there are more.
+    members: list[tuple[Membership, User]]
+    active_members: int
+    invited_members: int
+    active_ingest_keys: int
+    recent_audit: list[AuditEntry]
 
 
 def _like(q: str) -> str:
@@ -63,24 +78,23 @@ async def search_orgs(
     return [(org, count) for org, count in (await session.execute(query)).all()]
 
 
-async def org_view(
-    session: AsyncSession, *, org_id: uuid.UUID, actor: Actor, ctx: RequestContext
-) -> tuple[Organization, list[tuple[Membership, User]], int, list[AuditEntry]]:
-    """Everything support needs about one org, in one read; the read itself is audited."""
+async def org_view(session: AsyncSession, *, org_id: uuid.UUID, actor: Actor, ctx: RequestContext) -> OrgView:
+    """Everything support needs about one org, in one read; the read itself is audited.
+
+    Members come as their first page (``VIEW_MEMBERS``), the rest from ``staff_members``."""
     org = await session.get(Organization, org_id)
     if org is None:
         raise NotFound("organization not found")
-    members = [
-        (m, u)
-        for m, u in (
+    members = await list_members(session, org_id=org_id, cursor=None, limit=VIEW_MEMBERS)
+    counts = dict(
+        (
             await session.execute(
-                select(Membership, User)
-                .join(User, User.id == Membership.user_id)
+                select(Membership.status, func.count())
                 .where(Membership.organization_id == org_id)
-                .order_by(Membership.id)
+                .group_by(Membership.status)
             )
         ).all()
-    ]
+    )
     keys = await session.scalar(
         select(func.count()).where(
             ApiToken.organization_id == org_id,
@@ -102,7 +116,31 @@ async def org_view(
         session, action="staff.org_viewed", actor=actor, ctx=ctx, organization_id=org_id,
         resource_type="organization", resource_id=org_id,
     )  # fmt: skip
-    return org, members, keys or 0, recent
+    return OrgView(
+        org=org, members=members, active_members=counts.get(MembershipStatus.active, 0),
+        invited_members=counts.get(MembershipStatus.invited, 0), active_ingest_keys=keys or 0,
+        recent_audit=recent,
+    )  # fmt: skip
+
+
+async def staff_members(
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    cursor: str | None,
+    limit: int,
+    actor: Actor,
+    ctx: RequestContext,
+) -> list[tuple[Membership, User]]:
+    """An organization's active and invited members, a page at a time, for staff (audited)."""
+    if await session.get(Organization, org_id) is None:
+        raise NotFound("organization not found")
+    rows = await list_members(session, org_id=org_id, cursor=cursor, limit=limit)
+    await audit.record(
+        session, action="staff.members_viewed", actor=actor, ctx=ctx, organization_id=org_id,
+        resource_type="organization", resource_id=org_id, metadata={"members_shown": len(rows[:limit])},
+    )  # fmt: skip
+    return rows
 
 
 async def set_suspended(

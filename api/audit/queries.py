@@ -7,7 +7,7 @@ import binascii
 import re
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar.params import Parameter
@@ -19,6 +19,7 @@ from api.auth.context import Actor, RequestContext
 from api.db.models import ActorType, AuditEntry, Organization
 from api.errors import NotFound, ValidationFailed
 from api.pagination import decode_cursor, encode_cursor
+from api.schemas import utc_bound
 
 ACTION_FILTER = r"^[a-z0-9._-]{1,200}$|^[a-z0-9._-]{1,198}\.\*$"
 ActionFilter = Annotated[
@@ -56,13 +57,7 @@ class AuditFilters:
                 continue
             if value.tzinfo is None:
                 raise ValidationFailed(f"{name} needs a time zone offset (e.g. `Z` or `+02:00`)", field=name)
-            # In UTC before it reaches Postgres (which refuses offsets past ±15:59); a time so close
-            # to year 1 or 9999 that UTC cannot hold it means "before everything" or "after everything".
-            try:
-                value = value.astimezone(UTC)
-            except OverflowError:
-                value = (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, utc_bound(value))
         # An inverted range is not an error: it matches nothing, like any other empty window.
 
     def apply(self, query: Select[Any]) -> Select[Any]:

@@ -22,9 +22,12 @@ from api.errors import KeelError
 from api.events.body import read_limited_body
 from api.pagination import Cursor, Limit, next_cursor
 from api.webhooks import deliveries, inbound
-from api.webhooks.controllers import TypeFilter, delivery_out, utc
+from api.webhooks.controllers import DELIVERY_FILTERS, TypeFilter, delivery_detail_out, delivery_out, utc
+from api.webhooks.deliveries import DeliveryFilters
 from api.webhooks.schemas import (
+    DeliveryDetail,
     DeliveryOut,
+    DeliveryPage,
     InboundAck,
     InboundEventDetail,
     InboundEventOut,
@@ -172,6 +175,47 @@ class AdminWebhookController(Controller):
                 for r in rows[:limit]
             ],
             next_cursor=next_cursor(rows, limit),
+        )
+
+    @get(
+        "/webhook-deliveries",
+        summary="Every organization's webhook deliveries, newest first (staff; the read is audited)",
+        description="Filters as on an organization's list (`status`, `endpoint_id`, `event_type`, `since`, "
+        "`until`), plus `org_id`; cursor pagination. Each organization whose deliveries a page shows "
+        "records `staff.webhook_deliveries_viewed` in its own audit log.",
+        dependencies=DELIVERY_FILTERS,
+    )
+    async def list_deliveries(
+        self,
+        db: AsyncSession,
+        principal: Principal,
+        ctx: RequestContext,
+        cursor: Cursor,
+        limit: Limit,
+        filters: DeliveryFilters,
+        org_id: Annotated[uuid.UUID | None, Parameter(default=None, description="One organization only.")],
+    ) -> DeliveryPage:
+        auth.require_staff(principal, StaffPermission.read)
+        rows = await deliveries.staff_list_deliveries(
+            db, org_id=org_id, filters=filters, cursor=cursor, limit=limit,
+            actor=Actor.of(principal, as_staff=True), ctx=ctx,
+        )  # fmt: skip
+        return DeliveryPage(
+            items=[delivery_out(d) for d in rows[:limit]], next_cursor=next_cursor(rows, limit)
+        )
+
+    @get(
+        "/webhook-deliveries/{delivery_id:uuid}",
+        summary="One delivery of any organization, its payload and every attempt (staff; audited)",
+    )
+    async def read_delivery(
+        self, delivery_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> DeliveryDetail:
+        auth.require_staff(principal, StaffPermission.read)
+        return delivery_detail_out(
+            *await deliveries.staff_delivery_detail(
+                db, delivery_id=delivery_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
+            )
         )
 
     @post(

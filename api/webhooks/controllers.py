@@ -9,6 +9,7 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,9 +18,17 @@ from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission
 from api.auth.services import ALLOW_ORG_KEY
-from api.db.models import DeliveryStatus, TokenKind, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from api.db.models import (
+    DeliveryStatus,
+    TokenKind,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from api.pagination import Cursor, Limit, next_cursor
 from api.webhooks import deliveries, endpoints
+from api.webhooks.deliveries import DeliveryFilters
 from api.webhooks.messages import publish
 from api.webhooks.schemas import (
     AttemptOut,
@@ -47,6 +56,25 @@ TypeFilter = Annotated[
 Since = Annotated[
     datetime | None, Parameter(default=None, description="Only deliveries created at or after this time.")
 ]
+Until = Annotated[
+    datetime | None, Parameter(default=None, description="Only deliveries created before this time.")
+]
+
+
+def provide_delivery_filters(
+    status: Annotated[DeliveryStatus | None, Parameter(default=None)],
+    endpoint_id: Annotated[uuid.UUID | None, Parameter(default=None)],
+    event_type: TypeFilter,
+    since: Since,
+    until: Until,
+) -> DeliveryFilters:
+    """The query parameters of every delivery list (an organization's, and staff's)."""
+    return DeliveryFilters(
+        status=status, endpoint_id=endpoint_id, event_type=event_type, since=since, until=until
+    )
+
+
+DELIVERY_FILTERS = {"filters": Provide(provide_delivery_filters, sync_to_thread=False)}
 
 
 def utc(value: datetime) -> datetime:
@@ -78,6 +106,16 @@ def attempt_out(a: WebhookAttempt) -> AttemptOut:
         id=a.id, attempt_number=a.attempt_number, started_at=a.started_at, duration_ms=a.duration_ms,
         status_code=a.status_code, response_headers=a.response_headers, response_body=a.response_body,
         error_class=a.error_class, error_detail=a.error_detail,
+    )  # fmt: skip
+
+
+def delivery_detail_out(
+    d: WebhookDelivery, message: WebhookMessage, attempts: list[WebhookAttempt]
+) -> DeliveryDetail:
+    out = delivery_out(d)
+    return DeliveryDetail(
+        **{f: getattr(out, f) for f in out.__struct_fields__},
+        payload=message.payload, attempt_log=[attempt_out(a) for a in attempts],
     )  # fmt: skip
 
 
@@ -251,7 +289,11 @@ class WebhookDeliveryController(Controller):
     path = "/v1/orgs/{org_id:uuid}/webhook-deliveries"
     tags = ["webhooks"]
 
-    @get("/", summary="List deliveries, newest first (filters: status, endpoint, event type, since)")
+    @get(
+        "/",
+        summary="List deliveries, newest first (filters: status, endpoint, event type, since, until)",
+        dependencies=DELIVERY_FILTERS,
+    )
     async def list_deliveries(
         self,
         org_id: uuid.UUID,
@@ -259,16 +301,12 @@ class WebhookDeliveryController(Controller):
         principal: Principal,
         cursor: Cursor,
         limit: Limit,
-        status: Annotated[DeliveryStatus | None, Parameter(default=None)],
-        endpoint_id: Annotated[uuid.UUID | None, Parameter(default=None)],
-        event_type: TypeFilter,
-        since: Since,
+        filters: DeliveryFilters,
     ) -> DeliveryPage:
         await auth.org_access(db, principal, org_id, Permission.manage_org)
         rows = await deliveries.list_deliveries(
-            db, org_id=org_id, cursor=cursor, limit=limit, status=status, endpoint_id=endpoint_id,
-            event_type=event_type, since=utc(since) if since else None,
-        )  # fmt: skip
+            db, org_id=org_id, filters=filters, cursor=cursor, limit=limit
+        )
         return DeliveryPage(
             items=[delivery_out(d) for d in rows[:limit]], next_cursor=next_cursor(rows, limit)
         )
@@ -278,12 +316,9 @@ class WebhookDeliveryController(Controller):
         self, org_id: uuid.UUID, delivery_id: uuid.UUID, db: AsyncSession, principal: Principal
     ) -> DeliveryDetail:
         await auth.org_access(db, principal, org_id, Permission.manage_org)
-        d, message, attempts = await deliveries.delivery_detail(db, delivery_id=delivery_id, org_id=org_id)
-        out = delivery_out(d)
-        return DeliveryDetail(
-            **{f: getattr(out, f) for f in out.__struct_fields__},
-            payload=message.payload, attempt_log=[attempt_out(a) for a in attempts],
-        )  # fmt: skip
+        return delivery_detail_out(
+            *await deliveries.delivery_detail(db, delivery_id=delivery_id, org_id=org_id)
+        )
 
     @post("/{delivery_id:uuid}/retry", status_code=HTTP_200_OK, summary="Attempt this delivery again now")
     async def retry(

@@ -214,3 +214,6 @@ class FailingEndpoint(msgspec.Struct):
     failing_since: datetime | None
     failed_deliveries_24h: int
     last_error: str | None
+    #: The newest failed or exhausted deliveries to this endpoint (up to 5), newest first: open one at
+    #: `GET /v1/admin/webhook-deliveries/{id}`, send it again with `POST …/{id}/retry`.
+    latest_failed_delivery_ids: list[uuid.UUID]

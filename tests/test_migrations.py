@@ -45,8 +45,10 @@ def test_models_and_migrations_agree(database_url: str) -> None:
         engine.dispose()
 
 
-def test_audit_log_is_append_only_in_the_database(database_url: str, org) -> None:  # type: ignore[no-untyped-def]
-    engine = make_sync_engine(database_url)
+def test_audit_log_is_append_only_in_the_database(admin_database_url: str, org) -> None:  # type: ignore[no-untyped-def]
+    """Even the owner's session meets the triggers (the application role does not get that far:
+    tests/test_db_roles.py)."""
+    engine = make_sync_engine(admin_database_url)
     try:
         for statement in (
             "UPDATE audit_log SET action = 'forged' WHERE organization_id = :org",

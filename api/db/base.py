@@ -19,6 +19,23 @@ NAMING_CONVENTION = {
 }
 
 
+#: What the application role (``KEEL_DATABASE_URL``) may do to a table unless the table says
+#: otherwise in ``info={"app_privileges": ...}`` (see :func:`app_privileges` and api/db/roles.py).
+#: Never TRUNCATE, REFERENCES or TRIGGER; the owner (``KEEL_ADMIN_DATABASE_URL``) keeps those.
+APP_DEFAULT_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+#: Append-only tables: the application adds rows and reads them, never changes or removes one.
+APP_APPEND_ONLY = ("SELECT", "INSERT")
+#: Tables only the owner's SECURITY DEFINER functions (or triggers) write.
+APP_READ_ONLY = ("SELECT",)
+#: Tables the application role cannot touch at all.
+APP_NO_ACCESS: tuple[str, ...] = ()
+
+
+def app_privileges(*privileges: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """``Table(..., **app_privileges(...))`` / ``__table_args__ = (..., app_privileges(...))``."""
+    return {"info": {"app_privileges": privileges}}
+
+
 def new_id() -> uuid.UUID:
     """A UUIDv7: time-ordered, so keyset pagination by id is pagination by creation time."""
     return uuid.UUID(bytes=uuid_utils.uuid7().bytes)

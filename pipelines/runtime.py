@@ -17,10 +17,7 @@ def settings() -> Settings:
 def database_url(config: Settings) -> str:
     """The application's connection (the embedded server's application role when unset); a flow
     refuses to run connected as a superuser or as the owner of Keel's tables."""
-    if config.database_url:
-        url = config.database_url
-    else:
-        url = app_url(start_embedded_postgres(config.data_dir, cleanup=None)[0])
+    url = config.database_url or app_url(start_embedded_postgres(config.data_dir, cleanup=None)[0])
     _refuse_privileged(url, config.allow_privileged_database_role)
     return url
 

@@ -15,8 +15,8 @@ from api.app import create_app
 from api.db.embedded import app_url, start_embedded_postgres
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade
-from api.db.roles import apply_roles
 from api.db.models import PlatformRole
+from api.db.roles import apply_roles
 from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, make_org, make_user
 

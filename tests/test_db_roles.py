@@ -36,17 +36,18 @@ AUDIT_TABLES = ("audit_log", "audit_checkpoints", "audit_chain_heads")
 
 def refused(url: str, *statements: str, **params: object) -> str:
     """Run ``statements`` in one transaction as ``url``'s role; the error Postgres answers."""
-    with psycopg.connect(libpq_url(url)) as conn:
-        with pytest.raises(psycopg.Error) as caught, conn.transaction():
-            for statement in statements:
-                conn.execute(statement, params or None)
+    with psycopg.connect(libpq_url(url)) as conn, pytest.raises(psycopg.Error) as caught, conn.transaction():
+        for statement in statements:
+            conn.execute(statement, params or None)
     return str(caught.value)
 
 
 def head_seq(engine: Engine, org_id: str) -> int:
     with engine.connect() as conn:
         return int(
-            conn.execute(text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": org_id}).scalar()
+            conn.execute(
+                text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": org_id}
+            ).scalar()
         )
 
 
@@ -78,7 +79,10 @@ def test_the_application_role_cannot_undo_the_audit_log(
         k=k,
     )
     assert "permission denied for table audit_log" in refused(
-        database_url, "SELECT set_config('keel.audit_prune', %(k)s, true)", "DELETE FROM audit_log WHERE chain_key = %(k)s", k=k
+        database_url,
+        "SELECT set_config('keel.audit_prune', %(k)s, true)",
+        "DELETE FROM audit_log WHERE chain_key = %(k)s",
+        k=k,
     )
     # Nor can it forge the prune function's mark, loosen the retention, or shadow Keel's objects.
     assert "permission denied" in refused(
@@ -86,7 +90,8 @@ def test_the_application_role_cannot_undo_the_audit_log(
     )
     assert "permission denied" in refused(database_url, "UPDATE keel_settings SET audit_retention_days = 1")
     assert "permission denied for schema public" in refused(
-        database_url, "CREATE FUNCTION keel_audit_prune_limit(text) RETURNS bigint LANGUAGE sql AS 'SELECT 1e9::bigint'"
+        database_url,
+        "CREATE FUNCTION keel_audit_prune_limit(text) RETURNS bigint LANGUAGE sql AS 'SELECT 1e9::bigint'",
     )
     # Pruning young entries: refused even once the lake holds them.
     lake = Lake.open(str(tmp_path / "lake"))
@@ -108,7 +113,11 @@ def test_pruning_takes_only_entries_past_the_retention_that_the_lake_holds(
 
     k = org.id
     # Entries written 400 days ago (recorded_at is not hashed; the owner moves it, triggers off).
-    tamper(engine, "UPDATE audit_log SET recorded_at = recorded_at - interval '400 days' WHERE chain_key = :k", k=k)
+    tamper(
+        engine,
+        "UPDATE audit_log SET recorded_at = recorded_at - interval '400 days' WHERE chain_key = :k",
+        k=k,
+    )
     count = len(audit_rows(engine, organization_id=k))
     lake = Lake.open(str(tmp_path / "lake"))
     # The lake holds none of them yet (an export to this empty lake records watermark 0 first):
@@ -173,7 +182,8 @@ def test_db_upgrade_with_both_urls_creates_the_app_role_and_grants_it_exactly_it
     expected = {table: set(privs) for table, privs in app_grants() if privs}
     with psycopg.connect(libpq_url(fresh_database), autocommit=True) as admin:
         role = admin.execute(
-            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolpassword FROM pg_authid WHERE rolname = %s", (app,)
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolpassword FROM pg_authid WHERE rolname = %s",
+            (app,),
         ).fetchone()
         assert role is not None and role[:3] == (False, False, False)
         assert role[3].startswith("SCRAM-SHA-256$")  # the URL's password, sent hashed
@@ -211,7 +221,12 @@ def start_serve(database_url: str, tmp_path: Path, **extra: str) -> tuple[subpro
     import os
 
     port = free_port()
-    env = {**os.environ, "KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp_path), "KEEL_PORT": str(port)}
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": database_url,
+        "KEEL_DATA_DIR": str(tmp_path),
+        "KEEL_PORT": str(port),
+    }
     env.update({f"KEEL_{k.upper()}": v for k, v in extra.items()})
     proc = subprocess.Popen([KEEL, "serve"], env=env, cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
@@ -222,7 +237,12 @@ def test_keel_serve_refuses_to_start_as_a_superuser_or_the_owner(
     admin_database_url: str, owner_and_app: tuple[str, str, str], tmp_path: Path
 ) -> None:
     owner_url, app_db_url, _ = owner_and_app
-    assert keel("db", "upgrade", database_url=app_db_url, admin_database_url=owner_url, tmp_path=tmp_path).returncode == 0
+    assert (
+        keel(
+            "db", "upgrade", database_url=app_db_url, admin_database_url=owner_url, tmp_path=tmp_path
+        ).returncode
+        == 0
+    )
     for url, why in ((admin_database_url, "is a superuser"), (owner_url, "owns Keel's tables")):
         proc, _ = start_serve(url, tmp_path)
         _, stderr = proc.communicate(timeout=60)
@@ -241,18 +261,26 @@ def test_keel_serve_refuses_to_start_as_a_superuser_or_the_owner(
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.stderr else ""
+            )
             time.sleep(0.2)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def test_the_worker_and_the_flows_refuse_a_superuser(admin_database_url: str, database_url: str, tmp_path: Path) -> None:
+def test_the_worker_and_the_flows_refuse_a_superuser(
+    admin_database_url: str, database_url: str, tmp_path: Path
+) -> None:
     worker = keel("worker", "--until-idle", database_url=admin_database_url, tmp_path=tmp_path)
     assert worker.returncode == 1 and "keel worker refuses to start" in " ".join(worker.stderr.split())
-    with pytest.raises(PrivilegedRoleError, match="a Keel flow refuses to start: the database role 'postgres' is a superuser"):
+    with pytest.raises(
+        PrivilegedRoleError, match="a Keel flow refuses to start: the database role 'postgres' is a superuser"
+    ):
         runtime.database_url(Settings(database_url=admin_database_url))
-    assert runtime.database_url(Settings(database_url=admin_database_url, allow_privileged_database_role=True))
+    assert runtime.database_url(
+        Settings(database_url=admin_database_url, allow_privileged_database_role=True)
+    )
     assert runtime.database_url(Settings(database_url=database_url)) == database_url
     assert app_url(admin_database_url) == database_url

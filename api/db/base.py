@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import uuid_utils
 from sqlalchemy import DateTime, MetaData, func
@@ -31,7 +32,7 @@ APP_READ_ONLY = ("SELECT",)
 APP_NO_ACCESS: tuple[str, ...] = ()
 
 
-def app_privileges(*privileges: str) -> dict[str, dict[str, tuple[str, ...]]]:
+def app_privileges(*privileges: str) -> dict[str, Any]:
     """``Table(..., **app_privileges(...))`` / ``__table_args__ = (..., app_privileges(...))``."""
     return {"info": {"app_privileges": privileges}}
 

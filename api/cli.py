@@ -77,14 +77,14 @@ def _embedded(config: Settings, keep_running: bool) -> str:
 
 def migrate(config: Settings, revision: str = "head", *, keep_running: bool = True) -> str:
     """Migrations as the owner, then the application role and its grants; returns the app's URL."""
-    from api.db.migrate import upgrade
-    from api.db.roles import apply_roles
+    from api.db.migrate import upgrade, upgrade_with_roles
 
     admin_url = admin_database_url(config, keep_running=keep_running)
     app_url = database_url(config, keep_running=keep_running)
-    upgrade(admin_url, revision)
-    if revision == "head":
-        roles = apply_roles(admin_url, app_url, audit_retention_days=config.audit_retention_days)
+    if revision != "head":
+        upgrade(admin_url, revision)  # an older schema: its grants are the next upgrade's business
+    else:
+        roles = upgrade_with_roles(admin_url, app_url, audit_retention_days=config.audit_retention_days)
         if roles.created:
             console.print(f"created the application role {roles.app_role!r}")
         if not roles.granted:

@@ -14,9 +14,8 @@ from sqlalchemy import Engine, text
 from api.app import create_app
 from api.db.embedded import app_url, start_embedded_postgres
 from api.db.engine import make_sync_engine
-from api.db.migrate import upgrade
+from api.db.migrate import upgrade_with_roles
 from api.db.models import PlatformRole
-from api.db.roles import apply_roles
 from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, make_org, make_user
 
@@ -42,8 +41,7 @@ def admin_database_url(pg_server: tuple[str, object]) -> str:
     """The owner's connection (the embedded server's superuser), migrated and with the application
     role granted, as `keel db upgrade` leaves it: for test setup and inspection only."""
     url = pg_server[0]
-    upgrade(url)
-    apply_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
+    upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
     return url
 
 

@@ -284,3 +284,40 @@ def test_the_worker_and_the_flows_refuse_a_superuser(
     )
     assert runtime.database_url(Settings(database_url=database_url)) == database_url
     assert app_url(admin_database_url) == database_url
+
+
+def test_a_deployment_from_before_the_two_roles_is_taken_over_by_the_owner(
+    fresh_database: str, admin_database_url: str, tmp_path: Path
+) -> None:
+    """One URL, as before: the application's role migrated and owns everything. `keel db upgrade`
+    still works so (and says what to do), `keel worker` refuses; with the owner's URL added, the
+    upgrade takes the tables over and the same role runs as a plain application role."""
+    legacy = f"keel_legacy_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(fresh_database), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {legacy} LOGIN")
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {legacy}")
+    legacy_url = make_url(fresh_database).set(username=legacy).render_as_string(hide_password=False)
+    try:
+        alone = keel("db", "upgrade", database_url=legacy_url, tmp_path=tmp_path)
+        assert alone.returncode == 0, alone.stderr
+        assert "connects as the owner" in " ".join(alone.stderr.split())
+        refused_worker = keel("worker", "--until-idle", database_url=legacy_url, tmp_path=tmp_path)
+        assert refused_worker.returncode == 1 and "owns Keel's tables" in refused_worker.stderr
+        both = keel(
+            "db", "upgrade", database_url=legacy_url, admin_database_url=fresh_database, tmp_path=tmp_path
+        )
+        assert both.returncode == 0, both.stderr
+        with psycopg.connect(libpq_url(fresh_database)) as conn:
+            owned = conn.execute(
+                "SELECT count(*) FROM pg_class WHERE relowner = %s::regrole", (legacy,)
+            ).fetchone()
+            creates = conn.execute(
+                "SELECT has_schema_privilege(%s, 'public', 'CREATE')", (legacy,)
+            ).fetchone()
+        assert owned == (0,) and creates == (False,)
+        worker = keel("worker", "--until-idle", database_url=legacy_url, tmp_path=tmp_path)
+        assert worker.returncode == 0 and "worker stopped" in worker.stderr, worker.stderr
+    finally:
+        with psycopg.connect(libpq_url(admin_database_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{make_url(fresh_database).database}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {legacy}")

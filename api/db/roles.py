@@ -118,6 +118,10 @@ def _grant(conn: psycopg.Connection, role: str) -> None:
     database = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), who))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, who))
+    # Nobody but the owner creates objects where the owner's SECURITY DEFINER functions look
+    # (Postgres 15 and later revoke it from PUBLIC already; 14 did not).
+    conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(schema))
+    conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(schema, who))
     # Exactly what it needs: whatever it had is taken away first (TRUNCATE on the audit log, say).
     conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema, who))
     conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(schema, who))
@@ -149,36 +153,42 @@ SELECT current_user, r.rolsuper,
            SELECT 1 FROM pg_class c
            WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p')
              AND c.relname = ANY(%(tables)s) AND pg_has_role(current_user, c.relowner, 'USAGE')
-       )
+       ),
+       has_schema_privilege(current_user, %(schema)s, 'CREATE')
 FROM pg_roles r WHERE r.rolname = current_user
 """
 
 
 def privileged_reason(conn: psycopg.Connection) -> str | None:
-    """Why the connection's role must not run Keel (a superuser, or the owner of its tables)."""
+    """Why the connection's role must not run Keel: a superuser, the owner of its tables, or a
+    role that may create objects in its schema."""
     import api.db.models  # noqa: F401
 
     row = conn.execute(_ROLE_FACTS, {"schema": SCHEMA, "tables": sorted(Base.metadata.tables)}).fetchone()
     assert row is not None
-    role, superuser, owner = row
+    role, superuser, owner, creates = row
     if superuser:
         return f"the database role {role!r} is a superuser"
     if owner:
         return f"the database role {role!r} owns Keel's tables"
+    if creates:
+        # It could plant objects that the owner's SECURITY DEFINER functions would then run.
+        return f"the database role {role!r} may create objects in the schema {SCHEMA!r}"
     return None
 
 
 def refuse_privileged_role(database_url: str, *, allow: bool, what: str) -> None:
-    """Raise :class:`PrivilegedRoleError` when ``database_url`` connects as a superuser or as the
-    owner of Keel's tables (unless ``allow``: ``KEEL_ALLOW_PRIVILEGED_DATABASE_ROLE=true``)."""
+    """Raise :class:`PrivilegedRoleError` when ``database_url`` connects as a superuser, as the
+    owner of Keel's tables, or as a role that may create objects in Keel's schema (unless
+    ``allow``: ``KEEL_ALLOW_PRIVILEGED_DATABASE_ROLE=true``)."""
     if allow:
         return
     with psycopg.connect(libpq_url(database_url)) as conn:
         reason = privileged_reason(conn)
     if reason is not None:
         raise PrivilegedRoleError(
-            f"{what} refuses to start: {reason}, so it could switch the audit log's append-only "
-            f"triggers off. Connect KEEL_DATABASE_URL as the application role and give the owner's "
+            f"{what} refuses to start: {reason}, so it could undo the audit log's append-only "
+            f"guarantee. Connect KEEL_DATABASE_URL as the application role and give the owner's "
             f"connection in KEEL_ADMIN_DATABASE_URL (`keel db upgrade` then creates the application "
             f"role and its grants). {OVERRIDE_SETTING}=true overrides this check (not recommended)."
         )

@@ -454,6 +454,7 @@ class WebhookMessage(Base):
     __table_args__ = (
         UniqueConstraint("organization_id", "message_id"),
         Index("ix_webhook_messages_created_at_brin", "created_at", postgresql_using="brin"),
+        app_privileges(*APP_APPEND_ONLY),  # append-only: a message is never changed once accepted
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -588,6 +589,7 @@ class BillingDiscrepancy(IdMixin, Base):
     __table_args__ = (
         Index("ix_billing_discrepancies_run_id", "run_id"),
         Index("ix_billing_discrepancies_export_seq_brin", "export_seq", postgresql_using="brin"),
+        app_privileges(*APP_APPEND_ONLY),  # append-only: exported to the lake by sequence
     )
 
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("billing_reconciliation_runs.id"))
@@ -653,6 +655,7 @@ class WebhookAttempt(Base):
         Index("ix_webhook_attempts_delivery_id_attempt", "delivery_id", "attempt_number"),
         Index("ix_webhook_attempts_endpoint_id_started_at", "endpoint_id", "started_at"),
         Index("ix_webhook_attempts_seq_brin", "seq", postgresql_using="brin"),
+        app_privileges(*APP_APPEND_ONLY),  # append-only: exported to the lake by sequence
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)

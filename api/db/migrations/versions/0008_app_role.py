@@ -42,7 +42,8 @@ LANGUAGE sql STABLE {SEARCH_PATH} AS $$
     SELECT COALESCE(
         (SELECT min(a.seq) - 1 FROM audit_log a
          WHERE a.chain_key = p_chain_key
-           AND (a.recorded_at >= now() - make_interval(days => (SELECT audit_retention_days FROM keel_settings WHERE id = 1))
+           -- (no retention configured: every entry counts as young)
+           AND ((a.recorded_at >= now() - make_interval(days => (SELECT audit_retention_days FROM keel_settings WHERE id = 1))) IS NOT FALSE
                 OR a.export_seq > COALESCE((SELECT watermark FROM export_progress WHERE table_name = 'audit_log'), 0))),
         (SELECT max(a.seq) FROM audit_log a WHERE a.chain_key = p_chain_key),
         0)

@@ -48,14 +48,52 @@ def settings() -> Settings:
 
 
 def database_url(config: Settings, *, keep_running: bool = True) -> str:
-    """``KEEL_DATABASE_URL``, or the embedded Postgres under the data directory (started if needed)."""
+    """The application's connection: ``KEEL_DATABASE_URL``, or the embedded Postgres under the data
+    directory (started if needed) as its application role."""
     if config.database_url:
         return config.database_url
+    from api.db.embedded import app_url
+
+    return app_url(_embedded(config, keep_running))
+
+
+def admin_database_url(config: Settings, *, keep_running: bool = True) -> str:
+    """The owner's connection: ``KEEL_ADMIN_DATABASE_URL``, else the embedded server's superuser when
+    Keel runs embedded, else ``KEEL_DATABASE_URL`` (one role for both, as before the two roles)."""
+    if config.admin_database_url:
+        return config.admin_database_url
+    if config.database_url:
+        return config.database_url
+    return _embedded(config, keep_running)
+
+
+def _embedded(config: Settings, keep_running: bool) -> str:
     from api.db.embedded import start_embedded_postgres
 
     with console.status("starting the embedded Postgres…"):
         url, _server = start_embedded_postgres(config.data_dir, cleanup=None if keep_running else "stop")
     return url
+
+
+def migrate(config: Settings, revision: str = "head", *, keep_running: bool = True) -> str:
+    """Migrations as the owner, then the application role and its grants; returns the app's URL."""
+    from api.db.migrate import upgrade, upgrade_with_roles
+
+    admin_url = admin_database_url(config, keep_running=keep_running)
+    app_url = database_url(config, keep_running=keep_running)
+    if revision != "head":
+        upgrade(admin_url, revision)  # an older schema: its grants are the next upgrade's business
+    else:
+        roles = upgrade_with_roles(admin_url, app_url, audit_retention_days=config.audit_retention_days)
+        if roles.created:
+            console.print(f"created the application role {roles.app_role!r}")
+        if not roles.granted:
+            console.print(
+                f"[yellow]the application connects as the owner ({roles.app_role!r}):[/] set"
+                " KEEL_ADMIN_DATABASE_URL to the owner's connection and KEEL_DATABASE_URL to an"
+                " application role (`keel serve` refuses to run as the owner)"
+            )
+    return app_url
 
 
 def run_in_session(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -75,11 +113,9 @@ def run_in_session(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
-    """Apply the migrations (to the newest revision by default)."""
-    from api.db.migrate import upgrade
-
-    url = database_url(settings())
-    upgrade(url, revision)
+    """Apply the migrations as the owner (KEEL_ADMIN_DATABASE_URL), then create the application role
+    of KEEL_DATABASE_URL if missing and grant it exactly what it needs (on every run)."""
+    migrate(settings(), revision)
     console.print(f"[green]database at revision {revision}[/]")
 
 
@@ -114,12 +150,9 @@ def demo_seed(
     ] = False,
 ) -> None:
     """Seed demo organizations, members, keys and sixty days of their activity (migrates first)."""
-    from api.db.migrate import upgrade
     from api.demo import seed
 
-    config = settings()
-    url = database_url(config)
-    upgrade(url)
+    url = migrate(settings())
     with console.status("seeding the demo…"):
         summary = seed(url, force=force)
     console.print(summary)
@@ -303,11 +336,15 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Serve the API."""
+    from api.db.roles import PrivilegedRoleError
     from api.server import serve_api
 
     config = settings()
     config = config.with_(database_url=database_url(config))
-    serve_api(config, host=host or config.host, port=port or config.port, workers=workers)
+    try:
+        serve_api(config, host=host or config.host, port=port or config.port, workers=workers)
+    except PrivilegedRoleError as exc:
+        raise fail(str(exc)) from None
 
 
 billing_app = typer.Typer(no_args_is_help=True, help="Billing: sync the Stripe mirror, reconcile it.")
@@ -349,10 +386,14 @@ def worker(
         raise fail(str(exc), 2) from None
     import psycopg
 
+    from api.db.roles import PrivilegedRoleError, refuse_privileged_role
+
+    url = database_url(config)
     try:
-        stats = run_worker(
-            config.with_(database_url=database_url(config)), worker_config, until_idle=until_idle
-        )
+        refuse_privileged_role(url, allow=config.allow_privileged_database_role, what="keel worker")
+        stats = run_worker(config.with_(database_url=url), worker_config, until_idle=until_idle)
+    except PrivilegedRoleError as exc:
+        raise fail(str(exc)) from None
     except psycopg.OperationalError as exc:
         raise fail(f"cannot reach the database: {str(exc).strip().splitlines()[0]}") from None
     console.print(

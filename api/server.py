@@ -28,9 +28,15 @@ def from_env() -> Litestar:
 
 
 def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+    """Serve; refuses (:class:`api.db.roles.PrivilegedRoleError`) to connect as a privileged role."""
+    from api.db.roles import refuse_privileged_role
+
     configure_logging(settings.log_level)
+    assert settings.database_url
+    refuse_privileged_role(
+        settings.database_url, allow=settings.allow_privileged_database_role, what="keel serve"
+    )
     if workers > 1:
-        assert settings.database_url
         os.environ["KEEL_DATABASE_URL"] = settings.database_url
         # The supervising process only watches its workers (each imports the app itself): it
         # becomes a fresh interpreter that loads uvicorn and this module, not the CLI that got us

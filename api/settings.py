@@ -25,7 +25,12 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    #: The application's connection: a role that owns nothing (api/db/roles.py).
     database_url: str | None = None
+    #: The schema owner's connection, used by ``keel db upgrade`` only (KEEL_DATABASE_URL if unset).
+    admin_database_url: str | None = None
+    #: Let serve, worker and flows run as a superuser or the tables' owner (not recommended).
+    allow_privileged_database_role: bool = False
     data_dir: Path = Path(".keel")
     lake_url: str | None = None
     #: S3-compatible endpoint (``http(s)://host[:port]``) for an ``s3://`` lake; AWS when unset.
@@ -79,6 +84,13 @@ def _int(value: str, name: str) -> int:
         raise SettingsError(f"{name} must be an integer, not {value!r}") from None
 
 
+def _positive(value: str, name: str) -> int:
+    number = _int(value, name)
+    if number < 1:
+        raise SettingsError(f"{name} must be at least 1, not {number}")
+    return number
+
+
 def _float(value: str, name: str) -> float:
     try:
         number = float(value)
@@ -129,6 +141,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     warehouse = get("WAREHOUSE_PATH")
     return Settings(
         database_url=get("DATABASE_URL"),
+        admin_database_url=get("ADMIN_DATABASE_URL"),
+        allow_privileged_database_role=_flag(
+            get("ALLOW_PRIVILEGED_DATABASE_ROLE") or "false", "KEEL_ALLOW_PRIVILEGED_DATABASE_ROLE"
+        ),
         data_dir=data_dir,
         lake_url=get("LAKE_URL"),
         lake_s3_endpoint=lake_s3_endpoint,
@@ -141,7 +157,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
             get("WEBHOOK_ALLOW_PRIVATE_TARGETS") or "false", "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS"
         ),
         events_retention_days=_int(get("EVENTS_RETENTION_DAYS") or "30", "KEEL_EVENTS_RETENTION_DAYS"),
-        audit_retention_days=_int(get("AUDIT_RETENTION_DAYS") or "365", "KEEL_AUDIT_RETENTION_DAYS"),
+        audit_retention_days=_positive(get("AUDIT_RETENTION_DAYS") or "365", "KEEL_AUDIT_RETENTION_DAYS"),
         host=get("HOST") or "127.0.0.1",
         port=_int(get("PORT") or "8000", "KEEL_PORT"),
         log_level=(get("LOG_LEVEL") or "INFO").upper(),

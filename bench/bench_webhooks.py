@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 from harness import KEEL, HttpLoad, free_port, percentile, row, run, served_api
 
+from api.db.embedded import app_url
 from api.db.engine import libpq_url
 
 BACKLOG = 30_000
@@ -50,7 +51,8 @@ def postgres_with_commit_times() -> Iterator[str]:
     """bench/harness.py's private Postgres, with ``track_commit_timestamp`` on: a message is
     accepted when its transaction commits, and ``pg_xact_commit_timestamp(xmin)`` says when."""
     from api.db.embedded import start_embedded_postgres
-    from api.db.migrate import upgrade
+    from api.db.migrate import upgrade_with_roles
+    from api.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     url, server = start_embedded_postgres(workdir, cleanup="delete")  # (quiets pgserver's warnings)
@@ -59,7 +61,7 @@ def postgres_with_commit_times() -> Iterator[str]:
     try:
         server.psql("ALTER SYSTEM SET track_commit_timestamp = on;")
         pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
-        upgrade(url)
+        upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
         yield url
     finally:
         server.cleanup()
@@ -201,7 +203,7 @@ def start_worker(url: str) -> subprocess.Popen[bytes]:
     workdir = tempfile.mkdtemp(prefix="keel-bench-worker-")
     env = {
         **os.environ,
-        "KEEL_DATABASE_URL": url,
+        "KEEL_DATABASE_URL": app_url(url),
         "KEEL_DATA_DIR": workdir,
         "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
         "KEEL_LOG_LEVEL": "WARNING",

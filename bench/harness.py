@@ -25,8 +25,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.db.embedded import start_embedded_postgres
-from api.db.migrate import upgrade
+from api.db.embedded import app_url, start_embedded_postgres
+from api.db.migrate import upgrade_with_roles
+from api.settings import Settings
 
 T = TypeVar("T")
 KEEL = str(Path(sys.executable).with_name("keel"))
@@ -34,10 +35,12 @@ KEEL = str(Path(sys.executable).with_name("keel"))
 
 @contextlib.contextmanager
 def private_postgres() -> Iterator[str]:
+    """The owner's (superuser's) URL of a migrated private Postgres; its application role (what
+    served APIs and workers connect as: :func:`app_url`) has its grants."""
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     url, server = start_embedded_postgres(workdir, cleanup="delete")
     try:
-        upgrade(url)
+        upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
         yield url
     finally:
         server.cleanup()
@@ -56,7 +59,7 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
     workdir = tempfile.mkdtemp(prefix="keel-bench-api-")
     environment = {
         **os.environ,
-        "KEEL_DATABASE_URL": database_url,
+        "KEEL_DATABASE_URL": app_url(database_url),  # as in production: the application role
         "KEEL_DATA_DIR": workdir,
         "KEEL_LOG_LEVEL": "WARNING",
         **env,

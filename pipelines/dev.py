@@ -30,15 +30,13 @@ def dev(
 
 
 def run_dev(settings: Settings, *, host: str | None, port: int | None, console: Console) -> None:
-    from api.cli import database_url, run_in_session
-    from api.db.migrate import upgrade
+    from api.cli import migrate, run_in_session
     from api.demo import seed_async
     from api.server import serve_api
     from api.users import create_user_with_token
 
-    url = database_url(settings, keep_running=False)
     with console.status("applying migrations…"):
-        upgrade(url)
+        url = migrate(settings, keep_running=False)
     with console.status("seeding the demo (only when the database is empty)…"):
         summary = run_in_session(url, lambda s: seed_async(s))
     console.print(summary)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from api.db.embedded import start_embedded_postgres
+from functools import cache
+
+from api.db.embedded import app_url, start_embedded_postgres
+from api.db.roles import refuse_privileged_role
 from api.settings import Settings, load_settings
 from pipelines.lake import Lake
 
@@ -12,10 +15,16 @@ def settings() -> Settings:
 
 
 def database_url(config: Settings) -> str:
-    if config.database_url:
-        return config.database_url
-    url, _server = start_embedded_postgres(config.data_dir, cleanup=None)
+    """The application's connection (the embedded server's application role when unset); a flow
+    refuses to run connected as a superuser or as the owner of Keel's tables."""
+    url = config.database_url or app_url(start_embedded_postgres(config.data_dir, cleanup=None)[0])
+    _refuse_privileged(url, config.allow_privileged_database_role)
     return url
+
+
+@cache
+def _refuse_privileged(url: str, allow: bool) -> None:
+    refuse_privileged_role(url, allow=allow, what="a Keel flow")
 
 
 def lake(config: Settings) -> Lake:

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from api.app import create_app
-from api.db.embedded import start_embedded_postgres
+from api.db.embedded import app_url, start_embedded_postgres
 from api.db.engine import make_sync_engine
-from api.db.migrate import upgrade
+from api.db.migrate import upgrade_with_roles
 from api.db.models import PlatformRole
 from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, make_org, make_user
@@ -37,15 +37,25 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, o
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_server: tuple[str, object]) -> str:
+def admin_database_url(pg_server: tuple[str, object]) -> str:
+    """The owner's connection (the embedded server's superuser), migrated and with the application
+    role granted, as `keel db upgrade` leaves it: for test setup and inspection only."""
     url = pg_server[0]
-    upgrade(url)
+    upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
     return url
 
 
 @pytest.fixture(scope="session")
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_sync_engine(database_url)
+def database_url(admin_database_url: str) -> str:
+    """The application's connection (a role that owns nothing): the live servers, the worker and
+    the flows use it, so the whole suite proves the role's grants are enough."""
+    return app_url(admin_database_url)
+
+
+@pytest.fixture(scope="session")
+def engine(admin_database_url: str) -> Iterator[Engine]:
+    """Setup and inspection, as the owner (it may tamper, as an attacker with the keys would)."""
+    engine = make_sync_engine(admin_database_url)
     yield engine
     engine.dispose()
 
@@ -130,7 +140,7 @@ def fresh_database(pg_server: tuple[str, object]) -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.audit.services import Pruned, prune_audit
 from api.db.engine import make_async_engine, make_sessionmaker
+from pipelines.lake import Lake
+from pipelines.tasks.export import AUDIT_LOG, export_table
 from tests.harness import OrgWorld, audit_rows, auth
 from tests.test_audit_export import download, run_script
 from tests.test_audit_ingest import entry
@@ -30,6 +32,17 @@ async def async_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def prune(engine: AsyncEngine, chain_key: str, before: datetime) -> Pruned:
     async with make_sessionmaker(engine)() as session, session.begin():
         return await prune_audit(session, chain_key=chain_key, before=before)
+
+
+def age_and_export(engine: Engine, database_url: str, org: OrgWorld, tmp_path: Path) -> None:
+    """Make the org's entries prunable: recorded 400 days ago (past the 365 days Postgres enforces;
+    recorded_at is not hashed, so the owner moves it with the triggers off), and in a lake."""
+    tamper(
+        engine,
+        "UPDATE audit_log SET recorded_at = recorded_at - interval '400 days' WHERE chain_key = :k",
+        k=org.id,
+    )
+    export_table(database_url, Lake.open(str(tmp_path / "lake")), AUDIT_LOG)
 
 
 def add(client: httpx.Client, org: OrgWorld, n: int) -> None:
@@ -56,8 +69,10 @@ async def test_pruning_keeps_the_chain_verifiable(
     org: OrgWorld,
     tmp_path: Path,
     offline_script: Path,
+    database_url: str,
 ) -> None:
     add(client, org, 4)
+    age_and_export(engine, database_url, org, tmp_path)
     rows = audit_rows(engine, organization_id=org.id)
     rows.sort(key=lambda r: r["seq"])
     cut = rows[7]["recorded_at"]  # everything recorded before the eighth entry goes
@@ -91,8 +106,14 @@ async def test_pruning_keeps_the_chain_verifiable(
 
 
 async def test_pruning_a_whole_chain_then_writing_again(
-    client: httpx.Client, async_engine: AsyncEngine, org: OrgWorld
+    client: httpx.Client,
+    engine: Engine,
+    async_engine: AsyncEngine,
+    org: OrgWorld,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
+    age_and_export(engine, database_url, org, tmp_path)
     everything = await prune(async_engine, org.id, datetime.now(UTC) + timedelta(days=1))
     assert everything.removed == everything.through_seq and everything.removed >= 10
     empty = verify(client, org)
@@ -105,9 +126,16 @@ async def test_pruning_a_whole_chain_then_writing_again(
 
 
 async def test_nothing_else_deletes(
-    client: httpx.Client, engine: Engine, async_engine: AsyncEngine, org: OrgWorld
+    client: httpx.Client,
+    engine: Engine,
+    async_engine: AsyncEngine,
+    org: OrgWorld,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
+    """Not even the owner's session (``engine``) deletes outside keel_audit_prune, whatever it sets."""
     add(client, org, 2)
+    age_and_export(engine, database_url, org, tmp_path)
     rows = sorted(audit_rows(engine, organization_id=org.id), key=lambda r: r["seq"])
     await prune(async_engine, org.id, rows[3]["recorded_at"])
     k = org.id
@@ -140,8 +168,14 @@ async def test_nothing_else_deletes(
 
 
 async def test_a_doctored_checkpoint_is_evident(
-    client: httpx.Client, engine: Engine, async_engine: AsyncEngine, org: OrgWorld
+    client: httpx.Client,
+    engine: Engine,
+    async_engine: AsyncEngine,
+    org: OrgWorld,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
+    age_and_export(engine, database_url, org, tmp_path)
     rows = sorted(audit_rows(engine, organization_id=org.id), key=lambda r: r["seq"])
     await prune(async_engine, org.id, rows[4]["recorded_at"])
     first_left = min(r["seq"] for r in audit_rows(engine, organization_id=org.id))

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 
+from api.db.embedded import app_url
 from api.db.engine import make_sync_engine
 from tests.harness import auth, unique
 from tests.test_migrations import fullwidth
@@ -18,8 +19,15 @@ from tests.test_migrations import fullwidth
 KEEL = str(Path(sys.executable).with_name("keel"))
 
 
-def keel(*args: str, database_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def keel(
+    *args: str, database_url: str, tmp_path: Path, admin_database_url: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``keel ARGS`` with KEEL_DATABASE_URL (and KEEL_ADMIN_DATABASE_URL, and any KEEL_* in extra)."""
     env = {**os.environ, "KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp_path)}
+    env.pop("KEEL_ADMIN_DATABASE_URL", None)
+    if admin_database_url:
+        env["KEEL_ADMIN_DATABASE_URL"] = admin_database_url
+    env.update({f"KEEL_{name.upper()}": value for name, value in extra.items()})
     return subprocess.run([KEEL, *args], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
 
 
@@ -64,9 +72,11 @@ def test_users_create_refuses_bad_input_clearly(database_url: str, tmp_path: Pat
 
 
 def test_db_upgrade_and_demo_seed_on_an_empty_database(fresh_database: str, tmp_path: Path) -> None:
-    upgraded = keel("db", "upgrade", database_url=fresh_database, tmp_path=tmp_path)
+    # The owner migrates; the demo is written by the application role `keel db upgrade` set up.
+    app = app_url(fresh_database)
+    upgraded = keel("db", "upgrade", database_url=app, admin_database_url=fresh_database, tmp_path=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
-    seeded = keel("demo", "seed", database_url=fresh_database, tmp_path=tmp_path)
+    seeded = keel("demo", "seed", database_url=app, admin_database_url=fresh_database, tmp_path=tmp_path)
     assert seeded.returncode == 0, seeded.stderr
     assert "demo seeded" in seeded.stderr
     engine = make_sync_engine(fresh_database)
@@ -80,7 +90,7 @@ def test_db_upgrade_and_demo_seed_on_an_empty_database(fresh_database: str, tmp_
         engine.dispose()
     assert orgs == ["acme", "globex", "initech", "umbrella"]
     assert owners == 4
-    again = keel("demo", "seed", database_url=fresh_database, tmp_path=tmp_path)
+    again = keel("demo", "seed", database_url=app, admin_database_url=fresh_database, tmp_path=tmp_path)
     assert again.returncode == 0 and "not seeded" in again.stderr
 
 
@@ -104,7 +114,9 @@ def test_worker_refuses_a_lease_shorter_than_its_timeout(database_url: str, tmp_
 
 
 def test_worker_until_idle_exits_when_nothing_is_due(fresh_database: str, tmp_path: Path) -> None:
-    assert keel("db", "upgrade", database_url=fresh_database, tmp_path=tmp_path).returncode == 0
-    result = keel("worker", "--until-idle", database_url=fresh_database, tmp_path=tmp_path)
+    app = app_url(fresh_database)
+    upgraded = keel("db", "upgrade", database_url=app, admin_database_url=fresh_database, tmp_path=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    result = keel("worker", "--until-idle", database_url=app, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "worker stopped" in result.stderr

@@ -242,12 +242,18 @@ def test_a_half_written_temporary_file_is_never_read_and_the_next_run_removes_it
 
 
 def test_a_long_backlog_is_read_through_a_summarized_brin_index(
-    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+    client: httpx.Client,
+    org: OrgWorld,
+    database_url: str,
+    admin_database_url: str,
+    pipeline_env: dict[str, Path],
 ) -> None:
     """Rows appended since the last vacuum sit in BRIN ranges without a summary, which match every
-    range query: the export summarizes them first, or each range would read them all again."""
+    range query: the export summarizes them first, or each range would read them all again
+    (as the application role, through the owner's keel_summarize_brin)."""
     send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=8, seed=17))
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+    # The test's own setup and checks run as the owner: only the owner may (de)summarize directly.
+    with psycopg.connect(libpq_url(admin_database_url), autocommit=True) as conn:
         indexes = export_tasks.brin_indexes(conn, export_tasks.EVENTS)
         assert indexes and all(name.startswith("events_p") for name in indexes)
         assert export_tasks.brin_indexes(conn, export_tasks.AUDIT_LOG) == ["ix_audit_log_export_seq_brin"]
@@ -287,15 +293,22 @@ def test_a_long_backlog_is_read_through_a_summarized_brin_index(
 
 
 def test_an_exporter_that_may_only_read_still_exports_everything(
-    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+    client: httpx.Client,
+    org: OrgWorld,
+    database_url: str,
+    admin_database_url: str,
+    pipeline_env: dict[str, Path],
 ) -> None:
-    """Summarizing needs the table's owner; a read-only role's export is slower, never wrong."""
+    """Summarizing needs the owner's function, recording progress an insert; a read-only role's
+    export is slower (and lets Postgres prune nothing), never wrong."""
+    from sqlalchemy.engine import make_url
+
     send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=4, seed=19))
-    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_database_url), autocommit=True) as conn:
         conn.execute("CREATE ROLE keel_lake_reader LOGIN")
         conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO keel_lake_reader")
         conn.execute("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO keel_lake_reader")
-    reader_url = database_url.replace("postgresql://postgres:@", "postgresql://keel_lake_reader:@")
+    reader_url = make_url(database_url).set(username="keel_lake_reader").render_as_string(hide_password=False)
     assert reader_url != database_url
     lake = Lake.open(str(pipeline_env["lake"]))
     export_tasks.export_table(reader_url, lake, export_tasks.EVENTS, chunk_rows=200)
@@ -429,18 +442,25 @@ def test_analytics_without_a_warehouse_is_a_clear_503(client: httpx.Client, org:
 
 
 def test_audit_retention_prunes_only_exported_entries_and_chains_still_verify(
-    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+    client: httpx.Client, org: OrgWorld, database_url: str, engine: Engine, pipeline_env: dict[str, Path]
 ) -> None:
     from pipelines.tasks.retention import prune_audit_log
+    from tests.test_audit_verify import tamper
 
     lake = Lake.open(str(pipeline_env["lake"]))
-    later = datetime.now(UTC) + timedelta(days=400)  # every entry of this org is past 365 days then
+    # Every entry of this org was recorded 400 days ago, past the 365 days Postgres enforces
+    # (recorded_at is not hashed; the owner moves it with the triggers off).
+    tamper(
+        engine,
+        "UPDATE audit_log SET recorded_at = recorded_at - interval '400 days' WHERE chain_key = :k",
+        k=org.id,
+    )
     before = client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("owner")).json()
     assert before["ok"] and before["entries_checked"] > 0
-    untouched = prune_audit_log(database_url, lake, retention_days=365, now=later, chain_keys={org.id})
+    untouched = prune_audit_log(database_url, lake, retention_days=365, chain_keys={org.id})
     assert untouched.removed == 0  # the lake holds none of them yet
     export_tasks.export_table(database_url, lake, export_tasks.AUDIT_LOG)
-    pruned = prune_audit_log(database_url, lake, retention_days=365, now=later, chain_keys={org.id})
+    pruned = prune_audit_log(database_url, lake, retention_days=365, chain_keys={org.id})
     assert pruned.removed == before["entries_checked"] and org.id in pruned.checkpoints
     after = client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("owner")).json()
     assert after["ok"], after

@@ -155,20 +155,23 @@ class Pruned:
 
 
 async def prune_audit(session: AsyncSession, *, chain_key: str, before: datetime) -> Pruned:
-    """Remove the oldest entries of one chain: the longest run from its start recorded before ``before``.
+    """Remove the oldest entries of one chain: the longest run from its start recorded before ``before``,
+    within what Postgres allows (``keel_audit_prune_limit``: entries recorded at least
+    KEEL_AUDIT_RETENTION_DAYS ago, as ``keel db upgrade`` configured it, that the lake holds).
 
-    Goes through ``keel_audit_prune``, which records a checkpoint (the last removed entry's seq and
-    hash) in the same transaction, so ``verify`` still passes afterwards. The retention flow calls
-    this only once the lake holds the entries. Runs in the caller's transaction.
+    Goes through ``keel_audit_prune`` (the owner's SECURITY DEFINER function, the only way an entry
+    leaves), which records a checkpoint (the last removed entry's seq and hash) in the same
+    transaction, so ``verify`` still passes afterwards. Runs in the caller's transaction.
     """
     await session.execute(chain_lock(chain_key))
+    limit = await session.scalar(text("SELECT keel_audit_prune_limit(:k)"), {"k": chain_key})
     first_kept = await session.scalar(
         select(AuditEntry.seq)
         .where(AuditEntry.chain_key == chain_key, AuditEntry.recorded_at >= before)
         .order_by(AuditEntry.seq)
         .limit(1)
     )
-    query = select(func.max(AuditEntry.seq)).where(AuditEntry.chain_key == chain_key)
+    query = select(func.max(AuditEntry.seq)).where(AuditEntry.chain_key == chain_key, AuditEntry.seq <= limit)
     if first_kept is not None:
         query = query.where(AuditEntry.seq < first_kept)
     through = await session.scalar(query)

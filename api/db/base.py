@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import uuid_utils
 from sqlalchemy import DateTime, MetaData, func
@@ -17,6 +18,23 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+#: What the application role (``KEEL_DATABASE_URL``) may do to a table unless the table says
+#: otherwise in ``info={"app_privileges": ...}`` (see :func:`app_privileges` and api/db/roles.py).
+#: Never TRUNCATE, REFERENCES or TRIGGER; the owner (``KEEL_ADMIN_DATABASE_URL``) keeps those.
+APP_DEFAULT_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+#: Append-only tables: the application adds rows and reads them, never changes or removes one.
+APP_APPEND_ONLY = ("SELECT", "INSERT")
+#: Tables only the owner's SECURITY DEFINER functions (or triggers) write.
+APP_READ_ONLY = ("SELECT",)
+#: Tables the application role cannot touch at all.
+APP_NO_ACCESS: tuple[str, ...] = ()
+
+
+def app_privileges(*privileges: str) -> dict[str, Any]:
+    """``Table(..., **app_privileges(...))`` / ``__table_args__ = (..., app_privileges(...))``."""
+    return {"info": {"app_privileges": privileges}}
 
 
 def new_id() -> uuid.UUID:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 
 from api.db.engine import sqlalchemy_url
+
+if TYPE_CHECKING:
+    from api.db.roles import RolesResult
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -26,6 +30,15 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+
+
+def upgrade_with_roles(admin_url: str, app_url: str, *, audit_retention_days: int) -> RolesResult:
+    """What ``keel db upgrade`` does: the migrations as the owner, then the application role and
+    its grants (api/db/roles.py)."""
+    from api.db.roles import apply_roles
+
+    upgrade(admin_url)
+    return apply_roles(admin_url, app_url, audit_retention_days=audit_retention_days)
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:

@@ -32,7 +32,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.base import Base, IdMixin, TimestampMixin, new_id, utcnow
+from api.db.base import (
+    APP_APPEND_ONLY,
+    APP_NO_ACCESS,
+    APP_READ_ONLY,
+    Base,
+    IdMixin,
+    TimestampMixin,
+    app_privileges,
+    new_id,
+    utcnow,
+)
 from api.emails import email_key
 from api.flags.evaluation import Stickiness
 
@@ -197,6 +207,8 @@ class AuditEntry(Base):
         # "Who did what to this member?" and "what did this user do?" without a walk of the chain.
         Index("ix_audit_log_chain_key_resource", "chain_key", "resource_type", "resource_id", "seq"),
         Index("ix_audit_log_chain_key_actor_id", "chain_key", "actor_id", "seq"),
+        # Entries leave only through keel_audit_prune (the owner's SECURITY DEFINER function).
+        app_privileges(*APP_APPEND_ONLY),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -258,6 +270,9 @@ events_table = Table(
     Column("context", JSONB, nullable=False),
     Index("ix_events_ingest_seq_brin", "ingest_seq", postgresql_using="brin"),
     postgresql_partition_by="RANGE (received_at)",
+    # Partitions come and go only through the owner's functions (keel_ensure_event_partitions,
+    # keel_drop_event_partition).
+    **app_privileges(*APP_APPEND_ONLY),
 )
 
 #: (organization, message_id) is stored once for as long as its event stays in Postgres.
@@ -268,6 +283,7 @@ event_keys_table = Table(
     Column("message_id", String(128), primary_key=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Index("ix_event_keys_received_at_brin", "received_at", postgresql_using="brin"),
+    **app_privileges(*APP_APPEND_ONLY),
 )
 
 
@@ -333,6 +349,7 @@ class AuditChainHead(Base):
     """
 
     __tablename__ = "audit_chain_heads"
+    __table_args__ = app_privileges(*APP_READ_ONLY)  # moved only by the (owner's) insert trigger
 
     chain_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
@@ -347,6 +364,7 @@ class AuditCheckpoint(Base):
     """
 
     __tablename__ = "audit_checkpoints"
+    __table_args__ = app_privileges(*APP_READ_ONLY)  # written only by keel_audit_prune
 
     chain_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -354,6 +372,51 @@ class AuditCheckpoint(Base):
     hash: Mapped[str] = mapped_column(String(64))
     removed: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+
+
+class AuditPruneMark(Base):
+    """What ``keel_audit_prune`` is removing in the current transaction: the delete trigger on
+    ``audit_log`` lets a row go only when a mark of the deleting transaction covers it. Only the
+    owner can write here (the function runs as the owner), so no session setting can fake one.
+    """
+
+    __tablename__ = "audit_prune_marks"
+    __table_args__ = app_privileges(*APP_NO_ACCESS)
+
+    txid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    chain_key: Mapped[str] = mapped_column(String(64))
+    through_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeelSetting(Base):
+    """One row of settings the database itself enforces, written by ``keel db upgrade`` as the
+    owner (the application role may read it, never change it)."""
+
+    __tablename__ = "keel_settings"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),
+                      CheckConstraint("audit_retention_days >= 1", name="audit_retention_days_positive"),
+                      app_privileges(*APP_READ_ONLY))  # fmt: skip
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    #: KEEL_AUDIT_RETENTION_DAYS: keel_audit_prune refuses entries recorded more recently.
+    audit_retention_days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+
+
+class ExportProgress(Base):
+    """How far the lake export of each append-only table has got (its watermark), recorded by the
+    exporter after the lake holds the rows; pruning and partition drops never go past it."""
+
+    __tablename__ = "export_progress"
+    __table_args__ = app_privileges("SELECT", "INSERT", "UPDATE")
+
+    table_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
     )
 
@@ -393,6 +456,7 @@ class WebhookMessage(Base):
     __table_args__ = (
         UniqueConstraint("organization_id", "message_id"),
         Index("ix_webhook_messages_created_at_brin", "created_at", postgresql_using="brin"),
+        app_privileges(*APP_APPEND_ONLY),  # append-only: a message is never changed once accepted
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -527,6 +591,7 @@ class BillingDiscrepancy(IdMixin, Base):
     __table_args__ = (
         Index("ix_billing_discrepancies_run_id", "run_id"),
         Index("ix_billing_discrepancies_export_seq_brin", "export_seq", postgresql_using="brin"),
+        app_privileges(*APP_APPEND_ONLY),  # append-only: exported to the lake by sequence
     )
 
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("billing_reconciliation_runs.id"))
@@ -592,6 +657,7 @@ class WebhookAttempt(Base):
         Index("ix_webhook_attempts_delivery_id_attempt", "delivery_id", "attempt_number"),
         Index("ix_webhook_attempts_endpoint_id_started_at", "endpoint_id", "started_at"),
         Index("ix_webhook_attempts_seq_brin", "seq", postgresql_using="brin"),
+        app_privileges(*APP_APPEND_ONLY),  # append-only: exported to the lake by sequence
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)

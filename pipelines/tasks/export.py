@@ -264,6 +264,22 @@ def _write_watermark(lake: Lake, table: str, watermark: int, rows: int) -> None:
     )
 
 
+def record_progress(conn: psycopg.Connection, table: str, watermark: int) -> None:
+    """Tell Postgres how far the lake holds ``table`` (after the lake's own state says so): audit
+    pruning and partition drops, done by the owner's functions, never go past this number.
+
+    Best effort, on the export's autocommit connection: a role that may only read exports all the
+    same, and Postgres then lets nothing go that it cannot see exported (the safe direction)."""
+    try:
+        conn.execute(
+            "INSERT INTO export_progress (table_name, watermark, updated_at) VALUES (%s, %s, now())"
+            " ON CONFLICT (table_name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+            (table, watermark),
+        )
+    except psycopg.errors.InsufficientPrivilege as exc:
+        log.warning("cannot record the export of %s in Postgres (nothing will be pruned): %s", table, exc)
+
+
 def high_water_mark(conn: psycopg.Connection, sequence: str) -> int:
     """The largest number below which every row of ``sequence``'s table is settled (api.db.fence)."""
     with conn.transaction():
@@ -298,9 +314,10 @@ def summarize_new_ranges(conn: psycopg.Connection, table: AppendOnlyTable) -> in
     A BRIN index answers "maybe" for every unsummarized range, and rows appended since the last
     (auto)vacuum sit in such ranges: without this, each range query of a large backlog reads all
     of them again (10 million fresh events: every 250,000-row range read the whole 2.4 GB
-    partition). One pass here makes the export linear. Best effort: it needs the table's owner,
-    a primary, and the table's maintenance lock within 5 s; without them the export is only
-    slower. Returns the ranges summarized.
+    partition). One pass here makes the export linear. Best effort: it goes through the owner's
+    ``keel_summarize_brin`` (``brin_summarize_new_values`` needs the index's owner), and needs a
+    primary and the table's maintenance lock within 5 s; without them the export is only slower.
+    Returns the ranges summarized.
     """
     summarized = 0
     for index in brin_indexes(conn, table):
@@ -308,7 +325,7 @@ def summarize_new_ranges(conn: psycopg.Connection, table: AppendOnlyTable) -> in
             with conn.transaction():
                 # It waits for a vacuum of the same table (which summarizes too); never for long.
                 conn.execute("SET LOCAL lock_timeout = '5s'")
-                row = conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (index,)).fetchone()
+                row = conn.execute("SELECT keel_summarize_brin(%s::regclass)", (index,)).fetchone()
         except psycopg.Error as exc:
             log.warning("cannot summarize %s (the export reads more than it needs): %s", index, exc)
             if isinstance(exc, psycopg.errors.InsufficientPrivilege):
@@ -381,6 +398,8 @@ def export_table(
         _open_reader(database_url) as reader,
         ThreadPoolExecutor(1) as writer,
     ):
+        # The lake's state is the truth (a crash may have left Postgres a range behind).
+        record_progress(conn, table.name, watermark)
         high = high_water_mark(conn, table.sequence)
         expected = max(high - watermark, 0)
         if expected > chunk_rows:
@@ -399,6 +418,7 @@ def export_table(
             _, done_hi, done_rows = pending_range
             result.rows += done_rows
             _write_watermark(lake, table.name, done_hi, result.rows)
+            record_progress(conn, table.name, done_hi)
             result.watermark_to = done_hi
             pending = None
             if progress:
@@ -413,6 +433,7 @@ def export_table(
             if pending is None:
                 result.watermark_to = hi
                 _write_watermark(lake, table.name, hi, result.rows)
+                record_progress(conn, table.name, hi)
             lo = hi
             chunks += 1
             if stop_after_chunks is not None and chunks >= stop_after_chunks:

@@ -50,19 +50,22 @@ def prune_events(
             day = _partition_day(name)
             if day is None or day >= cutoff:
                 continue
-            with conn.transaction():
-                newest = conn.execute(f'SELECT max(ingest_seq) FROM "{name}"').fetchone()[0]  # type: ignore[index]
-                if newest is not None and newest > watermark:
-                    result.kept.append(name)
-                    continue
-                conn.execute(f'DROP TABLE "{name}"')
-                removed = conn.execute(
-                    "DELETE FROM event_keys WHERE received_at >= %s AND received_at < %s",
-                    (datetime(day.year, day.month, day.day, tzinfo=UTC),
-                     datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)),
-                )  # fmt: skip
-                result.keys_removed += removed.rowcount
-                result.dropped.append(name)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            # Through the parent (the application role has no grant on a partition itself).
+            newest = conn.execute(
+                "SELECT max(ingest_seq) FROM events WHERE received_at >= %s AND received_at < %s",
+                (start, start + timedelta(days=1)),
+            ).fetchone()[0]  # type: ignore[index]
+            if newest is not None and newest > watermark:
+                result.kept.append(name)
+                continue
+            # The owner's function drops it, and only if the export Postgres knows of covers it.
+            removed = conn.execute("SELECT keel_drop_event_partition(%s)", (name,)).fetchone()[0]  # type: ignore[index]
+            if removed is None:
+                result.kept.append(name)
+                continue
+            result.keys_removed += removed
+            result.dropped.append(name)
     return result
 
 
@@ -84,7 +87,9 @@ def prune_audit_log(
     """Remove audit entries older than the retention window, only those the lake already holds.
 
     Each chain is pruned through ``api.audit.services.prune_audit`` (the privileged path that
-    records a checkpoint), with its limit pulled back to the oldest entry not yet exported.
+    records a checkpoint), with its limit pulled back to the oldest entry this lake does not hold
+    (Postgres itself refuses entries younger than its configured retention, or past the export
+    it has recorded).
     """
     import asyncio
 

@@ -13,6 +13,7 @@ from api.errors import BadRequest, Forbidden, KeelError, PayloadTooLarge, Valida
 from api.events import services
 from api.events.body import read_limited_body
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, BatchIn, EventDoc, EventIn, IngestResult
+from api.limits import charge_events
 from api.schemas import split_validation_message
 
 _decode_batch = msgspec.json.Decoder(BatchIn)
@@ -54,6 +55,7 @@ class EventController(Controller):
     )
     async def one(self, request: Request[Any, Any, Any], principal: Principal, state: State) -> IngestResult:
         _require_ingest_key(principal)
+        charge_events(state.limits, principal, 1, request.scope)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
         if not body.strip():
             raise BadRequest("the request body is empty; send one event as JSON")
@@ -95,6 +97,7 @@ class EventController(Controller):
             raise PayloadTooLarge(
                 f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(envelope.events)}"
             )
+        charge_events(state.limits, principal, len(envelope.events), request.scope)
         return await services.ingest(
             state.event_writer, envelope.events, principal=principal, partitions=state.partitions,
             origin=_origin(request), batch_sent_at=envelope.sent_at,

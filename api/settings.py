@@ -54,7 +54,7 @@ class Settings:
     #: Events per ingest key, counted per item sent (a batch is accepted whole or refused).
     rate_limit_ingest_events: int = 1_000_000
     #: Writes (any method but GET, HEAD, OPTIONS) per user token.
-    rate_limit_writes: int = 1_200
+    rate_limit_writes: int = 3_000
     #: Seconds a request's headers may take to arrive (api/protocol.py); then 408 and closed.
     header_timeout: float = 10.0
     #: Seconds a request's body may take to arrive after its headers; then 408 and closed.

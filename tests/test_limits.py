@@ -208,7 +208,7 @@ def test_limits_are_read_from_keel_settings() -> None:
     assert (loaded.header_timeout, loaded.body_timeout) == (2.5, 4.0)
     defaults = load_settings({}, env_file=None)
     assert (defaults.rate_limit_failed_auth, defaults.rate_limit_ingest_requests) == (300, 60_000)
-    assert (defaults.rate_limit_ingest_events, defaults.rate_limit_writes) == (1_000_000, 1_200)
+    assert (defaults.rate_limit_ingest_events, defaults.rate_limit_writes) == (1_000_000, 3_000)
     assert (defaults.header_timeout, defaults.body_timeout) == (10.0, 30.0)
     with pytest.raises(SettingsError, match="KEEL_RATE_LIMIT_WRITES_PER_MINUTE"):
         load_settings({"KEEL_RATE_LIMIT_WRITES_PER_MINUTE": "-1"}, env_file=None)

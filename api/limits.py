@@ -68,7 +68,8 @@ class RateLimit:
         self.interval = window / quota
         self._tats: dict[Hashable, float] = {}
         self._sweep_at = 1024
-        self.policy = f'"{name}";q={quota};w={math.ceil(window)}'.encode()
+        self._label = f'"{name}"'.encode()
+        self.policy = b"%s;q=%d;w=%d" % (self._label, quota, math.ceil(window))
 
     def take(self, key: Hashable, cost: int = 1) -> Verdict:
         """Spend ``cost`` units of ``key``'s bucket if it holds them; a refusal spends nothing."""
@@ -104,7 +105,7 @@ class RateLimit:
 
     def header(self, verdict: Verdict) -> bytes:
         """This policy's member of the ``RateLimit`` field for ``verdict``."""
-        return b'"%s";r=%d;t=%d' % (self.name.encode(), verdict.remaining, math.ceil(verdict.reset))
+        return b"%s;r=%d;t=%d" % (self._label, verdict.remaining, math.ceil(verdict.reset))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class Limits:
 def client_key(scope: Any) -> str:
     """The client address a request counts against: its IPv4 address, or its IPv6 /64 (one host
     usually holds a whole /64). Behind a proxy, uvicorn's ``--forwarded-allow-ips`` (environment
-    ``FORWARDED_ALLOW_IPS``, default 127.0.0.1) says whose ``X-Forwarded-For`` names the client."""
+    ``FORWARDED_ALLOW_IPS``, default 127.0.0.1 and ::1) says whose ``X-Forwarded-For`` names the client."""
     client = scope.get("client")
     host = client[0] if client else ""
     try:

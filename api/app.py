@@ -28,6 +28,7 @@ from api.events.controllers import EventController
 from api.events.store import EventWriter, PartitionKeeper, keep_event_partitions, make_ingest_pool
 from api.flags.controllers import FlagAdminController, FlagEvaluationController
 from api.flags.store import FlagStore
+from api.limits import Limits
 from api.members.controllers import MemberController
 from api.metrics import PROMETHEUS, MetricsController
 from api.observability import request_id_middleware
@@ -126,7 +127,7 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=DEFAULT_MAX_BODY,
         request_class=KeelRequest,
         logging_config=None,
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "limits": Limits.from_settings(settings)}),
         openapi_config=OpenAPIConfig(
             title="Keel API",
             version="1.0.0",

@@ -16,6 +16,7 @@ from api.auth import cache, secrets
 from api.auth import services as auth
 from api.auth.context import Principal, RequestContext
 from api.errors import Unauthorized
+from api.limits import charge_request, count_failed_auth, refuse_locked_out_address
 
 PUBLIC = {"public": True}
 ADMIN_PREFIX = "/v1/admin/"
@@ -52,7 +53,8 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     ``/v1/orgs/{org_id}/...`` route a caller who belongs to that organization.
 
     Runs before the body is parsed, so a caller from outside learns nothing from validation errors,
-    and a route added later cannot forget the tenant check.
+    and a route added later cannot forget the tenant check. The rate limits on failed attempts,
+    ingest keys and user writes are spent here too (``api/limits.py``), so every route has them.
     """
     scope = request.scope
     path: str = scope["path"]
@@ -64,7 +66,6 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
         return
     state = request.app.state
     header = _header(scope, b"authorization")
-    digest = secrets.digest(auth.bearer_secret(header))
 
     async def lookup() -> Principal:
         async with state.sessionmaker() as session:
@@ -74,7 +75,17 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
             await session.commit()
             return found
 
-    principal = cache.principals.get(digest) or await cache.principals.get_or_load(digest, lookup)
+    try:
+        digest = secrets.digest(auth.bearer_secret(header))
+        principal = cache.principals.get(digest)
+        if principal is None:
+            # An address out of failed attempts costs no lookup; a token already known still works.
+            refuse_locked_out_address(state.limits, scope)
+            principal = await cache.principals.get_or_load(digest, lookup)
+    except Unauthorized:
+        count_failed_auth(state.limits, scope)
+        raise
+    charge_request(state.limits, principal, scope)
     org_id = request.path_params.get("org_id")
     if org_id is not None and not path.startswith(ADMIN_PREFIX):
         async with state.sessionmaker() as session:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+#: Every problem document's ``type`` is this base followed by the slug of its title.
+PROBLEM_TYPE_BASE = "https://keel.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class KeelError(Exception):
@@ -70,6 +75,17 @@ class ValidationFailed(KeelError):
         if errors is None and field is not None:
             errors = [{"field": field, "message": detail}]
         super().__init__(detail, errors=errors)
+
+
+class TooManyRequests(KeelError):
+    """A rate limit is spent (RFC 6585); ``Retry-After`` says when this request would be accepted."""
+
+    status_code = 429
+    title = "Too many requests"
+    type_slug = "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class ServiceUnavailable(KeelError):

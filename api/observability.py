@@ -11,9 +11,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: `keel serve` configures logging without importing litestar
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Key of the request's state under which handling leaves extra answer headers ``[(name, value)]``.
+RESPONSE_HEADERS = "keel.response_headers"
+#: Key of the request's state where the server notes that it cut the request off (the log message).
+CUT_OFF = "keel.cut_off"
 access_log = logging.getLogger("keel.access")
 
 
@@ -46,7 +50,11 @@ def configure_logging(level: str = "INFO") -> None:
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Give every request an id (the caller's ``X-Request-ID`` when well-formed), echo it, log the request.
 
-    Tokens never reach the log: only method, path, status, duration and ids are written. It wraps
+    Tokens never reach the log: only method, path, status, duration and ids are written. Headers
+    that the request's handling left in its state under ``RESPONSE_HEADERS`` (the rate limits')
+    are added to the answer. A client that goes away before the answer is sent is logged as
+    ``client disconnected`` with status 499 (nginx's "client closed request"), whatever the app
+    tried to answer afterwards; a body the server cut off (``CUT_OFF``) as its 408. It wraps
     the app's ASGI handler (``create_app``), outside routing, so unknown routes are logged too.
     """
 
@@ -56,23 +64,47 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             return
         supplied = next((v.decode() for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = supplied if REQUEST_ID.match(supplied) else str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        answered = disconnected = False
+
+        async def receive_wrapper() -> ReceiveMessage:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                disconnected = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if not disconnected:
+                    status = message["status"]
+                extra = state.get(RESPONSE_HEADERS)
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    *(extra or ()),
+                ]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
             await send(message)
 
         try:
-            await app(scope, receive, send_wrapper)
+            await app(scope, receive_wrapper, send_wrapper)
         finally:
             params = scope.get("path_params") or {}
+            cut_off = state.get(CUT_OFF)
+            if cut_off:
+                msg, status = cut_off, 408
+            elif disconnected:
+                msg, status = "client disconnected", 499
+            else:
+                msg = "request"
             access_log.info(
-                "request",
+                msg,
                 extra={
                     "fields": {
                         "request_id": request_id,

@@ -14,10 +14,10 @@ from psycopg import Error as PsycopgError
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from api.errors import KeelError
+from api.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE, KeelError
 from api.schemas import split_validation_message
 
-PROBLEM = "application/problem+json"
+PROBLEM = PROBLEM_MEDIA_TYPE
 log = logging.getLogger("keel.errors")
 
 TITLES = {
@@ -47,7 +47,7 @@ def problem(
 ) -> Response[dict[str, Any]]:
     title = TITLES.get(status, "Error")
     body: dict[str, Any] = {
-        "type": f"https://keel.dev/problems/{title.lower().replace(' ', '-')}",
+        "type": f"{PROBLEM_TYPE_BASE}{title.lower().replace(' ', '-')}",
         "title": title,
         "status": status,
         "detail": detail,

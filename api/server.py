@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from api.observability import configure_logging
+from api.protocol import ServerConfig
 from api.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
+#: uvicorn's exit status when the server could not start.
+STARTUP_FAILURE = 3
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> ServerConfig:
+    """The one uvicorn configuration every API server runs with: ``keel serve`` (one process or a
+    supervisor of workers), ``keel dev`` and the tests' ``LiveServer``. ``app`` is the app or, for
+    workers, an import string; ``options`` are uvicorn's (host, port, workers, lifespan...).
+
+    The httptools protocol with read deadlines (``api/protocol.py``; h11 is never chosen), no
+    WebSocket upgrades (the API has no WebSocket route), Keel's own logging instead of uvicorn's
+    access log, and in-flight requests finishing on shutdown."""
+    return ServerConfig(
+        app,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        ws="none",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **options,
+    )
 
 
 def from_env() -> Litestar:
@@ -59,14 +84,11 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> 
         )
     from api.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    server = uvicorn.Server(server_config(create_app(settings), settings, host=host, port=port))
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C is a normal way out
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def supervise(argv: list[str]) -> None:
@@ -76,11 +98,14 @@ def supervise(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     args = parser.parse_args(argv)
-    configure_logging(load_settings().log_level)
-    uvicorn.run(
-        "api.server:from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-        log_config=None, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )  # fmt: skip
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    config = server_config(
+        "api.server:from_env", settings, factory=True, host=args.host, port=args.port, workers=args.workers
+    )
+    # What uvicorn.run does for workers, with Keel's configuration (uvicorn.run builds its own).
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ their own instead of patching globals.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from dotenv import dotenv_values
@@ -54,6 +55,19 @@ class Settings:
     flags_poll_interval: float = 1.0
     #: Seconds Prefect waits before retrying a billing task that could not read Stripe.
     billing_retry_delay: float = 30.0
+    #: Rate limits (api/limits.py), each a quota a minute per key and per API process; 0 turns one off.
+    #: Failed authentication attempts (401s) per client address.
+    rate_limit_failed_auth: int = 300
+    #: Requests per ingest key (org or platform), whatever the route.
+    rate_limit_ingest_requests: int = 60_000
+    #: Events per ingest key, counted per item sent (a batch is accepted whole or refused).
+    rate_limit_ingest_events: int = 1_000_000
+    #: Writes (any method but GET, HEAD, OPTIONS) per user token.
+    rate_limit_writes: int = 3_000
+    #: Seconds a request's headers may take to arrive (api/protocol.py); then 408 and closed.
+    header_timeout: float = 10.0
+    #: Seconds a request's body may take to arrive after its headers; then 408 and closed.
+    body_timeout: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -105,6 +119,32 @@ def _secret(value: str | None, name: str) -> str | None:
     if value is not None and len(value.strip()) < MIN_SECRET_LENGTH:
         raise SettingsError(f"{name} must be at least {MIN_SECRET_LENGTH} characters (a random token)")
     return value.strip() if value is not None else None
+
+
+def _count(value: str, name: str) -> int:
+    number = _int(value, name)
+    if number < 0:
+        raise SettingsError(f"{name} must not be negative (0 turns the limit off)")
+    return number
+
+
+def _seconds(value: str, name: str) -> float:
+    number = _float(value, name)
+    if number <= 0:
+        raise SettingsError(f"{name} must be a number of seconds above 0")
+    return number
+
+
+#: The rate limits and read deadlines: (field, variable after ``KEEL_``, parser); unset, the
+#: dataclass's defaults hold.
+ABUSE_LIMITS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+    ("rate_limit_failed_auth", "RATE_LIMIT_FAILED_AUTH_PER_MINUTE", _count),
+    ("rate_limit_ingest_requests", "RATE_LIMIT_INGEST_REQUESTS_PER_MINUTE", _count),
+    ("rate_limit_ingest_events", "RATE_LIMIT_INGEST_EVENTS_PER_MINUTE", _count),
+    ("rate_limit_writes", "RATE_LIMIT_WRITES_PER_MINUTE", _count),
+    ("header_timeout", "HEADER_TIMEOUT", _seconds),
+    ("body_timeout", "BODY_TIMEOUT", _seconds),
+)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
@@ -163,4 +203,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
         metrics_token=_secret(get("METRICS_TOKEN"), "KEEL_METRICS_TOKEN"),
         billing_retry_delay=_float(get("BILLING_RETRY_DELAY") or "30", "KEEL_BILLING_RETRY_DELAY"),
+        **{attr: parse(raw, f"KEEL_{name}") for attr, name, parse in ABUSE_LIMITS if (raw := get(name))},
     )

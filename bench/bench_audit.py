@@ -57,11 +57,11 @@ KEEL = str(Path(sys.executable).with_name("keel"))
 SERVER = """
 import socket, sys, uvicorn
 from api.app import create_app
+from api.server import server_config
 from api.settings import Settings
 sock = socket.socket(fileno=int(sys.argv[1]))
-config = uvicorn.Config(create_app(Settings(database_url=sys.argv[2])), log_config=None, access_log=False,
-                        log_level="warning")
-uvicorn.Server(config).run(sockets=[sock])
+settings = Settings(database_url=sys.argv[2])
+uvicorn.Server(server_config(create_app(settings), settings, log_level="warning")).run(sockets=[sock])
 """
 
 

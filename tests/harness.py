@@ -22,6 +22,7 @@ from sqlalchemy import Engine, insert, text
 from api.auth import secrets
 from api.db.base import new_id
 from api.db.models import ApiToken, PlatformRole, TokenKind, User, UserStatus
+from api.server import server_config
 
 ROLES = ("owner", "admin", "billing", "member", "viewer")
 
@@ -33,7 +34,8 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving an app in a background thread, on a port chosen at run time."""
+    """uvicorn serving an app in a background thread, on a port chosen at run time, configured as
+    ``keel serve`` is (``api.server.server_config``, with the app's own settings)."""
 
     def __init__(self, app: Any) -> None:
         self.sock = socket.socket()
@@ -41,7 +43,7 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+        config = server_config(app, app.state.settings, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

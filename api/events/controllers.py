@@ -13,6 +13,7 @@ from api.errors import BadRequest, Forbidden, KeelError, PayloadTooLarge, Valida
 from api.events import services
 from api.events.body import decode_batch, read_limited_body
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, EventDoc, EventIn, IngestResult
+from api.limits import charge_events
 
 INGEST_KEYS = {TokenKind.org_ingest, TokenKind.platform_ingest}
 
@@ -53,6 +54,7 @@ class EventController(Controller):
     )
     async def one(self, request: Request[Any, Any, Any], principal: Principal, state: State) -> IngestResult:
         _require_ingest_key(principal)
+        charge_events(state.limits, principal, 1, request.scope)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
         if not body.strip():
             raise BadRequest("the request body is empty; send one event as JSON")
@@ -88,6 +90,7 @@ class EventController(Controller):
             raise PayloadTooLarge(
                 f"a batch holds at most {MAX_BATCH_EVENTS} events; this one has {len(envelope.events)}"
             )
+        charge_events(state.limits, principal, len(envelope.events), request.scope)
         return await services.ingest(
             state.event_writer, envelope.events, principal=principal, partitions=state.partitions,
             origin=_origin(request), batch_sent_at=envelope.sent_at,

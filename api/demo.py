@@ -56,6 +56,12 @@ class DemoSummary:
             lines.append(f"  admin token {self.admin_token}")
         return "\n".join(lines)
 
+    def headline(self) -> str:
+        """The summary without its secrets (``keel dev`` prints those in its banner)."""
+        return "\n".join(
+            line for line in str(self.__rich__()).splitlines() if "token" not in line and "key" not in line
+        )
+
     def ingest_keys(self) -> dict[str, str]:
         return {slug: str(info["ingest_key"]) for slug, info in self.orgs.items()}
 

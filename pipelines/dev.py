@@ -32,12 +32,16 @@ def dev(
 def run_dev(settings: Settings, *, host: str | None, port: int | None, console: Console) -> None:
     from api.server import serve_api
 
-    with dev_environment(settings, host=host, port=port, console=console) as ready:
-        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
-        # helpers and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        with background_services(ready.settings, console):
-            serve_api(ready.settings, host=ready.host, port=ready.port)
+    try:
+        with dev_environment(settings, host=host, port=port, console=console) as ready:
+            # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
+            # helpers and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            with background_services(ready.settings, console):
+                serve_api(ready.settings, host=ready.host, port=ready.port)
+    except KeyboardInterrupt:  # Ctrl-C: everything above has been stopped on the way out
+        pass
+    console.print("Keel stopped")
 
 
 @dataclass
@@ -87,7 +91,7 @@ def dev_environment(
             )
         with console.status("seeding the demo (only when the database is empty)…"):
             summary = run_in_session(url, lambda s: seed_async(s, receiver=DemoReceiverUrls(receiver.url)))
-        console.print(summary, soft_wrap=True)
+        console.print(summary.headline(), soft_wrap=True)
         if summary.admin_token is not None:
             admin_email, admin_token = summary.admin_email, summary.admin_token
         else:
@@ -137,6 +141,11 @@ def print_banner(ready: DevReady, ingest_keys: dict[str, str], console: Console)
         f"  Admin        {ready.admin_email}",
         f"  Admin token  {ready.admin_token}",
         *(f"  Ingest key   {slug:<10} {key}" for slug, key in ingest_keys.items()),
+        *(
+            []
+            if ingest_keys
+            else ["  Ingest keys  shown once, when the demo was seeded (new: POST /v1/orgs/{id}/ingest-keys)"]
+        ),
         f"  Report       {ready.report}",
         '  Warehouse    keel warehouse sql "SELECT * FROM org_health"',
         f"  Prefect API  {ready.prefect_api_url}  (keel flows list: last and next runs)",

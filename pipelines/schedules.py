@@ -191,6 +191,8 @@ class FlowStatus:
     last_state: str | None = None
     last_time: datetime | None = None
     last_message: str | None = None
+    #: ``scheduled`` (made by Prefect's scheduler) or ``by hand`` (``keel flows run``, ``keel dev``).
+    last_origin: str | None = None
     next_time: datetime | None = None
 
     def schedule_text(self) -> str:
@@ -202,7 +204,7 @@ class FlowStatus:
     def last_run_text(self) -> str:
         if self.last_state is None:
             return "never"
-        text = f"{self.last_state} {_when(self.last_time)}"
+        text = f"{self.last_state} {_when(self.last_time)} ({self.last_origin})"
         return (
             f"{text}\n{self.last_message}" if self.last_message and self.last_state != "Completed" else text
         )
@@ -214,10 +216,11 @@ class FlowStatus:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "flow": self.name, "schedule": self.served or self.declared, "declared_schedule": self.declared,
-            "paused": self.paused,
+            "flow": self.name, "description": self.description, "schedule": self.served or self.declared,
+            "declared_schedule": self.declared, "paused": self.paused,
             "last_run": None if self.last_state is None else {
                 "state": self.last_state, "time": _iso(self.last_time), "message": self.last_message,
+                "origin": self.last_origin,
             },
             "next_run": _iso(self.next_time),
         }  # fmt: skip
@@ -230,7 +233,7 @@ class Status:
 
 
 def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "?"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "?"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -321,6 +324,7 @@ async def _fill(rows: list[FlowStatus]) -> None:
                     row.last_state = run.state.name if run.state else "unknown"
                     row.last_time = _run_time(run)
                     row.last_message = (run.state.message or None) if run.state else None
+                    row.last_origin = "scheduled" if run.auto_scheduled else "by hand"
                 if deployment is not None:
                     upcoming = await client.read_flow_runs(
                         flow_run_filter=FlowRunFilter(

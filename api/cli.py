@@ -123,6 +123,8 @@ def demo_seed(
     with console.status("seeding the demo…"):
         summary = seed(url, force=force)
     console.print(summary)
+    if not summary.seeded:
+        console.print("(--force seeds it anyway)")
 
 
 @flags_app.command("explain")

@@ -45,7 +45,7 @@ class DemoSummary:
 
     def __rich__(self) -> str:
         if not self.seeded:
-            return "[yellow]the database already has organizations: demo not seeded (use --force)[/]"
+            return "[yellow]the database already has organizations: demo not seeded again[/]"
         lines = [f"[green]demo seeded:[/] {len(self.orgs)} organizations"]
         for slug, info in self.orgs.items():
             lines.append(f"  {slug:<10} {info['members']:>3} members {info['events']:>7} events")

@@ -22,14 +22,35 @@ from api.settings import Settings
 def dev(
     host: Annotated[str | None, typer.Option(help="Interface (default KEEL_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default KEEL_PORT or 8000).")] = None,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schedule", help="NAME=EVERY (20s, 5m) or NAME='CRON' for this run, as `keel flows serve`."
+        ),
+    ] = None,
 ) -> None:
-    """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API."""
+    """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API,
+    the webhook worker and the flow schedules."""
     from api.cli import console, settings
+    from pipelines.cli import load_deployments
+    from pipelines.schedules import parse_overrides
 
-    run_dev(settings(), host=host, port=port, console=console)
+    try:  # checked before anything starts
+        parse_overrides(schedule or [], [d["name"] for d in load_deployments()])
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    run_dev(settings(), host=host, port=port, console=console, schedule=schedule or [])
 
 
-def run_dev(settings: Settings, *, host: str | None, port: int | None, console: Console) -> None:
+def run_dev(
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    console: Console,
+    schedule: list[str] | None = None,
+) -> None:
     from api.server import serve_api
 
     try:
@@ -37,7 +58,7 @@ def run_dev(settings: Settings, *, host: str | None, port: int | None, console: 
             # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
             # helpers and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-            with background_services(ready.settings, console):
+            with background_services(ready.settings, console, schedule=schedule or []):
                 serve_api(ready.settings, host=ready.host, port=ready.port)
     except KeyboardInterrupt:  # Ctrl-C: everything above has been stopped on the way out
         pass
@@ -170,7 +191,7 @@ def refresh_analytics_once(settings: Settings, console: Console) -> str:
 
 
 @contextlib.contextmanager
-def background_services(settings: Settings, console: Console) -> Iterator[None]:
+def background_services(settings: Settings, console: Console, *, schedule: list[str]) -> Iterator[None]:
     """The processes `make run` keeps beside the API: the webhook worker (`keel worker`) and the
     flow schedules of flows.yaml (`keel flows serve`, against the Prefect server ``keel dev``
     started). Each runs in a session of its own, so a Ctrl-C reaches only ``keel dev``, which
@@ -192,10 +213,8 @@ def background_services(settings: Settings, console: Console) -> Iterator[None]:
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children = []
-    for name, args, child_env in (
-        ("webhook worker", ["worker"], worker_env),
-        ("flow schedules", ["flows", "serve"], env),
-    ):
+    serve = ["flows", "serve", *(arg for item in schedule for arg in ("--schedule", item))]
+    for name, args, child_env in (("webhook worker", ["worker"], worker_env), ("flow schedules", serve, env)):
         with (log_dir / f"{args[0]}.log").open("ab") as log:
             children.append(child_process([keel, *args], env=child_env, log=log))
         console.print(

@@ -37,12 +37,13 @@ def free_port() -> int:
 class DevRun:
     """One `keel dev` process, started in its own session as a terminal would, stopped by SIGINT."""
 
-    def __init__(self, data_dir: Path, port: int, name: str) -> None:
+    def __init__(self, data_dir: Path, port: int, name: str, *args: str) -> None:
         self.log_path = data_dir.parent / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_", "PREFECT_"))}
         env.update(KEEL_DATA_DIR=str(data_dir), KEEL_PORT=str(port), COLUMNS="200")
+        self.env = env
         with self.log_path.open("ab") as log:
-            self.process = child_process([KEEL, "dev"], env=env, log=log)
+            self.process = child_process([KEEL, "dev", *args], env=env, log=log)
         self.base = f"http://127.0.0.1:{port}"
 
     def output(self) -> str:
@@ -169,7 +170,7 @@ def test_keel_dev_twice_on_one_data_dir_changes_nothing(tmp_path: Path) -> None:
     stripe_state = (data_dir / "stripe-local" / "state.json").read_text()
     before = database_facts(data_dir)
 
-    second = DevRun(data_dir, port, "second")
+    second = DevRun(data_dir, port, "second", "--schedule", "export-lake=15s")
     try:
         out = second.wait_ready()
         assert "demo not seeded" in out
@@ -179,6 +180,20 @@ def test_keel_dev_twice_on_one_data_dir_changes_nothing(tmp_path: Path) -> None:
         assert me(second.base, token).status_code == 401, "the old admin token is revoked"
         assert me(second.base, new_token).json()["user_id"] == admin_id, "the same admin user, a new token"
         assert reconciliation(second.base, new_token) == found
+        # Under keel dev the schedules fire (here a shorter one, passed on to `keel flows serve`),
+        # and `keel flows list` in another shell finds keel dev's Prefect server by itself.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            listed = subprocess.run([KEEL, "flows", "list", "--json"], capture_output=True, text=True,
+                                    env=second.env, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            export = {row["flow"]: row for row in json.loads(listed.stdout)}["export-lake"]
+            last = export["last_run"]
+            if last and last["origin"] == "scheduled" and last["state"] == "Completed":
+                break
+            time.sleep(3)
+        assert export["schedule"] == "every 15s" and export["next_run"] is not None, export
+        assert last and last["origin"] == "scheduled" and last["state"] == "Completed", export
     finally:
         second.stop()
     assert_clean_stop(second, data_dir)

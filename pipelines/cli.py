@@ -74,10 +74,12 @@ def list_flows(
     if as_json:
         sys.stdout.write(json.dumps([row.as_json() for row in status.rows], indent=2) + "\n")
         return
-    table = Table("flow", "schedule (UTC)", "last run (UTC)", "next run (UTC)")
+    table = Table("flow", "schedule (UTC)", "last run (UTC)", "next run (UTC)", "runs")
     table.columns[0].no_wrap = True
     for row in status.rows:
-        table.add_row(row.name, row.schedule_text(), row.last_run_text(), row.next_run_text())
+        table.add_row(
+            row.name, row.schedule_text(), row.last_run_text(), row.next_run_text(), row.runs_text()
+        )
     Console().print(table)
     console.print(status.source)
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 INTERVAL = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 #: What ``flows list`` reads as a flow's last run: anything that has started or ended.
+RUNS_COUNTED = 200
 FINISHED_OR_RUNNING = ["RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED", "CANCELLING", "PAUSED"]
 
 
@@ -193,6 +194,9 @@ class FlowStatus:
     last_message: str | None = None
     #: ``scheduled`` (made by Prefect's scheduler) or ``by hand`` (``keel flows run``, ``keel dev``).
     last_origin: str | None = None
+    #: Runs that started (up to the newest ``RUNS_COUNTED``): by the scheduler, and by hand.
+    scheduled_runs: int = 0
+    runs_by_hand: int = 0
     next_time: datetime | None = None
 
     def schedule_text(self) -> str:
@@ -214,6 +218,9 @@ class FlowStatus:
             return _when(self.next_time)
         return "paused (not serving)" if self.paused else "none scheduled"
 
+    def runs_text(self) -> str:
+        return f"{self.scheduled_runs} scheduled, {self.runs_by_hand} by hand"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "flow": self.name, "description": self.description, "schedule": self.served or self.declared,
@@ -223,6 +230,7 @@ class FlowStatus:
                 "origin": self.last_origin,
             },
             "next_run": _iso(self.next_time),
+            "runs": {"scheduled": self.scheduled_runs, "by_hand": self.runs_by_hand},
         }  # fmt: skip
 
 
@@ -317,8 +325,10 @@ async def _fill(rows: list[FlowStatus]) -> None:
                         )
                     ),
                     sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                    limit=1,
+                    limit=RUNS_COUNTED,
                 )
+                row.scheduled_runs = sum(1 for run in last if run.auto_scheduled)
+                row.runs_by_hand = len(last) - row.scheduled_runs
                 if last:
                     run = last[0]
                     row.last_state = run.state.name if run.state else "unknown"

@@ -126,6 +126,7 @@ def test_scheduled_runs_happen_export_new_events_and_show_in_flows_list(  # type
         assert export["schedule"] == "every 20s" and export["declared_schedule"] == "*/15 * * * *"
         assert export["last_run"]["state"] in {"Completed", "Running"}
         assert export["next_run"] is not None and export["paused"] is False
+        assert export["runs"]["scheduled"] >= 2 and export["runs"]["by_hand"] == 0
         build = rows["build-warehouse"]
         assert build["last_run"]["state"] in {"Failed", "Running"}
         assert rows["retention"]["schedule"] == "0 3 * * *" and rows["retention"]["next_run"] is not None

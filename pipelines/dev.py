@@ -99,9 +99,9 @@ def dev_environment(
     settings = settings.with_(database_url=url)
     with console.status("applying migrations…"):
         upgrade(url)
-    receiver = DemoReceiver(settings.data_dir).start()
-    stripe_server = None
-    try:
+    with contextlib.ExitStack() as started:  # whatever started is stopped on the way out, in reverse
+        receiver = DemoReceiver(settings.data_dir).start()
+        started.callback(receiver.stop)
         if receiver.previous_port and receiver.previous_port != receiver.port:
             old = f"http://127.0.0.1:{receiver.previous_port}"
             moved = run_in_session(
@@ -127,28 +127,22 @@ def dev_environment(
             )
         with console.status("starting the local Stripe…"):
             settings, stripe_server, stripe_line = start_demo_stripe(settings, url)
+        if stripe_server is not None:
+            started.callback(stripe_server.stop)
         console.print(stripe_line, soft_wrap=True)
         with console.status("starting a Prefect server (flow runs and their schedules)…"):
-            prefect = prefect_api(settings, log_dir=settings.data_dir / "logs")
-            prefect_url, _ = prefect.__enter__()
-        try:
-            report = refresh_analytics_once(settings, console)
-            with console.status("reconciling billing…"):
-                reconciliation = reconcile_once(settings, url)
-            console.print(f"Stripe: {reconciliation}", soft_wrap=True)
-            ready = DevReady(
-                settings=settings, host=host or settings.host, port=port or settings.port,
-                admin_email=admin_email, admin_token=admin_token, reconciliation=reconciliation,
-                report=report, prefect_api_url=prefect_url, receiver_url=receiver.url,
-            )  # fmt: skip
-            print_banner(ready, summary.ingest_keys(), console)
-            yield ready
-        finally:
-            prefect.__exit__(None, None, None)
-    finally:
-        if stripe_server is not None:
-            stripe_server.stop()
-        receiver.stop()
+            prefect_url, _ = started.enter_context(prefect_api(settings, log_dir=settings.data_dir / "logs"))
+        report = refresh_analytics_once(settings, console)
+        with console.status("reconciling billing…"):
+            reconciliation = reconcile_once(settings, url)
+        console.print(f"Stripe: {reconciliation}", soft_wrap=True)
+        ready = DevReady(
+            settings=settings, host=host or settings.host, port=port or settings.port,
+            admin_email=admin_email, admin_token=admin_token, reconciliation=reconciliation,
+            report=report, prefect_api_url=prefect_url, receiver_url=receiver.url,
+        )  # fmt: skip
+        print_banner(ready, summary.ingest_keys(), console)
+        yield ready
 
 
 def print_banner(ready: DevReady, ingest_keys: dict[str, str], console: Console) -> None:

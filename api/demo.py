@@ -34,6 +34,8 @@ ADMIN_TOKEN_NAMES = ("demo", "keel dev")
 #: The demo org whose second endpoint always fails (when a receiver is given).
 FAILING_ORG = "initech"
 WEBHOOK_EVENT_TYPES = ["member.*", "org.*"]
+#: Paths of ``keel dev``'s demo receiver: one answers 2xx, the other always fails.
+RECEIVER_OK_PATH, RECEIVER_FAIL_PATH = "/ok/", "/fail/"
 
 
 @dataclass
@@ -44,23 +46,25 @@ class DemoSummary:
     orgs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __rich__(self) -> str:
+        return self.describe(secrets=True)
+
+    def headline(self) -> str:
+        """The summary without its secrets (``keel dev`` prints those in its banner)."""
+        return self.describe(secrets=False)
+
+    def describe(self, *, secrets: bool) -> str:
         if not self.seeded:
             return "[yellow]the database already has organizations: demo not seeded again[/]"
         lines = [f"[green]demo seeded:[/] {len(self.orgs)} organizations"]
         for slug, info in self.orgs.items():
             lines.append(f"  {slug:<10} {info['members']:>3} members {info['events']:>7} events")
-        # One key a line, short enough not to wrap in an 80-column terminal.
-        lines.extend(f"  ingest key {slug:<10} {key}" for slug, key in self.ingest_keys().items())
-        if self.admin_token:
-            lines.append(f"  platform admin {self.admin_email}")
-            lines.append(f"  admin token {self.admin_token}")
+        if secrets:
+            # One key a line, short enough not to wrap in an 80-column terminal.
+            lines.extend(f"  ingest key {slug:<10} {key}" for slug, key in self.ingest_keys().items())
+            if self.admin_token:
+                lines.append(f"  platform admin {self.admin_email}")
+                lines.append(f"  admin token {self.admin_token}")
         return "\n".join(lines)
-
-    def headline(self) -> str:
-        """The summary without its secrets (``keel dev`` prints those in its banner)."""
-        return "\n".join(
-            line for line in str(self.__rich__()).splitlines() if "token" not in line and "key" not in line
-        )
 
     def ingest_keys(self) -> dict[str, str]:
         return {slug: str(info["ingest_key"]) for slug, info in self.orgs.items()}
@@ -141,10 +145,10 @@ class DemoReceiverUrls:
     base: str
 
     def ok(self, slug: str) -> str:
-        return f"{self.base}/ok/{slug}"
+        return f"{self.base}{RECEIVER_OK_PATH}{slug}"
 
     def fail(self, slug: str) -> str:
-        return f"{self.base}/fail/{slug}"
+        return f"{self.base}{RECEIVER_FAIL_PATH}{slug}"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from api.demo import RECEIVER_FAIL_PATH as FAIL_PREFIX
+from api.demo import RECEIVER_OK_PATH as OK_PREFIX
+
 PORT_FILE = "demo-receiver.json"
-OK_PREFIX, FAIL_PREFIX = "/ok/", "/fail/"
 
 
 class DemoReceiver:
@@ -37,12 +39,6 @@ class DemoReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def ok_url(self, name: str) -> str:
-        return f"{self.url}{OK_PREFIX}{name}"
-
-    def fail_url(self, name: str) -> str:
-        return f"{self.url}{FAIL_PREFIX}{name}"
 
     def start(self) -> DemoReceiver:
         """Bind the port used last time when it is free, else any free port."""

@@ -150,6 +150,9 @@ def serve_flows(
 ) -> None:
     """Run flows.yaml's schedules locally: a Prefect server with its scheduler (started here unless
     PREFECT_API_URL or `keel dev` provides one) and a runner that executes the scheduled runs."""
+    # The serve log is where a run's start, end and error are read: Prefect's INFO logs. Set before
+    # Prefect is first imported (it reads its settings then, and hands them to the runs it starts).
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     from api.settings import load_settings
     from pipelines import schedules
     from pipelines.prefect_server import prefect_api
@@ -160,8 +163,6 @@ def serve_flows(
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    # The serve log is where a run's start, end and error are read: Prefect's INFO logs.
-    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     _prepare_prefect()
     settings = load_settings()
     with prefect_api(settings, log_dir=settings.data_dir / "logs") as (api_url, started):

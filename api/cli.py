@@ -156,6 +156,8 @@ def demo_seed(
     with console.status("seeding the demo…"):
         summary = seed(url, force=force)
     console.print(summary)
+    if not summary.seeded:
+        console.print("(--force seeds it anyway)")
 
 
 @flags_app.command("explain")
@@ -514,7 +516,7 @@ def stripe_mock_serve(
     port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0,
     api_key: Annotated[str, typer.Option(help="The secret key clients must send.")] = "sk_test_keel_local",
     demo: Annotated[
-        bool, typer.Option(help="Seed subscriptions for the organizations in the database.")
+        bool, typer.Option(help="Seed subscriptions for the demo's organizations in the database.")
     ] = False,
 ) -> None:
     """Serve the local Stripe-compatible API until interrupted (point KEEL_STRIPE_API_BASE at it)."""

@@ -26,18 +26,16 @@ console = Console(stderr=True)
 FLOWS_FILE = Path(__file__).resolve().parents[1] / "flows.yaml"
 
 
-def _prepare_prefect(verbose: bool = False) -> None:
-    """Prefect keeps its state under the data directory; with no server configured it runs one
-    temporarily in the background (ephemeral mode), on a port it picks itself."""
+def _prepare_prefect(verbose: bool = False) -> Path:
+    """Prefect's state under the data directory, and the Prefect API to use: ``PREFECT_API_URL``,
+    else the local server ``keel dev``/``keel flows serve`` runs, else a temporary one (Prefect's
+    ephemeral mode, on a port it picks itself). Returns PREFECT_HOME."""
     from api.settings import load_settings
+    from pipelines.prefect_server import prepare_environment, use_configured_server
 
-    home = Path(os.environ.setdefault("PREFECT_HOME", str(load_settings().data_dir.resolve() / "prefect")))
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The temporary server needs longer than Prefect's 20 s default on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    # Prefect's own logs (with tracebacks) only on request; the command prints its own summary.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
+    home = prepare_environment(load_settings(), verbose=verbose)
+    use_configured_server(home)
+    return home
 
 
 def load_deployments(path: Path = FLOWS_FILE) -> list[dict[str, Any]]:
@@ -60,13 +58,30 @@ def parse_params(values: list[str], flow_name: str) -> dict[str, Any]:
 
 
 @flows_app.command("list")
-def list_flows() -> None:
-    """The flows and their schedules, from flows.yaml."""
-    table = Table("flow", "schedule (UTC)", "parameters", "what it does")
-    for d in load_deployments():
-        schedules = ", ".join(s.get("cron", "") for s in d.get("schedules") or []) or "on demand"
-        table.add_row(d["name"], schedules, json.dumps(d.get("parameters") or {}), d.get("description", ""))
+def list_flows(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The flows, their schedules, and from Prefect each one's last run and next scheduled run."""
+    from pipelines import schedules
+
+    home = _prepare_prefect()
+    try:
+        with console.status("reading runs from Prefect…"):
+            status = schedules.read_status(load_deployments(), home)
+    except schedules.PrefectUnreachable as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps([row.as_json() for row in status.rows], indent=2) + "\n")
+        return
+    table = Table("flow", "schedule (UTC)", "last run (UTC)", "next run (UTC)", "runs")
+    table.columns[0].no_wrap = True
+    for row in status.rows:
+        table.add_row(
+            row.name, row.schedule_text(), row.last_run_text(), row.next_run_text(), row.runs_text()
+        )
     Console().print(table)
+    console.print(status.source)
 
 
 @flows_app.command("run")
@@ -123,21 +138,34 @@ def run_flow(
 
 
 @flows_app.command("serve")
-def serve_flows() -> None:
-    """Run flows.yaml's schedules locally (Prefect's serve; no Prefect server to install)."""
+def serve_flows(
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schedule",
+            help="NAME=EVERY (20s, 5m, 2h, 1d) or NAME='CRON', replacing that flow's schedule for this"
+            " serve only; repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Run flows.yaml's schedules locally: a Prefect server with its scheduler (started here unless
+    PREFECT_API_URL or `keel dev` provides one) and a runner that executes the scheduled runs."""
+    # The serve log is where a run's start, end and error are read: Prefect's INFO logs. Set before
+    # Prefect is first imported (it reads its settings then, and hands them to the runs it starts).
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    from api.settings import load_settings
+    from pipelines import schedules
+    from pipelines.prefect_server import prefect_api
+
+    declared = load_deployments()
+    try:
+        overrides = schedules.parse_overrides(schedule or [], [d["name"] for d in declared])
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     _prepare_prefect()
-    from prefect import serve
-
-    from pipelines import flows
-
-    deployments = []
-    for d in load_deployments():
-        flow = flows.FLOWS[d["name"]]
-        crons = [s["cron"] for s in d.get("schedules") or [] if "cron" in s]
-        deployments.append(
-            flow.to_deployment(
-                name=d["name"], cron=crons[0] if crons else None, parameters=d.get("parameters") or {}
-            )
-        )
-    console.print(f"serving {len(deployments)} flows on their schedules; Ctrl-C stops")
-    serve(*deployments)  # type: ignore[arg-type]  # to_deployment is sync outside an event loop
+    settings = load_settings()
+    with prefect_api(settings, log_dir=settings.data_dir / "logs") as (api_url, started):
+        where = "a Prefect server started for this serve" if started else "the configured Prefect server"
+        console.print(f"Prefect API {api_url} ({where})")
+        schedules.serve(declared, overrides, console=console)

@@ -10,11 +10,11 @@ import contextlib
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 
 from api.settings import Settings
 
@@ -22,65 +22,152 @@ from api.settings import Settings
 def dev(
     host: Annotated[str | None, typer.Option(help="Interface (default KEEL_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default KEEL_PORT or 8000).")] = None,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schedule", help="NAME=EVERY (20s, 5m) or NAME='CRON' for this run, as `keel flows serve`."
+        ),
+    ] = None,
 ) -> None:
-    """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API."""
+    """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API,
+    the webhook worker and the flow schedules."""
     from api.cli import console, settings
+    from pipelines.cli import load_deployments
+    from pipelines.schedules import parse_overrides
 
-    run_dev(settings(), host=host, port=port, console=console)
+    try:  # checked before anything starts
+        parse_overrides(schedule or [], [d["name"] for d in load_deployments()])
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    run_dev(settings(), host=host, port=port, console=console, schedule=schedule or [])
 
 
-def run_dev(settings: Settings, *, host: str | None, port: int | None, console: Console) -> None:
-    from api.cli import migrate, run_in_session
-    from api.demo import seed_async
+def run_dev(
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    console: Console,
+    schedule: list[str] | None = None,
+) -> None:
     from api.server import serve_api
-    from api.users import create_user_with_token
+
+    try:
+        with dev_environment(settings, host=host, port=port, console=console) as ready:
+            # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
+            # helpers and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            with background_services(ready.settings, console, schedule=schedule or []):
+                serve_api(ready.settings, host=ready.host, port=ready.port)
+    except KeyboardInterrupt:  # Ctrl-C: everything above has been stopped on the way out
+        pass
+    console.print("Keel stopped")
+
+
+@dataclass
+class DevReady:
+    """What ``keel dev``'s start-up prepared, before it serves."""
+
+    settings: Settings
+    host: str
+    port: int
+    admin_email: str
+    admin_token: str
+    reconciliation: str
+    report: str
+    prefect_api_url: str
+    receiver_url: str
+
+
+@contextlib.contextmanager
+def dev_environment(
+    settings: Settings, *, host: str | None, port: int | None, console: Console
+) -> Iterator[DevReady]:
+    """Start-up, without serving: Postgres, migrations, the webhook receiver, the demo when the
+    database is empty, the admin token, the local Stripe, a Prefect server, the pipelines once and
+    a reconciliation run; prints the banner. Everything it started stops on exit. Run twice on one
+    data directory, the second start changes nothing the first made (tests prove it)."""
+    from api.billing.dev import reconcile_once, start_demo_stripe
+    from api.cli import migrate, run_in_session
+    from api.demo import DemoReceiverUrls, reissue_admin_token, repoint_demo_endpoints, seed_async
+    from pipelines.dev_receiver import DemoReceiver
+    from pipelines.prefect_server import prefect_api
 
     with console.status("applying migrations…"):
         url = migrate(settings, keep_running=False)
-    with console.status("seeding the demo (only when the database is empty)…"):
-        summary = run_in_session(url, lambda s: seed_async(s))
-    console.print(summary)
-    token = summary.admin_token
-    if token is None:
-        # Tokens are shown once; a later `make run` mints a fresh admin token for this session.
-        from datetime import UTC, datetime
+    settings = settings.with_(database_url=url)
+    with contextlib.ExitStack() as started:  # whatever started is stopped on the way out, in reverse
+        receiver = DemoReceiver(settings.data_dir).start()
+        started.callback(receiver.stop)
+        if receiver.previous_port and receiver.previous_port != receiver.port:
+            old = f"http://127.0.0.1:{receiver.previous_port}"
+            moved = run_in_session(
+                url, lambda s: repoint_demo_endpoints(s, old_base=old, new_base=receiver.url)
+            )
+            console.print(
+                f"webhook receiver: port {receiver.previous_port} was taken; {moved} demo endpoints moved"
+            )
+        with console.status("seeding the demo (only when the database is empty)…"):
+            summary = run_in_session(url, lambda s: seed_async(s, receiver=DemoReceiverUrls(receiver.url)))
+        console.print(summary.headline(), soft_wrap=True)
+        if summary.admin_token is not None:
+            admin_email, admin_token = summary.admin_email, summary.admin_token
+        else:
+            # Only a token's hash is stored, so the old one cannot be shown again: the same admin
+            # user gets a new one, and the one printed last time stops working.
+            reissued = run_in_session(url, reissue_admin_token)
+            admin_email, admin_token = reissued.email, reissued.token
+            console.print(
+                f"admin token re-issued for {reissued.email};"
+                f" the {reissued.revoked} earlier one(s) are revoked",
+                soft_wrap=True,
+            )
+        with console.status("starting the local Stripe…"):
+            settings, stripe_server, stripe_line = start_demo_stripe(settings, url)
+        if stripe_server is not None:
+            started.callback(stripe_server.stop)
+        console.print(stripe_line, soft_wrap=True)
+        with console.status("starting a Prefect server (flow runs and their schedules)…"):
+            prefect_url, _ = started.enter_context(prefect_api(settings, log_dir=settings.data_dir / "logs"))
+        report = refresh_analytics_once(settings, console)
+        with console.status("reconciling billing…"):
+            reconciliation = reconcile_once(settings, url)
+        console.print(f"Stripe: {reconciliation}", soft_wrap=True)
+        ready = DevReady(
+            settings=settings, host=host or settings.host, port=port or settings.port,
+            admin_email=admin_email, admin_token=admin_token, reconciliation=reconciliation,
+            report=report, prefect_api_url=prefect_url, receiver_url=receiver.url,
+        )  # fmt: skip
+        print_banner(ready, summary.ingest_keys(), console)
+        yield ready
 
-        from api.db.models import PlatformRole
 
-        stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-        created = run_in_session(
-            url,
-            lambda s: create_user_with_token(
-                s, email=f"dev-admin-{stamp}@keel.demo", name="Dev admin", platform_role=PlatformRole.admin
-            ),
-        )
-        token = created.token
-    # Without a real Stripe key, a local Stripe-compatible server mirrors the demo orgs (with a few
-    # planted discrepancies), so billing, reconciliation and the report have something to show.
-    from api.billing.dev import start_demo_stripe
-
-    settings, _stripe_server, stripe_line = start_demo_stripe(settings.with_(database_url=url), url)
-    console.print(stripe_line)
-    report = refresh_analytics_once(settings.with_(database_url=url), console)
-    host, port = host or settings.host, port or settings.port
-    base = f"http://{host}:{port}"
-    console.print(
-        Panel.fit(
-            f"API          {base}\n"
-            f"OpenAPI      {base}/schema/openapi.json\n"
-            f"Docs UI      {base}/schema\n"
-            f"Admin token  {token}\n"
-            f"Report       {report}\n"
-            f'Warehouse    keel warehouse sql "SELECT * FROM org_health"\n\n'
-            f"try: curl -H 'Authorization: Bearer {token}' {base}/v1/admin/orgs",
-            title="Keel is running",
-        )
-    )
-    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the children
-    # and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with background_services(settings.with_(database_url=url), console):
-        serve_api(settings.with_(database_url=url), host=host, port=port)
+def print_banner(ready: DevReady, ingest_keys: dict[str, str], console: Console) -> None:
+    """Plain lines, never wrapped by Rich: a token or key is copied whole from one line."""
+    base = f"http://{ready.host}:{ready.port}"
+    lines = [
+        "[bold]Keel is running[/]",
+        f"  API          {base}",
+        f"  OpenAPI      {base}/schema/openapi.json",
+        f"  Docs UI      {base}/schema",
+        f"  Admin        {ready.admin_email}",
+        f"  Admin token  {ready.admin_token}",
+        *(f"  Ingest key   {slug:<10} {key}" for slug, key in ingest_keys.items()),
+        *(
+            []
+            if ingest_keys
+            else ["  Ingest keys  shown once, when the demo was seeded (new: POST /v1/orgs/{id}/ingest-keys)"]
+        ),
+        f"  Report       {ready.report}",
+        '  Warehouse    keel warehouse sql "SELECT * FROM org_health"',
+        f"  Prefect API  {ready.prefect_api_url}  (keel flows list: last and next runs)",
+        f"  Webhooks     demo receiver {ready.receiver_url}",
+        "",
+        f"try: curl -H 'Authorization: Bearer {ready.admin_token}' {base}/v1/admin/orgs",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def refresh_analytics_once(settings: Settings, console: Console) -> str:
@@ -88,11 +175,6 @@ def refresh_analytics_once(settings: Settings, console: Console) -> str:
     import os
 
     os.environ["KEEL_DATABASE_URL"] = settings.database_url or ""
-    home = os.environ.setdefault("PREFECT_HOME", str(settings.data_dir.resolve() / "prefect"))
-    os.makedirs(home, exist_ok=True)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from pipelines.flows import refresh_analytics
 
     with console.status("running the pipelines once (export → warehouse → org health report)…"):
@@ -101,32 +183,37 @@ def refresh_analytics_once(settings: Settings, console: Console) -> str:
 
 
 @contextlib.contextmanager
-def background_services(settings: Settings, console: Console) -> Iterator[None]:
+def background_services(settings: Settings, console: Console, *, schedule: list[str]) -> Iterator[None]:
     """The processes `make run` keeps beside the API: the webhook worker (`keel worker`) and the
-    flow schedules of flows.yaml (`keel flows serve`). They are stopped when the API stops (the
-    worker gracefully: in-flight deliveries finish, leases are released)."""
+    flow schedules of flows.yaml (`keel flows serve`, against the Prefect server ``keel dev``
+    started). Each runs in a session of its own, so a Ctrl-C reaches only ``keel dev``, which
+    stops them together when the API has stopped (the worker gracefully: in-flight deliveries
+    finish, leases are released; the runner cancels runs in flight and pauses the schedules)."""
     import os
-    import subprocess
     from pathlib import Path
+
+    from pipelines.prefect_server import child_process, stop_processes
 
     keel = str(Path(sys.executable).with_name("keel"))
     env = {**os.environ, "KEEL_DATABASE_URL": settings.database_url or ""}
+    # The demo's endpoints are on 127.0.0.1 (the receiver above): only the worker keel dev starts
+    # may deliver to private addresses; the API keeps refusing to register them.
+    worker_env = {
+        **env,
+        "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS": os.environ.get("KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+    }
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children = []
-    for name, args in {"webhook worker": ["worker"], "flow schedules": ["flows", "serve"]}.items():
-        log = (log_dir / f"{args[0]}.log").open("ab")
-        children.append(
-            subprocess.Popen([keel, *args], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    serve = ["flows", "serve", *(arg for item in schedule for arg in ("--schedule", item))]
+    for name, args, child_env in (("webhook worker", ["worker"], worker_env), ("flow schedules", serve, env)):
+        with (log_dir / f"{args[0]}.log").open("ab") as log:
+            children.append(child_process([keel, *args], env=child_env, log=log))
+        console.print(
+            f"started {name} (`keel {' '.join(args)}`, log in {log_dir / (args[0] + '.log')})", soft_wrap=True
         )
-        console.print(f"started {name} (`keel {' '.join(args)}`, log in {log_dir / (args[0] + '.log')})")
     try:
         yield
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        console.print("stopping the webhook worker and the flow schedules…")
+        stop_processes(children)

@@ -17,10 +17,12 @@ from api.settings import Settings
 from tests.harness import unique
 
 
-def insert_org(engine: Engine, *, members: int = 1, stripe_customer_id: str | None = None) -> uuid.UUID:
+def insert_org(
+    engine: Engine, *, members: int = 1, stripe_customer_id: str | None = None, slug: str | None = None
+) -> uuid.UUID:
     """An organization with ``members`` active members (the first an owner)."""
     org_id = new_id()
-    slug = unique("bill")
+    slug = slug or unique("bill")
     with engine.begin() as conn:
         conn.execute(
             insert(Organization).values(

@@ -292,10 +292,12 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
 def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
     billing_db: tuple[str, Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.billing.dev import start_demo_stripe
+    from api.billing.dev import reconcile_once, start_demo_stripe, state_path
+    from api.demo import DEMO_ORGS
 
     url, engine = billing_db
-    orgs = [insert_org(engine, members=n) for n in (8, 9, 10, 11)]
+    orgs = [insert_org(engine, members=n, slug=d[0]) for n, d in zip((8, 9, 10, 11), DEMO_ORGS, strict=True)]
+    mine = insert_org(engine, members=3)  # an org a user made: the demo's Stripe leaves it alone
     monkeypatch.delenv("KEEL_STRIPE_API_KEY", raising=False)
     monkeypatch.delenv("KEEL_STRIPE_API_BASE", raising=False)
     config = settings_for(url, None, tmp_path).with_(stripe_api_key=None)
@@ -303,16 +305,20 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
     assert server is not None
     try:
         assert os.environ["KEEL_STRIPE_API_BASE"] == server.url == local.stripe_api_base
-        assert "4 subscriptions mirrored" in summary
+        assert "seeded; 4 subscriptions mirrored" in summary
+        assert reconcile_once(local, url).startswith("reconciliation found 4 discrepancies")
+        ids = (sorted(server.store.customers), sorted(server.store.subscriptions))
         with engine.connect() as conn:
-            linked = conn.execute(
-                text("SELECT count(*) FROM organizations WHERE stripe_customer_id IS NOT NULL")
-            ).scalar()
+            linked = set(
+                conn.execute(
+                    text("SELECT id FROM organizations WHERE stripe_customer_id IS NOT NULL")
+                ).scalars()
+            )
             found = dict(
                 conn.execute(text("SELECT kind, count(*) FROM billing_discrepancies GROUP BY kind")).all()
             )
             statuses = {s for (s,) in conn.execute(text("SELECT status FROM subscriptions")).all()}
-        assert linked == len(orgs)
+        assert linked == set(orgs) and mine not in linked
         assert found == {
             "over_seat_limit": 1,
             "plan_mismatch": 1,
@@ -320,6 +326,19 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
             "unlinked_customer": 1,
         }
         assert {"past_due", "trialing", "active"} <= statuses
+    finally:
+        server.stop()
+    # A restart serves the saved state: the same ids, nothing synced, the same findings.
+    assert state_path(config).is_file()
+    local, server, summary = start_demo_stripe(config, url)
+    assert server is not None
+    try:
+        assert f"state from {state_path(config)}" in summary
+        assert (sorted(server.store.customers), sorted(server.store.subscriptions)) == ids
+        assert reconcile_once(local, url) == (
+            "reconciliation found 4 discrepancies"
+            " (1 over_seat_limit, 1 plan_mismatch, 1 seat_count_mismatch, 1 unlinked_customer)"
+        )
     finally:
         server.stop()
     real = config.with_(stripe_api_key="sk_live_real")

@@ -73,9 +73,12 @@ def test_flows_yaml_is_accepted_by_prefect_deploy(prefect_harness: None) -> None
         assert schedules[name] == [s["cron"] for s in d.get("schedules") or []]
 
 
-def test_keel_flows_list_and_bad_input() -> None:
-    listed = keel("flows", "list")
+def test_keel_flows_list_and_bad_input(tmp_path: Path) -> None:
+    # No Prefect server and no Prefect database here: the schedules of flows.yaml, no runs.
+    fresh = {"KEEL_DATA_DIR": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
+    listed = keel("flows", "list", env=fresh)
     assert listed.returncode == 0 and "export-lake" in listed.stdout and "*/15 * * * *" in listed.stdout
+    assert "never" in listed.stdout and "no flow has run here yet" in listed.stderr
     unknown = keel("flows", "run", "export-everything")
     assert unknown.returncode == 2 and "no flow named 'export-everything'" in unknown.stderr
     bad_param = keel("flows", "run", "export-lake", "--param", "rows=5")

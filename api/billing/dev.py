@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from api.billing.stripe_local import DEFAULT_API_KEY, LocalStripe, StripeStore
@@ -14,10 +15,21 @@ def uses_real_stripe(settings: Settings) -> bool:
     return bool(settings.stripe_api_key) and settings.stripe_api_key != DEFAULT_API_KEY
 
 
+#: Where the local server's state lives, under the data directory: a restart serves the same
+#: customers, subscriptions and ids, so the mirror and reconciliation see nothing new.
+STATE_FILE = Path("stripe-local") / "state.json"
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.data_dir / STATE_FILE
+
+
 async def demo_orgs(session: Any) -> list[DemoOrg]:
+    """The organizations the demo seeded (by their demo slugs), never one a user created."""
     from sqlalchemy import func, select
 
     from api.db.models import Membership, MembershipStatus, Organization
+    from api.demo import DEMO_ORGS
 
     members = (
         select(func.count())
@@ -26,38 +38,48 @@ async def demo_orgs(session: Any) -> list[DemoOrg]:
         .scalar_subquery()
     )
     rows = await session.execute(
-        select(Organization.id, Organization.name, members).where(Organization.deleted_at.is_(None))
+        select(Organization.id, Organization.name, members).where(
+            Organization.deleted_at.is_(None), Organization.slug.in_([slug for slug, *_ in DEMO_ORGS])
+        )
     )
     return [DemoOrg(org_id, name, int(n)) for org_id, name, n in rows.all()]
 
 
 def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, LocalStripe | None, str]:
     """With a real ``KEEL_STRIPE_API_KEY``, change nothing. Otherwise start the local
-    Stripe-compatible server on a free port, seed it for the organizations in the database, sync
-    the mirror from it, plant a few discrepancies in Stripe and reconcile once, so the billing
-    screen and the reconciliation report have something to show.
+    Stripe-compatible server on a free port with its state from the data directory. The first
+    time (no state yet) it is seeded for the demo's organizations, the mirror is synced from it and
+    a few discrepancies are planted in Stripe, so the billing screen and reconciliation have
+    something to show; later starts serve that same state and change nothing.
 
     Returns the settings pointing at it (also exported as ``KEEL_STRIPE_API_BASE`` and
-    ``KEEL_STRIPE_API_KEY`` for the flows run in this process), the server (stop it on exit, or
+    ``KEEL_STRIPE_API_KEY`` for the flows and child processes), the server (stop it on exit, or
     let the process end) and a one-line summary.
     """
     if uses_real_stripe(settings):
         return settings, None, "Stripe: the real API (KEEL_STRIPE_API_KEY is set)"
-    from api.billing.services import _in_session, run_reconciliation, run_sync
+    from api.billing.services import _in_session, run_sync
 
-    server = LocalStripe(StripeStore(seed=1)).start()
+    path = state_path(settings)
+    fresh = not path.exists()
+    server = LocalStripe(StripeStore(seed=1) if fresh else StripeStore.load(path)).start()
     local = settings.with_(stripe_api_key=server.api_key, stripe_api_base=server.url)
     os.environ["KEEL_STRIPE_API_KEY"], os.environ["KEEL_STRIPE_API_BASE"] = server.api_key, server.url
-    orgs = _in_session(database_url, demo_orgs)
-    seeded = seed_demo(server.store, orgs)
-    synced = run_sync(local, database_url)
-    plant_after_sync(server.store, seeded)
-    result, _ = run_reconciliation(local, database_url)
-    return (
-        local,
-        server,
-        (
-            f"Stripe: local server {server.url} (key {server.api_key}); {synced.subscriptions} subscriptions"
-            f" mirrored; reconciliation found {len(result.found)} discrepancies"
-        ),
-    )
+    if fresh:
+        seeded = seed_demo(server.store, _in_session(database_url, demo_orgs))
+        synced = run_sync(local, database_url)
+        plant_after_sync(server.store, seeded)
+        server.store.save(path)
+        what = f"seeded; {synced.subscriptions} subscriptions mirrored"
+    else:
+        what = f"state from {path}"
+    return local, server, f"Stripe: local server {server.url} (key {server.api_key}), {what}"
+
+
+def reconcile_once(settings: Settings, database_url: str) -> str:
+    """One reconciliation run (no repairs); its one-line summary."""
+    from api.billing.services import run_reconciliation
+
+    result, _ = run_reconciliation(settings, database_url)
+    detail = ", ".join(f"{n} {kind}" for kind, n in result.counts().items())
+    return f"reconciliation found {len(result.found)} discrepancies" + (f" ({detail})" if detail else "")

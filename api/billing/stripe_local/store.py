@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import string
 import threading
@@ -64,6 +65,36 @@ class StripeStore:
         self._order = 0
         self._ranks: dict[str, tuple[int, int]] = {}
         self.lock = threading.RLock()
+
+    # -- persistence -----------------------------------------------------------------------------
+    #: What ``save`` writes: the objects, their listing order and the id generator's state, so a
+    #: loaded store lists the same objects in the same order and hands out fresh ids, never old ones.
+    PERSISTED = ("customers", "products", "prices", "subscriptions", "events")
+
+    def save(self, path: Path) -> None:
+        """Write the whole state to ``path`` as JSON, atomically (a temporary file, then a rename)."""
+        with self.lock:
+            version, internal, gauss = self._random.getstate()
+            state = {
+                "seed": self.seed, "order": self._order, "ranks": self._ranks,
+                "random": [version, list(internal), gauss],
+                **{name: getattr(self, name) for name in self.PERSISTED},
+            }  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.tmp")
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: Path) -> StripeStore:
+        """A store with the state ``save`` wrote."""
+        state = json.loads(path.read_text())
+        store = cls(seed=int(state["seed"]), **{name: state[name] for name in cls.PERSISTED})
+        version, internal, gauss = state["random"]
+        store._random.setstate((version, tuple(internal), gauss))
+        store._order = int(state["order"])
+        store._ranks = {key: (int(created), int(order)) for key, (created, order) in state["ranks"].items()}
+        return store
 
     # -- ids and ordering ------------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:

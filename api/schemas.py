@@ -8,7 +8,14 @@ from typing import Annotated
 
 import msgspec
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="1-200 characters.")]
+#: Free text Postgres can store: any character but NUL (``text`` cannot hold ``\u0000``). Said in the
+#: schema, so clients (and the fuzzer) know it, and refused by field name like any other rule.
+NO_NUL = r"^[^\x00]*$"
+_NUL_REFUSED = f"Expected `str` matching regex {NO_NUL!r}"
+
+Name = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL, description="1-200 characters, no NUL.")
+]
 Slug = Annotated[
     str,
     msgspec.Meta(
@@ -23,7 +30,7 @@ Email = Annotated[
     str,
     msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$", examples=["ada@example.com"]),
 ]
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_NUL)]
 
 
 def utc_bound(value: datetime) -> datetime:
@@ -55,4 +62,6 @@ def split_validation_message(message: str) -> tuple[str, str]:
     if named:
         name = named.group("name")
         path = f"{path}.{name}" if path and not path.endswith("]") else f"{path}{name}" if path else name
+    if message == _NUL_REFUSED:  # msgspec names the pattern; people are told what it means
+        message = "text cannot contain NUL (\\u0000) characters"
     return path, message

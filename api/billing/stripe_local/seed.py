@@ -42,7 +42,9 @@ def seed_demo(store: StripeStore, orgs: list[DemoOrg]) -> dict[str, Any]:
     """Subscriptions for the demo organizations (the first four get a story each), and one customer
     no organization has. ``plant_after_sync`` then changes Stripe behind the mirror's back."""
     store._random.seed("|".join(sorted(str(o.id) for o in orgs)))
-    at = store.now() - 40 * 86400
+    # Subscribed 20 days ago: a monthly period renews in 10 days, as a live Stripe subscription would
+    # (40 days ago put every demo renewal date in the past, which the health report rightly flags).
+    at = store.now() - 20 * 86400
     prices = add_plans(store, at=at)
     plan_cycle = list(prices)
     subscriptions: dict[str, str] = {}

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from warehouse import rules
 from warehouse.models import Model, load_models
 from warehouse.storage import LakeStorage, open_lake_storage
 
@@ -39,10 +40,11 @@ PARAMS = Model(
 
 #: Sources that may not exist yet in a lake (written by later parts), with their empty shape.
 OPTIONAL_SOURCES = {
-    "subscriptions": "organization_id VARCHAR, status VARCHAR, seats BIGINT, plan VARCHAR, "
+    "subscriptions": "organization_id VARCHAR, stripe_subscription_id VARCHAR, status VARCHAR, seats BIGINT, "
+    "plan VARCHAR, "
     "unit_amount BIGINT, currency VARCHAR, current_period_end TIMESTAMPTZ, trial_end TIMESTAMPTZ, "
     "cancel_at_period_end BOOLEAN, "
-    "synced_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, filename VARCHAR",
+    "synced_at TIMESTAMPTZ, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, filename VARCHAR",
     "billing_discrepancies": "id VARCHAR, run_id VARCHAR, detected_at TIMESTAMPTZ, kind VARCHAR, "
     "severity VARCHAR, organization_id VARCHAR, stripe_customer_id VARCHAR, stripe_subscription_id VARCHAR, "
     "expected VARCHAR, actual VARCHAR, detail VARCHAR, repaired BOOLEAN, filename VARCHAR",
@@ -161,6 +163,8 @@ def build_warehouse(
         try:
             con.execute("SET TimeZone = 'UTC'")
             con.execute(f"CREATE TABLE {PARAMS.name} AS {PARAMS.sql}", [as_of])
+            for rule in rules.RULES:  # the business rules, as macros the marts (and analysts) call
+                con.execute(rule.macro())
             sources = set().union(*(m.sources for m in models))
             try:
                 relations = _source_relations(con, lake_url, sources, s3_endpoint=s3_endpoint)

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from warehouse import queries
+from warehouse import queries, rules
 
 #: The WAU chart's window: the same six weeks, ending at the as-of date, for every organization.
 CHART_DAYS = 42
@@ -149,7 +149,7 @@ def _billing_cell(r: dict[str, Any], as_of: date) -> str:
         soon = 0 <= (trial - as_of).days <= 14
         lines.append(f'<span class="{"risk" if soon else "muted"}">trial ends {_date(trial)}</span>')
     if renewal is not None:
-        past = renewal < as_of and status not in ("canceled", "incomplete_expired")
+        past = renewal < as_of and not rules.subscription_is_ended(status)
         text = f"renewal date passed {_date(renewal)}" if past else f"renews {_date(renewal)}"
         lines.append(f'<span class="{"risk" if past else "muted"}">{text}</span>')
     if r["open_discrepancies"]:  # risks or expansion signals: the reasons say which

@@ -24,6 +24,7 @@ from api.db.models import (
 )
 from api.errors import Conflict, NotFound
 from api.members.services import list_members
+from api.orgs.live import get_live_org
 from api.pagination import decode_cursor
 from api.webhooks.messages import publish
 
@@ -152,9 +153,7 @@ async def set_suspended(
     actor: Actor,
     ctx: RequestContext | None,
 ) -> Organization:
-    org = await session.get(Organization, org_id, with_for_update=True)
-    if org is None or org.deleted_at is not None:
-        raise NotFound("organization not found")
+    org = await get_live_org(session, org_id, for_update=True)
     target = OrgStatus.suspended if suspended else OrgStatus.active
     if org.status is target:
         return org  # idempotent: nothing changed, nothing to audit

@@ -27,6 +27,7 @@ from api.db.models import (
     UserStatus,
 )
 from api.errors import Forbidden, NotFound, Unauthorized
+from api.orgs.live import LIVE, is_live
 
 ORG_NOT_FOUND = "organization not found"
 
@@ -62,9 +63,7 @@ async def authenticate(session: AsyncSession, authorization: str | None, *, touc
         raise Unauthorized("this user is disabled")
     if token.kind is TokenKind.org_ingest:
         org_status = await session.scalar(
-            select(Organization.status).where(
-                Organization.id == token.organization_id, Organization.deleted_at.is_(None)
-            )
+            select(Organization.status).where(Organization.id == token.organization_id, LIVE)
         )
         if org_status is None:
             raise Unauthorized("this key's organization has been deleted")
@@ -116,7 +115,7 @@ async def org_access(
                 Membership.organization_id == org_id,
                 Membership.user_id == principal.user_id,
                 Membership.status == MembershipStatus.active,
-                Organization.deleted_at.is_(None),
+                LIVE,
             )
         )
     ).one_or_none()
@@ -182,7 +181,7 @@ async def guard_org(
         .join(Membership, Membership.organization_id == Organization.id)
         .where(
             Organization.id == org_id,
-            Organization.deleted_at.is_(None),
+            LIVE,
             Membership.user_id == principal.user_id,
             Membership.status.in_(statuses),
         )
@@ -207,7 +206,7 @@ async def ingest_org(session: AsyncSession, principal: Principal, org_id: uuid.U
     else:
         raise Forbidden("this route needs an ingest key")
     org = await session.get(Organization, target)
-    if org is None or org.deleted_at is not None:
+    if not is_live(org):
         raise NotFound(ORG_NOT_FOUND)
     if org.status is OrgStatus.suspended:
         raise Forbidden("this organization is suspended")

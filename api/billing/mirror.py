@@ -29,10 +29,11 @@ from api.audit import services as audit
 from api.auth.context import Actor
 from api.db.base import utcnow
 from api.db.models import ActorType, Organization, Subscription, SubscriptionStatus
+from api.orgs.live import is_live
+from warehouse import rules
 
-TERMINAL = {SubscriptionStatus.canceled, SubscriptionStatus.incomplete_expired}
-#: Statuses that still give the organization its product (Stripe keeps retrying past_due).
-IN_GOOD_STANDING = {SubscriptionStatus.trialing, SubscriptionStatus.active, SubscriptionStatus.past_due}
+#: Ended statuses (Stripe never revives one): warehouse.rules.SUBSCRIPTION_ENDED.
+TERMINAL = frozenset(SubscriptionStatus(s) for s in rules.SUBSCRIPTION_ENDED)
 #: The columns a Stripe report sets (and the audit entries compare).
 STATE_FIELDS = (
     "organization_id", "stripe_customer_id", "stripe_price_id", "stripe_product_id", "plan", "status",
@@ -280,7 +281,7 @@ async def resolve_organization(
         if wanted is None:
             continue
         org = await session.get(Organization, wanted, with_for_update=True)
-        if org is None or org.deleted_at is not None or org.stripe_customer_id is not None:
+        if not is_live(org) or org.stripe_customer_id is not None:
             continue
         await link_customer(session, org, customer_id, actor=actor)
         return org.id

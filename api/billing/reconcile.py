@@ -26,7 +26,6 @@ from api.db.models import (
     BillingDiscrepancy,
     DiscrepancyKind,
     Membership,
-    MembershipStatus,
     Organization,
     ReconciliationRun,
     ReconciliationRunStatus,
@@ -34,6 +33,8 @@ from api.db.models import (
     Subscription,
     SubscriptionStatus,
 )
+from api.members.seats import ACTIVE_MEMBER
+from warehouse import rules
 
 K = DiscrepancyKind
 SEVERITY = {
@@ -51,7 +52,7 @@ SEVERITY = {
 REPAIRABLE = {K.missing_in_mirror, K.missing_in_stripe, K.status_mismatch, K.plan_mismatch,
               K.seat_count_mismatch, K.stale_mirror}  # fmt: skip
 #: A subscription in one of these, with the org still using the product, is unpaid active usage.
-NOT_PAYING = {SubscriptionStatus.unpaid, SubscriptionStatus.canceled, SubscriptionStatus.incomplete_expired}
+NOT_PAYING = {SubscriptionStatus.unpaid, *mirror.TERMINAL}
 DEFAULT_STALE_AFTER = timedelta(hours=48)
 SYNC_ACTOR = Actor.system("billing-sync")
 REPAIR_ACTOR = Actor.system("billing-reconcile")
@@ -335,10 +336,10 @@ def compare(
     for state, org_id in out.linked.values():
         per_org.setdefault(org_id, []).append(state)
     for org_id, subs in sorted(per_org.items()):
-        current = current_subscription(subs)
+        current = rules.current_subscription(subs)
         facts = orgs.get(org_id)
         members = facts.active_members if facts else 0
-        if current.status in mirror.IN_GOOD_STANDING and members > current.seats:
+        if rules.over_seat_limit(current.status, members, current.seats):
             out.found.append(Found(
                 K.over_seat_limit, org_id, current.stripe_customer_id, current.stripe_subscription_id,
                 f"at most {current.seats} active members", f"{members} active members",
@@ -355,13 +356,6 @@ def compare(
     return out
 
 
-def current_subscription(subs: list[Any]) -> Any:
-    """An organization's subscription that counts: a live one first, then the newest."""
-    return sorted(subs, key=lambda s: (s.status not in mirror.TERMINAL, s.created, s.stripe_subscription_id))[
-        -1
-    ]
-
-
 # -- reconciliation: reading Keel's side, recording, repairing -----------------------------------
 
 
@@ -372,6 +366,19 @@ def _warehouse_mau(path: Path) -> Any:
         return queries.monthly_active_users(path)
     except queries.WarehouseMissing:
         return None
+
+
+#: Monthly active users per organization from Postgres's events, by the rules the org_active_users
+#: mart applies (warehouse.rules): identified users, over the 30 UTC days ending today.
+POSTGRES_MAU = (
+    "SELECT organization_id, count(DISTINCT {user}) FROM events WHERE {user} IS NOT NULL AND {window}"
+    " GROUP BY organization_id"
+).format(
+    user=rules.ACTIVE_USER.sql("user_id", "anonymous_id"),
+    window=rules.IN_MAU_WINDOW.sql(
+        "CAST(timezone('UTC', \"timestamp\") AS date)", "CAST(timezone('UTC', now()) AS date)"
+    ),
+)
 
 
 async def usage_by_org(
@@ -385,19 +392,14 @@ async def usage_by_org(
             return {
                 uuid.UUID(r["organization_id"]): int(r["mau"]) for r in frame.iter_rows(named=True)
             }, "warehouse"
-    rows = await session.execute(
-        text(
-            "SELECT organization_id, count(DISTINCT coalesce(user_id, anonymous_id)) FROM events"
-            " WHERE timestamp >= now() - interval '30 days' GROUP BY organization_id"
-        )
-    )
+    rows = await session.execute(text(POSTGRES_MAU))
     return {org: int(n) for org, n in rows.all()}, "postgres"
 
 
 async def keel_side(session: AsyncSession) -> tuple[dict[uuid.UUID, OrgFacts], list[MirrorFacts]]:
     members = (
         select(func.count())
-        .where(Membership.organization_id == Organization.id, Membership.status == MembershipStatus.active)
+        .where(Membership.organization_id == Organization.id, ACTIVE_MEMBER)
         .correlate(Organization)
         .scalar_subquery()
     )

@@ -9,38 +9,50 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api import rules as api_rules
 from api.billing import reconcile as rec
-from api.billing.mirror import TERMINAL
 from api.billing.schemas import BillingOut, DiscrepancyOut, ReconciliationOut, RunOut
 from api.billing.stripe_api import StripeUnavailable, make_client, read_stripe
 from api.db.models import (
     BillingDiscrepancy,
     Membership,
-    MembershipStatus,
     ReconciliationRun,
     Subscription,
 )
+from api.members.seats import ACTIVE_MEMBER
 from api.settings import Settings
+from warehouse import rules
+
+#: ``ORDER BY`` clause: the current subscription first (warehouse.rules.SUBSCRIPTION_RANK, the
+#: rule stg_subscriptions applies; the mirror's "created" is when it first held the subscription).
+CURRENT_FIRST = text(
+    api_rules.render(
+        rules.SUBSCRIPTION_RANK,
+        Subscription.status,
+        Subscription.created_at,
+        Subscription.stripe_subscription_id,
+    )
+    + " DESC"
+)
 
 
 async def billing_screen(session: AsyncSession, org_id: uuid.UUID) -> BillingOut:
-    """The org's current subscription (a live one first, then the most recent) and its seats used."""
+    """The org's current subscription (warehouse.rules) and its seats used (its active members)."""
     seats_used = await session.scalar(
-        select(func.count()).where(
-            Membership.organization_id == org_id, Membership.status == MembershipStatus.active
-        )
+        select(func.count()).where(Membership.organization_id == org_id, ACTIVE_MEMBER)
     )
-    rows = (await session.scalars(select(Subscription).where(Subscription.organization_id == org_id))).all()
-    if not rows:
+    sub = await session.scalar(
+        select(Subscription).where(Subscription.organization_id == org_id).order_by(CURRENT_FIRST).limit(1)
+    )
+    if sub is None:
         return BillingOut(
             plan=None, status=None, seats=None, seats_used=seats_used or 0, renewal_date=None, trial_end=None,
             cancel_at_period_end=None, amount=None, currency=None, interval=None, last_synced_at=None,
             stripe_subscription_id=None,
         )  # fmt: skip
-    sub = max(rows, key=lambda r: (r.status not in TERMINAL, r.created_at, r.stripe_subscription_id))
     return BillingOut(
         plan=sub.plan, status=sub.status, seats=sub.seats, seats_used=seats_used or 0,
         renewal_date=sub.current_period_end, trial_end=sub.trial_end,

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.db.fence import EXPORT_FENCE_LOCK
 from api.db.models import OrgStatus
+from warehouse import rules
 
 log = logging.getLogger("keel.events")
 PARTITION_DAYS_AHEAD = 7
@@ -121,10 +122,14 @@ async def store_returning(conn: PgConnection, rows: list[EventRow]) -> set[int]:
         return {n - 1 for (n,) in await cur.fetchall()}
 
 
+#: The live organizations among some ids (warehouse.rules.ORG_IS_LIVE), with their status.
+LIVE_ORGS = (
+    f"SELECT id, status FROM organizations WHERE id = ANY(%s) AND {rules.ORG_IS_LIVE.sql('deleted_at')}"
+)
+
+
 async def live_orgs(conn: PgConnection, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
-    cursor = await conn.execute(
-        "SELECT id, status FROM organizations WHERE id = ANY(%s) AND deleted_at IS NULL", (list(org_ids),)
-    )
+    cursor = await conn.execute(LIVE_ORGS, (list(org_ids),))
     return {org_id: OrgStatus(status) for org_id, status in await cursor.fetchall()}
 
 

@@ -20,6 +20,7 @@ from api.db.models import FeatureFlag, FlagOverride, Organization
 from api.errors import Conflict, NotFound, ValidationFailed
 from api.flags.evaluation import Evaluation, Override, Stickiness, evaluate
 from api.flags.store import canonical_org_id, definition
+from api.orgs.live import get_live_org
 from api.pagination import decode_cursor
 
 FLAG = "feature_flag"
@@ -152,13 +153,6 @@ async def archive_flag(
     )
 
 
-async def _live_org(session: AsyncSession, org_id: uuid.UUID) -> Organization:
-    org = await session.get(Organization, org_id)
-    if org is None or org.deleted_at is not None:
-        raise NotFound("organization not found")
-    return org
-
-
 async def set_override(
     session: AsyncSession,
     *,
@@ -172,7 +166,7 @@ async def set_override(
 ) -> tuple[FlagOverride, str]:
     """Force ``key`` on or off for one organization; audited in that organization's chain."""
     flag = await get_flag(session, key, for_update=True)
-    org = await _live_org(session, org_id)
+    org = await get_live_org(session, org_id)
     override = await session.scalar(
         select(FlagOverride).where(FlagOverride.flag_id == flag.id, FlagOverride.organization_id == org_id)
     )
@@ -199,7 +193,7 @@ async def remove_override(
     session: AsyncSession, *, key: str, org_id: uuid.UUID, actor: Actor, ctx: RequestContext | None
 ) -> None:
     flag = await get_flag(session, key, for_update=True)
-    await _live_org(session, org_id)
+    await get_live_org(session, org_id)
     override = await session.scalar(
         select(FlagOverride).where(FlagOverride.flag_id == flag.id, FlagOverride.organization_id == org_id)
     )
@@ -246,7 +240,7 @@ async def explain(
 ) -> tuple[FeatureFlag, Organization, Evaluation]:
     """One flag for one organization, read from the database (not a cache), for `keel flags explain`."""
     flag = await get_flag(session, key)
-    org = await _live_org(session, org_id)
+    org = await get_live_org(session, org_id)
     row = await session.scalar(
         select(FlagOverride).where(FlagOverride.flag_id == flag.id, FlagOverride.organization_id == org_id)
     )

@@ -13,7 +13,8 @@ from api.auth import cache
 from api.auth.context import Actor, Principal, RequestContext
 from api.db.base import utcnow
 from api.db.models import Membership, MembershipStatus, Organization, OrgRole
-from api.errors import Conflict, NotFound
+from api.errors import Conflict
+from api.orgs.live import LIVE, get_live_org
 from api.pagination import decode_cursor
 from api.webhooks.messages import publish
 
@@ -65,7 +66,7 @@ async def list_user_orgs(
         .where(
             Membership.user_id == user_id,
             Membership.status == MembershipStatus.active,
-            Organization.deleted_at.is_(None),
+            LIVE,
         )
         .order_by(Organization.id)
         .limit(limit + 1)
@@ -73,13 +74,6 @@ async def list_user_orgs(
     if after is not None:
         query = query.where(Organization.id > after)
     return [(org, role) for org, role in (await session.execute(query)).all()]
-
-
-async def get_live_org(session: AsyncSession, org_id: uuid.UUID) -> Organization:
-    org = await session.get(Organization, org_id)
-    if org is None or org.deleted_at is not None:
-        raise NotFound("organization not found")
-    return org
 
 
 async def update_org(

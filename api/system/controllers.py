@@ -15,6 +15,7 @@ from api.auth.context import Principal
 from api.db.models import Membership, MembershipStatus, Organization, OrgRole, PlatformRole, TokenKind, User
 from api.deps import PUBLIC
 from api.errors import NotFound
+from api.orgs.live import LIVE
 
 
 class Health(msgspec.Struct):
@@ -75,7 +76,7 @@ class SystemController(Controller):
             .where(
                 Membership.user_id == user.id,
                 Membership.status.in_((MembershipStatus.active, MembershipStatus.invited)),
-                Organization.deleted_at.is_(None),
+                LIVE,
             )
             .order_by(Membership.id)
         )

@@ -13,7 +13,7 @@
 --   share_of_active_members: users_30d / active_members, null without active members
 WITH members AS (
     SELECT organization_id, count(*) AS active_members
-    FROM stg_memberships WHERE status = 'active' GROUP BY organization_id
+    FROM stg_memberships WHERE keel_membership_is_active(status) GROUP BY organization_id
 ),
 usage AS (
     SELECT
@@ -21,8 +21,9 @@ usage AS (
         event,
         min(day) AS first_seen,
         max(day) AS last_seen,
-        count(DISTINCT user_id) AS users,
-        count(DISTINCT user_id) FILTER (WHERE day > (SELECT as_of FROM keel_params) - 30) AS users_30d
+        count(DISTINCT keel_active_user(user_id, anonymous_id)) AS users,
+        count(DISTINCT keel_active_user(user_id, anonymous_id))
+            FILTER (WHERE keel_in_mau_window(day, (SELECT as_of FROM keel_params))) AS users_30d
     FROM stg_events
     WHERE day <= (SELECT as_of FROM keel_params)
     GROUP BY organization_id, event

@@ -12,7 +12,8 @@
 --   wau_complete: the lake holds every event of the 7 days ending that day (false on the lake's first 6 days for an organization already active then: its weekly figure would ramp up from nothing)
 --   mau_complete: the same for the 30 days ending that day
 WITH user_days AS (
-    SELECT DISTINCT organization_id, day, user_id FROM stg_events WHERE user_id IS NOT NULL
+    SELECT DISTINCT organization_id, day, keel_active_user(user_id, anonymous_id) AS user_id FROM stg_events
+    WHERE keel_active_user(user_id, anonymous_id) IS NOT NULL
 ),
 -- The lake's history starts on its first event; an organization active on that day may have been
 -- active before it too, so its trailing windows are whole only once they fit inside the lake.
@@ -27,11 +28,11 @@ windows AS (
         a.organization_id,
         a.day,
         count(DISTINCT u.user_id) FILTER (WHERE u.day = a.day) AS dau,
-        count(DISTINCT u.user_id) FILTER (WHERE u.day > a.day - 7) AS wau,
+        count(DISTINCT u.user_id) FILTER (WHERE keel_in_trailing_days(u.day, a.day, 7)) AS wau,
         count(DISTINCT u.user_id) AS mau
     FROM org_daily_activity a
     LEFT JOIN user_days u
-        ON u.organization_id = a.organization_id AND u.day BETWEEN a.day - 29 AND a.day
+        ON u.organization_id = a.organization_id AND keel_in_mau_window(u.day, a.day)
     GROUP BY a.organization_id, a.day
 )
 SELECT

@@ -16,11 +16,12 @@ calendar AS (
     FROM bounds
 ),
 daily AS (
-    SELECT organization_id, day, count(*) AS events, count(DISTINCT user_id) AS active_users
+    SELECT organization_id, day, count(*) AS events, count(DISTINCT keel_active_user(user_id, anonymous_id)) AS active_users
     FROM stg_events GROUP BY organization_id, day
 ),
 first_seen AS (
-    SELECT organization_id, user_id, min(day) AS day FROM stg_events WHERE user_id IS NOT NULL GROUP BY 1, 2
+    SELECT organization_id, keel_active_user(user_id, anonymous_id) AS user_id, min(day) AS day FROM stg_events
+    WHERE keel_active_user(user_id, anonymous_id) IS NOT NULL GROUP BY 1, 2
 ),
 newcomers AS (
     SELECT organization_id, day, count(*) AS new_users FROM first_seen GROUP BY 1, 2

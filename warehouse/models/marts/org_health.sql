@@ -14,7 +14,7 @@
 --   active_members: active members now
 --   seat_utilization: mau / seats (or / active members)
 --   seats: seats bought on the current subscription (null without one)
---   over_seat_limit: more active members than seats bought, on a trialing, active or past-due subscription (reconciliation's over_seat_limit rule)
+--   over_seat_limit: more active members than seats bought, on a trialing, active or past-due subscription (keel_over_seat_limit, the reconciliation's rule)
 --   billing_status: the subscription status, when the billing mirror knows it
 --   renewal_date: the end of the subscription's current billing period (UTC date)
 --   trial_end: when its trial ends (UTC date; null without a trial)
@@ -29,7 +29,7 @@
 --   reasons: why the score is what it is, one sentence per signal (the signals' reasons; 'no warning signs' first when none is a risk)
 WITH params AS (SELECT as_of FROM keel_params),
 orgs AS (
-    SELECT organization_id, name FROM stg_organizations WHERE deleted_at IS NULL
+    SELECT organization_id, name FROM stg_organizations WHERE keel_org_is_live(deleted_at)
 ),
 now_au AS (
     SELECT organization_id, wau AS wau_now, mau FROM org_active_users WHERE day = (SELECT as_of FROM params)
@@ -43,7 +43,7 @@ seats AS (
     SELECT organization_id, active_members, utilization FROM seat_utilization WHERE day = (SELECT as_of FROM params)
 ),
 members AS (
-    SELECT organization_id, count(*) AS active_members FROM stg_memberships WHERE status = 'active' GROUP BY 1
+    SELECT organization_id, count(*) AS active_members FROM stg_memberships WHERE keel_membership_is_active(status) GROUP BY 1
 ),
 last_event AS (
     SELECT organization_id, max(day) AS last_day FROM stg_events WHERE day <= (SELECT as_of FROM params) GROUP BY 1
@@ -128,10 +128,8 @@ facts AS (
         coalesce(m.active_members, 0) AS active_members,
         s.utilization AS seat_utilization,
         b.seats,
-        -- The rule reconcile-billing applies (api/billing/reconcile.py): active members above the
-        -- seats of a subscription in good standing (api/billing/mirror.py IN_GOOD_STANDING).
-        coalesce(b.status IN ('trialing', 'active', 'past_due') AND coalesce(m.active_members, 0) > b.seats, false)
-            AS over_seat_limit,
+        -- The rule reconcile-billing applies too (warehouse/rules.py).
+        keel_over_seat_limit(b.status, coalesce(m.active_members, 0), b.seats) AS over_seat_limit,
         b.status AS billing_status,
         b.renewal_date,
         b.trial_end,
@@ -170,12 +168,12 @@ found AS (
             CASE WHEN seat_utilization < 0.3 THEN struct_pack(kind := 'risk', points := 25, reason := printf('Only %.0f%% of seats were used this month.', 100 * seat_utilization))
                  WHEN seat_utilization < 0.5 THEN struct_pack(kind := 'risk', points := 10, reason := printf('%.0f%% of seats were used this month.', 100 * seat_utilization)) END,
             CASE WHEN billing_status IN ('past_due', 'unpaid') THEN struct_pack(kind := 'risk', points := 30, reason := printf('The subscription is %s.', billing_status))
-                 WHEN billing_status IN ('canceled', 'incomplete_expired') THEN struct_pack(kind := 'risk', points := 40, reason := printf('The subscription is %s.', billing_status)) END,
+                 WHEN keel_subscription_is_ended(billing_status) THEN struct_pack(kind := 'risk', points := 40, reason := printf('The subscription is %s.', billing_status)) END,
             -- A trial about to end (or already over while the mirror still says trialing) needs a conversion call.
             CASE WHEN billing_status = 'trialing' AND trial_days_left BETWEEN 0 AND 14 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The trial ends on %s (%s) and nothing is paid yet.', strftime(trial_end, '%Y-%m-%d'), CASE trial_days_left WHEN 0 THEN 'today' WHEN 1 THEN 'tomorrow' ELSE printf('in %d days', trial_days_left) END))
                  WHEN billing_status = 'trialing' AND trial_days_left < 0 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The trial ended on %s, %d day(s) ago, and the subscription still says trialing.', strftime(trial_end, '%Y-%m-%d'), -trial_days_left)) END,
             -- A live subscription's period always ends in the future: a past one was not renewed, or the mirror is stale.
-            CASE WHEN billing_status NOT IN ('canceled', 'incomplete_expired') AND renewal_days_past > 0 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The renewal date, %s, passed %d day(s) ago without a renewal: the subscription may have lapsed, or the billing mirror is out of date.', strftime(renewal_date, '%Y-%m-%d'), renewal_days_past)) END,
+            CASE WHEN NOT keel_subscription_is_ended(billing_status) AND renewal_days_past > 0 THEN struct_pack(kind := 'risk', points := 15, reason := printf('The renewal date, %s, passed %d day(s) ago without a renewal: the subscription may have lapsed, or the billing mirror is out of date.', strftime(renewal_date, '%Y-%m-%d'), renewal_days_past)) END,
             CASE WHEN owner_changes_30d >= 2 THEN struct_pack(kind := 'risk', points := 10, reason := printf('%d owner changes in the last 30 days.', owner_changes_30d)) END,
             CASE WHEN key_churn_30d >= 3 THEN struct_pack(kind := 'risk', points := 5, reason := printf('%d ingest keys created or revoked in the last 30 days.', key_churn_30d)) END,
             -- A handful of attempts says little: the rate counts from 10 attempts in the week.

@@ -13,7 +13,7 @@ WITH members AS (
     SELECT a.organization_id, a.day, count(m.membership_id) AS active_members
     FROM org_daily_activity a
     LEFT JOIN stg_memberships m
-        ON m.organization_id = a.organization_id AND m.status = 'active' AND CAST(m.created_at AS DATE) <= a.day
+        ON m.organization_id = a.organization_id AND keel_membership_is_active(m.status) AND CAST(m.created_at AS DATE) <= a.day
     GROUP BY a.organization_id, a.day
 )
 SELECT

@@ -1,5 +1,5 @@
 -- name: stg_subscriptions
--- grain: one row per organization with a subscription (a live one first, then the most recently updated)
+-- grain: one row per organization with a subscription: its current one (keel_subscription_rank: not ended first, then the most recently created, then the greatest id)
 -- key: organization_id
 -- description: The billing mirror's view of each paying organization, from the latest daily snapshot (empty until billing is synced).
 -- columns:
@@ -28,7 +28,7 @@ FROM (
         synced_at,
         row_number() OVER (
             PARTITION BY organization_id
-            ORDER BY status NOT IN ('canceled', 'incomplete_expired') DESC, updated_at DESC
+            ORDER BY keel_subscription_rank(status, created_at, stripe_subscription_id) DESC
         ) AS recency
     FROM {subscriptions}
     WHERE filename = (SELECT max(filename) FROM {subscriptions})

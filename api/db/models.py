@@ -238,7 +238,9 @@ class AuditEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
     #: Global insertion number for the incremental lake export (drawn under the export fence).
-    export_seq: Mapped[int] = mapped_column(BigInteger, server_default=fenced_nextval(audit_log_export_seq.name))
+    export_seq: Mapped[int] = mapped_column(
+        BigInteger, server_default=fenced_nextval(audit_log_export_seq.name)
+    )
 
 
 # Events are written by one bulk statement per batch and read by the export flow in ingest order,

@@ -15,7 +15,6 @@ import psycopg
 from sqlalchemy import Engine, text
 
 from api.db.engine import libpq_url
-from api.db.fence import EXPORT_FENCE_LOCK, HOLD_SHARED_SQL
 from api.settings import Settings
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
@@ -138,7 +137,8 @@ async def test_webhook_attempts_reach_the_lake_the_mart_and_the_health_score(
 def test_an_attempt_numbered_earlier_but_committed_later_is_not_skipped(
     hooks_client: httpx.Client, engine: Engine, database_url: str, tmp_path: Path
 ) -> None:
-    """The worker draws attempt numbers inside the export fence; the exporter waits for it."""
+    """Attempt numbers are drawn inside the export fence (the column's default takes it, so this
+    plain insert does too); the exporter waits for it."""
     world: OrgWorld = make_org(hooks_client, engine, roles=("owner",))
     endpoint = create_endpoint(hooks_client, world, "https://hooks.example.com/in")
     publish(hooks_client, world, "member.added", {})
@@ -151,7 +151,6 @@ def test_an_attempt_numbered_earlier_but_committed_later_is_not_skipped(
         ).scalar_one()
 
     def insert_attempt(conn: psycopg.Connection[Any], n: int) -> None:
-        conn.execute(HOLD_SHARED_SQL, (EXPORT_FENCE_LOCK,))
         conn.execute(
             "INSERT INTO webhook_attempts (id, organization_id, endpoint_id, delivery_id, attempt_number,"
             " started_at, duration_ms, status_code) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, 5, 200)",

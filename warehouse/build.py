@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from warehouse import rules
+from warehouse.lake_tables import LAKE_TABLES
 from warehouse.models import Model, load_models
 from warehouse.storage import LakeStorage, open_lake_storage
 
@@ -37,32 +38,6 @@ PARAMS = Model(
         "built_at": "when this warehouse file was built",
     },
 )
-
-#: Sources that may not exist yet in a lake (written by later parts), with their empty shape.
-OPTIONAL_SOURCES = {
-    "subscriptions": "organization_id VARCHAR, stripe_subscription_id VARCHAR, status VARCHAR, seats BIGINT, "
-    "plan VARCHAR, "
-    "unit_amount BIGINT, currency VARCHAR, current_period_end TIMESTAMPTZ, trial_end TIMESTAMPTZ, "
-    "cancel_at_period_end BOOLEAN, "
-    "synced_at TIMESTAMPTZ, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, filename VARCHAR",
-    "billing_discrepancies": "id VARCHAR, run_id VARCHAR, detected_at TIMESTAMPTZ, kind VARCHAR, "
-    "severity VARCHAR, organization_id VARCHAR, stripe_customer_id VARCHAR, stripe_subscription_id VARCHAR, "
-    "expected VARCHAR, actual VARCHAR, detail VARCHAR, repaired BOOLEAN, filename VARCHAR",
-    "billing_reconciliation_runs": "id VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
-    "status VARCHAR, repair BOOLEAN, usage_source VARCHAR, discrepancy_count BIGINT, repaired_count BIGINT, "
-    "filename VARCHAR",
-    "webhook_attempts": "seq BIGINT, id VARCHAR, organization_id VARCHAR, endpoint_id VARCHAR, "
-    "delivery_id VARCHAR, event_type VARCHAR, attempt_number BIGINT, started_at TIMESTAMPTZ, "
-    "duration_ms BIGINT, status_code BIGINT, error_class VARCHAR, error_detail VARCHAR, filename VARCHAR",
-    "webhook_endpoints": "id VARCHAR, organization_id VARCHAR, url VARCHAR, description VARCHAR, "
-    "event_types VARCHAR, enabled BOOLEAN, disabled_reason VARCHAR, disabled_at TIMESTAMPTZ, "
-    "failing_since TIMESTAMPTZ, created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, deleted_at TIMESTAMPTZ, "
-    "filename VARCHAR",
-    "inbound_events": "id VARCHAR, source VARCHAR, external_id VARCHAR, event_type VARCHAR, "
-    "livemode BOOLEAN, event_created_at TIMESTAMPTZ, status VARCHAR, attempts BIGINT, last_error VARCHAR, "
-    "duplicates BIGINT, received_at TIMESTAMPTZ, processed_at TIMESTAMPTZ, updated_at TIMESTAMPTZ, "
-    "filename VARCHAR",
-}
 
 
 class WarehouseError(RuntimeError):
@@ -94,7 +69,11 @@ def _quote(path: str) -> str:
 def _source_relations(
     con: duckdb.DuckDBPyConnection, lake_url: str, names: set[str], *, s3_endpoint: str | None = None
 ) -> dict[str, str]:
-    """The relation each ``{source}`` placeholder reads: Parquet files of the lake, or an empty shape."""
+    """The relation each ``{source}`` placeholder reads: Parquet files of the lake, or the empty
+    shape of an optional one (``warehouse.lake_tables``)."""
+    unknown = sorted(names - LAKE_TABLES.keys())
+    if unknown:
+        raise WarehouseError(f"the models read {unknown}, which warehouse/lake_tables.py does not declare")
     storage = open_lake_storage(lake_url, s3_endpoint=s3_endpoint)
     relations = {}
     for name in sorted(names):
@@ -109,8 +88,8 @@ def _source_relations(
         elif files:
             _copy_in(con, f"raw_{name}", storage, files)
             relations[name] = f"raw_{name}"
-        elif name in OPTIONAL_SOURCES:
-            con.execute(f"CREATE TABLE raw_{name} ({OPTIONAL_SOURCES[name]})")
+        elif LAKE_TABLES[name].optional:
+            con.execute(f"CREATE TABLE raw_{name} ({LAKE_TABLES[name].duckdb_columns})")
             relations[name] = f"raw_{name}"
         else:
             raise WarehouseError(

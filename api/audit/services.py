@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit.chain import GENESIS, entry_hash
 from api.auth.context import Actor, RequestContext
-from api.db import fence
 from api.db.base import new_id
 from api.db.models import AuditChainHead, AuditEntry, AuditSource
 
@@ -93,7 +92,6 @@ async def record(
     ``occurred_at`` defaults to now; product-sent entries carry their own. Returns the stored entry.
     """
     chain_key = chain_key_of(organization_id)
-    await fence.hold_shared(session)  # the row's export_seq is drawn at insert; see api.db.fence
     await session.execute(chain_lock(chain_key))
     head = (
         await session.execute(

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth.context import Actor
 from api.billing import mirror
 from api.billing.stripe_api import StripeSnapshot
-from api.db import fence
 from api.db.base import new_id, utcnow
 from api.db.models import (
     BillingDiscrepancy,
@@ -479,7 +478,6 @@ async def reconcile(
         session.add(run)
         await session.flush()
         if result.found:
-            await fence.hold_shared(session)  # discrepancies are exported by export_seq (api.db.fence)
             await session.execute(
                 insert(BillingDiscrepancy),
                 [

@@ -15,7 +15,6 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -43,6 +42,7 @@ from api.db.base import (
     new_id,
     utcnow,
 )
+from api.db.fence import fenced_nextval
 from api.emails import email_key
 from api.flags.evaluation import Stickiness
 
@@ -239,7 +239,7 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(String(64))
     #: Global insertion number for the incremental lake export (drawn under the export fence).
     export_seq: Mapped[int] = mapped_column(
-        BigInteger, audit_log_export_seq, server_default=audit_log_export_seq.next_value()
+        BigInteger, server_default=fenced_nextval(audit_log_export_seq.name)
     )
 
 
@@ -254,8 +254,7 @@ events_table = Table(
     Column(
         "ingest_seq",
         BigInteger,
-        events_ingest_seq,
-        server_default=events_ingest_seq.next_value(),
+        server_default=fenced_nextval(events_ingest_seq.name),
         nullable=False,
     ),
     Column("organization_id", Uuid, nullable=False),
@@ -608,9 +607,7 @@ class BillingDiscrepancy(IdMixin, Base):
     detail: Mapped[str] = mapped_column(Text)
     repaired: Mapped[bool] = mapped_column(Boolean, default=False)
     export_seq: Mapped[int] = mapped_column(
-        BigInteger,
-        billing_discrepancies_export_seq,
-        server_default=billing_discrepancies_export_seq.next_value(),
+        BigInteger, server_default=fenced_nextval(billing_discrepancies_export_seq.name)
     )
 
 
@@ -649,6 +646,9 @@ class WebhookDelivery(IdMixin, TimestampMixin, Base):
     leased_by: Mapped[str | None] = mapped_column(String(100))
 
 
+webhook_attempts_seq = Sequence("webhook_attempts_seq_seq", metadata=Base.metadata)
+
+
 class WebhookAttempt(Base):
     """One HTTP attempt of a delivery: append-only, written by the workers in batches."""
 
@@ -662,7 +662,7 @@ class WebhookAttempt(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     #: Increases with every insert: the lake export's watermark.
-    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=fenced_nextval(webhook_attempts_seq.name))
     organization_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     endpoint_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id"))

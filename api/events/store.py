@@ -33,7 +33,6 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.db.fence import EXPORT_FENCE_LOCK
 from api.db.models import OrgStatus
 from warehouse import rules
 
@@ -67,11 +66,9 @@ class EventRow(msgspec.Struct, array_like=True, gc=False):
 
 _encode_rows = msgspec.json.Encoder().encode
 
-# The fence is taken before any number is drawn: every row reaching the events insert comes
-# through ``fresh``, which reads ``fence`` first (see api/db/fence.py).
+# ``ingest_seq`` is left to its default, which draws it under the export fence (api/db/fence.py).
 _CLAIM = """
-WITH fence AS (SELECT pg_advisory_xact_lock_shared(%(fence)s) AS held),
-incoming AS (
+WITH incoming AS (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
            e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
            (e->>7)::timestamptz AS received_at, e->8 AS properties, e->9 AS context, n
@@ -79,7 +76,7 @@ incoming AS (
 ),
 fresh AS (
     INSERT INTO event_keys (organization_id, message_id, received_at)
-    SELECT i.organization_id, i.message_id, i.received_at FROM incoming i, fence
+    SELECT i.organization_id, i.message_id, i.received_at FROM incoming i
     ON CONFLICT DO NOTHING
     RETURNING organization_id, message_id
 )"""
@@ -103,7 +100,7 @@ INSERT_EVENTS_RETURNING = (
 
 
 def _params(rows: list[EventRow]) -> dict[str, Any]:
-    return {"fence": EXPORT_FENCE_LOCK, "rows": _encode_rows(rows).decode()}
+    return {"rows": _encode_rows(rows).decode()}
 
 
 async def store(conn: PgConnection, rows: list[EventRow]) -> int:

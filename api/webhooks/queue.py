@@ -25,7 +25,6 @@ import psycopg
 from api.auth.context import Actor
 from api.db.base import new_id
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
-from api.db.fence import EXPORT_FENCE_LOCK, HOLD_SHARED_SQL
 from api.db.models import DeliveryStatus, WebhookEndpoint
 from api.webhooks.endpoints import disable_endpoint
 from api.webhooks.sender import Job, Outcome, envelope
@@ -232,7 +231,6 @@ class DeliveryQueue:
                      "worker_lost", "the worker holding the lease stopped before recording an outcome")
                     for delivery, org, endpoint, n, started in rows
                 ], strict=True))  # fmt: skip
-                await self._claim_conn.execute(HOLD_SHARED_SQL, (EXPORT_FENCE_LOCK,))
                 await self._claim_conn.execute(RECORD_ATTEMPTS, [list(c) for c in columns])
         if rows:
             self.stats.reaped += len(rows)
@@ -310,8 +308,6 @@ class DeliveryQueue:
             else:
                 failing.setdefault(o.job.endpoint_id, o.started_at)
         async with self._write_conn.transaction():
-            # Attempts are exported to the lake by ``seq``: draw the numbers inside the export fence.
-            await self._write_conn.execute(HOLD_SHARED_SQL, (EXPORT_FENCE_LOCK,))
             await self._write_conn.execute(
                 COMPLETE, (ids, statuses, numbers, next_at, started, codes, errors, succeeded_at, self.name)
             )

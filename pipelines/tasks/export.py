@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from api.db.engine import libpq_url
 from api.db.fence import EXPORT_FENCE_LOCK
 from pipelines.lake import Lake
+from warehouse.lake_tables import LAKE_TABLES, LakeTable
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,18 @@ Progress = Callable[[int, int], None]  # (rows done, rows expected)
 STATE_DIR = "_state"
 FILE_NAME = re.compile(r"-(?P<lo>\d{20})-(?P<hi>\d{20})\.parquet$")
 
-TYPES = {"int": pa.int64(), "text": pa.string(), "ts": pa.timestamp("us", tz="UTC"), "bool": pa.bool_()}
-
-
-def columns(spec: str) -> pa.Schema:
-    """``"name type, ..."`` (types: int, text, ts, bool) as an Arrow schema."""
-    return pa.schema([(name, TYPES[kind]) for name, kind in (part.split() for part in spec.split(","))])
-
 
 @dataclass(frozen=True)
 class AppendOnlyTable:
-    """How one append-only table leaves Postgres."""
+    """How one append-only table leaves Postgres (derived from its ``warehouse.lake_tables`` entry)."""
 
     name: str
+    #: The Postgres sequence its numbers are drawn from, under the export fence.
     sequence: str
+    #: The sequence column's name, and the same as the range query's WHERE names it.
     seq_column: str
-    #: SELECT list producing CSV-friendly text, in the order of ``schema``.
+    seq_expr: str
+    #: SELECT list producing Arrow-friendly values, in the order of ``schema``.
     select: str
     source: str
     schema: pa.Schema
@@ -67,89 +64,21 @@ class AppendOnlyTable:
     #: Low-cardinality columns worth dictionary-encoding in Parquet.
     dictionary: tuple[str, ...] = ()
 
-
-EVENTS = AppendOnlyTable(
-    name="events",
-    sequence="events_ingest_seq",
-    seq_column="ingest_seq",
-    source="events",
-    select="ingest_seq, organization_id::text AS organization_id, message_id, event, user_id, anonymous_id,"
-    " timestamp, sent_at, received_at, properties::text AS properties, context::text AS context",
-    schema=columns(
-        "ingest_seq int, organization_id text, message_id text, event text, user_id text, anonymous_id text,"
-        " timestamp ts, sent_at ts, received_at ts, properties text, context text"
-    ),
-    date_column="timestamp",
-    key=("organization_id", "message_id"),
-    dictionary=("organization_id", "event", "user_id", "anonymous_id"),
-)
-
-AUDIT_LOG = AppendOnlyTable(
-    name="audit_log",
-    sequence="audit_log_export_seq",
-    seq_column="export_seq",
-    source="audit_log",
-    select="export_seq, id::text AS id, organization_id::text AS organization_id, chain_key, seq,"
-    " occurred_at, recorded_at, actor_type, actor_id, actor_name, action, resource_type, resource_id,"
-    " metadata::text AS metadata, host(ip) AS ip, user_agent, request_id, prev_hash, hash, source,"
-    " targets::text AS targets",
-    schema=columns(
-        "export_seq int, id text, organization_id text, chain_key text, seq int, occurred_at ts,"
-        " recorded_at ts, actor_type text, actor_id text, actor_name text, action text, resource_type text,"
-        " resource_id text, metadata text, ip text, user_agent text, request_id text, prev_hash text,"
-        " hash text, source text, targets text"
-    ),
-    date_column="occurred_at",
-    key=("id",),
-    dictionary=(
-        "organization_id",
-        "chain_key",
-        "actor_type",
-        "actor_id",
-        "action",
-        "resource_type",
-        "source",
-    ),
-)
-
-BILLING_DISCREPANCIES = AppendOnlyTable(
-    name="billing_discrepancies",
-    sequence="billing_discrepancies_export_seq",
-    seq_column="export_seq",
-    source="billing_discrepancies",
-    select="export_seq, id::text AS id, run_id::text AS run_id, detected_at, kind, severity,"
-    " organization_id::text AS organization_id, stripe_customer_id, stripe_subscription_id,"
-    " expected::text AS expected, actual::text AS actual, detail, repaired",
-    schema=columns(
-        "export_seq int, id text, run_id text, detected_at ts, kind text, severity text,"
-        " organization_id text, stripe_customer_id text, stripe_subscription_id text, expected text,"
-        " actual text, detail text, repaired bool"
-    ),
-    date_column="detected_at",
-    key=("id",),
-)
-
-# One row per HTTP attempt of an outbound webhook, with the delivery's event type. Response headers
-# and bodies stay in Postgres (support reads them through the API): they are the customer's data.
-WEBHOOK_ATTEMPTS = AppendOnlyTable(
-    name="webhook_attempts",
-    sequence="webhook_attempts_seq_seq",
-    seq_column="a.seq",
-    source="webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id",
-    select="a.seq, a.id::text AS id, a.organization_id::text AS organization_id,"
-    " a.endpoint_id::text AS endpoint_id, a.delivery_id::text AS delivery_id, d.event_type,"
-    " a.attempt_number, a.started_at, a.duration_ms, a.status_code, a.error_class, a.error_detail",
-    schema=columns(
-        "seq int, id text, organization_id text, endpoint_id text, delivery_id text, event_type text,"
-        " attempt_number int, started_at ts, duration_ms int, status_code int, error_class text,"
-        " error_detail text"
-    ),
-    date_column="started_at",
-    key=("id",),
-    dictionary=("organization_id", "endpoint_id", "event_type", "error_class"),
-)
-
-APPEND_ONLY = {t.name: t for t in (EVENTS, AUDIT_LOG, BILLING_DISCREPANCIES, WEBHOOK_ATTEMPTS)}
+    @classmethod
+    def of(cls, table: LakeTable) -> AppendOnlyTable:
+        assert table.by_sequence is not None, f"{table.name} is exported as a snapshot"
+        return cls(
+            name=table.name,
+            sequence=table.by_sequence.sequence,
+            seq_column=table.by_sequence.column,
+            seq_expr=table.sequence_column,
+            select=table.select_list,
+            source=table.source,
+            schema=table.arrow_schema,
+            date_column=table.by_sequence.date_column,
+            key=table.key,
+            dictionary=table.dictionary,
+        )
 
 
 @dataclass(frozen=True)
@@ -160,82 +89,17 @@ class Snapshot:
     query: str
     schema: pa.Schema
 
+    @classmethod
+    def of(cls, table: LakeTable) -> Snapshot:
+        return cls(name=table.name, query=table.query, schema=table.arrow_schema)
 
-SNAPSHOTS = {
-    s.name: s
-    for s in (
-        Snapshot(
-            "organizations",
-            "SELECT id::text AS id, name, slug, status, stripe_customer_id, created_at, updated_at,"
-            " deleted_at FROM organizations",
-            columns(
-                "id text, name text, slug text, status text, stripe_customer_id text, created_at ts, "
-                "updated_at ts, deleted_at ts"
-            ),
-        ),
-        Snapshot(
-            "memberships",
-            "SELECT id::text AS id, organization_id::text AS organization_id, user_id::text AS user_id, role,"
-            " status, created_at, updated_at FROM memberships",
-            columns(
-                "id text, organization_id text, user_id text, role text, status text, created_at ts,"
-                " updated_at ts"
-            ),
-        ),
-        # The billing mirror, whole: small (one row per subscription) and updated in place.
-        Snapshot(
-            "subscriptions",
-            "SELECT id::text AS id, organization_id::text AS organization_id, stripe_subscription_id,"
-            " stripe_customer_id, stripe_price_id, stripe_product_id, plan, status, seats, unit_amount,"
-            " currency, interval, current_period_start, current_period_end, trial_end,"
-            " cancel_at_period_end, canceled_at, stripe_state_at, synced_at, created_at, updated_at"
-            " FROM subscriptions",
-            columns(
-                "id text, organization_id text, stripe_subscription_id text, stripe_customer_id text,"
-                " stripe_price_id text, stripe_product_id text, plan text, status text, seats int,"
-                " unit_amount int, currency text, interval text, current_period_start ts,"
-                " current_period_end ts, trial_end ts, cancel_at_period_end bool, canceled_at ts,"
-                " stripe_state_at ts, synced_at ts, created_at ts, updated_at ts"
-            ),
-        ),
-        # Every reconciliation run (one a day or so): which run is the latest, and how many
-        # discrepancies it recorded, so the warehouse knows which of them are still open.
-        Snapshot(
-            "billing_reconciliation_runs",
-            "SELECT id::text AS id, started_at, finished_at, status, repair, usage_source,"
-            " discrepancy_count, repaired_count FROM billing_reconciliation_runs",
-            columns(
-                "id text, started_at ts, finished_at ts, status text, repair bool, usage_source text,"
-                " discrepancy_count int, repaired_count int"
-            ),
-        ),
-        # Customers' receivers, without their secrets, and their URLs without query or fragment
-        # (where receivers often carry a token).
-        Snapshot(
-            "webhook_endpoints",
-            "SELECT id::text AS id, organization_id::text AS organization_id,"
-            " regexp_replace(url, '[?#].*$', '') AS url, description,"
-            " array_to_string(event_types, ',') AS event_types, enabled, disabled_reason, disabled_at,"
-            " failing_since, created_at, updated_at, deleted_at FROM webhook_endpoints",
-            columns(
-                "id text, organization_id text, url text, description text, event_types text, enabled bool,"
-                " disabled_reason text, disabled_at ts, failing_since ts, created_at ts, updated_at ts,"
-                " deleted_at ts"
-            ),
-        ),
-        # Events received from Stripe and what became of them (the payload stays in Postgres).
-        Snapshot(
-            "inbound_events",
-            "SELECT id::text AS id, source, external_id, event_type, livemode, event_created_at, status,"
-            " attempts, last_error, duplicates, received_at, processed_at, updated_at FROM inbound_events",
-            columns(
-                "id text, source text, external_id text, event_type text, livemode bool,"
-                " event_created_at ts, status text, attempts int, last_error text, duplicates int,"
-                " received_at ts, processed_at ts, updated_at ts"
-            ),
-        ),
-    )
-}
+
+APPEND_ONLY = {t.name: AppendOnlyTable.of(t) for t in LAKE_TABLES.values() if t.by_sequence is not None}
+SNAPSHOTS = {t.name: Snapshot.of(t) for t in LAKE_TABLES.values() if t.by_sequence is None}
+EVENTS = APPEND_ONLY["events"]
+AUDIT_LOG = APPEND_ONLY["audit_log"]
+BILLING_DISCREPANCIES = APPEND_ONLY["billing_discrepancies"]
+WEBHOOK_ATTEMPTS = APPEND_ONLY["webhook_attempts"]
 
 
 @dataclass
@@ -304,7 +168,7 @@ WHERE am.amname = 'brin' AND ic.relkind = 'i' AND a.attname = %(column)s
 
 def brin_indexes(conn: psycopg.Connection, table: AppendOnlyTable) -> list[str]:
     """The BRIN indexes on ``table``'s sequence column (one per partition when it is partitioned)."""
-    params = {"column": table.seq_column, "table": table.source}
+    params = {"column": table.seq_column, "table": table.name}
     return sorted(row[0] for row in conn.execute(_BRIN_INDEXES, params))
 
 
@@ -364,7 +228,7 @@ def _range_query(table: AppendOnlyTable, lo: int, hi: int) -> str:
     # lo and hi are integers Keel computed: inlined, since the reader runs one plain statement.
     return (
         f"SELECT {table.select} FROM {table.source}"
-        f" WHERE {table.seq_column} > {int(lo)} AND {table.seq_column} <= {int(hi)}"
+        f" WHERE {table.seq_expr} > {int(lo)} AND {table.seq_expr} <= {int(hi)}"
     )
 
 
@@ -511,7 +375,7 @@ def partition_of(path: str) -> str:
 
 
 def write_schemas(lake: Lake) -> None:
-    """An empty file per table with its schema, so the warehouse can be built before any data."""
+    """An empty file per lake table with its schema, so the warehouse can be built before any data."""
     for name, schema in [(t.name, t.schema) for t in APPEND_ONLY.values()] + [
         (s.name, s.schema) for s in SNAPSHOTS.values()
     ]:

@@ -1,0 +1,140 @@
+"""The lake's tables are declared once (warehouse/lake_tables.py), and the declarations agree with
+the migrated database: every column is exported or excluded with a reason, every exported column
+exists with a type of its kind, and the export, its Arrow schema and the warehouse's sources all
+come from the declarations. (The models agree with the same migrations: tests/test_migrations.py.)"""
+
+from __future__ import annotations
+
+import psycopg
+import pyarrow as pa
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from api.db.engine import libpq_url
+from pipelines.tasks import export as export_tasks
+from warehouse.lake_tables import LAKE_TABLES, LakeTable
+from warehouse.models import load_models
+
+#: The Postgres types (``udt_name``) a plain column of each kind may have.
+POSTGRES_TYPES = {
+    "int": {"int2", "int4", "int8"},
+    "text": {"varchar", "text"},
+    "uuid": {"uuid"},
+    "json": {"jsonb", "json"},
+    "ts": {"timestamptz"},
+    "bool": {"bool"},
+}
+
+
+#: The type OIDs the export's query may answer for each kind (int2/4/8; text, varchar;
+#: timestamptz; bool).
+ANSWERED_TYPES = {
+    "int": {20, 21, 23},
+    "text": {25, 1043},
+    "uuid": {25},
+    "json": {25},
+    "ts": {1184},
+    "bool": {16},
+}
+
+
+def disagreements(conn: Connection, table: LakeTable) -> list[str]:
+    """How ``table``'s declaration and its Postgres table differ (nothing: they agree)."""
+    found = dict(
+        conn.execute(
+            text(
+                "SELECT column_name, udt_name FROM information_schema.columns"
+                " WHERE table_schema = 'public' AND table_name = :t"
+            ),
+            {"t": table.name},
+        ).all()
+    )
+    if not found:
+        return [f"{table.name}: no such table in Postgres"]
+    declared = {c.name: c for c in table.columns}
+    covered = {name for name in declared if name in found}
+    problems = [
+        f"{table.name}.{name}: in Postgres but neither a column nor `excluded` in warehouse/lake_tables.py"
+        for name in sorted(set(found) - covered - set(table.excluded))
+    ]
+    problems += [
+        f"{table.name}.{name}: excluded but not in Postgres"
+        for name in sorted(set(table.excluded) - set(found))
+    ]
+    problems += [
+        f"{table.name}.{name}: both exported and excluded" for name in sorted(covered & set(table.excluded))
+    ]
+    for column in table.columns:
+        if column.expr is not None:
+            continue
+        if column.name not in found:
+            problems.append(f"{table.name}.{column.name}: declared but not in Postgres")
+        elif found[column.name] not in POSTGRES_TYPES[column.kind]:
+            problems.append(
+                f"{table.name}.{column.name}: declared {column.kind}, Postgres has {found[column.name]}"
+            )
+    named = set(table.key) | set(table.dictionary)
+    if table.by_sequence is not None:
+        named |= {table.by_sequence.column, table.by_sequence.date_column}
+    problems += [f"{table.name}: {name} is named but not a column" for name in sorted(named - set(declared))]
+    return problems
+
+
+def test_every_lake_table_agrees_with_its_postgres_table(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert [p for table in LAKE_TABLES.values() for p in disagreements(conn, table)] == []
+        for table in LAKE_TABLES.values():
+            if table.by_sequence is not None:  # the sequence its numbers come from exists
+                assert conn.execute(
+                    text("SELECT to_regclass(:s) IS NOT NULL"), {"s": table.by_sequence.sequence}
+                ).scalar()
+
+
+def test_a_column_added_by_a_migration_but_not_declared_is_reported(engine: Engine) -> None:
+    """What a migration that adds a column without its line in lake_tables.py looks like here."""
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+        conn.execute(text("ALTER TABLE memberships ADD COLUMN nickname text"))
+        conn.execute(
+            text(
+                "ALTER TABLE organizations ALTER COLUMN deleted_at TYPE date, DROP COLUMN stripe_customer_id"
+            )
+        )
+        problems = disagreements(conn, LAKE_TABLES["memberships"]) + disagreements(
+            conn, LAKE_TABLES["organizations"]
+        )
+        transaction.rollback()
+    assert problems == [
+        "memberships.nickname: in Postgres but neither a column nor `excluded` in warehouse/lake_tables.py",
+        "organizations.stripe_customer_id: declared but not in Postgres",
+        "organizations.deleted_at: declared ts, Postgres has date",
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(LAKE_TABLES))
+def test_the_export_reads_each_declared_column_as_declared(name: str, database_url: str) -> None:
+    """The derived query runs as the application role, and Postgres answers every column, in
+    order, in a type of its kind (uuid and JSON as text)."""
+    table = LAKE_TABLES[name]
+    assert [f.name for f in table.arrow_schema] == [c.name for c in table.columns]
+    with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cursor:
+        cursor.execute(f"{table.query} LIMIT 0")  # type: ignore[arg-type]
+        answered = [(d.name, d.type_code) for d in cursor.description or []]
+    assert [
+        (c.name, oid in ANSWERED_TYPES[c.kind]) for c, (_, oid) in zip(table.columns, answered, strict=True)
+    ] == [(c.name, True) for c in table.columns]
+    assert [n for n, _ in answered] == [c.name for c in table.columns]
+
+
+def test_the_exporter_and_the_warehouse_read_the_declarations() -> None:
+    """One list of tables: what is exported (by sequence or as a snapshot), what has an empty
+    ``_schema`` file, and what the warehouse's models may read."""
+    assert set(export_tasks.APPEND_ONLY) | set(export_tasks.SNAPSHOTS) == set(LAKE_TABLES)
+    assert not set(export_tasks.APPEND_ONLY) & set(export_tasks.SNAPSHOTS)
+    for name, table in export_tasks.APPEND_ONLY.items():
+        assert table.schema.equals(LAKE_TABLES[name].arrow_schema)
+    for name, snapshot in export_tasks.SNAPSHOTS.items():
+        assert snapshot.schema.equals(LAKE_TABLES[name].arrow_schema)
+    sources = set().union(*(m.sources for m in load_models()))
+    assert sources == set(LAKE_TABLES), "a model reads an undeclared table, or a declared one is read by none"
+    assert all(f.type != pa.null() for t in LAKE_TABLES.values() for f in t.arrow_schema)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from api.cli.common import console, database_url, fail, settings
-from api.webhooks.worker import WorkerConfig
+from api.webhooks.config import WorkerConfig
 
 #: The worker's defaults are WorkerConfig's own, written once there.
 _WORKER = WorkerConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, 
     a few discrepancies are planted in Stripe, so the billing screen and reconciliation have
     something to show; later starts serve that same state and change nothing.
 
-    Returns the settings pointing at it (``keel dev`` hands them to the flows and its child
-    processes), the server (stop it on exit, or let the process end) and a one-line summary.
+    Returns the settings pointing at it (also exported as ``KEEL_STRIPE_API_BASE`` and
+    ``KEEL_STRIPE_API_KEY`` for the flows and child processes), the server (stop it on exit, or
+    let the process end) and a one-line summary.
     """
     if uses_real_stripe(settings):
         return settings, None, "Stripe: the real API (KEEL_STRIPE_API_KEY is set)"
@@ -63,6 +65,7 @@ def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, 
     fresh = not path.exists()
     server = LocalStripe(StripeStore(seed=1) if fresh else StripeStore.load(path)).start()
     local = settings.with_(stripe_api_key=server.api_key, stripe_api_base=server.url)
+    os.environ["KEEL_STRIPE_API_KEY"], os.environ["KEEL_STRIPE_API_BASE"] = server.api_key, server.url
     if fresh:
         seeded = seed_demo(server.store, run_in_session(database_url, demo_orgs))
         synced = run_sync(local, database_url)

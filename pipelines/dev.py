@@ -199,7 +199,7 @@ def background_services(settings: Settings, console: Console, *, schedule: list[
 
     keel = str(Path(sys.executable).with_name("keel"))
     # Child processes read their settings from KEEL_*: what keel dev chose (the embedded database,
-    # the local Stripe) is handed to them here, in their environment only.
+    # the local Stripe) is handed to them here, in their environment.
     env = {**os.environ, **child_environment(settings)}
     # The demo's endpoints are on 127.0.0.1 (the receiver above): only the worker keel dev starts
     # may deliver to private addresses; the API keeps refusing to register them.

@@ -31,10 +31,11 @@ install: $(STAMP) ## Create the environment in .venv/ from the lock file (.venv/
 run: install ## Start embedded Postgres, migrate, seed the demo, run the pipelines once, serve everything
 	$(VENV)/bin/keel dev
 
-lint: install ## ruff (format check + lint) and mypy
+lint: install ## ruff (format check + lint), mypy, and the import direction (lint-imports)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 fmt: install ## Format and autofix
 	$(VENV)/bin/ruff format .

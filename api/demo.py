@@ -231,6 +231,6 @@ async def _send_events(
 
 
 def seed(url: str, *, force: bool = False) -> DemoSummary:
-    from api.cli import run_in_session
+    from api.db.engine import run_in_session
 
     return run_in_session(url, lambda s: seed_async(s, force=force))

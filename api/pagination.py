@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from typing import Annotated
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 from litestar.params import Parameter
 
@@ -41,6 +42,32 @@ def decode_cursor(cursor: str | None) -> uuid.UUID | None:
         raise ValidationFailed("cursor is not one this API issued", field="cursor") from None
 
 
-def next_cursor(rows: list, limit: int, key=lambda row: row.id) -> str | None:  # type: ignore[no-untyped-def]
+def row_id(row: Any) -> uuid.UUID:
+    return row.id  # type: ignore[no-any-return]
+
+
+def first_id(row: Any) -> uuid.UUID:
+    """The key of a ``(model, …)`` row: its first element's id."""
+    return row[0].id  # type: ignore[no-any-return]
+
+
+def next_cursor(rows: Sequence[Any], limit: int, key: Callable[[Any], uuid.UUID] = row_id) -> str | None:
     """Given ``limit + 1`` fetched rows, the cursor for the page after ``rows[:limit]``."""
     return encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None
+
+
+PageT = TypeVar("PageT")
+RowT = TypeVar("RowT")
+
+
+def page_of(
+    page: Callable[..., PageT],
+    rows: Sequence[RowT],
+    limit: int,
+    out: Callable[[RowT], Any],
+    *,
+    key: Callable[[RowT], uuid.UUID] = row_id,
+) -> PageT:
+    """The one shape of a list endpoint's answer: the service fetched ``limit + 1`` rows; the
+    first ``limit``, each mapped by ``out``, and the cursor of the page after them."""
+    return page(items=[out(row) for row in rows[:limit]], next_cursor=next_cursor(rows, limit, key))

@@ -63,7 +63,7 @@ def problem(
 
 
 def keel_error(request: Request[Any, Any, Any], exc: KeelError) -> Response[dict[str, Any]]:
-    return problem(request, exc.status_code, exc.detail, errors=exc.errors, **exc.extra)
+    return problem(request, exc.status_code, exc.detail, errors=exc.errors, headers=exc.headers)
 
 
 def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
@@ -147,8 +147,7 @@ def database_error(
     if code.startswith("22"):  # data exception: a value Postgres cannot store
         return problem(request, 422, "a value is out of range or malformed for storage")
     if isinstance(error, psycopg.DataError):  # refused by the driver before sending, e.g. a NUL
-        detail = "text cannot contain NUL (\\u0000) characters" if "NUL" in str(error) else str(error)
-        return problem(request, 422, detail)
+        return problem(request, 422, f"a value cannot be stored: {error}")
     if code == "40001" or code == "40P01":
         return problem(
             request, 409, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -68,7 +68,6 @@ class Settings:
     header_timeout: float = 10.0
     #: Seconds a request's body may take to arrive after its headers; then 408 and closed.
     body_timeout: float = 30.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def resolved_lake_url(self) -> str:
@@ -135,9 +134,38 @@ def _seconds(value: str, name: str) -> float:
     return number
 
 
-#: The rate limits and read deadlines: (field, variable after ``KEEL_``, parser); unset, the
-#: dataclass's defaults hold.
-ABUSE_LIMITS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+def _text(value: str, name: str) -> str:
+    return value
+
+
+def _path(value: str, name: str) -> Path:
+    return Path(value)
+
+
+def _upper(value: str, name: str) -> str:
+    return value.upper()
+
+
+#: The settings read as they are: (field, variable after ``KEEL_``, parser). An unset or empty
+#: variable leaves the dataclass's default, the one place each default is written.
+PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+    ("database_url", "DATABASE_URL", _text),
+    ("admin_database_url", "ADMIN_DATABASE_URL", _text),
+    ("allow_privileged_database_role", "ALLOW_PRIVILEGED_DATABASE_ROLE", _flag),
+    ("data_dir", "DATA_DIR", _path),
+    ("lake_url", "LAKE_URL", _text),
+    ("warehouse_path", "WAREHOUSE_PATH", _path),
+    ("stripe_api_key", "STRIPE_API_KEY", _text),
+    ("stripe_webhook_secret", "STRIPE_WEBHOOK_SECRET", _text),
+    ("stripe_api_base", "STRIPE_API_BASE", _text),
+    ("webhook_allow_private_targets", "WEBHOOK_ALLOW_PRIVATE_TARGETS", _flag),
+    ("events_retention_days", "EVENTS_RETENTION_DAYS", _int),
+    ("audit_retention_days", "AUDIT_RETENTION_DAYS", _positive),
+    ("host", "HOST", _text),
+    ("port", "PORT", _int),
+    ("log_level", "LOG_LEVEL", _upper),
+    ("billing_retry_delay", "BILLING_RETRY_DELAY", _float),
+    # The rate limits and read deadlines.
     ("rate_limit_failed_auth", "RATE_LIMIT_FAILED_AUTH_PER_MINUTE", _count),
     ("rate_limit_ingest_requests", "RATE_LIMIT_INGEST_REQUESTS_PER_MINUTE", _count),
     ("rate_limit_ingest_events", "RATE_LIMIT_INGEST_EVENTS_PER_MINUTE", _count),
@@ -177,31 +205,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
                 f"KEEL_LAKE_S3_ENDPOINT must be http(s)://host[:port], not {lake_s3_endpoint!r}"
             )
 
-    data_dir = Path(get("DATA_DIR") or ".keel")
-    warehouse = get("WAREHOUSE_PATH")
     return Settings(
-        database_url=get("DATABASE_URL"),
-        admin_database_url=get("ADMIN_DATABASE_URL"),
-        allow_privileged_database_role=_flag(
-            get("ALLOW_PRIVILEGED_DATABASE_ROLE") or "false", "KEEL_ALLOW_PRIVILEGED_DATABASE_ROLE"
-        ),
-        data_dir=data_dir,
-        lake_url=get("LAKE_URL"),
         lake_s3_endpoint=lake_s3_endpoint,
-        warehouse_path=Path(warehouse) if warehouse else None,
-        stripe_api_key=get("STRIPE_API_KEY"),
-        stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
-        stripe_api_base=get("STRIPE_API_BASE"),
         webhook_retry_schedule=schedule,
-        webhook_allow_private_targets=_flag(
-            get("WEBHOOK_ALLOW_PRIVATE_TARGETS") or "false", "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS"
-        ),
-        events_retention_days=_int(get("EVENTS_RETENTION_DAYS") or "30", "KEEL_EVENTS_RETENTION_DAYS"),
-        audit_retention_days=_positive(get("AUDIT_RETENTION_DAYS") or "365", "KEEL_AUDIT_RETENTION_DAYS"),
-        host=get("HOST") or "127.0.0.1",
-        port=_int(get("PORT") or "8000", "KEEL_PORT"),
-        log_level=(get("LOG_LEVEL") or "INFO").upper(),
         metrics_token=_secret(get("METRICS_TOKEN"), "KEEL_METRICS_TOKEN"),
-        billing_retry_delay=_float(get("BILLING_RETRY_DELAY") or "30", "KEEL_BILLING_RETRY_DELAY"),
-        **{attr: parse(raw, f"KEEL_{name}") for attr, name, parse in ABUSE_LIMITS if (raw := get(name))},
+        **{attr: parse(raw, f"KEEL_{name}") for attr, name, parse in PLAIN if (raw := get(name))},
     )

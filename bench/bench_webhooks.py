@@ -150,7 +150,7 @@ async def receiver_capacity(port: int) -> float:
 
 def setup(url: str, port: int) -> tuple[str, str]:
     from api.auth.context import Actor
-    from api.cli import run_in_session
+    from api.db.engine import run_in_session
     from api.db.models import TokenKind
     from api.orgs.services import create_org
     from api.tokens.services import create_token

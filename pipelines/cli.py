@@ -31,11 +31,9 @@ def _prepare_prefect(verbose: bool = False) -> Path:
     else the local server ``keel dev``/``keel flows serve`` runs, else a temporary one (Prefect's
     ephemeral mode, on a port it picks itself). Returns PREFECT_HOME."""
     from api.settings import load_settings
-    from pipelines.prefect_server import prepare_environment, use_configured_server
+    from pipelines.prefect_server import connect
 
-    home = prepare_environment(load_settings(), verbose=verbose)
-    use_configured_server(home)
-    return home
+    return connect(load_settings(), verbose=verbose)[0]
 
 
 def load_deployments(path: Path = FLOWS_FILE) -> list[dict[str, Any]]:
@@ -163,7 +161,6 @@ def serve_flows(
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    _prepare_prefect()
     settings = load_settings()
     with prefect_api(settings, log_dir=settings.data_dir / "logs") as (api_url, started):
         where = "a Prefect server started for this serve" if started else "the configured Prefect server"

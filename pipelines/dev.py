@@ -31,7 +31,7 @@ def dev(
 ) -> None:
     """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API,
     the webhook worker and the flow schedules."""
-    from api.cli import console, settings
+    from api.cli.common import console, settings
     from pipelines.cli import load_deployments
     from pipelines.schedules import parse_overrides
 
@@ -89,7 +89,8 @@ def dev_environment(
     a reconciliation run; prints the banner. Everything it started stops on exit. Run twice on one
     data directory, the second start changes nothing the first made (tests prove it)."""
     from api.billing.dev import reconcile_once, start_demo_stripe
-    from api.cli import migrate, run_in_session
+    from api.cli.common import migrate
+    from api.db.engine import run_in_session
     from api.demo import DemoReceiverUrls, reissue_admin_token, repoint_demo_endpoints, seed_async
     from pipelines.dev_receiver import DemoReceiver
     from pipelines.prefect_server import prefect_api
@@ -171,13 +172,15 @@ def print_banner(ready: DevReady, ingest_keys: dict[str, str], console: Console)
 
 
 def refresh_analytics_once(settings: Settings, console: Console) -> str:
-    """Export, build and report once, in-process as a real Prefect flow run; returns the report path."""
-    import os
-
-    os.environ["KEEL_DATABASE_URL"] = settings.database_url or ""
+    """Export, build and report once, in-process as a real Prefect flow run (which gets ``settings``
+    through the pipelines' runtime); returns the report path."""
+    from pipelines import runtime
     from pipelines.flows import refresh_analytics
 
-    with console.status("running the pipelines once (export → warehouse → org health report)…"):
+    with (
+        console.status("running the pipelines once (export → warehouse → org health report)…"),
+        runtime.use(settings),
+    ):
         result = refresh_analytics()
     return str(result["report"]["html"])
 
@@ -195,7 +198,9 @@ def background_services(settings: Settings, console: Console, *, schedule: list[
     from pipelines.prefect_server import child_process, stop_processes
 
     keel = str(Path(sys.executable).with_name("keel"))
-    env = {**os.environ, "KEEL_DATABASE_URL": settings.database_url or ""}
+    # Child processes read their settings from KEEL_*: what keel dev chose (the embedded database,
+    # the local Stripe) is handed to them here, in their environment.
+    env = {**os.environ, **child_environment(settings)}
     # The demo's endpoints are on 127.0.0.1 (the receiver above): only the worker keel dev starts
     # may deliver to private addresses; the API keeps refusing to register them.
     worker_env = {
@@ -217,3 +222,13 @@ def background_services(settings: Settings, console: Console, *, schedule: list[
     finally:
         console.print("stopping the webhook worker and the flow schedules…")
         stop_processes(children)
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The ``KEEL_*`` variables that carry what ``keel dev`` chose at start-up to its children."""
+    chosen = {
+        "KEEL_DATABASE_URL": settings.database_url,
+        "KEEL_STRIPE_API_KEY": settings.stripe_api_key,
+        "KEEL_STRIPE_API_BASE": settings.stripe_api_base,
+    }
+    return {name: value for name, value in chosen.items() if value}

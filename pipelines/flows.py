@@ -15,10 +15,10 @@ from pipelines.tasks import retention as retention_tasks
 
 @task(name="export-append-only", retries=2, retry_delay_seconds=5)
 def export_append_only(table: str, chunk_rows: int) -> dict[str, Any]:
-    config = runtime.settings()
+    rt = runtime.current()
     result = export_tasks.export_table(
-        runtime.database_url(config),
-        runtime.lake(config),
+        rt.database_url,
+        rt.lake,
         export_tasks.APPEND_ONLY[table],
         chunk_rows=chunk_rows,
         progress=lambda done, total: progress.report(f"export {table}", done, total),
@@ -28,17 +28,15 @@ def export_append_only(table: str, chunk_rows: int) -> dict[str, Any]:
 
 @task(name="export-snapshot", retries=2, retry_delay_seconds=5)
 def export_snapshot(name: str) -> dict[str, Any]:
-    config = runtime.settings()
-    result = export_tasks.export_snapshot(
-        runtime.database_url(config), runtime.lake(config), export_tasks.SNAPSHOTS[name]
-    )
+    rt = runtime.current()
+    result = export_tasks.export_snapshot(rt.database_url, rt.lake, export_tasks.SNAPSHOTS[name])
     progress.report(f"snapshot {name}", result.rows, result.rows)
     return {"table": name, "rows": result.rows}
 
 
 @task(name="write-schemas")
 def write_schemas() -> None:
-    export_tasks.write_schemas(runtime.lake(runtime.settings()))
+    export_tasks.write_schemas(runtime.current().lake)
 
 
 @flow(name="export-lake", log_prints=True)
@@ -56,7 +54,7 @@ def export_lake(chunk_rows: int = 250_000) -> list[dict[str, Any]]:
 def build_duckdb(as_of: str | None) -> dict[str, Any]:
     from warehouse.build import build_warehouse
 
-    config = runtime.settings()
+    config = runtime.current().settings
     day = date.fromisoformat(as_of) if as_of else None
     done = 0
 
@@ -89,7 +87,7 @@ def render_org_health(out_dir: str | None) -> dict[str, str]:
 
     from warehouse.report import write_report
 
-    config = runtime.settings()
+    config = runtime.current().settings
     target = Path(out_dir) if out_dir else config.data_dir / "reports"
     target.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -116,29 +114,27 @@ def refresh_analytics(chunk_rows: int = 250_000, as_of: str | None = None) -> di
 
 @task(name="drop-exported-partitions")
 def drop_exported_partitions(retention_days: int | None) -> dict[str, Any]:
-    config = runtime.settings()
+    rt = runtime.current()
+    config = rt.settings
     days = config.events_retention_days if retention_days is None else retention_days
-    result = retention_tasks.prune_events(
-        runtime.database_url(config), runtime.lake(config), retention_days=days
-    )
+    result = retention_tasks.prune_events(rt.database_url, rt.lake, retention_days=days)
     progress.report("retention", len(result.dropped), len(result.dropped) + len(result.kept))
     return {"dropped": result.dropped, "kept": result.kept, "keys_removed": result.keys_removed}
 
 
 @task(name="prune-exported-audit-entries")
 def prune_exported_audit_entries(retention_days: int | None) -> dict[str, Any]:
-    config = runtime.settings()
+    rt = runtime.current()
+    config = rt.settings
     days = config.audit_retention_days if retention_days is None else retention_days
-    result = retention_tasks.prune_audit_log(
-        runtime.database_url(config), runtime.lake(config), retention_days=days
-    )
+    result = retention_tasks.prune_audit_log(rt.database_url, rt.lake, retention_days=days)
     progress.report("audit retention", result.chains, result.chains)
     return {"chains": result.chains, "removed": result.removed, "checkpoints": result.checkpoints}
 
 
 @task(name="purge-idempotency-keys")
 def purge_idempotency_keys() -> int:
-    return retention_tasks.purge_idempotency_keys(runtime.database_url(runtime.settings()))
+    return retention_tasks.purge_idempotency_keys(runtime.current().database_url)
 
 
 @flow(name="retention", log_prints=True)
@@ -166,19 +162,21 @@ class StripeUnreachable(RuntimeError):
 
 
 def _billing_retry_delay() -> float:
-    return runtime.settings().billing_retry_delay
+    return runtime.current().settings.billing_retry_delay
 
 
-@task(name="sync-stripe-subscriptions", retries=2, retry_delay_seconds=30)
+#: The retry delay is KEEL_BILLING_RETRY_DELAY, given when the flow calls the task.
+@task(name="sync-stripe-subscriptions", retries=2)
 def sync_stripe_subscriptions() -> dict[str, Any]:
     from api.billing.services import run_sync
     from api.billing.stripe_api import StripeUnavailable
 
-    config = runtime.settings()
+    rt = runtime.current()
+    config = rt.settings
     try:
         result = run_sync(
             config,
-            runtime.database_url(config),
+            rt.database_url,
             progress=lambda what, n: progress.report(f"read {what}", n, None),
         )
     except StripeUnavailable as exc:
@@ -194,18 +192,20 @@ def sync_billing() -> dict[str, Any]:
     return sync_stripe_subscriptions.with_options(retry_delay_seconds=delay)()
 
 
-@task(name="reconcile-stripe-mirror-usage", retries=2, retry_delay_seconds=30)
+#: The retry delay is KEEL_BILLING_RETRY_DELAY, given when the flow calls the task.
+@task(name="reconcile-stripe-mirror-usage", retries=2)
 def reconcile_stripe_mirror_usage(repair: bool, stale_after_hours: float) -> dict[str, Any]:
     from datetime import timedelta
 
     from api.billing.services import run_reconciliation
     from api.billing.stripe_api import StripeUnavailable
 
-    config = runtime.settings()
+    rt = runtime.current()
+    config = rt.settings
     try:
         result, stripe_seconds = run_reconciliation(
             config,
-            runtime.database_url(config),
+            rt.database_url,
             repair=repair,
             stale_after=timedelta(hours=stale_after_hours),
             progress=lambda what, n: progress.report(f"read {what}", n, None),
@@ -218,8 +218,8 @@ def reconcile_stripe_mirror_usage(repair: bool, stale_after_hours: float) -> dic
 
 @task(name="export-billing")
 def export_billing() -> dict[str, Any]:
-    config = runtime.settings()
-    url, lake = runtime.database_url(config), runtime.lake(config)
+    rt = runtime.current()
+    url, lake = rt.database_url, rt.lake
     export_tasks.write_schemas(lake)
     runs = export_tasks.export_snapshot(url, lake, export_tasks.SNAPSHOTS["billing_reconciliation_runs"])
     found = export_tasks.export_table(url, lake, export_tasks.BILLING_DISCREPANCIES)

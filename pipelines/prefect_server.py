@@ -46,6 +46,15 @@ def prepare_environment(settings: Settings, *, verbose: bool = False) -> Path:
     return home
 
 
+def connect(settings: Settings, *, verbose: bool = False) -> tuple[Path, str | None]:
+    """The one set-up of Prefect's environment for a ``keel`` process: its state under the data
+    directory, and the API to use (``PREFECT_API_URL``, else the local server ``keel dev`` or
+    ``keel flows serve`` runs; None: neither, and Prefect starts a temporary one of its own).
+    Returns PREFECT_HOME and that API's URL."""
+    home = prepare_environment(settings, verbose=verbose)
+    return home, use_configured_server(home)
+
+
 def _answers(api_url: str, timeout: float = 2.0) -> bool:
     try:
         return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
@@ -174,8 +183,7 @@ def prefect_api(settings: Settings, *, log_dir: Path) -> Iterator[tuple[str, Loc
     ``PREFECT_API_URL`` so flows run in this process and child processes use it."""
     from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
-    home = prepare_environment(settings)
-    found = use_configured_server(home)
+    home, found = connect(settings)
     server = None if found else start_local_server(home, log_dir / "prefect-server.log")
     api_url = found or server.api_url  # type: ignore[union-attr]
     os.environ["PREFECT_API_URL"] = api_url

@@ -1,7 +1,12 @@
-"""What every flow needs from its environment: settings, the database URL, the lake."""
+"""What every flow needs from its environment, as one object: the settings, the database URL, the
+lake. In-process callers (``keel dev``, the tests) hand their settings to the flows with
+:func:`use`; a flow run Prefect starts in a process of its own reads them from ``KEEL_*`` once."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 
 from api.db.embedded import app_url, start_embedded_postgres
@@ -10,8 +15,36 @@ from api.settings import Settings, load_settings
 from pipelines.lake import Lake
 
 
-def settings() -> Settings:
-    return load_settings()
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+
+    @property
+    def database_url(self) -> str:
+        return database_url(self.settings)
+
+    @property
+    def lake(self) -> Lake:
+        return Lake.open(self.settings.resolved_lake_url, s3_endpoint=self.settings.lake_s3_endpoint)
+
+
+_given: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The runtime handed in by :func:`use`, else one from the environment (read on each call)."""
+    return _given if _given is not None else Runtime(load_settings())
+
+
+@contextlib.contextmanager
+def use(settings: Settings) -> Iterator[Runtime]:
+    """Flows run in this process while the block runs see ``settings`` (not ``os.environ``)."""
+    global _given
+    previous, _given = _given, Runtime(settings)
+    try:
+        yield _given
+    finally:
+        _given = previous
 
 
 def database_url(config: Settings) -> str:
@@ -25,7 +58,3 @@ def database_url(config: Settings) -> str:
 @cache
 def _refuse_privileged(url: str, allow: bool) -> None:
     refuse_privileged_role(url, allow=allow, what="a Keel flow")
-
-
-def lake(config: Settings) -> Lake:
-    return Lake.open(config.resolved_lake_url, s3_endpoint=config.lake_s3_endpoint)

@@ -29,7 +29,7 @@ from api.flags.controllers import override_out
 from api.flags.schemas import OrgFlagState
 from api.members.controllers import member_out
 from api.members.schemas import MemberPage
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, first_id, page_of
 from api.webhooks.deliveries import failing_endpoints
 
 
@@ -41,10 +41,7 @@ def summary(org: Organization, active_members: int) -> AdminOrgSummary:
 
 
 def member_page(rows: list[tuple[Membership, User]], limit: int) -> MemberPage:
-    return MemberPage(
-        items=[member_out(m, u) for m, u in rows[:limit]],
-        next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
-    )
+    return page_of(MemberPage, rows, limit, lambda row: member_out(*row), key=first_id)
 
 
 class AdminController(Controller):
@@ -72,10 +69,7 @@ class AdminController(Controller):
     ) -> AdminOrgPage:
         auth.require_staff(principal, StaffPermission.read)
         rows = await services.search_orgs(db, q=q, cursor=cursor, limit=limit)
-        return AdminOrgPage(
-            items=[summary(org, n) for org, n in rows[:limit]],
-            next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
-        )
+        return page_of(AdminOrgPage, rows, limit, lambda row: summary(*row), key=first_id)
 
     @get("/orgs/{org_id:uuid}", summary="One organization in one view (staff; the read is audited)")
     async def org_view(

@@ -58,7 +58,8 @@ def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, 
     """
     if uses_real_stripe(settings):
         return settings, None, "Stripe: the real API (KEEL_STRIPE_API_KEY is set)"
-    from api.billing.services import _in_session, run_sync
+    from api.billing.services import run_sync
+    from api.db.engine import run_in_session
 
     path = state_path(settings)
     fresh = not path.exists()
@@ -66,7 +67,7 @@ def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, 
     local = settings.with_(stripe_api_key=server.api_key, stripe_api_base=server.url)
     os.environ["KEEL_STRIPE_API_KEY"], os.environ["KEEL_STRIPE_API_BASE"] = server.api_key, server.url
     if fresh:
-        seeded = seed_demo(server.store, _in_session(database_url, demo_orgs))
+        seeded = seed_demo(server.store, run_in_session(database_url, demo_orgs))
         synced = run_sync(local, database_url)
         plant_after_sync(server.store, seeded)
         server.store.save(path)

@@ -300,13 +300,6 @@ async def link_customer(session: AsyncSession, org: Organization, customer_id: s
 
 # -- inbound events ------------------------------------------------------------------------------
 
-#: Event type prefixes the webhook receiver hands to :func:`apply_stripe_event`.
-HANDLED_PREFIXES = ("customer.subscription.", "invoice.")
-
-
-def handles(event_type: str) -> bool:
-    return event_type.startswith(HANDLED_PREFIXES)
-
 
 async def apply_stripe_event(session: AsyncSession, event: dict[str, Any]) -> str:
     """Apply one verified Stripe event in the caller's transaction: ``processed`` or ``ignored``.

@@ -3,11 +3,9 @@ that the CLI and the Prefect flows call."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +14,7 @@ from api import rules as api_rules
 from api.billing import reconcile as rec
 from api.billing.schemas import BillingOut, DiscrepancyOut, ReconciliationOut, RunOut
 from api.billing.stripe_api import StripeUnavailable, make_client, read_stripe
+from api.db.engine import make_sessionmaker, run_in_session, run_with_engine
 from api.db.models import (
     BillingDiscrepancy,
     Membership,
@@ -98,38 +97,13 @@ async def latest_reconciliation(session: AsyncSession) -> ReconciliationOut:
 Progress = Callable[[str, int], None]
 
 
-def _in_session(database_url: str, work: Callable[[AsyncSession], Any]) -> Any:
-    from api.db.engine import make_async_engine, make_sessionmaker
-
-    async def main() -> Any:
-        engine = make_async_engine(database_url, pool_size=2)
-        try:
-            async with make_sessionmaker(engine)() as session, session.begin():
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
-def _with_sessions(database_url: str, work: Callable[[Any], Any]) -> Any:
-    from api.db.engine import make_async_engine, make_sessionmaker
-
-    async def main() -> Any:
-        engine = make_async_engine(database_url, pool_size=2)
-        try:
-            return await work(make_sessionmaker(engine))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
 def run_sync(settings: Settings, database_url: str, *, progress: Progress | None = None) -> rec.SyncResult:
     """Read Stripe whole, then mirror it (in batches of customers, a transaction each).
     Raises StripeUnavailable when Stripe cannot be read: then nothing is written."""
     snapshot = read_stripe(make_client(settings), progress=progress)
-    return _with_sessions(database_url, lambda sessions: rec.sync_in_batches(sessions, snapshot))  # type: ignore[no-any-return]
+    return run_with_engine(
+        database_url, lambda engine: rec.sync_in_batches(make_sessionmaker(engine), snapshot)
+    )
 
 
 def run_reconciliation(
@@ -149,12 +123,12 @@ def run_reconciliation(
         snapshot = read_stripe(make_client(settings), progress=progress)
     except StripeUnavailable as exc:
         error = str(exc)
-        _in_session(database_url, lambda s: rec.record_failure(s, repair=repair, error=error))
+        run_in_session(database_url, lambda s: rec.record_failure(s, repair=repair, error=error))
         raise
-    result = _with_sessions(
+    result = run_with_engine(
         database_url,
-        lambda sessions: rec.reconcile(
-            sessions,
+        lambda engine: rec.reconcile(
+            make_sessionmaker(engine),
             snapshot,
             repair=repair,
             warehouse_path=settings.resolved_warehouse_path,

@@ -9,7 +9,7 @@ from api.auth.context import Principal
 from api.bodies import MAX_JSON_DEPTH, TEXT_PLAIN_JSON, check_json
 from api.db.models import TokenKind
 from api.deps import provide_context
-from api.errors import BadRequest, Forbidden, KeelError, PayloadTooLarge, ValidationFailed
+from api.errors import BadRequest, Forbidden, PayloadTooLarge
 from api.events import services
 from api.events.body import decode_batch, read_limited_body
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, EventDoc, EventIn, IngestResult
@@ -26,16 +26,6 @@ def _require_ingest_key(principal: Principal) -> None:
 def _origin(request: Request[Any, Any, Any]) -> services.Origin:
     ctx = provide_context(request)
     return services.Origin(ip=ctx.ip, user_agent=ctx.user_agent)
-
-
-def _as_problem(error: str) -> KeelError:
-    """A single event's rejection, as the error of the whole request."""
-    if error.startswith("event is ") and "limit" in error:
-        return PayloadTooLarge(error)
-    if error.startswith("not valid JSON"):
-        return BadRequest(f"the request body is {error}")
-    field, _, message = error.partition(": ")
-    return ValidationFailed(error, field=field if message else "body")
 
 
 class EventController(Controller):
@@ -65,9 +55,8 @@ class EventController(Controller):
             principal=principal,
             partitions=state.partitions,
             origin=_origin(request),
+            raise_rejected=True,
         )
-        if result.rejected:
-            raise _as_problem(result.rejected[0].error)
         return result
 
     @post(

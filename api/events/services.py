@@ -20,6 +20,7 @@ from api.auth.context import Principal
 from api.bodies import TOO_DEEP, nests_too_deep, utf8_problem
 from api.db.base import new_id
 from api.db.models import OrgStatus, TokenKind
+from api.errors import BadRequest, KeelError, PayloadTooLarge, ValidationFailed
 from api.events.schemas import MAX_EVENT_BYTES, EventIn, IngestResult, Rejection
 from api.events.store import (
     PARTITION_DAYS_AHEAD,
@@ -49,10 +50,24 @@ _encode = msgspec.json.Encoder()
 
 
 class ItemRejected(Exception):
-    def __init__(self, error: str, message_id: str | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.message_id = message_id
+    """One event refused: ``error`` is the rejection's text (``field: message`` when a field is to
+    blame); :meth:`problem` is the answer to a request that sent this event alone."""
+
+    def __init__(
+        self, message: str, *, field: str | None = None, problem: type[KeelError] = ValidationFailed
+    ) -> None:
+        self.error = f"{field}: {message}" if field else message
+        super().__init__(self.error)
+        self.field = field
+        self.kind = problem
+        self.message_id: str | None = None
+
+    def problem(self) -> KeelError:
+        if self.kind is ValidationFailed:
+            return ValidationFailed(self.error, field=self.field or "body")
+        if self.kind is BadRequest:
+            return BadRequest(f"the request body is {self.error}")
+        return self.kind(self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +83,11 @@ def _storable(value: str | None, field: str) -> None:
     if value is None:
         return
     if "\x00" in value:
-        raise ItemRejected(f"{field}: contains a NUL character")
+        raise ItemRejected("contains a NUL character", field=field)
     try:
         value.encode()
     except UnicodeEncodeError:
-        raise ItemRejected(f"{field}: is not valid Unicode") from None
+        raise ItemRejected("is not valid Unicode", field=field) from None
 
 
 def _check_text(item: EventIn) -> None:
@@ -89,9 +104,9 @@ def _json(value: dict[str, Any], field: str) -> msgspec.Raw:
     try:
         encoded = _encode.encode(value)
     except (TypeError, UnicodeEncodeError, OverflowError) as exc:
-        raise ItemRejected(f"{field}: cannot be stored ({exc})") from None
+        raise ItemRejected(f"cannot be stored ({exc})", field=field) from None
     if b"\\u0000" in encoded:
-        raise ItemRejected(f"{field}: contains a NUL character, which JSONB cannot store")
+        raise ItemRejected("contains a NUL character, which JSONB cannot store", field=field)
     return msgspec.Raw(encoded)
 
 
@@ -106,7 +121,7 @@ def prepare(
     """Validate one event and turn it into a row; raise :class:`ItemRejected` saying why not."""
     size = len(raw)
     if size > MAX_EVENT_BYTES:
-        raise ItemRejected(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+        raise ItemRejected(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}", problem=PayloadTooLarge)
     data = bytes(raw)
     if nests_too_deep(data):
         raise ItemRejected(f"the event {TOO_DEEP}")
@@ -114,11 +129,13 @@ def prepare(
         item = _decode_event.decode(data)
     except msgspec.ValidationError as exc:
         field, message = split_validation_message(str(exc))
-        raise ItemRejected(f"{field}: {message}" if field else message) from None
+        raise ItemRejected(message, field=field or None) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # The envelope's decoder skipped the event's bytes without checking their UTF-8.
         problem = utf8_problem(data)
-        raise ItemRejected(f"the event {problem}" if problem else f"not valid JSON: {exc}") from None
+        if problem:
+            raise ItemRejected(f"the event {problem}") from None
+        raise ItemRejected(f"not valid JSON: {exc}", problem=BadRequest) from None
     message_id = item.message_id or str(new_id())
     try:
         if item.user_id is None and item.anonymous_id is None:
@@ -126,10 +143,10 @@ def prepare(
         if principal.kind is TokenKind.org_ingest:
             assert principal.organization_id is not None
             if item.org_id is not None and item.org_id != principal.organization_id:
-                raise ItemRejected("org_id: an org ingest key writes only to its own organization")
+                raise ItemRejected("an org ingest key writes only to its own organization", field="org_id")
             org_id = principal.organization_id
         elif item.org_id is None:
-            raise ItemRejected("org_id: required with a platform ingest key")
+            raise ItemRejected("required with a platform ingest key", field="org_id")
         else:
             org_id = item.org_id
         _check_text(item)
@@ -140,9 +157,11 @@ def prepare(
             try:
                 timestamp = timestamp + (received_at - sent_at)
             except OverflowError:  # e.g. a timestamp in year 1 sent by a clock in year 9999
-                raise ItemRejected("timestamp: out of range after clock-skew correction") from None
+                raise ItemRejected("out of range after clock-skew correction", field="timestamp") from None
         if timestamp - received_at > MAX_FUTURE:
-            raise ItemRejected("timestamp: more than 24 h in the future, even after clock-skew correction")
+            raise ItemRejected(
+                "more than 24 h in the future, even after clock-skew correction", field="timestamp"
+            )
         context = item.context
         if origin.ip and "ip" not in context:
             context = {**context, "ip": origin.ip}
@@ -174,14 +193,17 @@ async def ingest(
     origin: Origin,
     batch_sent_at: datetime | None = None,
     received_at: datetime | None = None,
+    raise_rejected: bool = False,
 ) -> IngestResult:
-    """Store the valid events of one batch; count and explain the rest.
+    """Store the valid events of one batch; count and explain the rest. With ``raise_rejected``
+    (one event sent alone), the first rejection is raised as its domain error instead.
 
     ``db`` is a session (the events join its transaction; ``partitions`` is its day cache) or the
     API's :class:`EventWriter` (the batch is durable when this returns)."""
     writer: Writer = SessionWriter(db, partitions) if isinstance(db, AsyncSession) else db
     received_at = received_at or datetime.now(UTC)
     rejected: list[Rejection] = []
+    problems: dict[int, KeelError] = {}
     rows: list[tuple[int, EventRow]] = []
     for index, raw in enumerate(raws):
         try:
@@ -191,16 +213,20 @@ async def ingest(
             )  # fmt: skip
         except ItemRejected as exc:
             rejected.append(Rejection(index=index, message_id=exc.message_id, error=exc.error))
+            problems[index] = exc.problem()
 
     if principal.kind is TokenKind.platform_ingest and rows:
         live = await writer.live_orgs({row.organization_id for _, row in rows})
         kept = []
         for index, row in rows:
             status = live.get(row.organization_id)
-            if status is None:
-                rejected.append(Rejection(index, row.message_id, "org_id: no such organization"))
-            elif status is OrgStatus.suspended:
-                rejected.append(Rejection(index, row.message_id, "org_id: the organization is suspended"))
+            if status is None or status is OrgStatus.suspended:
+                why = ItemRejected(
+                    "no such organization" if status is None else "the organization is suspended",
+                    field="org_id",
+                )
+                rejected.append(Rejection(index, row.message_id, why.error))
+                problems[index] = why.problem()
             else:
                 kept.append((index, row))
         rows = kept
@@ -220,4 +246,6 @@ async def ingest(
     metrics.EVENTS_ACCEPTED.inc(inserted)
     metrics.EVENTS_DUPLICATES.inc(len(rows) - inserted)
     metrics.EVENTS_REJECTED.inc(len(rejected))
+    if raise_rejected and rejected:
+        raise problems[rejected[0].index]
     return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, rejected=rejected)

@@ -33,7 +33,7 @@ from api.flags.schemas import (
     OverrideSet,
 )
 from api.flags.store import FlagStore, canonical_org_id
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, page_of
 
 PathKey = Annotated[str, Parameter(pattern=KEY_PATTERN, max_length=100, description="The flag's key.")]
 OrgIdQuery = Annotated[
@@ -88,7 +88,7 @@ class FlagAdminController(Controller):
     ) -> FlagPage:
         auth.require_staff(principal, StaffPermission.read)
         flags = await services.list_flags(db, include_archived=include_archived, cursor=cursor, limit=limit)
-        return FlagPage(items=[flag_out(f) for f in flags[:limit]], next_cursor=next_cursor(flags, limit))
+        return page_of(FlagPage, flags, limit, flag_out)
 
     @post("/", summary="Create a flag (admin)")
     async def create(

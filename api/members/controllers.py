@@ -13,7 +13,7 @@ from api.auth.services import ALLOW_INVITED
 from api.db.models import Membership, User
 from api.members import services
 from api.members.schemas import MemberInvite, MemberOut, MemberPage, MemberUpdate
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, first_id, page_of
 
 
 def member_out(m: Membership, u: User) -> MemberOut:
@@ -33,10 +33,7 @@ class MemberController(Controller):
     ) -> MemberPage:
         await auth.org_access(db, principal, org_id, Permission.read_org)
         rows = await services.list_members(db, org_id=org_id, cursor=cursor, limit=limit)
-        return MemberPage(
-            items=[member_out(m, u) for m, u in rows[:limit]],
-            next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
-        )
+        return page_of(MemberPage, rows, limit, lambda row: member_out(*row), key=first_id)
 
     @post("/", summary="Invite someone by email with a role (creates the user when new)")
     async def invite(

@@ -13,7 +13,7 @@ from api.auth.permissions import Permission
 from api.db.models import Organization, OrgRole
 from api.orgs import services
 from api.orgs.schemas import OrgCreate, OrgOut, OrgPage, OrgUpdate
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, first_id, page_of
 
 
 def org_out(org: Organization, role: OrgRole | None = None) -> OrgOut:
@@ -41,10 +41,7 @@ class OrgController(Controller):
     ) -> OrgPage:
         user_id = auth.require_user(principal)
         rows = await services.list_user_orgs(db, user_id=user_id, cursor=cursor, limit=limit)
-        return OrgPage(
-            items=[org_out(org, role) for org, role in rows[:limit]],
-            next_cursor=next_cursor(rows, limit, key=lambda row: row[0].id),
-        )
+        return page_of(OrgPage, rows, limit, lambda row: org_out(*row), key=first_id)
 
     @get("/{org_id:uuid}", summary="Get an organization")
     async def read(self, org_id: uuid.UUID, db: AsyncSession, principal: Principal) -> OrgOut:

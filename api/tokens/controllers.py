@@ -10,7 +10,7 @@ from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
 from api.db.models import ApiToken, TokenKind
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, page_of
 from api.tokens import services
 from api.tokens.schemas import TokenCreate, TokenCreated, TokenOut, TokenPage
 
@@ -29,7 +29,7 @@ def token_created(token: ApiToken, secret: str) -> TokenCreated:
 
 
 def page(tokens: list[ApiToken], limit: int) -> TokenPage:
-    return TokenPage(items=[token_out(t) for t in tokens[:limit]], next_cursor=next_cursor(tokens, limit))
+    return page_of(TokenPage, tokens, limit, token_out)
 
 
 class MyTokenController(Controller):

@@ -20,7 +20,7 @@ from api.db.models import InboundEvent, InboundOutcome, InboundStatus
 from api.deps import PUBLIC, provide_context
 from api.errors import KeelError
 from api.events.body import read_limited_body
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, page_of
 from api.webhooks import deliveries, inbound
 from api.webhooks.controllers import DELIVERY_FILTERS, TypeFilter, delivery_detail_out, delivery_out, utc
 from api.webhooks.deliveries import DeliveryFilters
@@ -35,6 +35,14 @@ from api.webhooks.schemas import (
     InboundRequestOut,
     InboundRequestPage,
 )
+
+
+def request_out(r: Any) -> InboundRequestOut:
+    return InboundRequestOut(
+        id=r.id, source=r.source, received_at=r.received_at, outcome=r.outcome,
+        inbound_event_id=r.inbound_event_id, external_id=r.external_id, error=r.error,
+        body_sha256=r.body_sha256, body_bytes=r.body_bytes,
+    )  # fmt: skip
 
 
 class StripeEventDoc(msgspec.Struct):
@@ -121,9 +129,7 @@ class AdminWebhookController(Controller):
             db, cursor=cursor, limit=limit, status=status, event_type=event_type,
             since=utc(since) if since else None,
         )  # fmt: skip
-        return InboundEventPage(
-            items=[inbound_out(e) for e in rows[:limit]], next_cursor=next_cursor(rows, limit)
-        )
+        return page_of(InboundEventPage, rows, limit, inbound_out)
 
     @get("/inbound-events/{event_id:uuid}", summary="One inbound event with its payload (staff)")
     async def read_inbound(
@@ -159,23 +165,7 @@ class AdminWebhookController(Controller):
     ) -> InboundRequestPage:
         auth.require_staff(principal, StaffPermission.read)
         rows = await inbound.list_requests(db, cursor=cursor, limit=limit, outcome=outcome)
-        return InboundRequestPage(
-            items=[
-                InboundRequestOut(
-                    id=r.id,
-                    source=r.source,
-                    received_at=r.received_at,
-                    outcome=r.outcome,
-                    inbound_event_id=r.inbound_event_id,
-                    external_id=r.external_id,
-                    error=r.error,
-                    body_sha256=r.body_sha256,
-                    body_bytes=r.body_bytes,
-                )
-                for r in rows[:limit]
-            ],
-            next_cursor=next_cursor(rows, limit),
-        )
+        return page_of(InboundRequestPage, rows, limit, request_out)
 
     @get(
         "/webhook-deliveries",
@@ -200,9 +190,7 @@ class AdminWebhookController(Controller):
             db, org_id=org_id, filters=filters, cursor=cursor, limit=limit,
             actor=Actor.of(principal, as_staff=True), ctx=ctx,
         )  # fmt: skip
-        return DeliveryPage(
-            items=[delivery_out(d) for d in rows[:limit]], next_cursor=next_cursor(rows, limit)
-        )
+        return page_of(DeliveryPage, rows, limit, delivery_out)
 
     @get(
         "/webhook-deliveries/{delivery_id:uuid}",

@@ -26,7 +26,7 @@ from api.db.models import (
     WebhookEndpoint,
     WebhookMessage,
 )
-from api.pagination import Cursor, Limit, next_cursor
+from api.pagination import Cursor, Limit, page_of
 from api.webhooks import deliveries, endpoints
 from api.webhooks.deliveries import DeliveryFilters
 from api.webhooks.messages import publish
@@ -133,9 +133,7 @@ class WebhookEndpointController(Controller):
     ) -> EndpointPage:
         await auth.org_access(db, principal, org_id, Permission.manage_org)
         rows = await endpoints.list_endpoints(db, org_id=org_id, cursor=cursor, limit=limit)
-        return EndpointPage(
-            items=[endpoint_out(e) for e in rows[:limit]], next_cursor=next_cursor(rows, limit)
-        )
+        return page_of(EndpointPage, rows, limit, endpoint_out)
 
     @post("/", summary="Add an endpoint (https, public address); the answer carries its secret once")
     async def create(
@@ -307,9 +305,7 @@ class WebhookDeliveryController(Controller):
         rows = await deliveries.list_deliveries(
             db, org_id=org_id, filters=filters, cursor=cursor, limit=limit
         )
-        return DeliveryPage(
-            items=[delivery_out(d) for d in rows[:limit]], next_cursor=next_cursor(rows, limit)
-        )
+        return page_of(DeliveryPage, rows, limit, delivery_out)
 
     @get("/{delivery_id:uuid}", summary="One delivery, its payload and every attempt")
     async def read(

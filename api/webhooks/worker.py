@@ -19,7 +19,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -28,36 +27,13 @@ import psycopg
 from api.db.engine import libpq_url
 from api.settings import Settings
 from api.webhooks import signing
+from api.webhooks.config import WorkerConfig
 from api.webhooks.lanes import Lanes
 from api.webhooks.messages import NOTIFY_CHANNEL
 from api.webhooks.queue import DeliveryQueue, WorkerStats
 from api.webhooks.sender import Job, Outcome, attempt
 
 log = logging.getLogger("keel.webhooks.worker")
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    #: Requests in flight at once.
-    concurrency: int = 256
-    #: Requests in flight to one endpoint at once (the rest of its claimed deliveries wait their turn):
-    #: a backlog for one customer never opens hundreds of connections to their server.
-    per_endpoint: int = 32
-    #: Deliveries claimed per statement.
-    batch_size: int = 128
-    #: How long a claim is held; must outlast a request (the timeout) with room to record it.
-    lease_seconds: float = 60.0
-    #: A 2xx must arrive within this many seconds, all told.
-    request_timeout: float = 15.0
-    #: Longest sleep between looks at the queue (a NOTIFY wakes the worker sooner).
-    poll_interval: float = 1.0
-    reap_interval: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.batch_size < 1 or self.per_endpoint < 1:
-            raise ValueError("concurrency, batch size and per-endpoint concurrency must be at least 1")
-        if self.request_timeout <= 0 or self.lease_seconds <= self.request_timeout:
-            raise ValueError("the lease must be longer than the request timeout")
 
 
 def origin(url: str) -> str:

@@ -370,10 +370,6 @@ def lake_read(lake: Lake, path: str, columns: list[str] | None = None) -> pa.Tab
         return pq.read_table(source, columns=columns)
 
 
-def partition_of(path: str) -> str:
-    return posixpath.basename(posixpath.dirname(path))
-
-
 def write_schemas(lake: Lake) -> None:
     """An empty file per lake table with its schema, so the warehouse can be built before any data."""
     for name, schema in [(t.name, t.schema) for t in APPEND_ONLY.values()] + [

@@ -91,12 +91,11 @@ def prune_audit_log(
     (Postgres itself refuses entries younger than its configured retention, or past the export
     it has recorded).
     """
-    import asyncio
-
     from sqlalchemy import func, select
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from api.audit.services import prune_audit
-    from api.db.engine import make_async_engine, make_sessionmaker
+    from api.db.engine import make_sessionmaker, run_with_engine
     from api.db.models import AuditEntry
     from pipelines.tasks.export import AUDIT_LOG
 
@@ -104,37 +103,33 @@ def prune_audit_log(
     watermark = read_watermark(lake, AUDIT_LOG.name)
     result = AuditRetentionResult()
 
-    async def run() -> None:
-        engine = make_async_engine(database_url, pool_size=1)
-        try:
-            sessions = make_sessionmaker(engine)
-            async with sessions() as session:
-                chains = (
-                    await session.execute(
-                        select(AuditEntry.chain_key, func.min(AuditEntry.recorded_at))
-                        .where(AuditEntry.recorded_at < cutoff)
-                        .group_by(AuditEntry.chain_key)
+    async def run(engine: AsyncEngine) -> None:
+        sessions = make_sessionmaker(engine)
+        async with sessions() as session:
+            chains = (
+                await session.execute(
+                    select(AuditEntry.chain_key, func.min(AuditEntry.recorded_at))
+                    .where(AuditEntry.recorded_at < cutoff)
+                    .group_by(AuditEntry.chain_key)
+                )
+            ).all()
+        for chain_key, _ in chains:
+            if chain_keys is not None and chain_key not in chain_keys:
+                continue
+            async with sessions() as session, session.begin():
+                unexported = await session.scalar(
+                    select(func.min(AuditEntry.recorded_at)).where(
+                        AuditEntry.chain_key == chain_key, AuditEntry.export_seq > watermark
                     )
-                ).all()
-            for chain_key, _ in chains:
-                if chain_keys is not None and chain_key not in chain_keys:
-                    continue
-                async with sessions() as session, session.begin():
-                    unexported = await session.scalar(
-                        select(func.min(AuditEntry.recorded_at)).where(
-                            AuditEntry.chain_key == chain_key, AuditEntry.export_seq > watermark
-                        )
-                    )
-                    before = min(cutoff, unexported) if unexported is not None else cutoff
-                    pruned = await prune_audit(session, chain_key=chain_key, before=before)
-                result.chains += 1
-                result.removed += pruned.removed
-                if pruned.through_seq is not None:
-                    result.checkpoints[chain_key] = pruned.through_seq
-        finally:
-            await engine.dispose()
+                )
+                before = min(cutoff, unexported) if unexported is not None else cutoff
+                pruned = await prune_audit(session, chain_key=chain_key, before=before)
+            result.chains += 1
+            result.removed += pruned.removed
+            if pruned.through_seq is not None:
+                result.checkpoints[chain_key] = pruned.through_seq
 
-    asyncio.run(run())
+    run_with_engine(database_url, run, pool_size=1)
     return result
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from api.audit.schemas import ExportFormat
-from api.db.models import PlatformRole
+from api.auth.models import PlatformRole
 from api.errors import KeelError
 from api.settings import Settings, SettingsError, load_settings
 
@@ -210,7 +210,7 @@ def audit_verify(
     from api.audit.services import chain_key_of
     from api.audit.verify import verify
     from api.db.engine import make_async_engine, make_sessionmaker
-    from api.db.models import Organization
+    from api.orgs.models import Organization
 
     org_id = _org_id(org) if org else None
     url = database_url(settings())
@@ -270,7 +270,7 @@ def audit_export(
     from api.audit.services import chain_key_of, record
     from api.auth.context import Actor
     from api.db.engine import make_async_engine, make_sessionmaker
-    from api.db.models import Organization
+    from api.orgs.models import Organization
 
     org_id = _org_id(org)
     since, until = (_utc(v) for v in (since, until))
@@ -389,10 +389,13 @@ def worker(
     import psycopg
 
     from api.db.roles import PrivilegedRoleError, refuse_privileged_role
+    from api.models import metadata
 
     url = database_url(config)
     try:
-        refuse_privileged_role(url, allow=config.allow_privileged_database_role, what="keel worker")
+        refuse_privileged_role(
+            url, allow=config.allow_privileged_database_role, what="keel worker", metadata=metadata
+        )
         stats = run_worker(config.with_(database_url=url), worker_config, until_idle=until_idle)
     except PrivilegedRoleError as exc:
         raise fail(str(exc)) from None

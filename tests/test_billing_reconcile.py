@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Engine, text
 
+from api.billing.models import DiscrepancyKind
 from api.billing.services import run_reconciliation, run_sync
 from api.billing.stripe_api import PAGE_SIZE, StripeUnavailable, make_client, read_stripe
 from api.billing.stripe_local import LocalStripe, StripeStore
 from api.db.embedded import app_url
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade_with_roles
-from api.db.models import DiscrepancyKind
 from api.settings import Settings
 from tests.billing_support import (
     add_member,

@@ -28,8 +28,9 @@ async def demo_orgs(session: Any) -> list[DemoOrg]:
     """The organizations the demo seeded (by their demo slugs), never one a user created."""
     from sqlalchemy import func, select
 
-    from api.db.models import Membership, MembershipStatus, Organization
     from api.demo import DEMO_ORGS
+    from api.members.models import Membership, MembershipStatus
+    from api.orgs.models import Organization
 
     members = (
         select(func.count())

@@ -26,9 +26,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.audit.models import ActorType
 from api.auth.context import Actor
+from api.billing.models import Subscription, SubscriptionStatus
 from api.db.base import utcnow
-from api.db.models import ActorType, Organization, Subscription, SubscriptionStatus
+from api.orgs.models import Organization
 
 TERMINAL = {SubscriptionStatus.canceled, SubscriptionStatus.incomplete_expired}
 #: Statuses that still give the organization its product (Stripe keeps retrying past_due).

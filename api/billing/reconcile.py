@@ -19,21 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.context import Actor
 from api.billing import mirror
-from api.billing.stripe_api import StripeSnapshot
-from api.db import fence
-from api.db.base import new_id, utcnow
-from api.db.models import (
+from api.billing.models import (
     BillingDiscrepancy,
     DiscrepancyKind,
-    Membership,
-    MembershipStatus,
-    Organization,
     ReconciliationRun,
     ReconciliationRunStatus,
     Severity,
     Subscription,
     SubscriptionStatus,
 )
+from api.billing.stripe_api import StripeSnapshot
+from api.db import fence
+from api.db.base import new_id, utcnow
+from api.members.models import Membership, MembershipStatus
+from api.orgs.models import Organization
 
 K = DiscrepancyKind
 SEVERITY = {

@@ -14,15 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.billing import reconcile as rec
 from api.billing.mirror import TERMINAL
+from api.billing.models import BillingDiscrepancy, ReconciliationRun, Subscription
 from api.billing.schemas import BillingOut, DiscrepancyOut, ReconciliationOut, RunOut
 from api.billing.stripe_api import StripeUnavailable, make_client, read_stripe
-from api.db.models import (
-    BillingDiscrepancy,
-    Membership,
-    MembershipStatus,
-    ReconciliationRun,
-    Subscription,
-)
+from api.members.models import Membership, MembershipStatus
 from api.settings import Settings
 
 

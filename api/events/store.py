@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.db.fence import EXPORT_FENCE_LOCK
-from api.db.models import OrgStatus
+from api.orgs.models import OrgStatus
 
 log = logging.getLogger("keel.events")
 PARTITION_DAYS_AHEAD = 7

@@ -26,8 +26,8 @@ from api.auth.context import Actor
 from api.db.base import new_id
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.db.fence import EXPORT_FENCE_LOCK, HOLD_SHARED_SQL
-from api.db.models import DeliveryStatus, WebhookEndpoint
 from api.webhooks.endpoints import disable_endpoint
+from api.webhooks.models import DeliveryStatus, WebhookEndpoint
 from api.webhooks.sender import Job, Outcome, envelope
 
 log = logging.getLogger("keel.webhooks.worker")

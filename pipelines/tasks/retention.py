@@ -95,9 +95,9 @@ def prune_audit_log(
 
     from sqlalchemy import func, select
 
+    from api.audit.models import AuditEntry
     from api.audit.services import prune_audit
     from api.db.engine import make_async_engine, make_sessionmaker
-    from api.db.models import AuditEntry
     from pipelines.tasks.export import AUDIT_LOG
 
     cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)

@@ -1,5 +1,6 @@
 """Where code lives: each domain's tables in its own ``models.py``, all of them gathered by
-``api.models``; ``api/db`` (the base, engines, sessions) imports no domain."""
+``api.models``; ``api/db`` (the base, engines, sessions) imports no domain; the Stripe-compatible
+test server is development tooling that product code never imports."""
 
 from __future__ import annotations
 
@@ -24,21 +25,29 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
-    """Every module a file imports, at any depth of its code (lazy imports in functions too)."""
+def imported_modules(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """(line, module, enclosing top-level function) for every import in a file, at any depth of
+    its code (lazy imports in functions too)."""
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            yield node.lineno, base
-            for alias in node.names:  # `from api import orgs` imports the package api.orgs
-                yield node.lineno, f"{base}.{alias.name}"
+    tree = ast.parse(path.read_text(), str(path))
+    for top in tree.body:
+        function = top.name if isinstance(top, ast.FunctionDef | ast.AsyncFunctionDef) else None
+        for node in ast.walk(top):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield node.lineno, alias.name, function
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                yield node.lineno, base, function
+                for alias in node.names:  # `from api import orgs` imports the package api.orgs
+                    yield node.lineno, f"{base}.{alias.name}", function
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def test_api_db_imports_no_domain() -> None:
@@ -46,8 +55,8 @@ def test_api_db_imports_no_domain() -> None:
     for path in sorted(DB.rglob("*.py")):
         if path == ALEMBIC_ENV:
             continue
-        for line, module in imported_modules(path):
-            if module.startswith("api.") and not (module == "api.db" or module.startswith("api.db.")):
+        for line, module, _ in imported_modules(path):
+            if module.startswith("api.") and not within(module, "api.db"):
                 offending.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert offending == []
 
@@ -76,3 +85,53 @@ def test_every_table_lives_in_a_domain_and_is_gathered_for_alembic() -> None:
     declared = {m.__name__: tables_declared_in(m) for m in api.models.DOMAINS}
     every = [name for tables in declared.values() for name in tables]
     assert sorted(every) == sorted(api.models.metadata.tables)  # each table in exactly one domain
+
+
+#: The development tooling: the Stripe-compatible server, its store, seeds and the demo's Stripe.
+STRIPE_FAKE = "api.stripe_local"
+#: Who may import it, besides itself and the tests: `keel dev` (all of pipelines/dev.py) and the
+#: `keel stripe-mock` command (only its function in the CLI).
+STRIPE_FAKE_USERS: dict[str, set[str] | None] = {
+    "pipelines/dev.py": None,
+    "api/cli.py": {"stripe_mock_serve"},
+}
+
+
+def product_files() -> Iterator[Path]:
+    fake = ROOT / Path(*STRIPE_FAKE.split("."))
+    for top in ("api", "pipelines", "warehouse"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if fake not in path.parents:
+                yield path
+
+
+def test_product_code_never_imports_the_stripe_fake() -> None:
+    offending = []
+    for path in product_files():
+        allowed = STRIPE_FAKE_USERS.get(str(path.relative_to(ROOT)), set())
+        for line, module, function in imported_modules(path):
+            if within(module, STRIPE_FAKE) and allowed is not None and function not in allowed:
+                offending.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert offending == []
+
+
+def test_no_product_path_branches_on_the_fakes_key() -> None:
+    """Neither the fake's key nor its name for it appears in product code (outside the functions
+    of STRIPE_FAKE_USERS), so no product path can tell the fake from Stripe."""
+    from api.stripe_local import DEFAULT_API_KEY
+
+    offending = []
+    for path in product_files():
+        allowed = STRIPE_FAKE_USERS.get(str(path.relative_to(ROOT)), set())
+        for top in ast.parse(path.read_text(), str(path)).body:
+            function = top.name if isinstance(top, ast.FunctionDef | ast.AsyncFunctionDef) else None
+            if allowed is None or function in allowed:
+                continue
+            for node in ast.walk(top):
+                named = (isinstance(node, ast.Constant) and node.value == DEFAULT_API_KEY) or (
+                    isinstance(node, ast.Name | ast.alias)
+                    and "DEFAULT_API_KEY" in (getattr(node, "id", None), getattr(node, "name", None))
+                )
+                if named:
+                    offending.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}")
+    assert offending == []

@@ -9,11 +9,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.context import Actor, OrgAccess, Principal
-from api.db.models import ApiToken, MembershipStatus, Organization, OrgRole, PlatformRole, TokenKind
+from api.auth.models import PlatformRole
 from api.demo_events import generate
 from api.events.services import Origin, PartitionKeeper, ingest
 from api.members import services as members
+from api.members.models import MembershipStatus, OrgRole
 from api.orgs import services as orgs
+from api.orgs.models import Organization
+from api.tokens.models import ApiToken, TokenKind
 from api.tokens.services import create_token, revoke_token
 from api.users import create_user_with_token
 from api.webhooks.endpoints import create_endpoint, update_endpoint
@@ -192,7 +195,7 @@ async def reissue_admin_token(session: AsyncSession) -> AdminToken:
 async def repoint_demo_endpoints(session: AsyncSession, *, old_base: str, new_base: str) -> int:
     """When the receiver could not get its old port back: move the demo's endpoints (those under
     ``old_base``, and only those) to ``new_base``. Returns how many moved."""
-    from api.db.models import WebhookEndpoint
+    from api.webhooks.models import WebhookEndpoint
 
     moved = 0
     endpoints = await session.scalars(

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.auth.context import Principal
-from api.db.models import TokenKind
 from api.errors import TooManyRequests
 from api.events.schemas import MAX_BATCH_EVENTS
 from api.observability import RESPONSE_HEADERS
 from api.settings import Settings, SettingsError
+from api.tokens.models import TokenKind
 
 #: Seconds over which a quota refills (the policies' ``w``).
 WINDOW = 60.0

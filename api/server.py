@@ -55,11 +55,15 @@ def from_env() -> Litestar:
 def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
     """Serve; refuses (:class:`api.db.roles.PrivilegedRoleError`) to connect as a privileged role."""
     from api.db.roles import refuse_privileged_role
+    from api.models import metadata
 
     configure_logging(settings.log_level)
     assert settings.database_url
     refuse_privileged_role(
-        settings.database_url, allow=settings.allow_privileged_database_role, what="keel serve"
+        settings.database_url,
+        allow=settings.allow_privileged_database_role,
+        what="keel serve",
+        metadata=metadata,
     )
     if workers > 1:
         os.environ["KEEL_DATABASE_URL"] = settings.database_url

@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
 from api.auth.context import Actor, Principal
-from api.db.models import PlatformRole, TokenKind, User, UserStatus
+from api.auth.models import PlatformRole, User, UserStatus
 from api.emails import normalize_email
 from api.errors import Conflict
 from api.members.services import find_user_by_email
+from api.tokens.models import TokenKind
 from api.tokens.services import create_token
 
 

@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 from harness import wait_for_answer  # noqa: E402
 
 from api.audit.chain import GENESIS, entry_hash  # noqa: E402
+from api.auth.models import PlatformRole  # noqa: E402
 from api.db.base import new_id  # noqa: E402
 from api.db.embedded import start_embedded_postgres  # noqa: E402
 from api.db.engine import make_async_engine, make_sessionmaker  # noqa: E402
 from api.db.migrate import upgrade  # noqa: E402
-from api.db.models import PlatformRole  # noqa: E402
 from api.users import create_user_with_token  # noqa: E402
 
 ENTRIES = int(os.environ.get("KEEL_BENCH_AUDIT_ENTRIES", "1000000"))

@@ -24,14 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import bindparam, insert, update
 
+from api.auth.models import User, UserStatus
 from api.billing.mirror import parse_subscription
+from api.billing.models import Subscription
 from api.billing.services import run_reconciliation
-from api.billing.stripe_local import LocalStripe, StripeStore
-from api.billing.stripe_local.seed import add_plans
 from api.db.base import new_id
 from api.db.engine import make_sync_engine
-from api.db.models import Membership, MembershipStatus, Organization, OrgRole, Subscription, User, UserStatus
+from api.members.models import Membership, MembershipStatus, OrgRole
+from api.orgs.models import Organization
 from api.settings import Settings
+from api.stripe_local import LocalStripe, StripeStore
+from api.stripe_local.seed import add_plans
 from bench.harness import private_postgres
 
 SUBSCRIPTIONS = 10_000

@@ -63,8 +63,8 @@ def make_events(n: int) -> list[dict]:
 def setup_org(url: str) -> tuple[str, str]:
     from api.auth.context import Actor
     from api.db.engine import run_in_session
-    from api.db.models import TokenKind
     from api.orgs.services import create_org
+    from api.tokens.models import TokenKind
     from api.tokens.services import create_token
     from api.users import create_user_with_token
 

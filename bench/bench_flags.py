@@ -37,8 +37,10 @@ from api.db.base import new_id
 from api.db.embedded import start_embedded_postgres
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade
-from api.db.models import ApiToken, FeatureFlag, Organization, TokenKind
 from api.flags.evaluation import FlagDefinition, FlagSnapshot, Override, Stickiness
+from api.flags.models import FeatureFlag
+from api.orgs.models import Organization
+from api.tokens.models import ApiToken, TokenKind
 
 FLAGS = 50
 ORGS = 10_000

@@ -151,8 +151,8 @@ async def receiver_capacity(port: int) -> float:
 def setup(url: str, port: int) -> tuple[str, str]:
     from api.auth.context import Actor
     from api.db.engine import run_in_session
-    from api.db.models import TokenKind
     from api.orgs.services import create_org
+    from api.tokens.models import TokenKind
     from api.tokens.services import create_token
     from api.users import create_user_with_token
     from api.webhooks.signing import new_secret

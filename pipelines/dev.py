@@ -28,6 +28,15 @@ def dev(
             "--schedule", help="NAME=EVERY (20s, 5m) or NAME='CRON' for this run, as `keel flows serve`."
         ),
     ] = None,
+    plant_demo_stripe: Annotated[
+        bool,
+        typer.Option(
+            "--plant-demo-stripe",
+            help="With no KEEL_STRIPE_API_KEY, plant the demo's Stripe data (a local Stripe, customers"
+            " linked to the demo orgs, discrepancies) even in a KEEL_DATABASE_URL database; by default"
+            " only the embedded one gets it.",
+        ),
+    ] = False,
 ) -> None:
     """What `make run` starts: Postgres, migrations, the demo when empty, the pipelines once, the API,
     the webhook worker and the flow schedules."""
@@ -40,7 +49,10 @@ def dev(
     except ValueError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    run_dev(settings(), host=host, port=port, console=console, schedule=schedule or [])
+    run_dev(
+        settings(), host=host, port=port, console=console, schedule=schedule or [],
+        plant_demo_stripe=plant_demo_stripe,
+    )  # fmt: skip
 
 
 def run_dev(
@@ -50,11 +62,14 @@ def run_dev(
     port: int | None,
     console: Console,
     schedule: list[str] | None = None,
+    plant_demo_stripe: bool = False,
 ) -> None:
     from api.server import serve_api
 
     try:
-        with dev_environment(settings, host=host, port=port, console=console) as ready:
+        with dev_environment(
+            settings, host=host, port=port, console=console, plant_demo_stripe=plant_demo_stripe
+        ) as ready:
             # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
             # helpers and the embedded Postgres are stopped on the way out, as they are for Ctrl-C.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -82,19 +97,25 @@ class DevReady:
 
 @contextlib.contextmanager
 def dev_environment(
-    settings: Settings, *, host: str | None, port: int | None, console: Console
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    console: Console,
+    plant_demo_stripe: bool = False,
 ) -> Iterator[DevReady]:
     """Start-up, without serving: Postgres, migrations, the webhook receiver, the demo when the
     database is empty, the admin token, the local Stripe, a Prefect server, the pipelines once and
     a reconciliation run; prints the banner. Everything it started stops on exit. Run twice on one
     data directory, the second start changes nothing the first made (tests prove it)."""
-    from api.billing.dev import reconcile_once, start_demo_stripe
     from api.cli.common import migrate
     from api.db.engine import run_in_session
     from api.demo import DemoReceiverUrls, reissue_admin_token, repoint_demo_endpoints, seed_async
+    from api.stripe_local.demo import reconcile_once, start_demo_stripe
     from pipelines.dev_receiver import DemoReceiver
     from pipelines.prefect_server import prefect_api
 
+    embedded = not settings.database_url  # KEEL_DATABASE_URL unset: the embedded Postgres
     with console.status("applying migrations…"):
         url = migrate(settings, keep_running=False)
     settings = settings.with_(database_url=url)
@@ -125,7 +146,9 @@ def dev_environment(
                 soft_wrap=True,
             )
         with console.status("starting the local Stripe…"):
-            settings, stripe_server, stripe_line = start_demo_stripe(settings, url)
+            settings, stripe_server, stripe_line = start_demo_stripe(
+                settings, url, embedded=embedded, plant_anywhere=plant_demo_stripe
+            )
         if stripe_server is not None:
             started.callback(stripe_server.stop)
         console.print(stripe_line, soft_wrap=True)

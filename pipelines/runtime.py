@@ -11,6 +11,7 @@ from functools import cache
 
 from api.db.embedded import app_url, start_embedded_postgres
 from api.db.roles import refuse_privileged_role
+from api.models import metadata
 from api.settings import Settings, load_settings
 from pipelines.lake import Lake
 
@@ -57,4 +58,4 @@ def database_url(config: Settings) -> str:
 
 @cache
 def _refuse_privileged(url: str, allow: bool) -> None:
-    refuse_privileged_role(url, allow=allow, what="a Keel flow")
+    refuse_privileged_role(url, allow=allow, what="a Keel flow", metadata=metadata)

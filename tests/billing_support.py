@@ -9,11 +9,13 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
-from api.billing.stripe_local import LocalStripe
-from api.billing.stripe_local.seed import add_plans
+from api.auth.models import User, UserStatus
 from api.db.base import new_id
-from api.db.models import Membership, MembershipStatus, Organization, OrgRole, User, UserStatus
+from api.members.models import Membership, MembershipStatus, OrgRole
+from api.orgs.models import Organization
 from api.settings import Settings
+from api.stripe_local import LocalStripe
+from api.stripe_local.seed import add_plans
 from tests.harness import unique
 
 

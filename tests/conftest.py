@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from api.app import create_app
+from api.auth.models import PlatformRole
 from api.db.embedded import app_url, start_embedded_postgres
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade_with_roles
-from api.db.models import PlatformRole
 from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, make_org, make_user
 

@@ -20,9 +20,10 @@ import uvicorn
 from sqlalchemy import Engine, insert, text
 
 from api.auth import secrets
+from api.auth.models import PlatformRole, User, UserStatus
 from api.db.base import new_id
-from api.db.models import ApiToken, PlatformRole, TokenKind, User, UserStatus
 from api.server import server_config
+from api.tokens.models import ApiToken, TokenKind
 
 ROLES = ("owner", "admin", "billing", "member", "viewer")
 

@@ -15,11 +15,11 @@ from sqlalchemy import Engine, delete, insert, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from api.billing.mirror import MalformedStripeObject, apply_stripe_event, parse_subscription
+from api.billing.models import Subscription, SubscriptionStatus
 from api.billing.stripe_api import make_client
-from api.billing.stripe_local import LocalStripe, StripeStore
 from api.db.base import new_id
 from api.db.engine import make_async_engine, make_sessionmaker
-from api.db.models import Subscription, SubscriptionStatus
+from api.stripe_local import LocalStripe, StripeStore
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
 from tests.billing_support import insert_org, mirror_row, plans, settings_for, subscribe

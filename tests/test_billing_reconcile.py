@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Engine, text
 
+from api.billing.models import DiscrepancyKind
 from api.billing.services import run_reconciliation, run_sync
 from api.billing.stripe_api import PAGE_SIZE, StripeUnavailable, make_client, read_stripe
-from api.billing.stripe_local import LocalStripe, StripeStore
 from api.db.embedded import app_url
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade_with_roles
-from api.db.models import DiscrepancyKind
 from api.settings import Settings
+from api.stripe_local import LocalStripe, StripeStore
 from tests.billing_support import (
     add_member,
     add_usage,
@@ -289,11 +289,42 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
     assert found_rows == 1
 
 
+def test_keel_devs_demo_stripe_plants_nothing_in_another_database_unless_asked(
+    billing_db: tuple[str, Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KEEL_DATABASE_URL names a database that is not the embedded one and no Stripe key is set:
+    keel dev starts no fake Stripe, links no org, plants no discrepancy, and says how to ask."""
+    from api.demo import DEMO_ORGS
+    from api.stripe_local.demo import reconcile_once, start_demo_stripe, state_path
+
+    url, engine = billing_db
+    for n, d in zip((8, 9), DEMO_ORGS, strict=False):
+        insert_org(engine, members=n, slug=d[0])
+    monkeypatch.delenv("KEEL_STRIPE_API_KEY", raising=False)
+    monkeypatch.delenv("KEEL_STRIPE_API_BASE", raising=False)
+    config = settings_for(url, None, tmp_path).with_(stripe_api_key=None)
+    same, server, summary = start_demo_stripe(config, url, embedded=False)
+    assert server is None and same == config
+    assert summary.startswith("Stripe: none. KEEL_DATABASE_URL is not the embedded database")
+    assert "--plant-demo-stripe" in summary
+    assert "KEEL_STRIPE_API_BASE" not in os.environ and not state_path(config).exists()
+    assert reconcile_once(same, url) == "no reconciliation (no Stripe to read)"
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM organizations WHERE stripe_customer_id IS NOT NULL")
+            ).scalar()
+            == 0
+        )
+        assert conn.execute(text("SELECT count(*) FROM subscriptions")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM billing_reconciliation_runs")).scalar() == 0
+
+
 def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
     billing_db: tuple[str, Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.billing.dev import reconcile_once, start_demo_stripe, state_path
     from api.demo import DEMO_ORGS
+    from api.stripe_local.demo import reconcile_once, start_demo_stripe, state_path
 
     url, engine = billing_db
     orgs = [insert_org(engine, members=n, slug=d[0]) for n, d in zip((8, 9, 10, 11), DEMO_ORGS, strict=True)]
@@ -301,7 +332,7 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
     monkeypatch.delenv("KEEL_STRIPE_API_KEY", raising=False)
     monkeypatch.delenv("KEEL_STRIPE_API_BASE", raising=False)
     config = settings_for(url, None, tmp_path).with_(stripe_api_key=None)
-    local, server, summary = start_demo_stripe(config, url)
+    local, server, summary = start_demo_stripe(config, url, embedded=False, plant_anywhere=True)
     assert server is not None
     try:
         assert os.environ["KEEL_STRIPE_API_BASE"] == server.url == local.stripe_api_base
@@ -330,7 +361,7 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
         server.stop()
     # A restart serves the saved state: the same ids, nothing synced, the same findings.
     assert state_path(config).is_file()
-    local, server, summary = start_demo_stripe(config, url)
+    local, server, summary = start_demo_stripe(config, url, embedded=False, plant_anywhere=True)
     assert server is not None
     try:
         assert f"state from {state_path(config)}" in summary
@@ -342,4 +373,8 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
     finally:
         server.stop()
     real = config.with_(stripe_api_key="sk_live_real")
-    assert start_demo_stripe(real, url) == (real, None, "Stripe: the real API (KEEL_STRIPE_API_KEY is set)")
+    assert start_demo_stripe(real, url, embedded=False) == (
+        real,
+        None,
+        "Stripe: the real API (KEEL_STRIPE_API_KEY is set)",
+    )

@@ -23,6 +23,7 @@ from api.db.base import APP_DEFAULT_PRIVILEGES
 from api.db.embedded import app_url
 from api.db.engine import libpq_url
 from api.db.roles import PrivilegedRoleError, app_grants
+from api.models import metadata
 from api.settings import Settings
 from pipelines import runtime
 from pipelines.lake import Lake
@@ -179,7 +180,7 @@ def test_db_upgrade_with_both_urls_creates_the_app_role_and_grants_it_exactly_it
     first = keel("db", "upgrade", database_url=app_db_url, admin_database_url=owner_url, tmp_path=tmp_path)
     assert first.returncode == 0, first.stderr
     assert f"created the application role '{app}'" in first.stderr
-    expected = {table: set(privs) for table, privs in app_grants() if privs}
+    expected = {table: set(privs) for table, privs in app_grants(metadata) if privs}
     with psycopg.connect(libpq_url(fresh_database), autocommit=True) as admin:
         role = admin.execute(
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolpassword FROM pg_authid WHERE rolname = %s",

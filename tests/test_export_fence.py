@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.dialects import postgresql
 
-import api.db.models  # noqa: F401  (registers every table on Base.metadata)
+import api.models  # noqa: F401  (registers every table on Base.metadata)
 from api.audit.chain import entry_hash
 from api.db.base import Base
 from api.db.engine import libpq_url

@@ -14,11 +14,12 @@ from sqlalchemy import Engine, insert, text
 
 from api.app import create_app
 from api.auth import cache
+from api.auth.models import PlatformRole
 from api.db.base import new_id
 from api.db.engine import make_async_engine
-from api.db.models import FeatureFlag, PlatformRole
 from api.errors import ServiceUnavailable
 from api.flags.evaluation import bucket
+from api.flags.models import FeatureFlag
 from api.flags.store import FlagStore
 from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, audit_rows, auth, make_org, make_user, unique

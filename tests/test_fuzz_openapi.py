@@ -14,7 +14,7 @@ from schemathesis import checks
 from sqlalchemy import Engine
 
 from api.app import create_app
-from api.db.models import PlatformRole
+from api.auth.models import PlatformRole
 from api.settings import Settings
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks

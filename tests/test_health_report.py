@@ -23,13 +23,13 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.auth.models import PlatformRole
 from api.billing.services import run_reconciliation, run_sync
-from api.billing.stripe_local import LocalStripe, StripeStore
-from api.billing.stripe_local.seed import add_plans
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade
-from api.db.models import PlatformRole
 from api.settings import Settings
+from api.stripe_local import LocalStripe, StripeStore
+from api.stripe_local.seed import add_plans
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
 from tests.harness import LiveServer, auth, make_org, make_user

@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from api.db.base import Base
 from api.db.engine import make_sync_engine
 from api.db.migrate import alembic_config, downgrade, include_object, upgrade
+from api.models import metadata
 
 
 def test_upgrade_downgrade_upgrade(fresh_database: str) -> None:
@@ -41,7 +41,7 @@ def test_models_and_migrations_agree(database_url: str) -> None:
                 MigrationContext.configure(
                     conn, opts={"compare_type": True, "include_object": include_object}
                 ),
-                Base.metadata,
+                metadata,
             )
         assert diff == []
     finally:

@@ -25,28 +25,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import services as auth
 from api.auth.context import Principal
+from api.auth.models import User, UserStatus
 from api.billing import reconcile as rec
+from api.billing.models import Subscription, SubscriptionStatus
 from api.billing.services import billing_screen
 from api.billing.stripe_api import StripeSnapshot
 from api.db.base import new_id
 from api.db.engine import make_async_engine, make_sessionmaker, make_sync_engine
 from api.db.migrate import upgrade
-from api.db.models import (
-    Membership,
-    MembershipStatus,
-    Organization,
-    OrgRole,
-    OrgStatus,
-    Subscription,
-    SubscriptionStatus,
-    TokenKind,
-    User,
-    UserStatus,
-)
 from api.errors import Forbidden, NotFound
 from api.events import store as event_store
+from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs import services as orgs
 from api.orgs.live import get_live_org
+from api.orgs.models import Organization, OrgStatus
+from api.tokens.models import TokenKind
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
 from tests.harness import unique

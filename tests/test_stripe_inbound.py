@@ -16,8 +16,8 @@ import pytest
 import stripe
 from sqlalchemy import Engine, text
 
-from api.db.models import InboundEvent
 from api.webhooks import dispatch
+from api.webhooks.models import InboundEvent
 from tests.conftest import STRIPE_SECRET
 from tests.harness import audit_rows, auth
 

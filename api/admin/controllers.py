@@ -21,14 +21,16 @@ from api.admin.schemas import (
 from api.audit.views import entry_out
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
+from api.auth.models import User
 from api.auth.permissions import StaffPermission
 from api.billing.services import billing_screen
-from api.db.models import Membership, Organization, User
 from api.flags import services as flags
 from api.flags.controllers import override_out
 from api.flags.schemas import OrgFlagState
 from api.members.controllers import member_out
+from api.members.models import Membership
 from api.members.schemas import MemberPage
+from api.orgs.models import Organization
 from api.pagination import Cursor, Limit, first_id, page_of
 from api.webhooks.deliveries import failing_endpoints
 

@@ -6,10 +6,11 @@ from datetime import datetime
 import msgspec
 
 from api.audit.schemas import AuditLogOut
+from api.auth.models import PlatformRole
 from api.billing.schemas import BillingOut
-from api.db.models import OrgStatus, PlatformRole
 from api.flags.schemas import OrgFlagState, OverrideOut
 from api.members.schemas import MemberPage
+from api.orgs.models import OrgStatus
 from api.schemas import Reason, Struct
 from api.webhooks.schemas import FailingEndpoint
 

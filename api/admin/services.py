@@ -9,23 +9,17 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.audit.models import AuditEntry
 from api.auth import cache
 from api.auth.context import Actor, RequestContext
-from api.db.models import (
-    ApiToken,
-    AuditEntry,
-    Membership,
-    MembershipStatus,
-    Organization,
-    OrgStatus,
-    PlatformRole,
-    TokenKind,
-    User,
-)
+from api.auth.models import PlatformRole, User
 from api.errors import Conflict, NotFound
+from api.members.models import Membership, MembershipStatus
 from api.members.services import list_members
 from api.orgs.live import get_live_org
+from api.orgs.models import Organization, OrgStatus
 from api.pagination import decode_cursor
+from api.tokens.models import ApiToken, TokenKind
 from api.webhooks.messages import publish
 
 RECENT_AUDIT = 20

@@ -15,8 +15,8 @@ from api.audit import services as audit
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
-from api.db.models import Organization
 from api.errors import NotFound
+from api.orgs.models import Organization
 
 
 class AnalyticsController(Controller):

@@ -8,7 +8,7 @@ so reserved.
 
 from __future__ import annotations
 
-from api.db.models import ActorType
+from api.audit.models import ActorType
 
 KEEL_ACTIONS: frozenset[str] = frozenset(
     {

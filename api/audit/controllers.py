@@ -17,6 +17,7 @@ from api.audit import verify as chain_verify
 from api.audit.export import MEDIA_TYPES as EXPORT_MEDIA_TYPES
 from api.audit.export import export_chunks
 from api.audit.ingest import IDEMPOTENCY_HEADER
+from api.audit.models import ActorType
 from api.audit.queries import ActionFilter, AuditFilters, SeqCursor
 from api.audit.rows import snapshot
 from api.audit.schemas import (
@@ -33,7 +34,6 @@ from api.audit.views import entry_out
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
-from api.db.models import ActorType
 from api.openapi import MEDIA_TYPES
 from api.pagination import Cursor, Limit
 

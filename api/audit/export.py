@@ -97,8 +97,8 @@ async def export_organization(
     from api.audit.rows import count_rows, snapshot
     from api.audit.services import chain_key_of, record
     from api.db.engine import make_sessionmaker
-    from api.db.models import Organization
     from api.errors import NotFound
+    from api.orgs.models import Organization
 
     async with make_sessionmaker(engine)() as session, session.begin():
         if await session.get(Organization, organization_id) is None:

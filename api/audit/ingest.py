@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
 from api.audit.actions import RESERVED_ACTION_PREFIXES, RESERVED_ACTOR_TYPES, is_reserved_action
+from api.audit.models import ActorType, AuditIdempotencyKey, AuditSource
 from api.audit.schemas import (
     MAX_METADATA_INT,
     MAX_METADATA_KEY,
@@ -26,7 +27,6 @@ from api.audit.schemas import (
 from api.audit.services import MAX_JSON_FLOAT
 from api.audit.views import entry_out
 from api.auth.context import Actor, RequestContext
-from api.db.models import ActorType, AuditIdempotencyKey, AuditSource
 from api.errors import Conflict, ValidationFailed
 
 IDEMPOTENCY_TTL = timedelta(hours=24)

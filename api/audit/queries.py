@@ -15,9 +15,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.audit.models import ActorType, AuditEntry
 from api.auth.context import Actor, RequestContext
-from api.db.models import ActorType, AuditEntry, Organization
 from api.errors import NotFound, ValidationFailed
+from api.orgs.models import Organization
 from api.pagination import decode_cursor, encode_cursor
 from api.schemas import utc_bound
 

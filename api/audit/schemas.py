@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from api.db.models import ActorType
+from api.audit.models import ActorType
 from api.schemas import Struct
 
 ACTION_PATTERN = r"^[a-z0-9._-]{1,200}$"

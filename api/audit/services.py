@@ -14,9 +14,9 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit.chain import GENESIS, entry_hash
+from api.audit.models import AuditChainHead, AuditEntry, AuditSource
 from api.auth.context import Actor, RequestContext
 from api.db.base import new_id
-from api.db.models import AuditChainHead, AuditEntry, AuditSource
 
 PLATFORM_CHAIN = "platform"
 #: Python prints floats from 1e16 up with an exponent; Postgres keeps JSONB numbers as exact

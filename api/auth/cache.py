@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 from api.auth.context import Principal
-from api.db.models import OrgRole
+from api.members.models import OrgRole
 
 TTL = 2.0
 MAX_ENTRIES = 50_000

@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from api.db.models import ActorType, OrgRole, PlatformRole, TokenKind
+from api.audit.models import ActorType
+from api.auth.models import PlatformRole
+from api.members.models import OrgRole
+from api.tokens.models import TokenKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 
-from api.db.models import OrgRole, PlatformRole
+from api.auth.models import PlatformRole
+from api.members.models import OrgRole
 
 
 class Permission(enum.StrEnum):

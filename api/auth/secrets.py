@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from api.db.models import TokenKind
+from api.tokens.models import TokenKind
 
 # The visible part says what a token is, so a leaked one is recognizable (and scannable) at a glance.
 KIND_PREFIX = {

@@ -12,22 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.auth import cache
 from api.auth.context import OrgAccess, Principal
+from api.auth.models import User, UserStatus
 from api.auth.permissions import STAFF_PERMISSIONS, Permission, StaffPermission, role_allows
 from api.auth.secrets import digest
 from api.db.base import utcnow
-from api.db.models import (
-    ApiToken,
-    Membership,
-    MembershipStatus,
-    Organization,
-    OrgRole,
-    OrgStatus,
-    TokenKind,
-    User,
-    UserStatus,
-)
 from api.errors import Forbidden, NotFound, Unauthorized
+from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs.live import LIVE, is_live
+from api.orgs.models import Organization, OrgStatus
+from api.tokens.models import ApiToken, TokenKind
 
 ORG_NOT_FOUND = "organization not found"
 

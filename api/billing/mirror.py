@@ -26,10 +26,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
+from api.audit.models import ActorType
 from api.auth.context import Actor
+from api.billing.models import Subscription, SubscriptionStatus
 from api.db.base import utcnow
-from api.db.models import ActorType, Organization, Subscription, SubscriptionStatus
 from api.orgs.live import is_live
+from api.orgs.models import Organization
 from warehouse import rules
 
 #: Ended statuses (Stripe never revives one): warehouse.rules.SUBSCRIPTION_ENDED.

@@ -19,20 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.context import Actor
 from api.billing import mirror
-from api.billing.stripe_api import StripeSnapshot
-from api.db.base import new_id, utcnow
-from api.db.models import (
+from api.billing.models import (
     BillingDiscrepancy,
     DiscrepancyKind,
-    Membership,
-    Organization,
     ReconciliationRun,
     ReconciliationRunStatus,
     Severity,
     Subscription,
     SubscriptionStatus,
 )
+from api.billing.stripe_api import StripeSnapshot
+from api.db.base import new_id, utcnow
+from api.members.models import Membership
 from api.members.seats import ACTIVE_MEMBER
+from api.orgs.models import Organization
 from warehouse import rules
 
 K = DiscrepancyKind

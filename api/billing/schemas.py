@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from api.db.models import DiscrepancyKind, ReconciliationRunStatus, Severity, SubscriptionStatus
+from api.billing.models import DiscrepancyKind, ReconciliationRunStatus, Severity, SubscriptionStatus
 
 
 class BillingOut(msgspec.Struct):

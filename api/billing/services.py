@@ -12,15 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import rules as api_rules
 from api.billing import reconcile as rec
+from api.billing.models import BillingDiscrepancy, ReconciliationRun, Subscription
 from api.billing.schemas import BillingOut, DiscrepancyOut, ReconciliationOut, RunOut
 from api.billing.stripe_api import StripeUnavailable, make_client, read_stripe
 from api.db.engine import make_sessionmaker, run_in_session, run_with_engine
-from api.db.models import (
-    BillingDiscrepancy,
-    Membership,
-    ReconciliationRun,
-    Subscription,
-)
+from api.members.models import Membership
 from api.members.seats import ACTIVE_MEMBER
 from api.settings import Settings
 from warehouse import rules

@@ -25,7 +25,7 @@ def audit_verify(
     from api.audit.services import chain_key_of
     from api.audit.verify import verify
     from api.db.engine import make_sessionmaker, run_with_engine
-    from api.db.models import Organization
+    from api.orgs.models import Organization
 
     one = org_id(org) if org else None
     url = database_url(settings())

@@ -120,7 +120,9 @@ def billing_report() -> None:
 def stripe_mock_serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0,
-    api_key: Annotated[str, typer.Option(help="The secret key clients must send.")] = "sk_test_keel_local",
+    api_key: Annotated[
+        str | None, typer.Option(help="The secret key clients must send (default: the server's test key).")
+    ] = None,
     demo: Annotated[
         bool, typer.Option(help="Seed subscriptions for the demo's organizations in the database.")
     ] = False,
@@ -128,20 +130,20 @@ def stripe_mock_serve(
     """Serve the local Stripe-compatible API until interrupted (point KEEL_STRIPE_API_BASE at it)."""
     import time
 
-    from api.billing.stripe_local import LocalStripe, StripeStore
+    from api.stripe_local import DEFAULT_API_KEY, LocalStripe, StripeStore
 
-    server = LocalStripe(StripeStore(seed=1), api_key=api_key, host=host, port=port)
+    server = LocalStripe(StripeStore(seed=1), api_key=api_key or DEFAULT_API_KEY, host=host, port=port)
     if demo:
-        from api.billing.dev import demo_orgs
-        from api.billing.stripe_local.seed import seed_demo
         from api.db.engine import run_in_session
+        from api.stripe_local.demo import demo_orgs
+        from api.stripe_local.seed import seed_demo
 
         orgs = run_in_session(database_url(settings()), demo_orgs)
         seed_demo(server.store, orgs)
     server.start()
     console.print(
         f"[green]Stripe-compatible server at {server.url}[/] — export KEEL_STRIPE_API_BASE={server.url}"
-        f" KEEL_STRIPE_API_KEY={api_key}; Ctrl-C stops"
+        f" KEEL_STRIPE_API_KEY={server.api_key}; Ctrl-C stops"
     )
     try:
         while server.thread.is_alive():

@@ -72,7 +72,11 @@ def worker(
 
     url = database_url(config)
     try:
-        refuse_privileged_role(url, allow=config.allow_privileged_database_role, what="keel worker")
+        from api.models import metadata
+
+        refuse_privileged_role(
+            url, allow=config.allow_privileged_database_role, what="keel worker", metadata=metadata
+        )
         stats = run_worker(config.with_(database_url=url), worker_config, until_idle=until_idle)
     except PrivilegedRoleError as exc:
         raise fail(str(exc)) from None

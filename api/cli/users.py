@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from api.auth.models import PlatformRole
 from api.cli.common import database_url, fail, settings
-from api.db.models import PlatformRole
 from api.errors import KeelError
 
 app = typer.Typer(no_args_is_help=True, help="Users and their tokens.")

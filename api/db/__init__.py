@@ -1,1 +1,4 @@
-"""Keel's database layer: SQLAlchemy models, engines and sessions, Alembic migrations."""
+"""Keel's database layer: the declarative base and its metadata, engines and sessions, Alembic
+migrations, the database roles. The tables live with their domains (``api/<domain>/models.py``,
+gathered by :mod:`api.models`); nothing here imports a domain.
+"""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import uuid_utils
-from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy import DateTime, Enum, MetaData, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable names make Alembic diffs stable and error messages recognizable.
@@ -35,6 +36,12 @@ APP_NO_ACCESS: tuple[str, ...] = ()
 def app_privileges(*privileges: str) -> dict[str, Any]:
     """``Table(..., **app_privileges(...))`` / ``__table_args__ = (..., app_privileges(...))``."""
     return {"info": {"app_privileges": privileges}}
+
+
+def db_enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    """A Python enum column, stored as text with a CHECK constraint: adding a value later is a
+    one-line migration."""
+    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=32, validate_strings=True)
 
 
 def new_id() -> uuid.UUID:

@@ -35,10 +35,12 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def upgrade_with_roles(admin_url: str, app_url: str, *, audit_retention_days: int) -> RolesResult:
     """What ``keel db upgrade`` does: the migrations as the owner, then the application role and
     its grants (api/db/roles.py)."""
+    from api.db.base import Base
     from api.db.roles import apply_roles
 
     upgrade(admin_url)
-    return apply_roles(admin_url, app_url, audit_retention_days=audit_retention_days)
+    # Alembic's env.py (run in this process by the upgrade) registered every table on the metadata.
+    return apply_roles(admin_url, app_url, audit_retention_days=audit_retention_days, metadata=Base.metadata)
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:

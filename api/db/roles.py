@@ -10,7 +10,8 @@ role that owns nothing and holds only the grants below.
   Keel's tables (either could switch the audit log's triggers off), unless
   ``KEEL_ALLOW_PRIVILEGED_DATABASE_ROLE=true``.
 
-Table privileges come from the tables themselves (``Base.metadata``: the default
+Table privileges come from the tables themselves (the metadata of every table, :data:`api.models.metadata`,
+which callers pass in: ``api/db`` imports no domain; the default
 ``APP_DEFAULT_PRIVILEGES``, or a table's ``info["app_privileges"]``); sequences get USAGE and
 SELECT (defaults draw numbers, the exporter reads ``last_value``); functions the application may
 execute are the owner's ``SECURITY DEFINER`` functions, found in the catalog.
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Table
+from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import make_url
 
-from api.db.base import APP_DEFAULT_PRIVILEGES, Base
+from api.db.base import APP_DEFAULT_PRIVILEGES
 from api.db.engine import libpq_url
 
 #: The one override of the refusal below (documented in docs/architecture.md).
@@ -43,12 +44,11 @@ def table_privileges(table: Table) -> tuple[str, ...]:
     return tuple(table.info.get("app_privileges", APP_DEFAULT_PRIVILEGES))
 
 
-def app_grants() -> Iterator[tuple[str, tuple[str, ...]]]:
-    """(table, privileges) for every table Keel defines, in a stable order."""
-    import api.db.models  # noqa: F401  (registers every table on Base.metadata)
-
-    for name in sorted(Base.metadata.tables):
-        yield name, table_privileges(Base.metadata.tables[name])
+def app_grants(metadata: MetaData) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(table, privileges) for every table of ``metadata`` (Keel's: :data:`api.models.metadata`),
+    in a stable order."""
+    for name in sorted(metadata.tables):
+        yield name, table_privileges(metadata.tables[name])
 
 
 _DEFINER_FUNCTIONS = """
@@ -65,7 +65,9 @@ class RolesResult:
     granted: bool
 
 
-def apply_roles(admin_url: str, app_url: str, *, audit_retention_days: int) -> RolesResult:
+def apply_roles(
+    admin_url: str, app_url: str, *, audit_retention_days: int, metadata: MetaData
+) -> RolesResult:
     """What ``keel db upgrade`` does after the migrations, as the owner (in one transaction).
 
     Writes the owner-only settings the database enforces (``keel_settings``), then — when the
@@ -84,7 +86,7 @@ def apply_roles(admin_url: str, app_url: str, *, audit_retention_days: int) -> R
             return RolesResult(app_role=owner, created=False, granted=False)
         created = _ensure_role(conn, app_role, make_url(app_url).password)
         _take_back_ownership(conn, app_role)
-        _grant(conn, app_role)
+        _grant(conn, app_role, metadata)
     return RolesResult(app_role=app_role, created=created, granted=True)
 
 
@@ -113,7 +115,7 @@ def _take_back_ownership(conn: psycopg.Connection, role: str) -> None:
         conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
 
 
-def _grant(conn: psycopg.Connection, role: str) -> None:
+def _grant(conn: psycopg.Connection, role: str, metadata: MetaData) -> None:
     who, schema = sql.Identifier(role), sql.Identifier(SCHEMA)
     database = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), who))
@@ -126,7 +128,7 @@ def _grant(conn: psycopg.Connection, role: str) -> None:
     conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema, who))
     conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(schema, who))
     conn.execute(sql.SQL("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {} FROM {}").format(schema, who))
-    for table, privileges in app_grants():
+    for table, privileges in app_grants(metadata):
         if privileges:
             conn.execute(
                 sql.SQL("GRANT {} ON TABLE {}.{} TO {}").format(
@@ -159,12 +161,10 @@ FROM pg_roles r WHERE r.rolname = current_user
 """
 
 
-def privileged_reason(conn: psycopg.Connection) -> str | None:
-    """Why the connection's role must not run Keel: a superuser, the owner of its tables, or a
-    role that may create objects in its schema."""
-    import api.db.models  # noqa: F401
-
-    row = conn.execute(_ROLE_FACTS, {"schema": SCHEMA, "tables": sorted(Base.metadata.tables)}).fetchone()
+def privileged_reason(conn: psycopg.Connection, metadata: MetaData) -> str | None:
+    """Why the connection's role must not run Keel: a superuser, the owner of its tables (those of
+    ``metadata``), or a role that may create objects in its schema."""
+    row = conn.execute(_ROLE_FACTS, {"schema": SCHEMA, "tables": sorted(metadata.tables)}).fetchone()
     assert row is not None
     role, superuser, owner, creates = row
     if superuser:
@@ -177,14 +177,14 @@ def privileged_reason(conn: psycopg.Connection) -> str | None:
     return None
 
 
-def refuse_privileged_role(database_url: str, *, allow: bool, what: str) -> None:
+def refuse_privileged_role(database_url: str, *, allow: bool, what: str, metadata: MetaData) -> None:
     """Raise :class:`PrivilegedRoleError` when ``database_url`` connects as a superuser, as the
     owner of Keel's tables, or as a role that may create objects in Keel's schema (unless
     ``allow``: ``KEEL_ALLOW_PRIVILEGED_DATABASE_ROLE=true``)."""
     if allow:
         return
     with psycopg.connect(libpq_url(database_url)) as conn:
-        reason = privileged_reason(conn)
+        reason = privileged_reason(conn, metadata)
     if reason is not None:
         raise PrivilegedRoleError(
             f"{what} refuses to start: {reason}, so it could undo the audit log's append-only "

@@ -7,13 +7,13 @@ from litestar.datastructures import State
 
 from api.auth.context import Principal
 from api.bodies import MAX_JSON_DEPTH, TEXT_PLAIN_JSON, check_json
-from api.db.models import TokenKind
 from api.deps import provide_context
 from api.errors import BadRequest, Forbidden, PayloadTooLarge
 from api.events import services
 from api.events.body import decode_batch, read_limited_body
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES, EventDoc, EventIn, IngestResult
 from api.limits import charge_events
+from api.tokens.models import TokenKind
 
 INGEST_KEYS = {TokenKind.org_ingest, TokenKind.platform_ingest}
 

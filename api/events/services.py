@@ -19,7 +19,6 @@ from api import metrics
 from api.auth.context import Principal
 from api.bodies import TOO_DEEP, nests_too_deep, utf8_problem
 from api.db.base import new_id
-from api.db.models import OrgStatus, TokenKind
 from api.errors import BadRequest, KeelError, PayloadTooLarge, ValidationFailed
 from api.events.schemas import MAX_EVENT_BYTES, EventIn, IngestResult, Rejection
 from api.events.store import (
@@ -31,7 +30,9 @@ from api.events.store import (
     Writer,
     keep_event_partitions,
 )
+from api.orgs.models import OrgStatus
 from api.schemas import split_validation_message
+from api.tokens.models import TokenKind
 
 __all__ = [
     "PARTITION_DAYS_AHEAD",

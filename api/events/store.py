@@ -33,7 +33,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.db.models import OrgStatus
+from api.orgs.models import OrgStatus
 from warehouse import rules
 
 log = logging.getLogger("keel.events")

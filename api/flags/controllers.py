@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
-from api.db.models import FeatureFlag, FlagOverride, TokenKind
 from api.deps import provide_context
 from api.errors import Forbidden, NotFound
 from api.events.services import Origin
 from api.flags import services
 from api.flags.evaluation import Evaluation
 from api.flags.exposure import record_exposures
+from api.flags.models import FeatureFlag, FlagOverride
 from api.flags.schemas import (
     KEY_PATTERN,
     EvaluationOut,
@@ -34,6 +34,7 @@ from api.flags.schemas import (
 )
 from api.flags.store import FlagStore, canonical_org_id
 from api.pagination import Cursor, Limit, page_of
+from api.tokens.models import TokenKind
 
 PathKey = Annotated[str, Parameter(pattern=KEY_PATTERN, max_length=100, description="The flag's key.")]
 OrgIdQuery = Annotated[

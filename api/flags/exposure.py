@@ -10,9 +10,9 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.context import Principal
-from api.db.models import TokenKind
 from api.events.services import Origin, PartitionKeeper, ingest
 from api.flags.evaluation import Evaluation
+from api.tokens.models import TokenKind
 
 EXPOSURE_EVENT = "$flag_evaluated"
 _encode = msgspec.json.Encoder()

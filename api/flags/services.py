@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
-from api.db.models import FeatureFlag, FlagOverride, Organization
 from api.errors import Conflict, NotFound, ValidationFailed
 from api.flags.evaluation import Evaluation, Override, Stickiness, evaluate
+from api.flags.models import FeatureFlag, FlagOverride
 from api.flags.store import canonical_org_id, definition
 from api.orgs.live import get_live_org
+from api.orgs.models import Organization
 from api.pagination import decode_cursor
 
 FLAG = "feature_flag"

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.db.engine import libpq_url
-from api.db.models import FeatureFlag, FlagOverride, FlagsVersion
 from api.errors import ServiceUnavailable
 from api.flags.evaluation import FlagDefinition, FlagSnapshot, Override
+from api.flags.models import FeatureFlag, FlagOverride, FlagsVersion
 
 CHANNEL = "keel_flags"
 DEFAULT_POLL_INTERVAL = 1.0

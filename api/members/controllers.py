@@ -8,10 +8,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
+from api.auth.models import User
 from api.auth.permissions import Permission
 from api.auth.services import ALLOW_INVITED
-from api.db.models import Membership, User
 from api.members import services
+from api.members.models import Membership
 from api.members.schemas import MemberInvite, MemberOut, MemberPage, MemberUpdate
 from api.pagination import Cursor, Limit, first_id, page_of
 

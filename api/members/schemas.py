@@ -5,7 +5,7 @@ from datetime import datetime
 
 import msgspec
 
-from api.db.models import MembershipStatus, OrgRole
+from api.members.models import MembershipStatus, OrgRole
 from api.schemas import Email, Name, Struct
 
 

@@ -4,7 +4,7 @@ screen, the reconciliation and the marts count them."""
 from __future__ import annotations
 
 from api import rules as api_rules
-from api.db.models import Membership
+from api.members.models import Membership
 from warehouse import rules
 
 #: ``WHERE`` clause: the membership (the ``memberships`` row of the query) uses a seat.

@@ -11,10 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.audit import services as audit
 from api.auth import cache
 from api.auth.context import Actor, OrgAccess, RequestContext
+from api.auth.models import User, UserStatus
 from api.auth.permissions import Permission, role_allows
-from api.db.models import Membership, MembershipStatus, OrgRole, User, UserStatus
 from api.emails import email_key, normalize_email
 from api.errors import Conflict, Forbidden, NotFound
+from api.members.models import Membership, MembershipStatus, OrgRole
 from api.pagination import decode_cursor
 from api.webhooks.messages import publish
 

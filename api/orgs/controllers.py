@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission
-from api.db.models import Organization, OrgRole
+from api.members.models import OrgRole
 from api.orgs import services
+from api.orgs.models import Organization
 from api.orgs.schemas import OrgCreate, OrgOut, OrgPage, OrgUpdate
 from api.pagination import Cursor, Limit, first_id, page_of
 

@@ -12,8 +12,8 @@ from typing import TypeGuard
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import rules as api_rules
-from api.db.models import Organization
 from api.errors import NotFound
+from api.orgs.models import Organization
 from warehouse import rules
 
 #: ``WHERE`` clause: the organization (the ``organizations`` row of the query) is live.

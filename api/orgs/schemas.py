@@ -5,7 +5,8 @@ from datetime import datetime
 
 import msgspec
 
-from api.db.models import OrgRole, OrgStatus
+from api.members.models import OrgRole
+from api.orgs.models import OrgStatus
 from api.schemas import Name, Slug, Struct
 
 

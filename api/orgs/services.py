@@ -12,9 +12,10 @@ from api.audit import services as audit
 from api.auth import cache
 from api.auth.context import Actor, Principal, RequestContext
 from api.db.base import utcnow
-from api.db.models import Membership, MembershipStatus, Organization, OrgRole
 from api.errors import Conflict
+from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs.live import LIVE, get_live_org
+from api.orgs.models import Organization
 from api.pagination import decode_cursor
 from api.webhooks.messages import publish
 

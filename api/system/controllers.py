@@ -12,10 +12,13 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.context import Principal
-from api.db.models import Membership, MembershipStatus, Organization, OrgRole, PlatformRole, TokenKind, User
+from api.auth.models import PlatformRole, User
 from api.deps import PUBLIC
 from api.errors import NotFound
+from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs.live import LIVE
+from api.orgs.models import Organization
+from api.tokens.models import TokenKind
 
 
 class Health(msgspec.Struct):

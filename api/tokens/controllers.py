@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission, StaffPermission
-from api.db.models import ApiToken, TokenKind
 from api.pagination import Cursor, Limit, page_of
 from api.tokens import services
+from api.tokens.models import ApiToken, TokenKind
 from api.tokens.schemas import TokenCreate, TokenCreated, TokenOut, TokenPage
 
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import msgspec
 
-from api.db.models import TokenKind
 from api.schemas import Name, Struct
+from api.tokens.models import TokenKind
 
 
 class TokenCreate(Struct):

@@ -12,9 +12,9 @@ from api.audit import services as audit
 from api.auth import cache, secrets
 from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
-from api.db.models import ApiToken, TokenKind
 from api.errors import NotFound
 from api.pagination import decode_cursor
+from api.tokens.models import ApiToken, TokenKind
 
 ACTION_NOUN = {
     TokenKind.user: "token",

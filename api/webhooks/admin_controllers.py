@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
-from api.db.models import InboundEvent, InboundOutcome, InboundStatus
 from api.deps import PUBLIC, provide_context
 from api.errors import KeelError
 from api.events.body import read_limited_body
@@ -24,6 +23,7 @@ from api.pagination import Cursor, Limit, page_of
 from api.webhooks import deliveries, inbound
 from api.webhooks.controllers import DELIVERY_FILTERS, TypeFilter, delivery_detail_out, delivery_out, utc
 from api.webhooks.deliveries import DeliveryFilters
+from api.webhooks.models import InboundEvent, InboundOutcome, InboundStatus
 from api.webhooks.schemas import (
     DeliveryDetail,
     DeliveryOut,

@@ -18,18 +18,18 @@ from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission
 from api.auth.services import ALLOW_ORG_KEY
-from api.db.models import (
+from api.pagination import Cursor, Limit, page_of
+from api.tokens.models import TokenKind
+from api.webhooks import deliveries, endpoints
+from api.webhooks.deliveries import DeliveryFilters
+from api.webhooks.messages import publish
+from api.webhooks.models import (
     DeliveryStatus,
-    TokenKind,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookMessage,
 )
-from api.pagination import Cursor, Limit, page_of
-from api.webhooks import deliveries, endpoints
-from api.webhooks.deliveries import DeliveryFilters
-from api.webhooks.messages import publish
 from api.webhooks.schemas import (
     AttemptOut,
     DeliveryDetail,

@@ -13,18 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
-from api.db.models import (
+from api.errors import Conflict, NotFound
+from api.orgs.models import Organization
+from api.pagination import decode_cursor
+from api.schemas import utc_bound
+from api.webhooks.messages import NOTIFY_CHANNEL
+from api.webhooks.models import (
     DeliveryStatus,
-    Organization,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookMessage,
 )
-from api.errors import Conflict, NotFound
-from api.pagination import decode_cursor
-from api.schemas import utc_bound
-from api.webhooks.messages import NOTIFY_CHANNEL
 from api.webhooks.schemas import FailingEndpoint
 
 RESOURCE = "webhook_delivery"

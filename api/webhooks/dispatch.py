@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.db.base import utcnow
-from api.db.models import InboundEvent, InboundStatus
+from api.webhooks.models import InboundEvent, InboundStatus
 
 log = logging.getLogger("keel.webhooks.inbound")
 

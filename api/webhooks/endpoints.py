@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
-from api.db.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from api.errors import Conflict, NotFound, ValidationFailed
 from api.pagination import decode_cursor
 from api.webhooks import signing, ssrf
 from api.webhooks.messages import NOTIFY_CHANNEL, check_filters, publish
+from api.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from api.webhooks.schemas import EndpointCreate, EndpointStats, EndpointUpdate
 
 ROTATION_OVERLAP = timedelta(hours=24)

@@ -21,11 +21,11 @@ from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
 from api.bodies import check_json
 from api.db.base import new_id, utcnow
-from api.db.models import InboundEvent, InboundOutcome, InboundRequest, InboundStatus
 from api.errors import BadRequest, NotFound, ServiceUnavailable, ValidationFailed
 from api.pagination import decode_cursor
 from api.webhooks import dispatch
 from api.webhooks.messages import check_payload
+from api.webhooks.models import InboundEvent, InboundOutcome, InboundRequest, InboundStatus
 
 SOURCE = "stripe"
 TOLERANCE = 300

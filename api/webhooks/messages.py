@@ -19,8 +19,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.db.base import new_id, utcnow
-from api.db.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookMessage
 from api.errors import ValidationFailed
+from api.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookMessage
 from api.webhooks.schemas import EVENT_TYPE_PATTERN, FILTER_PATTERN
 
 #: Workers LISTEN here; a publish that created deliveries NOTIFYs at commit, so they wake at once.

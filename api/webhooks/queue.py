@@ -25,8 +25,8 @@ import psycopg
 from api.auth.context import Actor
 from api.db.base import new_id
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
-from api.db.models import DeliveryStatus, WebhookEndpoint
 from api.webhooks.endpoints import disable_endpoint
+from api.webhooks.models import DeliveryStatus, WebhookEndpoint
 from api.webhooks.sender import Job, Outcome, envelope
 
 log = logging.getLogger("keel.webhooks.worker")

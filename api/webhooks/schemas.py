@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from api.db.models import DeliveryStatus, InboundOutcome, InboundStatus
 from api.schemas import Struct
+from api.webhooks.models import DeliveryStatus, InboundOutcome, InboundStatus
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 FILTER_PATTERN = r"^(\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?)$"

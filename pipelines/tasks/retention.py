@@ -94,9 +94,9 @@ def prune_audit_log(
     from sqlalchemy import func, select
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from api.audit.models import AuditEntry
     from api.audit.services import prune_audit
     from api.db.engine import make_sessionmaker, run_with_engine
-    from api.db.models import AuditEntry
     from pipelines.tasks.export import AUDIT_LOG
 
     cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)

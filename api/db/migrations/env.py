@@ -1,16 +1,20 @@
-"""Alembic environment: runs migrations on a synchronous psycopg connection."""
+"""Alembic environment: runs migrations on a synchronous psycopg connection.
+
+The one file under ``api/db`` that reaches the domains: Alembic loads it from the script
+directory (nothing imports it as a module), and it needs every table, gathered by
+:mod:`api.models`. The rest of ``api/db`` imports no domain (tests/test_layout.py).
+"""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from api.db import models  # noqa: F401  (registers every table on Base.metadata)
-from api.db.base import Base
 from api.db.migrate import include_object
+from api.models import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_online() -> None:

@@ -1,4 +1,10 @@
-"""The demo's Stripe: what ``keel dev`` (``make run``) starts when no real Stripe key is set."""
+"""The demo's Stripe: what ``keel dev`` (``make run``) starts when no real Stripe key is set.
+
+Development tooling, like the rest of ``api.stripe_local``: only ``keel dev``, ``keel
+stripe-mock`` and the tests import it (tests/test_layout.py), so no product path knows the fake or
+its key. It plants demo data (customers linked to the demo's organizations, discrepancies) only in
+the embedded database unless asked explicitly (``keel dev --plant-demo-stripe``).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from api.billing.stripe_local import DEFAULT_API_KEY, LocalStripe, StripeStore
-from api.billing.stripe_local.seed import DemoOrg, plant_after_sync, seed_demo
 from api.settings import Settings
+from api.stripe_local import DEFAULT_API_KEY, LocalStripe, StripeStore
+from api.stripe_local.seed import DemoOrg, plant_after_sync, seed_demo
 
 
 def uses_real_stripe(settings: Settings) -> bool:
@@ -28,8 +34,9 @@ async def demo_orgs(session: Any) -> list[DemoOrg]:
     """The organizations the demo seeded (by their demo slugs), never one a user created."""
     from sqlalchemy import func, select
 
-    from api.db.models import Membership, MembershipStatus, Organization
     from api.demo import DEMO_ORGS
+    from api.members.models import Membership, MembershipStatus
+    from api.orgs.models import Organization
 
     members = (
         select(func.count())
@@ -45,8 +52,16 @@ async def demo_orgs(session: Any) -> list[DemoOrg]:
     return [DemoOrg(org_id, name, int(n)) for org_id, name, n in rows.all()]
 
 
-def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, LocalStripe | None, str]:
-    """With a real ``KEEL_STRIPE_API_KEY``, change nothing. Otherwise start the local
+#: How ``keel dev`` is asked to plant the demo's Stripe data in a database of KEEL_DATABASE_URL.
+PLANT_ANYWHERE_FLAG = "--plant-demo-stripe"
+
+
+def start_demo_stripe(
+    settings: Settings, database_url: str, *, embedded: bool, plant_anywhere: bool = False
+) -> tuple[Settings, LocalStripe | None, str]:
+    """With a real ``KEEL_STRIPE_API_KEY``, change nothing. In a database that is not the embedded
+    one (``embedded`` false: KEEL_DATABASE_URL is set), start nothing and plant nothing unless
+    ``plant_anywhere`` (``keel dev --plant-demo-stripe``). Otherwise start the local
     Stripe-compatible server on a free port with its state from the data directory. The first
     time (no state yet) it is seeded for the demo's organizations, the mirror is synced from it and
     a few discrepancies are planted in Stripe, so the billing screen and reconciliation have
@@ -58,6 +73,16 @@ def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, 
     """
     if uses_real_stripe(settings):
         return settings, None, "Stripe: the real API (KEEL_STRIPE_API_KEY is set)"
+    if not embedded and not plant_anywhere:
+        return (
+            settings,
+            None,
+            (
+                "Stripe: none. KEEL_DATABASE_URL is not the embedded database, so keel dev plants no demo"
+                " Stripe data in it (customers linked to its orgs, discrepancies); set KEEL_STRIPE_API_KEY"
+                f" to use Stripe, or pass {PLANT_ANYWHERE_FLAG} to plant them there anyway"
+            ),
+        )
     from api.billing.services import run_sync
     from api.db.engine import run_in_session
 
@@ -78,8 +103,11 @@ def start_demo_stripe(settings: Settings, database_url: str) -> tuple[Settings, 
 
 
 def reconcile_once(settings: Settings, database_url: str) -> str:
-    """One reconciliation run (no repairs); its one-line summary."""
+    """One reconciliation run (no repairs); its one-line summary. None without a Stripe to read."""
     from api.billing.services import run_reconciliation
+
+    if not settings.stripe_api_key:
+        return "no reconciliation (no Stripe to read)"
 
     result, _ = run_reconciliation(settings, database_url)
     detail = ", ".join(f"{n} {kind}" for kind, n in result.counts().items())

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import uvicorn
 
-from api.billing.stripe_local.store import StripeStore
+from api.stripe_local.store import StripeStore
 
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]

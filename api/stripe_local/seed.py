@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from api.billing.stripe_local.store import StripeStore
+from api.stripe_local.store import StripeStore
 
 PLANS = {
     # lookup key: (product name, unit amount in cents per seat per month)

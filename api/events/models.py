@@ -1,0 +1,57 @@
+"""Product events: a Core table partitioned by day of receipt, and its dedupe keys.
+
+The schema changes only through the migrations in ``api/db/migrations/``; every domain's
+models are registered on one metadata by :mod:`api.models`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Sequence, String, Table, Uuid
+from sqlalchemy.dialects.postgresql import JSONB
+
+from api.db.base import APP_APPEND_ONLY, Base, app_privileges
+from api.db.fence import fenced_nextval
+
+# Events are written by one bulk statement per batch and read by the export flow in ingest order,
+# so they are a Core table (no ORM identity, no primary key to maintain): partitioned by day of
+# receipt, with only a BRIN index on ingest_seq for the exporter. Dedupe lives in event_keys.
+events_ingest_seq = Sequence("events_ingest_seq", metadata=Base.metadata)
+
+
+events_table = Table(
+    "events",
+    Base.metadata,
+    Column(
+        "ingest_seq",
+        BigInteger,
+        server_default=fenced_nextval(events_ingest_seq.name),
+        nullable=False,
+    ),
+    Column("organization_id", Uuid, nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("event", String(200), nullable=False),
+    Column("user_id", String(255)),
+    Column("anonymous_id", String(255)),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("properties", JSONB, nullable=False),
+    Column("context", JSONB, nullable=False),
+    Index("ix_events_ingest_seq_brin", "ingest_seq", postgresql_using="brin"),
+    postgresql_partition_by="RANGE (received_at)",
+    # Partitions come and go only through the owner's functions (keel_ensure_event_partitions,
+    # keel_drop_event_partition).
+    **app_privileges(*APP_APPEND_ONLY),
+)
+
+
+#: (organization, message_id) is stored once for as long as its event stays in Postgres.
+event_keys_table = Table(
+    "event_keys",
+    Base.metadata,
+    Column("organization_id", Uuid, primary_key=True),
+    Column("message_id", String(128), primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ix_event_keys_received_at_brin", "received_at", postgresql_using="brin"),
+    **app_privileges(*APP_APPEND_ONLY),
+)

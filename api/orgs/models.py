@@ -1,0 +1,31 @@
+"""Organizations: the tenants.
+
+The schema changes only through the migrations in ``api/db/migrations/``; every domain's
+models are registered on one metadata by :mod:`api.models`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import DateTime, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from api.db.base import Base, IdMixin, TimestampMixin, db_enum
+
+
+class OrgStatus(enum.StrEnum):
+    active = "active"
+    suspended = "suspended"
+
+
+class Organization(IdMixin, TimestampMixin, Base):
+    __tablename__ = "organizations"
+
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[OrgStatus] = mapped_column(db_enum(OrgStatus, "org_status"), default=OrgStatus.active)
+    suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -56,8 +56,10 @@ test-tools: ## Install what the tests need beyond Python (Debian's chromium; as 
 	  fi; \
 	fi
 
-test: lint test-tools ## Lint, type-check and run the whole test suite (starts its own Postgres)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+# LAYER=unit|api|pipelines|e2e runs one layer of the suite (the markers of pyproject.toml).
+LAYER ?=
+test: lint test-tools ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
+	$(VENV)/bin/pytest $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
 
 bench: install ## Run the benchmark programs under bench/, each beside its same-run baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done

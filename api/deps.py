@@ -58,6 +58,7 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     """
     scope = request.scope
     path: str = scope["path"]
+    auth.forget_guarded_membership()
     if (
         request.route_handler.opt.get("public")
         or scope["method"] == "OPTIONS"
@@ -86,6 +87,9 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
         count_failed_auth(state.limits, scope)
         raise
     charge_request(state.limits, principal, scope)
+    if path.startswith(ADMIN_PREFIX):
+        # Every staff route, enumerated by its prefix: the permission is the route's own option.
+        auth.require_staff(principal, auth.staff_permission(request.route_handler.opt))
     org_id = request.path_params.get("org_id")
     if org_id is not None and not path.startswith(ADMIN_PREFIX):
         async with state.sessionmaker() as session:

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -13,16 +14,51 @@ from sqlalchemy import Engine, text
 
 from api.app import create_app
 from api.auth.models import PlatformRole
-from api.db.embedded import app_url, start_embedded_postgres
+from api.db.embedded import APP_ROLE, app_url, start_embedded_postgres
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade_with_roles
 from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, make_org, make_user
 
+if TYPE_CHECKING:
+    from pipelines.prefect_server import LocalPrefectServer
+
 OUTPUT_DIR = Path(os.environ.get("KEEL_TEST_OUTPUT", "test-output"))
 STRIPE_SECRET = "whsec_test_keel_stripe_0123456789abcdef"
 #: Retry schedule for tests that watch retries happen: seconds, not hours.
 FAST_SCHEDULE = (0, 1, 2)
+
+
+#: The suite's layers (markers registered in pyproject.toml). A test's layer comes from its file
+#: when the file is listed here, else from its fixtures: a Prefect server, a lake or a warehouse
+#: makes it `pipelines`; Postgres (directly or through the live API) `api`; nothing of those `unit`.
+E2E_FILES = frozenset(
+    {"test_dev_restart.py", "test_flow_schedules.py", "test_webhook_worker_process.py", "test_events_crash.py",
+     "test_health_report.py", "test_docs_offline.py", "test_cli.py"}
+)  # fmt: skip
+PIPELINE_FILES = frozenset(
+    {"test_pipelines.py", "test_pipelines_cli.py", "test_lake_s3.py", "test_webhook_lake.py", "test_billing_reconcile.py",
+     "test_audit_export.py", "test_audit_prune.py"}
+)  # fmt: skip
+PIPELINE_FIXTURES = frozenset({"prefect_harness", "session_prefect", "pipeline_env", "built_warehouse"})
+LAYERS = ("unit", "api", "pipelines", "e2e")
+
+
+def layer_of(item: pytest.Item) -> str:
+    name = item.path.name
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if name in E2E_FILES:
+        return "e2e"
+    if name in PIPELINE_FILES or fixtures & PIPELINE_FIXTURES:
+        return "pipelines"
+    if "pg_server" in fixtures:
+        return "api"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(getattr(pytest.mark, layer_of(item)))
 
 
 @pytest.fixture(scope="session")
@@ -126,32 +162,82 @@ def staff_support(engine: Engine) -> tuple[str, str]:
     return make_user(engine, platform_role=PlatformRole.support)
 
 
-@pytest.fixture
-def fresh_database(pg_server: tuple[str, object]) -> Iterator[str]:
-    """An empty database of its own, for tests that need a schema-less start."""
+def _create_database(base_url: str, *, template: str | None = None) -> Iterator[str]:
+    """A database of its own on the session's server (a copy of ``template`` when named), dropped after."""
     import uuid
 
     from sqlalchemy.engine import make_url
 
-    base_url = pg_server[0]
     name = f"fresh_{uuid.uuid4().hex[:8]}"
     admin = make_sync_engine(base_url).execution_options(isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
+        if template:
+            # Database-level grants are not copied with the contents (`keel db upgrade` gave this one).
+            conn.execute(text(f'GRANT CONNECT ON DATABASE "{name}" TO {APP_ROLE}'))
     yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One real Prefect API (temporary, local) for the whole session; flows run against it."""
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from prefect.testing.utilities import prefect_test_harness
+@pytest.fixture
+def fresh_database(pg_server: tuple[str, object]) -> Iterator[str]:
+    """An empty database of its own, for tests that need a schema-less start."""
+    yield from _create_database(pg_server[0])
 
-    with prefect_test_harness(server_startup_timeout=120):
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: tuple[str, object]) -> str:
+    """A database migrated to head with the application role's grants, as `keel db upgrade` leaves
+    it, made once per session: each :func:`migrated_database` is a copy of it, which costs a file
+    copy instead of every migration."""
+    from sqlalchemy.engine import make_url
+
+    base_url = pg_server[0]
+    name = "keel_migrated_template"
+    admin = make_sync_engine(base_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
+    with admin.connect() as conn:
+        # A template must have no one connected while it is copied.
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+        )
+    admin.dispose()
+    return name
+
+
+@pytest.fixture
+def migrated_database(pg_server: tuple[str, object], migrated_template: str) -> Iterator[str]:
+    """The owner's URL of a database of its own, migrated and granted (a copy of the template)."""
+    yield from _create_database(pg_server[0], template=migrated_template)
+
+
+@pytest.fixture(scope="session")
+def session_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
+    """One real Prefect server (``prefect server start``, as ``keel flows serve`` runs it) for the
+    whole session: flows run in this process and ``keel flows run`` subprocesses (given its
+    ``PREFECT_API_URL``) talk to it, instead of each starting a temporary server of its own."""
+    from pipelines.prefect_server import start_local_server
+
+    home = tmp_path_factory.mktemp("prefect")
+    server = start_local_server(home, home / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(session_prefect: LocalPrefectServer) -> Iterator[None]:
+    """Flows run in this process report to the session's Prefect server."""
+    os.environ["PREFECT_HOME"] = str(session_prefect.record.parent)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: session_prefect.api_url}):
         yield
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, insert, text
 from api.auth import secrets
 from api.auth.models import PlatformRole, User, UserStatus
 from api.db.base import new_id
+from api.members.models import Membership, MembershipStatus, OrgRole
 from api.server import server_config
 from api.tokens.models import ApiToken, TokenKind
 
@@ -120,7 +121,12 @@ class OrgWorld:
         return auth(self.tokens[role])
 
 
-def make_org(client: httpx.Client, engine: Engine, *, roles: tuple[str, ...] = ROLES) -> OrgWorld:
+def make_org(
+    client: httpx.Client, engine: Engine, *, roles: tuple[str, ...] = ROLES, invite_through_api: bool = False
+) -> OrgWorld:
+    """An org with one active member per role. The members are written straight to the tables (setup,
+    not the thing under test) unless ``invite_through_api``: then each is invited and accepts over
+    HTTP, leaving the audit entries and events of a real invitation (tests of the org's audit chain)."""
     owner_id, owner_token = make_user(engine)
     slug = unique("org")
     response = client.post("/v1/orgs", json={"name": f"Org {slug}", "slug": slug}, headers=auth(owner_token))
@@ -131,13 +137,27 @@ def make_org(client: httpx.Client, engine: Engine, *, roles: tuple[str, ...] = R
         if role == "owner":
             continue
         user_id, token = make_user(engine)
-        email = client.get("/v1/me", headers=auth(token)).json()["email"]
-        invited = client.post(
-            f"/v1/orgs/{world.id}/members", json={"email": email, "role": role}, headers=auth(owner_token)
-        )
-        assert invited.status_code == 201, invited.text
-        accepted = client.post(f"/v1/orgs/{world.id}/members/accept", headers=auth(token))
-        assert accepted.status_code == 201, accepted.text
+        if invite_through_api:
+            email = client.get("/v1/me", headers=auth(token)).json()["email"]
+            invited = client.post(
+                f"/v1/orgs/{world.id}/members", json={"email": email, "role": role}, headers=auth(owner_token)
+            )
+            assert invited.status_code == 201, invited.text
+            accepted = client.post(f"/v1/orgs/{world.id}/members/accept", headers=auth(token))
+            assert accepted.status_code == 201, accepted.text
+            world.tokens[role], world.user_ids[role] = token, user_id
+            continue
+        with engine.begin() as conn:
+            conn.execute(
+                insert(Membership).values(
+                    id=new_id(),
+                    organization_id=world.id,
+                    user_id=user_id,
+                    role=OrgRole(role),
+                    status=MembershipStatus.active,
+                    invited_by=owner_id,
+                )
+            )
         world.tokens[role], world.user_ids[role] = token, user_id
     key = client.post(f"/v1/orgs/{world.id}/ingest-keys", json={"name": "test"}, headers=auth(owner_token))
     assert key.status_code == 201, key.text

@@ -16,10 +16,17 @@ from api.audit.services import Pruned, prune_audit
 from api.db.engine import make_async_engine, make_sessionmaker
 from pipelines.lake import Lake
 from pipelines.tasks.export import AUDIT_LOG, export_table
-from tests.harness import OrgWorld, audit_rows, auth
+from tests.harness import OrgWorld, audit_rows, auth, make_org
 from tests.test_audit_export import download, run_script
 from tests.test_audit_ingest import entry
 from tests.test_audit_verify import tamper, verify
+
+
+@pytest.fixture
+def org(client: httpx.Client, engine: Engine) -> OrgWorld:
+    """Members invited and accepted over HTTP: the chain these tests walk and tamper with holds
+    the entries of those invitations."""
+    return make_org(client, engine, invite_through_api=True)
 
 
 @pytest.fixture

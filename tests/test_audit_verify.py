@@ -17,9 +17,17 @@ from sqlalchemy import Connection, Engine, text
 from api.audit.chain import entry_hash
 from api.db.engine import make_sync_engine
 from api.db.migrate import upgrade
-from tests.harness import LiveServer, OrgWorld, auth
+from tests.harness import LiveServer, OrgWorld, auth, make_org
 from tests.test_audit_ingest import entry
 from tests.test_cli import keel
+
+
+@pytest.fixture
+def org(client: httpx.Client, engine: Engine) -> OrgWorld:
+    """Members invited and accepted over HTTP: the chain these tests walk and tamper with holds
+    the entries of those invitations."""
+    return make_org(client, engine, invite_through_api=True)
+
 
 HASHED = (
     "SELECT id::text AS id, organization_id::text AS organization_id, seq, occurred_at, actor_type, actor_id,"

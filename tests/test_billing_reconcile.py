@@ -21,8 +21,6 @@ from api.billing.services import run_reconciliation, run_sync
 from api.billing.stripe_api import PAGE_SIZE, StripeUnavailable, make_client, read_stripe
 from api.db.embedded import app_url
 from api.db.engine import make_sync_engine
-from api.db.migrate import upgrade_with_roles
-from api.settings import Settings
 from api.stripe_local import LocalStripe, StripeStore
 from tests.billing_support import (
     add_member,
@@ -40,11 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def billing_db(fresh_database: str) -> Iterator[tuple[str, Engine]]:
+def billing_db(migrated_database: str) -> Iterator[tuple[str, Engine]]:
     """A database of its own: the application role's URL, and an owner engine for setup."""
-    app = app_url(fresh_database)
-    upgrade_with_roles(fresh_database, app, audit_retention_days=Settings().audit_retention_days)
-    engine = make_sync_engine(fresh_database)
+    app = app_url(migrated_database)
+    engine = make_sync_engine(migrated_database)
     yield app, engine
     engine.dispose()
 

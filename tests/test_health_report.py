@@ -26,7 +26,6 @@ from api.app import create_app
 from api.auth.models import PlatformRole
 from api.billing.services import run_reconciliation, run_sync
 from api.db.engine import make_sync_engine
-from api.db.migrate import upgrade
 from api.settings import Settings
 from api.stripe_local import LocalStripe, StripeStore
 from api.stripe_local.seed import add_plans
@@ -79,9 +78,8 @@ def weekly_activity(org: Planted, as_of: date) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def report_db(fresh_database: str) -> Iterator[str]:
-    upgrade(fresh_database)
-    yield fresh_database
+def report_db(migrated_database: str) -> Iterator[str]:
+    yield migrated_database
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from pipelines.lake import Lake, LakeError
+from pipelines.prefect_server import LocalPrefectServer
 from pipelines.tasks import export as export_tasks
 from tests.harness import auth
 from warehouse.build import build_warehouse
@@ -34,8 +36,20 @@ def keel(
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-@pytest.fixture
-def built_warehouse(database_url: str, pipeline_env: dict[str, Path]) -> Path:
+@pytest.fixture(scope="module")
+def built_warehouse(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Built once for this module: the tests that take it only read it."""
+    root = tmp_path_factory.mktemp("built-warehouse")
+    pipeline_env = {"data": root / "data", "lake": root / "lake", "warehouse": root / "warehouse.duckdb"}
+    with pytest.MonkeyPatch.context() as env:  # what `pipeline_env` sets, for the module
+        env.setenv("KEEL_DATABASE_URL", database_url)
+        env.setenv("KEEL_DATA_DIR", str(pipeline_env["data"]))
+        env.setenv("KEEL_LAKE_URL", str(pipeline_env["lake"]))
+        env.setenv("KEEL_WAREHOUSE_PATH", str(pipeline_env["warehouse"]))
+        yield _build(database_url, pipeline_env)
+
+
+def _build(database_url: str, pipeline_env: dict[str, Path]) -> Path:
     lake = Lake.open(str(pipeline_env["lake"]))
     export_tasks.write_schemas(lake)
     for table in export_tasks.APPEND_ONLY.values():
@@ -87,11 +101,13 @@ def test_keel_flows_list_and_bad_input(tmp_path: Path) -> None:
     assert malformed.returncode == 2 and "k=v" in malformed.stderr
 
 
-def test_flows_run_with_an_unreachable_lake_fails_clearly(database_url: str, tmp_path: Path) -> None:
+def test_flows_run_with_an_unreachable_lake_fails_clearly(
+    database_url: str, tmp_path: Path, session_prefect: LocalPrefectServer
+) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the lake should be")
     env = {"KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp_path / "data"),
-           "KEEL_LAKE_URL": str(blocker / "lake")}  # fmt: skip
+           "KEEL_LAKE_URL": str(blocker / "lake"), "PREFECT_API_URL": session_prefect.api_url}  # fmt: skip
     result = keel("flows", "run", "export-lake", env=env, timeout=300)
     assert result.returncode == 1, result.stderr
     assert "flow export-lake failed" in result.stderr and "lake" in result.stderr
@@ -100,7 +116,9 @@ def test_flows_run_with_an_unreachable_lake_fails_clearly(database_url: str, tmp
         Lake.open(str(blocker / "lake"))
 
 
-def test_flows_run_builds_everything_with_progress(client, org, database_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_flows_run_builds_everything_with_progress(  # type: ignore[no-untyped-def]
+    client, org, database_url: str, tmp_path: Path, session_prefect: LocalPrefectServer
+) -> None:
     events = [
         {"event": "report.created", "user_id": f"u{i % 4}", "message_id": f"cli-{i}"} for i in range(40)
     ]
@@ -111,7 +129,8 @@ def test_flows_run_builds_everything_with_progress(client, org, database_url: st
         == 40
     )
     env = {"KEEL_DATABASE_URL": database_url, "KEEL_DATA_DIR": str(tmp_path / "data"),
-           "KEEL_LAKE_URL": str(tmp_path / "lake"), "KEEL_WAREHOUSE_PATH": str(tmp_path / "w.duckdb")}  # fmt: skip
+           "KEEL_LAKE_URL": str(tmp_path / "lake"), "KEEL_WAREHOUSE_PATH": str(tmp_path / "w.duckdb"),
+           "PREFECT_API_URL": session_prefect.api_url}  # fmt: skip
     result = keel("flows", "run", "refresh-analytics", env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "flow refresh-analytics completed" in result.stderr and "export events" in result.stderr, (

@@ -50,7 +50,11 @@ class AdminController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
 
-    @get("/orgs", summary="Search organizations by name, slug or member email (staff)")
+    @get(
+        "/orgs",
+        summary="Search organizations by name, slug or member email (staff)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def search_orgs(
         self,
         db: AsyncSession,
@@ -69,15 +73,17 @@ class AdminController(Controller):
             ),
         ],
     ) -> AdminOrgPage:
-        auth.require_staff(principal, StaffPermission.read)
         rows = await services.search_orgs(db, q=q, cursor=cursor, limit=limit)
         return page_of(AdminOrgPage, rows, limit, lambda row: summary(*row), key=first_id)
 
-    @get("/orgs/{org_id:uuid}", summary="One organization in one view (staff; the read is audited)")
+    @get(
+        "/orgs/{org_id:uuid}",
+        summary="One organization in one view (staff; the read is audited)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def org_view(
         self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> AdminOrgView:
-        auth.require_staff(principal, StaffPermission.read)
         view = await services.org_view(db, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx)
         org = view.org
         states, overrides = await flags.org_flags(db, org_id=org_id)
@@ -104,6 +110,7 @@ class AdminController(Controller):
     @get(
         "/orgs/{org_id:uuid}/members",
         summary="An organization's active and invited members, a page at a time (staff; audited)",
+        opt=auth.staff_only(StaffPermission.read),
     )
     async def org_members(
         self,
@@ -114,13 +121,16 @@ class AdminController(Controller):
         cursor: Cursor,
         limit: Limit,
     ) -> MemberPage:
-        auth.require_staff(principal, StaffPermission.read)
         rows = await services.staff_members(
             db, org_id=org_id, cursor=cursor, limit=limit, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )
         return member_page(rows, limit)
 
-    @post("/orgs/{org_id:uuid}/suspend", summary="Suspend an organization: its keys and members stop (admin)")
+    @post(
+        "/orgs/{org_id:uuid}/suspend",
+        summary="Suspend an organization: its keys and members stop (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def suspend(
         self,
         org_id: uuid.UUID,
@@ -129,7 +139,6 @@ class AdminController(Controller):
         principal: Principal,
         ctx: RequestContext,
     ) -> OrgStatusOut:
-        auth.require_staff(principal, StaffPermission.administer)
         org = await services.set_suspended(
             db,
             org_id=org_id,
@@ -140,17 +149,24 @@ class AdminController(Controller):
         )
         return OrgStatusOut(id=org.id, status=org.status, suspended_reason=org.suspended_reason)
 
-    @post("/orgs/{org_id:uuid}/unsuspend", summary="Lift a suspension (admin)")
+    @post(
+        "/orgs/{org_id:uuid}/unsuspend",
+        summary="Lift a suspension (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def unsuspend(
         self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> OrgStatusOut:
-        auth.require_staff(principal, StaffPermission.administer)
         org = await services.set_suspended(
             db, org_id=org_id, suspended=False, reason=None, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )
         return OrgStatusOut(id=org.id, status=org.status, suspended_reason=org.suspended_reason)
 
-    @put("/users/{user_id:uuid}/platform-role", summary="Grant or remove a platform role (admin)")
+    @put(
+        "/users/{user_id:uuid}/platform-role",
+        summary="Grant or remove a platform role (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def set_platform_role(
         self,
         user_id: uuid.UUID,
@@ -159,7 +175,6 @@ class AdminController(Controller):
         principal: Principal,
         ctx: RequestContext,
     ) -> UserOut:
-        auth.require_staff(principal, StaffPermission.administer)
         user = await services.set_platform_role(
             db, user_id=user_id, role=data.platform_role, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )

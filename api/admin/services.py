@@ -153,7 +153,7 @@ async def set_suspended(
         return org  # idempotent: nothing changed, nothing to audit
     before = {"status": org.status.value, "suspended_reason": org.suspended_reason}
     org.status, org.suspended_reason = target, reason if suspended else None
-    cache.invalidate()
+    cache.invalidate_after_commit(session)
     await session.flush()
     await audit.record(
         session, action="org.suspended" if suspended else "org.unsuspended", actor=actor, ctx=ctx,
@@ -185,7 +185,7 @@ async def set_platform_role(
             raise Conflict("the platform must keep at least one admin")
     before = {"platform_role": user.platform_role.value if user.platform_role else None}
     user.platform_role = role
-    cache.invalidate()
+    cache.invalidate_after_commit(session)
     await session.flush()
     await audit.record(
         session, action="user.platform_role_changed", actor=actor, ctx=ctx, organization_id=None,

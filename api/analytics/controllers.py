@@ -41,11 +41,14 @@ class AdminAnalyticsController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
 
-    @get("/orgs/{org_id:uuid}/health", summary="One organization's health score and reasons (staff; audited)")
+    @get(
+        "/orgs/{org_id:uuid}/health",
+        summary="One organization's health score and reasons (staff; audited)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def org_health(
         self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext, state: State
     ) -> HealthOut:
-        auth.require_staff(principal, StaffPermission.read)
         if await db.get(Organization, org_id) is None:
             raise NotFound("organization not found")
         result = await services.health(state.settings.resolved_warehouse_path, org_id)
@@ -59,7 +62,10 @@ class AdminAnalyticsController(Controller):
         "/reports/org-health",
         summary="The org health report for account managers: HTML (charts), CSV or JSON (staff; audited)",
         media_type="text/html",
-        opt={"media_types": {"text/html": "string", "text/csv": "string", "application/json": "object"}},
+        opt={
+            "media_types": {"text/html": "string", "text/csv": "string", "application/json": "object"},
+            **auth.staff_only(StaffPermission.read),
+        },
     )
     async def org_health_report(
         self,
@@ -69,7 +75,6 @@ class AdminAnalyticsController(Controller):
         state: State,
         fmt: Annotated[Literal["html", "csv", "json"], Parameter(query="format", default="html")],
     ) -> Response[Any]:
-        auth.require_staff(principal, StaffPermission.read)
         path = state.settings.resolved_warehouse_path
         queries, report = services.warehouse_queries(), services.warehouse_report()
         if fmt == "html":

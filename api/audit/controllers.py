@@ -181,6 +181,7 @@ class AdminAuditController(Controller):
         "/",
         summary="Search every organization's audit log (staff; the read is itself audited)",
         dependencies=FILTERS,
+        opt=auth.staff_only(StaffPermission.read),
     )
     async def list_all(
         self,
@@ -192,7 +193,6 @@ class AdminAuditController(Controller):
         limit: Limit,
         org_id: Annotated[uuid.UUID | None, Parameter(default=None, description="One organization only.")],
     ) -> AuditLogPage:
-        auth.require_staff(principal, StaffPermission.read)
         rows, following = await queries.all_entries(
             db, org_id=org_id, filters=filters, cursor=cursor, limit=limit,
             actor=Actor.of(principal, as_staff=True), ctx=ctx,

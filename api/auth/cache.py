@@ -11,10 +11,10 @@ product renders; looking the caller up each time costs a transaction. So a proce
 
 The bound: a withdrawn access (token revocation, org suspension or deletion, a platform-role
 change, a member's removal or role change) stops working everywhere within ``TTL`` seconds of its
-commit. The process that makes the change clears both caches at once (so there it is usually
-immediate; a request racing the commit can refill an entry with the old answer, which then lives
-at most ``TTL``); every other process, and a change made behind the API's back (psql), simply
-waits for the entries to expire.
+commit. The process that makes the change clears both caches once its transaction has committed
+(:func:`invalidate_after_commit`; so there it is immediate: a lookup can no longer refill an entry
+with the answer of before the commit); every other process, and a change made behind the API's
+back (psql), simply waits for the entries to expire.
 
 A missing entry is looked up once however many requests want it at the same moment
 (:meth:`TtlCache.get_or_load`): at hundreds of requests a second, every request arriving during
@@ -29,6 +29,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from api.auth.context import Principal
 from api.members.models import OrgRole
@@ -104,6 +108,28 @@ memberships: TtlCache[tuple[uuid.UUID, uuid.UUID], OrgRole] = TtlCache()
 
 
 def invalidate() -> None:
-    """Call when a credential or a membership may have stopped being valid."""
+    """Clear both caches now (a change made outside a session: tests, tools)."""
     principals.clear()
     memberships.clear()
+
+
+#: ``Session.info`` key: this transaction withdrew access, clear the caches when it commits.
+_PENDING = "keel.auth_cache.invalidate"
+
+
+def invalidate_after_commit(session: AsyncSession) -> None:
+    """Call when a change in ``session`` may withdraw a credential or a membership: the caches are
+    cleared once the transaction has committed (not before, when a concurrent lookup would still
+    read the old row and cache it again), and not at all if it rolls back."""
+    session.sync_session.info[_PENDING] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _clear_after_commit(session: Session) -> None:
+    if session.info.pop(_PENDING, False):
+        invalidate()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_on_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -80,6 +82,22 @@ def require_user(principal: Principal) -> uuid.UUID:
     return principal.user_id
 
 
+#: Route option naming the staff permission a ``/v1/admin/...`` route needs (see :func:`staff_only`).
+STAFF_PERMISSION = "staff_permission"
+
+
+def staff_only(permission: StaffPermission) -> dict[str, StaffPermission]:
+    """The route option of a staff route: ``authenticate_request`` enforces it before the handler
+    runs, and the tests enumerate the admin-only routes from it. A ``/v1/admin/...`` route without
+    it needs the strictest permission (``administer``)."""
+    return {STAFF_PERMISSION: permission}
+
+
+def staff_permission(opt: Mapping[str, Any]) -> StaffPermission:
+    """The staff permission a route's options ask for; unmarked routes need ``administer``."""
+    return StaffPermission(opt.get(STAFF_PERMISSION, StaffPermission.administer))
+
+
 def require_staff(principal: Principal, permission: StaffPermission) -> None:
     """Platform roles govern ``/v1/admin/...`` only; org roles never grant anything here."""
     require_user(principal)
@@ -100,18 +118,25 @@ async def org_access(
     if not principal.is_user:
         # An ingest key reaches only the routes made for it; everywhere else its org is unknown to it.
         raise NotFound(ORG_NOT_FOUND)
-    row = (
-        await session.execute(
-            select(Membership.role, Organization.status)
-            .join(Organization, Organization.id == Membership.organization_id)
-            .where(
-                Membership.organization_id == org_id,
-                Membership.user_id == principal.user_id,
-                Membership.status == MembershipStatus.active,
-                LIVE,
+    guarded = _guarded.get()
+    if guarded is not None and guarded.token_id == principal.token_id and guarded.org_id == org_id:
+        # The request's guard already read this membership (a live org, not suspended): reuse it.
+        active = guarded.membership_status is MembershipStatus.active
+        row: tuple[OrgRole, OrgStatus] | None = (guarded.role, OrgStatus.active) if active else None
+    else:
+        found = (
+            await session.execute(
+                select(Membership.role, Organization.status)
+                .join(Organization, Organization.id == Membership.organization_id)
+                .where(
+                    Membership.organization_id == org_id,
+                    Membership.user_id == principal.user_id,
+                    Membership.status == MembershipStatus.active,
+                    LIVE,
+                )
             )
-        )
-    ).one_or_none()
+        ).one_or_none()
+        row = None if found is None else (found[0], found[1])
     if row is None:
         raise NotFound(ORG_NOT_FOUND)
     role, status = row
@@ -148,6 +173,22 @@ async def org_access_cached(
     return access
 
 
+@dataclass(frozen=True, slots=True)
+class GuardedMembership:
+    """What :func:`guard_org` read for this request, so the handler's :func:`org_access` need not
+    read the membership again (one lookup per org request)."""
+
+    token_id: uuid.UUID
+    org_id: uuid.UUID
+    role: OrgRole
+    membership_status: MembershipStatus
+
+
+#: The request's guard finding. A context variable because the guard runs in the ``before_request``
+#: hook and the handler's ``org_access`` in the same request task, with no request object between.
+_guarded: ContextVar[GuardedMembership | None] = ContextVar("keel_guarded_membership", default=None)
+
+
 #: Route options understood by :func:`guard_org`.
 ALLOW_INVITED = "allow_invited"  # the invitee may call it before accepting
 ALLOW_ORG_KEY = "allow_org_key"  # the organization's own ingest key may call it
@@ -169,20 +210,29 @@ async def guard_org(
     statuses = [MembershipStatus.active]
     if opt.get(ALLOW_INVITED):
         statuses.append(MembershipStatus.invited)
-    status = await session.scalar(
-        select(Organization.status)
-        .join(Membership, Membership.organization_id == Organization.id)
-        .where(
-            Organization.id == org_id,
-            LIVE,
-            Membership.user_id == principal.user_id,
-            Membership.status.in_(statuses),
+    row = (
+        await session.execute(
+            select(Organization.status, Membership.role, Membership.status)
+            .join(Membership, Membership.organization_id == Organization.id)
+            .where(
+                Organization.id == org_id,
+                LIVE,
+                Membership.user_id == principal.user_id,
+                Membership.status.in_(statuses),
+            )
         )
-    )
-    if status is None:
+    ).first()
+    if row is None:
         raise NotFound(ORG_NOT_FOUND)
+    status, role, membership_status = row
     if status is OrgStatus.suspended:
         raise Forbidden("this organization is suspended; contact support")
+    _guarded.set(GuardedMembership(principal.token_id, org_id, role, membership_status))
+
+
+def forget_guarded_membership() -> None:
+    """Start of every request: nothing the guard found for an earlier request applies to this one."""
+    _guarded.set(None)
 
 
 async def ingest_org(session: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:

@@ -30,7 +30,10 @@ class AdminBillingController(Controller):
     path = "/v1/admin/billing"
     tags = ["admin", "billing"]
 
-    @get("/reconciliation", summary="The latest reconciliation run and its discrepancies (staff)")
+    @get(
+        "/reconciliation",
+        summary="The latest reconciliation run and its discrepancies (staff)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def reconciliation(self, db: AsyncSession, principal: Principal) -> ReconciliationOut:
-        auth.require_staff(principal, StaffPermission.read)
         return await services.latest_reconciliation(db)

@@ -78,7 +78,7 @@ class FlagAdminController(Controller):
     path = "/v1/admin/flags"
     tags = ["flags"]
 
-    @get("/", summary="List flag definitions (staff)")
+    @get("/", summary="List flag definitions (staff)", opt=auth.staff_only(StaffPermission.read))
     async def list_flags(
         self,
         db: AsyncSession,
@@ -87,15 +87,13 @@ class FlagAdminController(Controller):
         limit: Limit,
         include_archived: Annotated[bool, Parameter(default=False, description="Include archived flags.")],
     ) -> FlagPage:
-        auth.require_staff(principal, StaffPermission.read)
         flags = await services.list_flags(db, include_archived=include_archived, cursor=cursor, limit=limit)
         return page_of(FlagPage, flags, limit, flag_out)
 
-    @post("/", summary="Create a flag (admin)")
+    @post("/", summary="Create a flag (admin)", opt=auth.staff_only(StaffPermission.administer))
     async def create(
         self, data: FlagCreate, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> FlagOut:
-        auth.require_staff(principal, StaffPermission.administer)
         flag = await services.create_flag(
             db, key=data.key, description=data.description, enabled=data.enabled,
             rollout_percentage=data.rollout_percentage, stickiness=data.stickiness,
@@ -103,9 +101,12 @@ class FlagAdminController(Controller):
         )  # fmt: skip
         return flag_out(flag)
 
-    @get("/{key:str}", summary="One flag with its per-org overrides (staff)")
+    @get(
+        "/{key:str}",
+        summary="One flag with its per-org overrides (staff)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def read(self, key: PathKey, db: AsyncSession, principal: Principal) -> FlagDetail:
-        auth.require_staff(principal, StaffPermission.read)
         flag = await services.get_flag(db, key)
         overrides = await services.overrides_of(db, flag)
         out = flag_out(flag)
@@ -114,11 +115,14 @@ class FlagAdminController(Controller):
             overrides=[override_out(o, flag.key, name) for o, name in overrides],
         )
 
-    @patch("/{key:str}", summary="Change a flag: kill switch, rollout, stickiness, description (admin)")
+    @patch(
+        "/{key:str}",
+        summary="Change a flag: kill switch, rollout, stickiness, description (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def update(
         self, key: PathKey, data: FlagUpdate, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> FlagOut:
-        auth.require_staff(principal, StaffPermission.administer)
         changes = {f: getattr(data, f) for f in data.__struct_fields__ if getattr(data, f) is not UNSET}
         flag = await services.update_flag(
             db, key=key, changes=changes, actor=Actor.of(principal, as_staff=True), ctx=ctx,
@@ -126,16 +130,24 @@ class FlagAdminController(Controller):
         )  # fmt: skip
         return flag_out(flag)
 
-    @delete("/{key:str}", status_code=HTTP_204_NO_CONTENT, summary="Archive a flag: off everywhere (admin)")
+    @delete(
+        "/{key:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Archive a flag: off everywhere (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def archive(
         self, key: PathKey, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> None:
-        auth.require_staff(principal, StaffPermission.administer)
         await services.archive_flag(
             db, key=key, actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id
         )
 
-    @put("/{key:str}/overrides/{org_id:uuid}", summary="Force a flag on or off for one organization (admin)")
+    @put(
+        "/{key:str}/overrides/{org_id:uuid}",
+        summary="Force a flag on or off for one organization (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def set_override(
         self,
         key: PathKey,
@@ -145,7 +157,6 @@ class FlagAdminController(Controller):
         principal: Principal,
         ctx: RequestContext,
     ) -> OverrideOut:
-        auth.require_staff(principal, StaffPermission.administer)
         override, org_name = await services.set_override(
             db, key=key, org_id=org_id, enabled=data.enabled, reason=data.reason,
             actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id,
@@ -156,11 +167,11 @@ class FlagAdminController(Controller):
         "/{key:str}/overrides/{org_id:uuid}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove an organization's override: the rollout decides again (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
     )
     async def remove_override(
         self, key: PathKey, org_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> None:
-        auth.require_staff(principal, StaffPermission.administer)
         await services.remove_override(
             db, key=key, org_id=org_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )

@@ -197,7 +197,7 @@ async def change_role(
         await _ensure_other_owner(session, access.organization_id, membership)
     before = snapshot(membership)
     membership.role = role
-    cache.invalidate()  # a cached membership carries the old role
+    cache.invalidate_after_commit(session)  # a cached membership carries the old role
     await session.flush()
     await audit.record(
         session, action="member.role_changed", actor=actor, ctx=ctx, organization_id=access.organization_id,
@@ -221,7 +221,7 @@ async def remove(
         await _ensure_other_owner(session, access.organization_id, membership)
     before = snapshot(membership)
     membership.status = MembershipStatus.removed
-    cache.invalidate()  # the membership cache must not outlive it
+    cache.invalidate_after_commit(session)  # the membership cache must not outlive it
     await session.flush()
     await audit.record(
         session, action="member.removed", actor=actor, ctx=ctx, organization_id=access.organization_id,

@@ -118,7 +118,7 @@ async def delete_org(
         payload={"organization_id": str(org.id), **before},
     )
     org.deleted_at = utcnow()
-    cache.invalidate()
+    cache.invalidate_after_commit(session)
     org.slug = f"{org.slug[:40]}--deleted-{org.id.hex[-12:]}"
     await session.flush()
     await audit.record(

@@ -117,30 +117,36 @@ class PlatformIngestKeyController(Controller):
     path = "/v1/admin/ingest-keys"
     tags = ["admin"]
 
-    @get("/", summary="List platform ingest keys (staff)")
+    @get("/", summary="List platform ingest keys (staff)", opt=auth.staff_only(StaffPermission.read))
     async def list_keys(
         self, db: AsyncSession, principal: Principal, cursor: Cursor, limit: Limit
     ) -> TokenPage:
-        auth.require_staff(principal, StaffPermission.read)
         keys = await services.list_tokens(db, kind=TokenKind.platform_ingest, cursor=cursor, limit=limit)
         return page(keys, limit)
 
-    @post("/", summary="Create a platform ingest key: server-side, every event names its org_id (admin)")
+    @post(
+        "/",
+        summary="Create a platform ingest key: server-side, every event names its org_id (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def create(
         self, data: TokenCreate, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> TokenCreated:
-        auth.require_staff(principal, StaffPermission.administer)
         token, secret = await services.create_token(
             db, kind=TokenKind.platform_ingest, name=data.name, actor=Actor.of(principal, as_staff=True),
             ctx=ctx, created_by=principal.user_id, expires_in_days=data.expires_in_days,
         )  # fmt: skip
         return token_created(token, secret)
 
-    @delete("/{key_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke a platform ingest key (admin)")
+    @delete(
+        "/{key_id:uuid}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Revoke a platform ingest key (admin)",
+        opt=auth.staff_only(StaffPermission.administer),
+    )
     async def revoke(
         self, key_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> None:
-        auth.require_staff(principal, StaffPermission.administer)
         await services.revoke_token(
             db,
             token_id=key_id,

@@ -102,7 +102,7 @@ async def revoke_token(
     if token.revoked_at is not None:
         return
     token.revoked_at = utcnow()
-    cache.invalidate()
+    cache.invalidate_after_commit(session)
     await session.flush()
     await audit.record(
         session, action=f"{ACTION_NOUN[kind]}.revoked", actor=actor, ctx=ctx, organization_id=organization_id,

@@ -113,7 +113,11 @@ class AdminWebhookController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
 
-    @get("/inbound-events", summary="Inbound provider events, newest first (staff)")
+    @get(
+        "/inbound-events",
+        summary="Inbound provider events, newest first (staff)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def list_inbound(
         self,
         db: AsyncSession,
@@ -124,36 +128,40 @@ class AdminWebhookController(Controller):
         event_type: TypeFilter,
         since: Annotated[datetime | None, Parameter(default=None)],
     ) -> InboundEventPage:
-        auth.require_staff(principal, StaffPermission.read)
         rows = await inbound.list_events(
             db, cursor=cursor, limit=limit, status=status, event_type=event_type,
             since=utc(since) if since else None,
         )  # fmt: skip
         return page_of(InboundEventPage, rows, limit, inbound_out)
 
-    @get("/inbound-events/{event_id:uuid}", summary="One inbound event with its payload (staff)")
+    @get(
+        "/inbound-events/{event_id:uuid}",
+        summary="One inbound event with its payload (staff)",
+        opt=auth.staff_only(StaffPermission.read),
+    )
     async def read_inbound(
         self, event_id: uuid.UUID, db: AsyncSession, principal: Principal
     ) -> InboundEventDetail:
-        auth.require_staff(principal, StaffPermission.read)
         return inbound_detail(await inbound.get_event(db, event_id))
 
     @post(
         "/inbound-events/{event_id:uuid}/reprocess",
         status_code=HTTP_200_OK,
         summary="Process an inbound event again (support, admin)",
+        opt=auth.staff_only(StaffPermission.operate),
     )
     async def reprocess(
         self, event_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> InboundEventDetail:
-        auth.require_staff(principal, StaffPermission.operate)
         event = await inbound.reprocess(
             db, event_id=event_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )
         return inbound_detail(event)
 
     @get(
-        "/inbound-requests", summary="Every request to the inbound webhook routes, rejected ones too (staff)"
+        "/inbound-requests",
+        summary="Every request to the inbound webhook routes, rejected ones too (staff)",
+        opt=auth.staff_only(StaffPermission.read),
     )
     async def list_requests(
         self,
@@ -163,7 +171,6 @@ class AdminWebhookController(Controller):
         limit: Limit,
         outcome: Annotated[InboundOutcome | None, Parameter(default=None)],
     ) -> InboundRequestPage:
-        auth.require_staff(principal, StaffPermission.read)
         rows = await inbound.list_requests(db, cursor=cursor, limit=limit, outcome=outcome)
         return page_of(InboundRequestPage, rows, limit, request_out)
 
@@ -174,6 +181,7 @@ class AdminWebhookController(Controller):
         "`until`), plus `org_id`; cursor pagination. Each organization whose deliveries a page shows "
         "records `staff.webhook_deliveries_viewed` in its own audit log.",
         dependencies=DELIVERY_FILTERS,
+        opt=auth.staff_only(StaffPermission.read),
     )
     async def list_deliveries(
         self,
@@ -185,7 +193,6 @@ class AdminWebhookController(Controller):
         filters: DeliveryFilters,
         org_id: Annotated[uuid.UUID | None, Parameter(default=None, description="One organization only.")],
     ) -> DeliveryPage:
-        auth.require_staff(principal, StaffPermission.read)
         rows = await deliveries.staff_list_deliveries(
             db, org_id=org_id, filters=filters, cursor=cursor, limit=limit,
             actor=Actor.of(principal, as_staff=True), ctx=ctx,
@@ -195,11 +202,11 @@ class AdminWebhookController(Controller):
     @get(
         "/webhook-deliveries/{delivery_id:uuid}",
         summary="One delivery of any organization, its payload and every attempt (staff; audited)",
+        opt=auth.staff_only(StaffPermission.read),
     )
     async def read_delivery(
         self, delivery_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> DeliveryDetail:
-        auth.require_staff(principal, StaffPermission.read)
         return delivery_detail_out(
             *await deliveries.staff_delivery_detail(
                 db, delivery_id=delivery_id, actor=Actor.of(principal, as_staff=True), ctx=ctx
@@ -210,11 +217,11 @@ class AdminWebhookController(Controller):
         "/webhook-deliveries/{delivery_id:uuid}/retry",
         status_code=HTTP_200_OK,
         summary="Attempt a customer's delivery again now (support, admin)",
+        opt=auth.staff_only(StaffPermission.operate),
     )
     async def retry_delivery(
         self, delivery_id: uuid.UUID, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> DeliveryOut:
-        auth.require_staff(principal, StaffPermission.operate)
         d = await deliveries.retry_delivery(
             db, delivery_id=delivery_id, org_id=None, actor=Actor.of(principal, as_staff=True), ctx=ctx
         )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import DateTime, String, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db.base import Base, IdMixin, TimestampMixin, db_enum
@@ -29,3 +31,7 @@ class Organization(IdMixin, TimestampMixin, Base):
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The vendor's own account id for the org (unique when set): how a platform write key names it.
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    #: The org's latest traits (``group`` calls): one JSON object.
+    traits: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))

@@ -210,7 +210,7 @@ ORGANIZATIONS = LakeTable(
     name="organizations",
     columns=_cols(
         "id uuid, name text, slug text, status text, stripe_customer_id text, created_at ts, updated_at ts,"
-        " deleted_at ts"
+        " deleted_at ts, external_id text, traits json"
     ),
     key=("id",),
     excluded={"suspended_reason": "read by staff in the admin API; no mart uses it"},

@@ -23,7 +23,14 @@ class AnalyticsController(Controller):
     path = "/v1/orgs/{org_id:uuid}/analytics"
     tags = ["analytics"]
 
-    @get("/activity", summary="An organization's daily activity and active users, from the warehouse")
+    @get(
+        "/activity",
+        summary="An organization's daily activity and active users, from the warehouse",
+        description=(
+            "`to` defaults to the warehouse's last day and `from` to 29 days before `to`; `from` must be on"
+            f" or before `to`, and one request covers at most {services.MAX_RANGE_DAYS} days (422 otherwise)."
+        ),
+    )
     async def activity(
         self,
         org_id: uuid.UUID,

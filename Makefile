@@ -57,9 +57,13 @@ test-tools: ## Install what the tests need beyond Python (Debian's chromium; as 
 	fi
 
 # LAYER=unit|api|pipelines|e2e runs one layer of the suite (the markers of pyproject.toml).
+# The suite runs on every core (pytest-xdist): each worker starts its own Postgres and Prefect server
+# once, on free ports. Tests go to workers one by one (`--dist load`): `loadfile` would hand
+# schemathesis's per-operation tests over as one and fuzz a single operation. WORKERS=0: one process.
 LAYER ?=
+WORKERS ?= auto
 test: lint test-tools ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
-	$(VENV)/bin/pytest $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(WORKERS) --dist load $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
 
 bench: install ## Run the benchmark programs under bench/, each beside its same-run baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done

@@ -107,6 +107,28 @@ def _restore_zero_bounds(cls: type[Struct], component: Schema) -> None:
                 setattr(prop, key, 0)
 
 
+def _arrays(prop: Schema | Reference | None) -> list[Schema]:
+    if not isinstance(prop, Schema):
+        return []
+    if prop.items is not None:
+        return [prop]
+    return [a for sub in [*(prop.one_of or ()), *(prop.any_of or ())] for a in _arrays(sub)]
+
+
+def _restore_item_constraints(cls: type[Struct], component: Schema) -> None:
+    """Litestar documents ``list[Annotated[str, Meta(pattern=...)]]`` as a list of any string,
+    dropping the items' bounds and pattern, so clients (and fuzzers) would send items the API
+    rightly refuses: take each array's items from msgspec's own schema of the struct."""
+    _, components = msgspec.json.schema_components([cls], ref_template="#/components/schemas/{name}")
+    properties = components[cls.__name__].get("properties", {})
+    for name, prop in (component.properties or {}).items():
+        items = (properties.get(name) or {}).get("items")
+        if not isinstance(items, dict) or "$ref" in items:
+            continue
+        for array in _arrays(prop):
+            array.items = _from_json_schema(items)
+
+
 def _media_kinds(value: list[str] | dict[str, str]) -> dict[str, str]:
     return dict(value) if isinstance(value, dict) else dict.fromkeys(value, "string")
 
@@ -122,6 +144,7 @@ def document_problems(app: Litestar) -> None:
         if isinstance(component, Schema):
             component.additional_properties = False
             _restore_zero_bounds(cls, component)
+            _restore_item_constraints(cls, component)
     public = {
         (route.path, method.lower())
         for route in app.routes

@@ -38,20 +38,32 @@ def verified(client: httpx.Client, world: OrgWorld) -> dict:
 
 def head(engine: Engine, org_id: str) -> int:
     with engine.connect() as conn:
-        return conn.execute(text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": org_id}).scalar_one()
+        return conn.execute(
+            text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": org_id}
+        ).scalar_one()
 
 
 async def test_pruning_waits_for_every_active_stream(
-    hooks_client: httpx.Client, engine: Engine, async_engine: AsyncEngine, hooks_settings: Settings,
-    database_url: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    hooks_client: httpx.Client,
+    engine: Engine,
+    async_engine: AsyncEngine,
+    hooks_settings: Settings,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
     world = make_org(hooks_client, engine, roles=("owner", "admin"))
     with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
         url = f"http://127.0.0.1:{receiver.port}"
-        behind = create_stream(hooks_client, world, name="behind", type="splunk_hec", url=url, token=HEC_TOKEN)
-        paused = create_stream(hooks_client, world, name="paused", type="splunk_hec", url=url, token=HEC_TOKEN)
+        behind = create_stream(
+            hooks_client, world, name="behind", type="splunk_hec", url=url, token=HEC_TOKEN
+        )
+        paused = create_stream(
+            hooks_client, world, name="paused", type="splunk_hec", url=url, token=HEC_TOKEN
+        )
         owner = world.headers("owner")
-        assert hooks_client.post(f"/v1/orgs/{world.id}/audit-streams/{paused['id']}/pause", headers=owner).is_success
+        assert hooks_client.post(
+            f"/v1/orgs/{world.id}/audit-streams/{paused['id']}/pause", headers=owner
+        ).is_success
         add(hooks_client, world, 10)
         age_and_export(engine, database_url, world, tmp_path)
         now = datetime.now(UTC)
@@ -63,15 +75,19 @@ async def test_pruning_waits_for_every_active_stream(
         async with StreamWorker(hooks_settings, CONFIG) as worker:
             await worker.tick()
         assert (await prune(async_engine, world.id, now)).through_seq is None  # the paused one holds
-        assert hooks_client.delete(f"/v1/orgs/{world.id}/audit-streams/{paused['id']}", headers=owner).is_success
+        assert hooks_client.delete(
+            f"/v1/orgs/{world.id}/audit-streams/{paused['id']}", headers=owner
+        ).is_success
         pruned = await prune(async_engine, world.id, now)
         assert pruned.through_seq == 4 and pruned.removed == 4
         assert verified(hooks_client, world)["ok"] is True
 
         # The stream fails past its window and is disabled: it stops holding the rest back.
         with engine.begin() as conn:
-            conn.execute(text("UPDATE audit_streams SET status = 'disabled', disabled_at = now() WHERE id = :i"),
-                         {"i": behind["id"]})  # fmt: skip
+            conn.execute(
+                text("UPDATE audit_streams SET status = 'disabled', disabled_at = now() WHERE id = :i"),
+                {"i": behind["id"]},
+            )
         age_and_export(engine, database_url, world, tmp_path)  # the stream's own entries, too
         pruned = await prune(async_engine, world.id, datetime.now(UTC))
         assert pruned.through_seq == head(engine, world.id)

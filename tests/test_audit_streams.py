@@ -51,27 +51,36 @@ def create_stream(client: httpx.Client, world: OrgWorld, **fields: Any) -> dict[
 
 def add_entries(client: httpx.Client, world: OrgWorld, n: int) -> None:
     for i in range(n):
-        response = client.post("/v1/audit-logs", json=entry(metadata={"i": i}), headers=auth(world.ingest_key))
+        response = client.post(
+            "/v1/audit-logs", json=entry(metadata={"i": i}), headers=auth(world.ingest_key)
+        )
         assert response.status_code == 201, response.text
 
 
 def chain(engine: Engine, org_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT seq, hash, prev_hash, action FROM audit_log WHERE chain_key = :k ORDER BY seq"), {"k": org_id}
+            text("SELECT seq, hash, prev_hash, action FROM audit_log WHERE chain_key = :k ORDER BY seq"),
+            {"k": org_id},
         )
         return [dict(r._mapping) for r in rows]
 
 
-async def drain(settings: Settings, org_id: str, config: StreamConfig = FAST, horizon: float = 5) -> StreamWorker:
+async def drain(
+    settings: Settings, org_id: str, config: StreamConfig = FAST, horizon: float = 5
+) -> StreamWorker:
     async with StreamWorker(settings, config) as worker:
         await worker.run_until_idle(max_seconds=60, horizon=horizon, organization_id=uuid.UUID(org_id))
     return worker
 
 
 def hec_received(receiver: Receiver) -> list[dict[str, Any]]:
-    return [e for a in receiver.arrivals if a.path.endswith("/event") and
-            a.headers.get("authorization") == f"Splunk {HEC_TOKEN}" for e in hec_events(a.body)]  # fmt: skip
+    return [
+        e
+        for a in receiver.arrivals
+        if a.path.endswith("/event") and a.headers.get("authorization") == f"Splunk {HEC_TOKEN}"
+        for e in hec_events(a.body)
+    ]
 
 
 async def test_splunk_hec_gets_every_entry_in_order_and_nothing_of_another_org(
@@ -79,7 +88,9 @@ async def test_splunk_hec_gets_every_entry_in_order_and_nothing_of_another_org(
 ) -> None:
     with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
         base = f"http://127.0.0.1:{receiver.port}"
-        stream = create_stream(hooks_client, world, name="splunk", type="splunk_hec", url=base, token=HEC_TOKEN)
+        stream = create_stream(
+            hooks_client, world, name="splunk", type="splunk_hec", url=base, token=HEC_TOKEN
+        )
         assert stream["secret"] is None and stream["has_token"] is True and "token" not in stream
         add_entries(hooks_client, world, 30)
         add_entries(hooks_client, other, 5)
@@ -95,7 +106,9 @@ async def test_splunk_hec_gets_every_entry_in_order_and_nothing_of_another_org(
     assert all(isinstance(e["time"], float | int) for e in events)
     assert all(e["event"]["chain_key"] == world.id for e in events)  # never the other org's
     assert len(receiver.arrivals) < len(events)  # batched
-    shown = hooks_client.get(f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("owner"))
+    shown = hooks_client.get(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("owner")
+    )
     assert shown.json()["lag_entries"] == 0 and shown.json()["delivered_seq"] == expected[-1]["seq"]
     assert shown.json()["last_success_at"] is not None and shown.json()["last_error"] is None
 
@@ -104,11 +117,20 @@ async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
 ) -> None:
     # 500s, then a timeout (the reply comes after the request timeout), then a 503, then fine.
-    failures = {0: Reply(500, b'{"text":"Internal","code":8}'), 1: Reply(200, b"{}", delay=1.5),
-                2: Reply(503, b'{"text":"Server is busy","code":9}')}  # fmt: skip
+    failures = {
+        0: Reply(500, b'{"text":"Internal","code":8}'),
+        1: Reply(200, b"{}", delay=1.5),
+        2: Reply(503, b'{"text":"Server is busy","code":9}'),
+    }
     with Receiver(splunk_hec(HEC_TOKEN, fail=failures.get)) as receiver:
-        create_stream(hooks_client, world, name="flaky", type="splunk_hec",
-                      url=f"http://127.0.0.1:{receiver.port}", token=HEC_TOKEN)  # fmt: skip
+        create_stream(
+            hooks_client,
+            world,
+            name="flaky",
+            type="splunk_hec",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=HEC_TOKEN,
+        )
         add_entries(hooks_client, world, 12)
         worker = await drain(stream_settings, world.id)
         accepted = [
@@ -120,7 +142,9 @@ async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
     assert seqs == [r["seq"] for r in chain(engine, world.id)]  # none lost, none out of order
     with engine.connect() as conn:
         events = conn.execute(
-            text("SELECT event_type, payload FROM webhook_messages WHERE organization_id = :o ORDER BY created_at"),
+            text(
+                "SELECT event_type, payload FROM webhook_messages WHERE organization_id = :o ORDER BY created_at"
+            ),
             {"o": world.id},
         ).all()
     assert [t for t, _ in events] == ["audit_stream.failing"]  # once per run of failures
@@ -145,15 +169,24 @@ def ocsf_validators() -> dict[int, jsonschema.protocols.Validator]:
 
 
 async def test_datadog_gets_ocsf_that_validates_against_the_ocsf_schema(
-    hooks_client: httpx.Client, engine: Engine, stream_settings: Settings,
+    hooks_client: httpx.Client,
+    engine: Engine,
+    stream_settings: Settings,
     ocsf_validators: dict[int, jsonschema.protocols.Validator],
-) -> None:  # fmt: skip
+) -> None:
     # Members invited over HTTP: the chain holds member.* entries (Group Management) and org.*,
     # ingest_key.* and product entries (Entity Management).
     world = make_org(hooks_client, engine, roles=("owner", "admin"), invite_through_api=True)
     with Receiver(datadog_logs(DD_KEY)) as receiver:
-        create_stream(hooks_client, world, name="dd", type="datadog", url=f"http://127.0.0.1:{receiver.port}",
-                      token=DD_KEY, format="ocsf")  # fmt: skip
+        create_stream(
+            hooks_client,
+            world,
+            name="dd",
+            type="datadog",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=DD_KEY,
+            format="ocsf",
+        )
         add_entries(hooks_client, world, 3)
         await drain(stream_settings, world.id)
         arrivals = list(receiver.arrivals)
@@ -174,15 +207,33 @@ async def test_datadog_gets_ocsf_that_validates_against_the_ocsf_schema(
     assert joined and joined[0]["activity_id"] == 3 and joined[0]["type_uid"] == 300603
 
 
-def test_the_ocsf_schema_refuses_what_it_should(ocsf_validators: dict[int, jsonschema.protocols.Validator]) -> None:
+def test_the_ocsf_schema_refuses_what_it_should(
+    ocsf_validators: dict[int, jsonschema.protocols.Validator],
+) -> None:
     """The validation above can fail: an event missing a required attribute does not validate."""
     from api.audit.streams.formats import StreamItem, ocsf
 
-    body = {"id": str(uuid.uuid4()), "chain_key": "c", "seq": 1, "organization_id": None,
-            "occurred_at": "2026-01-01T00:00:00+00:00", "actor_type": "user", "actor_id": "u",
-            "actor_name": "U", "action": "document.shared", "resource_type": "document",
-            "resource_id": "d", "metadata": {}, "ip": None, "user_agent": None, "request_id": None,
-            "source": "product", "targets": [], "prev_hash": "0" * 64, "hash": "1" * 64}  # fmt: skip
+    body = {
+        "id": str(uuid.uuid4()),
+        "chain_key": "c",
+        "seq": 1,
+        "organization_id": None,
+        "occurred_at": "2026-01-01T00:00:00+00:00",
+        "actor_type": "user",
+        "actor_id": "u",
+        "actor_name": "U",
+        "action": "document.shared",
+        "resource_type": "document",
+        "resource_id": "d",
+        "metadata": {},
+        "ip": None,
+        "user_agent": None,
+        "request_id": None,
+        "source": "product",
+        "targets": [],
+        "prev_hash": "0" * 64,
+        "hash": "1" * 64,
+    }
     event = ocsf(StreamItem("entry", 1, body))
     assert ocsf_validators[3004].is_valid(event)
     del event["entity"]
@@ -207,12 +258,23 @@ async def test_s3_objects_in_name_order_are_seq_order(
 ) -> None:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id="AKIAKEELTEST", aws_secret_access_key="keel-secret")  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAKEELTEST",
+        aws_secret_access_key="keel-secret",
+    )
     bucket = f"audit-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
-    create_stream(hooks_client, world, name="bucket", type="s3", url=f"{s3_endpoint}/{bucket}/keel",
-                  token="AKIAKEELTEST:keel-secret")  # fmt: skip
+    create_stream(
+        hooks_client,
+        world,
+        name="bucket",
+        type="s3",
+        url=f"{s3_endpoint}/{bucket}/keel",
+        token="AKIAKEELTEST:keel-secret",
+    )
     add_entries(hooks_client, world, 5)
     await drain(stream_settings, world.id, StreamConfig(batch_size=3, retry_base=0.05, s3_window=0.0))
     add_entries(hooks_client, world, 4)
@@ -232,7 +294,9 @@ async def test_an_https_stream_is_signed_as_webhooks_are(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
 ) -> None:
     with Receiver() as receiver:
-        stream = create_stream(hooks_client, world, name="hook", type="https", url=receiver.url, token="bearer-token-1")
+        stream = create_stream(
+            hooks_client, world, name="hook", type="https", url=receiver.url, token="bearer-token-1"
+        )
         assert stream["secret"].startswith("whsec_")
         add_entries(hooks_client, world, 4)
         await drain(stream_settings, world.id)
@@ -248,7 +312,11 @@ async def test_an_https_stream_is_signed_as_webhooks_are(
     shown = hooks_client.get(f"/v1/orgs/{world.id}/audit-streams", headers=world.headers("owner")).json()
     assert "secret" not in shown["items"][0]
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT * FROM audit_streams WHERE id = :i"), {"i": stream["id"]}).one()._mapping
+        row = (
+            conn.execute(text("SELECT * FROM audit_streams WHERE id = :i"), {"i": stream["id"]})
+            .one()
+            ._mapping
+        )
     stored = json.dumps({k: v.hex() if isinstance(v, bytes) else str(v) for k, v in row.items()})
     assert "bearer-token-1" not in stored and stream["secret"] not in stored
     assert b"bearer-token-1" not in bytes(row["token_ciphertext"])
@@ -270,28 +338,52 @@ async def test_a_stream_failing_for_seven_days_is_disabled_with_the_reason(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
 ) -> None:
     with Receiver(splunk_hec("another-token")) as receiver:  # every request: 403
-        stream = create_stream(hooks_client, world, name="dead", type="splunk_hec",
-                               url=f"http://127.0.0.1:{receiver.port}", token=HEC_TOKEN)  # fmt: skip
+        stream = create_stream(
+            hooks_client,
+            world,
+            name="dead",
+            type="splunk_hec",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=HEC_TOKEN,
+        )
         await drain(stream_settings, world.id, horizon=0)
         with engine.begin() as conn:
-            conn.execute(text("UPDATE audit_streams SET failing_since = now() - interval '8 days', "
-                              "next_attempt_at = now() WHERE id = :i"), {"i": stream["id"]})  # fmt: skip
+            conn.execute(
+                text(
+                    "UPDATE audit_streams SET failing_since = now() - interval '8 days', "
+                    "next_attempt_at = now() WHERE id = :i"
+                ),
+                {"i": stream["id"]},
+            )
         await drain(stream_settings, world.id, horizon=0)
-    shown = hooks_client.get(f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("admin")).json()
+    shown = hooks_client.get(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("admin")
+    ).json()
     assert shown["status"] == "disabled" and "HTTP 403" in shown["disabled_reason"]
     assert shown["lag_entries"] > 0 and "Invalid token" in shown["last_error"]
     with engine.connect() as conn:
-        types = conn.execute(
-            text("SELECT event_type FROM webhook_messages WHERE organization_id = :o ORDER BY created_at"),
-            {"o": world.id},
-        ).scalars().all()
-        actions = conn.execute(
-            text("SELECT action FROM audit_log WHERE chain_key = :o ORDER BY seq"), {"o": world.id}
-        ).scalars().all()
+        types = (
+            conn.execute(
+                text(
+                    "SELECT event_type FROM webhook_messages WHERE organization_id = :o ORDER BY created_at"
+                ),
+                {"o": world.id},
+            )
+            .scalars()
+            .all()
+        )
+        actions = (
+            conn.execute(
+                text("SELECT action FROM audit_log WHERE chain_key = :o ORDER BY seq"), {"o": world.id}
+            )
+            .scalars()
+            .all()
+        )
     assert types == ["audit_stream.failing", "audit_stream.disabled"]
     assert actions[-1] == "audit_stream.disabled"
-    resumed = hooks_client.post(f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/resume",
-                                headers=world.headers("owner"))  # fmt: skip
+    resumed = hooks_client.post(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/resume", headers=world.headers("owner")
+    )
     assert resumed.status_code == 200 and resumed.json()["status"] == "active"
 
 
@@ -306,34 +398,72 @@ async def test_workers_share_streams_without_reordering_one(
     import asyncio
 
     with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
-        create_stream(hooks_client, world, name="shared", type="splunk_hec",
-                      url=f"http://127.0.0.1:{receiver.port}", token=HEC_TOKEN)  # fmt: skip
+        create_stream(
+            hooks_client,
+            world,
+            name="shared",
+            type="splunk_hec",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=HEC_TOKEN,
+        )
         add_entries(hooks_client, world, 40)
         config = StreamConfig(batch_size=5, retry_base=0.05)
         async with StreamWorker(stream_settings, config) as a, StreamWorker(stream_settings, config) as b:
             org = uuid.UUID(world.id)
-            await asyncio.gather(a.run_until_idle(organization_id=org, horizon=1),
-                                 b.run_until_idle(organization_id=org, horizon=1))  # fmt: skip
+            await asyncio.gather(
+                a.run_until_idle(organization_id=org, horizon=1),
+                b.run_until_idle(organization_id=org, horizon=1),
+            )
         events = hec_received(receiver)
     assert receiver.max_in_progress == 1
     assert [e["event"]["seq"] for e in events] == [r["seq"] for r in chain(engine, world.id)]
 
 
-def test_bad_streams_are_refused_precisely(client: httpx.Client, hooks_client: httpx.Client, engine: Engine) -> None:
+def test_bad_streams_are_refused_precisely(
+    client: httpx.Client, hooks_client: httpx.Client, engine: Engine
+) -> None:
     world = make_org(client, engine, roles=("owner", "admin", "member"))
     path = f"/v1/orgs/{world.id}/audit-streams"
     good = {"name": "s", "type": "splunk_hec", "url": "https://splunk.example.com:8088", "token": HEC_TOKEN}
-    assert_problem(client.post(path, json={**good, "type": "syslog"}, headers=world.headers("owner")), 422, "type")
-    assert_problem(client.post(path, json={**good, "url": "https://127.0.0.1:8088"},
-                               headers=world.headers("owner")), 422, "url")  # fmt: skip
-    assert_problem(client.post(path, json={**good, "url": "https://10.1.2.3/"}, headers=world.headers("owner")), 422)
-    assert_problem(client.post(path, json={k: v for k, v in good.items() if k != "token"},
-                               headers=world.headers("owner")), 422, "token")  # fmt: skip
-    assert_problem(client.post(path, json={**good, "type": "s3", "url": "https://s3.example.com/b", "token": "nocolon"},
-                               headers=world.headers("owner")), 422, "token")  # fmt: skip
-    assert_problem(client.post(path, json={**good, "type": "s3", "url": "https://s3.example.com/"},
-                               headers=world.headers("owner")), 422, "url")  # fmt: skip
-    assert_problem(client.post(path, json={**good, "format": "cef"}, headers=world.headers("owner")), 422, "format")
+    assert_problem(
+        client.post(path, json={**good, "type": "syslog"}, headers=world.headers("owner")), 422, "type"
+    )
+    assert_problem(
+        client.post(path, json={**good, "url": "https://127.0.0.1:8088"}, headers=world.headers("owner")),
+        422,
+        "url",
+    )
+    assert_problem(
+        client.post(path, json={**good, "url": "https://10.1.2.3/"}, headers=world.headers("owner")), 422
+    )
+    assert_problem(
+        client.post(
+            path, json={k: v for k, v in good.items() if k != "token"}, headers=world.headers("owner")
+        ),
+        422,
+        "token",
+    )
+    assert_problem(
+        client.post(
+            path,
+            json={**good, "type": "s3", "url": "https://s3.example.com/b", "token": "nocolon"},
+            headers=world.headers("owner"),
+        ),
+        422,
+        "token",
+    )
+    assert_problem(
+        client.post(
+            path,
+            json={**good, "type": "s3", "url": "https://s3.example.com/"},
+            headers=world.headers("owner"),
+        ),
+        422,
+        "url",
+    )
+    assert_problem(
+        client.post(path, json={**good, "format": "cef"}, headers=world.headers("owner")), 422, "format"
+    )
     assert_problem(client.post(path, json={**good, "extra": 1}, headers=world.headers("owner")), 422, "extra")
     assert_problem(client.post(path, json=good, headers=world.headers("member")), 403)
     created = client.post(path, json=good, headers=world.headers("owner"))
@@ -343,8 +473,11 @@ def test_bad_streams_are_refused_precisely(client: httpx.Client, hooks_client: h
     assert_problem(client.post(f"{stream}/resume", headers=world.headers("owner")), 409)
     assert client.post(f"{stream}/pause", headers=world.headers("owner")).json()["status"] == "paused"
     assert_problem(client.post(f"{stream}/pause", headers=world.headers("owner")), 409)
-    assert_problem(client.patch(stream, json={"url": "http://splunk.example.com"}, headers=world.headers("owner")),
-                   422, "url")  # fmt: skip
+    assert_problem(
+        client.patch(stream, json={"url": "http://splunk.example.com"}, headers=world.headers("owner")),
+        422,
+        "url",
+    )
     assert client.patch(stream, json={"name": "t"}, headers=world.headers("owner")).json()["name"] == "t"
     assert_problem(client.get(f"{path}/{uuid.uuid4()}", headers=world.headers("owner")), 404)
     assert client.delete(stream, headers=world.headers("owner")).status_code == 204
@@ -353,16 +486,28 @@ def test_bad_streams_are_refused_precisely(client: httpx.Client, hooks_client: h
 
 def test_the_test_button_sends_one_item(hooks_client: httpx.Client, engine: Engine, world: OrgWorld) -> None:
     with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
-        stream = create_stream(hooks_client, world, name="t", type="splunk_hec",
-                               url=f"http://127.0.0.1:{receiver.port}", token=HEC_TOKEN, format="ocsf")  # fmt: skip
-        tested = hooks_client.post(f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/test",
-                                   headers=world.headers("owner"))  # fmt: skip
+        stream = create_stream(
+            hooks_client,
+            world,
+            name="t",
+            type="splunk_hec",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=HEC_TOKEN,
+            format="ocsf",
+        )
+        tested = hooks_client.post(
+            f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/test", headers=world.headers("owner")
+        )
         assert tested.status_code == 200 and tested.json() == {"ok": True, "status_code": 200, "error": None}
         (event,) = hec_events(receiver.arrivals[0].body)
     assert event["sourcetype"] == "ocsf" and event["event"]["unmapped"]["keel"]["kind"] == "test"
-    bad = hooks_client.patch(f"/v1/orgs/{world.id}/audit-streams/{stream['id']}",
-                             json={"url": f"http://127.0.0.1:{free_port()}"}, headers=world.headers("owner"))  # fmt: skip
+    bad = hooks_client.patch(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}",
+        json={"url": f"http://127.0.0.1:{free_port()}"},
+        headers=world.headers("owner"),
+    )
     assert bad.status_code == 200
-    failed = hooks_client.post(f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/test",
-                               headers=world.headers("owner")).json()  # fmt: skip
+    failed = hooks_client.post(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/test", headers=world.headers("owner")
+    ).json()
     assert failed["ok"] is False and failed["error"].startswith("connection")

@@ -55,7 +55,12 @@ def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
     delivery = client.get(f"/v1/orgs/{victim.id}/webhook-deliveries", headers=owner).json()["items"][0]
     stream = client.post(
         f"/v1/orgs/{victim.id}/audit-streams",
-        json={"name": "victim", "type": "splunk_hec", "url": "https://splunk.example.com:8088", "token": "victim-hec"},
+        json={
+            "name": "victim",
+            "type": "splunk_hec",
+            "url": "https://splunk.example.com:8088",
+            "token": "victim-hec",
+        },
         headers=owner,
     ).json()
     return {

@@ -88,9 +88,14 @@ async def send(lanes: Lanes, request: Prepared) -> Sent:
     lane.busy += 1
     try:
         response = await lane.transport.handle_async_request(
-            httpx.Request(request.method, request.url, headers=request.headers, content=request.body,
-                          extensions={"timeout": lanes.timeout})
-        )  # fmt: skip
+            httpx.Request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                content=request.body,
+                extensions={"timeout": lanes.timeout},
+            )
+        )
         try:
             body = await response.aread()
         finally:
@@ -105,7 +110,9 @@ async def send(lanes: Lanes, request: Prepared) -> Sent:
         lane.busy -= 1
     if 200 <= response.status_code < 300:
         return Sent(True, response.status_code, None)
-    return Sent(False, response.status_code, f"HTTP {response.status_code}: {body[:200].decode(errors='replace')}")
+    return Sent(
+        False, response.status_code, f"HTTP {response.status_code}: {body[:200].decode(errors='replace')}"
+    )
 
 
 def backoff(failures: int, *, base: float, cap: float) -> float:
@@ -117,7 +124,9 @@ class StreamWorker:
     """One worker process's stream deliveries. ``async with StreamWorker(settings) as w: await w.run()``;
     tests call :meth:`tick` or :meth:`run_until_idle`."""
 
-    def __init__(self, settings: Settings, config: StreamConfig | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, config: StreamConfig | None = None, *, name: str | None = None
+    ) -> None:
         if not settings.database_url:
             raise ValueError("the stream worker needs settings.database_url")
         self.settings = settings
@@ -132,9 +141,10 @@ class StreamWorker:
         self._engine = make_async_engine(self.settings.database_url or "", pool_size=4)
         self._sessions = make_sessionmaker(self._engine)
         self._lanes = Lanes(
-            allow_private=self.settings.webhook_allow_private_targets, per_origin=4,
+            allow_private=self.settings.webhook_allow_private_targets,
+            per_origin=4,
             timeout=self.config.request_timeout,
-        )  # fmt: skip
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -142,7 +152,10 @@ class StreamWorker:
             with contextlib.suppress(Exception):
                 async with self._engine.begin() as conn:
                     await conn.execute(
-                        text("UPDATE audit_streams SET leased_by = NULL, leased_until = NULL WHERE leased_by = :w"),
+                        text(
+                            "UPDATE audit_streams SET leased_by = NULL, leased_until = NULL"
+                            " WHERE leased_by = :w"
+                        ),
                         {"w": self.name},
                     )
         if self._lanes is not None:
@@ -156,8 +169,9 @@ class StreamWorker:
         """Lease up to ``limit`` due active streams that have entries to send."""
         async with self._sessions() as session, session.begin():
             rows = (
-                await session.execute(
-                    text("""
+                (
+                    await session.execute(
+                        text("""
 UPDATE audit_streams s SET leased_by = :w, leased_until = now() + make_interval(secs => :lease)
 FROM (SELECT d.id FROM audit_streams d
       WHERE d.status = 'active' AND d.next_attempt_at <= now()
@@ -167,9 +181,12 @@ FROM (SELECT d.id FROM audit_streams d
       ORDER BY d.next_attempt_at LIMIT :n FOR UPDATE SKIP LOCKED) due
 WHERE s.id = due.id
 RETURNING s.id"""),
-                    {"w": self.name, "lease": self.config.lease_seconds, "n": limit},
+                        {"w": self.name, "lease": self.config.lease_seconds, "n": limit},
+                    )
                 )
-            ).scalars().all()  # fmt: skip
+                .scalars()
+                .all()
+            )
             if not rows:
                 return []
             streams = (await session.scalars(select(AuditStream).where(AuditStream.id.in_(rows)))).all()
@@ -205,8 +222,14 @@ UPDATE audit_streams SET delivered_seq = :through, last_success_at = now(), fail
        failing_since = NULL, next_attempt_at = now() + make_interval(secs => :again), updated_at = now()
 WHERE id = :id AND leased_by = :w AND delivered_seq = :prev AND leased_until > now()
 RETURNING id"""),
-                {"through": through, "again": again, "id": stream.id, "w": self.name, "prev": stream.delivered_seq},
-            )  # fmt: skip
+                {
+                    "through": through,
+                    "again": again,
+                    "id": stream.id,
+                    "w": self.name,
+                    "prev": stream.delivered_seq,
+                },
+            )
         if moved is not None:
             stream.delivered_seq, stream.failures, stream.failing_since = through, 0, None
         return moved is not None
@@ -214,7 +237,9 @@ RETURNING id"""),
     async def _failed(self, stream: AuditStream, error: str) -> None:
         """Back off; publish ``audit_stream.failing`` on a run's first failure; disable past the window."""
         failures = stream.failures + 1
-        wait = backoff(failures, base=self.config.retry_base, cap=self.settings.audit_stream_retry_max_seconds)
+        wait = backoff(
+            failures, base=self.config.retry_base, cap=self.settings.audit_stream_retry_max_seconds
+        )
         self.stats.failures += 1
         self.stats.errors.append(error)
         async with self._sessions() as session, session.begin():
@@ -226,15 +251,26 @@ UPDATE audit_streams SET failures = :failures, failing_since = COALESCE(failing_
        leased_by = NULL, leased_until = NULL, updated_at = now()
 WHERE id = :id AND leased_by = :w
 RETURNING failing_since, now() AS now"""),
-                    {"failures": failures, "error": error[:1000], "wait": wait, "id": stream.id, "w": self.name},
+                    {
+                        "failures": failures,
+                        "error": error[:1000],
+                        "wait": wait,
+                        "id": stream.id,
+                        "w": self.name,
+                    },
                 )
-            ).one_or_none()  # fmt: skip
+            ).one_or_none()
             if row is None:
                 return
             failing_since, now = row
-            payload = {"stream_id": str(stream.id), "name": stream.name, "type": stream.type.value,
-                       "error": error[:500], "failing_since": iso(failing_since),
-                       "delivered_seq": stream.delivered_seq}  # fmt: skip
+            payload = {
+                "stream_id": str(stream.id),
+                "name": stream.name,
+                "type": stream.type.value,
+                "error": error[:500],
+                "failing_since": iso(failing_since),
+                "delivered_seq": stream.delivered_seq,
+            }
             if now - failing_since >= FAILURE_WINDOW:
                 await self._disable(session, stream, failing_since, error, payload)
             elif stream.failures == 0:
@@ -252,22 +288,36 @@ RETURNING failing_since, now() AS now"""),
         )
         stream.status = StreamStatus.disabled
         await audit.record(
-            session, action=f"{RESOURCE}.disabled", actor=Actor.system("audit-streams"), ctx=None,
-            organization_id=stream.organization_id, resource_type=RESOURCE, resource_id=stream.id,
-            before=before, after=snapshot(stream), metadata={"reason": reason},
-        )  # fmt: skip
-        await _publish(session, stream.organization_id, "audit_stream.disabled", {**payload, "reason": reason})
+            session,
+            action=f"{RESOURCE}.disabled",
+            actor=Actor.system("audit-streams"),
+            ctx=None,
+            organization_id=stream.organization_id,
+            resource_type=RESOURCE,
+            resource_id=stream.id,
+            before=before,
+            after=snapshot(stream),
+            metadata={"reason": reason},
+        )
+        await _publish(
+            session, stream.organization_id, "audit_stream.disabled", {**payload, "reason": reason}
+        )
         self.stats.disabled += 1
 
     async def _release(self, stream: AuditStream) -> None:
         async with self._sessions() as session, session.begin():
             await session.execute(
-                text("UPDATE audit_streams SET leased_by = NULL, leased_until = NULL WHERE id = :id AND leased_by = :w"),
+                text(
+                    "UPDATE audit_streams SET leased_by = NULL, leased_until = NULL"
+                    " WHERE id = :id AND leased_by = :w"
+                ),
                 {"id": stream.id, "w": self.name},
             )
 
     async def deliver(self, stream: AuditStream) -> int:
-        """Send the stream's backlog in order, a batch at a time, while the lease lasts; returns entries sent."""
+        """Send the stream's backlog in order, a batch at a time, while the lease lasts.
+
+        Returns the entries sent."""
         assert self._lanes is not None
         try:
             target: Target = target_of(stream, self._sealer)
@@ -277,7 +327,9 @@ RETURNING failing_since, now() AS now"""),
         sent = 0
         deadline = time.monotonic() + self.config.lease_seconds - self.config.request_timeout - 5
         for _ in range(self.config.rounds_per_claim):
-            items = await self._items(str(stream.organization_id), stream.delivered_seq, self.config.batch_size)
+            items = await self._items(
+                str(stream.organization_id), stream.delivered_seq, self.config.batch_size
+            )
             while items:
                 if time.monotonic() > deadline:
                     await self._release(stream)
@@ -285,7 +337,9 @@ RETURNING failing_since, now() AS now"""),
                 request = prepare(target, items)
                 outcome = await send(self._lanes, request)
                 self.stats.requests += 1
-                if not (outcome.ok and outcome.status_code is not None and succeeded(target, outcome.status_code)):
+                if not (
+                    outcome.ok and outcome.status_code is not None and succeeded(target, outcome.status_code)
+                ):
                     await self._failed(stream, outcome.error or f"HTTP {outcome.status_code}")
                     return sent
                 if not await self._advance(stream, items[request.count - 1].seq):
@@ -315,7 +369,7 @@ WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id =
   AND d.delivered_seq < COALESCE(
       (SELECT h.seq FROM audit_chain_heads h WHERE h.chain_key = d.organization_id::text), 0)"""),
                 {"org": str(organization_id) if organization_id else None},
-            )  # fmt: skip
+            )
         return None if value is None else max(0.0, float(value))
 
     async def run_until_idle(
@@ -326,7 +380,7 @@ WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id =
         organization_id: uuid.UUID | None = None,
         done: Callable[[], bool] | None = None,
     ) -> StreamStats:
-        """Deliver until nothing is due within ``horizon`` seconds (or ``done()``); for tests and the bench."""
+        """Deliver until nothing is due within ``horizon`` s (or ``done()``); for tests and the bench."""
         deadline = time.monotonic() + max_seconds
         while True:
             if await self.tick():
@@ -354,7 +408,9 @@ WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id =
         return self.stats
 
 
-async def _publish(session: AsyncSession, organization_id: uuid.UUID, event_type: str, payload: dict[str, Any]) -> None:
+async def _publish(
+    session: AsyncSession, organization_id: uuid.UUID, event_type: str, payload: dict[str, Any]
+) -> None:
     from api.webhooks.messages import publish
 
     await publish(session, organization_id=organization_id, event_type=event_type, payload=payload)
@@ -364,10 +420,14 @@ async def test_stream(settings: Settings, stream: AuditStream) -> Sent:
     """``POST …/test``: one ``test`` item to the destination now, outside the stream's order and state."""
     target = target_of(stream, Sealer.of(settings))
     item = StreamItem(
-        "test", 0,
-        {"stream_id": str(stream.id), "occurred_at": datetime.now(UTC).isoformat(),
-         "message": "Keel audit stream test"},
-    )  # fmt: skip
+        "test",
+        0,
+        {
+            "stream_id": str(stream.id),
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "message": "Keel audit stream test",
+        },
+    )
     lanes = Lanes(allow_private=settings.webhook_allow_private_targets, per_origin=1, timeout=15.0)
     try:
         return await send(lanes, prepare(target, [item]))

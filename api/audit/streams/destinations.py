@@ -96,23 +96,39 @@ def prepare(target: Target, items: list[StreamItem], *, now: float | None = None
     if target.type is StreamType.splunk_hec:
         sourcetype = "ocsf" if target.format is StreamFormat.ocsf else "keel:audit"
         lines = [
-            _dumps({"time": round(item.time.timestamp(), 6), "host": "keel", "source": f"keel:audit:{org}",
-                    "sourcetype": sourcetype, "event": render(target.format, item)})
+            _dumps(
+                {
+                    "time": round(item.time.timestamp(), 6),
+                    "host": "keel",
+                    "source": f"keel:audit:{org}",
+                    "sourcetype": sourcetype,
+                    "event": render(target.format, item),
+                }
+            )
             for item in items
-        ]  # fmt: skip
+        ]
         n = _take(lines)
         headers |= {"authorization": f"Splunk {target.token}", "content-type": "application/json"}
         return Prepared("POST", _join(target.url, HEC_PATH), headers, b"\n".join(lines[:n]), n)
     if target.type is StreamType.datadog:
         tags = f"org_id:{org},format:{target.format.value},source:keel"
         logs = [
-            _dumps({"ddsource": "keel", "service": "keel-audit", "hostname": "keel", "ddtags": tags,
-                    "message": _dumps(render(target.format, item)).decode()})
+            _dumps(
+                {
+                    "ddsource": "keel",
+                    "service": "keel-audit",
+                    "hostname": "keel",
+                    "ddtags": tags,
+                    "message": _dumps(render(target.format, item)).decode(),
+                }
+            )
             for item in items
-        ]  # fmt: skip
+        ]
         n = _take(logs)
         headers |= {"dd-api-key": target.token or "", "content-type": "application/json"}
-        return Prepared("POST", _join(target.url, DATADOG_PATH), headers, b"[" + b",".join(logs[:n]) + b"]", n)
+        return Prepared(
+            "POST", _join(target.url, DATADOG_PATH), headers, b"[" + b",".join(logs[:n]) + b"]", n
+        )
     lines = [_dumps(render(target.format, item)) for item in items]
     n = _take(lines)
     body = b"\n".join(lines[:n]) + b"\n"
@@ -170,9 +186,7 @@ def _s3_put(
         "x-amz-date": amz_date,
     }
     names = ";".join(sorted(signed))
-    canonical = "\n".join(
-        ["PUT", path, "", *(f"{k}:{signed[k]}" for k in sorted(signed)), "", names, digest]
-    )
+    canonical = "\n".join(["PUT", path, "", *(f"{k}:{signed[k]}" for k in sorted(signed)), "", names, digest])
     scope = f"{day}/{region}/s3/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     key = ("AWS4" + secret).encode()

@@ -104,20 +104,30 @@ def ocsf(item: StreamItem) -> dict[str, Any]:
     body = item.body
     if item.kind == "test":
         return _event(
-            ENTITY_MANAGEMENT, 99, "Other", time=_millis(body["occurred_at"]), uid=f"test:{body['stream_id']}",
-            message=body["message"], sequence=0,
+            ENTITY_MANAGEMENT,
+            99,
+            "Other",
+            time=_millis(body["occurred_at"]),
+            uid=f"test:{body['stream_id']}",
+            message=body["message"],
+            sequence=0,
             extra={"entity": {"type": "audit_stream", "uid": body["stream_id"]}},
             unmapped={"keel": {"kind": "test"}},
-        )  # fmt: skip
+        )
     if item.kind == "checkpoint":
         # A checkpoint is a fact about the log, not an action: an Entity Management "Other" on the
         # chain, its JWS kept whole.
         return _event(
-            ENTITY_MANAGEMENT, 99, "Other", time=_millis(body["signed_at"]), uid=f"{body['chain']}:{body['seq']}",
-            message="audit chain checkpoint", sequence=item.seq,
+            ENTITY_MANAGEMENT,
+            99,
+            "Other",
+            time=_millis(body["signed_at"]),
+            uid=f"{body['chain']}:{body['seq']}",
+            message="audit chain checkpoint",
+            sequence=item.seq,
             extra={"entity": {"type": "audit_chain", "uid": body["chain"], "data": body}},
             unmapped={"keel": {"kind": "checkpoint", **body}},
-        )  # fmt: skip
+        )
     action: str = body["action"]
     actor_type = body["actor_type"]
     type_id, type_name = _USER_TYPE.get(actor_type, (99, "Other"))
@@ -147,14 +157,41 @@ def ocsf(item: StreamItem) -> dict[str, Any]:
     else:
         class_uid = ENTITY_MANAGEMENT
         activity_id, activity = _ENTITY_ACTIVITY.get(_verb(action), (99, "Other"))
-        extra["entity"] = {**(resource or {"type": action.split(".", 1)[0]}), "data": body.get("metadata") or {}}
+        extra["entity"] = {
+            **(resource or {"type": action.split(".", 1)[0]}),
+            "data": body.get("metadata") or {},
+        }
     return _event(
-        class_uid, activity_id, activity, time=_millis(body["occurred_at"]), uid=body["id"], message=action,
-        sequence=item.seq, extra=extra, correlation_uid=body.get("request_id"),
+        class_uid,
+        activity_id,
+        activity,
+        time=_millis(body["occurred_at"]),
+        uid=body["id"],
+        message=action,
+        sequence=item.seq,
+        extra=extra,
+        correlation_uid=body.get("request_id"),
         tenant_uid=body.get("organization_id"),
-        unmapped={"keel": {"kind": "entry", **{k: body[k] for k in ("chain_key", "seq", "prev_hash", "hash",
-                           "action", "source", "targets", "recorded_at") if k in body}}},
-    )  # fmt: skip
+        unmapped={
+            "keel": {
+                "kind": "entry",
+                **{
+                    k: body[k]
+                    for k in (
+                        "chain_key",
+                        "seq",
+                        "prev_hash",
+                        "hash",
+                        "action",
+                        "source",
+                        "targets",
+                        "recorded_at",
+                    )
+                    if k in body
+                },
+            }
+        },
+    )
 
 
 def _event(

@@ -14,19 +14,22 @@ from api.schemas import Name, Struct
 StreamUrl = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description="https (Splunk HEC and Datadog: the collector's base URL; s3: `https://host/bucket[/prefix][?region=r]`).",
         examples=["https://http-inputs-acme.splunkcloud.com"],
     ),
-]  # fmt: skip
+]
 Token = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$",
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[\x21-\x7e]+$",
         description="The destination's credential: HEC token, Datadog API key, S3 `ACCESS_KEY_ID:SECRET`; "
         "optional for https (sent as a bearer token). Stored encrypted, never shown again.",
     ),
-]  # fmt: skip
+]
 
 
 class StreamCreate(Struct):
@@ -83,6 +86,3 @@ class StreamTestOut(msgspec.Struct):
     ok: bool
     status_code: int | None
     error: str | None
-
-
-

@@ -33,23 +33,31 @@ NEEDS_TOKEN = frozenset({StreamType.splunk_hec, StreamType.datadog, StreamType.s
 def snapshot(s: AuditStream) -> dict[str, Any]:
     """What an audit entry says about a stream: never its credentials, the URL cut before ``?``."""
     return {
-        "name": s.name, "type": s.type.value, "url": s.url.split("?", 1)[0].split("#", 1)[0],
-        "format": s.format.value, "status": s.status.value,
-    }  # fmt: skip
+        "name": s.name,
+        "type": s.type.value,
+        "url": s.url.split("?", 1)[0].split("#", 1)[0],
+        "format": s.format.value,
+        "status": s.status.value,
+    }
 
 
 async def check_destination(type_: StreamType, url: str, token: str | None, *, allow_private: bool) -> str:
     """The URL as stored, or a 422 naming ``url`` or ``token``."""
     url = await ssrf.validate_url(url, allow_private=allow_private)
     if type_ in NEEDS_TOKEN and not token:
-        raise ValidationFailed(f"token: a {type_.value} stream needs the destination's credential", field="token")
+        raise ValidationFailed(
+            f"token: a {type_.value} stream needs the destination's credential", field="token"
+        )
     if type_ is StreamType.s3:
         _, bucket, _, _ = s3_location(url)
         if not bucket:
-            raise ValidationFailed("url: an s3 stream's URL names its bucket: https://host/bucket[/prefix]",
-                                   field="url")  # fmt: skip
+            raise ValidationFailed(
+                "url: an s3 stream's URL names its bucket: https://host/bucket[/prefix]", field="url"
+            )
         if token and (":" not in token or token.startswith(":") or token.endswith(":")):
-            raise ValidationFailed("token: an s3 stream's token is ACCESS_KEY_ID:SECRET_ACCESS_KEY", field="token")
+            raise ValidationFailed(
+                "token: an s3 stream's token is ACCESS_KEY_ID:SECRET_ACCESS_KEY", field="token"
+            )
     return url
 
 
@@ -68,7 +76,10 @@ async def list_streams(
 ) -> list[AuditStream]:
     after = decode_cursor(cursor)
     query = (
-        select(AuditStream).where(AuditStream.organization_id == org_id).order_by(AuditStream.id).limit(limit + 1)
+        select(AuditStream)
+        .where(AuditStream.organization_id == org_id)
+        .order_by(AuditStream.id)
+        .limit(limit + 1)
     )
     if after is not None:
         query = query.where(AuditStream.id > after)
@@ -81,10 +92,16 @@ async def lags(session: AsyncSession, streams: list[AuditStream]) -> dict[uuid.U
         return {}
     chains = {str(s.organization_id) for s in streams}
     heads = dict(
-        (await session.execute(
-            select(AuditChainHead.chain_key, AuditChainHead.seq).where(AuditChainHead.chain_key.in_(chains))
-        )).tuples().all()
-    )  # fmt: skip
+        (
+            await session.execute(
+                select(AuditChainHead.chain_key, AuditChainHead.seq).where(
+                    AuditChainHead.chain_key.in_(chains)
+                )
+            )
+        )
+        .tuples()
+        .all()
+    )
     now = datetime.now(UTC)
     out: dict[uuid.UUID, tuple[int, float]] = {}
     for s in streams:
@@ -111,22 +128,38 @@ async def create_stream(
     ctx: RequestContext | None,
 ) -> tuple[AuditStream, str | None]:
     """A new stream, starting from the oldest entry still kept; returns it and an https stream's secret."""
-    url = await check_destination(data.type, data.url, data.token, allow_private=settings.webhook_allow_private_targets)
+    url = await check_destination(
+        data.type, data.url, data.token, allow_private=settings.webhook_allow_private_targets
+    )
     sealer = Sealer.of(settings)
     stream_id = new_id()
     secret = signing.new_secret() if data.type is StreamType.https else None
     stream = AuditStream(
-        id=stream_id, organization_id=org_id, name=data.name, type=data.type, url=url, format=data.format,
+        id=stream_id,
+        organization_id=org_id,
+        name=data.name,
+        type=data.type,
+        url=url,
+        format=data.format,
         token_ciphertext=sealer.seal(stream_id, data.token) if data.token else None,
         secret_ciphertext=sealer.seal(stream_id, secret) if secret else None,
-        status=StreamStatus.active, delivered_seq=0, failures=0, next_attempt_at=utcnow(),
-    )  # fmt: skip
+        status=StreamStatus.active,
+        delivered_seq=0,
+        failures=0,
+        next_attempt_at=utcnow(),
+    )
     session.add(stream)
     await _flush_named(session, data.name)
     await audit.record(
-        session, action=f"{RESOURCE}.created", actor=actor, ctx=ctx, organization_id=org_id,
-        resource_type=RESOURCE, resource_id=stream.id, after=snapshot(stream),
-    )  # fmt: skip
+        session,
+        action=f"{RESOURCE}.created",
+        actor=actor,
+        ctx=ctx,
+        organization_id=org_id,
+        resource_type=RESOURCE,
+        resource_id=stream.id,
+        after=snapshot(stream),
+    )
     return stream, secret
 
 
@@ -155,7 +188,9 @@ async def update_stream(
     if data.url is not msgspec.UNSET or token is not None:
         has = token or (sealer.open(stream.id, stream.token_ciphertext) if stream.token_ciphertext else None)
         url = stream.url if data.url is msgspec.UNSET else data.url
-        stream.url = await check_destination(stream.type, url, has, allow_private=settings.webhook_allow_private_targets)
+        stream.url = await check_destination(
+            stream.type, url, has, allow_private=settings.webhook_allow_private_targets
+        )
     if token is not None:
         stream.token_ciphertext = sealer.seal(stream.id, token)
     if data.name is not msgspec.UNSET:
@@ -165,17 +200,29 @@ async def update_stream(
     await _flush_named(session, stream.name)
     if snapshot(stream) != before or token is not None:
         await audit.record(
-            session, action=f"{RESOURCE}.updated", actor=actor, ctx=ctx, organization_id=org_id,
-            resource_type=RESOURCE, resource_id=stream.id, before=before, after=snapshot(stream),
+            session,
+            action=f"{RESOURCE}.updated",
+            actor=actor,
+            ctx=ctx,
+            organization_id=org_id,
+            resource_type=RESOURCE,
+            resource_id=stream.id,
+            before=before,
+            after=snapshot(stream),
             metadata={"token_changed": token is not None},
-        )  # fmt: skip
+        )
     return stream
 
 
 async def set_paused(
-    session: AsyncSession, *, org_id: uuid.UUID, stream_id: uuid.UUID, paused: bool, actor: Actor,
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    stream_id: uuid.UUID,
+    paused: bool,
+    actor: Actor,
     ctx: RequestContext | None,
-) -> AuditStream:  # fmt: skip
+) -> AuditStream:
     """Pause an active stream, or resume a paused or disabled one (from where it stopped)."""
     stream = await get_stream(session, org_id=org_id, stream_id=stream_id, lock=True)
     before = snapshot(stream)
@@ -190,15 +237,26 @@ async def set_paused(
         stream.failures, stream.failing_since, stream.next_attempt_at = 0, None, utcnow()
     await session.flush()
     await audit.record(
-        session, action=f"{RESOURCE}.{'paused' if paused else 'resumed'}", actor=actor, ctx=ctx,
-        organization_id=org_id, resource_type=RESOURCE, resource_id=stream.id, before=before,
+        session,
+        action=f"{RESOURCE}.{'paused' if paused else 'resumed'}",
+        actor=actor,
+        ctx=ctx,
+        organization_id=org_id,
+        resource_type=RESOURCE,
+        resource_id=stream.id,
+        before=before,
         after=snapshot(stream),
-    )  # fmt: skip
+    )
     return stream
 
 
 async def delete_stream(
-    session: AsyncSession, *, org_id: uuid.UUID, stream_id: uuid.UUID, actor: Actor, ctx: RequestContext | None
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    stream_id: uuid.UUID,
+    actor: Actor,
+    ctx: RequestContext | None,
 ) -> None:
     """Gone for good: its credentials with it, and it holds back no pruning."""
     stream = await get_stream(session, org_id=org_id, stream_id=stream_id, lock=True)
@@ -206,15 +264,24 @@ async def delete_stream(
     await session.delete(stream)
     await session.flush()
     await audit.record(
-        session, action=f"{RESOURCE}.deleted", actor=actor, ctx=ctx, organization_id=org_id,
-        resource_type=RESOURCE, resource_id=stream_id, before=before,
-    )  # fmt: skip
+        session,
+        action=f"{RESOURCE}.deleted",
+        actor=actor,
+        ctx=ctx,
+        organization_id=org_id,
+        resource_type=RESOURCE,
+        resource_id=stream_id,
+        before=before,
+    )
 
 
 def target_of(stream: AuditStream, sealer: Sealer) -> Target:
     return Target(
-        stream_id=stream.id, organization_id=stream.organization_id, type=stream.type, url=stream.url,
+        stream_id=stream.id,
+        organization_id=stream.organization_id,
+        type=stream.type,
+        url=stream.url,
         format=stream.format,
         token=sealer.open(stream.id, stream.token_ciphertext) if stream.token_ciphertext else None,
         secret=sealer.open(stream.id, stream.secret_ciphertext) if stream.secret_ciphertext else None,
-    )  # fmt: skip
+    )

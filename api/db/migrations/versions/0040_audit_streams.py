@@ -66,25 +66,46 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column(
             "type",
-            sa.Enum("https", "splunk_hec", "datadog", "s3", name="audit_stream_type", native_enum=False,
-                    create_constraint=True, length=32),
+            sa.Enum(
+                "https",
+                "splunk_hec",
+                "datadog",
+                "s3",
+                name="audit_stream_type",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
             nullable=False,
-        ),  # fmt: skip
+        ),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column(
             "format",
-            sa.Enum("keel", "ocsf", name="audit_stream_format", native_enum=False, create_constraint=True,
-                    length=32),
+            sa.Enum(
+                "keel",
+                "ocsf",
+                name="audit_stream_format",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
             nullable=False,
-        ),  # fmt: skip
+        ),
         sa.Column("token_ciphertext", sa.LargeBinary(), nullable=True),
         sa.Column("secret_ciphertext", sa.LargeBinary(), nullable=True),
         sa.Column(
             "status",
-            sa.Enum("active", "paused", "disabled", name="audit_stream_status", native_enum=False,
-                    create_constraint=True, length=32),
+            sa.Enum(
+                "active",
+                "paused",
+                "disabled",
+                name="audit_stream_status",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
             nullable=False,
-        ),  # fmt: skip
+        ),
         sa.Column("disabled_reason", sa.Text(), nullable=True),
         sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("delivered_seq", sa.BigInteger(), server_default="0", nullable=False),
@@ -93,14 +114,18 @@ def upgrade() -> None:
         sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("failures", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
         sa.Column("leased_by", sa.String(length=120), nullable=True),
         sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.ForeignKeyConstraint(
-            ["organization_id"], ["organizations.id"], name=op.f("fk_audit_streams_organization_id_organizations")
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_audit_streams_organization_id_organizations"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_streams")),
         sa.UniqueConstraint("organization_id", "name", name=op.f("uq_audit_streams_organization_id_name")),

@@ -140,6 +140,8 @@ class StreamWorker:
     async def __aenter__(self) -> StreamWorker:
         self._engine = make_async_engine(self.settings.database_url or "", pool_size=4)
         self._sessions = make_sessionmaker(self._engine)
+        # One statement, one round trip: the reads and the advance need no transaction around them.
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lanes = Lanes(
             allow_private=self.settings.webhook_allow_private_targets,
             per_origin=4,
@@ -196,7 +198,7 @@ RETURNING s.id"""),
     async def _items(self, chain_key: str, after: int, limit: int) -> list[StreamItem]:
         """The next entries of the chain, in seq order. (Checkpoints join here as ``checkpoint`` items.)"""
         assert self._engine is not None
-        async with self._engine.connect() as conn:
+        async with self._autocommit.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             async with driver.cursor() as cursor:
@@ -215,8 +217,8 @@ RETURNING s.id"""),
     async def _advance(self, stream: AuditStream, through: int) -> bool:
         """Record delivery through ``through``; False when the lease was lost (another worker has it)."""
         again = self.config.s3_window if stream.type is StreamType.s3 else 0.0
-        async with self._sessions() as session, session.begin():
-            moved = await session.scalar(
+        async with self._autocommit.connect() as conn:
+            moved = await conn.scalar(
                 text("""
 UPDATE audit_streams SET delivered_seq = :through, last_success_at = now(), failures = 0,
        failing_since = NULL, next_attempt_at = now() + make_interval(secs => :again), updated_at = now()
@@ -324,30 +326,43 @@ RETURNING failing_since, now() AS now"""),
         except ValueError as exc:  # a key that no longer opens its credential
             await self._failed(stream, f"credential: {exc}")
             return 0
-        sent = 0
+        sent, rounds, size = 0, 1, self.config.batch_size
+        chain_key = str(stream.organization_id)
         deadline = time.monotonic() + self.config.lease_seconds - self.config.request_timeout - 5
-        for _ in range(self.config.rounds_per_claim):
-            items = await self._items(
-                str(stream.organization_id), stream.delivered_seq, self.config.batch_size
-            )
-            while items:
-                if time.monotonic() > deadline:
-                    await self._release(stream)
-                    return sent
-                request = prepare(target, items)
-                outcome = await send(self._lanes, request)
-                self.stats.requests += 1
-                if not (
-                    outcome.ok and outcome.status_code is not None and succeeded(target, outcome.status_code)
-                ):
-                    await self._failed(stream, outcome.error or f"HTTP {outcome.status_code}")
-                    return sent
-                if not await self._advance(stream, items[request.count - 1].seq):
-                    return sent  # the lease was lost: whoever holds it carries on
-                sent += request.count
-                self.stats.delivered += request.count
-                items = items[request.count :]
-            if stream.type is StreamType.s3 or len(items) < self.config.batch_size:
+        items = await self._items(chain_key, stream.delivered_seq, size)
+        while items:
+            if time.monotonic() > deadline:
+                break
+            request = prepare(target, items)
+            rest = items[request.count :]
+            # The next batch is read while this one is in flight (an s3 stream writes one object
+            # per window, so it waits for its next turn instead).
+            ahead = None
+            if (
+                not rest
+                and len(items) == size
+                and rounds < self.config.rounds_per_claim
+                and stream.type is not StreamType.s3
+            ):
+                ahead = asyncio.create_task(self._items(chain_key, items[-1].seq, size))
+            outcome = await send(self._lanes, request)
+            self.stats.requests += 1
+            if not (
+                outcome.ok and outcome.status_code is not None and succeeded(target, outcome.status_code)
+            ):
+                await _cancel(ahead)
+                await self._failed(stream, outcome.error or f"HTTP {outcome.status_code}")
+                return sent
+            if not await self._advance(stream, items[request.count - 1].seq):
+                await _cancel(ahead)
+                return sent  # the lease was lost: whoever holds it carries on
+            sent += request.count
+            self.stats.delivered += request.count
+            if rest:
+                items = rest
+            elif ahead is not None:
+                items, rounds = await ahead, rounds + 1
+            else:
                 break
         await self._release(stream)
         return sent
@@ -406,6 +421,13 @@ WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id =
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.config.poll_interval)
         return self.stats
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _publish(

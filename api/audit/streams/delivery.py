@@ -276,7 +276,9 @@ RETURNING failing_since, now() AS now"""),
             if now - failing_since >= FAILURE_WINDOW:
                 await self._disable(session, stream, failing_since, error, payload)
             elif stream.failures == 0:
-                await _publish(session, stream.organization_id, "audit_stream.failing", payload)
+                await _publish(
+                    session, stream.organization_id, event_type="audit_stream.failing", payload=payload
+                )
 
     async def _disable(
         self, session: AsyncSession, stream: AuditStream, since: datetime, error: str, payload: dict[str, Any]
@@ -291,7 +293,7 @@ RETURNING failing_since, now() AS now"""),
         stream.status = StreamStatus.disabled
         await audit.record(
             session,
-            action=f"{RESOURCE}.disabled",
+            action="audit_stream.disabled",
             actor=Actor.system("audit-streams"),
             ctx=None,
             organization_id=stream.organization_id,
@@ -302,7 +304,10 @@ RETURNING failing_since, now() AS now"""),
             metadata={"reason": reason},
         )
         await _publish(
-            session, stream.organization_id, "audit_stream.disabled", {**payload, "reason": reason}
+            session,
+            stream.organization_id,
+            event_type="audit_stream.disabled",
+            payload={**payload, "reason": reason},
         )
         self.stats.disabled += 1
 
@@ -431,7 +436,7 @@ async def _cancel(task: asyncio.Task[Any] | None) -> None:
 
 
 async def _publish(
-    session: AsyncSession, organization_id: uuid.UUID, event_type: str, payload: dict[str, Any]
+    session: AsyncSession, organization_id: uuid.UUID, *, event_type: str, payload: dict[str, Any]
 ) -> None:
     from api.webhooks.messages import publish
 

@@ -236,9 +236,10 @@ async def set_paused(
         stream.status, stream.disabled_reason, stream.disabled_at = StreamStatus.active, None, None
         stream.failures, stream.failing_since, stream.next_attempt_at = 0, None, utcnow()
     await session.flush()
+    action = "audit_stream.paused" if paused else "audit_stream.resumed"
     await audit.record(
         session,
-        action=f"{RESOURCE}.{'paused' if paused else 'resumed'}",
+        action=action,
         actor=actor,
         ctx=ctx,
         organization_id=org_id,

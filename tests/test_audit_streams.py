@@ -8,6 +8,7 @@ import gzip
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -511,3 +512,37 @@ def test_the_test_button_sends_one_item(hooks_client: httpx.Client, engine: Engi
         f"/v1/orgs/{world.id}/audit-streams/{stream['id']}/test", headers=world.headers("owner")
     ).json()
     assert failed["ok"] is False and failed["error"].startswith("connection")
+
+
+def test_credentials_are_sealed_under_the_key_and_bound_to_their_stream(tmp_path: Path) -> None:
+    from api.audit.streams.secrets import KEY_FILE, Sealer, stream_key
+    from api.settings import SettingsError
+
+    settings = Settings(data_dir=tmp_path)
+    key = stream_key(settings)  # generated once into the data dir, owner-only
+    assert (tmp_path / KEY_FILE).stat().st_mode & 0o777 == 0o600 and stream_key(settings) == key
+    sealer, a, b = Sealer(key), uuid.uuid4(), uuid.uuid4()
+    sealed = sealer.seal(a, "hec-secret")
+    assert b"hec-secret" not in sealed and sealer.open(a, sealed) == "hec-secret"
+    with pytest.raises(ValueError, match="does not open"):
+        sealer.open(b, sealed)  # copied onto another stream
+    with pytest.raises(ValueError, match="does not open"):
+        Sealer(stream_key(Settings(data_dir=tmp_path / "other"))).open(a, sealed)  # another key
+    with pytest.raises(SettingsError, match="32 bytes"):
+        stream_key(Settings(audit_stream_key="dG9vIHNob3J0"))
+
+
+async def test_a_destination_is_checked_again_at_every_connection(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
+) -> None:
+    """Created while private targets were allowed; a worker that refuses them never connects."""
+    with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
+        stream = create_stream(hooks_client, world, name="inward", type="splunk_hec",
+                               url=f"http://127.0.0.1:{receiver.port}", token=HEC_TOKEN)  # fmt: skip
+        strict = stream_settings.with_(webhook_allow_private_targets=False)
+        await drain(strict, world.id, horizon=0)
+        assert receiver.arrivals == []
+    shown = hooks_client.get(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("owner")
+    )
+    assert shown.json()["last_error"].startswith("ssrf_blocked") and shown.json()["delivered_seq"] == 0

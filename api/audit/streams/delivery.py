@@ -6,7 +6,10 @@ one ``UPDATE … FOR UPDATE SKIP LOCKED`` (``leased_by``/``leased_until``); whil
 lease no other worker touches the stream, so any number of workers share the streams without
 reordering one. It sends batches in seq order and moves ``delivered_seq`` only after the
 destination accepted a batch (at least once: a batch whose answer was lost is sent again), and
-only while it still holds the lease.
+only while it still holds the lease. Two things overlap with a batch in flight: reading the next
+batch, and recording the previous one's acknowledgement (which must have held before the next
+outcome is recorded; a lost lease stops the worker, and its successor re-sends from the recorded
+position: a repeat, never a gap or a reordering).
 
 A failure leaves the stream where it was, due again after a doubling wait capped by
 ``KEEL_AUDIT_STREAM_RETRY_MAX_SECONDS``. The first failure of a run publishes the webhook event
@@ -335,9 +338,10 @@ RETURNING failing_since, now() AS now"""),
         chain_key = str(stream.organization_id)
         deadline = time.monotonic() + self.config.lease_seconds - self.config.request_timeout - 5
         items = await self._items(chain_key, stream.delivered_seq, size)
+        recording: asyncio.Task[int] | None = None
         while items:
             if time.monotonic() > deadline:
-                break
+                break  # (what is being recorded is awaited below)
             request = prepare(target, items)
             rest = items[request.count :]
             # The next batch is read while this one is in flight (an s3 stream writes one object
@@ -352,25 +356,43 @@ RETURNING failing_since, now() AS now"""),
                 ahead = asyncio.create_task(self._items(chain_key, items[-1].seq, size))
             outcome = await send(self._lanes, request)
             self.stats.requests += 1
+            # The previous batch's acknowledgement was recorded while this one flew; it must have
+            # held (the lease is still ours) before anything else is recorded.
+            if recording is not None:
+                recorded, recording = await recording, None
+                if not recorded:
+                    await _cancel(ahead)
+                    return sent  # the lease was lost: whoever holds it carries on
+                sent += recorded
             if not (
                 outcome.ok and outcome.status_code is not None and succeeded(target, outcome.status_code)
             ):
                 await _cancel(ahead)
                 await self._failed(stream, outcome.error or f"HTTP {outcome.status_code}")
                 return sent
-            if not await self._advance(stream, items[request.count - 1].seq):
-                await _cancel(ahead)
-                return sent  # the lease was lost: whoever holds it carries on
-            sent += request.count
-            self.stats.delivered += request.count
+            recording = asyncio.create_task(
+                self._acknowledge(stream, items[request.count - 1].seq, request.count)
+            )
             if rest:
                 items = rest
             elif ahead is not None:
                 items, rounds = await ahead, rounds + 1
             else:
                 break
+        if recording is not None:
+            recorded = await recording
+            if not recorded:
+                return sent
+            sent += recorded
         await self._release(stream)
         return sent
+
+    async def _acknowledge(self, stream: AuditStream, through: int, count: int) -> int:
+        """``count`` when delivery through ``through`` is recorded, 0 when the lease was lost."""
+        if not await self._advance(stream, through):
+            return 0
+        self.stats.delivered += count
+        return count
 
     async def tick(self) -> int:
         """One claim, each claimed stream delivered; returns the entries sent."""

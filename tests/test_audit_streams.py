@@ -5,6 +5,7 @@ the stream worker in-process on the session's Postgres."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -144,7 +145,7 @@ async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
     # but only as a repeat from the last acknowledged position, never ahead of a missing entry.
     firsts = list(dict.fromkeys(seqs))
     assert firsts == [r["seq"] for r in chain(engine, world.id)]
-    assert all(b <= a + 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all(b <= a + 1 for a, b in itertools.pairwise(seqs))
     with engine.connect() as conn:
         events = conn.execute(
             text(

@@ -20,6 +20,7 @@ from api import docs_ui
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
+from api.audit.streams.controllers import AuditStreamController
 from api.billing.controllers import AdminBillingController, BillingController
 from api.bodies import KeelRequest
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
@@ -62,6 +63,7 @@ CONTROLLERS = [
     AuditIngestController,
     OrgAuditController,
     AdminAuditController,
+    AuditStreamController,
     BillingController,
     AdminBillingController,
     WebhookEndpointController,

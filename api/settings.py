@@ -44,6 +44,11 @@ class Settings:
     webhook_allow_private_targets: bool = False
     events_retention_days: int = 30
     audit_retention_days: int = 365
+    #: The key audit stream credentials are encrypted with (32 bytes, base64); unset: a key file
+    #: generated once in the data dir (embedded and single-node setups; api/audit/streams/secrets.py).
+    audit_stream_key: str | None = None
+    #: Longest wait between two attempts at a failing audit stream (the backoff doubles up to it).
+    audit_stream_retry_max_seconds: float = 300.0
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
@@ -161,6 +166,8 @@ PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("webhook_allow_private_targets", "WEBHOOK_ALLOW_PRIVATE_TARGETS", _flag),
     ("events_retention_days", "EVENTS_RETENTION_DAYS", _int),
     ("audit_retention_days", "AUDIT_RETENTION_DAYS", _positive),
+    ("audit_stream_key", "AUDIT_STREAM_KEY", _text),
+    ("audit_stream_retry_max_seconds", "AUDIT_STREAM_RETRY_MAX_SECONDS", _seconds),
     ("host", "HOST", _text),
     ("port", "PORT", _int),
     ("log_level", "LOG_LEVEL", _upper),

@@ -7,6 +7,10 @@
 - export of 1,000,000 entries through the streaming endpoint and through ``keel audit export``,
   with the exporting process's peak RSS (must stay under 200 MB); same COPY baseline.
 
+- audit stream delivery in entries/s: a backlog streamed by the stream worker to a loopback
+  Splunk-HEC-compatible receiver (its own process); baseline: the receiver's own capacity, the same
+  batches POSTed to it back to back over one connection (an ordered stream uses one at a time).
+
 It starts its own embedded Postgres in a temporary directory and the API in a subprocess on a
 port the OS picks. ``KEEL_BENCH_AUDIT_ENTRIES`` shrinks the large figures for a quick look.
 """
@@ -244,7 +248,116 @@ def copy_out_rate(database_url: str, org_id: str, rows: int) -> float:
         return rows / (time.perf_counter() - began)
 
 
+STREAM_ENTRIES = int(os.environ.get("KEEL_BENCH_AUDIT_STREAM_ENTRIES", "50000"))
+HEC_TOKEN = "bench-hec-token-0123456789"
+# The receiver runs in its own process, so it does not share the worker's interpreter.
+RECEIVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from tests.receivers import Receiver, splunk_hec
+receiver = Receiver(splunk_hec(sys.argv[2]))
+receiver.arrivals = type("Discard", (list,), {"append": lambda self, item: None})()  # keep no bodies
+with receiver:
+    print(receiver.port, flush=True)
+    sys.stdin.read()
+"""
+
+
+def stream_delivery(database_url: str, org_id: str, tmp: Path) -> list[tuple[str, str, str]]:
+    """Entries/s delivered by the stream worker to a loopback HEC receiver, beside the receiver's capacity."""
+    from api.audit.streams.delivery import StreamConfig, StreamWorker
+    from api.audit.streams.destinations import Target, prepare
+    from api.audit.streams.models import AuditStream, StreamFormat, StreamStatus, StreamType
+    from api.audit.streams.secrets import Sealer
+    from api.settings import Settings
+
+    settings = Settings(database_url=database_url, data_dir=tmp, webhook_allow_private_targets=True)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT seq FROM audit_chain_heads WHERE chain_key = %s", [org_id]).fetchone()
+    start = row[0] if row else 0
+    bulk_load(database_url, org_id, STREAM_ENTRIES)
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, str(ROOT), HEC_TOKEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert receiver.stdout is not None
+        url = f"http://127.0.0.1:{int(receiver.stdout.readline())}"
+        stream_id = new_id()
+
+        async def deliver() -> tuple[float, bytes]:
+            engine = make_async_engine(database_url, pool_size=1)
+            try:
+                async with make_sessionmaker(engine)() as session, session.begin():
+                    session.add(
+                        AuditStream(
+                            id=stream_id,
+                            organization_id=org_id,
+                            name="bench",
+                            type=StreamType.splunk_hec,
+                            url=url,
+                            format=StreamFormat.keel,
+                            status=StreamStatus.active,
+                            delivered_seq=start,
+                            failures=0,
+                            token_ciphertext=Sealer.of(settings).seal(stream_id, HEC_TOKEN),
+                        )
+                    )
+            finally:
+                await engine.dispose()
+            async with StreamWorker(settings, StreamConfig()) as worker:
+                began = time.perf_counter()
+                await worker.run_until_idle(max_seconds=3600, horizon=0)
+                elapsed = time.perf_counter() - began
+                if worker.stats.delivered != STREAM_ENTRIES or worker.stats.failures:
+                    raise RuntimeError(
+                        f"the stream delivered {worker.stats.delivered}: {worker.stats.errors[:3]}"
+                    )
+                items = await worker._items(org_id, start, StreamConfig().batch_size)
+            target = Target(stream_id, org_id, StreamType.splunk_hec, url, StreamFormat.keel, HEC_TOKEN, None)  # type: ignore[arg-type]
+            return STREAM_ENTRIES / elapsed, prepare(target, items).body
+
+        rate, batch = asyncio.run(deliver())
+        per_batch = StreamConfig().batch_size
+        with httpx.Client(base_url=url, timeout=60) as client:
+            headers = {"Authorization": f"Splunk {HEC_TOKEN}", "Content-Type": "application/json"}
+            rounds, began = 0, time.perf_counter()
+            while rounds * per_batch < STREAM_ENTRIES:
+                response = client.post("/services/collector/event", content=batch, headers=headers)
+                if response.status_code != 200:
+                    raise RuntimeError(f"the receiver answered {response.status_code}")
+                rounds += 1
+            capacity = rounds * per_batch / (time.perf_counter() - began)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    say(f"  stream delivery: {rate:,.0f} entries/s; the receiver alone {capacity:,.0f} entries/s")
+    return [
+        (
+            "audit stream delivery to loopback HEC, entries/s",
+            f"{rate:,.0f}",
+            f"the receiver alone, same batches: {capacity:,.0f} entries/s ({rate / capacity:.2f}x)",
+        )
+    ]
+
+
+def streams_only() -> int:
+    """``KEEL_BENCH_AUDIT_PART=streams``: only the stream delivery figure, on its own database."""
+    with tempfile.TemporaryDirectory(prefix="keel-bench-audit-") as tmp:
+        database_url, pg = start_embedded_postgres(Path(tmp), cleanup="delete")
+        try:
+            upgrade(database_url)
+            with api_server(database_url) as (url, _):
+                _, orgs = make_world(url, database_url)
+            for name, value, base in stream_delivery(database_url, orgs[-1][0], Path(tmp)):
+                say(f"{name}  {value:>12}  {base}")
+        finally:
+            pg.cleanup()
+    return 0
+
+
 def main() -> int:
+    if os.environ.get("KEEL_BENCH_AUDIT_PART") == "streams":
+        return streams_only()
     say(f"bench_audit: {ENTRIES:,} entries for verify/export, {APPENDS:,} appends by {WRITERS} clients")
     with tempfile.TemporaryDirectory(prefix="keel-bench-audit-") as tmp:
         database_url, pg = start_embedded_postgres(Path(tmp), cleanup="delete")
@@ -371,6 +484,8 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
     )
     results.append(("  CLI peak RSS", f"{rss.peak_mb:,.0f} MB", f"limit {RSS_LIMIT_MB} MB"))
     say(f"  export via CLI: {cli_rate:,.0f} entries/s, peak RSS {rss.peak_mb:.0f} MB")
+
+    results.extend(stream_delivery(database_url, orgs[-1][0], tmp))
 
     width = max(len(r[0]) for r in results)
     say("")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-REASONS = {200: "OK", 204: "No Content", 410: "Gone", 429: "Too Many Requests", 500: "Internal Server Error",
+REASONS = {200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 410: "Gone", 429: "Too Many Requests", 500: "Internal Server Error",
            503: "Service Unavailable"}  # fmt: skip
 
 
@@ -135,3 +135,72 @@ class Receiver:
             pass  # the client left, or the receiver is shutting down
         finally:
             writer.close()
+
+
+# --- SIEM-compatible receivers (audit streams) -----------------------------------------------------
+# Each answers as the real service does: its path, its auth header, its status codes and bodies.
+
+
+def splunk_hec(token: str, *, fail: Callable[[int], Reply | None] | None = None) -> Respond:
+    """Splunk's HTTP Event Collector: ``POST /services/collector/event`` with ``Authorization: Splunk <token>``;
+    200 ``{"text":"Success","code":0}``, 401 without a token, 403 with a wrong one, 400 for a body
+    that is not concatenated JSON event objects. ``fail(n)`` may script a failure for request n."""
+    import json
+
+    def respond(arrival: Arrival, n: int) -> Reply:
+        if fail is not None and (reply := fail(n)) is not None:
+            return reply
+        if arrival.method != "POST" or arrival.path != "/services/collector/event":
+            return Reply(404, b'{"text":"The requested URL was not found on this server.","code":404}')
+        auth = arrival.headers.get("authorization", "")
+        if not auth.startswith("Splunk "):
+            return Reply(401, b'{"text":"Token is required","code":2}')
+        if auth != f"Splunk {token}":
+            return Reply(403, b'{"text":"Invalid token","code":4}')
+        try:
+            events = hec_events(arrival.body)
+        except ValueError:
+            return Reply(400, b'{"text":"Invalid data format","code":6}')
+        if not events or any("event" not in e for e in events):
+            return Reply(400, b'{"text":"Event field is required","code":12}')
+        return Reply(200, json.dumps({"text": "Success", "code": 0}).encode())
+
+    return respond
+
+
+def hec_events(body: bytes) -> list[dict[str, object]]:
+    """HEC's batch form: JSON objects one after another (whitespace between them allowed)."""
+    import json
+
+    decoder, text, at, out = json.JSONDecoder(), body.decode(), 0, []
+    while at < len(text):
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            break
+        value, at = decoder.raw_decode(text, at)
+        out.append(value)
+    return out
+
+
+def datadog_logs(api_key: str, *, fail: Callable[[int], Reply | None] | None = None) -> Respond:
+    """Datadog's logs intake v2: ``POST /api/v2/logs`` with ``DD-API-KEY``; 202 ``{}``, 403 for a
+    missing or wrong key, 400 for a body that is not a JSON array of log objects."""
+    import json
+
+    def respond(arrival: Arrival, n: int) -> Reply:
+        if fail is not None and (reply := fail(n)) is not None:
+            return reply
+        if arrival.method != "POST" or arrival.path != "/api/v2/logs":
+            return Reply(404, b'{"errors":["Not found"]}')
+        if arrival.headers.get("dd-api-key") != api_key:
+            return Reply(403, b'{"errors":["Forbidden"]}')
+        try:
+            logs = json.loads(arrival.body)
+        except ValueError:
+            return Reply(400, b'{"errors":["Bad Request"]}')
+        if not isinstance(logs, list) or not all(isinstance(x, dict) and "message" in x for x in logs):
+            return Reply(400, b'{"errors":["Bad Request"]}')
+        return Reply(202, b"{}")
+
+    return respond

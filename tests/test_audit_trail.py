@@ -45,6 +45,18 @@ def _endpoint(client: httpx.Client, world: OrgWorld) -> str:
     return response.json()["id"]
 
 
+def _stream(client: httpx.Client, world: OrgWorld, *, paused: bool = False) -> str:
+    response = client.post(
+        f"/v1/orgs/{world.id}/audit-streams",
+        json={"name": unique("s"), "type": "splunk_hec", "url": "https://splunk.example.com:8088", "token": "t0ken"},
+        headers=world.headers("owner"),
+    )  # fmt: skip
+    stream_id = response.json()["id"]
+    if paused:
+        client.post(f"/v1/orgs/{world.id}/audit-streams/{stream_id}/pause", headers=world.headers("owner"))
+    return stream_id
+
+
 def _delivery(client: httpx.Client, world: OrgWorld) -> str:
     _endpoint(client, world)
     client.post(f"/v1/orgs/{world.id}/webhook-messages", json={"event_type": "audit.check", "payload": {}},
@@ -210,6 +222,26 @@ CASES: dict[tuple[str, str], tuple[Call, str]] = {
         lambda c, e, w, s: c.post(f"/v1/admin/webhook-deliveries/{_delivery(c, w)}/retry", headers=auth(s)),
         "webhook_delivery.retried",
     ),
+    ("POST", "/v1/orgs/{org_id:uuid}/audit-streams"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/audit-streams", json={"name": "s", "type": "datadog", "url": "https://http-intake.logs.datadoghq.eu", "token": "k3y"}, headers=w.headers("admin")),
+        "audit_stream.created",
+    ),
+    ("PATCH", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}"): (
+        lambda c, e, w, s: c.patch(f"/v1/orgs/{w.id}/audit-streams/{_stream(c, w)}", json={"format": "ocsf"}, headers=w.headers("owner")),
+        "audit_stream.updated",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}/pause"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/audit-streams/{_stream(c, w)}/pause", headers=w.headers("owner")),
+        "audit_stream.paused",
+    ),
+    ("POST", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}/resume"): (
+        lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/audit-streams/{_stream(c, w, paused=True)}/resume", headers=w.headers("owner")),
+        "audit_stream.resumed",
+    ),
+    ("DELETE", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}"): (
+        lambda c, e, w, s: c.delete(f"/v1/orgs/{w.id}/audit-streams/{_stream(c, w)}", headers=w.headers("owner")),
+        "audit_stream.deleted",
+    ),
     ("POST", "/v1/admin/inbound-events/{event_id:uuid}/reprocess"): (
         lambda c, e, w, s: c.post(f"/v1/admin/inbound-events/{_inbound_event(c)}/reprocess", headers=auth(s)),
         "inbound_event.reprocessed",
@@ -233,6 +265,8 @@ NOT_AUDITED = {
     ("POST", "/v1/events/batch"): "product analytics events are data, not administrative actions",
     ("POST", "/v1/orgs/{org_id:uuid}/webhook-messages"): "webhook messages are the product's data, each "
     "stored with its deliveries and every attempt (the record support reads), not administrative actions",
+    ("POST", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}/test"): "sends one test item to the "
+    "stream's destination and answers the outcome; it changes nothing in Keel",
     ("POST", "/v1/webhooks/stripe"): "Stripe's own requests: each is a row in inbound_webhook_requests "
     "(accepted, duplicate or rejected) and each event a row in inbound_events",
 }

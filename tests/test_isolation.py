@@ -53,6 +53,16 @@ def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
         headers=owner,
     )
     delivery = client.get(f"/v1/orgs/{victim.id}/webhook-deliveries", headers=owner).json()["items"][0]
+    stream = client.post(
+        f"/v1/orgs/{victim.id}/audit-streams",
+        json={
+            "name": "victim",
+            "type": "splunk_hec",
+            "url": "https://splunk.example.com:8088",
+            "token": "victim-hec",
+        },
+        headers=owner,
+    ).json()
     return {
         "org_id": victim.id,
         "user_id": victim.user_ids["member"],
@@ -62,6 +72,7 @@ def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
         "key": "isolation-check",
         "endpoint_id": endpoint["id"],
         "delivery_id": delivery["id"],
+        "stream_id": stream["id"],
     }
 
 
@@ -83,6 +94,7 @@ def snapshot(engine: Engine, org_id: str) -> tuple:
             tuple(conn.execute(text("SELECT id, url, secret, enabled, deleted_at FROM webhook_endpoints WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
             tuple(conn.execute(text("SELECT id, status, next_attempt_at FROM webhook_deliveries WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
             conn.execute(text("SELECT count(*) FROM webhook_messages WHERE organization_id = :i"), {"i": org_id}).scalar(),
+            tuple(conn.execute(text("SELECT id, name, url, status, token_ciphertext, updated_at FROM audit_streams WHERE organization_id = :i ORDER BY id"), {"i": org_id}).all()),
         )  # fmt: skip
 
 

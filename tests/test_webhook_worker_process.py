@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook
 
+from api.settings import Settings
 from tests.harness import make_org
 from tests.hooks import attempt_rows, create_endpoint, delivery_rows, publish
-from tests.receivers import Receiver, Reply
+from tests.receivers import Receiver, Reply, hec_events, splunk_hec
 
 KEEL = str(Path(sys.executable).with_name("keel"))
 
@@ -76,3 +77,31 @@ def test_a_killed_worker_loses_nothing(
         (1, "worker_lost", None),
         (2, None, 200),
     ]
+
+
+def test_keel_worker_delivers_audit_streams(
+    database_url: str, hooks_client: httpx.Client, engine: Engine, hooks_settings: Settings, tmp_path: Path
+) -> None:
+    """The one outbound worker also delivers audit streams; it opens the credentials with the key
+    the API sealed them with (the data dir's generated key, shared here)."""
+    world = make_org(hooks_client, engine, roles=("owner", "admin"))
+    with Receiver(splunk_hec("hec-process-token")) as receiver:
+        created = hooks_client.post(
+            f"/v1/orgs/{world.id}/audit-streams",
+            json={"name": "p", "type": "splunk_hec", "url": f"http://127.0.0.1:{receiver.port}",
+                  "token": "hec-process-token"},
+            headers=world.headers("owner"),
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        env_dir = Path(hooks_settings.data_dir)
+        worker = start_worker(database_url, env_dir, "--until-idle")
+        _out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err.decode()
+        events = [e for a in receiver.arrivals for e in hec_events(a.body)]
+    with engine.connect() as conn:
+        seqs = (
+            conn.execute(text("SELECT seq FROM audit_log WHERE chain_key = :k ORDER BY seq"), {"k": world.id})
+            .scalars()
+            .all()
+        )
+    assert [e["event"]["seq"] for e in events] == list(seqs) and seqs

@@ -13,6 +13,12 @@ from api.audit.models import ActorType
 KEEL_ACTIONS: frozenset[str] = frozenset(
     {
         "audit_log.exported",
+        "audit_stream.created",
+        "audit_stream.deleted",
+        "audit_stream.disabled",
+        "audit_stream.paused",
+        "audit_stream.resumed",
+        "audit_stream.updated",
         "billing.customer_linked",
         "billing.invoice_event",
         "billing.subscription_created",

@@ -50,7 +50,8 @@ def worker(
         bool, typer.Option("--until-idle", help="Exit once nothing is due (instead of running on).")
     ] = False,
 ) -> None:
-    """Deliver webhooks: claim due deliveries, send them signed, record every attempt, retry."""
+    """Deliver webhooks (claim due deliveries, send them signed, record every attempt, retry) and
+    audit log streams (each in seq order, one worker at a time per stream)."""
     from api.observability import configure_logging
     from api.webhooks.worker import run_worker
 

@@ -324,11 +324,21 @@ def run_worker(settings: Settings, config: WorkerConfig, *, until_idle: bool = F
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        async with Worker(settings, config) as worker:
+        # The one outbound worker also delivers audit streams (imported here: they use this module).
+        from api.audit.streams.delivery import StreamWorker
+
+        async with Worker(settings, config) as worker, StreamWorker(settings, name=worker.name) as streams:
             log.info("webhook worker %s started", worker.name)
             if until_idle:
-                return await worker.run_until_idle(max_seconds=float("inf"))
-            return await worker.run(stop)
+                stats = await worker.run_until_idle(max_seconds=float("inf"))
+                await streams.run_until_idle(max_seconds=float("inf"))
+                return stats
+            stream_loop = asyncio.create_task(streams.run(stop))
+            try:
+                return await worker.run(stop)
+            finally:
+                stop.set()
+                await stream_loop
 
     try:
         import uvloop

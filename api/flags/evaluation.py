@@ -301,9 +301,26 @@ class FlagSnapshot:
     #: Overrides by organization id (canonical text), then by flag key.
     overrides: Mapping[str, Mapping[str, Override]] = field(default_factory=dict)
     _plan: tuple[tuple[str, int, str, int], ...] = field(init=False, repr=False, compare=False)
+    _variant_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_plan", _plan(self.flags))
+        object.__setattr__(self, "_variant_keys", tuple(k for k, f in self.flags.items() if f.variants))
+
+    def variant_answers(self, answers: Mapping[str, bool], *, org_id: str, facts: Facts) -> dict[str, str]:
+        """``{key: variant}`` for the flags of ``answers`` that are on and have variants."""
+        out: dict[str, str] = {}
+        mine = self.overrides.get(org_id) or {}
+        for key in self._variant_keys:
+            if not answers.get(key):
+                continue
+            flag = self.flags[key]
+            chosen = flag.variant_named(mine[key].variant) if key in mine else None
+            if chosen is None:
+                chosen, _n = flag.pick_variant(facts)
+            if chosen is not None:
+                out[key] = chosen.name
+        return out
 
     @property
     def needs_org_facts(self) -> bool:

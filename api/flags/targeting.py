@@ -138,7 +138,7 @@ class Constraint:
 Check = Callable[[Facts], bool]
 
 
-def _parse_date(text: str) -> datetime | None:
+def parse_date(text: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -146,7 +146,7 @@ def _parse_date(text: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _parse_number(text: str | None) -> float | None:
+def parse_number(text: str | None) -> float | None:
     if text is None:
         return None
     try:
@@ -156,7 +156,7 @@ def _parse_number(text: str | None) -> float | None:
     return None if number != number else number  # NaN compares as nothing
 
 
-def _parse_semver(text: str | None) -> semver.Version | None:
+def parse_semver(text: str | None) -> semver.Version | None:
     if text is None:
         return None
     try:
@@ -205,13 +205,13 @@ def _operator_check(c: Constraint) -> Check:
             return lambda f: (v := text_of(f)) is not None and v.startswith(needles)
         return lambda f: (v := text_of(f)) is not None and v.endswith(needles)
     if op in _NUM:
-        target = _parse_number(values[0]) if values else None
+        target = parse_number(values[0]) if values else None
         compare = _NUM[op]
         if target is None:
             return lambda f: False
-        return lambda f: (v := _parse_number(f.get(name))) is not None and compare(v, target)
+        return lambda f: (v := parse_number(f.get(name))) is not None and compare(v, target)
     if op in (Operator.DATE_AFTER, Operator.DATE_BEFORE):
-        when = _parse_date(values[0]) if values else None
+        when = parse_date(values[0]) if values else None
         if when is None:
             return lambda f: False
         after = op == Operator.DATE_AFTER
@@ -221,18 +221,18 @@ def _operator_check(c: Constraint) -> Check:
             if raw is None and name == CURRENT_TIME:
                 value: datetime | None = f.now or datetime.now(UTC)
             else:
-                value = _parse_date(raw) if raw is not None else None
+                value = parse_date(raw) if raw is not None else None
             if value is None:
                 return False
             return value > when if after else value < when
 
         return date_check
     if op in _SEMVER:
-        version = _parse_semver(values[0]) if values else None
+        version = parse_semver(values[0]) if values else None
         outcome = _SEMVER[op]
         if version is None:
             return lambda f: False
-        return lambda f: (v := _parse_semver(f.get(name))) is not None and outcome(v.compare(version))
+        return lambda f: (v := parse_semver(f.get(name))) is not None and outcome(v.compare(version))
     return lambda f: False  # an unknown operator matches nothing (Unleash)
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.audit import services as audit
 from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
+from api.db.engine import make_sessionmaker, run_with_engine
 from api.errors import Conflict, KeelError, NotFound, ValidationFailed
 from api.flags.models import FeatureFlag, FlagEvaluationMark, FlagScheduledChange, ScheduleStatus
 from api.flags.schemas import FlagUpdate
@@ -28,6 +29,8 @@ from api.flags.services import get_flag, update_flag
 from api.pagination import decode_cursor
 
 SCHEDULE = "flag_scheduled_change"
+#: How often the worker looks for due changes: well within the promised minute.
+APPLY_INTERVAL = 20.0
 #: A flag at 0 or 100 % left unchanged this long is stale; so is one nobody evaluated this long.
 STALE_UNCHANGED = timedelta(days=30)
 STALE_UNEVALUATED = timedelta(days=14)
@@ -137,6 +140,17 @@ async def apply_due(session: AsyncSession, *, now: datetime | None = None, limit
             applied += 1
     await session.flush()
     return applied
+
+
+async def apply_due_with(engine: AsyncEngine) -> int:
+    """:func:`apply_due` in a committed transaction of its own."""
+    async with make_sessionmaker(engine)() as session, session.begin():
+        return await apply_due(session)
+
+
+def run_due_schedules(database_url: str) -> int:
+    """The blocking form, for the flow and the CLI."""
+    return run_with_engine(database_url, apply_due_with, pool_size=1)
 
 
 async def stale_flags(session: AsyncSession, *, now: datetime | None = None) -> list[tuple[FeatureFlag, list[str], datetime | None]]:

@@ -5,7 +5,8 @@ OpenFeature SDK's OFREP provider evaluates Keel flags with no Keel code.
 ``{"context": {"targetingKey": …, …}}``. ``targetingKey`` is the end user's id; every other
 attribute is a ``context.<name>`` field for rules. The org: an org ingest key's own; a platform
 key or member token names it in the context (``org_id``, or ``groupId`` matched by Keel id or
-``external_id``). Answers come from the process's flag snapshot, as ``/v1/flags/evaluate``'s do.
+``external_id``; ``?org_id=`` also works, as for ``/v1/flags/evaluate``). An org the credential may
+not use answers exactly as one that does not exist (403). Answers come from the process's flag snapshot, as ``/v1/flags/evaluate``'s do.
 
 OFREP's shapes, not problem+json, for what OFREP defines: success ``{key, value, reason, variant,
 metadata}``; failure ``{key, errorCode, errorDetails}`` (``FLAG_NOT_FOUND`` 404,
@@ -87,8 +88,8 @@ async def _read_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return _context_of(body)
 
 
-async def _org_named(request: Request[Any, Any, Any], named: str) -> uuid.UUID:
-    """The live org whose Keel id or ``external_id`` is ``named``."""
+async def _org_named(request: Request[Any, Any, Any], named: str) -> uuid.UUID | None:
+    """The live org whose Keel id or ``external_id`` is ``named``, if there is one."""
     try:
         as_id: uuid.UUID | None = uuid.UUID(named)
     except ValueError:
@@ -97,18 +98,20 @@ async def _org_named(request: Request[Any, Any, Any], named: str) -> uuid.UUID:
     if as_id is not None:
         clause = or_(Organization.id == as_id, clause)
     async with request.app.state.sessionmaker() as session:
-        found = await session.scalar(select(Organization.id).where(clause, LIVE).limit(1))
-    if found is None:
-        raise OfrepError(400, "INVALID_CONTEXT", f"no organization with the id or external id {named!r}")
-    return found
+        return await session.scalar(select(Organization.id).where(clause, LIVE).limit(1))
+
+
+#: One answer for an org the credential may not use and for one that does not exist (no hint).
+NOT_YOURS = "this credential may not evaluate flags for that organization"
 
 
 async def _org_for(request: Request[Any, Any, Any], principal: Principal, context: dict[str, Any]) -> str:
-    named = context.get("org_id") or context.get("groupId")
+    """The org to evaluate for: named by ``context.org_id``, ``context.groupId`` or ``?org_id=``."""
+    named = context.get("org_id") or context.get("groupId") or request.query_params.get("org_id")
     if principal.kind is TokenKind.org_ingest:
         assert principal.organization_id is not None
         if named is not None and await _org_named(request, named) != principal.organization_id:
-            raise Forbidden("an org ingest key evaluates its own organization's flags only")
+            raise Forbidden(NOT_YOURS)
         return canonical_org_id(principal.organization_id)
     if named is None:
         raise OfrepError(
@@ -116,11 +119,15 @@ async def _org_for(request: Request[Any, Any, Any], principal: Principal, contex
         )
     org_id = await _org_named(request, named)
     if principal.kind is TokenKind.platform_ingest:
+        if org_id is None:  # a platform key sees every org: saying so leaks nothing
+            raise OfrepError(400, "INVALID_CONTEXT", f"no organization with the id or external id {named!r}")
         return canonical_org_id(org_id)
+    if org_id is None:
+        raise Forbidden(NOT_YOURS)
     try:
         await auth.org_access_cached(request.app.state.sessionmaker, principal, org_id, Permission.read_org)
     except NotFound:
-        raise Forbidden("you are not a member of this organization") from None
+        raise Forbidden(NOT_YOURS) from None
     return canonical_org_id(org_id)
 
 

@@ -40,7 +40,8 @@ CROSS_PARAMETER_RULES = {"/v1/orgs/{org_id}/analytics/activity"}
 # the body's context, which a member's token must do.
 SEMANTIC_BODIES = {
     "/v1/admin/flags", "/v1/admin/flags/{key}", "/v1/admin/flags/{key}/schedules", "/v1/admin/segments",
-    "/v1/admin/segments/{name}", "/ofrep/v1/evaluate/flags", "/ofrep/v1/evaluate/flags/{key}",
+    "/v1/admin/segments/{name}", "/v1/admin/flags/{key}/overrides/{org_id}", "/ofrep/v1/evaluate/flags",
+    "/ofrep/v1/evaluate/flags/{key}",
 }  # fmt: skip
 FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

@@ -273,17 +273,33 @@ def _how(flag: FlagDefinition) -> int:
     return _BY_USER if flag.stickiness is Stickiness.user else _BY_ORG
 
 
-def _rules_answer(flag: FlagDefinition, facts: Facts) -> bool:
-    """:func:`evaluate`'s rules and base rollout, answering only on or off."""
-    for rule in flag.rules:
-        for _constraint, check in rule.checks:
-            if not check(facts):
-                break
-        else:
-            if _rule_bucket(flag.key, rule, facts)[0]:
-                return True
-    sticky = facts.user_id if flag.stickiness is Stickiness.user else facts.org_id
-    return bool(sticky) and bucket(flag.key, sticky) <= flag.rollout_percentage  # type: ignore[arg-type]
+#: A flag's rules for :meth:`FlagSnapshot.answers`: per rule, the indexes of its constraints in the
+#: snapshot's table of distinct checks, and the rule itself (for its rollout).
+RulePlan = tuple[tuple[tuple[int, ...], Rule], ...]
+
+
+def _intern(flags: Mapping[str, FlagDefinition]) -> tuple[tuple[Check, ...], dict[str, RulePlan]]:
+    """Every distinct constraint once: a constraint many flags share is checked once per answer map."""
+    index: dict[Constraint, int] = {}
+    checks: list[Check] = []
+    plans: dict[str, RulePlan] = {}
+    for key, flag in flags.items():
+        rules = []
+        for rule in flag.rules:
+            ids = []
+            for constraint, check in rule.checks:
+                if constraint.segment is not None:
+                    constraint = Constraint(
+                        constraint.field, constraint.operator, constraint.values, constraint.inverted,
+                        constraint.case_insensitive,
+                    )  # fmt: skip
+                if constraint not in index:
+                    index[constraint] = len(checks)
+                    checks.append(check)
+                ids.append(index[constraint])
+            rules.append((tuple(ids), rule))
+        plans[key] = tuple(rules)
+    return tuple(checks), plans
 
 
 def _plan(flags: Mapping[str, FlagDefinition]) -> tuple[tuple[str, int, str, int], ...]:
@@ -302,9 +318,14 @@ class FlagSnapshot:
     overrides: Mapping[str, Mapping[str, Override]] = field(default_factory=dict)
     _plan: tuple[tuple[str, int, str, int], ...] = field(init=False, repr=False, compare=False)
     _variant_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _checks: tuple[Check, ...] = field(init=False, repr=False, compare=False)
+    _rule_plans: dict[str, RulePlan] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_plan", _plan(self.flags))
+        checks, plans = _intern(self.flags)
+        object.__setattr__(self, "_checks", checks)
+        object.__setattr__(self, "_rule_plans", plans)
         object.__setattr__(self, "_variant_keys", tuple(k for k, f in self.flags.items() if f.variants))
 
     def variant_answers(self, answers: Mapping[str, bool], *, org_id: str, facts: Facts) -> dict[str, str]:
@@ -362,15 +383,41 @@ class FlagSnapshot:
         mine = self.overrides.get(org_id)
         hash32 = mmh3.hash
         out: dict[str, bool] = {}
+        checks, rule_plans = self._checks, self._rule_plans
+        memo: list[bool | None] = [None] * len(checks)
+        flat: dict[str, str] | None = None
         for key, how, prefix, rollout in self._plan:
             if how == _OFF:
                 out[key] = False
             elif mine is not None and key in mine:
                 out[key] = mine[key].enabled
             elif how == _BY_RULES:
+                # evaluate()'s rules then base rollout, inlined: the hot path of targeted flags.
                 if facts is None:
                     facts = Facts(org_id=org_id, user_id=user_id)
-                out[key] = _rules_answer(self.flags[key], facts)
+                if flat is None:
+                    flat = facts.flat
+                answer = False
+                for ids, rule in rule_plans[key]:
+                    for i in ids:
+                        held = memo[i]
+                        if held is None:
+                            held = memo[i] = checks[i](flat)
+                        if not held:
+                            break
+                    else:
+                        share = rule.rollout_percentage
+                        if share >= NORMALIZER:
+                            answer = True
+                            break
+                        sticky = facts.user_id if rule.stickiness is Stickiness.user else org_id
+                        if share > 0 and sticky and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < share:
+                            answer = True
+                            break
+                if not answer:
+                    sticky = user_id if self.flags[key].stickiness is Stickiness.user else org_id
+                    answer = bool(sticky) and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < rollout  # type: ignore[operator]
+                out[key] = answer
             elif how == _BY_ORG:
                 out[key] = hash32(prefix + org_id, 0, signed=False) % NORMALIZER + 1 <= rollout
             elif user_id:

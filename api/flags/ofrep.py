@@ -35,6 +35,7 @@ from api.errors import BadRequest, Forbidden, NotFound
 from api.flags.evaluation import Evaluation, FlagDefinition, Reason
 from api.flags.schemas import KEY_PATTERN
 from api.flags.store import FlagStore, canonical_org_id
+from api.openapi import OWN_RESPONSES
 from api.orgs.live import LIVE
 from api.orgs.models import Organization
 from api.tokens.models import TokenKind
@@ -45,6 +46,44 @@ JSON = "application/json"
 ORG_ATTRIBUTES = ("org_id", "groupId")
 
 PathKey = Annotated[str, Parameter(pattern=KEY_PATTERN, max_length=100, description="The flag's key.")]
+
+
+class OfrepRequest(msgspec.Struct):
+    """``context``: ``targetingKey`` (the user id), ``org_id`` or ``groupId``, and any attribute."""
+
+    context: dict[str, Any] = {}
+
+
+class OfrepEvaluation(msgspec.Struct, omit_defaults=True):
+    key: str
+    reason: str
+    variant: str
+    metadata: dict[str, Any]
+    #: Absent for a flag with variants that is off: the SDK uses the code's default.
+    value: Any = None
+
+
+class OfrepFailure(msgspec.Struct, omit_defaults=True):
+    errorCode: str  # noqa: N815 (OFREP's field names)
+    errorDetails: str  # noqa: N815
+    key: str | None = None
+
+
+class OfrepBulk(msgspec.Struct):
+    flags: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+
+SINGLE_ANSWERS = {
+    200: ("The flag's evaluation.", OfrepEvaluation),
+    400: ("PARSE_ERROR, INVALID_CONTEXT or TARGETING_KEY_MISSING (OFREP).", OfrepFailure),
+    404: ("FLAG_NOT_FOUND (OFREP).", OfrepFailure),
+}
+BULK_ANSWERS = {
+    200: ("Every flag's evaluation (or its error), with an ETag.", OfrepBulk),
+    304: ("Nothing changed since the ETag sent in If-None-Match.", None),
+    400: ("PARSE_ERROR or INVALID_CONTEXT (OFREP).", OfrepFailure),
+}
 
 
 class OfrepError(Exception):
@@ -186,6 +225,7 @@ class OfrepController(Controller):
         "/{key:str}",
         status_code=200,
         summary="OFREP: evaluate one flag",
+        opt={"request_body": OfrepRequest, OWN_RESPONSES: SINGLE_ANSWERS},
         description="OpenFeature Remote Evaluation Protocol, single flag (server-side providers).",
     )
     async def evaluate_one(self, key: PathKey, request: Request[Any, Any, Any], principal: Principal) -> Response[bytes]:
@@ -210,6 +250,7 @@ class OfrepController(Controller):
         "/",
         status_code=200,
         summary="OFREP: evaluate every flag (ETag; 304 on If-None-Match)",
+        opt={"request_body": OfrepRequest, OWN_RESPONSES: BULK_ANSWERS},
         description="OpenFeature Remote Evaluation Protocol, bulk (client-side providers poll it).",
         response_description="Every flag's evaluation",
     )

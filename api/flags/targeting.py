@@ -106,6 +106,25 @@ class Facts:
     context: Mapping[str, Any] = field(default_factory=dict)
     #: When ``context.currentTime`` is not given (``DATE_*``); ``None`` = the time of the check.
     now: datetime | None = None
+    _flat: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def flat(self) -> dict[str, str]:
+        """Every field by its rule name, as text (made once per evaluation: checks read only this)."""
+        flat = self._flat
+        if flat is None:
+            flat = {"org.id": self.org_id, **self.org}
+            if self.user_id:
+                flat[USER_ID] = self.user_id
+            for prefix, values in ((TRAITS_PREFIX, self.traits), (CONTEXT_PREFIX, self.context)):
+                for name, value in values.items():
+                    text = as_text(value)
+                    if text is not None:
+                        flat[prefix + name] = text
+            if self.now is not None and CURRENT_TIME not in flat:
+                flat[CURRENT_TIME] = self.now.isoformat()
+            object.__setattr__(self, "_flat", flat)
+        return flat
 
     def get(self, name: str) -> str | None:
         if name == "org.id":
@@ -135,7 +154,8 @@ class Constraint:
         return f"{text} (segment {self.segment!r})" if self.segment else text
 
 
-Check = Callable[[Facts], bool]
+#: A compiled constraint: reads the fields of :attr:`Facts.flat`.
+Check = Callable[[Mapping[str, str]], bool]
 
 
 def parse_date(text: str) -> datetime | None:
@@ -195,7 +215,7 @@ def _operator_check(c: Constraint) -> Check:
         fold = c.case_insensitive
         needles = tuple(v.lower() for v in values) if fold else values
 
-        def text_of(f: Facts) -> str | None:
+        def text_of(f: Mapping[str, str]) -> str | None:
             value = f.get(name)
             return value.lower() if fold and value is not None else value
 
@@ -216,10 +236,10 @@ def _operator_check(c: Constraint) -> Check:
             return lambda f: False
         after = op == Operator.DATE_AFTER
 
-        def date_check(f: Facts) -> bool:
+        def date_check(f: Mapping[str, str]) -> bool:
             raw = f.get(name)
             if raw is None and name == CURRENT_TIME:
-                value: datetime | None = f.now or datetime.now(UTC)
+                value: datetime | None = datetime.now(UTC)
             else:
                 value = parse_date(raw) if raw is not None else None
             if value is None:
@@ -245,7 +265,8 @@ def compile_constraint(c: Constraint) -> Check:
 
 def first_failing(checks: Sequence[tuple[Constraint, Check]], facts: Facts) -> Constraint | None:
     """The first constraint that does not hold (``None``: all hold)."""
+    flat = facts.flat
     for constraint, check in checks:
-        if not check(facts):
+        if not check(flat):
             return constraint
     return None

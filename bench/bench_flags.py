@@ -11,8 +11,9 @@ Run by `make bench`. Every figure is printed beside a baseline measured in the s
   keep-alive clients send a fixed number of requests to `GET /v1/flags/evaluate` (an org ingest
   key, all 50 flags) and to `GET /health` on the same process, in alternating rounds; the ratio
   of the medians is the figure (target >= 0.6). `POST /ofrep/v1/evaluate/flags` (OFREP bulk, the
-  same 50 flags, a targeting key) is measured in the same rounds: ratio to /health, target >= 0.7. `GET /v1/me` with the same key is measured in
-  the same rounds: it authenticates exactly as evaluate does and reads nothing else for a key,
+  same 50 flags, a targeting key) is measured in the same rounds: ratio to /health, target >= 0.7.
+  `GET /v1/me` with the same key is measured in the same rounds: it authenticates exactly as
+  evaluate does and reads nothing else for a key,
   but, like most routes, it takes a `db` session as a dependency; evaluate takes none, so
   evaluate / me above 1 is what that per-request session set-up costs. The server logs as
   deployed (INFO, one JSON line per request).
@@ -110,12 +111,19 @@ def facts_of(orgs: list[str], users: list[str]) -> list[Facts]:
     rng = random.Random(2)
     return [
         Facts(
-            org_id=org, user_id=user,
-            org={"org.plan": rng.choice(PLANS), "org.seats": str(rng.randint(1, 80)),
-                 "org.subscription_status": "active"},
-            traits={"industry": rng.choice(INDUSTRIES), "region": rng.choice(("eu-west", "us-east", "eu-north"))},
+            org_id=org,
+            user_id=user,
+            org={
+                "org.plan": rng.choice(PLANS),
+                "org.seats": str(rng.randint(1, 80)),
+                "org.subscription_status": "active",
+            },
+            traits={
+                "industry": rng.choice(INDUSTRIES),
+                "region": rng.choice(("eu-west", "us-east", "eu-north")),
+            },
             context={"country": rng.choice(("NO", "US", "SE", "DE"))},
-        )  # fmt: skip
+        )
         for org, user in zip(orgs, users, strict=True)
     ]
 
@@ -171,8 +179,13 @@ def in_process() -> None:
         for i in range(RULE_ROUND_CALLS):
             f = facts[(i * 7919) % ORGS]
             # A new Facts per call, as a request makes one (its flattened fields are not reused).
-            ruled.answers(org_id=f.org_id, user_id=f.user_id, facts=Facts(
-                org_id=f.org_id, user_id=f.user_id, org=f.org, traits=f.traits, context=f.context))
+            ruled.answers(
+                org_id=f.org_id,
+                user_id=f.user_id,
+                facts=Facts(
+                    org_id=f.org_id, user_id=f.user_id, org=f.org, traits=f.traits, context=f.context
+                ),
+            )
         return RULE_ROUND_CALLS / (time.process_time() - started)
 
     # Alternating rounds, CPU time of this process: the machine is shared, so wall-clock rates of
@@ -312,7 +325,9 @@ def over_http() -> None:
                     "health": _get("/health"),
                     "me": _get("/v1/me", token),
                     "evaluate": _get("/v1/flags/evaluate", token),
-                    "ofrep": _post("/ofrep/v1/evaluate/flags", token, b'{"context": {"targetingKey": "user-7"}}'),
+                    "ofrep": _post(
+                        "/ofrep/v1/evaluate/flags", token, b'{"context": {"targetingKey": "user-7"}}'
+                    ),
                 }
                 rates = asyncio.run(asyncio.wait_for(_measure(port, requests), HTTP_TIME_LIMIT))
             finally:

@@ -268,4 +268,3 @@ FLOWS: dict[str, Flow[..., Any]] = {
     "reconcile-billing": reconcile_billing,
     "apply-flag-schedules": apply_flag_schedules,
 }
-

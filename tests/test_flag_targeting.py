@@ -80,7 +80,9 @@ def test_a_plan_rule_turns_on_when_the_stripe_subscription_moves_to_enterprise(
 
     local_stripe.store.update_subscription(sub_id, price=prices["enterprise_monthly"])
     sync_stripe_events(client, local_stripe, sub_id, seen)
-    eventually(lambda: one(client, flag["key"], key_headers)["enabled"], what="the plan rule", within=FACTS_BOUND)
+    eventually(
+        lambda: one(client, flag["key"], key_headers)["enabled"], what="the plan rule", within=FACTS_BOUND
+    )
     assert one(client, flag["key"], key_headers) == {
         "key": flag["key"], "enabled": True, "reason": "rule", "rule": "enterprise"}  # fmt: skip
     every = client.get("/v1/flags/evaluate", headers=key_headers).json()["flags"]
@@ -111,7 +113,9 @@ def test_a_trait_rule_through_a_segment_follows_the_orgs_traits(
     assert first["enabled"] is False
 
     set_org_traits(engine, org.id, {"industry": "fintech", "region": "eu-west"})
-    eventually(lambda: one(client, flag["key"], key_headers)["enabled"], what="the trait rule", within=FACTS_BOUND)
+    eventually(
+        lambda: one(client, flag["key"], key_headers)["enabled"], what="the trait rule", within=FACTS_BOUND
+    )
 
     # The segment changes: the rule follows at the next refresh, no flag write needed.
     changed = client.patch(f"/v1/admin/segments/{segment}", headers=auth(admin), json={"constraints": [
@@ -192,7 +196,9 @@ def test_bad_rules_and_variants_are_422_naming_the_field(
 def test_malformed_rule_shapes_are_refused_not_500(client: httpx.Client, admin: str) -> None:
     for rules in ({"name": "x"}, [{"constraints": []}], [{"name": "r", "constraints": [{"field": 1}]}],
                   [{"name": "r", "rollout_percentage": 101}]):  # fmt: skip
-        response = client.post("/v1/admin/flags", json={"key": unique("bad"), "rules": rules}, headers=auth(admin))
+        response = client.post(
+            "/v1/admin/flags", json={"key": unique("bad"), "rules": rules}, headers=auth(admin)
+        )
         assert response.status_code in (400, 422), response.text
         assert response.headers["content-type"].startswith("application/problem+json")
 
@@ -243,7 +249,8 @@ def test_stale_flags_are_listed_for_staff(
         )  # fmt: skip
         conn.execute(text("ALTER TABLE feature_flags ENABLE TRIGGER feature_flags_changed"))
         conn.execute(
-            text("INSERT INTO flag_evaluation_marks (flag_key, last_evaluated_at) VALUES (:k, now())"), {"k": fresh}
+            text("INSERT INTO flag_evaluation_marks (flag_key, last_evaluated_at) VALUES (:k, now())"),
+            {"k": fresh},
         )
     listed = client.get("/v1/admin/stale-flags", headers=auth(staff_support[1]))
     assert listed.status_code == 200, listed.text

@@ -39,7 +39,10 @@ def single(value: object) -> list[dict[str, object]]:
 
 def in_cache(client: httpx.Client, org: OrgWorld, key: str) -> None:
     eventually(
-        lambda: client.post(f"{BULK}/{key}", json={"context": {}}, headers=auth(org.ingest_key)).status_code == 200,
+        lambda: (
+            client.post(f"{BULK}/{key}", json={"context": {}}, headers=auth(org.ingest_key)).status_code
+            == 200
+        ),
         what="the flag reaches the cache",
     )
 
@@ -51,13 +54,20 @@ def test_the_openfeature_sdk_evaluates_every_type_and_sees_changes(
     colour = create_flag(client, admin, rollout_percentage=100, variants=single("blue"))["key"]
     ratio = create_flag(client, admin, rollout_percentage=100, variants=single(0.25))["key"]
     limit = create_flag(client, admin, rollout_percentage=100, variants=single(7))["key"]
-    layout = create_flag(client, admin, rollout_percentage=100, variants=single({"layout": "new", "cols": 3}))["key"]
+    layout = create_flag(
+        client, admin, rollout_percentage=100, variants=single({"layout": "new", "cols": 3})
+    )["key"]
     in_cache(client, org, layout)
     sdk = sdk_client(live_server, org.ingest_key)
     context = EvaluationContext(targeting_key="end-user-1", attributes={"country": "NO"})
 
     details = sdk.get_boolean_details(on, False, context)
-    assert (details.value, details.reason, details.variant, details.error_code) == (True, Reason.STATIC, "on", None)
+    assert (details.value, details.reason, details.variant, details.error_code) == (
+        True,
+        Reason.STATIC,
+        "on",
+        None,
+    )
     assert sdk.get_string_value(colour, "red", context) == "blue"
     assert sdk.get_float_value(ratio, 1.0, context) == 0.25
     assert sdk.get_integer_value(limit, 0, context) == 7
@@ -68,21 +78,30 @@ def test_the_openfeature_sdk_evaluates_every_type_and_sees_changes(
 
     # A change reaches the provider within its polling interval: this provider asks on every call,
     # and the server's snapshot follows within its own 1 s refresh.
-    assert client.patch(f"/v1/admin/flags/{on}", json={"enabled": False}, headers=auth(admin)).status_code == 200
-    eventually(lambda: sdk.get_boolean_value(on, True, context) is False, what="the kill switch through OFREP")
+    assert (
+        client.patch(f"/v1/admin/flags/{on}", json={"enabled": False}, headers=auth(admin)).status_code == 200
+    )
+    eventually(
+        lambda: sdk.get_boolean_value(on, True, context) is False, what="the kill switch through OFREP"
+    )
     assert sdk.get_boolean_details(on, True, context).reason == Reason.DISABLED
 
 
 def test_rules_read_the_ofrep_context_and_the_org_is_named_by_external_id(
     client: httpx.Client, engine: Engine, live_server: LiveServer, org: OrgWorld, admin: str
 ) -> None:
-    rule = {"name": "norway", "constraints": [{"field": "context.country", "operator": "IN", "values": ["NO"]}]}
+    rule = {
+        "name": "norway",
+        "constraints": [{"field": "context.country", "operator": "IN", "values": ["NO"]}],
+    }
     key = create_flag(client, admin, rules=[rule])["key"]
     by_user = create_flag(client, admin, rollout_percentage=50, stickiness="user")["key"]
     in_cache(client, org, key)
     external = unique("acct")
     with engine.begin() as conn:
-        conn.execute(text("UPDATE organizations SET external_id = :e WHERE id = :o"), {"e": external, "o": org.id})
+        conn.execute(
+            text("UPDATE organizations SET external_id = :e WHERE id = :o"), {"e": external, "o": org.id}
+        )
     platform = client.post("/v1/admin/ingest-keys", json={"name": "ofrep"}, headers=auth(admin))
     assert platform.status_code == 201, platform.text
     sdk = sdk_client(live_server, platform.json()["token"])
@@ -118,7 +137,12 @@ def test_bulk_answers_carry_an_etag_and_304_until_something_changes(
     etag = first.headers["etag"]
     again = client.post(BULK, json=body, headers={**auth(org.ingest_key), "If-None-Match": etag})
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
-    assert client.patch(f"/v1/admin/flags/{key}", json={"rollout_percentage": 0}, headers=auth(admin)).status_code == 200
+    assert (
+        client.patch(
+            f"/v1/admin/flags/{key}", json={"rollout_percentage": 0}, headers=auth(admin)
+        ).status_code
+        == 200
+    )
 
     def changed() -> bool:
         r = client.post(BULK, json=body, headers={**auth(org.ingest_key), "If-None-Match": etag})

@@ -96,7 +96,9 @@ class SegmentAdminController(Controller):
         summary="Delete a segment no rule uses (admin)",
         opt=auth.staff_only(StaffPermission.administer),
     )
-    async def remove(self, name: PathName, db: AsyncSession, principal: Principal, ctx: RequestContext) -> None:
+    async def remove(
+        self, name: PathName, db: AsyncSession, principal: Principal, ctx: RequestContext
+    ) -> None:
         await segments.delete_segment(db, name=name, actor=Actor.of(principal, as_staff=True), ctx=ctx)
 
 
@@ -151,9 +153,12 @@ class StaleFlagController(Controller):
         return StaleFlagsOut(
             items=[
                 StaleFlagOut(
-                    key=f.key, reasons=reasons, rollout_percentage=f.rollout_percentage,
-                    updated_at=f.updated_at, last_evaluated_at=last,
-                )  # fmt: skip
+                    key=f.key,
+                    reasons=reasons,
+                    rollout_percentage=f.rollout_percentage,
+                    updated_at=f.updated_at,
+                    last_evaluated_at=last,
+                )
                 for f, reasons, last in found
             ]
         )

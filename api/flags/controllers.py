@@ -262,7 +262,9 @@ class FlagEvaluationController(Controller):
         store.mark_evaluated()
         if not track:
             answers = snapshot.answers(org_id=org, user_id=user_id, facts=facts)
-            return FlagsOut(flags=answers, variants=snapshot.variant_answers(answers, org_id=org, facts=facts))
+            return FlagsOut(
+                flags=answers, variants=snapshot.variant_answers(answers, org_id=org, facts=facts)
+            )
         results = snapshot.evaluate_all(org_id=org, user_id=user_id, facts=facts)
         await _track(request, principal, org, user_id, results)
         return FlagsOut(

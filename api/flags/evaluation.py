@@ -245,7 +245,10 @@ def evaluate(
             )  # fmt: skip
             return _with_variant(flag, result, facts, None)
         failed.append(
-            (rule.name, f"bucket {n} > rollout {rule.rollout_percentage}" if n is not None else "outside its rollout")
+            (
+                rule.name,
+                f"bucket {n} > rollout {rule.rollout_percentage}" if n is not None else "outside its rollout",
+            )
         )
     if flag.stickiness is Stickiness.user:
         if not user_id:
@@ -356,7 +359,11 @@ class FlagSnapshot:
         if flag is None:
             return None
         return evaluate(
-            flag, org_id=org_id, user_id=user_id, override=self.overrides.get(org_id, {}).get(key), facts=facts
+            flag,
+            org_id=org_id,
+            user_id=user_id,
+            override=self.overrides.get(org_id, {}).get(key),
+            facts=facts,
         )
 
     def evaluate_all(
@@ -411,7 +418,11 @@ class FlagSnapshot:
                             answer = True
                             break
                         sticky = facts.user_id if rule.stickiness is Stickiness.user else org_id
-                        if share > 0 and sticky and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < share:
+                        if (
+                            share > 0
+                            and sticky
+                            and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < share
+                        ):
                             answer = True
                             break
                 if not answer:

@@ -6,7 +6,8 @@ OpenFeature SDK's OFREP provider evaluates Keel flags with no Keel code.
 attribute is a ``context.<name>`` field for rules. The org: an org ingest key's own; a platform
 key or member token names it in the context (``org_id``, or ``groupId`` matched by Keel id or
 ``external_id``; ``?org_id=`` also works, as for ``/v1/flags/evaluate``). An org the credential may
-not use answers exactly as one that does not exist (403). Answers come from the process's flag snapshot, as ``/v1/flags/evaluate``'s do.
+not use answers exactly as one that does not exist (403). Answers come from the process's flag
+snapshot, as ``/v1/flags/evaluate``'s do.
 
 OFREP's shapes, not problem+json, for what OFREP defines: success ``{key, value, reason, variant,
 metadata}``; failure ``{key, errorCode, errorDetails}`` (``FLAG_NOT_FOUND`` 404,
@@ -64,8 +65,10 @@ class OfrepEvaluation(msgspec.Struct, omit_defaults=True):
 
 
 class OfrepFailure(msgspec.Struct, omit_defaults=True):
-    errorCode: str  # noqa: N815 (OFREP's field names)
-    errorDetails: str  # noqa: N815
+    """OFREP's failure shape (its camelCase field names)."""
+
+    errorCode: str
+    errorDetails: str
     key: str | None = None
 
 
@@ -100,7 +103,7 @@ class OfrepError(Exception):
 
 def _context_of(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise OfrepError(400, "PARSE_ERROR", "the request body must be a JSON object: {\"context\": {…}}")
+        raise OfrepError(400, "PARSE_ERROR", 'the request body must be a JSON object: {"context": {…}}')
     context = body.get("context", {})
     if context is None:
         context = {}
@@ -154,7 +157,9 @@ async def _org_for(request: Request[Any, Any, Any], principal: Principal, contex
         return canonical_org_id(principal.organization_id)
     if named is None:
         raise OfrepError(
-            400, "INVALID_CONTEXT", "this credential must name the organization: context.org_id or context.groupId"
+            400,
+            "INVALID_CONTEXT",
+            "this credential must name the organization: context.org_id or context.groupId",
         )
     org_id = await _org_named(request, named)
     if principal.kind is TokenKind.platform_ingest:
@@ -212,7 +217,9 @@ class OfrepController(Controller):
     path = "/ofrep/v1/evaluate/flags"
     tags = ["ofrep"]
 
-    async def _prepare(self, request: Request[Any, Any, Any], principal: Principal) -> tuple[FlagStore, Any, str, Any]:
+    async def _prepare(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> tuple[FlagStore, Any, str, Any]:
         context = await _read_context(request)
         org = await _org_for(request, principal, context)
         store: FlagStore = request.app.state.flags
@@ -228,7 +235,9 @@ class OfrepController(Controller):
         opt={"request_body": OfrepRequest, OWN_RESPONSES: SINGLE_ANSWERS},
         description="OpenFeature Remote Evaluation Protocol, single flag (server-side providers).",
     )
-    async def evaluate_one(self, key: PathKey, request: Request[Any, Any, Any], principal: Principal) -> Response[bytes]:
+    async def evaluate_one(
+        self, key: PathKey, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[bytes]:
         try:
             store, facts, org, user_id = await self._prepare(request, principal)
             snapshot = store.snapshot
@@ -275,4 +284,3 @@ class OfrepController(Controller):
         if match is not None and etag in {m.strip() for m in match.split(",")}:
             return Response(b"", status_code=304, headers=headers)
         return Response(body, status_code=200, media_type=JSON, headers=headers)
-

@@ -57,7 +57,11 @@ async def schedule_change(
     if at.tzinfo is None:
         raise ValidationFailed("the time needs an offset (e.g. Z)", field="at")
     change = FlagScheduledChange(
-        flag_id=flag.id, at=at, patch=msgspec.to_builtins(patch), status=ScheduleStatus.pending, created_by=user_id
+        flag_id=flag.id,
+        at=at,
+        patch=msgspec.to_builtins(patch),
+        status=ScheduleStatus.pending,
+        created_by=user_id,
     )
     session.add(change)
     await session.flush()
@@ -153,7 +157,9 @@ def run_due_schedules(database_url: str) -> int:
     return run_with_engine(database_url, apply_due_with, pool_size=1)
 
 
-async def stale_flags(session: AsyncSession, *, now: datetime | None = None) -> list[tuple[FeatureFlag, list[str], datetime | None]]:
+async def stale_flags(
+    session: AsyncSession, *, now: datetime | None = None
+) -> list[tuple[FeatureFlag, list[str], datetime | None]]:
     """Live flags at 0 or 100 % unchanged for 30 days, or not evaluated for 14 days."""
     now = now or utcnow()
     rows = await session.execute(
@@ -172,7 +178,7 @@ async def stale_flags(session: AsyncSession, *, now: datetime | None = None) -> 
         )
         .order_by(FeatureFlag.key)
     )
-    out = []
+    out: list[tuple[FeatureFlag, list[str], datetime | None]] = []
     for flag, last in rows:
         reasons = []
         if flag.rollout_percentage in (0, 100) and flag.updated_at < now - STALE_UNCHANGED:

@@ -105,7 +105,9 @@ class SegmentCreate(Struct):
 
 class SegmentUpdate(Struct):
     description: Description | msgspec.UnsetType = msgspec.UNSET
-    constraints: Annotated[list[ConstraintIn], msgspec.Meta(max_length=50)] | msgspec.UnsetType = msgspec.UNSET
+    constraints: Annotated[list[ConstraintIn], msgspec.Meta(max_length=50)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
 
 
 class SegmentOut(msgspec.Struct):

@@ -25,7 +25,11 @@ SEGMENT = "flag_segment"
 
 
 def _snapshot(segment: FlagSegment) -> dict[str, Any]:
-    return {"name": segment.name, "description": segment.description, "constraints": list(segment.constraints)}
+    return {
+        "name": segment.name,
+        "description": segment.description,
+        "constraints": list(segment.constraints),
+    }
 
 
 async def get_segment(session: AsyncSession, name: str, *, for_update: bool = False) -> FlagSegment:
@@ -62,7 +66,9 @@ async def create_segment(
 ) -> FlagSegment:
     stored = check_constraints(constraints, "constraints")
     if await session.scalar(select(FlagSegment.id).where(FlagSegment.name == name)) is not None:
-        raise Conflict(f"a segment named {name!r} already exists", errors=[{"field": "name", "message": "taken"}])
+        raise Conflict(
+            f"a segment named {name!r} already exists", errors=[{"field": "name", "message": "taken"}]
+        )
     segment = FlagSegment(
         name=name, description=description, constraints=stored, created_by=user_id, updated_by=user_id
     )
@@ -102,7 +108,9 @@ async def update_segment(
     return segment
 
 
-async def delete_segment(session: AsyncSession, *, name: str, actor: Actor, ctx: RequestContext | None) -> None:
+async def delete_segment(
+    session: AsyncSession, *, name: str, actor: Actor, ctx: RequestContext | None
+) -> None:
     """Delete a segment no rule names (409 listing the flags that still do)."""
     segment = await get_segment(session, name, for_update=True)
     users = await flags_using(session, name)

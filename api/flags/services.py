@@ -261,10 +261,13 @@ async def org_flags(
         (
             flag,
             evaluate(
-                definition(flag, segments), org_id=org, user_id=None, override=overrides.get(flag.key),
+                definition(flag, segments),
+                org_id=org,
+                user_id=None,
+                override=overrides.get(flag.key),
                 facts=facts,
             ),
-        )  # fmt: skip
+        )
         for flag in flags
     ]
     return states, [(o, key) for o, key in rows]
@@ -284,7 +287,9 @@ async def explain(
     row = await session.scalar(
         select(FlagOverride).where(FlagOverride.flag_id == flag.id, FlagOverride.organization_id == org_id)
     )
-    override = Override(enabled=row.enabled, reason=row.reason, variant=row.variant) if row is not None else None
+    override = (
+        Override(enabled=row.enabled, reason=row.reason, variant=row.variant) if row is not None else None
+    )
     fields, traits = await org_facts(session, org_id)
     org_text = canonical_org_id(org_id)
     facts = Facts(org_id=org_text, user_id=user_id, org=fields, traits=traits, context=context or {})

@@ -66,7 +66,9 @@ async def read_segments(conn: AsyncConnection | AsyncSession) -> dict[str, list[
     return {name: list(constraints) for name, constraints in rows}
 
 
-async def org_facts(conn: AsyncConnection | AsyncSession, org_id: uuid.UUID) -> tuple[dict[str, str], dict[str, Any]]:
+async def org_facts(
+    conn: AsyncConnection | AsyncSession, org_id: uuid.UUID
+) -> tuple[dict[str, str], dict[str, Any]]:
     """The ``org.*`` fields Keel resolves (as text) and the org's traits, read fresh.
 
     Plan, status and seats are the current subscription's (``CURRENT_FIRST``: warehouse.rules'
@@ -116,9 +118,15 @@ async def load_snapshot(engine: AsyncEngine) -> FlagSnapshot:
             )  # fmt: skip
             definitions: dict[str, FlagDefinition] = {
                 key: definition_of(
-                    key=key, enabled=enabled, archived_at=archived_at, rollout_percentage=rollout,
-                    stickiness=stickiness, rules=rules, variants=variants, segments=segments,
-                )  # fmt: skip
+                    key=key,
+                    enabled=enabled,
+                    archived_at=archived_at,
+                    rollout_percentage=rollout,
+                    stickiness=stickiness,
+                    rules=rules,
+                    variants=variants,
+                    segments=segments,
+                )
                 for key, enabled, archived_at, rollout, stickiness, rules, variants in flags
             }
             rows = await conn.execute(
@@ -188,7 +196,9 @@ class FlagStore:
         keys, self._evaluated = sorted(self._evaluated), set()
         self._marked_at = now
         at = datetime.now(UTC)
-        statement = insert(FlagEvaluationMark).values([{"flag_key": k, "last_evaluated_at": at} for k in keys])
+        statement = insert(FlagEvaluationMark).values(
+            [{"flag_key": k, "last_evaluated_at": at} for k in keys]
+        )
         statement = statement.on_conflict_do_update(
             index_elements=[FlagEvaluationMark.flag_key], set_={"last_evaluated_at": at}
         )

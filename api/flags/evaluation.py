@@ -12,7 +12,7 @@ from typing import Any
 
 import mmh3
 
-from api.flags.targeting import Check, Constraint, Facts, compile_constraint, first_failing
+from api.flags.targeting import CURRENT_TIME, Check, Constraint, Facts, compile_constraint, first_failing
 
 #: Unleash normalizes a hash to 1..100 for rollout percentages.
 NORMALIZER = 100
@@ -323,8 +323,14 @@ class FlagSnapshot:
     _variant_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _checks: tuple[Check, ...] = field(init=False, repr=False, compare=False)
     _rule_plans: dict[str, RulePlan] = field(init=False, repr=False, compare=False)
+    _reads_the_clock: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "_reads_the_clock",
+            any(c.field == CURRENT_TIME for f in self.flags.values() for r in f.rules for c in r.constraints),
+        )
         object.__setattr__(self, "_plan", _plan(self.flags))
         checks, plans = _intern(self.flags)
         object.__setattr__(self, "_checks", checks)
@@ -345,6 +351,11 @@ class FlagSnapshot:
             if chosen is not None:
                 out[key] = chosen.name
         return out
+
+    @property
+    def reads_the_clock(self) -> bool:
+        """Whether some rule compares ``context.currentTime`` (the evaluation's time when absent)."""
+        return self._reads_the_clock
 
     @property
     def needs_org_facts(self) -> bool:

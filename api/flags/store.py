@@ -156,6 +156,8 @@ class FlagStore:
         self._task: asyncio.Task[None] | None = None
         self._listener: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._facts: dict[str, tuple[float, dict[str, str], dict[str, Any]]] = {}
+        #: OFREP bulk bodies and ETags by (version, org, facts, context) (``api/flags/ofrep.py``).
+        self.bulk_answers: dict[bytes, tuple[bytes, str]] = {}
         #: Flags evaluated since the last write of the marks (stale-flag detection).
         self._evaluated: set[str] = set()
         self._marked_at = 0.0

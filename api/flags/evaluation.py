@@ -278,7 +278,8 @@ def _how(flag: FlagDefinition) -> int:
 
 #: A flag's rules for :meth:`FlagSnapshot.answers`: per rule, the indexes of its constraints in the
 #: snapshot's table of distinct checks, and the rule itself (for its rollout).
-RulePlan = tuple[tuple[tuple[int, ...], Rule], ...]
+#: (per rule: constraint indexes, rollout, sticky by user), then whether the base rollout is by user.
+RulePlan = tuple[tuple[tuple[tuple[int, ...], int, bool], ...], bool]
 
 
 def _intern(flags: Mapping[str, FlagDefinition]) -> tuple[tuple[Check, ...], dict[str, RulePlan]]:
@@ -300,8 +301,8 @@ def _intern(flags: Mapping[str, FlagDefinition]) -> tuple[tuple[Check, ...], dic
                     index[constraint] = len(checks)
                     checks.append(check)
                 ids.append(index[constraint])
-            rules.append((tuple(ids), rule))
-        plans[key] = tuple(rules)
+            rules.append((tuple(ids), rule.rollout_percentage, rule.stickiness is Stickiness.user))
+        plans[key] = (tuple(rules), flag.stickiness is Stickiness.user)
     return tuple(checks), plans
 
 
@@ -416,7 +417,8 @@ class FlagSnapshot:
                 if flat is None:
                     flat = facts.flat
                 answer = False
-                for ids, rule in rule_plans[key]:
+                rule_list, base_by_user = rule_plans[key]
+                for ids, share, by_user in rule_list:
                     for i in ids:
                         held = memo[i]
                         if held is None:
@@ -424,11 +426,10 @@ class FlagSnapshot:
                         if not held:
                             break
                     else:
-                        share = rule.rollout_percentage
                         if share >= NORMALIZER:
                             answer = True
                             break
-                        sticky = facts.user_id if rule.stickiness is Stickiness.user else org_id
+                        sticky = facts.user_id if by_user else org_id
                         if (
                             share > 0
                             and sticky
@@ -437,7 +438,7 @@ class FlagSnapshot:
                             answer = True
                             break
                 if not answer:
-                    sticky = user_id if self.flags[key].stickiness is Stickiness.user else org_id
+                    sticky = user_id if base_by_user else org_id
                     answer = bool(sticky) and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < rollout  # type: ignore[operator]
                 out[key] = answer
             elif how == _BY_ORG:

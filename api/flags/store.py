@@ -34,7 +34,7 @@ from api.errors import ServiceUnavailable
 from api.flags.evaluation import FlagDefinition, FlagSnapshot, Override
 from api.flags.models import FeatureFlag, FlagEvaluationMark, FlagOverride, FlagSegment, FlagsVersion
 from api.flags.rules import definition_of
-from api.flags.targeting import Facts, as_text
+from api.flags.targeting import Facts, as_text, org_fields
 from api.orgs.models import Organization
 
 CHANNEL = "keel_flags"
@@ -155,7 +155,7 @@ class FlagStore:
         self._snapshot: FlagSnapshot | None = None
         self._task: asyncio.Task[None] | None = None
         self._listener: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-        self._facts: dict[str, tuple[float, dict[str, str], dict[str, Any]]] = {}
+        self._facts: dict[str, tuple[float, dict[str, str], dict[str, Any], dict[str, str]]] = {}
         #: OFREP bulk bodies and ETags by (version, org, facts, context) (``api/flags/ofrep.py``).
         self.bulk_answers: dict[bytes, tuple[bytes, str]] = {}
         #: Flags evaluated since the last write of the marks (stale-flag detection).
@@ -177,9 +177,16 @@ class FlagStore:
                 fields, traits = await org_facts(conn, uuid.UUID(org_id))
             if len(self._facts) > 100_000:
                 self._facts.clear()
-            cached = (now + FACTS_TTL, fields, traits)
+            cached = (now + FACTS_TTL, fields, traits, org_fields(org_id, fields, traits))
             self._facts[org_id] = cached
-        return Facts(org_id=org_id, user_id=user_id, org=cached[1], traits=cached[2], context=context)
+        return Facts(
+            org_id=org_id,
+            user_id=user_id,
+            org=cached[1],
+            traits=cached[2],
+            context=context,
+            org_flat=cached[3],
+        )
 
     def mark_evaluated(self, keys: Sequence[str] | None = None) -> None:
         """Remember that these flags (all, when ``None``) were just evaluated."""

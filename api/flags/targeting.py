@@ -94,6 +94,16 @@ def as_text(value: Any) -> str | None:
     return None  # objects and lists match nothing
 
 
+def org_fields(org_id: str, org: Mapping[str, str], traits: Mapping[str, Any]) -> dict[str, str]:
+    """An org's fields by rule name, as text: ``org.id``, ``org.*`` and ``org.traits.*``."""
+    flat = {"org.id": org_id, **org}
+    for name, value in traits.items():
+        text = as_text(value)
+        if text is not None:
+            flat[TRAITS_PREFIX + name] = text
+    return flat
+
+
 @dataclass(frozen=True, slots=True)
 class Facts:
     """The fields of one evaluation, as text: Keel's org fields, the user id and the client's context."""
@@ -106,6 +116,9 @@ class Facts:
     context: Mapping[str, Any] = field(default_factory=dict)
     #: When ``context.currentTime`` is not given (``DATE_*``); ``None`` = the time of the check.
     now: datetime | None = None
+    #: ``org.*`` and ``org.traits.*`` already flattened (:func:`org_fields`), kept by the store per
+    #: org, so a request flattens only its own user id and context.
+    org_flat: Mapping[str, str] | None = None
     _flat: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -113,14 +126,16 @@ class Facts:
         """Every field by its rule name, as text (made once per evaluation: checks read only this)."""
         flat = self._flat
         if flat is None:
-            flat = {"org.id": self.org_id, **self.org}
+            if self.org_flat is not None:
+                flat = dict(self.org_flat)
+            else:
+                flat = org_fields(self.org_id, self.org, self.traits)
             if self.user_id:
                 flat[USER_ID] = self.user_id
-            for prefix, values in ((TRAITS_PREFIX, self.traits), (CONTEXT_PREFIX, self.context)):
-                for name, value in values.items():
-                    text = as_text(value)
-                    if text is not None:
-                        flat[prefix + name] = text
+            for name, value in self.context.items():
+                text = as_text(value)
+                if text is not None:
+                    flat[CONTEXT_PREFIX + name] = text
             if self.now is not None and CURRENT_TIME not in flat:
                 flat[CURRENT_TIME] = self.now.isoformat()
             object.__setattr__(self, "_flat", flat)

@@ -179,9 +179,13 @@ def test_a_platform_key_cannot_evaluate_for_a_suspended_org(
 ) -> None:
     key = create_flag(client, admin, rollout_percentage=100)["key"]
     in_cache(client, org, key)
-    platform = client.post("/v1/admin/ingest-keys", json={"name": "ofrep"}, headers=auth(admin)).json()["token"]
+    platform = client.post("/v1/admin/ingest-keys", json={"name": "ofrep"}, headers=auth(admin)).json()[
+        "token"
+    ]
     body = {"context": {"org_id": org.id}}
     assert client.post(f"{BULK}/{key}", json=body, headers=auth(platform)).json()["value"] is True
-    suspended = client.post(f"/v1/admin/orgs/{org.id}/suspend", json={"reason": "unpaid"}, headers=auth(admin))
+    suspended = client.post(
+        f"/v1/admin/orgs/{org.id}/suspend", json={"reason": "unpaid"}, headers=auth(admin)
+    )
     assert suspended.status_code in (200, 201), suspended.text
     assert client.post(f"{BULK}/{key}", json=body, headers=auth(platform)).status_code == 403

@@ -249,7 +249,7 @@ def apply_due_flag_changes() -> int:
     return run_due_schedules(runtime.current().database_url)
 
 
-@flow(name="apply-flag-schedules", log_prints=True)
+@flow(name="flag-schedules", log_prints=True)
 def apply_flag_schedules() -> int:
     """Apply the scheduled flag changes that are due (the webhook worker does too, every 20 s)."""
     applied = apply_due_flag_changes()
@@ -266,5 +266,5 @@ FLOWS: dict[str, Flow[..., Any]] = {
     "retention": retention,
     "sync-billing": sync_billing,
     "reconcile-billing": reconcile_billing,
-    "apply-flag-schedules": apply_flag_schedules,
+    "flag-schedules": apply_flag_schedules,
 }

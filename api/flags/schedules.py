@@ -1,7 +1,7 @@
 """Scheduled flag changes ("go to 25 % Monday 09:00 UTC") and stale flags.
 
 A change is a ``PATCH`` body stored with its time; :func:`apply_due` (run by the webhook worker's
-loop and by the ``apply-flag-schedules`` flow, whichever comes first: each change is claimed with
+loop and by the ``flag-schedules`` flow, whichever comes first: each change is claimed with
 ``FOR UPDATE SKIP LOCKED`` and applied once) applies the ones due through the same
 ``update_flag`` an admin's PATCH uses, audited as ``system`` with the scheduling user named in the
 entry's metadata. A patch that no longer applies (a segment deleted since, say) is marked

@@ -303,7 +303,7 @@ class Worker:
                 await asyncio.sleep(1)
 
     async def _flag_schedules(self) -> None:
-        """Apply scheduled flag changes as they fall due (the ``apply-flag-schedules`` flow does the
+        """Apply scheduled flag changes as they fall due (the ``flag-schedules`` flow does the
         same each minute; a change is claimed with SKIP LOCKED, so it is applied once)."""
         engine = make_async_engine(self.settings.database_url or "", pool_size=1)
         try:

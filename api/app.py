@@ -27,7 +27,9 @@ from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
 from api.events.store import EventWriter, PartitionKeeper, keep_event_partitions, make_ingest_pool
+from api.flags.admin import FlagScheduleController, SegmentAdminController, StaleFlagController
 from api.flags.controllers import FlagAdminController, FlagEvaluationController
+from api.flags.ofrep import OfrepController
 from api.flags.store import FlagStore
 from api.limits import Limits
 from api.members.controllers import MemberController
@@ -60,6 +62,10 @@ CONTROLLERS = [
     AdminAnalyticsController,
     FlagAdminController,
     FlagEvaluationController,
+    SegmentAdminController,
+    FlagScheduleController,
+    StaleFlagController,
+    OfrepController,
     AuditIngestController,
     OrgAuditController,
     AdminAuditController,

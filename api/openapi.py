@@ -22,6 +22,9 @@ _PATH_TYPE = re.compile(r"{(\w+):\w+}")  # "{org_id:uuid}" in a route is "{org_i
 #: Route option naming the media types a route answers in: a list (bodies as text), or a mapping
 #: of media type to the JSON type of its body.
 MEDIA_TYPES = "media_types"
+#: Route option: answers in a shape of their own, not problem+json (OFREP's), as
+#: ``{status: (description, msgspec Struct or None for no body)}``; JSON bodies.
+OWN_RESPONSES = "own_responses"
 
 PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
@@ -160,9 +163,17 @@ def document_problems(app: Litestar) -> None:
         if "request_body" in handler.opt
         for method in getattr(handler, "http_methods", ())
     }
-    if raw_bodies:
+    own = {
+        (_PATH_TYPE.sub(r"{\1}", route.path), method.lower()): handler.opt[OWN_RESPONSES]
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", [])
+        if handler.opt.get(OWN_RESPONSES)
+        for method in getattr(handler, "http_methods", ())
+    }
+    own_types = {t for answers in own.values() for _d, t in answers.values() if t is not None}
+    if raw_bodies or own_types:
         _, components = msgspec.json.schema_components(
-            set(raw_bodies.values()), ref_template="#/components/schemas/{name}"
+            set(raw_bodies.values()) | own_types, ref_template="#/components/schemas/{name}"
         )
         for name, body in components.items():
             spec.components.schemas[name] = _from_json_schema(body)  # type: ignore[assignment]
@@ -207,6 +218,17 @@ def document_problems(app: Litestar) -> None:
                 }
             # Litestar documents its own 400 shape; Keel answers every error as a problem instead.
             operation.responses = {k: v for k, v in (operation.responses or {}).items() if k != "400"}
+            for status, (description, shape) in own.get((path, method), {}).items():
+                operation.responses[str(status)] = OpenAPIResponse(
+                    description=description,
+                    content=None
+                    if shape is None
+                    else {
+                        "application/json": OpenAPIMediaType(
+                            schema=Reference(ref=f"#/components/schemas/{shape.__name__}")
+                        )
+                    },
+                )
             operation.responses.setdefault(
                 "4XX", OpenAPIResponse(description="A client error.", content=problem)
             )

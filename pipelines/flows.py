@@ -242,6 +242,21 @@ def reconcile_billing(repair: bool = False, stale_after_hours: float = 48.0) -> 
     return {**result, "exported": export_billing()}
 
 
+@task(name="apply-due-flag-changes")
+def apply_due_flag_changes() -> int:
+    from api.flags.schedules import run_due_schedules
+
+    return run_due_schedules(runtime.current().database_url)
+
+
+@flow(name="flag-schedules", log_prints=True)
+def apply_flag_schedules() -> int:
+    """Apply the scheduled flag changes that are due (the webhook worker does too, every 20 s)."""
+    applied = apply_due_flag_changes()
+    print(f"applied {applied} scheduled flag changes")
+    return applied
+
+
 #: The flows `keel flows` knows, by the names flows.yaml deploys them under.
 FLOWS: dict[str, Flow[..., Any]] = {
     "export-lake": export_lake,
@@ -251,4 +266,5 @@ FLOWS: dict[str, Flow[..., Any]] = {
     "retention": retention,
     "sync-billing": sync_billing,
     "reconcile-billing": reconcile_billing,
+    "flag-schedules": apply_flag_schedules,
 }

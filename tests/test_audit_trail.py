@@ -37,6 +37,25 @@ def _new_flag(client: httpx.Client, staff_token: str) -> str:
     return key
 
 
+def _segment(client: httpx.Client, staff_token: str) -> str:
+    name = unique("seg")
+    made = client.post("/v1/admin/segments", json={"name": name, "constraints": [
+        {"field": "org.plan", "operator": "IN", "values": ["enterprise"]}]}, headers=auth(staff_token))  # fmt: skip
+    assert made.status_code == 201, made.text
+    return name
+
+
+_LATER = "2099-01-05T09:00:00Z"
+
+
+def _scheduled_change(client: httpx.Client, staff_token: str) -> str:
+    key = _new_flag(client, staff_token)
+    made = client.post(f"/v1/admin/flags/{key}/schedules", json={"at": _LATER, "patch": {"rollout_percentage": 25}},
+                       headers=auth(staff_token))  # fmt: skip
+    assert made.status_code == 201, made.text
+    return f"{key}/schedules/{made.json()['id']}"
+
+
 def _endpoint(client: httpx.Client, world: OrgWorld) -> str:
     response = client.post(
         f"/v1/orgs/{world.id}/webhook-endpoints", json={"url": "https://hooks.example.com/audit"},
@@ -222,6 +241,26 @@ CASES: dict[tuple[str, str], tuple[Call, str]] = {
         lambda c, e, w, s: c.post(f"/v1/admin/webhook-deliveries/{_delivery(c, w)}/retry", headers=auth(s)),
         "webhook_delivery.retried",
     ),
+    ("POST", "/v1/admin/segments"): (
+        lambda c, e, w, s: c.post("/v1/admin/segments", json={"name": unique("seg"), "constraints": [{"field": "org.traits.industry", "operator": "IN", "values": ["fintech"]}]}, headers=auth(s)),
+        "flag.segment_created",
+    ),
+    ("PATCH", "/v1/admin/segments/{name:str}"): (
+        lambda c, e, w, s: c.patch(f"/v1/admin/segments/{_segment(c, s)}", json={"description": "changed"}, headers=auth(s)),
+        "flag.segment_updated",
+    ),
+    ("DELETE", "/v1/admin/segments/{name:str}"): (
+        lambda c, e, w, s: c.delete(f"/v1/admin/segments/{_segment(c, s)}", headers=auth(s)),
+        "flag.segment_deleted",
+    ),
+    ("POST", "/v1/admin/flags/{key:str}/schedules"): (
+        lambda c, e, w, s: c.post(f"/v1/admin/flags/{_new_flag(c, s)}/schedules", json={"at": _LATER, "patch": {"enabled": False}}, headers=auth(s)),
+        "flag.change_scheduled",
+    ),
+    ("DELETE", "/v1/admin/flags/{key:str}/schedules/{change_id:uuid}"): (
+        lambda c, e, w, s: c.delete(f"/v1/admin/flags/{_scheduled_change(c, s)}", headers=auth(s)),
+        "flag.schedule_canceled",
+    ),
     ("POST", "/v1/orgs/{org_id:uuid}/audit-streams"): (
         lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/audit-streams", json={"name": "s", "type": "datadog", "url": "https://http-intake.logs.datadoghq.eu", "token": "k3y"}, headers=w.headers("admin")),
         "audit_stream.created",
@@ -267,6 +306,8 @@ NOT_AUDITED = {
     "stored with its deliveries and every attempt (the record support reads), not administrative actions",
     ("POST", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}/test"): "sends one test item to the "
     "stream's destination and answers the outcome; it changes nothing in Keel",
+    ("POST", "/ofrep/v1/evaluate/flags"): "OpenFeature evaluations read flags; they change nothing",
+    ("POST", "/ofrep/v1/evaluate/flags/{key:str}"): "OpenFeature evaluations read flags; they change nothing",
     ("POST", "/v1/webhooks/stripe"): "Stripe's own requests: each is a row in inbound_webhook_requests "
     "(accepted, duplicate or rejected) and each event a row in inbound_events",
 }

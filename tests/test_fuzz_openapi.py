@@ -41,6 +41,17 @@ RULES_THE_SCHEMA_CANNOT_STATE = {
     # A URL whose host resolves to a public address over https (api/egress.py), checked when it is set.
     "/v1/orgs/{org_id}/webhook-endpoints": "a public https URL",
     "/v1/orgs/{org_id}/webhook-endpoints/{endpoint_id}": "a public https URL",
+    # Flag definitions: a constraint's operator decides how many values it takes and what they parse
+    # as, variant weights add up to 1000, a rule names segments that exist.
+    "/v1/admin/flags": "flag rules",
+    "/v1/admin/flags/{key}": "flag rules",
+    "/v1/admin/flags/{key}/schedules": "flag rules",
+    "/v1/admin/segments": "flag rules",
+    "/v1/admin/segments/{name}": "flag rules",
+    "/v1/admin/flags/{key}/overrides/{org_id}": "a variant the flag has",
+    # OFREP names the org in the body's context, which a member's token must do.
+    "/ofrep/v1/evaluate/flags": "an org named in the context",
+    "/ofrep/v1/evaluate/flags/{key}": "an org named in the context",
 }
 FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

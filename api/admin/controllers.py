@@ -98,7 +98,8 @@ class AdminController(Controller):
             flags=[
                 OrgFlagState(
                     key=f.key, enabled=r.enabled, reason=r.reason, bucket=r.bucket,
-                    rollout_percentage=f.rollout_percentage, stickiness=f.stickiness,
+                    rollout_percentage=f.rollout_percentage, stickiness=f.stickiness, rule=r.rule,
+                    variant=r.variant, explanation=r.explain(),
                 )
                 for f, r in states
             ],

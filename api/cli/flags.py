@@ -21,15 +21,25 @@ def flags_explain(
     user: Annotated[
         str | None, typer.Option("--user", help="The end user's id (for user stickiness).")
     ] = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option("--context", help="A client context field for rules, NAME=VALUE (repeatable)."),
+    ] = None,
 ) -> None:
     """Say whether a flag is on for an organization (and user), and why, read from the database."""
     from api.db.engine import run_in_session
     from api.flags.services import explain
 
+    fields: dict[str, str] = {}
+    for item in context or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise fail(f"--context takes NAME=VALUE, not {item!r}")
+        fields[name] = value
     url = database_url(settings())
     try:
         flag, organization, result = run_in_session(
-            url, lambda s: explain(s, key=key, org_id=org, user_id=user)
+            url, lambda s: explain(s, key=key, org_id=org, user_id=user, context=fields)
         )
     except KeelError as exc:
         raise fail(exc.detail) from None

@@ -61,6 +61,7 @@ def flag_out(flag: FeatureFlag) -> FlagOut:
         rollout_percentage=flag.rollout_percentage, stickiness=flag.stickiness,
         archived=flag.archived_at is not None, archived_at=flag.archived_at, created_by=flag.created_by,
         updated_by=flag.updated_by, created_at=flag.created_at, updated_at=flag.updated_at,
+        rules=list(flag.rules or []), variants=list(flag.variants or []),
     )  # fmt: skip
 
 
@@ -69,6 +70,7 @@ def override_out(override: FlagOverride, flag_key: str, organization_name: str) 
         flag_key=flag_key, organization_id=override.organization_id, organization_name=organization_name,
         enabled=override.enabled, reason=override.reason, created_by=override.created_by,
         updated_by=override.updated_by, created_at=override.created_at, updated_at=override.updated_at,
+        variant=override.variant,
     )  # fmt: skip
 
 
@@ -98,6 +100,7 @@ class FlagAdminController(Controller):
             db, key=data.key, description=data.description, enabled=data.enabled,
             rollout_percentage=data.rollout_percentage, stickiness=data.stickiness,
             actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id,
+            rules=data.rules, variants=data.variants,
         )  # fmt: skip
         return flag_out(flag)
 
@@ -117,7 +120,7 @@ class FlagAdminController(Controller):
 
     @patch(
         "/{key:str}",
-        summary="Change a flag: kill switch, rollout, stickiness, description (admin)",
+        summary="Change a flag: kill switch, rollout, stickiness, rules, variants, description (admin)",
         opt=auth.staff_only(StaffPermission.administer),
     )
     async def update(
@@ -160,6 +163,7 @@ class FlagAdminController(Controller):
         override, org_name = await services.set_override(
             db, key=key, org_id=org_id, enabled=data.enabled, reason=data.reason,
             actor=Actor.of(principal, as_staff=True), ctx=ctx, user_id=principal.user_id,
+            variant=data.variant,
         )  # fmt: skip
         return override_out(override, key, org_name)
 
@@ -253,11 +257,20 @@ class FlagEvaluationController(Controller):
         state = request.app.state  # not a `state` parameter: Litestar would build a State per request
         org = await evaluation_org(state, principal, org_id)
         store: FlagStore = state.flags
+        facts = await store.facts(org, user_id=user_id)
+        snapshot = store.snapshot
+        store.mark_evaluated()
         if not track:
-            return FlagsOut(flags=store.snapshot.answers(org_id=org, user_id=user_id))
-        results = store.snapshot.evaluate_all(org_id=org, user_id=user_id)
+            answers = snapshot.answers(org_id=org, user_id=user_id, facts=facts)
+            return FlagsOut(
+                flags=answers, variants=snapshot.variant_answers(answers, org_id=org, facts=facts)
+            )
+        results = snapshot.evaluate_all(org_id=org, user_id=user_id, facts=facts)
         await _track(request, principal, org, user_id, results)
-        return FlagsOut(flags={r.key: r.enabled for r in results})
+        return FlagsOut(
+            flags={r.key: r.enabled for r in results},
+            variants={r.key: r.variant for r in results if r.variant is not None},
+        )
 
     @get("/{key:str}", summary="One flag's answer and the reason for it (org ingest key or member token)")
     async def evaluate_one(
@@ -272,9 +285,14 @@ class FlagEvaluationController(Controller):
         state = request.app.state
         org = await evaluation_org(state, principal, org_id)
         store: FlagStore = state.flags
-        result = store.snapshot.evaluate(key, org_id=org, user_id=user_id)
+        facts = await store.facts(org, user_id=user_id)
+        result = store.snapshot.evaluate(key, org_id=org, user_id=user_id, facts=facts)
         if result is None:
             raise services.flag_not_found(key)
+        store.mark_evaluated([key])
         if track:
             await _track(request, principal, org, user_id, [result])
-        return EvaluationOut(key=result.key, enabled=result.enabled, reason=result.reason)
+        return EvaluationOut(
+            key=result.key, enabled=result.enabled, reason=result.reason, variant=result.variant,
+            value=result.value, rule=result.rule,
+        )  # fmt: skip

@@ -41,6 +41,9 @@ async def record_exposures(
                     "reason": r.reason.value,
                     "bucket": r.bucket,
                     "rollout_percentage": r.rollout_percentage,
+                    # The variant served and the rule that decided, when there are any.
+                    **({"variant": r.variant} if r.variant is not None else {}),
+                    **({"rule": r.rule} if r.rule is not None else {}),
                 },
             }
         )

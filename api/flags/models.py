@@ -6,8 +6,10 @@ models are registered on one metadata by :mod:`api.models`.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -19,7 +21,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.auth.models import User
@@ -51,6 +55,14 @@ class FeatureFlag(IdMixin, TimestampMixin, Base):
         db_enum(Stickiness, "flag_stickiness"), default=Stickiness.org
     )
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Ordered targeting rules (``api/flags/rules.py`` validates them): a JSON array.
+    rules: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    #: ``[{name, weight, value}]``, weights adding up to 1000; empty for a boolean flag.
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
     updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
 
@@ -68,6 +80,8 @@ class FlagOverride(IdMixin, TimestampMixin, Base):
     organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Organization.id))
     enabled: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(String(500))
+    #: The variant this org is served (a flag with variants); null: the hashed one.
+    variant: Mapped[str | None] = mapped_column(String(100))
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
     updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
 
@@ -80,3 +94,61 @@ class FlagsVersion(Base):
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class FlagSegment(IdMixin, TimestampMixin, Base):
+    """A named, reusable set of constraints ("enterprise EU") that flag rules reference by name.
+
+    Writes bump ``flags_version`` like the flag tables (trigger, migration 0030): a segment's
+    change changes every rule that uses it.
+    """
+
+    __tablename__ = "flag_segments"
+
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    constraints: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
+
+
+class ScheduleStatus(enum.StrEnum):
+    pending = "pending"
+    applied = "applied"
+    failed = "failed"
+    canceled = "canceled"
+
+
+class FlagScheduledChange(IdMixin, TimestampMixin, Base):
+    """A flag patch to apply at ``at`` (by the flows or the worker), audited as ``system``."""
+
+    __tablename__ = "flag_scheduled_changes"
+    __table_args__ = (
+        Index("ix_flag_scheduled_changes_due", "at", postgresql_where=text("status = 'pending'")),
+    )
+
+    flag_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("feature_flags.id"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: What ``PATCH /v1/admin/flags/{key}`` would take, validated when scheduled and again when applied.
+    patch: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[ScheduleStatus] = mapped_column(
+        db_enum(ScheduleStatus, "flag_schedule_status"), default=ScheduleStatus.pending
+    )
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(String(1000))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey(User.id))
+
+
+class FlagEvaluationMark(Base):
+    """When each flag was last evaluated (to the minute), for the stale-flag list.
+
+    Written by each API process at most once a minute per flag (``FlagStore``), never by the
+    request itself; no trigger: evaluations do not change the flags.
+    """
+
+    __tablename__ = "flag_evaluation_marks"
+
+    flag_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

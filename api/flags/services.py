@@ -18,8 +18,11 @@ from api.auth.context import Actor, RequestContext
 from api.db.base import utcnow
 from api.errors import Conflict, NotFound, ValidationFailed
 from api.flags.evaluation import Evaluation, Override, Stickiness, evaluate
-from api.flags.models import FeatureFlag, FlagOverride
-from api.flags.store import canonical_org_id, definition
+from api.flags.models import FeatureFlag, FlagOverride, FlagSegment
+from api.flags.rules import check_rules, check_variants
+from api.flags.schemas import RuleIn, VariantIn
+from api.flags.store import canonical_org_id, definition, org_facts, read_segments
+from api.flags.targeting import Facts
 from api.orgs.live import get_live_org
 from api.orgs.models import Organization
 from api.pagination import decode_cursor
@@ -38,12 +41,20 @@ def snapshot(flag: FeatureFlag) -> dict[str, Any]:
     return {
         "key": flag.key, "description": flag.description, "enabled": flag.enabled,
         "rollout_percentage": flag.rollout_percentage, "stickiness": flag.stickiness.value,
-        "archived": flag.archived_at is not None,
+        "archived": flag.archived_at is not None, "rules": list(flag.rules or []),
+        "variants": list(flag.variants or []),
     }  # fmt: skip
 
 
 def override_snapshot(override: FlagOverride) -> dict[str, Any]:
-    return {"enabled": override.enabled, "reason": override.reason}
+    out: dict[str, Any] = {"enabled": override.enabled, "reason": override.reason}
+    if override.variant is not None:
+        out["variant"] = override.variant
+    return out
+
+
+async def segment_names(session: AsyncSession) -> list[str]:
+    return list((await session.scalars(select(FlagSegment.name))).all())
 
 
 async def get_flag(session: AsyncSession, key: str, *, for_update: bool = False) -> FeatureFlag:
@@ -88,6 +99,8 @@ async def create_flag(
     actor: Actor,
     ctx: RequestContext | None,
     user_id: uuid.UUID | None,
+    rules: list[RuleIn] | None = None,
+    variants: list[VariantIn] | None = None,
 ) -> FeatureFlag:
     if key in UNADDRESSABLE_KEYS:
         raise ValidationFailed(f"the key {key!r} cannot appear in a URL; add a letter or digit", field="key")
@@ -97,9 +110,12 @@ async def create_flag(
         raise Conflict(
             f"a flag with the key {key!r} already exists{hint}", errors=[{"field": "key", "message": "taken"}]
         )
+    stored_rules = check_rules(rules or [], await segment_names(session))
+    stored_variants = check_variants(variants or [])
     flag = FeatureFlag(
         key=key, description=description, enabled=enabled, rollout_percentage=rollout_percentage,
-        stickiness=stickiness, created_by=user_id, updated_by=user_id,
+        stickiness=stickiness, created_by=user_id, updated_by=user_id, rules=stored_rules,
+        variants=stored_variants,
     )  # fmt: skip
     session.add(flag)
     await session.flush()
@@ -118,12 +134,17 @@ async def update_flag(
     actor: Actor,
     ctx: RequestContext | None,
     user_id: uuid.UUID | None,
+    metadata: dict[str, Any] | None = None,
 ) -> FeatureFlag:
     """Apply ``changes`` (``archived`` false restores an archived flag); unchanged, nothing is written."""
     flag = await get_flag(session, key, for_update=True)
     before = snapshot(flag)
     for name, value in changes.items():
-        if name == "archived":
+        if name == "rules":
+            flag.rules = check_rules(value, await segment_names(session))
+        elif name == "variants":
+            flag.variants = check_variants(value)
+        elif name == "archived":
             if value and flag.archived_at is None:
                 flag.archived_at = utcnow()
             elif not value:
@@ -140,7 +161,7 @@ async def update_flag(
         action = "flag.archived" if after["archived"] else "flag.restored"
     await audit.record(
         session, action=action, actor=actor, ctx=ctx, organization_id=None,
-        resource_type=FLAG, resource_id=key, before=before, after=after,
+        resource_type=FLAG, resource_id=key, before=before, after=after, metadata=metadata,
     )  # fmt: skip
     return flag
 
@@ -164,9 +185,12 @@ async def set_override(
     actor: Actor,
     ctx: RequestContext | None,
     user_id: uuid.UUID | None,
+    variant: str | None = None,
 ) -> tuple[FlagOverride, str]:
-    """Force ``key`` on or off for one organization; audited in that organization's chain."""
+    """Force ``key`` on or off (and a variant) for one organization; audited in that org's chain."""
     flag = await get_flag(session, key, for_update=True)
+    if variant is not None and variant not in {v["name"] for v in flag.variants or []}:
+        raise ValidationFailed(f"the flag {key!r} has no variant {variant!r}", field="variant")
     org = await get_live_org(session, org_id)
     override = await session.scalar(
         select(FlagOverride).where(FlagOverride.flag_id == flag.id, FlagOverride.organization_id == org_id)
@@ -174,14 +198,15 @@ async def set_override(
     before = override_snapshot(override) if override is not None else None
     if override is None:
         override = FlagOverride(
-            flag_id=flag.id, organization_id=org_id, enabled=enabled, reason=reason,
+            flag_id=flag.id, organization_id=org_id, enabled=enabled, reason=reason, variant=variant,
             created_by=user_id, updated_by=user_id,
         )  # fmt: skip
         session.add(override)
-    elif before == {"enabled": enabled, "reason": reason}:
+    elif (override.enabled, override.reason, override.variant) == (enabled, reason, variant):
         return override, org.name
     else:
         override.enabled, override.reason, override.updated_by = enabled, reason, user_id
+        override.variant = variant
     await session.flush()
     await audit.record(
         session, action="flag.override_set", actor=actor, ctx=ctx, organization_id=org_id,
@@ -227,17 +252,34 @@ async def org_flags(
             .order_by(FeatureFlag.key)
         )
     ).all()
-    overrides = {key: Override(enabled=o.enabled, reason=o.reason) for o, key in rows}
+    overrides = {key: Override(enabled=o.enabled, reason=o.reason, variant=o.variant) for o, key in rows}
     org = canonical_org_id(org_id)
+    segments = await read_segments(session)
+    fields, traits = await org_facts(session, org_id)
+    facts = Facts(org_id=org, org=fields, traits=traits)
     states = [
-        (flag, evaluate(definition(flag), org_id=org, user_id=None, override=overrides.get(flag.key)))
+        (
+            flag,
+            evaluate(
+                definition(flag, segments),
+                org_id=org,
+                user_id=None,
+                override=overrides.get(flag.key),
+                facts=facts,
+            ),
+        )
         for flag in flags
     ]
     return states, [(o, key) for o, key in rows]
 
 
 async def explain(
-    session: AsyncSession, *, key: str, org_id: uuid.UUID, user_id: str | None
+    session: AsyncSession,
+    *,
+    key: str,
+    org_id: uuid.UUID,
+    user_id: str | None,
+    context: Mapping[str, Any] | None = None,
 ) -> tuple[FeatureFlag, Organization, Evaluation]:
     """One flag for one organization, read from the database (not a cache), for `keel flags explain`."""
     flag = await get_flag(session, key)
@@ -245,6 +287,14 @@ async def explain(
     row = await session.scalar(
         select(FlagOverride).where(FlagOverride.flag_id == flag.id, FlagOverride.organization_id == org_id)
     )
-    override = Override(enabled=row.enabled, reason=row.reason) if row is not None else None
-    result = evaluate(definition(flag), org_id=canonical_org_id(org_id), user_id=user_id, override=override)
+    override = (
+        Override(enabled=row.enabled, reason=row.reason, variant=row.variant) if row is not None else None
+    )
+    fields, traits = await org_facts(session, org_id)
+    org_text = canonical_org_id(org_id)
+    facts = Facts(org_id=org_text, user_id=user_id, org=fields, traits=traits, context=context or {})
+    result = evaluate(
+        definition(flag, await read_segments(session)), org_id=org_text, user_id=user_id, override=override,
+        facts=facts,
+    )  # fmt: skip
     return flag, org, result

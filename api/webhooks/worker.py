@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 import httpx
 import psycopg
 
-from api.db.engine import libpq_url
+from api.db.engine import libpq_url, make_async_engine
+from api.flags import schedules as flag_schedules
 from api.settings import Settings
 from api.webhooks import signing
 from api.webhooks.config import WorkerConfig
@@ -180,6 +181,7 @@ class Worker:
         flushed = asyncio.Event()
         flusher = asyncio.create_task(self._flush_loop(flushed))
         listener = asyncio.create_task(self._listen())
+        scheduler = asyncio.create_task(self._flag_schedules())
         stopper = asyncio.create_task(stop.wait())
         batch = min(self.config.batch_size, self.config.concurrency)
         try:
@@ -224,8 +226,11 @@ class Worker:
             except Exception:
                 log.exception("recording the last outcomes failed")
             listener.cancel()
+            scheduler.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await scheduler
             released = await self.queue.release()
             if released:
                 log.info("released %d leased deliveries", released)
@@ -296,6 +301,22 @@ class Worker:
                 if isinstance(exc, psycopg.Error):
                     await self.queue.reconnect_write()
                 await asyncio.sleep(1)
+
+    async def _flag_schedules(self) -> None:
+        """Apply scheduled flag changes as they fall due (the ``flag-schedules`` flow does the
+        same each minute; a change is claimed with SKIP LOCKED, so it is applied once)."""
+        engine = make_async_engine(self.settings.database_url or "", pool_size=1)
+        try:
+            while True:
+                try:
+                    applied = await flag_schedules.apply_due_with(engine)
+                    if applied:
+                        log.info("applied %d scheduled flag changes", applied)
+                except Exception:
+                    log.exception("applying scheduled flag changes failed; retrying shortly")
+                await asyncio.sleep(flag_schedules.APPLY_INTERVAL)
+        finally:
+            await engine.dispose()
 
     async def _listen(self) -> None:
         """Wake on NOTIFY from publishers; the poll interval covers a lost connection."""

@@ -1,7 +1,7 @@
 """audit log streams; pruning waits for them
 
 Revision ID: 0040
-Revises: 0011
+Revises: 0030
 Create Date: 2026-12-01 13:00:00.000000
 
 ``audit_streams``: an organization's destinations (https, Splunk HEC, Datadog, S3), each with
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0040"
-down_revision: str | None = "0011"
+down_revision: str | None = "0030"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from api.audit import models as audit
 from api.auth import models as auth
 from api.billing import models as billing
+from api.console import models as console
 from api.db.base import Base
 from api.events import models as events
 from api.flags import models as flags
@@ -21,6 +22,6 @@ from api.system import models as system
 from api.tokens import models as tokens
 from api.webhooks import models as webhooks
 
-DOMAINS = (auth, orgs, members, tokens, audit, events, flags, system, webhooks, billing)
+DOMAINS = (auth, orgs, members, tokens, audit, events, flags, system, webhooks, billing, console)
 
 metadata = Base.metadata

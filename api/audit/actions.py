@@ -41,6 +41,8 @@ KEEL_ACTIONS: frozenset[str] = frozenset(
         "platform_ingest_key.created",
         "platform_ingest_key.revoked",
         "staff.audit_viewed",
+        "staff.console_signed_in",
+        "staff.console_signed_out",
         "staff.health_viewed",
         "staff.members_viewed",
         "staff.org_viewed",

@@ -98,19 +98,19 @@ def console_error(request: Request[Any, Any, Any], exc: KeelError) -> Response[A
     if isinstance(exc, Unauthorized) and request.method == "GET" and not request.headers.get("hx-request"):
         return Redirect("/console/login", status_code=HTTP_303_SEE_OTHER)
     if wants_html(request):
-        return Template(
-            template_name="error.html",
-            context={"status": exc.status_code, "detail": exc.detail, "back": request.headers.get("referer")},
-            status_code=exc.status_code,
-        )
+        context = {"status": exc.status_code, "detail": exc.detail}
+        if CONSOLE_SECRET in request.scope.get("state", {}):
+            return page(request, "error.html", status_code=exc.status_code, **context)
+        return Template(template_name="error.html", context=context, status_code=exc.status_code)
     return keel_error(request, exc)
 
 
-def page(request: Request[Any, Any, Any], template: str, **context: Any) -> Template:
+def page(request: Request[Any, Any, Any], template: str, status_code: int = 200, **context: Any) -> Template:
     """A signed-in page: who is signed in, what they may do, and the CSRF token for its forms."""
     principal: Principal = request.scope["state"]["principal"]
     return Template(
         template_name=template,
+        status_code=status_code,
         context={
             "me": principal,
             "csrf": sessions.csrf_token(request.scope["state"][CONSOLE_SECRET]),

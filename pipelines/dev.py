@@ -148,9 +148,7 @@ def dev_environment(
                 f" the {reissued.revoked} earlier one(s) are revoked",
                 soft_wrap=True,
             )
-        link_secret, _ = run_in_session(
-            url, lambda s: create_link(s, email=admin_email, settings=settings)
-        )
+        link_secret, _ = run_in_session(url, lambda s: create_link(s, email=admin_email, settings=settings))
         with console.status("starting the local Stripe…"):
             settings, stripe_server, stripe_line = start_demo_stripe(
                 settings, url, embedded=embedded, plant_anywhere=plant_demo_stripe

@@ -179,7 +179,9 @@ def test_admin_signs_in_by_link_finds_the_org_retries_a_delivery_and_suspends_it
     assert page.get_by_role("button", name="Unsuspend").is_visible()
     shot(page, "org-suspended")
     with engine.connect() as conn:
-        status = conn.execute(text("SELECT status FROM organizations WHERE id = :o"), {"o": world.id}).scalar()
+        status = conn.execute(
+            text("SELECT status FROM organizations WHERE id = :o"), {"o": world.id}
+        ).scalar()
     assert status == "suspended"
 
     # The health page and the error page.
@@ -223,7 +225,9 @@ def test_support_finds_no_suspend_control_and_a_forged_post_is_refused(
     assert forged.status == 403
     assert "may not do this" in forged.json()["detail"]
     with engine.connect() as conn:
-        status = conn.execute(text("SELECT status FROM organizations WHERE id = :o"), {"o": world.id}).scalar()
+        status = conn.execute(
+            text("SELECT status FROM organizations WHERE id = :o"), {"o": world.id}
+        ).scalar()
     assert status == "active"
 
 
@@ -239,14 +243,14 @@ def test_a_post_without_the_csrf_token_is_refused(
     wrong = page.request.post(url, form={"csrf_token": "0" * 64, "reason": "bad token", "confirm": "yes"})
     assert wrong.status == 403
     with engine.connect() as conn:
-        status = conn.execute(text("SELECT status FROM organizations WHERE id = :o"), {"o": world.id}).scalar()
+        status = conn.execute(
+            text("SELECT status FROM organizations WHERE id = :o"), {"o": world.id}
+        ).scalar()
     assert status == "active"
     assert not audit_rows(engine, organization_id=world.id, action="org.suspended")
 
 
-def test_signing_in_by_exchanging_a_user_token(
-    page: Any, hooks_server: LiveServer, engine: Engine
-) -> None:
+def test_signing_in_by_exchanging_a_user_token(page: Any, hooks_server: LiveServer, engine: Engine) -> None:
     _, support_token = make_user(engine, platform_role=PlatformRole.support)
     page.goto(f"{hooks_server.url}/console/login")
     page.get_by_label("Your user token").fill(support_token)

@@ -27,6 +27,7 @@ def console_login(
 
     config = settings()
     url = database_url(config)
+
     async def work(session: AsyncSession) -> tuple[str, str, str]:
         secret, user = await create_link(session, email=email, settings=config)
         return secret, user.email, user.platform_role.value if user.platform_role else ""

@@ -165,13 +165,11 @@ class ConsoleSignInController(Controller):
     path = "/console"
 
     @get("/login", opt=PUBLIC, include_in_schema=False)
-    async def sign_in_page(
-        self, state: State, error: Annotated[str | None, Parameter(default=None)]
-    ) -> Template:
+    async def sign_in_page(self, state: State) -> Template:
         nonce = secrets.token_urlsafe(24)
         return Template(
             template_name="login.html",
-            context={"signin_csrf": nonce, "csrf_field": CSRF_FIELD, "error": error},
+            context={"signin_csrf": nonce, "csrf_field": CSRF_FIELD, "error": None},
             cookies=[
                 Cookie(
                     key=sessions.PRE_COOKIE,
@@ -208,9 +206,17 @@ class ConsoleSignInController(Controller):
     async def redeem_link(
         self, secret: str, request: Request[Any, Any, Any], db: AsyncSession, state: State
     ) -> Template:
-        opened = await sessions.redeem_link(
-            db, secret=secret, settings=state.settings, ctx=provide_context(request)
-        )
+        try:
+            opened = await sessions.redeem_link(
+                db, secret=secret, settings=state.settings, ctx=provide_context(request)
+            )
+        except Unauthorized as exc:
+            # Said on the sign-in page (a used or expired link is the common case), not redirected.
+            return Template(
+                template_name="login.html",
+                context={"csrf_field": CSRF_FIELD, "error": exc.detail, "link_refused": True},
+                status_code=exc.status_code,
+            )
         # A page, not a redirect: a Strict cookie set in answer to a link followed from elsewhere
         # (a mail client) would not be sent on a redirect; the page's own refresh is same-site.
         return Template(

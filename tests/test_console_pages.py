@@ -304,3 +304,41 @@ def test_csrf_token_is_bound_to_the_session(
         )  # fmt: skip
         assert header.status_code == 303
         assert CSRF.search(second.get(f"/console/orgs/{org.id}").text)
+
+
+def test_rerunning_reconciliation_from_the_org_page(
+    settings: Settings, engine: Engine, client: httpx.Client, org: OrgWorld, live_server: LiveServer
+) -> None:
+    from api.app import create_app
+    from api.stripe_local import LocalStripe, StripeStore
+    from tests.billing_support import plans, subscribe
+
+    _, token = make_user(engine, platform_role=PlatformRole.support)
+    email = email_of(client, token)
+    # Without Stripe configured: a precise 503, and the failed run is recorded as the CLI's is.
+    session, csrf = console_session(live_server.url, settings, email)
+    with contextlib.closing(session):
+        down = session.post(
+            f"/console/orgs/{org.id}/reconcile",
+            data={"csrf_token": csrf, "reason": "check", "confirm": "yes"},
+        )
+        assert down.status_code == 503 and "could not read Stripe" in down.json()["detail"]
+    with LocalStripe(StripeStore(seed=11)) as stripe:
+        # In Stripe, not in the mirror: the run finds it for this org.
+        subscribe(stripe, uuid.UUID(org.id), plans(stripe), seats=7)
+        stripe_settings = settings.with_(stripe_api_key=stripe.api_key, stripe_api_base=stripe.url)
+        with LiveServer(create_app(stripe_settings)) as server:
+            session, csrf = console_session(server.url, stripe_settings, email)
+            with contextlib.closing(session):
+                ran = session.post(
+                    f"/console/orgs/{org.id}/reconcile",
+                    data={"csrf_token": csrf, "reason": "customer says seats are wrong", "confirm": "yes"},
+                )
+                assert ran.status_code == 303, ran.text
+                page = session.get(ran.headers["location"])
+    [entry] = audit_rows(engine, organization_id=org.id, action="billing.reconciliation_requested")
+    assert entry["actor_type"] == "staff"
+    assert entry["metadata"]["reason"] == "customer says seats are wrong"
+    assert entry["metadata"]["discrepancies_for_org"] >= 1
+    assert "Reconciliation ran" in page.text and "discrepanc" in page.text
+    assert "No reconciliation has run yet." not in page.text

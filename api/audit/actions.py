@@ -15,6 +15,7 @@ KEEL_ACTIONS: frozenset[str] = frozenset(
         "audit_log.exported",
         "billing.customer_linked",
         "billing.invoice_event",
+        "billing.reconciliation_requested",
         "billing.subscription_created",
         "billing.subscription_moved",
         "billing.subscription_removed",

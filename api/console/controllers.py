@@ -27,10 +27,12 @@ from api.admin import services as admin
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
+from api.audit import services as audit
 from api.billing.services import run_reconciliation
+from api.billing.stripe_api import StripeUnavailable
 from api.console import sessions, views
 from api.deps import CONSOLE_SECRET, CSRF_FIELD, PUBLIC, provide_context
-from api.errors import KeelError, NotFound, Unauthorized, ValidationFailed
+from api.errors import KeelError, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from api.flags import services as flags
 from api.orgs.models import Organization
 from api.problems import keel_error
@@ -42,6 +44,8 @@ STATIC = HERE / "static"
 #: Longest reason an action accepts (the API's suspend reason has the same bound).
 MAX_REASON = 500
 SEARCH_LIMIT = 50
+#: The search page, and (for htmx, as the box is typed in) its results alone.
+SEARCH_TEMPLATES = {False: "search.html", True: "search_results.html"}
 
 #: Every console answer: no inline script (htmx is a file Keel serves), no framing, no referrer
 #: (a sign-in link is in a URL), nothing cached.
@@ -259,8 +263,8 @@ class ConsoleController(Controller):
         q = (q or "").strip() or None
         results = await views.search(db, state.settings.resolved_warehouse_path, q, SEARCH_LIMIT)
         # htmx asks for the results alone as the box is typed in; a plain GET gets the whole page.
-        template = "search_results.html" if request.headers.get("hx-request") else "search.html"
-        return page(request, template, q=q or "", results=results, searched=q is not None)
+        fragment = bool(request.headers.get("hx-request"))
+        return page(request, SEARCH_TEMPLATES[fragment], q=q or "", results=results, searched=q is not None)
 
     @get("/orgs/{org_id:uuid}", opt=auth.staff_only(StaffPermission.read), include_in_schema=False)
     async def org(
@@ -468,14 +472,32 @@ class ConsoleController(Controller):
         request: Request[Any, Any, Any],
         db: AsyncSession,
         state: State,
+        principal: Principal,
+        ctx: RequestContext,
     ) -> Redirect:
-        """Re-run reconciliation (Stripe is read whole; the page shows this org's findings)."""
-        confirmed_reason(await form_of(request))
+        """Re-run reconciliation (Stripe is read whole, as ``keel billing reconcile`` does; the page
+        shows this org's findings); the request is audited on the org's chain."""
+        reason = confirmed_reason(await form_of(request))
         if await db.get(Organization, org_id) is None:
             raise NotFound("organization not found")
         settings = state.settings
-        # Blocking (it reads Stripe and runs on its own engine): off the event loop.
-        await anyio.to_thread.run_sync(lambda: run_reconciliation(settings, settings.database_url or ""))
+        try:
+            # Blocking (it reads Stripe and runs on its own engine): off the event loop.
+            result, _ = await anyio.to_thread.run_sync(
+                lambda: run_reconciliation(settings, settings.database_url or "")
+            )
+        except StripeUnavailable as exc:
+            raise ServiceUnavailable(
+                f"reconciliation could not read Stripe: {exc}", retry_after=None
+            ) from None
+        await audit.record(
+            db, action="billing.reconciliation_requested", actor=staff(principal), ctx=ctx,
+            organization_id=org_id, resource_type="reconciliation_run", resource_id=result.run_id,
+            metadata={
+                "reason": reason,
+                "discrepancies_for_org": sum(1 for f in result.found if f.organization_id == org_id),
+            },
+        )  # fmt: skip
         return back_to(org_id, "reconciled", "billing")
 
     @get("/health", opt=auth.staff_only(StaffPermission.read), include_in_schema=False)

@@ -24,10 +24,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.admin import services as admin
+from api.audit import services as audit
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
-from api.audit import services as audit
 from api.billing.services import run_reconciliation
 from api.billing.stripe_api import StripeUnavailable
 from api.console import sessions, views

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,20 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.admin import services as admin
-from api.analytics import services as analytics
 from api.audit import services as audit
 from api.audit.verify import verify
 from api.audit.views import entry_out
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import STAFF_PERMISSIONS, StaffPermission
 from api.billing.services import billing_screen, current_plans, latest_reconciliation
+from api.console import warehouse as warehouse_reads
 from api.console.chart import Point, activity_svg
-from api.errors import NotFound, ServiceUnavailable
 from api.flags import services as flags
 from api.webhooks import deliveries, endpoints
 from api.webhooks.models import InboundEvent
 
+NOT_BUILT = "analytics are not built yet: the build-warehouse flow has not run"
+NOT_SEEN = "no health score for this organization yet: the warehouse has not seen it"
 #: Days of activity on the Org 360 chart.
 CHART_DAYS = 90
 #: Inbound Stripe events shown for one org.
@@ -57,11 +58,8 @@ def may(principal: Principal, permission: StaffPermission) -> bool:
 
 async def health_by_org(warehouse: Path) -> dict[str, dict[str, Any]] | None:
     """Every org's health row keyed by org id, or ``None`` before the warehouse is built."""
-    try:
-        frame = await analytics.in_thread(analytics.warehouse_queries().org_health, warehouse)
-    except ServiceUnavailable:
-        return None
-    return {str(row["organization_id"]): row for row in frame.to_dicts()}
+    current = await warehouse_reads.build(warehouse)
+    return None if current is None else current.health
 
 
 def trend_arrow(trend: float | None) -> tuple[str, str]:
@@ -129,20 +127,25 @@ async def _billing(page: OrgPage) -> dict[str, Any]:
 
 
 async def _health(page: OrgPage) -> dict[str, Any]:
-    try:
-        health = await analytics.health(page.warehouse, page.org_id)
-    except (NotFound, ServiceUnavailable) as exc:
-        return {"health": None, "missing": exc.detail}
+    current = await warehouse_reads.build(page.warehouse)
+    if current is None:
+        return {
+            "health": None,
+            "missing": "analytics are not built yet: the build-warehouse flow has not run",
+        }
+    health = current.health_of(page.org_id)
+    if health is None:
+        return {
+            "health": None,
+            "missing": "no health score for this organization yet: the warehouse has not seen it",
+        }
     # As GET /v1/admin/orgs/{org_id}/health records it.
     await audit.record(
         page.db, action="staff.health_viewed", actor=page.actor, ctx=page.ctx, organization_id=page.org_id,
         resource_type="organization", resource_id=page.org_id,
     )  # fmt: skip
-    end = health.as_of
-    activity = await analytics.activity(
-        page.warehouse, page.org_id, end - timedelta(days=CHART_DAYS - 1), end
-    )
-    points = [Point(d.day, d.dau, d.wau) for d in activity.days]
+    days = await warehouse_reads.activity(current, page.warehouse, page.org_id, CHART_DAYS)
+    points = [Point(d.day, d.dau, d.wau) for d in days]
     return {
         "health": health,
         "trend": trend_arrow(health.wau_trend),
@@ -257,7 +260,8 @@ async def health_page(
         )
         for row in rows:
             row["trend"] = trend_arrow(row.get("wau_trend"))
-        as_of = await analytics.in_thread(analytics.warehouse_queries().as_of, warehouse)
+        current = await warehouse_reads.build(warehouse)
+        as_of = current.as_of if current is not None else None
     failing = await deliveries.failing_endpoints(db, org_id=None)
     names = await admin.org_names(db, {f.organization_id for f in failing})
     # As GET /v1/admin/reports/org-health records it: every org's health was shown.

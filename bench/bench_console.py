@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from harness import private_postgres, served_api
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import private_postgres, served_api  # noqa: E402
-
-from api.console.sessions import create_link  # noqa: E402
-from api.db.engine import run_in_session  # noqa: E402
-from api.demo import seed  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from api.console.sessions import create_link
+from api.db.engine import run_in_session
+from api.demo import seed
+from api.settings import Settings
 
 ROUNDS = int(os.environ.get("KEEL_BENCH_CONSOLE_ROUNDS", "60"))
 WARMUP = 5
@@ -73,7 +69,8 @@ def main() -> None:
         for snapshot in export_tasks.SNAPSHOTS.values():
             export_tasks.export_snapshot(url, lake, snapshot)
         build_warehouse(str(lake_dir), warehouse)
-        secret, _ = run_in_session(url, lambda s: create_link(s, email=summary.admin_email, settings=Settings()))
+        admin_email = summary.admin_email
+        secret, _ = run_in_session(url, lambda s: create_link(s, email=admin_email, settings=Settings()))
         orgs = {slug: info["id"] for slug, info in summary.orgs.items()}
         member_email = f"user1@{next(iter(summary.orgs))}.example"  # the demo's member addresses
         env = {"KEEL_WAREHOUSE_PATH": str(warehouse), "KEEL_LAKE_URL": str(lake_dir)}

@@ -34,6 +34,7 @@ from api.console import sessions, views
 from api.deps import CONSOLE_SECRET, CSRF_FIELD, PUBLIC, provide_context
 from api.errors import KeelError, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from api.flags import services as flags
+from api.limits import count_failed_auth, refuse_locked_out_address
 from api.orgs.models import Organization
 from api.problems import keel_error
 from api.webhooks import deliveries, endpoints, inbound
@@ -198,9 +199,15 @@ class ConsoleSignInController(Controller):
         token = form.get("token", "").strip()
         if not token:
             raise ValidationFailed("paste your user token", field="token")
-        opened = await sessions.exchange_token(
-            db, token=token, settings=state.settings, ctx=provide_context(request)
-        )
+        # A wrong token here spends the address's failed attempts, as a wrong bearer token does.
+        refuse_locked_out_address(state.limits, request.scope)
+        try:
+            opened = await sessions.exchange_token(
+                db, token=token, settings=state.settings, ctx=provide_context(request)
+            )
+        except Unauthorized:
+            count_failed_auth(state.limits, request.scope)
+            raise
         response: Response[Any] = Redirect("/console", status_code=HTTP_303_SEE_OTHER)
         response.set_cookie(session_cookie(state, opened.secret))
         response.delete_cookie(sessions.PRE_COOKIE, path="/console/login")
@@ -210,11 +217,13 @@ class ConsoleSignInController(Controller):
     async def redeem_link(
         self, secret: str, request: Request[Any, Any, Any], db: AsyncSession, state: State
     ) -> Template:
+        refuse_locked_out_address(state.limits, request.scope)
         try:
             opened = await sessions.redeem_link(
                 db, secret=secret, settings=state.settings, ctx=provide_context(request)
             )
         except Unauthorized as exc:
+            count_failed_auth(state.limits, request.scope)
             # Said on the sign-in page (a used or expired link is the common case), not redirected.
             return Template(
                 template_name="login.html",

@@ -342,3 +342,28 @@ def test_rerunning_reconciliation_from_the_org_page(
     assert entry["metadata"]["discrepancies_for_org"] >= 1
     assert "Reconciliation ran" in page.text and "discrepanc" in page.text
     assert "No reconciliation has run yet." not in page.text
+
+
+def test_the_health_page_lists_failing_endpoints_across_orgs(
+    admin: tuple[httpx.Client, str, str], client: httpx.Client, org: OrgWorld, other_org: OrgWorld
+) -> None:
+    session, _, _ = admin
+    urls = {}
+    for world, healthy in ((org, False), (other_org, True)):
+        url = f"https://hooks.example.com/{uuid.uuid4().hex[:8]}"
+        created = client.post(
+            f"/v1/orgs/{world.id}/webhook-endpoints", json={"url": url}, headers=world.headers("owner")
+        )
+        assert created.status_code == 201, created.text
+        if not healthy:  # switched off by the customer: shown as failing (disabled)
+            disabled = client.patch(
+                f"/v1/orgs/{world.id}/webhook-endpoints/{created.json()['id']}",
+                json={"enabled": False}, headers=world.headers("owner"),
+            )  # fmt: skip
+            assert disabled.status_code == 200, disabled.text
+        urls[world.id] = url
+    page = session.get("/console/health").text
+    failing = page[page.index('id="h-failing"') :]
+    assert urls[org.id] in failing and f"/console/orgs/{org.id}#webhooks" in failing
+    assert f"Org {org.slug}" in failing
+    assert urls[other_org.id] not in failing

@@ -264,3 +264,20 @@ def test_signing_in_by_exchanging_a_user_token(page: Any, hooks_server: LiveServ
     page.get_by_label("Your user token").fill(plain_token)
     page.get_by_role("button", name="Sign in").click()
     assert "only platform staff" in page.get_by_role("alert").inner_text()
+
+
+def test_search_as_you_type_with_htmx_under_the_csp(
+    page: Any, hooks_server: LiveServer, hooks_client: httpx.Client, hooks_settings: Settings, engine: Engine
+) -> None:
+    # htmx is Keel's own file: it loads and works under `script-src 'self'`, and nothing is refused.
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    world = make_org(hooks_client, engine, roles=("owner",))
+    _, token = make_user(engine, platform_role=PlatformRole.support)
+    sign_in(page, hooks_server, hooks_settings, email_of(hooks_client, token))
+    assert page.evaluate("typeof window.htmx") == "object"
+    page.get_by_role("searchbox").press_sequentially(world.slug, delay=20)
+    page.locator("#results").get_by_role("link", name=f"Org {world.slug}").wait_for()
+    page.keyboard.press("Tab")  # keyboard: the next control after the box is its button
+    assert page.evaluate("document.activeElement.textContent") == "Search"
+    assert refused == []

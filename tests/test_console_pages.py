@@ -367,3 +367,18 @@ def test_the_health_page_lists_failing_endpoints_across_orgs(
     assert urls[org.id] in failing and f"/console/orgs/{org.id}#webhooks" in failing
     assert f"Org {org.slug}" in failing
     assert urls[other_org.id] not in failing
+
+
+def test_behind_https_the_cookie_is_secure_and_host_bound(settings: Settings) -> None:
+    from litestar.datastructures import State
+
+    from api.console.controllers import session_cookie
+
+    plain = session_cookie(State({"settings": settings}), "keel_cs_x")
+    secure = session_cookie(State({"settings": settings.with_(console_secure_cookie=True)}), "keel_cs_x")
+    assert (plain.key, plain.secure) == ("keel_console", False)
+    # `__Host-`: the browser keeps it only if Secure, Path=/ and no Domain, so no subdomain can set it.
+    assert (secure.key, secure.secure, secure.path, secure.domain) == ("__Host-keel_console", True, "/", None)
+    assert secure.httponly and secure.samesite == "strict"
+    ended = session_cookie(State({"settings": settings}), "", end=True)
+    assert ended.max_age == 0

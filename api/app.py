@@ -13,7 +13,9 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.routes import HTTPRoute
+from litestar.template import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import docs_ui
@@ -23,6 +25,7 @@ from api.audit.controllers import AdminAuditController, AuditIngestController, O
 from api.audit.streams.controllers import AuditStreamController
 from api.billing.controllers import AdminBillingController, BillingController
 from api.bodies import KeelRequest
+from api.console.controllers import TEMPLATES, console_router
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
@@ -122,7 +125,8 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=[*CONTROLLERS, docs_ui.assets_router()],
+        route_handlers=[*CONTROLLERS, docs_ui.assets_router(), console_router()],
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db),

@@ -15,14 +15,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import cache, secrets
 from api.auth import services as auth
 from api.auth.context import Principal, RequestContext
-from api.errors import Unauthorized
+from api.console import sessions as console_sessions
+from api.errors import Forbidden, Unauthorized
 from api.limits import charge_request, count_failed_auth, refuse_locked_out_address
 
 PUBLIC = {"public": True}
 ADMIN_PREFIX = "/v1/admin/"
+#: The staff console: the same staff permissions, resolved from a session cookie instead of a token.
+CONSOLE_PATH = "/console"
+CONSOLE_PREFIX = "/console/"
+#: Methods that change nothing: the only ones a console request may send without its CSRF token.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Where a console form puts its CSRF token (htmx requests may send the header instead).
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = b"x-csrf-token"
 OPENAPI_PATH = "/schema"
 #: Where ``authenticate_request`` leaves the caller, in the request scope's state.
 PRINCIPAL = "principal"
+#: Where ``authenticate_request`` leaves a console request's session secret (its CSRF token's key).
+CONSOLE_SECRET = "console_secret"
 
 
 async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
@@ -66,6 +77,36 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     ):
         return
     state = request.app.state
+    console = path == CONSOLE_PATH or path.startswith(CONSOLE_PREFIX)
+    secret: str | None = None
+    if console:
+        # The console: a session cookie instead of a bearer token, resolved afresh every time.
+        secret = request.cookies.get(console_sessions.cookie_name(state.settings))
+        async with state.sessionmaker() as session:
+            principal = await console_sessions.resolve(session, secret=secret, settings=state.settings)
+            await session.commit()
+    else:
+        principal = await _bearer_principal(request)
+    charge_request(state.limits, principal, scope)
+    if console or path.startswith(ADMIN_PREFIX):
+        # Every staff route, enumerated by its prefix: the permission is the route's own option.
+        auth.require_staff(principal, auth.staff_permission(request.route_handler.opt))
+    org_id = request.path_params.get("org_id")
+    if org_id is not None and not console and not path.startswith(ADMIN_PREFIX):
+        async with state.sessionmaker() as session:
+            await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
+    # The scope's state dict itself (``request.state`` would wrap it in a new State object each time).
+    scope_state = scope.setdefault("state", {})
+    scope_state[PRINCIPAL] = principal
+    if console:
+        assert secret is not None  # resolve() refused a request without one
+        await _check_csrf(request, secret)
+        scope_state[CONSOLE_SECRET] = secret
+
+
+async def _bearer_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The bearer token's principal (cached), spending a failed attempt of the address on a 401."""
+    scope, state = request.scope, request.app.state
     header = _header(scope, b"authorization")
 
     async def lookup() -> Principal:
@@ -86,16 +127,20 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     except Unauthorized:
         count_failed_auth(state.limits, scope)
         raise
-    charge_request(state.limits, principal, scope)
-    if path.startswith(ADMIN_PREFIX):
-        # Every staff route, enumerated by its prefix: the permission is the route's own option.
-        auth.require_staff(principal, auth.staff_permission(request.route_handler.opt))
-    org_id = request.path_params.get("org_id")
-    if org_id is not None and not path.startswith(ADMIN_PREFIX):
-        async with state.sessionmaker() as session:
-            await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
-    # The scope's state dict itself (``request.state`` would wrap it in a new State object each time).
-    scope.setdefault("state", {})[PRINCIPAL] = principal
+    return principal
+
+
+async def _check_csrf(request: Request[Any, Any, Any], secret: str) -> None:
+    """A console request that may change something carries its session's CSRF token (a form field,
+    or the header for htmx), checked after the session and the permission, before the handler."""
+    if request.scope["method"] in SAFE_METHODS:
+        return
+    sent = _header(request.scope, CSRF_HEADER)
+    if sent is None:
+        field = (await request.form()).get(CSRF_FIELD)
+        sent = field if isinstance(field, str) else None
+    if not console_sessions.csrf_matches(secret, sent):
+        raise Forbidden("this form's CSRF token is missing or not this session's; reload the page")
 
 
 def provide_principal(request: Request[Any, Any, Any]) -> Principal:

@@ -13,6 +13,7 @@ from api.audit import models as audit
 from api.audit.streams import models as audit_streams
 from api.auth import models as auth
 from api.billing import models as billing
+from api.console import models as console
 from api.db.base import Base
 from api.events import models as events
 from api.flags import models as flags
@@ -22,6 +23,8 @@ from api.system import models as system
 from api.tokens import models as tokens
 from api.webhooks import models as webhooks
 
-DOMAINS = (auth, orgs, members, tokens, audit, audit_streams, events, flags, system, webhooks, billing)
+DOMAINS = (
+    auth, orgs, members, tokens, audit, audit_streams, events, flags, system, webhooks, billing, console,
+)  # fmt: skip
 
 metadata = Base.metadata

@@ -73,6 +73,14 @@ class Settings:
     header_timeout: float = 10.0
     #: Seconds a request's body may take to arrive after its headers; then 408 and closed.
     body_timeout: float = 30.0
+    #: Seconds a console session may go without a request before it ends (docs/console.md).
+    console_idle_timeout: int = 1800
+    #: Seconds a console session lasts at most, however active.
+    console_max_age: int = 12 * 3600
+    #: Seconds a one-time sign-in link (``keel console login``) stays usable.
+    console_link_ttl: int = 900
+    #: Mark the console's cookie ``Secure`` (set it when Keel is served behind HTTPS).
+    console_secure_cookie: bool = False
 
     @property
     def resolved_lake_url(self) -> str:
@@ -179,6 +187,11 @@ PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("rate_limit_writes", "RATE_LIMIT_WRITES_PER_MINUTE", _count),
     ("header_timeout", "HEADER_TIMEOUT", _seconds),
     ("body_timeout", "BODY_TIMEOUT", _seconds),
+    # The staff console's sessions.
+    ("console_idle_timeout", "CONSOLE_IDLE_TIMEOUT", _positive),
+    ("console_max_age", "CONSOLE_MAX_AGE", _positive),
+    ("console_link_ttl", "CONSOLE_LINK_TTL", _positive),
+    ("console_secure_cookie", "CONSOLE_SECURE_COOKIE", _flag),
 )
 
 

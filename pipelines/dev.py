@@ -93,6 +93,8 @@ class DevReady:
     report: str
     prefect_api_url: str
     receiver_url: str
+    #: The secret of a one-time console sign-in link for the admin (``/console/login/<secret>``).
+    console_link_secret: str = ""
 
 
 @contextlib.contextmanager
@@ -109,6 +111,7 @@ def dev_environment(
     a reconciliation run; prints the banner. Everything it started stops on exit. Run twice on one
     data directory, the second start changes nothing the first made (tests prove it)."""
     from api.cli.common import migrate
+    from api.console.sessions import create_link
     from api.db.engine import run_in_session
     from api.demo import DemoReceiverUrls, reissue_admin_token, repoint_demo_endpoints, seed_async
     from api.stripe_local.demo import reconcile_once, start_demo_stripe
@@ -145,6 +148,7 @@ def dev_environment(
                 f" the {reissued.revoked} earlier one(s) are revoked",
                 soft_wrap=True,
             )
+        link_secret, _ = run_in_session(url, lambda s: create_link(s, email=admin_email, settings=settings))
         with console.status("starting the local Stripe…"):
             settings, stripe_server, stripe_line = start_demo_stripe(
                 settings, url, embedded=embedded, plant_anywhere=plant_demo_stripe
@@ -162,6 +166,7 @@ def dev_environment(
             settings=settings, host=host or settings.host, port=port or settings.port,
             admin_email=admin_email, admin_token=admin_token, reconciliation=reconciliation,
             report=report, prefect_api_url=prefect_url, receiver_url=receiver.url,
+            console_link_secret=link_secret,
         )  # fmt: skip
         print_banner(ready, summary.ingest_keys(), console)
         yield ready
@@ -177,6 +182,7 @@ def print_banner(ready: DevReady, ingest_keys: dict[str, str], console: Console)
         f"  Docs UI      {base}/schema",
         f"  Admin        {ready.admin_email}",
         f"  Admin token  {ready.admin_token}",
+        f"  Console      {base}/console  (sign in once: {base}/console/login/{ready.console_link_secret})",
         *(f"  Ingest key   {slug:<10} {key}" for slug, key in ingest_keys.items()),
         *(
             []

@@ -25,6 +25,9 @@ KEEL = str(Path(sys.executable).with_name("keel"))
 ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 600  # the demo seed, a Prefect server and the pipelines, on a shared 2-core machine
 TOKEN = re.compile(r"^  Admin token  (keel_ut_\S+)$", re.M)
+CONSOLE_LINK = re.compile(
+    r"^  Console      \S+/console  \(sign in once: (\S+/console/login/keel_cl_\S+)\)$", re.M
+)
 INGEST_KEY = re.compile(r"^  Ingest key   (\w+) +(keel_ik_\S+)$", re.M)
 
 
@@ -128,6 +131,12 @@ def test_keel_dev_twice_on_one_data_dir_changes_nothing(tmp_path: Path) -> None:
     try:
         out = first.wait_ready()
         token = TOKEN.findall(out)[-1]
+        # The console's sign-in link, beside the admin token, signs the admin in (once).
+        link = CONSOLE_LINK.findall(out)[-1]
+        with httpx.Client() as browser:
+            assert browser.get(link).status_code == 200
+            assert browser.get(f"{first.base}/console", follow_redirects=False).status_code == 200
+        assert httpx.get(link).status_code == 401
         # Every key of the banner whole on one line (they wrapped across lines before).
         keys = dict(INGEST_KEY.findall(out))
         assert set(keys) == {"acme", "globex", "initech", "umbrella"}

@@ -21,11 +21,15 @@ from tests.harness import OrgWorld, auth
 
 PARAM = re.compile(r"{(?P<name>\w+)(?::\w+)?}")
 STAFF_ONLY = "/v1/admin/"
-SKIP_PREFIXES = ("/schema",)
+#: The staff console: no tenant credential opens it (tested below); its staff rules are enumerated
+#: in test_safety_nets.py.
+CONSOLE = "/console/"
+SKIP_PREFIXES = ("/schema", CONSOLE)
 
 
 def tenant_routes(app: Litestar) -> list[tuple[str, str]]:
-    """(method, path template) for every route with a path parameter, outside the staff area."""
+    """(method, path template) for every route with a path parameter, outside the staff area (the
+    API's and the console's)."""
     found = []
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or not PARAM.search(route.path):
@@ -73,6 +77,8 @@ def victim_values(client: httpx.Client, victim: OrgWorld) -> dict[str, str]:
         "endpoint_id": endpoint["id"],
         "delivery_id": delivery["id"],
         "stream_id": stream["id"],
+        "event_id": str(uuid.uuid4()),  # inbound events belong to no tenant
+        "secret": "keel_cl_not-a-link",
     }
 
 
@@ -137,3 +143,39 @@ def test_every_tenant_route_hides_other_orgs(
         checked.append((method, template))
     assert len(checked) >= 10
     assert snapshot(engine, victim.id) == before
+
+
+def console_routes(app: Litestar) -> list[tuple[str, str]]:
+    found = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path.startswith(CONSOLE):
+            continue
+        for handler in route.route_handlers:
+            if handler.opt.get("public") or "OPTIONS" in handler.http_methods:
+                continue
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                found.append((method, route.path))
+    return found
+
+
+def test_no_tenant_credential_opens_the_console(
+    app: Litestar, client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld
+) -> None:
+    """The console takes no bearer token: an org owner's (even the victim's own) and an ingest key
+    are sent to sign in (GET) or refused (401) on every console route, and nothing changes."""
+    values = victim_values(client, org)
+    before = snapshot(engine, org.id)
+    routes = console_routes(app)
+    assert ("POST", "/console/orgs/{org_id:uuid}/suspend") in routes
+    for token in (org.tokens["owner"], other_org.tokens["owner"], org.ingest_key):
+        for method, template in routes:
+            url = fill(template, values)
+            data = {"reason": "tenant", "confirm": "yes"} if method == "POST" else None
+            response = client.request(method, url, headers=auth(token), data=data, follow_redirects=False)
+            if method == "GET":
+                assert response.status_code == 303, f"{method} {template}: {response.status_code}"
+                assert response.headers["location"] == "/console/login"
+            else:
+                assert response.status_code == 401, f"{method} {template}: {response.status_code}"
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert snapshot(engine, org.id) == before

@@ -1,6 +1,6 @@
 """Cross-cutting rules that used to rest on convention, each checked from the app itself.
 
-- Every staff route (``/v1/admin/...``) is enumerated from the app's routes, as the org routes are
+- Every staff route (``/v1/admin/...`` and the console's ``/console/...``) is enumerated from the app's routes, as the org routes are
   in ``test_isolation.py``: a token without a platform role gets 403 on each, support gets 403 on
   each admin-only one, and the marker that says which is admin-only (``auth.staff_only``) is the
   only place the rule is written.
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 import uuid
 from pathlib import Path
@@ -25,10 +26,13 @@ from api.auth import cache
 from api.auth import services as auth
 from api.auth.models import PlatformRole
 from api.auth.permissions import STAFF_PERMISSIONS, StaffPermission
-from tests.harness import OrgWorld, make_user
+from api.settings import Settings
+from tests.console_support import console_session, email_of
+from tests.harness import LiveServer, OrgWorld, make_user
 from tests.harness import auth as bearer
 
 ADMIN = "/v1/admin/"
+CONSOLE = "/console"
 PARAM = re.compile(r"{(?P<name>\w+)(?::(?P<kind>\w+))?}")
 API_DIR = Path(__file__).resolve().parents[1] / "api"
 
@@ -176,3 +180,81 @@ def test_an_org_request_reads_the_membership_once(app: Litestar, client: httpx.C
         assert len([s for s in statements if "memberships" in s]) == 1
     finally:
         event.remove(sync_engine, "before_cursor_execute", record)
+
+
+def console_routes(app: Litestar) -> list[tuple[str, str, StaffPermission]]:
+    """(method, path template, permission) for every console route that needs a session; sign-out
+    comes last (it ends the session the enumeration uses)."""
+    found = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path.startswith(CONSOLE):
+            continue
+        for handler in route.route_handlers:
+            if handler.opt.get("public") or "OPTIONS" in handler.http_methods:
+                continue
+            # An explicit marker on each, as on the API's staff routes.
+            assert auth.STAFF_PERMISSION in handler.opt, f"{route.path} has no auth.staff_only(...) option"
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                found.append((method, route.path, auth.staff_permission(handler.opt)))
+    return sorted(found, key=lambda r: r[1] == "/console/logout")
+
+
+def console_call(client: httpx.Client, method: str, template: str, csrf: str | None) -> httpx.Response:
+    data = {"reason": "enumerated", "confirm": "yes", **({"csrf_token": csrf} if csrf else {})}
+    return client.request(method, ghost(template), data=data if method == "POST" else None)
+
+
+def test_console_routes_are_enumerated(app: Litestar) -> None:
+    routes = console_routes(app)
+    admin_only = {(m, p) for m, p, perm in routes if perm not in STAFF_PERMISSIONS[PlatformRole.support]}
+    assert ("POST", "/console/orgs/{org_id:uuid}/suspend") in admin_only
+    assert ("GET", "/console/orgs/{org_id:uuid}") not in admin_only
+    assert len(routes) >= 12
+
+
+def test_every_console_route_sends_non_staff_to_sign_in(
+    app: Litestar, live_server: LiveServer, org: OrgWorld
+) -> None:
+    # No session (a bearer token, even a platform admin's, opens nothing here): GET is sent to sign
+    # in, anything else refused with a problem document.
+    with httpx.Client(base_url=live_server.url, follow_redirects=False) as client:
+        for method, template, _ in console_routes(app):
+            response = client.request(method, ghost(template), headers=bearer(org.tokens["owner"]))
+            if method == "GET":
+                assert response.status_code == 303 and response.headers["location"] == "/console/login"
+            else:
+                assert response.status_code == 401, f"{method} {template}: {response.status_code}"
+                assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_support_is_refused_exactly_the_admin_only_console_routes(
+    app: Litestar, live_server: LiveServer, settings: Settings, engine: Engine, client: httpx.Client
+) -> None:
+    _, token = make_user(engine, platform_role=PlatformRole.support)
+    session, csrf = console_session(live_server.url, settings, email_of(client, token))
+    support = STAFF_PERMISSIONS[PlatformRole.support]
+    refused, allowed = [], []
+    with contextlib.closing(session):
+        for method, template, permission in console_routes(app):
+            response = console_call(session, method, template, csrf)
+            (refused if response.status_code == 403 else allowed).append((method, template))
+            if permission not in support:
+                assert response.status_code == 403, f"{method} {template} answered {response.status_code}"
+                assert "may not do this" in response.json()["detail"]
+            else:
+                assert response.status_code not in {401, 403}, f"{method} {template}: {response.text}"
+    assert refused and allowed
+
+
+def test_every_console_write_needs_the_csrf_token(
+    app: Litestar, live_server: LiveServer, settings: Settings, engine: Engine, client: httpx.Client
+) -> None:
+    _, token = make_user(engine, platform_role=PlatformRole.admin)
+    session, _ = console_session(live_server.url, settings, email_of(client, token))
+    with contextlib.closing(session):
+        writes = [(m, p) for m, p, _ in console_routes(app) if m != "GET"]
+        assert writes
+        for method, template in writes:
+            response = console_call(session, method, template, None)
+            assert response.status_code == 403, f"{method} {template} answered {response.status_code}"
+            assert "CSRF" in response.json()["detail"]

@@ -197,4 +197,5 @@ def test_audit_entries_have_one_shape_in_every_answer(
 def test_admin_org_search_documents_q(client: httpx.Client) -> None:
     document = client.get("/schema/openapi.json").json()
     (q,) = [p for p in document["paths"]["/v1/admin/orgs"]["get"]["parameters"] if p["name"] == "q"]
-    assert "member whose email" in q["description"] and "name or slug" in q["description"]
+    assert "member whose email" in q["description"] and "name, slug or `external_id`" in q["description"]
+    assert "Stripe customer id" in q["description"]

@@ -52,7 +52,7 @@ class AdminController(Controller):
 
     @get(
         "/orgs",
-        summary="Search organizations by name, slug or member email (staff)",
+        summary="Search organizations by name, slug, external id, Stripe customer or member email (staff)",
         opt=auth.staff_only(StaffPermission.read),
     )
     async def search_orgs(
@@ -66,9 +66,10 @@ class AdminController(Controller):
             Parameter(
                 default=None,
                 max_length=200,
-                description="Organizations whose name or slug contains this text, or with a member whose "
-                "email contains it (case-insensitive; `%` and `_` are taken literally). Without it: every "
-                "organization, oldest first.",
+                description="Organizations whose name, slug or `external_id` contains this text, whose "
+                "Stripe customer id is this text, or with a member whose email contains it "
+                "(case-insensitive; `%` and `_` are taken literally). Without it: every organization, "
+                "oldest first.",
                 examples=[Example(value="acme"), Example(value="ada@acme.example")],
             ),
         ],

@@ -46,6 +46,8 @@ def _like(q: str) -> str:
 async def search_orgs(
     session: AsyncSession, *, q: str | None, cursor: str | None, limit: int
 ) -> list[tuple[Organization, int]]:
+    """Organizations whose name, slug or ``external_id`` contains ``q``, whose Stripe customer id is
+    ``q``, or with a member whose email contains it; oldest first, with their active members."""
     after = decode_cursor(cursor)
     active_members = (
         select(func.count())
@@ -65,6 +67,8 @@ async def search_orgs(
             or_(
                 Organization.name.ilike(pattern, escape="\\"),
                 Organization.slug.ilike(pattern, escape="\\"),
+                Organization.external_id.ilike(pattern, escape="\\"),
+                Organization.stripe_customer_id == q.strip(),
                 member_match,
             )
         )
@@ -147,6 +151,8 @@ async def set_suspended(
     actor: Actor,
     ctx: RequestContext | None,
 ) -> Organization:
+    """Suspend (``reason`` is kept on the org) or lift a suspension (``reason``, when given, is kept
+    in the audit entry only); a no-op when the org is already so."""
     org = await get_live_org(session, org_id, for_update=True)
     target = OrgStatus.suspended if suspended else OrgStatus.active
     if org.status is target:
@@ -159,6 +165,7 @@ async def set_suspended(
         session, action="org.suspended" if suspended else "org.unsuspended", actor=actor, ctx=ctx,
         organization_id=org_id, resource_type="organization", resource_id=org_id, before=before,
         after={"status": org.status.value, "suspended_reason": org.suspended_reason},
+        metadata={"reason": reason} if reason and not suspended else None,
     )  # fmt: skip
     await publish(
         session, organization_id=org_id, event_type="org.suspended" if suspended else "org.unsuspended",
@@ -193,3 +200,13 @@ async def set_platform_role(
         after={"platform_role": role.value if role else None},
     )  # fmt: skip
     return user
+
+
+async def org_names(session: AsyncSession, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The names of these organizations (for lists that span organizations)."""
+    if not org_ids:
+        return {}
+    rows = await session.execute(
+        select(Organization.id, Organization.name).where(Organization.id.in_(org_ids))
+    )
+    return {org_id: name for org_id, name in rows.all()}

@@ -34,6 +34,19 @@ CURRENT_FIRST = text(
 )
 
 
+async def current_plans(session: AsyncSession, org_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """Each org's current subscription's plan (the billing screen's subscription), in one read."""
+    if not org_ids:
+        return {}
+    rows = await session.execute(
+        select(Subscription.organization_id, Subscription.plan)
+        .where(Subscription.organization_id.in_(org_ids))
+        .distinct(Subscription.organization_id)
+        .order_by(Subscription.organization_id, CURRENT_FIRST)
+    )
+    return {org_id: plan for org_id, plan in rows.all()}
+
+
 async def billing_screen(session: AsyncSession, org_id: uuid.UUID) -> BillingOut:
     """The org's current subscription (warehouse.rules) and its seats used (its active members)."""
     seats_used = await session.scalar(

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from api.cli import audit, billing, db, demo, flags, serve, users, warehouse
+from api.cli import audit, billing, console, db, demo, flags, serve, users, warehouse
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Keel: the organization-level spine.")
 
@@ -24,6 +24,7 @@ GROUPS: dict[str, typer.Typer] = {
     "stripe-mock": billing.stripe_mock_app,
     "warehouse": warehouse.app,
     "report": warehouse.report_app,
+    "console": console.app,
 }
 #: ``keel <command>``.
 COMMANDS: dict[str, Callable[..., Any]] = {"serve": serve.serve, "worker": serve.worker}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, text, true
+from sqlalchemy import Select, func, or_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
@@ -189,8 +189,10 @@ async def retry_delivery(
     org_id: uuid.UUID | None,
     actor: Actor,
     ctx: RequestContext,
+    reason: str | None = None,
 ) -> WebhookDelivery:
-    """One more attempt, now; if it fails the schedule resumes where it was (or it is exhausted)."""
+    """One more attempt, now; if it fails the schedule resumes where it was (or it is exhausted).
+    ``reason`` (the console asks staff for one) is kept in the audit entry's metadata."""
     delivery = await get_delivery(session, delivery_id=delivery_id, org_id=org_id, lock=True)
     if delivery.status is DeliveryStatus.delivering:
         raise Conflict("an attempt of this delivery is in flight; wait for its outcome")
@@ -208,13 +210,15 @@ async def retry_delivery(
         session, action=f"{RESOURCE}.retried", actor=actor, ctx=ctx, organization_id=delivery.organization_id,
         resource_type=RESOURCE, resource_id=delivery.id, before=before,
         after={"status": delivery.status.value, "attempts": delivery.attempts},
+        metadata={"reason": reason} if reason else None,
     )  # fmt: skip
     return delivery
 
 
-async def failing_endpoints(session: AsyncSession, *, org_id: uuid.UUID) -> list[FailingEndpoint]:
+async def failing_endpoints(session: AsyncSession, *, org_id: uuid.UUID | None) -> list[FailingEndpoint]:
     """Endpoints that are disabled, in a run of failures, or had failed deliveries in the last day,
-    each with the ids of its latest failed deliveries (newest first) to open or retry."""
+    each with the ids of its latest failed deliveries (newest first) to open or retry; of one
+    organization, or of every one (``org_id=None``: the console's health page)."""
     since = utcnow() - timedelta(hours=24)
     failed_recently = (
         select(func.count())
@@ -234,11 +238,19 @@ async def failing_endpoints(session: AsyncSession, *, org_id: uuid.UUID) -> list
         .correlate(WebhookEndpoint)
         .scalar_subquery()
     )
-    rows = await session.execute(
-        select(WebhookEndpoint, failed_recently, last_error)
-        .where(WebhookEndpoint.organization_id == org_id, WebhookEndpoint.deleted_at.is_(None))
-        .order_by(WebhookEndpoint.id)
-    )
+    query = select(WebhookEndpoint, failed_recently, last_error).where(WebhookEndpoint.deleted_at.is_(None))
+    if org_id is not None:
+        query = query.where(WebhookEndpoint.organization_id == org_id)
+    else:
+        # Across organizations, only endpoints with something to show are read at all.
+        query = query.where(
+            or_(
+                WebhookEndpoint.enabled.is_(False),
+                WebhookEndpoint.failing_since.is_not(None),
+                failed_recently > 0,
+            )
+        )
+    rows = await session.execute(query.order_by(WebhookEndpoint.id))
     failing = [
         (e, failed, error)
         for e, failed, error in rows.all()
@@ -248,6 +260,7 @@ async def failing_endpoints(session: AsyncSession, *, org_id: uuid.UUID) -> list
     return [
         FailingEndpoint(
             id=e.id,
+            organization_id=e.organization_id,
             url=e.url,
             enabled=e.enabled,
             disabled_reason=e.disabled_reason,

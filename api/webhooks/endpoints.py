@@ -241,8 +241,10 @@ async def recover(
     since: datetime,
     actor: Actor,
     ctx: RequestContext,
+    reason: str | None = None,
 ) -> int:
-    """Send again every delivery to this endpoint that failed (or ran out of attempts) since ``since``."""
+    """Send again every delivery to this endpoint that failed (or ran out of attempts) since ``since``.
+    ``reason`` (the console asks staff for one) is kept in the audit entry's metadata."""
     endpoint = await get_endpoint(session, org_id=org_id, endpoint_id=endpoint_id, lock=True)
     now = utcnow()
     if since > now:
@@ -265,7 +267,7 @@ async def recover(
     await audit.record(
         session, action=f"{RESOURCE}.recovered", actor=actor, ctx=ctx, organization_id=org_id,
         resource_type=RESOURCE, resource_id=endpoint.id,
-        metadata={"since": since.isoformat(), "requeued": requeued},
+        metadata={"since": since.isoformat(), "requeued": requeued, **({"reason": reason} if reason else {})},
     )  # fmt: skip
     return requeued
 

@@ -210,8 +210,14 @@ async def get_event(session: AsyncSession, event_id: uuid.UUID, *, lock: bool = 
 
 
 async def reprocess(
-    session: AsyncSession, *, event_id: uuid.UUID, actor: Actor, ctx: RequestContext
+    session: AsyncSession,
+    *,
+    event_id: uuid.UUID,
+    actor: Actor,
+    ctx: RequestContext,
+    reason: str | None = None,
 ) -> InboundEvent:
+    """Apply a stored event again; ``reason`` (the console asks staff for one) goes in the entry."""
     event = await get_event(session, event_id, lock=True)
     before = {"status": event.status.value, "attempts": event.attempts}
     await dispatch.process(session, event)
@@ -219,6 +225,9 @@ async def reprocess(
         session, action="inbound_event.reprocessed", actor=actor, ctx=ctx, organization_id=None,
         resource_type="inbound_event", resource_id=event.id, before=before,
         after={"status": event.status.value, "attempts": event.attempts},
-        metadata={"source": event.source, "external_id": event.external_id, "type": event.event_type},
+        metadata={
+            "source": event.source, "external_id": event.external_id, "type": event.event_type,
+            **({"reason": reason} if reason else {}),
+        },
     )  # fmt: skip
     return event

@@ -208,6 +208,7 @@ class InboundAck(msgspec.Struct):
 
 class FailingEndpoint(msgspec.Struct):
     id: uuid.UUID
+    organization_id: uuid.UUID
     url: str
     enabled: bool
     disabled_reason: str | None

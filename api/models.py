@@ -15,12 +15,14 @@ from api.billing import models as billing
 from api.db.base import Base
 from api.events import models as events
 from api.flags import models as flags
+from api.ingestion import models as ingestion
 from api.members import models as members
 from api.orgs import models as orgs
+from api.people import models as people
 from api.system import models as system
 from api.tokens import models as tokens
 from api.webhooks import models as webhooks
 
-DOMAINS = (auth, orgs, members, tokens, audit, events, flags, system, webhooks, billing)
+DOMAINS = (auth, orgs, members, tokens, audit, events, flags, system, webhooks, billing, people, ingestion)
 
 metadata = Base.metadata

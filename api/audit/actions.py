@@ -42,6 +42,7 @@ KEEL_ACTIONS: frozenset[str] = frozenset(
         "platform_ingest_key.revoked",
         "staff.audit_viewed",
         "staff.health_viewed",
+        "staff.ingestion_warnings_viewed",
         "staff.members_viewed",
         "staff.org_viewed",
         "staff.report_viewed",

@@ -1,0 +1,87 @@
+"""Segment's Tracking API messages, as its SDKs send them (camelCase; unknown fields ignored, as
+Segment ignores them: SDKs add ``writeKey``, ``_metadata``, ``channel``, ``version``...)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+MessageType = Literal["track", "identify", "group", "page", "screen", "alias"]
+MESSAGE_TYPES: tuple[str, ...] = ("track", "identify", "group", "page", "screen", "alias")
+#: How each call is stored as a Keel event (``track`` keeps its own event name).
+RESERVED_EVENTS = {
+    "identify": "$identify",
+    "group": "$group",
+    "page": "$page",
+    "screen": "$screen",
+    "alias": "$alias",
+}
+#: Segment's ids may be numbers; Keel stores them as text.
+SegmentId = str | int
+
+
+class SegmentMessage(msgspec.Struct, rename="camel"):
+    """One call of any type (``type`` says which; the single-call routes imply it)."""
+
+    type: MessageType | None = None
+    user_id: SegmentId | None = None
+    anonymous_id: SegmentId | None = None
+    message_id: str | None = None
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    group_id: SegmentId | None = None
+    previous_id: SegmentId | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class SegmentBatch(msgspec.Struct, rename="camel"):
+    """``POST /segment/v1/batch``: the calls stay raw until each is judged alone. A batch's
+    ``context`` and ``integrations`` apply to every call (a call's own keys win)."""
+
+    batch: list[msgspec.Raw]
+    sent_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class SegmentMessageDoc(msgspec.Struct, rename="camel"):
+    """The documented shape of one call (the handlers read the raw body themselves)."""
+
+    type: MessageType | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    message_id: str | None = None
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    group_id: str | None = None
+    previous_id: str | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class SegmentBatchDoc(msgspec.Struct, rename="camel"):
+    batch: list[SegmentMessageDoc]
+    sent_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class SegmentAnswer(msgspec.Struct):
+    """What Segment answers a well-formed request (its SDKs treat anything else as a failure)."""
+
+    success: bool = True

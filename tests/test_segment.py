@@ -342,3 +342,27 @@ def test_invalid_fields_are_warnings_never_failures(
     assert [e["message_id"] for e in events_of(engine, org.id)] == [good["messageId"]]
     (warning,) = warnings_of(engine, org.ingest_key_id)
     assert warning["reason"] == reason, warning
+
+
+def test_ingestion_warnings_are_kept_thirty_days(engine: Engine, database_url: str, org: OrgWorld) -> None:
+    from pipelines.tasks.retention import purge_ingestion_warnings
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for days_ago, reason in ((31, "oversized"), (29, "invalid_field")):
+            seen = now - timedelta(days=days_ago)
+            conn.execute(
+                text(
+                    "INSERT INTO ingestion_warnings VALUES (:id, :o, :t, :r, :d, 1, :s, :s, NULL, 'e', '{}')"
+                ),
+                {
+                    "id": uuid.uuid4(),
+                    "o": org.id,
+                    "t": org.ingest_key_id,
+                    "r": reason,
+                    "d": seen.date(),
+                    "s": seen,
+                },
+            )
+    assert purge_ingestion_warnings(database_url, now=now) >= 1
+    assert [w["reason"] for w in warnings_of(engine, org.ingest_key_id)] == ["invalid_field"]

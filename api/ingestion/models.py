@@ -6,12 +6,25 @@ schema changes only through the migrations in ``api/db/migrations/``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Index, String, Table, Text, Uuid, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    String,
+    Table,
+    Text,
+    Uuid,
+    func,
+    literal_column,
+)
 
 from api.db.base import APP_DEFAULT_PRIVILEGES, Base, app_privileges
 
 #: The one key of a warning row; the nil UUID stands for "no organization" (NULLs never collide).
-WARNING_KEY = "coalesce(organization_id, '00000000-0000-0000-0000-000000000000'::uuid), token_id, reason, day"
+NO_ORG = "00000000-0000-0000-0000-000000000000"
+WARNING_KEY = f"coalesce(organization_id, '{NO_ORG}'::uuid), token_id, reason, day"
 
 ingestion_warnings_table = Table(
     "ingestion_warnings",
@@ -28,8 +41,16 @@ ingestion_warnings_table = Table(
     Column("message_id", String(128)),
     Column("error", Text, nullable=False),
     Column("sample", Text, nullable=False),
-    Index("uq_ingestion_warnings_key", text(WARNING_KEY), unique=True),
     Index("ix_ingestion_warnings_organization_id_last_seen_at", "organization_id", "last_seen_at"),
     Index("ix_ingestion_warnings_last_seen_at", "last_seen_at"),
     **app_privileges(*APP_DEFAULT_PRIVILEGES),
+)
+
+Index(
+    "uq_ingestion_warnings_key",
+    func.coalesce(ingestion_warnings_table.c.organization_id, literal_column(f"'{NO_ORG}'::uuid")),
+    ingestion_warnings_table.c.token_id,
+    ingestion_warnings_table.c.reason,
+    ingestion_warnings_table.c.day,
+    unique=True,
 )

@@ -306,7 +306,8 @@ PEOPLE = LakeTable(
 PERSON_TRAIT_CHANGES = LakeTable(
     name="person_trait_changes",
     columns=_cols(
-        "seq int, organization_id uuid, message_id text, user_id text, traits json, timestamp ts, received_at ts"
+        "seq int, organization_id uuid, message_id text, user_id text, traits json, timestamp ts,"
+        " received_at ts"
     ),
     key=("organization_id", "message_id"),
     by_sequence=BySequence(column="seq", sequence="person_trait_changes_seq", date_column="timestamp"),
@@ -317,7 +318,8 @@ PERSON_TRAIT_CHANGES = LakeTable(
 ORG_TRAIT_CHANGES = LakeTable(
     name="org_trait_changes",
     columns=_cols(
-        "seq int, organization_id uuid, message_id text, user_id text, traits json, timestamp ts, received_at ts"
+        "seq int, organization_id uuid, message_id text, user_id text, traits json, timestamp ts,"
+        " received_at ts"
     ),
     key=("organization_id", "message_id"),
     by_sequence=BySequence(column="seq", sequence="org_trait_changes_seq", date_column="timestamp"),

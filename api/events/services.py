@@ -250,19 +250,19 @@ async def ingest(
     received_at: datetime | None = None,
     raise_rejected: bool = False,
     to_item: Callable[[T], EventIn] = decode_event,  # type: ignore[assignment]
-    sample: Callable[[T], bytes] = bytes,  # type: ignore[assignment]
+    sample: Callable[[int], bytes] | None = None,
     passed: list[EventRow] | None = None,
 ) -> IngestResult:
     """Store the valid events of one batch; count and explain the rest. With ``raise_rejected``
     (one event sent alone), the first rejection is raised as its domain error instead.
 
     ``raws`` are Keel events' bytes, or, with ``to_item``, anything that function turns into an
-    :class:`EventIn` (another wire format: :mod:`api.segment`); ``sample`` gives an item's bytes
-    for its ingestion warning; ``passed``, when given, receives the rows that passed every check
-    (stored now or before: the caller's follow-up writes are idempotent). Rejections are recorded
-    as ingestion warnings (never failing the batch). ``db`` is a session (the events join its
-    transaction; ``partitions`` is its day cache) or the API's :class:`EventWriter` (the batch is
-    durable when this returns)."""
+    :class:`EventIn` (another wire format: :mod:`api.segment`); ``sample`` gives the bytes of the
+    item at an index, for its ingestion warning (the item's own, by default); ``passed``, when
+    given, receives the rows that passed every check (stored now or before: the caller's
+    follow-up writes are idempotent). Rejections are recorded as ingestion warnings (never failing
+    the batch). ``db`` is a session (the events join its transaction; ``partitions`` is its day
+    cache) or the API's :class:`EventWriter` (the batch is durable when this returns)."""
     writer: Writer = SessionWriter(db, partitions) if isinstance(db, AsyncSession) else db
     received_at = received_at or datetime.now(UTC)
     rejected: list[Rejection] = []
@@ -312,9 +312,13 @@ async def ingest(
     metrics.EVENTS_DUPLICATES.inc(len(rows) - inserted)
     metrics.EVENTS_REJECTED.inc(len(rejected))
     if problems:
+
+        def sample_of(index: int) -> bytes:
+            return sample(index) if sample is not None else bytes(raws[index])  # type: ignore[call-overload]
+
         await warnings.record(
             writer,
-            [warnings.of_rejection(exc, principal=principal, sample=sample(raws[index]), at=received_at)
+            [warnings.of_rejection(exc, principal=principal, sample=sample_of(index), at=received_at)
              for index, exc in problems.items()],
         )  # fmt: skip
     if raise_rejected and rejected:

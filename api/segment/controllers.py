@@ -42,8 +42,8 @@ async def _single(
     if not body.strip():
         raise BadRequest(f"the request body is empty; send one {kind} call as JSON")
     call = services.decode_call(body, kind)
-    if call.rejected is not None and call.rejected.kind is BadRequest:
-        raise call.rejected.problem()  # not JSON at all: malformed, as Segment answers it
+    if isinstance(call[1], services.ItemRejected) and call[1].kind is BadRequest:
+        raise call[1].problem()  # not JSON at all: malformed, as Segment answers it
     await services.ingest_calls(
         state.event_writer, [call], principal=principal, partitions=state.partitions, origin=_origin(request)
     )

@@ -3,8 +3,9 @@ Segment ignores them: SDKs add ``writeKey``, ``_metadata``, ``channel``, ``versi
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -18,29 +19,38 @@ RESERVED_EVENTS = {
     "screen": "$screen",
     "alias": "$alias",
 }
-#: Segment's ids may be numbers; Keel stores them as text.
+#: Segment's ids may be numbers; Keel stores them as text. The limits are Keel's columns'.
 SegmentId = str | int
+Identity = Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | int
+MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
-class SegmentMessage(msgspec.Struct, rename="camel"):
-    """One call of any type (``type`` says which; the single-call routes imply it)."""
+class SegmentMessage(msgspec.Struct, rename="camel", gc=False):
+    """One call of any type (``type`` says which; the single-call routes imply it).
+
+    Decoded with Keel's limits, then normalized in place into the fields of an ``EventIn``
+    (``api.segment.services.ingest_calls``), so the ingest path's rules read it as they read Keel's
+    own events, without a second object per call."""
 
     type: MessageType | None = None
-    user_id: SegmentId | None = None
-    anonymous_id: SegmentId | None = None
-    message_id: str | None = None
+    user_id: Identity | None = None
+    anonymous_id: Identity | None = None
+    message_id: MessageId | None = None
     timestamp: datetime | None = None
     original_timestamp: datetime | None = None
     sent_at: datetime | None = None
     context: dict[str, Any] | None = None
     properties: dict[str, Any] | None = None
     traits: dict[str, Any] | None = None
-    event: str | None = None
+    event: EventName | None = None
     name: str | None = None
     category: str | None = None
     group_id: SegmentId | None = None
     previous_id: SegmentId | None = None
     integrations: dict[str, Any] | None = None
+    #: Not on the wire (whatever a client sends there is overwritten): the resolved organization.
+    org_id: uuid.UUID | None = msgspec.field(default=None, name="$keelOrgId")
 
 
 class SegmentBatch(msgspec.Struct, rename="camel"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -29,20 +29,13 @@ from api.tokens.models import TokenKind
 from warehouse import rules
 
 _decode_message = msgspec.json.Decoder(SegmentMessage)
-_LIMITS = {"event": 200, "user_id": 255, "anonymous_id": 255, "message_id": 128}
 
-
-class Call(msgspec.Struct, gc=False):
-    """One call of a request: its bytes (the warning's sample) and what decoding made of them."""
-
-    raw: msgspec.Raw | bytes
-    message: SegmentMessage | None = None
-    rejected: ItemRejected | None = None
-    org_ref: str | None = None
+#: One call of a request: its bytes (the warning's sample) and what decoding made of them.
+Call = tuple[msgspec.Raw | bytes, SegmentMessage | ItemRejected]
 
 
 def decode_call(raw: msgspec.Raw | bytes, implied_type: str | None) -> Call:
-    """Decode one call; a refusal is kept on the :class:`Call`, to be reported at its index."""
+    """Decode one call; a refusal is kept in the :data:`Call`, to be reported at its index."""
     try:
         data = check_item_bytes(raw, "message")
         try:
@@ -53,11 +46,21 @@ def decode_call(raw: msgspec.Raw | bytes, implied_type: str | None) -> Call:
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise json_rejection(data, exc) from None
     except ItemRejected as exc:
-        return Call(raw, rejected=exc)
+        return raw, exc
     if implied_type is not None:
         message.type = implied_type  # type: ignore[assignment]
-    ref = message.group_id if message.type == "group" else (message.context or {}).get("groupId")
-    return Call(raw, message=message, org_ref=None if ref is None else str(ref))
+    return raw, message
+
+
+def org_ref(message: SegmentMessage) -> str | None:
+    """What names the call's organization: ``groupId`` on a group call, else ``context.groupId``."""
+    if message.type == "group":
+        ref = message.group_id
+    elif message.context:
+        ref = message.context.get("groupId")
+    else:
+        return None
+    return None if ref is None else str(ref)
 
 
 def _camel(path: str) -> str:
@@ -81,90 +84,71 @@ async def resolve_orgs(conn: PgConnection, refs: set[str]) -> dict[str, uuid.UUI
     return found
 
 
-def _text(value: str | int | None) -> str | None:
-    return None if value is None else str(value)
-
-
 def _aware(value: datetime | None) -> datetime | None:
     # Segment reads a time without an offset as UTC.
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def to_event(
-    call: Call,
-    *,
-    principal: Principal,
-    orgs: dict[str, uuid.UUID],
-    batch_context: dict[str, Any] | None,
-    batch_integrations: dict[str, Any] | None,
-) -> EventIn:
-    """One decoded call as a Keel event (``api.events.services.row_of`` applies the rules)."""
-    if call.rejected is not None:
-        raise call.rejected
-    message = call.message
-    assert message is not None
-    try:
-        return _event_of(message, call.org_ref, principal, orgs, batch_context, batch_integrations)
-    except ItemRejected as exc:
-        exc.message_id = message.message_id
-        raise
+def _unwrap(item: SegmentMessage | ItemRejected) -> EventIn:
+    if type(item) is ItemRejected:
+        raise item
+    return cast(EventIn, item)
 
 
-def _event_of(
+def _normalize(
     message: SegmentMessage,
-    ref: str | None,
     principal: Principal,
     orgs: dict[str, uuid.UUID],
     batch_context: dict[str, Any] | None,
     batch_integrations: dict[str, Any] | None,
-) -> EventIn:
+) -> None:
     kind = message.type
-    ref_field = "groupId" if kind == "group" else "context.groupId"
     if kind is None:
         raise ItemRejected("is required (track, identify, group, page, screen or alias)", field="type")
-    org_id: uuid.UUID | None = None
+    ref = org_ref(message)
+    message.org_id = None
     if ref is not None:
         org_id = orgs.get(ref)
         if org_id is None:
             raise ItemRejected(
                 f"no organization has the id or external_id {ref[:100]!r}",
-                field=ref_field,
+                field="groupId" if kind == "group" else "context.groupId",
                 reason="unknown_org",
             )
+        message.org_id = org_id
     elif principal.kind is TokenKind.platform_ingest:
         raise ItemRejected(
             "is required with a platform key: it names the organization (its id or external_id)",
-            field=ref_field,
+            field="groupId" if kind == "group" else "context.groupId",
             reason="unknown_org",
         )
     if kind == "track":
-        if not message.event:
+        if message.event is None:
             raise ItemRejected("is required on a track call", field="event")
-        name = message.event
-        properties = message.properties or {}
+        if message.properties is None:
+            message.properties = {}
     else:
-        name = RESERVED_EVENTS[kind]
-        properties = _reserved_properties(message)
-    context = {**batch_context, **(message.context or {})} if batch_context else message.context or {}
+        message.properties = _reserved_properties(message)
+        message.event = RESERVED_EVENTS[kind]
+    context = message.context
+    if batch_context:
+        context = {**batch_context, **(context or {})}
+    elif context is None:
+        context = {}
     integrations = message.integrations if message.integrations is not None else batch_integrations
     if integrations:
         context = {**context, "integrations": integrations}
-    item = EventIn(
-        event=name,
-        user_id=_text(message.user_id),
-        anonymous_id=_text(message.anonymous_id),
-        message_id=message.message_id,
-        timestamp=_aware(message.timestamp or message.original_timestamp),
-        sent_at=_aware(message.sent_at),
-        properties=properties,
-        context=context,
-        org_id=org_id,
+    message.context = context
+    if type(message.user_id) is int:
+        message.user_id = str(message.user_id)
+    if type(message.anonymous_id) is int:
+        message.anonymous_id = str(message.anonymous_id)
+    timestamp = message.timestamp or message.original_timestamp
+    message.timestamp = (
+        timestamp.replace(tzinfo=UTC) if timestamp is not None and timestamp.tzinfo is None else timestamp
     )
-    for field, limit in _LIMITS.items():
-        value = getattr(item, field)
-        if value is not None and not 1 <= len(value) <= limit:
-            raise ItemRejected(f"must be 1-{limit} characters", field=_camel(field))
-    return item
+    if message.sent_at is not None and message.sent_at.tzinfo is None:
+        message.sent_at = message.sent_at.replace(tzinfo=UTC)
 
 
 def _reserved_properties(message: SegmentMessage) -> dict[str, Any]:
@@ -200,26 +184,35 @@ async def ingest_calls(
     batch_integrations: dict[str, Any] | None = None,
 ) -> IngestResult:
     """Store a request's calls through Keel's ingest path, then apply their traits."""
-    refs = {call.org_ref for call in calls if call.org_ref is not None}
+    refs = set()
+    for _, message in calls:
+        if not isinstance(message, ItemRejected):
+            ref = org_ref(message)
+            if ref is not None:
+                refs.add(ref)
     orgs: dict[str, uuid.UUID] = {}
     if refs:
         orgs = await writer.run(lambda conn: resolve_orgs(conn, refs))  # type: ignore[arg-type]
+    # Normalized here, in one loop, so the ingest path's per-item hook is a plain unwrap.
+    items: list[SegmentMessage | ItemRejected] = []
+    for _, message in calls:
+        if not isinstance(message, ItemRejected):
+            try:
+                _normalize(message, principal, orgs, batch_context, batch_integrations)
+            except ItemRejected as exc:
+                exc.message_id = message.message_id
+                message = exc
+        items.append(message)
     passed: list[EventRow] = []
     result = await events.ingest(
         writer,
-        calls,
+        items,
         principal=principal,
         partitions=partitions,
         origin=origin,
         batch_sent_at=_aware(batch_sent_at),
-        to_item=lambda call: to_event(
-            call,
-            principal=principal,
-            orgs=orgs,
-            batch_context=batch_context,
-            batch_integrations=batch_integrations,
-        ),
-        sample=lambda call: bytes(call.raw),
+        to_item=_unwrap,
+        sample=lambda index: bytes(calls[index][0]),
         passed=passed,
     )
     traited = [row for row in passed if row.event in people.TRAIT_EVENTS]

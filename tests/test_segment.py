@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from segment.analytics import Client
 from sqlalchemy import Engine, text
 
@@ -366,3 +368,112 @@ def test_ingestion_warnings_are_kept_thirty_days(engine: Engine, database_url: s
             )
     assert purge_ingestion_warnings(database_url, now=now) >= 1
     assert [w["reason"] for w in warnings_of(engine, org.ingest_key_id)] == ["invalid_field"]
+
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_times = st.datetimes(timezones=st.none() | st.timezones()).map(lambda d: d.isoformat()) | st.text(
+    max_size=30
+)
+_FIELDS = {
+    "type": st.sampled_from(["track", "identify", "group", "page", "screen", "alias", "purchase"])
+    | _json_values,
+    "userId": st.text(max_size=300) | st.integers() | _json_values,
+    "anonymousId": st.text(max_size=300) | st.integers() | _json_values,
+    "messageId": st.text(max_size=200) | _json_values,
+    "timestamp": _times | _json_values,
+    "originalTimestamp": _times,
+    "sentAt": _times,
+    "context": st.dictionaries(st.sampled_from(["groupId", "ip", "library", "x"]), _json_values, max_size=3)
+    | _json_values,
+    "properties": st.dictionaries(st.text(max_size=8), _json_values, max_size=4) | _json_values,
+    "traits": st.dictionaries(st.text(max_size=8), _json_values, max_size=4) | _json_values,
+    "event": st.text(max_size=250) | _json_values,
+    "name": st.text(max_size=20) | _json_values,
+    "category": st.text(max_size=20) | _json_values,
+    "groupId": st.text(max_size=40) | st.integers() | _json_values,
+    "previousId": st.text(max_size=40) | st.integers() | _json_values,
+    "integrations": st.dictionaries(st.text(max_size=8), st.booleans(), max_size=2) | _json_values,
+}
+_messages = st.fixed_dictionaries({}, optional=_FIELDS)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch=st.lists(_messages, max_size=4),
+    path=st.sampled_from(["batch", "track", "identify", "group", "page", "screen", "alias"]),
+    sent_at=_times | _json_values,
+)
+def test_fuzzing_the_segment_schema_finds_no_500(
+    client: httpx.Client, org: OrgWorld, batch: list[dict[str, Any]], path: str, sent_at: Any
+) -> None:
+    body: Any = {"batch": batch, "sentAt": sent_at} if path == "batch" else (batch[0] if batch else {})
+    answer = client.post(
+        f"/segment/v1/{path}",
+        content=json.dumps(body),
+        headers={**basic(org.ingest_key), "Content-Type": "application/json"},
+    )
+    assert answer.status_code in {200, 400, 413, 422}, answer.text
+    if answer.status_code == 200:
+        assert answer.json() == {"success": True}
+    else:
+        assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+def test_external_id_is_set_unique_cleared_audited_and_shown_to_staff(
+    client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld, staff_support: tuple[str, str]
+) -> None:
+    external = f"acct-{uuid.uuid4().hex[:8]}"
+    owner = org.headers("owner")
+    assert (
+        client.patch(
+            f"/v1/orgs/{org.id}", json={"external_id": external, "traits": {"plan": "pro"}}, headers=owner
+        ).status_code
+        == 200
+    )
+    taken = client.patch(
+        f"/v1/orgs/{other_org.id}", json={"external_id": external}, headers=other_org.headers("owner")
+    )
+    assert taken.status_code == 409 and taken.json()["errors"][0]["field"] == "external_id"
+    for bad in ("", " ", "a\x00b", "x" * 256, 42):
+        refused = client.patch(f"/v1/orgs/{org.id}", json={"external_id": bad}, headers=owner)
+        assert refused.status_code in {400, 422}, (bad, refused.text)
+    assert client.patch(f"/v1/orgs/{org.id}", json={"traits": []}, headers=owner).status_code in {400, 422}
+    assert (
+        client.patch(
+            f"/v1/orgs/{org.id}", json={"external_id": "nope"}, headers=org.headers("member")
+        ).status_code
+        == 403
+    )
+    made = client.post(
+        "/v1/orgs",
+        json={"name": "Dup", "slug": f"dup-{uuid.uuid4().hex[:6]}", "external_id": external},
+        headers=owner,
+    )
+    assert made.status_code == 409
+    (entry,) = [
+        e
+        for e in rows(
+            engine, "SELECT * FROM audit_log WHERE organization_id = :o AND action = 'org.updated'", o=org.id
+        )
+    ]
+    assert entry["metadata"]["after"]["external_id"] == external and entry["metadata"]["after"]["traits"] == {
+        "plan": "pro"
+    }
+    _, support = staff_support
+    view = client.get(f"/v1/admin/orgs/{org.id}", headers=auth(support)).json()
+    assert view["external_id"] == external and view["traits"] == {"plan": "pro"}
+    listed = client.get("/v1/admin/orgs", params={"q": org.slug}, headers=auth(support)).json()
+    assert listed["items"][0]["external_id"] == external
+    cleared = client.patch(f"/v1/orgs/{org.id}", json={"external_id": None}, headers=owner)
+    assert cleared.status_code == 200 and cleared.json()["external_id"] is None

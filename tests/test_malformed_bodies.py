@@ -27,8 +27,8 @@ from api.bodies import MAX_JSON_DEPTH, TEXT_PLAIN_JSON
 from tests.harness import OrgWorld, auth
 
 PARAM = re.compile(r"{(?P<name>\w+)(?::(?P<kind>\w+))?}")
-#: Tables that record refusals themselves (the Stripe receiver keeps a row per request it refuses).
-REFUSAL_LOGS = {"inbound_webhook_requests"}
+#: Tables that record refusals by design: the Stripe receiver's requests, and ingestion warnings.
+REFUSAL_LOGS = {"inbound_webhook_requests", "ingestion_warnings"}
 #: An 18 KB body nested far past the limit (and past the decoder's own recursion limit).
 DEEP = b"[" * 9000 + b"]" * 9000
 WRONG_TYPES = (
@@ -150,7 +150,14 @@ def detail(response: httpx.Response) -> str:
 def test_routes_are_enumerated(app: Litestar) -> None:
     found = {(r.method, r.template) for r in json_routes(app)}
     assert {("POST", "/v1/orgs"), ("POST", "/v1/events/batch"), ("POST", "/v1/webhooks/stripe")} <= found
-    assert {r.template for r in json_routes(app) if r.text_plain} == {"/v1/events", "/v1/events/batch"}
+    segment = {
+        f"/segment/v1/{call}" for call in ("batch", "track", "identify", "group", "page", "screen", "alias")
+    }
+    assert {r.template for r in json_routes(app) if r.text_plain} == {
+        "/v1/events",
+        "/v1/events/batch",
+        *segment,
+    }
 
 
 def test_the_nesting_limit_is_documented() -> None:

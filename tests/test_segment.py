@@ -256,7 +256,8 @@ def test_a_group_call_sets_traits_only_on_the_keys_own_org(
     client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld
 ) -> None:
     call = {"userId": "u-1", "groupId": other_org.id, "traits": {"plan": "stolen"}, "messageId": "g-1"}
-    assert client.post("/segment/v1/group", json=call, headers=basic(org.ingest_key)).status_code == 200
+    refused = client.post("/segment/v1/group", json=call, headers=basic(org.ingest_key))
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "org_id", refused.text
     assert rows(engine, "SELECT traits FROM organizations WHERE id = :o", o=other_org.id) == [{"traits": {}}]
 
 

@@ -18,9 +18,9 @@ PeopleCursor = Annotated[
     str | None,
     Parameter(
         default=None,
-        max_length=400,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="The `next_cursor` of the previous page.",
+        max_length=255,
+        pattern=r"^[^\x00]*$",
+        description="The `next_cursor` of the previous page (the last user id it showed).",
     ),
 ]
 
@@ -34,7 +34,7 @@ class PeopleController(Controller):
         summary="The organization's people, by user id (any member)",
         description="People are made by Segment `identify` calls (traits, first and last seen), `group` "
         "calls (the user belongs to the org) and `alias` calls (an earlier id merged into the user id). "
-        "`trait=name:value` (repeatable) keeps those whose trait, read as text, equals the value.",
+        "`trait=name:value` keeps those whose trait, read as text, equals the value.",
     )
     async def list_people(
         self,
@@ -44,13 +44,22 @@ class PeopleController(Controller):
         cursor: PeopleCursor,
         limit: Limit,
         trait: Annotated[
-            list[str] | None,
-            Parameter(default=None, max_items=20, description="`name:value`; every one must match."),
+            str | None,
+            Parameter(
+                default=None,
+                max_length=500,
+                pattern=r"^[^:\x00]+:[^\x00]*$",
+                description="`name:value`: only people whose trait `name`, read as text, is `value`.",
+            ),
         ],
     ) -> PersonPage:
         await auth.org_access(db, principal, org_id, Permission.read_org)
         items, next_cursor = await queries.list_people(
-            db, org_id=org_id, traits=queries.parse_trait_filters(trait), cursor=cursor, limit=limit
+            db,
+            org_id=org_id,
+            traits=queries.parse_trait_filters([trait] if trait else []),
+            cursor=cursor,
+            limit=limit,
         )
         return PersonPage(items=items, next_cursor=next_cursor)
 

@@ -10,8 +10,8 @@ from litestar.datastructures import State
 
 from api.auth.context import Principal
 from api.auth.services import BASIC_WRITE_KEY
-from api.bodies import TEXT_PLAIN_JSON
-from api.errors import BadRequest, PayloadTooLarge
+from api.bodies import TEXT_PLAIN_JSON, check_json, utf8_problem
+from api.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from api.events.body import decode_envelope, read_limited_body
 from api.events.controllers import _origin, _require_ingest_key
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES
@@ -25,10 +25,11 @@ _AUTH = (
     "password (what the SDKs send for a write key), or `Authorization: Bearer <ingest key>`. "
 )
 _ANSWER = (
-    'Answers `200 {"success": true}` once the request is committed; a call that is refused (unknown '
+    'Answers `200 {"success": true}` once the request is committed. A refused call (unknown '
     "organization, invalid field...) is recorded as an ingestion warning "
-    "(`GET /v1/orgs/{org_id}/ingestion-warnings`), not failed, as Segment does. `Content-Encoding: gzip` "
-    "and `text/plain` bodies are accepted."
+    "(`GET /v1/orgs/{org_id}/ingestion-warnings`); in a batch it never fails the batch, as Segment "
+    "answers; a call sent alone to its own route is answered 4xx naming the field, as `POST /v1/events` is. "
+    "`Content-Encoding: gzip` and `text/plain` bodies are accepted."
 )
 _OPT = {TEXT_PLAIN_JSON: True, BASIC_WRITE_KEY: True}
 
@@ -41,12 +42,16 @@ async def _single(
     body = await read_limited_body(request, MAX_REQUEST_BYTES)
     if not body.strip():
         raise BadRequest(f"the request body is empty; send one {kind} call as JSON")
+    check_json(body)
     call = services.decode_call(body, kind)
     if isinstance(call[1], services.ItemRejected) and call[1].kind is BadRequest:
         raise call[1].problem()  # not JSON at all: malformed, as Segment answers it
+    # A call sent alone is answered for itself, as Keel's `POST /v1/events` is: refused, it is a
+    # precise 4xx (and an ingestion warning); a batch's refusals never fail the batch.
     await services.ingest_calls(
-        state.event_writer, [call], principal=principal, partitions=state.partitions, origin=_origin(request)
-    )
+        state.event_writer, [call], principal=principal, partitions=state.partitions,
+        origin=_origin(request), raise_rejected=True,
+    )  # fmt: skip
     return SegmentAnswer()
 
 
@@ -79,7 +84,15 @@ class SegmentController(Controller):
     ) -> SegmentAnswer:
         _require_ingest_key(principal)
         body = await read_limited_body(request, MAX_REQUEST_BYTES)
-        envelope = decode_envelope(body, _decode_batch, "batch")
+        try:
+            envelope = decode_envelope(body, _decode_batch, "batch")
+        except ValidationFailed:
+            # Segment's envelope ignores unknown keys, which the decoder skips without reading their
+            # UTF-8: a body that is not UTF-8 is named as such, as on every other route.
+            problem = utf8_problem(body)
+            if problem is not None:
+                raise BadRequest(f"the request body {problem}") from None
+            raise
         if len(envelope.batch) > MAX_BATCH_EVENTS:
             raise PayloadTooLarge(
                 f"a batch holds at most {MAX_BATCH_EVENTS} calls; this one has {len(envelope.batch)}"

@@ -182,6 +182,7 @@ async def ingest_calls(
     batch_sent_at: datetime | None = None,
     batch_context: dict[str, Any] | None = None,
     batch_integrations: dict[str, Any] | None = None,
+    raise_rejected: bool = False,
 ) -> IngestResult:
     """Store a request's calls through Keel's ingest path, then apply their traits."""
     refs = set()
@@ -214,6 +215,7 @@ async def ingest_calls(
         to_item=_unwrap,
         sample=lambda index: bytes(calls[index][0]),
         passed=passed,
+        raise_rejected=raise_rejected,
     )
     traited = [row for row in passed if row.event in people.TRAIT_EVENTS]
     if traited:

@@ -30,8 +30,9 @@ from warehouse import rules
 
 _decode_message = msgspec.json.Decoder(SegmentMessage)
 
-#: One call of a request: its bytes (the warning's sample) and what decoding made of them.
-Call = tuple[msgspec.Raw | bytes, SegmentMessage | ItemRejected]
+#: One call of a request: its bytes (the warning's sample), what decoding made of them, and the
+#: reference to its organization it carries (``groupId`` on a group call, else ``context.groupId``).
+Call = tuple[msgspec.Raw | bytes, SegmentMessage | ItemRejected, str | None]
 
 
 def decode_call(raw: msgspec.Raw | bytes, implied_type: str | None) -> Call:
@@ -46,10 +47,10 @@ def decode_call(raw: msgspec.Raw | bytes, implied_type: str | None) -> Call:
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise json_rejection(data, exc) from None
     except ItemRejected as exc:
-        return raw, exc
+        return raw, exc, None
     if implied_type is not None:
         message.type = implied_type  # type: ignore[assignment]
-    return raw, message
+    return raw, message, org_ref(message)
 
 
 def org_ref(message: SegmentMessage) -> str | None:
@@ -97,6 +98,7 @@ def _unwrap(item: SegmentMessage | ItemRejected) -> EventIn:
 
 def _normalize(
     message: SegmentMessage,
+    ref: str | None,
     principal: Principal,
     orgs: dict[str, uuid.UUID],
     batch_context: dict[str, Any] | None,
@@ -105,7 +107,6 @@ def _normalize(
     kind = message.type
     if kind is None:
         raise ItemRejected("is required (track, identify, group, page, screen or alias)", field="type")
-    ref = org_ref(message)
     message.org_id = None
     if ref is not None:
         org_id = orgs.get(ref)
@@ -185,21 +186,16 @@ async def ingest_calls(
     raise_rejected: bool = False,
 ) -> IngestResult:
     """Store a request's calls through Keel's ingest path, then apply their traits."""
-    refs = set()
-    for _, message in calls:
-        if not isinstance(message, ItemRejected):
-            ref = org_ref(message)
-            if ref is not None:
-                refs.add(ref)
+    refs = {ref for _, _, ref in calls if ref is not None}
     orgs: dict[str, uuid.UUID] = {}
     if refs:
         orgs = await writer.run(lambda conn: resolve_orgs(conn, refs))  # type: ignore[arg-type]
     # Normalized here, in one loop, so the ingest path's per-item hook is a plain unwrap.
     items: list[SegmentMessage | ItemRejected] = []
-    for _, message in calls:
-        if not isinstance(message, ItemRejected):
+    for _, message, ref in calls:
+        if type(message) is SegmentMessage:
             try:
-                _normalize(message, principal, orgs, batch_context, batch_integrations)
+                _normalize(message, ref, principal, orgs, batch_context, batch_integrations)
             except ItemRejected as exc:
                 exc.message_id = message.message_id
                 message = exc

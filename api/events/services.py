@@ -249,7 +249,7 @@ async def ingest(
     batch_sent_at: datetime | None = None,
     received_at: datetime | None = None,
     raise_rejected: bool = False,
-    to_item: Callable[[T], EventIn] = decode_event,  # type: ignore[assignment]
+    to_item: Callable[[T], EventIn] | None = decode_event,  # type: ignore[assignment]
     sample: Callable[[int], bytes] | None = None,
     passed: list[EventRow] | None = None,
 ) -> IngestResult:
@@ -257,9 +257,10 @@ async def ingest(
     (one event sent alone), the first rejection is raised as its domain error instead.
 
     ``raws`` are Keel events' bytes, or, with ``to_item``, anything that function turns into an
-    :class:`EventIn` (another wire format: :mod:`api.segment`); ``sample`` gives the bytes of the
-    item at an index, for its ingestion warning (the item's own, by default); ``passed``, when
-    given, receives the rows that passed every check (stored now or before: the caller's
+    :class:`EventIn`; with ``to_item=None``, items decoded already (another wire format:
+    :mod:`api.segment`): each an ``EventIn``'s fields, or the :class:`ItemRejected` it was.
+    ``sample`` gives the bytes of the item at an index, for its ingestion warning (the item's
+    own, by default); ``passed``, when given, receives the rows that passed every check (stored now or before: the caller's
     follow-up writes are idempotent). Rejections are recorded as ingestion warnings (never failing
     the batch). ``db`` is a session (the events join its transaction; ``partitions`` is its day
     cache) or the API's :class:`EventWriter` (the batch is durable when this returns)."""
@@ -270,8 +271,14 @@ async def ingest(
     rows: list[tuple[int, EventRow]] = []
     for index, raw in enumerate(raws):
         try:
+            if to_item is not None:
+                item = to_item(raw)
+            elif type(raw) is ItemRejected:  # decoded already, refused then
+                raise raw  # type: ignore[misc]
+            else:
+                item = raw  # type: ignore[assignment]
             rows.append(
-                (index, row_of(to_item(raw), principal=principal, received_at=received_at,
+                (index, row_of(item, principal=principal, received_at=received_at,
                                batch_sent_at=batch_sent_at, origin=origin))
             )  # fmt: skip
         except ItemRejected as exc:

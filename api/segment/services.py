@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
 from api.auth.context import Principal
 from api.events import services as events
-from api.events.schemas import EventIn, IngestResult
+from api.events.schemas import IngestResult
 from api.events.services import ItemRejected, Origin, check_item_bytes, json_rejection
 from api.events.store import EventRow, EventWriter, PartitionKeeper, PgConnection
 from api.people import store as people
@@ -88,12 +88,6 @@ async def resolve_orgs(conn: PgConnection, refs: set[str]) -> dict[str, uuid.UUI
 def _aware(value: datetime | None) -> datetime | None:
     # Segment reads a time without an offset as UTC.
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _unwrap(item: SegmentMessage | ItemRejected) -> EventIn:
-    if type(item) is ItemRejected:
-        raise item
-    return cast(EventIn, item)
 
 
 def _normalize(
@@ -208,7 +202,7 @@ async def ingest_calls(
         partitions=partitions,
         origin=origin,
         batch_sent_at=_aware(batch_sent_at),
-        to_item=_unwrap,
+        to_item=None,
         sample=lambda index: bytes(calls[index][0]),
         passed=passed,
         raise_rejected=raise_rejected,

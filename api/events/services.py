@@ -260,10 +260,11 @@ async def ingest(
     :class:`EventIn`; with ``to_item=None``, items decoded already (another wire format:
     :mod:`api.segment`): each an ``EventIn``'s fields, or the :class:`ItemRejected` it was.
     ``sample`` gives the bytes of the item at an index, for its ingestion warning (the item's
-    own, by default); ``passed``, when given, receives the rows that passed every check (stored now or before: the caller's
-    follow-up writes are idempotent). Rejections are recorded as ingestion warnings (never failing
-    the batch). ``db`` is a session (the events join its transaction; ``partitions`` is its day
-    cache) or the API's :class:`EventWriter` (the batch is durable when this returns)."""
+    own, by default); ``passed``, when given, receives the rows that passed every check (stored
+    now or before: the caller's follow-up writes are idempotent). Rejections are recorded as
+    ingestion warnings (never failing the batch). ``db`` is a session (the events join its
+    transaction; ``partitions`` is its day cache) or the API's :class:`EventWriter` (the batch is
+    durable when this returns)."""
     writer: Writer = SessionWriter(db, partitions) if isinstance(db, AsyncSession) else db
     received_at = received_at or datetime.now(UTC)
     rejected: list[Rejection] = []

@@ -34,13 +34,16 @@ from api.flags.admin import FlagScheduleController, SegmentAdminController, Stal
 from api.flags.controllers import FlagAdminController, FlagEvaluationController
 from api.flags.ofrep import OfrepController
 from api.flags.store import FlagStore
+from api.ingestion.controllers import AdminIngestionWarningController, OrgIngestionWarningController
 from api.limits import Limits
 from api.members.controllers import MemberController
 from api.metrics import PROMETHEUS, MetricsController
 from api.observability import request_id_middleware
 from api.openapi import document_problems
 from api.orgs.controllers import OrgController
+from api.people.controllers import PeopleController
 from api.problems import EXCEPTION_HANDLERS
+from api.segment.controllers import SegmentController
 from api.settings import Settings
 from api.system.controllers import SystemController
 from api.tokens.controllers import MyTokenController, OrgIngestKeyController, PlatformIngestKeyController
@@ -61,6 +64,10 @@ CONTROLLERS = [
     PlatformIngestKeyController,
     AdminController,
     EventController,
+    SegmentController,
+    OrgIngestionWarningController,
+    AdminIngestionWarningController,
+    PeopleController,
     AnalyticsController,
     AdminAnalyticsController,
     FlagAdminController,

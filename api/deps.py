@@ -108,17 +108,19 @@ async def _bearer_principal(request: Request[Any, Any, Any]) -> Principal:
     """The bearer token's principal (cached), spending a failed attempt of the address on a 401."""
     scope, state = request.scope, request.app.state
     header = _header(scope, b"authorization")
+    secret = ""
 
     async def lookup() -> Principal:
         async with state.sessionmaker() as session:
             found = await auth.authenticate(
-                session, header, touch_interval=state.settings.token_touch_interval
+                session, secret, touch_interval=state.settings.token_touch_interval
             )
             await session.commit()
             return found
 
     try:
-        digest = secrets.digest(auth.bearer_secret(header))
+        secret = auth.bearer_secret(header, basic=bool(request.route_handler.opt.get(auth.BASIC_WRITE_KEY)))
+        digest = secrets.digest(secret)
         principal = cache.principals.get(digest)
         if principal is None:
             # An address out of failed attempts costs no lookup; a token already known still works.

@@ -17,14 +17,17 @@ from api.console import models as console
 from api.db.base import Base
 from api.events import models as events
 from api.flags import models as flags
+from api.ingestion import models as ingestion
 from api.members import models as members
 from api.orgs import models as orgs
+from api.people import models as people
 from api.system import models as system
 from api.tokens import models as tokens
 from api.webhooks import models as webhooks
 
 DOMAINS = (
     auth, orgs, members, tokens, audit, audit_streams, events, flags, system, webhooks, billing, console,
+    people, ingestion,
 )  # fmt: skip
 
 metadata = Base.metadata

@@ -30,6 +30,17 @@ Email = Annotated[
     str,
     msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$", examples=["ada@example.com"]),
 ]
+ExternalId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\x00]*\S[^\x00]*$",
+        description="The vendor's own id for the organization (its account id): 1-255 characters, no NUL; "
+        "unique. A platform write key names the org by it in Segment's `context.groupId`.",
+        examples=["acct_1234"],
+    ),
+]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=NO_NUL)]
 
 

@@ -137,13 +137,18 @@ def purge_idempotency_keys() -> int:
     return retention_tasks.purge_idempotency_keys(runtime.current().database_url)
 
 
+@task(name="purge-ingestion-warnings")
+def purge_ingestion_warnings() -> int:
+    return retention_tasks.purge_ingestion_warnings(runtime.current().database_url)
+
+
 @flow(name="retention", log_prints=True)
 def retention(
     events_retention_days: int | None = None, audit_retention_days: int | None = None
 ) -> dict[str, Any]:
     """Drop event partitions and audit entries past their retention, only once the lake holds them
     (audit entries through the checkpointing prune path, so every chain still verifies); forget
-    audit idempotency keys past their 24 h replay window."""
+    audit idempotency keys past their 24 h replay window, and ingestion warnings past 30 days."""
     for name, value in (
         ("events_retention_days", events_retention_days),
         ("audit_retention_days", audit_retention_days),
@@ -154,6 +159,7 @@ def retention(
         "events": drop_exported_partitions(events_retention_days),
         "audit": prune_exported_audit_entries(audit_retention_days),
         "idempotency_keys_purged": purge_idempotency_keys(),
+        "ingestion_warnings_purged": purge_ingestion_warnings(),
     }
 
 

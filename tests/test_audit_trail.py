@@ -359,6 +359,11 @@ NOT_AUDITED = {
     "needs a Stripe server: tests/test_console_pages.py runs it against the local Stripe",
     ("POST", "/v1/events"): "product analytics events are data, not administrative actions",
     ("POST", "/v1/events/batch"): "product analytics events are data, not administrative actions",
+    **{
+        ("POST", f"/segment/v1/{call}"): "Segment calls are product analytics events (data); the traits "
+        "they set are recorded change by change in person_trait_changes / org_trait_changes"
+        for call in ("batch", "track", "identify", "group", "page", "screen", "alias")
+    },
     ("POST", "/v1/orgs/{org_id:uuid}/webhook-messages"): "webhook messages are the product's data, each "
     "stored with its deliveries and every attempt (the record support reads), not administrative actions",
     ("POST", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}/test"): "sends one test item to the "

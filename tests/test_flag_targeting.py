@@ -3,7 +3,6 @@ scheduled changes, stale flags, explanations and the bad input they refuse."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -38,14 +37,11 @@ def local_stripe() -> Iterator[LocalStripe]:
         yield server
 
 
-def set_org_traits(engine: Engine, org_id: str, traits: dict[str, Any]) -> None:
-    """The seam for "a group call sets traits": the Segment API (issue 16) replaces this body with
-    one ``POST /segment/v1/group`` call once both branches are merged."""
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE organizations SET traits = traits || CAST(:t AS jsonb) WHERE id = :o"),
-            {"t": json.dumps(traits), "o": org_id},
-        )
+def group_call(client: httpx.Client, org: OrgWorld, traits: dict[str, Any]) -> None:
+    """What a product does to tell Keel an org's traits: a Segment ``group`` call with its write key."""
+    call = {"userId": "u-traits", "groupId": org.id, "traits": traits, "messageId": unique("group")}
+    answer = client.post("/segment/v1/group", json=call, auth=(org.ingest_key, ""))
+    assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
 
 
 def one(client: httpx.Client, key: str, headers: dict[str, str], **params: str) -> dict[str, Any]:
@@ -95,7 +91,7 @@ def test_a_plan_rule_turns_on_when_the_stripe_subscription_moves_to_enterprise(
     assert "rule 'enterprise' matched" in state["explanation"]
 
 
-def test_a_trait_rule_through_a_segment_follows_the_orgs_traits(
+def test_a_group_call_turns_a_trait_rule_on_through_a_segment(
     client: httpx.Client, engine: Engine, org: OrgWorld, admin: str
 ) -> None:
     segment = unique("fintech-eu")
@@ -112,7 +108,7 @@ def test_a_trait_rule_through_a_segment_follows_the_orgs_traits(
     first = one(client, flag["key"], key_headers)
     assert first["enabled"] is False
 
-    set_org_traits(engine, org.id, {"industry": "fintech", "region": "eu-west"})
+    group_call(client, org, {"industry": "fintech", "region": "eu-west"})
     eventually(
         lambda: one(client, flag["key"], key_headers)["enabled"], what="the trait rule", within=FACTS_BOUND
     )

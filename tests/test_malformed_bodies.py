@@ -27,8 +27,8 @@ from api.bodies import MAX_JSON_DEPTH, TEXT_PLAIN_JSON
 from tests.harness import OrgWorld, auth
 
 PARAM = re.compile(r"{(?P<name>\w+)(?::(?P<kind>\w+))?}")
-#: Tables that record refusals themselves (the Stripe receiver keeps a row per request it refuses).
-REFUSAL_LOGS = {"inbound_webhook_requests"}
+#: Tables that record refusals by design: the Stripe receiver's requests, and ingestion warnings.
+REFUSAL_LOGS = {"inbound_webhook_requests", "ingestion_warnings"}
 #: An 18 KB body nested far past the limit (and past the decoder's own recursion limit).
 DEEP = b"[" * 9000 + b"]" * 9000
 WRONG_TYPES = (
@@ -91,9 +91,22 @@ def inbound_outcomes(engine: Engine) -> dict[str, int]:
         return {outcome: n for outcome, n in rows.all()}
 
 
+def is_ofrep_error(response: httpx.Response) -> bool:
+    """OFREP's routes answer a bad request in OFREP's own error shape (its clients read
+    ``errorCode``), with the same precise words in ``errorDetails``."""
+    if not response.request.url.path.startswith("/ofrep/") or response.status_code != 400:
+        return False
+    body = response.json()
+    return body.get("errorCode") in {"PARSE_ERROR", "INVALID_CONTEXT", "TARGETING_KEY_MISSING"} and bool(
+        body.get("errorDetails")
+    )
+
+
 def refused(response: httpx.Response) -> bool:
     """A 4xx problem, or (a batch) a 200 that stored nothing and named the rejected items."""
     if 400 <= response.status_code < 500:
+        if is_ofrep_error(response):
+            return True
         return response.headers["content-type"].startswith("application/problem+json") and bool(
             response.json()["detail"]
         )
@@ -144,13 +157,20 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
 
 
 def detail(response: httpx.Response) -> str:
-    return str(response.json()["detail"])
+    return str(response.json()["errorDetails" if is_ofrep_error(response) else "detail"])
 
 
 def test_routes_are_enumerated(app: Litestar) -> None:
     found = {(r.method, r.template) for r in json_routes(app)}
     assert {("POST", "/v1/orgs"), ("POST", "/v1/events/batch"), ("POST", "/v1/webhooks/stripe")} <= found
-    assert {r.template for r in json_routes(app) if r.text_plain} == {"/v1/events", "/v1/events/batch"}
+    segment = {
+        f"/segment/v1/{call}" for call in ("batch", "track", "identify", "group", "page", "screen", "alias")
+    }
+    assert {r.template for r in json_routes(app) if r.text_plain} == {
+        "/v1/events",
+        "/v1/events/batch",
+        *segment,
+    }
 
 
 def test_the_nesting_limit_is_documented() -> None:

@@ -294,6 +294,47 @@ INBOUND_EVENTS = LakeTable(
     optional=True,
 )
 
+# People of each organization (Segment identify/group/alias calls), whole: updated in place.
+PEOPLE = LakeTable(
+    name="people",
+    columns=_cols("organization_id uuid, user_id text, traits json, first_seen_at ts, last_seen_at ts"),
+    key=("organization_id", "user_id"),
+    optional=True,
+)
+
+# Every identify's traits and every group's org traits, append-only: the history "as of" a day.
+PERSON_TRAIT_CHANGES = LakeTable(
+    name="person_trait_changes",
+    columns=_cols(
+        "seq int, organization_id uuid, message_id text, user_id text, traits json, timestamp ts,"
+        " received_at ts"
+    ),
+    key=("organization_id", "message_id"),
+    by_sequence=BySequence(column="seq", sequence="person_trait_changes_seq", date_column="timestamp"),
+    dictionary=("organization_id",),
+    optional=True,
+)
+
+ORG_TRAIT_CHANGES = LakeTable(
+    name="org_trait_changes",
+    columns=_cols(
+        "seq int, organization_id uuid, message_id text, user_id text, traits json, timestamp ts,"
+        " received_at ts"
+    ),
+    key=("organization_id", "message_id"),
+    by_sequence=BySequence(column="seq", sequence="org_trait_changes_seq", date_column="timestamp"),
+    dictionary=("organization_id",),
+    optional=True,
+)
+
+# alias calls: an earlier id (anonymous, mostly) merged into a user id, per organization.
+IDENTITY_ALIASES = LakeTable(
+    name="identity_aliases",
+    columns=_cols("organization_id uuid, previous_id text, user_id text, message_id text, timestamp ts"),
+    key=("organization_id", "previous_id"),
+    optional=True,
+)
+
 #: Every table of the lake, by name.
 LAKE_TABLES: Mapping[str, LakeTable] = MappingProxyType(
     {
@@ -309,6 +350,10 @@ LAKE_TABLES: Mapping[str, LakeTable] = MappingProxyType(
             BILLING_RECONCILIATION_RUNS,
             WEBHOOK_ENDPOINTS,
             INBOUND_EVENTS,
+            PEOPLE,
+            PERSON_TRAIT_CHANGES,
+            ORG_TRAIT_CHANGES,
+            IDENTITY_ALIASES,
         )
     }
 )

@@ -38,7 +38,7 @@ from api.webhooks.deliveries import failing_endpoints
 def summary(org: Organization, active_members: int) -> AdminOrgSummary:
     return AdminOrgSummary(
         id=org.id, name=org.name, slug=org.slug, status=org.status, created_at=org.created_at,
-        deleted_at=org.deleted_at, active_members=active_members,
+        deleted_at=org.deleted_at, active_members=active_members, external_id=org.external_id,
     )  # fmt: skip
 
 
@@ -92,8 +92,9 @@ class AdminController(Controller):
         return AdminOrgView(
             id=org.id, name=org.name, slug=org.slug, status=org.status,
             suspended_reason=org.suspended_reason, stripe_customer_id=org.stripe_customer_id,
-            created_at=org.created_at, deleted_at=org.deleted_at,
-            members=member_page(view.members, services.VIEW_MEMBERS), active_members=view.active_members,
+            created_at=org.created_at, deleted_at=org.deleted_at, external_id=org.external_id,
+            traits=org.traits, members=member_page(view.members, services.VIEW_MEMBERS),
+            active_members=view.active_members,
             invited_members=view.invited_members, active_ingest_keys=view.active_ingest_keys,
             recent_audit=[entry_out(e) for e in view.recent_audit],
             flags=[

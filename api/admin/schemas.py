@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -31,6 +32,7 @@ class AdminOrgSummary(msgspec.Struct):
     created_at: datetime
     deleted_at: datetime | None
     active_members: int
+    external_id: str | None = None
 
 
 class OrgStatusOut(msgspec.Struct):
@@ -53,6 +55,9 @@ class AdminOrgView(msgspec.Struct):
     stripe_customer_id: str | None
     created_at: datetime
     deleted_at: datetime | None
+    external_id: str | None
+    #: The latest traits (Segment `group` calls).
+    traits: dict[str, Any]
     #: The first 20 active and invited members; `next_cursor` continues at
     #: `GET /v1/admin/orgs/{org_id}/members?cursor=`.
     members: MemberPage

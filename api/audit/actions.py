@@ -56,6 +56,7 @@ KEEL_ACTIONS: frozenset[str] = frozenset(
         "staff.console_signed_in",
         "staff.console_signed_out",
         "staff.health_viewed",
+        "staff.ingestion_warnings_viewed",
         "staff.members_viewed",
         "staff.org_viewed",
         "staff.report_viewed",

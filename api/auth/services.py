@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -27,18 +29,38 @@ from api.tokens.models import ApiToken, TokenKind
 ORG_NOT_FOUND = "organization not found"
 
 
-def bearer_secret(authorization: str | None) -> str:
+#: Route option: the route also takes HTTP Basic with the key as the user name and an empty password
+#: (Segment's write-key auth, what its SDKs send).
+BASIC_WRITE_KEY = "basic_write_key"
+
+
+def bearer_secret(authorization: str | None, *, basic: bool = False) -> str:
+    """The token an Authorization header carries: ``Bearer <token>``, or with ``basic`` also
+    ``Basic base64(<token>:)``."""
+    expected = "`Bearer <token>` or `Basic base64(<write key>:)`" if basic else "`Bearer <token>`"
     if not authorization:
-        raise Unauthorized("missing Authorization header: send `Authorization: Bearer <token>`")
+        raise Unauthorized(f"missing Authorization header: send `Authorization: {expected.strip('`')}`")
     scheme, _, secret = authorization.partition(" ")
+    if basic and scheme.lower() == "basic":
+        return _basic_user(secret.strip())
     if scheme.lower() != "bearer" or not secret.strip():
-        raise Unauthorized("the Authorization header must be `Bearer <token>`")
+        raise Unauthorized(f"the Authorization header must be {expected}")
     return secret.strip()
 
 
-async def authenticate(session: AsyncSession, authorization: str | None, *, touch_interval: int) -> Principal:
-    """Resolve a bearer token. Unknown, expired and revoked tokens are all 401, told apart in ``detail``."""
-    secret = bearer_secret(authorization)
+def _basic_user(credentials: str) -> str:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise Unauthorized("the Basic credentials are not base64 of `<write key>:`") from None
+    user, _, password = decoded.partition(":")
+    if not user.strip() or password:
+        raise Unauthorized("Basic credentials are the write key as the user name and an empty password")
+    return user.strip()
+
+
+async def authenticate(session: AsyncSession, secret: str, *, touch_interval: int) -> Principal:
+    """Resolve a token's secret. Unknown, expired and revoked tokens are all 401, told apart in ``detail``."""
     row = (
         await session.execute(
             select(ApiToken, User)

@@ -128,7 +128,7 @@ async def exchange_token(
 ) -> Opened:
     """A staff member's user token, exchanged once for a session (the token itself stays valid)."""
     principal = await auth.authenticate(
-        session, f"Bearer {token.strip()}", touch_interval=settings.token_touch_interval
+        session, auth.bearer_secret(f"Bearer {token.strip()}"), touch_interval=settings.token_touch_interval
     )
     if principal.kind is not TokenKind.user or principal.user_id is None:
         raise Forbidden("sign in with a user token, not an ingest key")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request
@@ -69,26 +69,33 @@ async def read_limited_body(request: Request[Any, Any, Any], limit: int) -> byte
 _decode_envelope = msgspec.json.Decoder(BatchIn)
 # What the envelope's structure is made of: strings (skipped whole) and punctuation.
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.S)
+E = TypeVar("E", bound=msgspec.Struct)
 
 
 def decode_batch(body: bytes) -> BatchIn:
     """The batch envelope, its events still raw: each is checked on its own
-    (:func:`api.events.services.prepare`), so a malformed event is one rejection, not a failed batch.
+    (:func:`api.events.services.prepare`), so a malformed event is one rejection, not a failed batch."""
+    return decode_envelope(body, _decode_envelope, "events")
 
-    Raw events are skipped by the decoder without checking their UTF-8, but it descends into them:
+
+def decode_envelope(body: bytes, decoder: msgspec.json.Decoder[E], items: str) -> E:
+    """A bulk body's envelope, decoded by ``decoder``, with the array ``items`` left raw (a list of
+    :class:`msgspec.Raw` in the envelope's type): Keel's batches and Segment's.
+
+    Raw items are skipped by the decoder without checking their UTF-8, but it descends into them:
     one nested past its recursion limit (some 900 levels, in 2 KB) fails the whole decode. Then, and
-    when the envelope itself is not UTF-8, the events are cut out of the body by :func:`_event_spans`.
+    when the envelope itself is not UTF-8, the items are cut out of the body by :func:`_event_spans`.
     """
     if not body or body.isspace():
-        raise BadRequest(f"{BODY} is empty; send a JSON object with an `events` array")
+        raise BadRequest(f"{BODY} is empty; send a JSON object with an `{items}` array")
     try:
-        return _decode(body)
+        return _decode(body, decoder)
     except (RecursionError, UnicodeDecodeError):
         pass
-    spans = _event_spans(body)
-    if spans is None:  # no `events` array to cut out: the body as a whole is at fault
+    spans = _event_spans(body, f'"{items}"'.encode())
+    if spans is None:  # no items array to cut out: the body as a whole is at fault
         check_json(body)
-        raise BadRequest(f"{BODY} is not a JSON object with an `events` array")
+        raise BadRequest(f"{BODY} is not a JSON object with an `{items}` array")
     opened, closed, events = spans
     head, tail = body[: opened + 1], body[closed:]
     problem = utf8_problem(head) or utf8_problem(tail, base=closed)
@@ -96,14 +103,14 @@ def decode_batch(body: bytes) -> BatchIn:
         raise BadRequest(f"{BODY} {problem}")
     envelope = head + tail
     check_json(envelope)
-    decoded = _decode(envelope)
-    return BatchIn(events=[msgspec.Raw(body[start:end].strip()) for start, end in events],
-                   sent_at=decoded.sent_at)  # fmt: skip
+    decoded = _decode(envelope, decoder)
+    raws = [msgspec.Raw(body[start:end].strip()) for start, end in events]
+    return msgspec.structs.replace(decoded, **{items: raws})
 
 
-def _decode(body: bytes) -> BatchIn:
+def _decode(body: bytes, decoder: msgspec.json.Decoder[E]) -> E:
     try:
-        return _decode_envelope.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         field, message = split_validation_message(str(exc))
         raise ValidationFailed(f"{field}: {message}" if field else message, field=field or "body") from None
@@ -111,8 +118,8 @@ def _decode(body: bytes) -> BatchIn:
         raise BadRequest(f"{BODY} {utf8_problem(body) or f'is not valid JSON ({exc})'}") from None
 
 
-def _event_spans(body: bytes) -> tuple[int, int, list[tuple[int, int]]] | None:
-    """Where the top-level ``events`` array opens and closes, and each element's (start, end).
+def _event_spans(body: bytes, array_key: bytes) -> tuple[int, int, list[tuple[int, int]]] | None:
+    """Where the top-level ``array_key`` array opens and closes, and each element's (start, end).
 
     A walk over the body's strings and punctuation in Python: used only for the bodies above.
     """
@@ -136,7 +143,7 @@ def _event_spans(body: bytes) -> tuple[int, int, list[tuple[int, int]]] | None:
                 key = None
         elif token in (b"[", b"{"):
             depth += 1
-            if opened is None and depth == 2 and token == b"[" and key == b'"events"':
+            if opened is None and depth == 2 and token == b"[" and key == array_key:
                 opened, start = match.start(), match.end()
         else:
             depth -= 1

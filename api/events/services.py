@@ -8,9 +8,10 @@ for as long as the event stays in Postgres. Writing is :mod:`api.events.store`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +31,7 @@ from api.events.store import (
     Writer,
     keep_event_partitions,
 )
+from api.ingestion import warnings
 from api.orgs.models import OrgStatus
 from api.schemas import split_validation_message
 from api.tokens.models import TokenKind
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 MAX_FUTURE = timedelta(hours=24)
+T = TypeVar("T")
 
 _decode_event = msgspec.json.Decoder(EventIn)
 _encode = msgspec.json.Encoder()
@@ -55,12 +58,19 @@ class ItemRejected(Exception):
     blame); :meth:`problem` is the answer to a request that sent this event alone."""
 
     def __init__(
-        self, message: str, *, field: str | None = None, problem: type[KeelError] = ValidationFailed
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        problem: type[KeelError] = ValidationFailed,
+        reason: str = "invalid_field",
     ) -> None:
         self.error = f"{field}: {message}" if field else message
         super().__init__(self.error)
         self.field = field
         self.kind = problem
+        #: The ingestion warning's reason (``api/ingestion/services.py`` lists them).
+        self.reason = reason
         self.message_id: str | None = None
 
     def problem(self) -> KeelError:
@@ -111,6 +121,42 @@ def _json(value: dict[str, Any], field: str) -> msgspec.Raw:
     return msgspec.Raw(encoded)
 
 
+def decode_event(raw: bytes | msgspec.Raw) -> EventIn:
+    """One Keel event's bytes as an :class:`EventIn`, or :class:`ItemRejected` saying why not."""
+    data = check_item_bytes(raw, "event")
+    try:
+        return _decode_event.decode(data)
+    except msgspec.ValidationError as exc:
+        field, message = split_validation_message(str(exc))
+        raise ItemRejected(message, field=field or None) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise json_rejection(data, exc) from None
+
+
+def check_item_bytes(raw: bytes | msgspec.Raw, what: str) -> bytes:
+    """An item's bytes, refused when over :data:`MAX_EVENT_BYTES` or nested too deep (the limits
+    every ingest format shares)."""
+    size = len(raw)
+    if size > MAX_EVENT_BYTES:
+        raise ItemRejected(
+            f"{what} is {size} bytes; the limit is {MAX_EVENT_BYTES}",
+            problem=PayloadTooLarge,
+            reason="oversized",
+        )
+    data = bytes(raw)
+    if nests_too_deep(data):
+        raise ItemRejected(f"the {what} {TOO_DEEP}")
+    return data
+
+
+def json_rejection(data: bytes, exc: Exception) -> ItemRejected:
+    """An item whose bytes a decoder refused: the envelope's decoder skipped them unchecked."""
+    problem = utf8_problem(data)
+    if problem:
+        return ItemRejected(f"the event {problem}")
+    return ItemRejected(f"not valid JSON: {exc}", problem=BadRequest)
+
+
 def prepare(
     raw: bytes | msgspec.Raw,
     *,
@@ -120,23 +166,21 @@ def prepare(
     origin: Origin,
 ) -> EventRow:
     """Validate one event and turn it into a row; raise :class:`ItemRejected` saying why not."""
-    size = len(raw)
-    if size > MAX_EVENT_BYTES:
-        raise ItemRejected(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}", problem=PayloadTooLarge)
-    data = bytes(raw)
-    if nests_too_deep(data):
-        raise ItemRejected(f"the event {TOO_DEEP}")
-    try:
-        item = _decode_event.decode(data)
-    except msgspec.ValidationError as exc:
-        field, message = split_validation_message(str(exc))
-        raise ItemRejected(message, field=field or None) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        # The envelope's decoder skipped the event's bytes without checking their UTF-8.
-        problem = utf8_problem(data)
-        if problem:
-            raise ItemRejected(f"the event {problem}") from None
-        raise ItemRejected(f"not valid JSON: {exc}", problem=BadRequest) from None
+    return row_of(
+        decode_event(raw), principal=principal, received_at=received_at,
+        batch_sent_at=batch_sent_at, origin=origin,
+    )  # fmt: skip
+
+
+def row_of(
+    item: EventIn,
+    *,
+    principal: Principal,
+    received_at: datetime,
+    batch_sent_at: datetime | None,
+    origin: Origin,
+) -> EventRow:
+    """The rules every event obeys, whatever its wire format: identity, org, clock skew, storable text."""
     message_id = item.message_id or str(new_id())
     try:
         if item.user_id is None and item.anonymous_id is None:
@@ -144,10 +188,14 @@ def prepare(
         if principal.kind is TokenKind.org_ingest:
             assert principal.organization_id is not None
             if item.org_id is not None and item.org_id != principal.organization_id:
-                raise ItemRejected("an org ingest key writes only to its own organization", field="org_id")
+                raise ItemRejected(
+                    "an org ingest key writes only to its own organization",
+                    field="org_id",
+                    reason="foreign_org",
+                )
             org_id = principal.organization_id
         elif item.org_id is None:
-            raise ItemRejected("required with a platform ingest key", field="org_id")
+            raise ItemRejected("required with a platform ingest key", field="org_id", reason="unknown_org")
         else:
             org_id = item.org_id
         _check_text(item)
@@ -158,10 +206,16 @@ def prepare(
             try:
                 timestamp = timestamp + (received_at - sent_at)
             except OverflowError:  # e.g. a timestamp in year 1 sent by a clock in year 9999
-                raise ItemRejected("out of range after clock-skew correction", field="timestamp") from None
+                raise ItemRejected(
+                    "out of range after clock-skew correction",
+                    field="timestamp",
+                    reason="timestamp_out_of_range",
+                ) from None
         if timestamp - received_at > MAX_FUTURE:
             raise ItemRejected(
-                "more than 24 h in the future, even after clock-skew correction", field="timestamp"
+                "more than 24 h in the future, even after clock-skew correction",
+                field="timestamp",
+                reason="timestamp_out_of_range",
             )
         context = item.context
         if origin.ip and "ip" not in context:
@@ -187,7 +241,7 @@ def prepare(
 
 async def ingest(
     db: EventWriter | AsyncSession,
-    raws: list[bytes] | list[msgspec.Raw],
+    raws: Sequence[T],
     *,
     principal: Principal,
     partitions: PartitionKeeper,
@@ -195,26 +249,42 @@ async def ingest(
     batch_sent_at: datetime | None = None,
     received_at: datetime | None = None,
     raise_rejected: bool = False,
+    to_item: Callable[[T], EventIn] | None = decode_event,  # type: ignore[assignment]
+    sample: Callable[[int], bytes] | None = None,
+    passed: list[EventRow] | None = None,
 ) -> IngestResult:
     """Store the valid events of one batch; count and explain the rest. With ``raise_rejected``
     (one event sent alone), the first rejection is raised as its domain error instead.
 
-    ``db`` is a session (the events join its transaction; ``partitions`` is its day cache) or the
-    API's :class:`EventWriter` (the batch is durable when this returns)."""
+    ``raws`` are Keel events' bytes, or, with ``to_item``, anything that function turns into an
+    :class:`EventIn`; with ``to_item=None``, items decoded already (another wire format:
+    :mod:`api.segment`): each an ``EventIn``'s fields, or the :class:`ItemRejected` it was.
+    ``sample`` gives the bytes of the item at an index, for its ingestion warning (the item's
+    own, by default); ``passed``, when given, receives the rows that passed every check (stored
+    now or before: the caller's follow-up writes are idempotent). Rejections are recorded as
+    ingestion warnings (never failing the batch). ``db`` is a session (the events join its
+    transaction; ``partitions`` is its day cache) or the API's :class:`EventWriter` (the batch is
+    durable when this returns)."""
     writer: Writer = SessionWriter(db, partitions) if isinstance(db, AsyncSession) else db
     received_at = received_at or datetime.now(UTC)
     rejected: list[Rejection] = []
-    problems: dict[int, KeelError] = {}
+    problems: dict[int, ItemRejected] = {}
     rows: list[tuple[int, EventRow]] = []
     for index, raw in enumerate(raws):
         try:
+            if to_item is not None:
+                item = to_item(raw)
+            elif type(raw) is ItemRejected:  # decoded already, refused then
+                raise raw  # type: ignore[misc]
+            else:
+                item = raw  # type: ignore[assignment]
             rows.append(
-                (index, prepare(raw, principal=principal, received_at=received_at,
-                                batch_sent_at=batch_sent_at, origin=origin))
+                (index, row_of(item, principal=principal, received_at=received_at,
+                               batch_sent_at=batch_sent_at, origin=origin))
             )  # fmt: skip
         except ItemRejected as exc:
             rejected.append(Rejection(index=index, message_id=exc.message_id, error=exc.error))
-            problems[index] = exc.problem()
+            problems[index] = exc
 
     if principal.kind is TokenKind.platform_ingest and rows:
         live = await writer.live_orgs({row.organization_id for _, row in rows})
@@ -225,9 +295,11 @@ async def ingest(
                 why = ItemRejected(
                     "no such organization" if status is None else "the organization is suspended",
                     field="org_id",
+                    reason="unknown_org" if status is None else "suspended_org",
                 )
+                why.message_id = row.message_id
                 rejected.append(Rejection(index, row.message_id, why.error))
-                problems[index] = why.problem()
+                problems[index] = why
             else:
                 kept.append((index, row))
         rows = kept
@@ -247,6 +319,18 @@ async def ingest(
     metrics.EVENTS_ACCEPTED.inc(inserted)
     metrics.EVENTS_DUPLICATES.inc(len(rows) - inserted)
     metrics.EVENTS_REJECTED.inc(len(rejected))
+    if problems:
+
+        def sample_of(index: int) -> bytes:
+            return sample(index) if sample is not None else bytes(raws[index])  # type: ignore[call-overload]
+
+        await warnings.record(
+            writer,
+            [warnings.of_rejection(exc, principal=principal, sample=sample_of(index), at=received_at)
+             for index, exc in problems.items()],
+        )  # fmt: skip
     if raise_rejected and rejected:
-        raise problems[rejected[0].index]
+        raise problems[rejected[0].index].problem()
+    if passed is not None:
+        passed.extend(row for _, row in rows)
     return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, rejected=rejected)

@@ -24,9 +24,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import psycopg
@@ -47,6 +48,7 @@ SHARED_WRITERS = 2
 
 PgConnection = psycopg.AsyncConnection[Any]
 EventKey = tuple[uuid.UUID, str]
+R = TypeVar("R")
 
 
 class EventRow(msgspec.Struct, array_like=True, gc=False):
@@ -167,6 +169,11 @@ class Writer(Protocol):
 
     async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]: ...
 
+    async def run(self, work: Callable[[PgConnection], Awaitable[R]]) -> R:
+        """``work`` on a connection of this writer's: inside the session's transaction, or (the
+        API's writer) an autocommit one, where ``work`` opens its own transaction if it needs one."""
+        ...
+
 
 async def session_connection(session: AsyncSession) -> PgConnection:
     """The psycopg connection under a session, inside the session's transaction."""
@@ -190,6 +197,9 @@ class SessionWriter:
 
     async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
         return await live_orgs(await session_connection(self.session), org_ids)
+
+    async def run(self, work: Callable[[PgConnection], Awaitable[R]]) -> R:
+        return await work(await session_connection(self.session))
 
 
 def make_ingest_pool(conninfo: str, *, max_size: int = 10) -> AsyncConnectionPool[PgConnection]:
@@ -246,6 +256,10 @@ class EventWriter:
     async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
         async with self.pool.connection() as conn:
             return await live_orgs(conn, org_ids)
+
+    async def run(self, work: Callable[[PgConnection], Awaitable[R]]) -> R:
+        async with self.pool.connection() as conn:
+            return await work(conn)
 
     def _take_group(self, first: _Pending) -> list[_Pending]:
         group, size = [first], len(first.rows)

@@ -31,8 +31,9 @@ from sqlalchemy import or_, select
 from api.auth import services as auth
 from api.auth.context import Principal
 from api.auth.permissions import Permission
-from api.bodies import check_identity_encoding, check_media_type, decode_json
+from api.bodies import decode_json
 from api.errors import BadRequest, Forbidden, NotFound
+from api.events.body import read_limited_body
 from api.flags.evaluation import Evaluation, FlagDefinition, Reason
 from api.flags.schemas import KEY_PATTERN
 from api.flags.store import FlagStore, canonical_org_id
@@ -122,11 +123,13 @@ def _context_of(body: Any) -> dict[str, Any]:
     return context
 
 
+#: An evaluation context is small; a body over this is a 413 before it is read whole.
+MAX_CONTEXT_BYTES = 64 * 1024
+
+
 async def _read_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    check_media_type(request)
-    check_identity_encoding(request)
-    raw = await request.body()
     try:
+        raw = await read_limited_body(request, MAX_CONTEXT_BYTES)  # the media type, gzip, the size
         body = decode_json(raw) if raw.strip() else {}
     except BadRequest as exc:
         raise OfrepError(400, "PARSE_ERROR", exc.detail) from None

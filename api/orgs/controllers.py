@@ -20,7 +20,8 @@ from api.pagination import Cursor, Limit, first_id, page_of
 def org_out(org: Organization, role: OrgRole | None = None) -> OrgOut:
     return OrgOut(
         id=org.id, name=org.name, slug=org.slug, status=org.status,
-        created_at=org.created_at, updated_at=org.updated_at, role=role,
+        created_at=org.created_at, updated_at=org.updated_at, external_id=org.external_id,
+        traits=org.traits, role=role,
     )  # fmt: skip
 
 
@@ -33,7 +34,9 @@ class OrgController(Controller):
         self, data: OrgCreate, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> OrgOut:
         auth.require_user(principal)
-        org = await services.create_org(db, principal=principal, ctx=ctx, name=data.name, slug=data.slug)
+        org = await services.create_org(
+            db, principal=principal, ctx=ctx, name=data.name, slug=data.slug, external_id=data.external_id
+        )
         return org_out(org, OrgRole.owner)
 
     @get("/", summary="List the organizations you are an active member of")
@@ -49,12 +52,18 @@ class OrgController(Controller):
         access = await auth.org_access(db, principal, org_id, Permission.read_org)
         return org_out(await services.get_live_org(db, org_id), access.role)
 
-    @patch("/{org_id:uuid}", summary="Update an organization's name or slug (owner, admin)")
+    @patch(
+        "/{org_id:uuid}", summary="Update an organization's name, slug, external_id or traits (owner, admin)"
+    )
     async def update(
         self, org_id: uuid.UUID, data: OrgUpdate, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> OrgOut:
         access = await auth.org_access(db, principal, org_id, Permission.manage_org)
-        changes = {k: getattr(data, k) for k in ("name", "slug") if getattr(data, k) is not UNSET}
+        changes = {
+            k: getattr(data, k)
+            for k in ("name", "slug", "external_id", "traits")
+            if getattr(data, k) is not UNSET
+        }
         org = await services.update_org(
             db, org_id=org_id, actor=Actor.of(principal), ctx=ctx, changes=changes
         )

@@ -21,7 +21,23 @@ from api.webhooks.messages import publish
 
 
 def snapshot(org: Organization) -> dict[str, Any]:
-    return {"name": org.name, "slug": org.slug, "status": org.status.value}
+    return {
+        "name": org.name, "slug": org.slug, "status": org.status.value, "external_id": org.external_id,
+        "traits": org.traits,
+    }  # fmt: skip
+
+
+async def _ensure_external_id_free(
+    session: AsyncSession, external_id: str | None, *, except_id: uuid.UUID | None = None
+) -> None:
+    if external_id is None:
+        return
+    taken = await session.scalar(select(Organization.id).where(Organization.external_id == external_id))
+    if taken is not None and taken != except_id:
+        raise Conflict(
+            f"the external_id {external_id!r} is already another organization's",
+            errors=[{"field": "external_id", "message": "taken"}],
+        )
 
 
 async def _ensure_slug_free(session: AsyncSession, slug: str, *, except_id: uuid.UUID | None = None) -> None:
@@ -31,12 +47,19 @@ async def _ensure_slug_free(session: AsyncSession, slug: str, *, except_id: uuid
 
 
 async def create_org(
-    session: AsyncSession, *, principal: Principal, ctx: RequestContext | None, name: str, slug: str
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    ctx: RequestContext | None,
+    name: str,
+    slug: str,
+    external_id: str | None = None,
 ) -> Organization:
     """Create an organization; its creator becomes its first active owner."""
     assert principal.user_id is not None
     await _ensure_slug_free(session, slug)
-    org = Organization(name=name, slug=slug)
+    await _ensure_external_id_free(session, external_id)
+    org = Organization(name=name, slug=slug, external_id=external_id, traits={})
     session.add(org)
     await session.flush()
     membership = Membership(
@@ -89,6 +112,8 @@ async def update_org(
     before = snapshot(org)
     if "slug" in changes and changes["slug"] != org.slug:
         await _ensure_slug_free(session, changes["slug"], except_id=org.id)
+    if "external_id" in changes and changes["external_id"] != org.external_id:
+        await _ensure_external_id_free(session, changes["external_id"], except_id=org.id)
     for key, value in changes.items():
         setattr(org, key, value)
     await session.flush()

@@ -133,6 +133,16 @@ def prune_audit_log(
     return result
 
 
+def purge_ingestion_warnings(database_url: str, *, now: datetime | None = None) -> int:
+    """Forget ingestion warnings last seen more than ``RETENTION`` (30 days) ago (documented in
+    docs/api.md; they are a debugging aid, not a record, and never reach the lake)."""
+    from api.ingestion.warnings import RETENTION
+
+    cutoff = (now or datetime.now(UTC)) - RETENTION
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        return conn.execute("DELETE FROM ingestion_warnings WHERE last_seen_at <= %s", (cutoff,)).rowcount
+
+
 def purge_idempotency_keys(database_url: str, *, now: datetime | None = None) -> int:
     """Forget the saved answers of ``POST /v1/audit-logs`` once their replay window has passed
     (a key is only ever honoured for ``IDEMPOTENCY_TTL``; an expired one is dead weight)."""

@@ -2,7 +2,7 @@
 changes and evaluation marks (issue 17)
 
 Revision ID: 0030
-Revises: 0011
+Revises: 0020
 Create Date: 2026-12-01 13:15:00.000000
 
 Segments change what rules mean, so their writes bump ``flags_version`` and notify the caches
@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0030"
-down_revision: str | None = "0011"
+down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,1 @@
+"""Ingestion warnings: what the ingest path refused or changed, counted per org, key and reason."""

@@ -1,0 +1,1 @@
+"""People and organization traits, set by Segment's ``identify``, ``group`` and ``alias`` calls."""

@@ -1,0 +1,91 @@
+"""Reading an organization's people: by user id (keyset on it), filtered by traits."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.errors import NotFound, ValidationFailed
+from api.people.models import identity_aliases_table as aliases
+from api.people.models import people_table as people
+from api.people.schemas import PersonOut
+
+
+def encode_cursor(user_id: str) -> str:
+    """People are listed by user id: a page's cursor is its last user id (any text is a cursor)."""
+    return user_id
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    return cursor
+
+
+def parse_trait_filters(filters: list[str] | None) -> list[tuple[str, str]]:
+    """``name:value`` pairs (the value compared as text, as ``traits->>name`` reads it)."""
+    parsed = []
+    for item in filters or []:
+        name, colon, value = item.partition(":")
+        if not colon or not name:
+            raise ValidationFailed("each trait filter is `name:value`", field="trait")
+        parsed.append((name, value))
+    return parsed
+
+
+async def _aliases(session: AsyncSession, org_id: uuid.UUID, user_ids: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = defaultdict(list)
+    if user_ids:
+        rows = await session.execute(
+            select(aliases.c.user_id, aliases.c.previous_id)
+            .where(aliases.c.organization_id == org_id, aliases.c.user_id.in_(user_ids))
+            .order_by(aliases.c.previous_id)
+        )
+        for user_id, previous_id in rows:
+            found[user_id].append(previous_id)
+    return found
+
+
+async def list_people(
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    traits: list[tuple[str, str]],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[PersonOut], str | None]:
+    query = select(people).where(people.c.organization_id == org_id).order_by(people.c.user_id)
+    for name, value in traits:
+        query = query.where(people.c.traits[name].astext == value)
+    after = decode_cursor(cursor)
+    if after is not None:
+        query = query.where(people.c.user_id > after)
+    rows = (await session.execute(query.limit(limit + 1))).mappings().all()
+    page = rows[:limit]
+    merged = await _aliases(session, org_id, [r["user_id"] for r in page])
+    items = [
+        PersonOut(user_id=r["user_id"], traits=r["traits"], first_seen_at=r["first_seen_at"],
+                  last_seen_at=r["last_seen_at"], aliases=merged.get(r["user_id"], []))
+        for r in page
+    ]  # fmt: skip
+    return items, encode_cursor(page[-1]["user_id"]) if len(rows) > limit else None
+
+
+async def get_person(session: AsyncSession, *, org_id: uuid.UUID, user_id: str) -> PersonOut:
+    row = (
+        (
+            await session.execute(
+                select(people).where(people.c.organization_id == org_id, people.c.user_id == user_id)
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        raise NotFound("no such person in this organization")
+    merged = await _aliases(session, org_id, [user_id])
+    return PersonOut(
+        user_id=row["user_id"], traits=row["traits"], first_seen_at=row["first_seen_at"],
+        last_seen_at=row["last_seen_at"], aliases=merged.get(user_id, []),
+    )  # fmt: skip

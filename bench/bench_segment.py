@@ -1,0 +1,113 @@
+"""Segment's batch path (issue: the Segment tracking API), beside Keel's own batch path and a raw
+COPY, in the same run.
+
+The events of ``bench_events`` (the same ones, from its ``make_events``), sent by 4 clients in
+1,000-call batches: once in Keel's format to ``/v1/events/batch``, once in Segment's (camelCase,
+``type: track``, HTTP Basic with the write key) to ``/segment/v1/batch``. The three take turns for
+``--rounds`` rounds (the two paths swapping places each round), each on an empty table after
+a checkpoint (``bench_events.settle``); the
+median round is the figure. Target: the Segment path at least 0.9x Keel's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import json
+
+import psycopg
+from bench_events import BATCH, CLIENTS, SERVER_WORKERS, batch_path, make_events, raw_copy, settle, setup_org
+from harness import HttpLoad, postmaster, private_postgres, row, run, served_api
+
+from api.db.engine import libpq_url
+
+EVENTS = 100_000
+
+
+def as_segment(event: dict) -> dict:
+    return {
+        "type": "track",
+        "event": event["event"],
+        "userId": event["user_id"],
+        "messageId": event["message_id"],
+        "timestamp": event["timestamp"],
+        "properties": event["properties"],
+        "context": event["context"],
+    }
+
+
+async def segment_path(api: str, key: str, bodies: list[bytes], clients: int) -> float:
+    credentials = base64.b64encode(f"{key}:".encode()).decode()
+    headers = {"Authorization": f"Basic {credentials}", "Content-Type": "application/json"}
+    async with HttpLoad(api, clients) as load:
+        requests = [load.build("POST", "/segment/v1/batch", body, headers) for body in bodies]
+        rate, statuses = await load.closed_loop(requests)
+    assert set(statuses) == {200}, f"statuses {set(statuses)}"
+    return rate * BATCH
+
+
+def stored_events(url: str) -> int:
+    with psycopg.connect(libpq_url(url)) as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])  # type: ignore[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=EVENTS, help="events per phase")
+    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent batch clients")
+    parser.add_argument("--workers", type=int, default=SERVER_WORKERS, help="server worker processes")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the three")
+    args = parser.parse_args()
+    print(f"bench_segment: Segment batch path vs Keel's batch path vs raw COPY ({args.workers} worker(s))")
+    events = make_events(args.events)
+    chunks = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
+    keel_bodies = [json.dumps({"events": chunk}).encode() for chunk in chunks]
+    segment_bodies = [json.dumps({"batch": [as_segment(e) for e in chunk]}).encode() for chunk in chunks]
+    gc.collect()
+    gc.freeze()
+    with private_postgres() as url:
+        org_id, key = setup_org(url)
+        postmaster(url)
+        with served_api(url, workers=args.workers) as (api, _):
+            rounds = []
+            for number in range(args.rounds):
+                settle(url)
+                copy_rate = raw_copy(url, org_id, events, with_keys=False)
+                rates = {}
+                # The two paths swap places every round: neither always follows the other's writes.
+                for path in ("keel", "segment") if number % 2 == 0 else ("segment", "keel"):
+                    settle(url)
+                    if path == "keel":
+                        rates[path] = run(lambda: batch_path(api, key, keel_bodies, args.clients))
+                    else:
+                        rates[path] = run(lambda: segment_path(api, key, segment_bodies, args.clients))
+                    stored = stored_events(url)
+                    assert stored == len(events), f"{path}: {stored} of {len(events)} events stored"
+                keel_rate, segment_rate = rates["keel"], rates["segment"]
+                rounds.append((segment_rate / keel_rate, copy_rate, keel_rate, segment_rate))
+            settle(url)
+        ratio, copy_rate, keel_rate, segment_rate = sorted(rounds)[len(rounds) // 2]
+        row("baseline: raw COPY into events, one transaction", f"{copy_rate:,.0f} rows/s", "(median round)")
+        shape = f"{BATCH}-event batches, {args.clients} clients"
+        row(
+            f"Keel's batch path ({shape})",
+            f"{keel_rate:,.0f} events/s",
+            f"{keel_rate / copy_rate:.0%} of raw COPY",
+        )
+        row(
+            f"Segment batch path ({shape})",
+            f"{segment_rate:,.0f} events/s",
+            f"{ratio:.2f}x Keel's own (target >= 0.9x), {segment_rate / copy_rate:.0%} of raw COPY",
+        )
+        row(
+            f"  every round (COPY / Keel / Segment, {len(events):,} events each)",
+            "",
+            ", ".join(f"{c:,.0f} / {k:,.0f} / {s:,.0f} = {r:.2f}x" for r, c, k, s in rounds),
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api import docs_ui
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
+from api.audit.checkpoint_controllers import AuditKeysController, OrgAuditCheckpointController
+from api.audit.checkpoints import load_signing_key
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
 from api.billing.controllers import AdminBillingController, BillingController
 from api.bodies import KeelRequest
@@ -61,6 +63,8 @@ CONTROLLERS = [
     FlagEvaluationController,
     AuditIngestController,
     OrgAuditController,
+    OrgAuditCheckpointController,
+    AuditKeysController,
     AdminAuditController,
     BillingController,
     AdminBillingController,
@@ -85,6 +89,7 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.audit_signing_key = load_signing_key(settings)
         # Events skip SQLAlchemy: autocommit statements on connections of their own, which small
         # requests share (api/events/store.py).
         ingest_pool = make_ingest_pool(libpq_url(settings.database_url or ""))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -68,6 +68,10 @@ class Settings:
     header_timeout: float = 10.0
     #: Seconds a request's body may take to arrive after its headers; then 408 and closed.
     body_timeout: float = 30.0
+    #: The Ed25519 key that signs audit checkpoints, as a private JWK (JSON text); never logged.
+    audit_signing_key: str | None = field(default=None, repr=False)
+    #: A file holding that JWK; default ``<data dir>/audit-signing-key.json``, generated if missing.
+    audit_signing_key_file: Path | None = None
 
     @property
     def resolved_lake_url(self) -> str:
@@ -172,6 +176,8 @@ PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("rate_limit_writes", "RATE_LIMIT_WRITES_PER_MINUTE", _count),
     ("header_timeout", "HEADER_TIMEOUT", _seconds),
     ("body_timeout", "BODY_TIMEOUT", _seconds),
+    ("audit_signing_key", "AUDIT_SIGNING_KEY", _text),
+    ("audit_signing_key_file", "AUDIT_SIGNING_KEY_FILE", _path),
 )
 
 

@@ -153,6 +153,14 @@ class OrgAuditController(Controller):
         since: Since,
         until: Until,
         fmt: Annotated[ExportFormat, Parameter(query="format", default=ExportFormat.jsonl)],
+        checkpoints: Annotated[
+            bool,
+            Parameter(
+                default=False,
+                description="JSON Lines only: end with the chain's signed checkpoints, one "
+                '`{"checkpoint": {seq, hash, entries, kid, signed_at, jws}}` line each.',
+            ),
+        ],
     ) -> Stream:
         await auth.org_access(db, principal, org_id, Permission.read_audit)
         filters = AuditFilters(since=since, until=until)
@@ -162,7 +170,12 @@ class OrgAuditController(Controller):
         async def body() -> AsyncIterator[bytes]:
             async with snapshot(engine) as conn:
                 async for piece, _ in export_chunks(
-                    conn, chain_key=chain_key_of(org_id), fmt=fmt, since=filters.since, until=filters.until
+                    conn,
+                    chain_key=chain_key_of(org_id),
+                    fmt=fmt,
+                    since=filters.since,
+                    until=filters.until,
+                    checkpoints=checkpoints,
                 ):
                     yield piece
 

@@ -19,6 +19,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api import docs_ui
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
+from api.audit.batch import AuditAppender
+from api.audit.batch_controllers import AuditBatchController
 from api.audit.checkpoint_controllers import AuditKeysController, OrgAuditCheckpointController
 from api.audit.checkpoints import load_signing_key
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
@@ -62,6 +64,7 @@ CONTROLLERS = [
     FlagAdminController,
     FlagEvaluationController,
     AuditIngestController,
+    AuditBatchController,
     OrgAuditController,
     OrgAuditCheckpointController,
     AuditKeysController,
@@ -97,6 +100,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.partitions = PartitionKeeper()
         app.state.event_writer = EventWriter(ingest_pool, app.state.partitions)
         app.state.event_writer.start()
+        app.state.audit_appender = AuditAppender(ingest_pool)
         upkeep = asyncio.create_task(keep_event_partitions(ingest_pool, app.state.partitions))
         # The flags' in-process copy: loaded before the first request, refreshed until shutdown.
         flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)

@@ -8,9 +8,10 @@ from litestar import Controller, Request, post
 from litestar.datastructures import State
 
 from api.audit.batch import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, AuditBatchDoc, AuditBatchResult, ingest_batch
-from api.auth import services as auth
 from api.auth.context import Principal, RequestContext
+from api.errors import Forbidden
 from api.events.body import read_limited_body
+from api.events.controllers import INGEST_KEYS
 
 
 class AuditBatchController(Controller):
@@ -31,6 +32,7 @@ class AuditBatchController(Controller):
     async def batch(
         self, request: Request[Any, Any, Any], principal: Principal, ctx: RequestContext, state: State
     ) -> AuditBatchResult:
-        auth.ingest_target(principal, principal.organization_id)  # 403 for anything but an ingest key
+        if principal.kind not in INGEST_KEYS:
+            raise Forbidden("audit entries are sent with an org or platform ingest key, not a user token")
         body = await read_limited_body(request, MAX_BATCH_BYTES)
         return await ingest_batch(state.audit_appender, body, principal=principal, request_id=ctx.request_id)

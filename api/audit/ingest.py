@@ -38,6 +38,7 @@ class Answer:
 def body_hash(data: AuditLogCreate) -> str:
     """Same body, same hash: key order and whitespace do not count, values do."""
     plain = msgspec.to_builtins(data)
+    plain.pop("idempotency_key", None)  # a batch entry's key is not part of its body
     return hashlib.sha256(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -196,3 +196,28 @@ def test_a_rewritten_chain_fails_the_offline_verifier_against_earlier_checkpoint
     saved.write_text(json.dumps(forged))
     result = run_script(offline_script, rewritten, "--checkpoints", str(saved), "--jwks", str(jwks))
     assert result.returncode == 1 and "signature does not verify" in result.stderr
+
+
+def test_the_hourly_flow_signs_the_heads_that_moved_and_only_those(
+    client: httpx.Client,
+    org: OrgWorld,
+    other_org: OrgWorld,
+    prefect_harness: None,
+    pipeline_env: dict[str, Path],
+) -> None:
+    from pipelines.flows import sign_audit_checkpoints
+
+    append(client, org, 2)
+    sign(client, other_org)  # its head is signed already
+    result = sign_audit_checkpoints()
+    signed = {c["chain"]: c["seq"] for c in result["chains"]}
+    assert org.id in signed and other_org.id not in signed
+    (made,) = [
+        c
+        for c in client.get(f"/v1/orgs/{org.id}/audit-logs/checkpoints", headers=org.headers("owner")).json()[
+            "items"
+        ]
+        if c["seq"] == signed[org.id]
+    ]
+    assert verified(client, made["jws"])["seq"] == signed[org.id]  # the flow's key is published too
+    assert org.id not in {c["chain"] for c in sign_audit_checkpoints()["chains"]}  # nothing moved

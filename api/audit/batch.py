@@ -107,27 +107,43 @@ class Prepared:
     user_agent: str | None
     request_id: str | None
     idempotency_key: str | None
-    body_hash: str
+    #: Only entries with an idempotency key need it (a replay compares bodies).
+    body_hash: str | None
+    #: Whether the answer must carry the stored entry (the single route, and any keyed entry).
+    answer_body: bool = True
 
 
 def prepare(
-    data: AuditLogCreate, *, request_id: str | None, idempotency_key: str | None, now: datetime
+    data: AuditLogCreate,
+    *,
+    request_id: str | None,
+    idempotency_key: str | None,
+    now: datetime,
+    raw: bytes | None = None,
+    answer_body: bool = True,
 ) -> Prepared:
     """Check one product entry (ValidationFailed names the field) and make it ready to chain."""
-    occurred_at, ip = check_entry(data, now)
+    occurred_at, ip = check_entry(data, now, raw)
+    # jsonb_safe is what makes a value hash as Postgres will hand it back. The checks above refused
+    # NULs and out-of-range numbers, and msgspec let through only scalars: what is left for it is
+    # a -0.0 to turn into 0.0, so it runs only where a float is (the common entry has none).
+    metadata = dict(data.metadata)
+    if any(type(v) is float for v in metadata.values()):
+        metadata = jsonb_safe(metadata)
     return Prepared(
         occurred_at=occurred_at,
         actor_type=data.actor.type.value,
         actor_id=data.actor.id,
         actor_name=data.actor.name,
         action=data.action,
-        targets=jsonb_safe([{"type": t.type, "id": t.id, "name": t.name} for t in data.targets], "targets"),
-        metadata=jsonb_safe(dict(data.metadata)),
+        targets=[{"type": t.type, "id": t.id, "name": t.name} for t in data.targets],  # text only
+        metadata=metadata,
         ip=ip,
         user_agent=data.context.user_agent if data.context else None,
         request_id=request_id,
         idempotency_key=idempotency_key,
-        body_hash=body_hash(data),
+        body_hash=body_hash(data) if idempotency_key is not None else None,
+        answer_body=answer_body or idempotency_key is not None,
     )
 
 
@@ -225,13 +241,13 @@ class AuditAppender:
                     answers.append(_replay(first, entry.body_hash))
                     continue
                 seq += 1
-                row, out = _chained(organization_id, key, seq, prev_hash, entry, now)
-                prev_hash = out.hash
+                row, digest, out = _chained(organization_id, key, seq, prev_hash, entry, now)
+                prev_hash = digest
                 rows.append(row)
-                stored = Answer(201, _encode(out))
+                stored = Answer(201, _encode(out) if out is not None else b"", stored=(row[-1], seq, digest))
                 answers.append(stored)
                 if idem is not None:
-                    claimed[idem] = (entry.body_hash, stored.status_code, stored.body)
+                    claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
             if rows:
                 await conn.execute(_INSERT, (_encode(rows).decode(),))
             if claimed:
@@ -250,7 +266,7 @@ def _b64(body: bytes) -> str:
     return base64.b64encode(body).decode()
 
 
-def _replay(first: tuple[str, int, bytes], digest: str) -> Answer | KeelError:
+def _replay(first: tuple[str, int, bytes], digest: str | None) -> Answer | KeelError:
     stored_hash, status_code, body = first
     if stored_hash != digest:
         return Conflict(
@@ -262,14 +278,15 @@ def _replay(first: tuple[str, int, bytes], digest: str) -> Answer | KeelError:
 
 def _chained(
     organization_id: uuid.UUID, key: str, seq: int, prev_hash: str, e: Prepared, now: datetime
-) -> tuple[list[Any], AuditLogOut]:
-    """The insert row and the API's answer of ``e`` placed at ``seq`` after ``prev_hash``."""
+) -> tuple[list[Any], str, AuditLogOut | None]:
+    """The insert row, the hash and (if ``e`` wants it) the API's answer of ``e`` placed at ``seq``."""
     entry_id = new_id()
+    entry_text = str(entry_id)  # (and ``key`` is the org id as text: an org's chain key)
     resource_type = e.targets[0]["type"] if e.targets else None
     resource_id = e.targets[0]["id"] if e.targets else None
     hashed = {
-        "id": str(entry_id),
-        "organization_id": str(organization_id),
+        "id": entry_text,
+        "organization_id": key,
         "seq": seq,
         "occurred_at": e.occurred_at,
         "actor_type": e.actor_type,
@@ -287,10 +304,14 @@ def _chained(
     }
     digest = entry_hash(hashed, prev_hash)
     row = [
-        str(entry_id), key, seq, str(organization_id), e.occurred_at.isoformat(), e.actor_type, e.actor_id,
+        entry_text, key, seq, key, e.occurred_at.isoformat(), e.actor_type, e.actor_id,
         e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
         AuditSource.product.value, e.targets, prev_hash, digest,
     ]  # fmt: skip
+    # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
+    row.append(entry_id)
+    if not e.answer_body:
+        return row, digest, None
     out = AuditLogOut(
         id=entry_id, organization_id=organization_id, seq=seq, source=AuditSource.product.value,
         action=e.action, occurred_at=e.occurred_at, recorded_at=now.astimezone(UTC),
@@ -300,7 +321,7 @@ def _chained(
         context=ContextOut(ip=e.ip, user_agent=e.user_agent), metadata=e.metadata,
         request_id=e.request_id, prev_hash=prev_hash, hash=digest,
     )  # fmt: skip
-    return row, out
+    return row, digest, out
 
 
 def _fail(group: list[_Pending], exc: KeelError | None) -> None:
@@ -409,7 +430,9 @@ async def ingest_batch(
             item = msgspec.json.decode(raw, type=AuditBatchEntry)
             key = item.idempotency_key
             org_id = auth.ingest_target(principal, item.org_id)
-            prepared = prepare(item, request_id=request_id, idempotency_key=key, now=now)
+            prepared = prepare(
+                item, request_id=request_id, idempotency_key=key, now=now, raw=bytes(raw), answer_body=False
+            )
         except msgspec.ValidationError as exc:
             results[index] = BatchEntryResult(index=index, status=422, error=str(exc))
             continue
@@ -429,10 +452,14 @@ async def ingest_batch(
                     index=index, status=outcome.status_code, idempotency_key=key, error=_reason(outcome)
                 )
                 continue
-            stored = msgspec.json.decode(outcome.body, type=_Stored)
+            if outcome.stored is not None:
+                entry_id, seq, digest = outcome.stored
+            else:  # a replay: the first answer's entry
+                stored = msgspec.json.decode(outcome.body, type=_Stored)
+                entry_id, seq, digest = stored.id, stored.seq, stored.hash
             results[index] = BatchEntryResult(
                 index=index, status=200 if outcome.replayed else outcome.status_code, idempotency_key=key,
-                id=stored.id, seq=stored.seq, hash=stored.hash,
+                id=entry_id, seq=seq, hash=digest,
             )  # fmt: skip
 
     await asyncio.gather(*(one_org(org_id, items) for org_id, items in by_org.items()))

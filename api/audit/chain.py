@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 GENESIS = "0" * 64
 
 #: The fields the hash covers, in order. Changing this list breaks every existing chain.
@@ -39,7 +41,10 @@ OPTIONAL_FIELDS: dict[str, Any] = {"source": "keel", "targets": []}
 
 
 _AS_IS = frozenset({str, int, float, bool, list, dict})
+#: The definition of the canonical bytes (and what the offline script in docs/audit.md runs).
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: The same bytes ten times faster, where the two provably agree (see ``_encode``).
+_FAST_ENCODER = msgspec.json.Encoder(order="sorted")
 
 
 def _plain(value: Any) -> Any:
@@ -51,6 +56,34 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool, list, dict)):
         return value
     return str(value)
+
+
+def _has_float(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        return any(_has_float(v) for v in value.values())
+    if kind is list:
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """``_ENCODER``'s bytes for ``body``. msgspec writes them when the two cannot differ: no float
+    (their spellings of a number could), and an output of ASCII with no backslash — no string held
+    a character that needed escaping (control characters, quotes, backslashes) or that is not ASCII,
+    so every string, key and number is spelled alike and keys sort alike (code points = bytes).
+    Anything else goes through the json module, the definition. ``tests/test_audit_chain.py``
+    holds them equal over generated entries."""
+    if not (_has_float(body.get("metadata")) or _has_float(body.get("targets"))):
+        try:
+            fast = _FAST_ENCODER.encode(body)
+        except (TypeError, OverflowError):
+            fast = b""
+        if fast and fast.isascii() and b"\\" not in fast:
+            return fast
+    return _ENCODER.encode(body).encode()
 
 
 def canonical(entry: Mapping[str, Any]) -> bytes:
@@ -65,7 +98,7 @@ def canonical(entry: Mapping[str, Any]) -> bytes:
         value = entry.get(name)
         if value is not None and value != default:
             body[name] = _plain(value)
-    return _ENCODER.encode(body).encode()
+    return _encode(body)
 
 
 def entry_hash(entry: Mapping[str, Any], prev_hash: str) -> str:

@@ -9,7 +9,6 @@ here.
 
 from __future__ import annotations
 
-from api.audit import checkpoint_models as audit_checkpoints
 from api.audit import models as audit
 from api.auth import models as auth
 from api.billing import models as billing
@@ -22,6 +21,6 @@ from api.system import models as system
 from api.tokens import models as tokens
 from api.webhooks import models as webhooks
 
-DOMAINS = (auth, orgs, members, tokens, audit, audit_checkpoints, events, flags, system, webhooks, billing)
+DOMAINS = (auth, orgs, members, tokens, audit, events, flags, system, webhooks, billing)
 
 metadata = Base.metadata

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import checkpoints
-from api.audit.checkpoint_models import AuditSignedCheckpoint
+from api.audit.models import AuditSignedCheckpoint
 from api.audit.queries import SeqCursor, decode_seq_cursor, encode_seq_cursor
 from api.audit.services import chain_key_of
 from api.auth import services as auth

@@ -28,8 +28,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.audit.checkpoint_models import AuditSignedCheckpoint, AuditSigningKey
-from api.audit.models import AuditChainHead, AuditCheckpoint
+from api.audit.models import AuditChainHead, AuditCheckpoint, AuditSignedCheckpoint, AuditSigningKey
 from api.audit.services import PLATFORM_CHAIN, chain_key_of
 from api.errors import Conflict
 from api.settings import Settings, SettingsError

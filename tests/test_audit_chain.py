@@ -73,3 +73,21 @@ def test_a_common_entry_and_one_that_needs_escapes_hash_as_defined() -> None:
         }  # fmt: skip
         assert canonical(entry) == reference_canonical(entry)
         assert len(entry_hash(entry, "0" * 64)) == 64
+
+
+def test_verify_reads_occurred_at_spelled_as_the_hash_spells_it(engine: Any) -> None:
+    from sqlalchemy import text as sql
+
+    from api.audit.rows import OCCURRED_AT_AS_HASHED, iso
+
+    when = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 15, 8, 30, 0, 123456, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2031, 6, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ]
+    expression = OCCURRED_AT_AS_HASHED.replace("occurred_at", "CAST(:t AS timestamptz)")
+    with engine.connect() as conn:
+        conn.execute(sql("SET TIME ZONE 'America/St_Johns'"))  # a session zone must not matter
+        for t in when:
+            assert conn.execute(sql(f"SELECT {expression}"), {"t": t}).scalar_one() == iso(t)

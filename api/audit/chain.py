@@ -60,12 +60,14 @@ def _plain(value: Any) -> Any:
 
 def _has_float(value: Any) -> bool:
     kind = type(value)
-    if kind is float:
-        return True
     if kind is dict:
-        return any(_has_float(v) for v in value.values())
-    if kind is list:
-        return any(_has_float(v) for v in value)
+        value = value.values()
+    elif kind is not list:
+        return kind is float
+    for item in value:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _has_float(item)):
+            return True
     return False
 
 
@@ -93,7 +95,10 @@ def canonical(entry: Mapping[str, Any]) -> bytes:
     as decoded from JSONB (see ``api.audit.services.jsonb_safe``), ``occurred_at`` to the microsecond.
     (Equal to ``json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.)
     """
-    body = {name: _plain(entry.get(name)) for name in HASHED_FIELDS}
+    body: dict[str, Any] = {}
+    for name in HASHED_FIELDS:
+        value = entry.get(name)
+        body[name] = value if value is None or type(value) in _AS_IS else _plain(value)
     for name, default in OPTIONAL_FIELDS.items():
         value = entry.get(name)
         if value is not None and value != default:

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.audit.chain import GENESIS, entry_hash
-from api.audit.rows import as_entry, snapshot, stream_rows
+from api.audit.rows import SELECT_FOR_HASH, as_entry, snapshot, stream_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,9 @@ async def verify_chain(
 ) -> ChainReport:
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
-    chunks = aiter(stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}))
+    chunks = aiter(
+        stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}, select=SELECT_FOR_HASH)
+    )
     following: asyncio.Future[Sequence[Sequence[Any]]] = asyncio.ensure_future(anext(chunks))
     try:
         while True:

@@ -249,7 +249,7 @@ def sign_moved_chain_heads() -> list[dict[str, Any]]:
     return checkpoint_tasks.sign_audit_checkpoints(rt.settings, rt.database_url)
 
 
-@flow(name="sign-audit-checkpoints", log_prints=True)
+@flow(name="audit-checkpoints", log_prints=True)
 def sign_audit_checkpoints() -> dict[str, Any]:
     """Sign each audit chain's head that moved since its last signed checkpoint (docs/audit.md)."""
     signed = sign_moved_chain_heads()
@@ -266,5 +266,5 @@ FLOWS: dict[str, Flow[..., Any]] = {
     "retention": retention,
     "sync-billing": sync_billing,
     "reconcile-billing": reconcile_billing,
-    "sign-audit-checkpoints": sign_audit_checkpoints,
+    "audit-checkpoints": sign_audit_checkpoints,
 }

@@ -221,3 +221,29 @@ def test_the_hourly_flow_signs_the_heads_that_moved_and_only_those(
     ]
     assert verified(client, made["jws"])["seq"] == signed[org.id]  # the flow's key is published too
     assert org.id not in {c["chain"] for c in sign_audit_checkpoints()["chains"]}  # nothing moved
+
+
+def test_a_tampered_head_is_not_signed_and_does_not_block_other_chains(
+    client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld, settings: Settings
+) -> None:
+    import asyncio
+
+    from api.audit.checkpoints import sign_moved_heads
+    from api.db.engine import make_async_engine, make_sessionmaker
+
+    append(client, org, 1)
+    append(client, other_org, 1)
+    tamper(engine, "UPDATE audit_chain_heads SET hash = :h WHERE chain_key = :k", h="f" * 64, k=org.id)
+    response = client.post(f"/v1/orgs/{org.id}/audit-logs/checkpoints", headers=org.headers("owner"))
+    assert response.status_code == 409 and "cannot be signed" in response.json()["detail"]
+
+    async def hourly() -> list[str]:
+        db = make_async_engine(settings.database_url or "", pool_size=1)
+        try:
+            async with make_sessionmaker(db)() as session, session.begin():
+                return [c.chain_key for c in await sign_moved_heads(session, key=load_signing_key(settings))]
+        finally:
+            await db.dispose()
+
+    signed = asyncio.run(hourly())
+    assert other_org.id in signed and org.id not in signed

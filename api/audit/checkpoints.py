@@ -13,6 +13,7 @@ The private key comes from the settings (never stored in the database, logged or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 import warnings
@@ -26,6 +27,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit.models import AuditChainHead, AuditCheckpoint, AuditSignedCheckpoint, AuditSigningKey
@@ -36,6 +38,7 @@ from api.settings import Settings, SettingsError
 ALGORITHM = "EdDSA"
 KEY_FILE_NAME = "audit-signing-key.json"
 JWKS_PATH = "/.well-known/keel-audit-keys.json"
+log = logging.getLogger("keel.audit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +157,29 @@ async def sign_head(
     }
     await register_key(session, key)
     organization_id = None if chain_key == PLATFORM_CHAIN else uuid.UUID(chain_key)
-    inserted = await session.scalar(
-        pg_insert(AuditSignedCheckpoint)
-        .values(
-            chain_key=chain_key,
-            seq=seq,
-            organization_id=organization_id,
-            hash=digest,
-            entries=payload["entries"],
-            kid=key.kid,
-            jws=sign_payload(key, payload),
-            signed_at=when,
-        )
-        .on_conflict_do_nothing(index_elements=["chain_key", "seq"])
-        .returning(AuditSignedCheckpoint)
-    )
+    try:
+        async with session.begin_nested():
+            inserted = await session.scalar(
+                pg_insert(AuditSignedCheckpoint)
+                .values(
+                    chain_key=chain_key,
+                    seq=seq,
+                    organization_id=organization_id,
+                    hash=digest,
+                    entries=payload["entries"],
+                    kid=key.kid,
+                    jws=sign_payload(key, payload),
+                    signed_at=when,
+                )
+                .on_conflict_do_nothing(index_elements=["chain_key", "seq"])
+                .returning(AuditSignedCheckpoint)
+            )
+    except IntegrityError:
+        # The database refuses to sign a head that is not an entry of its chain: it was tampered with.
+        raise Conflict(
+            "the chain's recorded head does not match its entries, so it cannot be signed; "
+            "GET …/audit-logs/verify names the first broken entry"
+        ) from None
     if inserted is not None:
         return inserted, True
     # Signed by a concurrent caller between our read and our insert.
@@ -188,7 +199,11 @@ async def sign_moved_heads(session: AsyncSession, *, key: SigningKey) -> list[Au
     )
     signed = []
     for chain_key in list(moved):
-        checkpoint, _ = await sign_head(session, key=key, chain_key=chain_key)
+        try:
+            checkpoint, _ = await sign_head(session, key=key, chain_key=chain_key)
+        except Conflict as exc:  # one broken chain must not keep the others unsigned
+            log.error("audit chain %s not signed: %s", chain_key, exc.detail)
+            continue
         signed.append(checkpoint)
     return signed
 

@@ -1,4 +1,4 @@
-"""Signing the audit chains' heads (the hourly ``sign-audit-checkpoints`` flow's one step)."""
+"""Signing the audit chains' heads (the hourly ``audit-checkpoints`` flow's one step)."""
 
 from __future__ import annotations
 

@@ -253,13 +253,16 @@ def batch_figures(url: str, key: str) -> tuple[float, float]:
     same server's ``POST /v1/events/batch`` of 1,000 events, as entries (events) per second."""
     headers = {"Authorization": f"Bearer {key}"}
     stored = 0
+    counting = threading.Lock()
 
     def audit_batch(c: httpx.Client, i: int) -> httpx.Response:
         nonlocal stored
         entries = [product_entry(i * BATCH_ENTRIES + n) for n in range(BATCH_ENTRIES)]
         response = c.post("/v1/audit-logs/batch", json={"entries": entries}, headers=headers)
         if response.status_code == 200:
-            stored += response.json()["accepted"]
+            accepted = response.json()["accepted"]
+            with counting:  # (`+=` from several threads can lose an update)
+                stored += accepted
         return response
 
     audit = concurrently(BATCH_REQUESTS, audit_batch, url) * BATCH_ENTRIES

@@ -21,6 +21,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api import docs_ui
 from api.admin.controllers import AdminController
 from api.analytics.controllers import AdminAnalyticsController, AnalyticsController
+from api.audit.batch import AuditAppender
+from api.audit.batch_controllers import AuditBatchController
+from api.audit.checkpoint_controllers import AuditKeysController, OrgAuditCheckpointController
+from api.audit.checkpoints import load_signing_key
 from api.audit.controllers import AdminAuditController, AuditIngestController, OrgAuditController
 from api.audit.streams.controllers import AuditStreamController
 from api.billing.controllers import AdminBillingController, BillingController
@@ -77,7 +81,10 @@ CONTROLLERS = [
     StaleFlagController,
     OfrepController,
     AuditIngestController,
+    AuditBatchController,
     OrgAuditController,
+    OrgAuditCheckpointController,
+    AuditKeysController,
     AdminAuditController,
     AuditStreamController,
     BillingController,
@@ -103,6 +110,7 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.audit_signing_key = load_signing_key(settings)
         # Events skip SQLAlchemy: autocommit statements on connections of their own, which small
         # requests share (api/events/store.py).
         ingest_pool = make_ingest_pool(libpq_url(settings.database_url or ""))
@@ -110,6 +118,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.partitions = PartitionKeeper()
         app.state.event_writer = EventWriter(ingest_pool, app.state.partitions)
         app.state.event_writer.start()
+        app.state.audit_appender = AuditAppender(ingest_pool)
         upkeep = asyncio.create_task(keep_event_partitions(ingest_pool, app.state.partitions))
         # The flags' in-process copy: loaded before the first request, refreshed until shutdown.
         flags = FlagStore(engine, settings.database_url or "", poll_interval=settings.flags_poll_interval)

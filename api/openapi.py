@@ -59,6 +59,8 @@ _RENAMES = {
     "maxLength": "max_length",
     "minItems": "min_items",
     "maxItems": "max_items",
+    "minProperties": "min_properties",
+    "maxProperties": "max_properties",
 }
 
 

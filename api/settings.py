@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -81,6 +81,10 @@ class Settings:
     console_link_ttl: int = 900
     #: Mark the console's cookie ``Secure`` (set it when Keel is served behind HTTPS).
     console_secure_cookie: bool = False
+    #: The Ed25519 key that signs audit checkpoints, as a private JWK (JSON text); never logged.
+    audit_signing_key: str | None = field(default=None, repr=False)
+    #: A file holding that JWK; default ``<data dir>/audit-signing-key.json``, generated if missing.
+    audit_signing_key_file: Path | None = None
 
     @property
     def resolved_lake_url(self) -> str:
@@ -192,6 +196,8 @@ PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("console_max_age", "CONSOLE_MAX_AGE", _positive),
     ("console_link_ttl", "CONSOLE_LINK_TTL", _positive),
     ("console_secure_cookie", "CONSOLE_SECURE_COOKIE", _flag),
+    ("audit_signing_key", "AUDIT_SIGNING_KEY", _text),
+    ("audit_signing_key_file", "AUDIT_SIGNING_KEY_FILE", _path),
 )
 
 

@@ -355,6 +355,50 @@ def streams_only() -> int:
     return 0
 
 
+BATCH_ENTRIES = 1000
+BATCH_REQUESTS = int(os.environ.get("KEEL_BENCH_AUDIT_BATCHES", "60"))
+
+
+def batch_figures(url: str, key: str) -> tuple[float, float]:
+    """``POST /v1/audit-logs/batch`` into one org (1,000 entries a request, WRITERS clients), and the
+    same server's ``POST /v1/events/batch`` of 1,000 events, as entries (events) per second."""
+    headers = {"Authorization": f"Bearer {key}"}
+    stored = 0
+    counting = threading.Lock()
+
+    def audit_batch(c: httpx.Client, i: int) -> httpx.Response:
+        nonlocal stored
+        entries = [product_entry(i * BATCH_ENTRIES + n) for n in range(BATCH_ENTRIES)]
+        response = c.post("/v1/audit-logs/batch", json={"entries": entries}, headers=headers)
+        if response.status_code == 200:
+            accepted = response.json()["accepted"]
+            with counting:  # (`+=` from several threads can lose an update)
+                stored += accepted
+        return response
+
+    audit = concurrently(BATCH_REQUESTS, audit_batch, url) * BATCH_ENTRIES
+    if stored != BATCH_REQUESTS * BATCH_ENTRIES:
+        raise RuntimeError(f"the batches stored {stored} entries, not {BATCH_REQUESTS * BATCH_ENTRIES}")
+    events = (
+        concurrently(
+            BATCH_REQUESTS,
+            lambda c, i: c.post(
+                "/v1/events/batch",
+                json={
+                    "events": [
+                        {"event": "bench.batch", "user_id": f"u{n}", "message_id": f"b-{i}-{n}"}
+                        for n in range(BATCH_ENTRIES)
+                    ]
+                },
+                headers=headers,
+            ),
+            url,
+        )
+        * BATCH_ENTRIES
+    )
+    return audit, events
+
+
 def main() -> int:
     if os.environ.get("KEEL_BENCH_AUDIT_PART") == "streams":
         return streams_only()
@@ -423,6 +467,19 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         )
     )
     say(f"  appends: one org {one:,.0f}/s, {WRITERS} orgs {spread:,.0f}/s; single events {events:,.0f}/s")
+    batch_rate, events_batch_rate = batch_figures(url, one_key)
+    results.append(
+        (
+            f"batch entries/s, one org ({BATCH_ENTRIES:,} a request; target 20,000)",
+            f"{batch_rate:,.0f}",
+            f"events batch {events_batch_rate:,.0f} events/s",
+        )
+    )
+    say(f"  batch: {batch_rate:,.0f} entries/s into one org; events batch {events_batch_rate:,.0f}/s")
+    with httpx.Client(base_url=url, headers=user_headers, timeout=600) as client:
+        report = client.get(f"/v1/orgs/{orgs[0][0]}/audit-logs/verify").json()
+        if not report["ok"]:
+            raise RuntimeError(f"chain {orgs[0][0]} broken after the batches: {report}")
 
     # -- one million entries
     big = orgs[-1][0]  # its own org: the appends above do not touch it

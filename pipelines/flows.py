@@ -9,6 +9,7 @@ from typing import Any
 from prefect import Flow, flow, task
 
 from pipelines import progress, runtime
+from pipelines.tasks import checkpoints as checkpoint_tasks
 from pipelines.tasks import export as export_tasks
 from pipelines.tasks import retention as retention_tasks
 
@@ -263,6 +264,20 @@ def apply_flag_schedules() -> int:
     return applied
 
 
+@task(name="sign-moved-chain-heads")
+def sign_moved_chain_heads() -> list[dict[str, Any]]:
+    rt = runtime.current()
+    return checkpoint_tasks.sign_audit_checkpoints(rt.settings, rt.database_url)
+
+
+@flow(name="audit-checkpoints", log_prints=True)
+def sign_audit_checkpoints() -> dict[str, Any]:
+    """Sign each audit chain's head that moved since its last signed checkpoint (docs/audit.md)."""
+    signed = sign_moved_chain_heads()
+    progress.report("signed checkpoints", len(signed), len(signed))
+    return {"signed": len(signed), "chains": signed}
+
+
 #: The flows `keel flows` knows, by the names flows.yaml deploys them under.
 FLOWS: dict[str, Flow[..., Any]] = {
     "export-lake": export_lake,
@@ -273,4 +288,5 @@ FLOWS: dict[str, Flow[..., Any]] = {
     "sync-billing": sync_billing,
     "reconcile-billing": reconcile_billing,
     "flag-schedules": apply_flag_schedules,
+    "audit-checkpoints": sign_audit_checkpoints,
 }

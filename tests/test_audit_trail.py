@@ -232,6 +232,16 @@ CASES: dict[tuple[str, str], tuple[Call, str]] = {
         ),
         "document.shared",
     ),
+    ("POST", "/v1/audit-logs/batch"): (
+        lambda c, e, w, s: c.post(
+            "/v1/audit-logs/batch",
+            json={"entries": [{"action": "document.shared", "occurred_at": "2026-01-15T10:30:00Z",
+                               "actor": {"type": "user", "id": "user_42"}, "idempotency_key": "trail-1",
+                               "targets": [{"type": "document", "id": "doc_7"}], "context": {"ip": "203.0.113.7"}}]},
+            headers=auth(w.ingest_key),
+        ),
+        "document.shared",
+    ),
     ("POST", "/v1/orgs/{org_id:uuid}/webhook-endpoints"): (
         lambda c, e, w, s: c.post(f"/v1/orgs/{w.id}/webhook-endpoints", json={"url": "https://hooks.example.com/a"}, headers=w.headers("admin")),
         "webhook_endpoint.created",
@@ -370,6 +380,9 @@ NOT_AUDITED = {
     "stream's destination and answers the outcome; it changes nothing in Keel",
     ("POST", "/ofrep/v1/evaluate/flags"): "OpenFeature evaluations read flags; they change nothing",
     ("POST", "/ofrep/v1/evaluate/flags/{key:str}"): "OpenFeature evaluations read flags; they change nothing",
+    ("POST", "/v1/orgs/{org_id:uuid}/audit-logs/checkpoints"): "signing the audit chain's head changes "
+    "nothing: it adds a signature of what is there (itself append-only, listed with its time), and an "
+    "entry for it would move the very head it signed",
     ("POST", "/v1/webhooks/stripe"): "Stripe's own requests: each is a row in inbound_webhook_requests "
     "(accepted, duplicate or rejected) and each event a row in inbound_events",
 }

@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from sqlalchemy import Engine
 
 from pipelines.lake import Lake, LakeError
 from pipelines.prefect_server import LocalPrefectServer
 from pipelines.tasks import export as export_tasks
-from tests.harness import auth
+from tests.harness import LiveServer, auth, make_org
 from warehouse.build import build_warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +39,19 @@ def keel(
 
 
 @pytest.fixture(scope="module")
-def built_warehouse(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Built once for this module: the tests that take it only read it."""
+def built_warehouse(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, live_server: LiveServer, engine: Engine
+) -> Iterator[Path]:
+    """Built once for this module: the tests that take it only read it. The module sends events of
+    its own first, so what it reads does not depend on which tests ran before it (or on which worker)."""
+    with httpx.Client(base_url=live_server.url) as client:
+        world = make_org(client, engine)
+        sent = client.post(
+            "/v1/events/batch",
+            json={"events": [{"event": "cli.check", "user_id": f"u{n}"} for n in range(5)]},
+            headers=auth(world.ingest_key),
+        )
+        assert sent.status_code == 200 and sent.json()["accepted"] == 5, sent.text
     root = tmp_path_factory.mktemp("built-warehouse")
     pipeline_env = {"data": root / "data", "lake": root / "lake", "warehouse": root / "warehouse.duckdb"}
     with pytest.MonkeyPatch.context() as env:  # what `pipeline_env` sets, for the module

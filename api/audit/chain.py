@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 GENESIS = "0" * 64
 
 #: The fields the hash covers, in order. Changing this list breaks every existing chain.
@@ -39,7 +41,10 @@ OPTIONAL_FIELDS: dict[str, Any] = {"source": "keel", "targets": []}
 
 
 _AS_IS = frozenset({str, int, float, bool, list, dict})
+#: The definition of the canonical bytes (and what the offline script in docs/audit.md runs).
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: The same bytes ten times faster, where the two provably agree (see ``_encode``).
+_FAST_ENCODER = msgspec.json.Encoder(order="sorted")
 
 
 def _plain(value: Any) -> Any:
@@ -53,6 +58,36 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _has_float(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return kind is float
+    for item in value:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _has_float(item)):
+            return True
+    return False
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """``_ENCODER``'s bytes for ``body``. msgspec writes them when the two cannot differ: no float
+    (their spellings of a number could), and an output of ASCII with no backslash — no string held
+    a character that needed escaping (control characters, quotes, backslashes) or that is not ASCII,
+    so every string, key and number is spelled alike and keys sort alike (code points = bytes).
+    Anything else goes through the json module, the definition. ``tests/test_audit_chain.py``
+    holds them equal over generated entries."""
+    if not (_has_float(body.get("metadata")) or _has_float(body.get("targets"))):
+        try:
+            fast = _FAST_ENCODER.encode(body)
+        except (TypeError, OverflowError):
+            fast = b""
+        if fast and fast.isascii() and b"\\" not in fast:
+            return fast
+    return _ENCODER.encode(body).encode()
+
+
 def canonical(entry: Mapping[str, Any]) -> bytes:
     """The bytes an entry's hash covers: its hashed fields as compact JSON with sorted keys.
 
@@ -60,12 +95,15 @@ def canonical(entry: Mapping[str, Any]) -> bytes:
     as decoded from JSONB (see ``api.audit.services.jsonb_safe``), ``occurred_at`` to the microsecond.
     (Equal to ``json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.)
     """
-    body = {name: _plain(entry.get(name)) for name in HASHED_FIELDS}
+    body: dict[str, Any] = {}
+    for name in HASHED_FIELDS:
+        value = entry.get(name)
+        body[name] = value if value is None or type(value) in _AS_IS else _plain(value)
     for name, default in OPTIONAL_FIELDS.items():
         value = entry.get(name)
         if value is not None and value != default:
             body[name] = _plain(value)
-    return _ENCODER.encode(body).encode()
+    return _encode(body)
 
 
 def entry_hash(entry: Mapping[str, Any], prev_hash: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.audit.rows import COLUMNS, as_entry, stream_rows
@@ -68,14 +69,30 @@ async def export_chunks(
     fmt: ExportFormat,
     since: datetime | None = None,
     until: datetime | None = None,
+    checkpoints: bool = False,
 ) -> AsyncIterator[tuple[bytes, int]]:
-    """``(bytes, entries)`` pieces of the export, oldest entry first."""
+    """``(bytes, entries)`` pieces of the export, oldest entry first; with ``checkpoints`` (JSON Lines
+    only), the chain's signed checkpoints follow the entries, one ``{"checkpoint": {…}}`` line each."""
     encode = _jsonl if fmt is ExportFormat.jsonl else _csv
     if fmt is ExportFormat.csv:
         yield (",".join(COLUMNS) + "\n").encode(), 0
     where, params = export_filter(chain_key, since, until)
     async for chunk in stream_rows(conn, where, params):
         yield encode(chunk), len(chunk)
+    if checkpoints and fmt is ExportFormat.jsonl:
+        yield await checkpoint_lines(conn, chain_key), 0
+
+
+async def checkpoint_lines(conn: AsyncConnection, chain_key: str) -> bytes:
+    """The chain's signed checkpoints (api/audit/checkpoints.py) as export lines, oldest first."""
+    rows = await conn.execute(
+        text(
+            "SELECT seq, hash, entries, kid, signed_at, jws FROM audit_signed_checkpoints"
+            " WHERE chain_key = :k ORDER BY seq"
+        ),
+        {"k": chain_key},
+    )
+    return b"".join(_encoder.encode({"checkpoint": dict(row._mapping)}) + b"\n" for row in rows)
 
 
 async def export_organization(
@@ -87,6 +104,7 @@ async def export_organization(
     actor: Actor,
     since: datetime | None = None,
     until: datetime | None = None,
+    checkpoints: bool = False,
     on_total: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
@@ -115,7 +133,9 @@ async def export_organization(
             if on_total is not None:
                 where, params = export_filter(chain_key, since, until)
                 on_total(await count_rows(conn, where, params))
-            chunks = export_chunks(conn, chain_key=chain_key, fmt=fmt, since=since, until=until)
+            chunks = export_chunks(
+                conn, chain_key=chain_key, fmt=fmt, since=since, until=until, checkpoints=checkpoints
+            )
             async for piece, entries in chunks:
                 sink.write(piece)
                 written += entries

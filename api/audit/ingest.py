@@ -8,16 +8,13 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.audit import services as audit
 from api.audit.actions import RESERVED_ACTION_PREFIXES, RESERVED_ACTOR_TYPES, is_reserved_action
-from api.audit.models import ActorType, AuditIdempotencyKey, AuditSource
+from api.audit.models import ActorType
 from api.audit.schemas import (
     MAX_METADATA_INT,
     MAX_METADATA_KEY,
@@ -25,9 +22,7 @@ from api.audit.schemas import (
     AuditLogCreate,
 )
 from api.audit.services import MAX_JSON_FLOAT
-from api.audit.views import entry_out
-from api.auth.context import Actor, RequestContext
-from api.errors import Conflict, ValidationFailed
+from api.errors import ValidationFailed
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_FUTURE = timedelta(hours=24)
@@ -40,11 +35,14 @@ class Answer:
     status_code: int
     body: bytes
     replayed: bool = False
+    #: The stored entry's (id, seq, hash), when known without decoding ``body``.
+    stored: tuple[uuid.UUID, int, str] | None = None
 
 
 def body_hash(data: AuditLogCreate) -> str:
     """Same body, same hash: key order and whitespace do not count, values do."""
     plain = msgspec.to_builtins(data)
+    plain.pop("idempotency_key", None)  # a batch entry's key is not part of its body
     return hashlib.sha256(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -86,6 +84,11 @@ def _check_not_keel(data: AuditLogCreate) -> None:
 def _check_ip(value: str | None) -> str | None:
     if value is None:
         return None
+    return _checked_ip(value)
+
+
+@lru_cache(maxsize=4096)  # parsing an address costs more than the rest of an entry's checks
+def _checked_ip(value: str) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -129,70 +132,18 @@ def _first_nul(value: Any, path: str) -> str | None:
     return None
 
 
-async def ingest_entry(
-    session: AsyncSession,
-    *,
-    org_id: uuid.UUID,
-    data: AuditLogCreate,
-    request_id: str | None,
-    idempotency_key: str | None,
-) -> Answer:
-    """Write one product entry to the org's chain and answer it; or replay the key's first answer."""
-    now = datetime.now(UTC)
+def check_entry(data: AuditLogCreate, now: datetime, raw: bytes | None = None) -> tuple[datetime, str | None]:
+    """What msgspec cannot check of one product entry (ValidationFailed naming the field); returns
+    its ``occurred_at`` in UTC and its address in the one spelling the hash uses. ``raw``: the JSON
+    the entry was decoded from, if at hand (JSON spells a NUL only as ``\\u0000``: without one, the
+    walk looking for it is skipped).
+
+    The entry is then chained and stored by :class:`api.audit.batch.AuditAppender`."""
     _check_not_keel(data)
-    nul = _first_nul(msgspec.to_builtins(data), "")
+    nul = None if raw is not None and b"\\u0000" not in raw else _first_nul(msgspec.to_builtins(data), "")
     if nul:
         raise ValidationFailed("text cannot contain NUL (\\u0000) characters", field=nul.replace(".[", "["))
     _check_metadata(data.metadata)
     occurred_at = _check_occurred_at(data.occurred_at, now)
     ip = _check_ip(data.context.ip if data.context else None)
-    digest = body_hash(data)
-    if idempotency_key is not None:
-        # Two requests with one key queue here; the second finds the first's answer.
-        await session.execute(
-            select(func.pg_advisory_xact_lock(func.hashtextextended(f"{org_id}:{idempotency_key}", 1)))
-        )
-        earlier = await session.scalar(
-            select(AuditIdempotencyKey).where(
-                AuditIdempotencyKey.organization_id == org_id,
-                AuditIdempotencyKey.key == idempotency_key,
-                AuditIdempotencyKey.created_at > now - IDEMPOTENCY_TTL,
-            )
-        )
-        if earlier is not None:
-            if earlier.body_hash != digest:
-                raise Conflict(
-                    "this Idempotency-Key was used in the last 24 hours with a different body",
-                    errors=[{"field": IDEMPOTENCY_HEADER, "message": "reused with a different body"}],
-                )
-            return Answer(earlier.status_code, earlier.response, replayed=True)
-    targets = [{"type": t.type, "id": t.id, "name": t.name} for t in data.targets]
-    stored = await audit.record(
-        session,
-        action=data.action,
-        actor=Actor(data.actor.type, data.actor.id, data.actor.name),
-        ctx=RequestContext(
-            request_id=request_id, ip=ip, user_agent=data.context.user_agent if data.context else None
-        ),
-        organization_id=org_id,
-        resource_type=targets[0]["type"] if targets else None,
-        resource_id=targets[0]["id"] if targets else None,
-        metadata=dict(data.metadata),
-        occurred_at=occurred_at,
-        targets=targets,
-        source=AuditSource.product,
-    )
-    answer = Answer(201, msgspec.json.encode(entry_out(stored)))
-    if idempotency_key is not None:
-        values = {
-            "body_hash": digest,
-            "status_code": answer.status_code,
-            "response": answer.body,
-            "created_at": now,
-        }
-        await session.execute(
-            pg_insert(AuditIdempotencyKey)
-            .values(organization_id=org_id, key=idempotency_key, **values)
-            .on_conflict_do_update(index_elements=["organization_id", "key"], set_=values)
-        )
-    return answer
+    return occurred_at, ip

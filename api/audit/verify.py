@@ -7,6 +7,8 @@ that does not is named, with the reason. Memory stays flat: rows stream in chunk
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.audit.chain import GENESIS, entry_hash
-from api.audit.rows import as_entry, snapshot, stream_rows
+from api.audit.rows import SELECT_FOR_HASH, as_entry, snapshot, stream_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +181,31 @@ async def verify_chain(
 ) -> ChainReport:
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
-    async for chunk in stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}):
-        going = _feed_chunk(walk, chunk)
-        if progress is not None:
-            progress(len(chunk))
-        if not going:
-            break
+    chunks = aiter(
+        stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}, select=SELECT_FOR_HASH)
+    )
+    following: asyncio.Future[Sequence[Sequence[Any]]] = asyncio.ensure_future(anext(chunks))
+    try:
+        while True:
+            try:
+                chunk = await following
+            except StopAsyncIteration:
+                break
+            # Ask Postgres for the next chunk before hashing this one: it reads and sends while
+            # Python hashes (two processes, two cores), instead of each waiting for the other.
+            following = asyncio.ensure_future(anext(chunks))
+            await asyncio.sleep(0)
+            going = _feed_chunk(walk, chunk)
+            if progress is not None:
+                progress(len(chunk))
+            if not going:
+                break
+    finally:
+        # A fetch in flight is let finish (cancelling one mid-reply would leave the connection
+        # unusable), then the cursor is closed.
+        with contextlib.suppress(StopAsyncIteration):
+            await following
+        await chunks.aclose()  # type: ignore[attr-defined]
     return walk.finish()
 
 

@@ -257,19 +257,24 @@ def forget_guarded_membership() -> None:
     _guarded.set(None)
 
 
-async def ingest_org(session: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:
-    """The organization an ingest key writes to: its own, or (platform keys) the one named, if live."""
+def ingest_target(principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:
+    """The organization an ingest key writes to: its own, or (platform keys) the one named.
+    Whether it is live is for the caller to check (:func:`ingest_org`, or in the write itself)."""
     if principal.kind is TokenKind.org_ingest:
         assert principal.organization_id is not None
         if org_id is not None and org_id != principal.organization_id:
             raise Forbidden("an org ingest key writes only to its own organization")
-        target = principal.organization_id
-    elif principal.kind is TokenKind.platform_ingest:
+        return principal.organization_id
+    if principal.kind is TokenKind.platform_ingest:
         if org_id is None:
             raise Forbidden("a platform ingest key must name the org_id")
-        target = org_id
-    else:
-        raise Forbidden("this route needs an ingest key")
+        return org_id
+    raise Forbidden("this route needs an ingest key")
+
+
+async def ingest_org(session: AsyncSession, principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:
+    """The organization an ingest key writes to: its own, or (platform keys) the one named, if live."""
+    target = ingest_target(principal, org_id)
     org = await session.get(Organization, target)
     if not is_live(org):
         raise NotFound(ORG_NOT_FOUND)

@@ -74,6 +74,9 @@ def audit_export(
         datetime | None,
         typer.Option(help="Entries that occurred before (UTC if no offset).", formats=TIME_FORMATS),
     ] = None,
+    checkpoints: Annotated[
+        bool, typer.Option("--checkpoints", help="jsonl: end with the chain's signed checkpoints.")
+    ] = False,
 ) -> None:
     """Export one organization's audit log with each entry's hashes (to re-verify offline: docs/audit.md)."""
     from api.audit.export import export_organization
@@ -91,6 +94,7 @@ def audit_export(
                 url,
                 lambda engine: export_organization(
                     engine, out, organization_id=organization_id, fmt=fmt, since=since, until=until,
+                    checkpoints=checkpoints,
                     # An export through the CLI bypasses the API's roles; the org's own log says it happened.
                     actor=Actor.system("keel-cli"),
                     on_total=lambda total: progress.update(task, total=total),

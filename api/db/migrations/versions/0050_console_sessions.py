@@ -1,7 +1,7 @@
 """the staff console's one-time sign-in links and browser sessions
 
 Revision ID: 0050
-Revises: 0040
+Revises: 0045
 Create Date: 2026-12-01 13:00:00.000000
 
 Secrets are stored as SHA-256 digests only (as API tokens are); a link is used once, a session
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0050"
-down_revision: str | None = "0040"
+down_revision: str | None = "0045"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

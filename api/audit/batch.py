@@ -1,0 +1,476 @@
+"""Group commit of product-sent audit entries, and ``POST /v1/audit-logs/batch``.
+
+Appends to one chain are serialized by its advisory lock, so one request at a time used to pay a
+whole transaction (lock, head read, insert, commit, WAL flush) while the others queued in Postgres.
+:class:`AuditAppender` queues them in the process instead: per chain, one task takes whatever has
+queued, and writes it in one transaction — one lock, one head read, one multi-row insert (whose
+statement-level trigger moves the head once), one insert of the idempotency keys, one commit — then
+answers each request, only after that commit. The chain rules are :mod:`api.audit.chain`'s, as
+for every other entry; Keel's own entries (``api.audit.services.record``) take the same lock.
+
+Idempotency keys are per organization and the chain lock is per organization, so a key is looked
+up and claimed under the lock that orders the chain: two requests with one key, in one group or
+in two, are stored once. A group that fails is retried entry by entry, so one entry Postgres
+refuses fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from api.audit.chain import GENESIS, entry_hash
+from api.audit.ingest import (
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_TTL,
+    Answer,
+    body_hash,
+    check_entry,
+)
+from api.audit.models import AuditSource
+from api.audit.schemas import ActorOut, AuditLogCreate, AuditLogOut, ContextOut, TargetOut
+from api.audit.services import chain_key_of, jsonb_safe
+from api.auth import services as auth
+from api.auth.context import Principal
+from api.auth.services import ORG_NOT_FOUND
+from api.bodies import check_json
+from api.db.base import new_id
+from api.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    KeelError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from api.events.store import live_orgs
+from api.orgs.models import OrgStatus
+from api.schemas import Struct
+
+log = logging.getLogger("keel.audit")
+#: Entries one transaction writes at most (a batch request of 1,000 fits in one).
+GROUP_MAX_ENTRIES = 2000
+#: Entries one batch request may hold (more: 413).
+MAX_BATCH_ENTRIES = 1000
+#: Bytes of a batch request at most (after gzip decompression): 1,000 entries of 16 KB.
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+PgConnection = psycopg.AsyncConnection[Any]
+
+_HEAD = (
+    "SELECT (SELECT seq FROM audit_chain_heads WHERE chain_key = %(k)s),"
+    " (SELECT hash FROM audit_chain_heads WHERE chain_key = %(k)s), now()"
+)
+_INSERT = """
+INSERT INTO audit_log (id, chain_key, seq, organization_id, occurred_at, actor_type, actor_id, actor_name,
+                       action, resource_type, resource_id, metadata, ip, user_agent, request_id, source,
+                       targets, prev_hash, hash)
+SELECT (e->>0)::uuid, e->>1, (e->>2)::bigint, (e->>3)::uuid, (e->>4)::timestamptz, e->>5,
+       e->>6, e->>7, e->>8, e->>9, e->>10, e->11, (e->>12)::inet, e->>13, e->>14, e->>15,
+       e->16, e->>17, e->>18
+FROM jsonb_array_elements(%s::jsonb) AS t(e)"""
+_EARLIER_KEYS = (
+    "SELECT key, body_hash, status_code, response FROM audit_idempotency_keys"
+    " WHERE organization_id = %s AND key = ANY(%s) AND created_at > %s"
+)
+_SAVE_KEYS = """
+INSERT INTO audit_idempotency_keys (organization_id, key, body_hash, status_code, response, created_at)
+SELECT %s, k->>0, k->>1, (k->>2)::int, decode(k->>3, 'base64'), %s
+FROM jsonb_array_elements(%s::jsonb) AS t(k)
+ON CONFLICT (organization_id, key) DO UPDATE SET body_hash = EXCLUDED.body_hash,
+    status_code = EXCLUDED.status_code, response = EXCLUDED.response, created_at = EXCLUDED.created_at"""
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One checked entry, everything but its place on the chain (id, seq, prev_hash, hash)."""
+
+    occurred_at: datetime
+    actor_type: str
+    actor_id: str
+    actor_name: str | None
+    action: str
+    targets: list[dict[str, Any]]
+    metadata: dict[str, Any]
+    ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    idempotency_key: str | None
+    #: Only entries with an idempotency key need it (a replay compares bodies).
+    body_hash: str | None
+    #: Whether the answer must carry the stored entry (the single route, and any keyed entry).
+    answer_body: bool = True
+
+
+def prepare(
+    data: AuditLogCreate,
+    *,
+    request_id: str | None,
+    idempotency_key: str | None,
+    now: datetime,
+    raw: bytes | None = None,
+    answer_body: bool = True,
+) -> Prepared:
+    """Check one product entry (ValidationFailed names the field) and make it ready to chain."""
+    occurred_at, ip = check_entry(data, now, raw)
+    # jsonb_safe is what makes a value hash as Postgres will hand it back. The checks above refused
+    # NULs and out-of-range numbers, and msgspec let through only scalars: what is left for it is
+    # a -0.0 to turn into 0.0, so it runs only where a float is (the common entry has none).
+    metadata = dict(data.metadata)
+    if any(type(v) is float for v in metadata.values()):
+        metadata = jsonb_safe(metadata)
+    return Prepared(
+        occurred_at=occurred_at,
+        actor_type=data.actor.type.value,
+        actor_id=data.actor.id,
+        actor_name=data.actor.name,
+        action=data.action,
+        targets=[{"type": t.type, "id": t.id, "name": t.name} for t in data.targets],  # text only
+        metadata=metadata,
+        ip=ip,
+        user_agent=data.context.user_agent if data.context else None,
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash(data) if idempotency_key is not None else None,
+        answer_body=answer_body or idempotency_key is not None,
+    )
+
+
+@dataclass(slots=True)
+class _Pending:
+    entry: Prepared
+    future: asyncio.Future[Answer]
+
+
+@dataclass
+class _Chain:
+    organization_id: uuid.UUID
+    queue: list[_Pending] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+class AuditAppender:
+    """Appends product entries to their org's chain, many requests to one transaction (see above)."""
+
+    def __init__(self, pool: AsyncConnectionPool[PgConnection]) -> None:
+        self.pool = pool
+        self.chains: dict[str, _Chain] = {}
+
+    async def append(self, organization_id: uuid.UUID, entries: list[Prepared]) -> list[Answer | KeelError]:
+        """Each entry's answer (201, or a replay) or its error, in order, once durable."""
+        loop = asyncio.get_running_loop()
+        key = chain_key_of(organization_id)
+        chain = self.chains.get(key)
+        if chain is None:
+            chain = self.chains[key] = _Chain(organization_id)
+        pending = [_Pending(e, loop.create_future()) for e in entries]
+        chain.queue.extend(pending)
+        if chain.task is None:
+            chain.task = asyncio.create_task(self._drain(key, chain))
+        outcomes: list[Answer | KeelError] = []
+        for p in pending:
+            try:
+                outcomes.append(await asyncio.shield(p.future))
+            except KeelError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _drain(self, key: str, chain: _Chain) -> None:
+        try:
+            while chain.queue:
+                group = chain.queue[:GROUP_MAX_ENTRIES]
+                del chain.queue[:GROUP_MAX_ENTRIES]
+                try:
+                    await self._commit(chain.organization_id, group)
+                except KeelError as exc:  # the org itself (gone, suspended): every entry's answer
+                    _fail(group, exc)
+                except Exception:
+                    if len(group) == 1:
+                        log.exception("audit append failed")
+                        _fail(group, None)
+                        continue
+                    for one in group:  # one bad entry must not fail the others
+                        try:
+                            await self._commit(chain.organization_id, [one])
+                        except KeelError as exc:
+                            _fail([one], exc)
+                        except Exception:
+                            log.exception("audit append failed")
+                            _fail([one], None)
+        finally:
+            chain.task = None
+            if not chain.queue:
+                self.chains.pop(key, None)
+            else:  # cancelled with work left (shutdown): nothing more will run it
+                _fail(chain.queue, None)
+                chain.queue.clear()
+
+    async def _commit(self, organization_id: uuid.UUID, group: list[_Pending]) -> None:
+        key = chain_key_of(organization_id)
+        answers: list[Answer | KeelError] = []
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+            status = (await live_orgs(conn, {organization_id})).get(organization_id)
+            if status is None:
+                raise NotFound(ORG_NOT_FOUND)
+            if status is OrgStatus.suspended:
+                raise Forbidden("this organization is suspended")
+            head_seq, head_hash, now = await (await conn.execute(_HEAD, {"k": key})).fetchone()  # type: ignore[misc]
+            seq, prev_hash = (int(head_seq), str(head_hash)) if head_seq is not None else (0, GENESIS)
+            keys = [p.entry.idempotency_key for p in group if p.entry.idempotency_key is not None]
+            earlier: dict[str, tuple[str, int, bytes]] = {}
+            if keys:
+                cursor = await conn.execute(_EARLIER_KEYS, (organization_id, keys, now - IDEMPOTENCY_TTL))
+                earlier = {k: (h, code, bytes(body)) for k, h, code, body in await cursor.fetchall()}
+            rows: list[list[Any]] = []
+            claimed: dict[str, tuple[str, int, bytes]] = {}
+            for p in group:
+                entry, idem = p.entry, p.entry.idempotency_key
+                if idem is not None and (first := earlier.get(idem) or claimed.get(idem)) is not None:
+                    answers.append(_replay(first, entry.body_hash))
+                    continue
+                seq += 1
+                row, digest, out = _chained(organization_id, key, seq, prev_hash, entry, now)
+                prev_hash = digest
+                rows.append(row)
+                stored = Answer(201, _encode(out) if out is not None else b"", stored=(row[-1], seq, digest))
+                answers.append(stored)
+                if idem is not None:
+                    claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
+            if rows:
+                await conn.execute(_INSERT, (_encode(rows).decode(),))
+            if claimed:
+                saved = [[k, h, code, _b64(body)] for k, (h, code, body) in claimed.items()]
+                await conn.execute(_SAVE_KEYS, (organization_id, now, _encode(saved).decode()))
+        for p, outcome in zip(group, answers, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(outcome, KeelError):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+
+
+def _b64(body: bytes) -> str:
+    return base64.b64encode(body).decode()
+
+
+def _replay(first: tuple[str, int, bytes], digest: str | None) -> Answer | KeelError:
+    stored_hash, status_code, body = first
+    if stored_hash != digest:
+        return Conflict(
+            "this Idempotency-Key was used in the last 24 hours with a different body",
+            errors=[{"field": IDEMPOTENCY_HEADER, "message": "reused with a different body"}],
+        )
+    return Answer(status_code, body, replayed=True)
+
+
+def _chained(
+    organization_id: uuid.UUID, key: str, seq: int, prev_hash: str, e: Prepared, now: datetime
+) -> tuple[list[Any], str, AuditLogOut | None]:
+    """The insert row, the hash and (if ``e`` wants it) the API's answer of ``e`` placed at ``seq``."""
+    entry_id = new_id()
+    entry_text = str(entry_id)  # (and ``key`` is the org id as text: an org's chain key)
+    resource_type = e.targets[0]["type"] if e.targets else None
+    resource_id = e.targets[0]["id"] if e.targets else None
+    hashed = {
+        "id": entry_text,
+        "organization_id": key,
+        "seq": seq,
+        "occurred_at": e.occurred_at,
+        "actor_type": e.actor_type,
+        "actor_id": e.actor_id,
+        "actor_name": e.actor_name,
+        "action": e.action,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "metadata": e.metadata,
+        "ip": e.ip,
+        "user_agent": e.user_agent,
+        "request_id": e.request_id,
+        "source": AuditSource.product.value,
+        "targets": e.targets,
+    }
+    digest = entry_hash(hashed, prev_hash)
+    row = [
+        entry_text, key, seq, key, e.occurred_at.isoformat(), e.actor_type, e.actor_id,
+        e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
+        AuditSource.product.value, e.targets, prev_hash, digest,
+    ]  # fmt: skip
+    # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
+    row.append(entry_id)
+    if not e.answer_body:
+        return row, digest, None
+    out = AuditLogOut(
+        id=entry_id, organization_id=organization_id, seq=seq, source=AuditSource.product.value,
+        action=e.action, occurred_at=e.occurred_at, recorded_at=now.astimezone(UTC),
+        actor=ActorOut(type=e.actor_type, id=e.actor_id, name=e.actor_name),
+        targets=[TargetOut(type=t["type"], id=t["id"], name=t.get("name")) for t in e.targets],
+        resource_type=resource_type, resource_id=resource_id,
+        context=ContextOut(ip=e.ip, user_agent=e.user_agent), metadata=e.metadata,
+        request_id=e.request_id, prev_hash=prev_hash, hash=digest,
+    )  # fmt: skip
+    return row, digest, out
+
+
+def _fail(group: list[_Pending], exc: KeelError | None) -> None:
+    for p in group:
+        if not p.future.done():
+            p.future.set_exception(exc if exc is not None else _unavailable())
+
+
+def _unavailable() -> KeelError:
+    return ServiceUnavailable("the audit entry could not be stored; retry it with the same Idempotency-Key")
+
+
+class AuditBatchEntry(AuditLogCreate):
+    """One entry of a batch: an ``AuditLogCreate`` with its own idempotency key."""
+
+    idempotency_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[\x21-\x7e]{1,255}$",
+                description="1-255 printable ASCII characters, as the `Idempotency-Key` header.",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class AuditBatchDoc(Struct):
+    """What the OpenAPI document shows; the entries are read one by one (a bad one is one rejection)."""
+
+    entries: Annotated[list[AuditBatchEntry], msgspec.Meta(max_length=MAX_BATCH_ENTRIES)]
+
+
+class _Envelope(Struct):
+    entries: list[msgspec.Raw]
+
+
+class _Stored(msgspec.Struct):
+    id: uuid.UUID
+    seq: int
+    hash: str
+
+
+class BatchEntryResult(msgspec.Struct):
+    index: int
+    #: 201 stored; 200 the first answer to its idempotency key (nothing stored); else the error's status.
+    status: int
+    idempotency_key: str | None = None
+    id: uuid.UUID | None = None
+    seq: int | None = None
+    hash: str | None = None
+    error: str | None = None
+
+
+class BatchRejection(msgspec.Struct):
+    index: int
+    idempotency_key: str | None
+    error: str
+
+
+class AuditBatchResult(msgspec.Struct):
+    #: Entries stored by this request.
+    accepted: int
+    #: Entries whose idempotency key had stored them already (answered with that first answer).
+    duplicates: int
+    rejected: list[BatchRejection]
+    #: One per entry, in the order sent.
+    results: list[BatchEntryResult]
+
+
+def _decode_envelope(body: bytes) -> _Envelope:
+    if not body.strip():
+        raise BadRequest('the request body is empty; send {"entries": [...]}')
+    check_json(body)
+    try:
+        return msgspec.json.decode(body, type=_Envelope)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(f"the body is not an object with an `entries` array: {exc}") from None
+    except msgspec.DecodeError:
+        raise BadRequest("the request body is not JSON") from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationFailed) and exc.errors:
+        return "; ".join(f"{e.get('field')}: {e.get('message')}" for e in exc.errors)
+    if isinstance(exc, KeelError):
+        return exc.detail
+    return str(exc)
+
+
+async def ingest_batch(
+    appender: AuditAppender, body: bytes, *, principal: Principal, request_id: str | None
+) -> AuditBatchResult:
+    """Check every entry on its own, store the valid ones (grouped by organization), answer each."""
+    envelope = _decode_envelope(body)
+    if len(envelope.entries) > MAX_BATCH_ENTRIES:
+        raise PayloadTooLarge(
+            f"a batch holds at most {MAX_BATCH_ENTRIES} entries; this one has {len(envelope.entries)}"
+        )
+    now = datetime.now(UTC)
+    results: list[BatchEntryResult | None] = [None] * len(envelope.entries)
+    by_org: dict[uuid.UUID, list[tuple[int, Prepared]]] = {}
+    for index, raw in enumerate(envelope.entries):
+        key = None
+        try:
+            item = msgspec.json.decode(raw, type=AuditBatchEntry)
+            key = item.idempotency_key
+            org_id = auth.ingest_target(principal, item.org_id)
+            prepared = prepare(
+                item, request_id=request_id, idempotency_key=key, now=now, raw=bytes(raw), answer_body=False
+            )
+        except msgspec.ValidationError as exc:
+            results[index] = BatchEntryResult(index=index, status=422, error=str(exc))
+            continue
+        except KeelError as exc:
+            results[index] = BatchEntryResult(
+                index=index, status=exc.status_code, idempotency_key=key, error=_reason(exc)
+            )
+            continue
+        by_org.setdefault(org_id, []).append((index, prepared))
+
+    async def one_org(org_id: uuid.UUID, items: list[tuple[int, Prepared]]) -> None:
+        outcomes = await appender.append(org_id, [p for _, p in items])
+        for (index, prepared), outcome in zip(items, outcomes, strict=True):
+            key = prepared.idempotency_key
+            if isinstance(outcome, KeelError):
+                results[index] = BatchEntryResult(
+                    index=index, status=outcome.status_code, idempotency_key=key, error=_reason(outcome)
+                )
+                continue
+            if outcome.stored is not None:
+                entry_id, seq, digest = outcome.stored
+            else:  # a replay: the first answer's entry
+                stored = msgspec.json.decode(outcome.body, type=_Stored)
+                entry_id, seq, digest = stored.id, stored.seq, stored.hash
+            results[index] = BatchEntryResult(
+                index=index, status=200 if outcome.replayed else outcome.status_code, idempotency_key=key,
+                id=entry_id, seq=seq, hash=digest,
+            )  # fmt: skip
+
+    await asyncio.gather(*(one_org(org_id, items) for org_id, items in by_org.items()))
+    done = [r for r in results if r is not None]
+    return AuditBatchResult(
+        accepted=sum(1 for r in done if r.status == 201),
+        duplicates=sum(1 for r in done if r.status == 200),
+        rejected=[
+            BatchRejection(index=r.index, idempotency_key=r.idempotency_key, error=r.error or "")
+            for r in done
+            if r.status >= 300
+        ],
+        results=done,
+    )

@@ -490,7 +490,9 @@ def test_the_flags_panel_says_which_rule_segment_and_constraint_turned_a_flag_on
     assert cell(page, trait_id, "flag-explanation") == explained[by_trait["key"]]
     assert cell(page, trait_id, "flag-rule-name") == "fintechs"
     assert cell(page, trait_id, "flag-segment") == segment
-    assert cell(page, trait_id, "flag-constraint") == f"org.traits.industry IN [fintech] (segment {segment!r})"
+    assert (
+        cell(page, trait_id, "flag-constraint") == f"org.traits.industry IN [fintech] (segment {segment!r})"
+    )
 
     # A flag with no rules: its bucket against the rollout, and no rule listed.
     plain_row = row_text(page, f"flag-{plain['key']}")

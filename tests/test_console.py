@@ -24,10 +24,11 @@ from api.auth.models import PlatformRole
 from api.settings import Settings
 from tests.conftest import OUTPUT_DIR
 from tests.console_support import email_of, run_async, sign_in_secret
-from tests.harness import LiveServer, OrgWorld, audit_rows, make_org, make_user
+from tests.harness import LiveServer, OrgWorld, audit_rows, auth, make_org, make_user, unique
 from tests.hooks import create_endpoint, deliver, delivery_rows, publish
 from tests.receivers import Arrival, Receiver, Reply
 from tests.test_billing import seed_mirror
+from tests.test_flags import create_flag
 from tests.test_health_report import CHROMIUM_ARGS
 
 SHOTS = OUTPUT_DIR / "console"
@@ -133,6 +134,16 @@ def test_admin_signs_in_by_link_finds_the_org_retries_a_delivery_and_suspends_it
     shot(page, "search")
     accessible(page, "search results")
 
+    # A stream of the org's audit log (not delivered: no stream worker here) and a flag that a
+    # rule on the org's plan turns on, for the audit streams and flags panels.
+    stream = hooks_client.post(f"/v1/orgs/{world.id}/audit-streams", headers=world.headers("owner"), json={
+        "name": "siem", "type": "splunk_hec", "token": "hec-token-1",
+        "url": "https://splunk.example.com:8088/services/collector"})  # fmt: skip
+    assert stream.status_code == 201, stream.text
+    rule = unique("team-plan")
+    flag = create_flag(hooks_client, admin_token, rollout_percentage=0, rules=[
+        {"name": rule, "constraints": [{"field": "org.plan", "operator": "IN", "values": ["team_monthly"]}]}])  # fmt: skip
+
     # Org 360: the billing screen's seats, seats used and renewal date.
     row.get_by_role("link", name=f"Org {world.slug}").click()
     page.wait_for_url(re.compile(rf".*/console/orgs/{world.id}$"))
@@ -144,6 +155,19 @@ def test_admin_signs_in_by_link_finds_the_org_retries_a_delivery_and_suspends_it
     assert page.locator("#seats-used").inner_text() == "5"  # one active member per role
     assert page.locator("#renewal-date").inner_text() == renewal.strftime("%Y-%m-%d")
     assert "Chain verified" in page.locator("#audit-verify").inner_text()
+    # The audit streams panel: the stream's lag as the API reports it (the page's own view included).
+    listed = hooks_client.get(f"/v1/orgs/{world.id}/audit-streams", headers=world.headers("owner")).json()
+    lag = listed["items"][0]["lag_entries"]
+    streamed = page.locator(f"#stream-{stream.json()['id']}")
+    assert lag > 0 and streamed.locator(".stream-lag-entries").inner_text() == str(lag)
+    assert streamed.locator(".stream-status").inner_text() == "active"
+    # The flags panel: the rule on the plan that turned the flag on.
+    why = page.locator(f"#flag-{flag['key']}")
+    assert why.locator(".flag-rule-name").inner_text() == rule
+    assert f"on: rule '{rule}' matched" in why.locator(".flag-explanation").inner_text()
+    view = hooks_client.get(f"/v1/admin/orgs/{world.id}", headers=auth(admin_token)).json()
+    explained = next(f["explanation"] for f in view["flags"] if f["key"] == flag["key"])
+    assert why.locator(".flag-explanation").inner_text() == explained
     shot(page, "org")
     accessible(page, "org page")
     assert audit_rows(engine, organization_id=world.id, action="staff.org_viewed")

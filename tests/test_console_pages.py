@@ -5,6 +5,7 @@ reason and audit entry, and bad input answered precisely."""
 from __future__ import annotations
 
 import contextlib
+import html
 import re
 import uuid
 from datetime import timedelta
@@ -18,7 +19,10 @@ from api.auth.models import PlatformRole
 from api.cli import app as cli
 from api.settings import Settings
 from tests.console_support import CSRF, console_session, email_of, sign_in_secret
-from tests.harness import LiveServer, OrgWorld, audit_rows, auth, make_user
+from tests.harness import LiveServer, OrgWorld, audit_rows, auth, make_user, unique
+from tests.test_billing import seed_mirror
+from tests.test_flag_targeting import set_org_traits
+from tests.test_flags import create_flag
 from tests.test_stripe_inbound import send, stripe_event
 
 
@@ -382,3 +386,120 @@ def test_behind_https_the_cookie_is_secure_and_host_bound(settings: Settings) ->
     assert secure.httponly and secure.samesite == "strict"
     ended = session_cookie(State({"settings": settings}), "", end=True)
     assert ended.max_age == 0
+
+
+def row_html(page: str, row_id: str) -> str:
+    """The inside of the table row ``<tr id=row_id>``."""
+    match = re.search(rf'<tr id="{re.escape(row_id)}">(.*?)</tr>', page, re.S)
+    assert match, f"no row {row_id}"
+    return match.group(1)
+
+
+def row_text(page: str, row_id: str) -> str:
+    """The row's text (tags dropped, entities decoded, spaces folded)."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", row_html(page, row_id))).split())
+
+
+def cell(page: str, row_id: str, css_class: str) -> str:
+    match = re.search(rf'<tr id="{re.escape(row_id)}">.*?class="{css_class}">(.*?)</', page, re.S)
+    assert match, f"no {css_class} in row {row_id}"
+    return html.unescape(match.group(1)).strip()
+
+
+def test_the_org_page_shows_audit_streams_with_their_lag_status_and_last_error(
+    admin: tuple[httpx.Client, str, str], client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    session, _, _ = admin
+    path = f"/v1/orgs/{org.id}/audit-streams"
+    assert "No audit streams." in session.get(f"/console/orgs/{org.id}").text
+    made = {}
+    for name, fmt in (("siem", "ocsf"), ("archive", "keel")):
+        response = client.post(path, headers=org.headers("owner"), json={
+            "name": name, "type": "splunk_hec", "format": fmt, "token": "hec-token-1",
+            "url": f"https://splunk.example.com:8088/services/collector?channel={name}-secret"})  # fmt: skip
+        assert response.status_code == 201, response.text
+        made[name] = response.json()
+    with engine.begin() as conn:
+        head = conn.execute(
+            text("SELECT max(seq) FROM audit_log WHERE chain_key = :k"), {"k": org.id}
+        ).scalar_one()
+        # "archive" caught up, then disabled after its destination refused the token.
+        conn.execute(
+            text(
+                "UPDATE audit_streams SET delivered_seq = :h, status = 'disabled', disabled_at = now(),"
+                " disabled_reason = 'the destination answered 403 for 5 days', last_error = 'HTTP 403',"
+                " last_error_at = now(), last_success_at = now() - interval '5 days' WHERE id = :s"
+            ),
+            {"h": head, "s": made["archive"]["id"]},
+        )
+    page = session.get(f"/console/orgs/{org.id}").text
+    assert 'id="h-streams">Audit streams</h2>' in page
+    # The page's own read is audited first (staff.org_viewed): one more entry to stream.
+    listed = {s["name"]: s for s in client.get(path, headers=org.headers("owner")).json()["items"]}
+    assert audit_rows(engine, organization_id=org.id, action="staff.org_viewed")
+
+    siem, archive = f"stream-{made['siem']['id']}", f"stream-{made['archive']['id']}"
+    # The lag is the API's: every entry of the chain, none delivered yet (no worker runs here).
+    assert int(cell(page, siem, "stream-lag-entries")) == listed["siem"]["lag_entries"] == head + 1
+    assert float(cell(page, siem, "stream-lag-seconds")) >= 0
+    assert cell(page, siem, "stream-status") == "active"
+    assert cell(page, siem, "stream-last-error") == "—"
+    shown = row_text(page, siem)
+    assert shown.startswith("siem splunk_hec ocsf https://splunk.example.com:8088/services/collector active")
+    assert "secret" not in shown  # the URL is cut before its query, as audit entries show it
+    # "archive" has everything but the staff view's own entry.
+    assert int(cell(page, archive, "stream-lag-entries")) == listed["archive"]["lag_entries"] == 1
+    assert cell(page, archive, "stream-disabled-reason") == "the destination answered 403 for 5 days"
+    assert "disabled: the destination answered 403 for 5 days" in row_text(page, archive)
+    assert "HTTP 403" in cell(page, archive, "stream-last-error")
+
+
+def test_the_flags_panel_says_which_rule_segment_and_constraint_turned_a_flag_on(
+    admin: tuple[httpx.Client, str, str], client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    session, _, token = admin
+    plan = unique("plan")
+    seed_mirror(engine, org.id, plan=plan)
+    segment = unique("fintech")
+    made = client.post("/v1/admin/segments", headers=auth(token), json={
+        "name": segment, "description": "Fintech", "constraints": [
+            {"field": "org.traits.industry", "operator": "IN", "values": ["fintech"]}]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    by_plan = create_flag(client, token, rollout_percentage=0, rules=[
+        {"name": "on-their-plan", "constraints": [{"field": "org.plan", "operator": "IN", "values": [plan]}]}])  # fmt: skip
+    by_trait = create_flag(client, token, rollout_percentage=0, rules=[
+        {"name": "enterprise-only", "constraints": [
+            {"field": "org.plan", "operator": "IN", "values": ["enterprise_monthly"]}]},
+        {"name": "fintechs", "segments": [segment]}])  # fmt: skip
+    plain = create_flag(client, token, rollout_percentage=0)
+
+    before = session.get(f"/console/orgs/{org.id}").text
+    trait_row = row_text(before, f"flag-{by_trait['key']}")
+    assert trait_row.startswith(f"{by_trait['key']} off ")
+    assert "rule 'fintechs' did not apply: org.traits.industry IN [fintech]" in trait_row
+
+    set_org_traits(engine, org.id, {"industry": "fintech"})
+    page = session.get(f"/console/orgs/{org.id}").text
+    view = client.get(f"/v1/admin/orgs/{org.id}", headers=auth(token)).json()
+    explained = {f["key"]: f["explanation"] for f in view["flags"]}
+
+    plan_row = row_text(page, f"flag-{by_plan['key']}")
+    assert plan_row.startswith(f"{by_plan['key']} on ")
+    assert cell(page, f"flag-{by_plan['key']}", "flag-explanation") == explained[by_plan["key"]]
+    assert "on: rule 'on-their-plan' matched" in plan_row
+    assert cell(page, f"flag-{by_plan['key']}", "flag-rule-name") == "on-their-plan"
+    assert cell(page, f"flag-{by_plan['key']}", "flag-constraint") == f"org.plan IN [{plan}]"
+
+    trait_id = f"flag-{by_trait['key']}"
+    assert row_text(page, trait_id).startswith(f"{by_trait['key']} on ")
+    assert cell(page, trait_id, "flag-explanation") == explained[by_trait["key"]]
+    assert cell(page, trait_id, "flag-rule-name") == "fintechs"
+    assert cell(page, trait_id, "flag-segment") == segment
+    assert (
+        cell(page, trait_id, "flag-constraint") == f"org.traits.industry IN [fintech] (segment {segment!r})"
+    )
+
+    # A flag with no rules: its bucket against the rollout, and no rule listed.
+    plain_row = row_text(page, f"flag-{plain['key']}")
+    assert plain_row.startswith(f"{plain['key']} off off: bucket ") and "> rollout 0" in plain_row
+    assert 'class="flag-rule-name"' not in row_html(page, f"flag-{plain['key']}")

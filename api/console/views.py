@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.admin import services as admin
 from api.audit import services as audit
+from api.audit.streams import services as streams
 from api.audit.verify import verify
 from api.audit.views import entry_out
 from api.auth.context import Actor, Principal, RequestContext
@@ -28,6 +29,9 @@ from api.billing.services import billing_screen, current_plans, latest_reconcili
 from api.console import warehouse as warehouse_reads
 from api.console.chart import Point, activity_svg
 from api.flags import services as flags
+from api.flags.evaluation import Evaluation, Reason, Rule
+from api.flags.models import FeatureFlag
+from api.flags.store import definition, read_segments
 from api.webhooks import deliveries, endpoints
 from api.webhooks.models import InboundEvent
 
@@ -39,6 +43,8 @@ CHART_DAYS = 90
 INBOUND_SHOWN = 20
 #: Webhook endpoints shown (with their 24-hour success rates).
 ENDPOINTS_SHOWN = 50
+#: Audit streams shown for one org (an org has a handful).
+STREAMS_SHOWN = 50
 #: Health page orderings: the query value -> (column, descending).
 HEALTH_SORTS: dict[str, tuple[str, bool]] = {
     "score": ("score", False),
@@ -154,10 +160,29 @@ async def _health(page: OrgPage) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class FlagWhy:
+    """Why a flag answers as it does for the org: the evaluation's own sentence (what the admin org
+    view returns as ``explanation``), and for a rule that decided, the rule with its segments and
+    the constraints that held. (Rules passed over are in the sentence, with what failed.)"""
+
+    explanation: str
+    rule: Rule | None
+
+
+def flag_why(flag: FeatureFlag, result: Evaluation, segments: dict[str, list[dict[str, Any]]]) -> FlagWhy:
+    rule = None
+    if result.reason is Reason.rule:
+        rule = next((r for r in definition(flag, segments).rules if r.name == result.rule), None)
+    return FlagWhy(result.explain(), rule)
+
+
 async def _flags(page: OrgPage) -> dict[str, Any]:
     states, overrides = await flags.org_flags(page.db, org_id=page.org_id)
+    ruled = any(r.reason is Reason.rule for _, r in states)
+    segments = await read_segments(page.db) if ruled else {}
     return {
-        "states": states,
+        "states": [(f, r, flag_why(f, r, segments)) for f, r in states],
         "overrides": {key: o for o, key in overrides},
         "on": [(f, r) for f, r in states if r.enabled],
     }
@@ -202,8 +227,18 @@ async def _inbound(page: OrgPage) -> dict[str, Any]:
     return {"events": list(rows.all())}
 
 
-#: The Org 360 page, top to bottom. Not yet here (built on other branches): ingestion warnings,
-#: audit streams and their lag, flag rules' "why".
+async def _streams(page: OrgPage) -> dict[str, Any]:
+    """The org's audit streams with their lag, as ``GET /v1/orgs/{org_id}/audit-streams`` reads them."""
+    rows = await streams.list_streams(page.db, org_id=page.org_id, cursor=None, limit=STREAMS_SHOWN)
+    shown = rows[:STREAMS_SHOWN]
+    lags = await streams.lags(page.db, shown)
+    return {
+        "streams": [(s, lags[s.id], streams.snapshot(s)["url"]) for s in shown],
+        "more": len(rows) > STREAMS_SHOWN,
+    }
+
+
+#: The Org 360 page, top to bottom. Not yet here (built on another branch): ingestion warnings.
 SECTIONS: tuple[Section, ...] = (
     Section("members", "Members and roles", "sections/members.html", _members),
     Section("billing", "Subscription", "sections/billing.html", _billing),
@@ -212,6 +247,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("audit", "Recent audit entries", "sections/audit.html", _audit),
     Section("webhooks", "Webhooks", "sections/webhooks.html", _webhooks),
     Section("inbound", "Inbound Stripe events", "sections/inbound.html", _inbound),
+    Section("streams", "Audit streams", "sections/streams.html", _streams),
 )
 
 

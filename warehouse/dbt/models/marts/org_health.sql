@@ -1,52 +1,23 @@
--- name: org_health
--- grain: one row per live organization, as of the as-of date
--- key: organization_id
--- description: A 0-100 health score with its label (healthy >= 70, watch >= 40, at_risk below) and the reasons, in words: risks take points off, expansion signals (more members than seats bought) take none.
--- columns:
---   organization_id: the organization
---   name: its name
---   score: 0-100; starts at 100, each signal below takes points off
---   label: healthy, watch or at_risk
---   wau_now: weekly active users at the as-of date
---   wau_4w_ago: weekly active users 28 days earlier
---   wau_trend: wau_now / wau_4w_ago - 1 (null when there was no activity four weeks ago)
---   mau: monthly active users at the as-of date
---   active_members: active members now
---   seat_utilization: mau / seats (or / active members)
---   seats: seats bought on the current subscription (null without one)
---   over_seat_limit: more active members than seats bought, on a trialing, active or past-due subscription (keel_over_seat_limit, the reconciliation's rule)
---   billing_status: the subscription status, when the billing mirror knows it
---   renewal_date: the end of the subscription's current billing period (UTC date)
---   trial_end: when its trial ends (UTC date; null without a trial)
---   open_discrepancies: discrepancies the latest billing reconciliation recorded for the organization and did not repair
---   owner_changes_30d: owner role grants, removals and changes in the last 30 days
---   key_churn_30d: ingest keys created or revoked in the last 30 days
---   days_since_last_event: days between the last event and the as-of date
---   webhook_attempts_7d: outbound webhook attempts to the organization's endpoints in the 7 days to the as-of date
---   webhook_success_rate_7d: the share of those attempts answered 2xx (null without attempts)
---   webhook_endpoints_disabled_30d: endpoints disabled in the last 30 days (410 Gone, five days of failures, or by hand)
---   signals: every signal found, as {kind: risk or expansion, points: taken off the score, reason: in words}
---   reasons: why the score is what it is, one sentence per signal (the signals' reasons; 'no warning signs' first when none is a risk)
-WITH params AS (SELECT as_of FROM keel_params),
+WITH params AS (SELECT as_of FROM {{ ref('keel_params') }}),
 orgs AS (
-    SELECT organization_id, name FROM stg_organizations WHERE keel_org_is_live(deleted_at)
+    SELECT organization_id, name FROM {{ ref('stg_organizations') }} WHERE keel_org_is_live(deleted_at)
 ),
 now_au AS (
-    SELECT organization_id, wau AS wau_now, mau FROM org_active_users WHERE day = (SELECT as_of FROM params)
+    SELECT organization_id, wau AS wau_now, mau FROM {{ ref('org_active_users') }} WHERE day = (SELECT as_of FROM params)
 ),
 past_au AS (
     -- A weekly figure the lake holds only part of (its first days) would make a false trend.
-    SELECT organization_id, wau AS wau_4w_ago FROM org_active_users
+    SELECT organization_id, wau AS wau_4w_ago FROM {{ ref('org_active_users') }}
     WHERE day = (SELECT as_of FROM params) - 28 AND wau_complete
 ),
 seats AS (
-    SELECT organization_id, active_members, utilization FROM seat_utilization WHERE day = (SELECT as_of FROM params)
+    SELECT organization_id, active_members, utilization FROM {{ ref('seat_utilization') }} WHERE day = (SELECT as_of FROM params)
 ),
 members AS (
-    SELECT organization_id, count(*) AS active_members FROM stg_memberships WHERE keel_membership_is_active(status) GROUP BY 1
+    SELECT organization_id, count(*) AS active_members FROM {{ ref('stg_memberships') }} WHERE keel_membership_is_active(status) GROUP BY 1
 ),
 last_event AS (
-    SELECT organization_id, max(day) AS last_day FROM stg_events WHERE day <= (SELECT as_of FROM params) GROUP BY 1
+    SELECT organization_id, max(day) AS last_day FROM {{ ref('stg_events') }} WHERE day <= (SELECT as_of FROM params) GROUP BY 1
 ),
 security AS (
     SELECT
@@ -57,7 +28,7 @@ security AS (
                    OR json_extract_string(metadata, '$.after.role') = 'owner')
         ) AS owner_changes_30d,
         count(*) FILTER (WHERE action IN ('ingest_key.created', 'ingest_key.revoked')) AS key_churn_30d
-    FROM stg_audit_log
+    FROM {{ ref('stg_audit_log') }}
     WHERE CAST(occurred_at AS DATE) > (SELECT as_of FROM params) - 30
       AND CAST(occurred_at AS DATE) <= (SELECT as_of FROM params)
     GROUP BY organization_id
@@ -65,24 +36,24 @@ security AS (
 webhooks AS (
     SELECT organization_id, CAST(sum(attempts) AS BIGINT) AS webhook_attempts_7d,
            sum(succeeded) / sum(attempts) AS webhook_success_rate_7d
-    FROM webhook_health
+    FROM {{ ref('webhook_health') }}
     WHERE day > (SELECT as_of FROM params) - 7 AND day <= (SELECT as_of FROM params)
     GROUP BY organization_id
 ),
 subscription AS (
     SELECT organization_id, status, seats, CAST(renewal_date AS DATE) AS renewal_date,
            CAST(trial_end AS DATE) AS trial_end
-    FROM stg_subscriptions
+    FROM {{ ref('int_current_subscriptions') }}
 ),
 -- Open discrepancies are those of the latest completed reconciliation run, unrepaired. A run
 -- counts once the lake holds all it recorded (the runs snapshot and the discrepancies are
 -- exported one after the other, so either may be a little ahead of the other).
 held_runs AS (
-    SELECT run_id, started_at FROM stg_billing_reconciliation_runs r
+    SELECT run_id, started_at FROM {{ ref('stg_billing_reconciliation_runs') }} r
     WHERE status = 'completed'
-      AND discrepancy_count = (SELECT count(*) FROM stg_billing_discrepancies d WHERE d.run_id = r.run_id)
+      AND discrepancy_count = (SELECT count(*) FROM {{ ref('stg_billing_discrepancies') }} d WHERE d.run_id = r.run_id)
     UNION
-    SELECT DISTINCT run_id, detected_at FROM stg_billing_discrepancies
+    SELECT DISTINCT run_id, detected_at FROM {{ ref('stg_billing_discrepancies') }}
 ),
 latest_run AS (
     SELECT run_id FROM held_runs
@@ -105,13 +76,13 @@ open_discrepancies AS (
         -- More members than seats is a sale to make, not a risk: the expansion signal below says it.
         min(strftime(detected_at, '%Y-%m-%d')) FILTER (WHERE kind = 'over_seat_limit') AS over_seat_recorded_on,
         min(printf('%s; %s', expected, actual)) FILTER (WHERE kind = 'over_seat_limit') AS over_seat_recorded
-    FROM stg_billing_discrepancies
+    FROM {{ ref('stg_billing_discrepancies') }}
     WHERE run_id = (SELECT run_id FROM latest_run) AND NOT repaired AND organization_id IS NOT NULL
     GROUP BY organization_id
 ),
 disabled_endpoints AS (
     SELECT organization_id, count(*) AS webhook_endpoints_disabled_30d
-    FROM stg_webhook_endpoints
+    FROM {{ ref('stg_webhook_endpoints') }}
     WHERE deleted_at IS NULL AND NOT enabled
       AND CAST(disabled_at AS DATE) > (SELECT as_of FROM params) - 30
       AND CAST(disabled_at AS DATE) <= (SELECT as_of FROM params)

@@ -1,0 +1,249 @@
+"""The warehouse as a dbt project: its generated parts match their one definitions, its tests
+cover every key, foreign key and enumerated column, a failed dbt test fails the flow (its name and
+rows in the flow's log) and keeps the previous warehouse, and a reader open across a rebuild keeps
+reading."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from api.audit.models import ActorType
+from api.billing.models import DiscrepancyKind, ReconciliationRunStatus, Severity, SubscriptionStatus
+from api.members.models import MembershipStatus, OrgRole
+from api.orgs.models import OrgStatus
+from api.webhooks.models import InboundStatus
+from pipelines.lake import Lake
+from pipelines.tasks import export as export_tasks
+from warehouse import dbt_project
+from warehouse.build import WarehouseError, build_warehouse, check_columns
+from warehouse.lake_tables import DUCKDB_TYPES, LAKE_TABLES
+from warehouse.models import MODELS_DIR, Model, load_models
+
+AS_OF = date(2026, 3, 10)
+
+
+def schema_entries() -> dict[str, dict[str, Any]]:
+    entries = {}
+    for path in MODELS_DIR.rglob("schema.yml"):
+        for m in yaml.safe_load(path.read_text())["models"]:
+            entries[m["name"]] = m
+    return entries
+
+
+def column_tests(entry: dict[str, Any], column: str) -> list[Any]:
+    return next(c for c in entry["columns"] if c["name"] == column).get("data_tests", [])
+
+
+def test_the_generated_sources_and_rule_macros_match_their_one_definition() -> None:
+    """``_sources.yml`` is lake_tables.py's list, ``keel_rules.sql`` is rules.py's: regenerate
+    with ``python -m warehouse.dbt_project`` when this fails."""
+    assert dbt_project.stale() == []
+    declared = yaml.safe_load(dbt_project.SOURCES_FILE.read_text())["sources"][0]
+    assert {t["name"]: [(c["name"], c["data_type"]) for c in t["columns"]] for t in declared["tables"]} == {
+        name: [(c.name, DUCKDB_TYPES[c.kind]) for c in table.columns] + [("filename", "VARCHAR")]
+        for name, table in LAKE_TABLES.items()
+    }
+    for model in load_models():
+        assert model.sources <= set(LAKE_TABLES), model.name
+
+
+def test_every_model_key_is_tested_unique_and_not_null() -> None:
+    entries = schema_entries()
+    for model in load_models():
+        if not model.key:
+            continue
+        entry = entries[model.name]
+        for column in model.key:
+            assert "not_null" in column_tests(entry, column), (model.name, column)
+        if len(model.key) == 1:
+            assert "unique" in column_tests(entry, model.key[0]), model.name
+        else:
+            assert {"keel_unique_key": {"arguments": {"columns": list(model.key)}}} in entry["data_tests"]
+
+
+def test_every_mart_organization_is_a_known_organization_and_enumerations_match_the_api() -> None:
+    entries = schema_entries()
+    to_orgs = {"relationships": {"arguments": {"to": "ref('stg_organizations')", "field": "organization_id"}}}
+    for model in load_models():
+        if model.kind == "mart":
+            assert to_orgs in column_tests(entries[model.name], "organization_id"), model.name
+    enums = {
+        ("stg_audit_log", "actor_type"): ActorType,
+        ("stg_organizations", "status"): OrgStatus,
+        ("stg_subscriptions", "status"): SubscriptionStatus,
+        ("int_current_subscriptions", "status"): SubscriptionStatus,
+        ("stg_billing_reconciliation_runs", "status"): ReconciliationRunStatus,
+        ("stg_billing_discrepancies", "kind"): DiscrepancyKind,
+        ("stg_billing_discrepancies", "severity"): Severity,
+        ("stg_memberships", "role"): OrgRole,
+        ("stg_memberships", "status"): MembershipStatus,
+        ("stg_inbound_events", "status"): InboundStatus,
+    }
+    for (model, column), enum in enums.items():
+        accepted = [
+            t["accepted_values"]["arguments"]["values"]
+            for t in column_tests(entries[model], column)
+            if isinstance(t, dict) and "accepted_values" in t
+        ]
+        assert accepted == [[e.value for e in enum]], (model, column)
+
+
+# -- a small lake written by hand, as the exporter lays it out ---------------------------------------
+
+
+def write_rows(lake: Path, name: str, rows: list[dict[str, Any]], part: str) -> None:
+    schema = LAKE_TABLES[name].arrow_schema
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    path = lake / name / part / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def small_lake(root: Path, *, role: str = "member") -> tuple[Path, str]:
+    lake = root / "lake"
+    export_tasks.write_schemas(Lake.open(str(lake)))
+    org = str(uuid.uuid4())
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    day = "snapshot_date=2026-03-10"
+    write_rows(lake, "organizations", [{"id": org, "name": "Acme", "slug": "acme", "status": "active", "created_at": at}], day)
+    write_rows(
+        lake,
+        "memberships",
+        [{"id": str(uuid.uuid4()), "organization_id": org, "user_id": str(uuid.uuid4()), "role": role,
+          "status": "active", "created_at": at, "updated_at": at}],
+        day,
+    )  # fmt: skip
+    write_rows(
+        lake,
+        "events",
+        [{"ingest_seq": 1, "organization_id": org, "message_id": "m1", "event": "report.exported", "user_id": "u1",
+          "timestamp": at, "received_at": at}],
+        "date=2026-03-01",
+    )  # fmt: skip
+    return lake, org
+
+
+def test_a_failed_dbt_test_names_itself_and_its_rows_and_keeps_the_previous_warehouse(tmp_path: Path) -> None:
+    lake, org = small_lake(tmp_path)
+    warehouse = tmp_path / "warehouse.duckdb"
+    built = build_warehouse(str(lake), warehouse, as_of=AS_OF)
+    assert built.tables["org_daily_activity"] == 10
+    first = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        built_at = first.execute("SELECT built_at FROM keel_params").fetchone()
+    finally:
+        first.close()
+    # A role no Keel version writes: the accepted_values test of stg_memberships.role fails.
+    small_lake(tmp_path, role="overlord")
+    with pytest.raises(WarehouseError) as failed:
+        build_warehouse(str(lake), warehouse, as_of=AS_OF)
+    assert "accepted_values_stg_memberships_role" in str(failed.value)
+    assert "overlord" in str(failed.value)
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:  # the previous warehouse, whole
+        assert con.execute("SELECT built_at FROM keel_params").fetchone() == built_at
+        assert con.execute("SELECT count(*) FROM org_daily_activity").fetchone() == (10,)
+    finally:
+        con.close()
+    assert not warehouse.with_name(f".{warehouse.name}.building").exists()
+
+
+def test_the_flow_fails_with_the_failed_test_in_its_log(
+    pipeline_env: dict[str, Path], prefect_harness: None, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from pipelines import progress
+    from pipelines.flows import build_warehouse_flow
+
+    small_lake(tmp_path / "x", role="overlord")
+    pipeline_env["lake"].parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "x" / "lake").rename(pipeline_env["lake"])
+    steps: list[tuple[str, int, int | None]] = []
+    progress.set_reporter(lambda step, done, total: steps.append((step, done, total)))
+    try:
+        state = build_warehouse_flow(as_of=AS_OF.isoformat(), return_state=True)
+    finally:
+        progress.set_reporter(None)
+    assert state.is_failed()
+    # Each model dbt finished was progress, before the test that failed.
+    total = len(load_models())
+    assert [s for s in steps if s[0] == "build warehouse (dbt)"][:3] == [
+        ("build warehouse (dbt)", n, total) for n in (1, 2, 3)
+    ]
+
+    async def logs() -> list[str]:
+        async with get_client() as client:
+            found = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            )
+            return [entry.message for entry in found]
+
+    messages = ""
+    for _ in range(50):  # the log handler sends in batches: until the flow's error is there
+        messages = "\n".join(asyncio.run(logs()))
+        if "accepted_values" in messages:
+            break
+        time.sleep(0.2)
+    assert "dbt test accepted_values_stg_memberships_role" in messages
+    assert "value_field=overlord" in messages
+    assert not pipeline_env["warehouse"].exists()
+
+
+def test_documented_columns_are_the_real_ones(tmp_path: Path) -> None:
+    lake, _ = small_lake(tmp_path)
+    warehouse = tmp_path / "warehouse.duckdb"
+    build_warehouse(str(lake), warehouse, as_of=AS_OF)
+    models = load_models()
+    con = duckdb.connect(str(warehouse))
+    try:
+        check_columns(con, models)  # as built: every column documented, no other
+        mart = next(m for m in models if m.name == "org_daily_activity")
+        ghost = Model(**{**mart.__dict__, "columns": {**mart.columns, "ghost": "a column no SQL makes"}})
+        with pytest.raises(WarehouseError, match="org_daily_activity documents columns it does not have: ghost"):
+            check_columns(con, [ghost])
+        silent = Model(**{**mart.__dict__, "columns": {k: v for k, v in mart.columns.items() if k != "events"}})
+        with pytest.raises(WarehouseError, match="org_daily_activity has undocumented columns: events"):
+            check_columns(con, [silent])
+        catalog = dict(
+            con.execute(
+                "SELECT column_name, description FROM keel_columns WHERE table_name = 'org_daily_activity'"
+            ).fetchall()
+        )
+        assert catalog == mart.columns
+    finally:
+        con.close()
+
+
+def test_a_reader_open_across_a_rebuild_keeps_reading(tmp_path: Path) -> None:
+    """An analyst's read-only session opened before a rebuild reads the warehouse it opened; one
+    opened after reads the new one (docs/warehouse.md, "Reading while the app runs")."""
+    lake, org = small_lake(tmp_path)
+    warehouse = tmp_path / "warehouse.duckdb"
+    build_warehouse(str(lake), warehouse, as_of=date(2026, 3, 5))
+    reader = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        before = reader.execute("SELECT count(*), max(day) FROM org_daily_activity").fetchone()
+        assert before == (5, date(2026, 3, 5))
+        build_warehouse(str(lake), warehouse, as_of=AS_OF)
+        assert reader.execute("SELECT count(*), max(day) FROM org_daily_activity").fetchone() == before
+        assert reader.execute("SELECT as_of FROM keel_params").fetchone() == (date(2026, 3, 5),)
+        fresh = duckdb.connect(str(warehouse), read_only=True)
+        try:
+            assert fresh.execute("SELECT count(*), max(day) FROM org_daily_activity").fetchone() == (10, AS_OF)
+        finally:
+            fresh.close()
+    finally:
+        reader.close()

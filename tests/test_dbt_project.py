@@ -247,3 +247,101 @@ def test_a_reader_open_across_a_rebuild_keeps_reading(tmp_path: Path) -> None:
             fresh.close()
     finally:
         reader.close()
+
+
+def test_every_past_day_uses_that_days_members_and_seats(tmp_path: Path) -> None:
+    """Members join, are activated and removed and seats change over ten simulated days, with a
+    daily snapshot exported at each day's end (none on two quiet days); every day of
+    seat_utilization equals the figures computed here from the changes themselves."""
+    lake = tmp_path / "lake"
+    export_tasks.write_schemas(Lake.open(str(lake)))
+    org = str(uuid.uuid4())
+    days = [date(2026, 3, d) for d in range(1, 11)]
+    at = {d: datetime(d.year, d.month, d.day, 9, tzinfo=UTC) for d in days}
+    write_rows(lake, "organizations", [{"id": org, "name": "Acme", "slug": "acme", "status": "active", "created_at": at[days[0]]}], "snapshot_date=2026-03-01")
+    # What happens, day by day: (membership, status) changes, and the seat count bought.
+    changes: dict[date, dict[str, str]] = {
+        days[0]: {"m1": "active", "m2": "active", "m3": "invited"},
+        days[3]: {"m4": "active"},
+        days[4]: {"m3": "active", "m5": "invited"},
+        days[7]: {"m1": "removed"},
+        days[8]: {"m5": "active", "m2": "removed"},
+    }
+    seats = {days[0]: 5, days[4]: 8, days[7]: 3}
+    quiet = {days[2], days[6]}  # no export ran: no snapshot that day (and nothing changed)
+    ids = {f"m{i}": str(uuid.uuid4()) for i in range(1, 6)}
+    created: dict[str, datetime] = {}
+    state: dict[str, str] = {}
+    seat_count = 0
+    expected_members, expected_seats = {}, {}
+    for day in days:
+        for member, status in changes.get(day, {}).items():
+            created.setdefault(member, at[day])
+            state[member] = status
+        seat_count = seats.get(day, seat_count)
+        expected_members[day] = sum(s == "active" for s in state.values())
+        expected_seats[day] = seat_count
+        if day in quiet:
+            continue
+        part = f"snapshot_date={day.isoformat()}"
+        write_rows(
+            lake,
+            "memberships",
+            [{"id": ids[m], "organization_id": org, "user_id": f"user-{m}", "role": "member", "status": s,
+              "created_at": created[m], "updated_at": at[day]} for m, s in state.items()],
+            part,
+        )  # fmt: skip
+        write_rows(
+            lake,
+            "subscriptions",
+            [{"id": ids["m1"], "organization_id": org, "stripe_subscription_id": "sub_now", "status": "active",
+              "seats": seat_count, "unit_amount": 1000, "currency": "usd", "created_at": at[days[0]]},
+             # An older, ended subscription with more seats: the rule never picks it.
+             {"id": ids["m2"], "organization_id": org, "stripe_subscription_id": "sub_old", "status": "canceled",
+              "seats": 50, "unit_amount": 1000, "currency": "usd", "created_at": at[days[1]]}],
+            part,
+        )  # fmt: skip
+    # Users' activity: u1 every day, u2 on the 3rd, u3 on the 6th and 9th.
+    active_on = {"u1": set(days), "u2": {days[2]}, "u3": {days[5], days[8]}}
+    events = [
+        {"ingest_seq": n, "organization_id": org, "message_id": f"e{n}", "event": "page.viewed", "user_id": user,
+         "timestamp": at[day], "received_at": at[day]}
+        for n, (user, day) in enumerate(sorted((u, d) for u, ds in active_on.items() for d in ds))
+    ]  # fmt: skip
+    write_rows(lake, "events", events, "date=2026-03-01")
+    warehouse = tmp_path / "warehouse.duckdb"
+    build_warehouse(str(lake), warehouse, as_of=days[-1])
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT day, active_members, seats_purchased, active_users, utilization FROM seat_utilization"
+            " WHERE organization_id = ? ORDER BY day",
+            [org],
+        ).fetchall()
+        current = con.execute("SELECT seats FROM int_current_subscriptions WHERE organization_id = ?", [org]).fetchone()
+        adoption = con.execute("SELECT active_members FROM feature_adoption WHERE organization_id = ?", [org]).fetchone()
+    finally:
+        con.close()
+    expected = []
+    for day in days:
+        mau = sum(any(0 <= (day - d).days < 30 for d in ds) for ds in active_on.values())
+        expected.append((day, expected_members[day], expected_seats[day], mau, mau / expected_seats[day]))
+    assert rows == expected
+    assert current == (3,)
+    assert adoption == (expected_members[days[-1]],)
+
+
+def test_a_copy_of_the_warehouse_under_another_name_reads_its_views(tmp_path: Path) -> None:
+    """The consistent copy docs/warehouse.md suggests: staging views name no database, so they
+    read the copy's own tables."""
+    lake, org = small_lake(tmp_path)
+    warehouse = tmp_path / "warehouse.duckdb"
+    build_warehouse(str(lake), warehouse, as_of=AS_OF)
+    copy = tmp_path / "analysis-copy.duckdb"
+    copy.write_bytes(warehouse.read_bytes())
+    con = duckdb.connect(str(copy), read_only=True)
+    try:
+        assert con.execute("SELECT organization_id FROM stg_organizations").fetchall() == [(org,)]
+        assert con.execute("SELECT count(*) FROM int_active_members").fetchone() == (1,)
+    finally:
+        con.close()

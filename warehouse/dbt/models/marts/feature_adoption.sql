@@ -1,6 +1,6 @@
 WITH members AS (
     SELECT organization_id, count(*) AS active_members
-    FROM {{ ref('stg_memberships') }} WHERE keel_membership_is_active(status) GROUP BY organization_id
+    FROM {{ ref('int_active_members') }} GROUP BY organization_id
 ),
 usage AS (
     SELECT

@@ -14,7 +14,7 @@ seats AS (
     SELECT organization_id, active_members, utilization FROM {{ ref('seat_utilization') }} WHERE day = (SELECT as_of FROM params)
 ),
 members AS (
-    SELECT organization_id, count(*) AS active_members FROM {{ ref('stg_memberships') }} WHERE keel_membership_is_active(status) GROUP BY 1
+    SELECT organization_id, count(*) AS active_members FROM {{ ref('int_active_members') }} GROUP BY 1
 ),
 last_event AS (
     SELECT organization_id, max(day) AS last_day FROM {{ ref('stg_events') }} WHERE day <= (SELECT as_of FROM params) GROUP BY 1

@@ -1,3 +1,4 @@
+-- Every daily snapshot of the billing mirror the lake holds (one file per snapshot_date).
 SELECT
     id AS subscription_id,
     organization_id,
@@ -15,6 +16,6 @@ SELECT
     cancel_at_period_end,
     canceled_at,
     synced_at,
-    created_at
+    created_at,
+    CAST(regexp_extract(filename, 'snapshot_date=(\d{4}-\d{2}-\d{2})', 1) AS DATE) AS snapshot_date
 FROM {{ source('lake', 'subscriptions') }}
-WHERE filename = (SELECT max(filename) FROM {{ source('lake', 'subscriptions') }})

@@ -10,7 +10,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint fmt bench lock clean test-tools
+.PHONY: help install run test lint fmt bench lock clean test-tools dbt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -42,16 +42,19 @@ fmt: install ## Format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 # What the tests need beyond the venv: Debian's Chromium (the report and the docs pages are checked in
-# a real browser, driven by Playwright through executable_path; browser downloads are not possible).
+# a real browser, driven by Playwright through executable_path; browser downloads are not possible)
+# and a Java 17 runtime (the Spark test reads the lake with pyspark in local mode).
 CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
-test-tools: ## Install what the tests need beyond Python (Debian's chromium; as root, else says how)
-	@if [ -z "$(CHROMIUM)" ]; then \
+JAVA ?= $(shell command -v java)
+MISSING_DEBS = $(if $(CHROMIUM),,chromium) $(if $(JAVA),,openjdk-17-jre-headless)
+test-tools: ## Install what the tests need beyond Python (Debian's chromium and Java 17; as root, else says how)
+	@if [ -n "$(strip $(MISSING_DEBS))" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium for the browser tests"; \
+	    echo "installing Debian's $(strip $(MISSING_DEBS)) for the browser and Spark tests"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(strip $(MISSING_DEBS)) >/dev/null; \
 	  else \
-	    echo "The browser tests need Debian's chromium: run  sudo apt-get install -y chromium  and then make test again" >&2; \
+	    echo "The tests need Debian's $(strip $(MISSING_DEBS)): run  sudo apt-get install -y $(strip $(MISSING_DEBS))  and then make test again" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -60,6 +63,12 @@ test-tools: ## Install what the tests need beyond Python (Debian's chromium; as 
 LAYER ?=
 test: lint test-tools ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
 	$(VENV)/bin/pytest $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
+
+# dbt by hand on the current lake (KEEL_LAKE_URL, default .keel/lake) into .keel/dbt-dev.duckdb, never
+# the served warehouse: make dbt ARGS="build -s stg_events+"; make dbt ARGS="test"; make dbt ARGS="docs generate"
+ARGS ?= build
+dbt: install ## Run dbt (ARGS="build", "test -s org_health"…) on the current lake, into .keel/dbt-dev.duckdb
+	$(VPY) -m warehouse.build $(ARGS)
 
 bench: install ## Run the benchmark programs under bench/, each beside its same-run baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done

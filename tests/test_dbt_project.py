@@ -6,6 +6,8 @@ reading."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, date, datetime
@@ -227,26 +229,42 @@ def test_documented_columns_are_the_real_ones(tmp_path: Path) -> None:
         con.close()
 
 
+READER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+for line in sys.stdin:  # one query per line, until stdin closes
+    print(con.execute(line).fetchall(), flush=True)
+"""
+
+
 def test_a_reader_open_across_a_rebuild_keeps_reading(tmp_path: Path) -> None:
-    """An analyst's read-only session opened before a rebuild reads the warehouse it opened; one
-    opened after reads the new one (docs/warehouse.md, "Reading while the app runs")."""
+    """An analyst's read-only session (another process, as the duckdb CLI or a notebook is) opened
+    before a rebuild keeps reading the warehouse it opened; one opened after reads the new one
+    (docs/warehouse.md, "Reading while the app runs")."""
     lake, org = small_lake(tmp_path)
     warehouse = tmp_path / "warehouse.duckdb"
     build_warehouse(str(lake), warehouse, as_of=date(2026, 3, 5))
-    reader = duckdb.connect(str(warehouse), read_only=True)
+    query = "SELECT count(*), CAST(max(day) AS VARCHAR) FROM org_daily_activity\n"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(warehouse)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        before = reader.execute("SELECT count(*), max(day) FROM org_daily_activity").fetchone()
-        assert before == (5, date(2026, 3, 5))
-        build_warehouse(str(lake), warehouse, as_of=AS_OF)
-        assert reader.execute("SELECT count(*), max(day) FROM org_daily_activity").fetchone() == before
-        assert reader.execute("SELECT as_of FROM keel_params").fetchone() == (date(2026, 3, 5),)
-        fresh = duckdb.connect(str(warehouse), read_only=True)
-        try:
-            assert fresh.execute("SELECT count(*), max(day) FROM org_daily_activity").fetchone() == (10, AS_OF)
-        finally:
-            fresh.close()
+        assert reader.stdin and reader.stdout
+        reader.stdin.write(query)
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "[(5, '2026-03-05')]"
+        build_warehouse(str(lake), warehouse, as_of=AS_OF)  # while it is open
+        reader.stdin.write(query)
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "[(5, '2026-03-05')]"
+        fresh = subprocess.run(
+            [sys.executable, "-c", READER, str(warehouse)], input=query, capture_output=True, text=True, timeout=60
+        )
+        assert fresh.stdout.strip() == "[(10, '2026-03-10')]", fresh.stderr
     finally:
-        reader.close()
+        if reader.stdin:
+            reader.stdin.close()
+        reader.wait(timeout=30)
 
 
 def test_every_past_day_uses_that_days_members_and_seats(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def build_warehouse(
         try:
             models = load_models()
             check_columns(con, models)
-            write_catalog(con, models)
+            write_catalog(con, dbt_docs(work_dir))
             tables = {
                 m.name: con.execute(f"SELECT count(*) FROM {m.name}").fetchone()[0]  # type: ignore[index]
                 for m in models
@@ -289,7 +289,38 @@ def check_columns(con: duckdb.DuckDBPyConnection, models: list[Model]) -> None:
         raise WarehouseError("the warehouse's docs and columns differ: " + "; ".join(problems))
 
 
+def dbt_docs(work_dir: Path) -> list[Model]:
+    """The models as ``dbt docs generate`` documented them: descriptions and meta from the
+    manifest, columns in the catalog's order (the real ones) with the documented descriptions."""
+    from warehouse.models import KINDS
+
+    target = work_dir / "target"
+    manifest = json.loads((target / "manifest.json").read_text())
+    catalog = json.loads((target / "catalog.json").read_text())
+    models = []
+    for uid, entry in sorted(catalog["nodes"].items(), key=lambda kv: kv[1]["metadata"]["name"]):
+        node = manifest["nodes"].get(uid)
+        if node is None or node["resource_type"] != "model":
+            continue
+        documented = {name: c.get("description", "") for name, c in node["columns"].items()}
+        real = sorted(entry["columns"].values(), key=lambda c: c["index"])
+        folder = node["fqn"][1] if len(node["fqn"]) > 2 else ""
+        models.append(
+            Model(
+                name=node["name"],
+                kind=KINDS.get(folder, folder),
+                sql=node.get("raw_code", ""),
+                grain=node["meta"].get("grain", ""),
+                key=tuple(node["meta"].get("key", ())),
+                description=node.get("description", ""),
+                columns={c["name"]: documented.get(c["name"], "") for c in real},
+            )
+        )
+    return models
+
+
 def write_catalog(con: duckdb.DuckDBPyConnection, models: list[Model]) -> None:
+    """``keel_catalog`` and ``keel_columns``: what ``keel warehouse describe`` and docs/warehouse.md show."""
     con.execute(
         "CREATE OR REPLACE TABLE keel_catalog"
         " (name VARCHAR, kind VARCHAR, grain VARCHAR, key VARCHAR, description VARCHAR)"
@@ -304,3 +335,28 @@ def write_catalog(con: duckdb.DuckDBPyConnection, models: list[Model]) -> None:
         )
         for column, description in m.columns.items():
             con.execute("INSERT INTO keel_columns VALUES (?, ?, ?)", [m.name, column, description])
+
+
+def main(argv: list[str]) -> int:
+    """dbt by hand against the current lake (``make dbt ARGS="build -s stg_events+"``): lays the
+    lake of ``KEEL_LAKE_URL`` (default ``.keel/lake``) into ``KEEL_DBT_DATABASE`` (default
+    ``.keel/dbt-dev.duckdb``, never the served warehouse) and runs ``dbt ARGS`` on Keel's project."""
+    database = Path(os.environ.get("KEEL_DBT_DATABASE", ".keel/dbt-dev.duckdb")).resolve()
+    lake_url = os.environ.get("KEEL_LAKE_URL", ".keel/lake")
+    database.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(database))
+    try:
+        lay_lake(con, lake_url, s3_endpoint=os.environ.get("KEEL_LAKE_S3_ENDPOINT"))
+    finally:
+        con.close()
+    work_dir = database.with_name(f".{database.name}.dbt")
+    write_profile(work_dir, database)
+    invoked = run_dbt(argv or ["build"], work_dir)
+    print(f"dbt {' '.join(argv or ['build'])}: {'ok' if invoked.success else 'failed'} (in {database})")
+    return 0 if invoked.success else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

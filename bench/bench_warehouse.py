@@ -47,6 +47,8 @@ def write_lake(lake: Path) -> None:
     export_tasks.write_schemas(Lake.open(str(lake)))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    at = f"TIMESTAMPTZ '{AS_OF} 00:00:00+00'"
+    when = f"{at} - to_microseconds(CAST(({EVENTS} - i) * {DAYS * 86400e6} / {EVENTS} AS BIGINT))"
     con.execute(
         f"""
         COPY (
@@ -57,12 +59,12 @@ def write_lake(lake: Path) -> None:
                 (['dashboard.viewed', 'report.created', 'search.performed'])[1 + i % 3] AS event,
                 CASE WHEN i % 10 = 0 THEN NULL ELSE 'user-' || (i % {USERS}) END AS user_id,
                 'anon-' || (i % {USERS}) AS anonymous_id,
-                TIMESTAMPTZ '{AS_OF} 00:00:00+00' - to_microseconds(CAST(({EVENTS} - i) * {DAYS * 86400e6} / {EVENTS} AS BIGINT)) AS "timestamp",
-                TIMESTAMPTZ '{AS_OF} 00:00:00+00' AS sent_at,
-                TIMESTAMPTZ '{AS_OF} 00:00:00+00' AS received_at,
+                {when} AS "timestamp",
+                {at} AS sent_at,
+                {at} AS received_at,
                 '{{"plan": "pro"}}' AS properties,
                 '{{"library": {{"name": "bench"}}}}' AS context,
-                CAST(TIMESTAMPTZ '{AS_OF} 00:00:00+00' - to_microseconds(CAST(({EVENTS} - i) * {DAYS * 86400e6} / {EVENTS} AS BIGINT)) AS DATE) AS date
+                CAST({when} AS DATE) AS date
             FROM range({EVENTS}) t(i)
         ) TO '{lake / "events"}' (FORMAT parquet, PARTITION_BY (date), COMPRESSION zstd)
         """
@@ -74,7 +76,8 @@ def write_lake(lake: Path) -> None:
         COPY (
             SELECT '00000000-0000-7000-8000-' || lpad(printf('%x', i), 12, '0') AS id, 'Org ' || i AS name,
                    'org-' || i AS slug, 'active' AS status, NULL::VARCHAR AS stripe_customer_id,
-                   TIMESTAMPTZ '2026-01-01 00:00:00+00' AS created_at, TIMESTAMPTZ '2026-01-01 00:00:00+00' AS updated_at,
+                   TIMESTAMPTZ '2026-01-01 00:00:00+00' AS created_at,
+                   TIMESTAMPTZ '2026-01-01 00:00:00+00' AS updated_at,
                    NULL::TIMESTAMPTZ AS deleted_at, NULL::VARCHAR AS external_id, NULL::VARCHAR AS traits
             FROM range({ORGS}) t(i)
         ) TO '{lake / "organizations" / day / "organizations.parquet"}' (FORMAT parquet)
@@ -87,7 +90,8 @@ def write_lake(lake: Path) -> None:
             SELECT '00000000-0000-7000-9000-' || lpad(printf('%x', u), 12, '0') AS id,
                    '00000000-0000-7000-8000-' || lpad(printf('%x', u % {ORGS}), 12, '0') AS organization_id,
                    'user-' || u AS user_id, 'member' AS role, 'active' AS status,
-                   TIMESTAMPTZ '2026-01-01 00:00:00+00' AS created_at, TIMESTAMPTZ '2026-01-01 00:00:00+00' AS updated_at
+                   TIMESTAMPTZ '2026-01-01 00:00:00+00' AS created_at,
+                   TIMESTAMPTZ '2026-01-01 00:00:00+00' AS updated_at
             FROM range({USERS}) t(u)
         ) TO '{lake / "memberships" / day / "memberships.parquet"}' (FORMAT parquet)
         """
@@ -101,7 +105,9 @@ def direct_duckdb(lake: Path, work_dir: Path, target: Path) -> float:
     from warehouse.rules import RULES
 
     manifest = json.loads((work_dir / "target" / "manifest.json").read_text())
-    order = [r["unique_id"] for r in json.loads((work_dir / "target" / "run_results.json").read_text())["results"]]
+    order = [
+        r["unique_id"] for r in json.loads((work_dir / "target" / "run_results.json").read_text())["results"]
+    ]
     started = time.perf_counter()
     con = duckdb.connect(str(target))
     con.execute("SET TimeZone = 'UTC'")

@@ -118,7 +118,12 @@ def small_lake(root: Path, *, role: str = "member") -> tuple[Path, str]:
     org = str(uuid.uuid4())
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     day = "snapshot_date=2026-03-10"
-    write_rows(lake, "organizations", [{"id": org, "name": "Acme", "slug": "acme", "status": "active", "created_at": at}], day)
+    write_rows(
+        lake,
+        "organizations",
+        [{"id": org, "name": "Acme", "slug": "acme", "status": "active", "created_at": at}],
+        day,
+    )
     write_rows(
         lake,
         "memberships",
@@ -137,7 +142,7 @@ def small_lake(root: Path, *, role: str = "member") -> tuple[Path, str]:
 
 
 def test_a_failed_dbt_test_names_itself_and_its_rows_and_keeps_the_previous_warehouse(tmp_path: Path) -> None:
-    lake, org = small_lake(tmp_path)
+    lake, _ = small_lake(tmp_path)
     warehouse = tmp_path / "warehouse.duckdb"
     built = build_warehouse(str(lake), warehouse, as_of=AS_OF)
     assert built.tables["org_daily_activity"] == 10
@@ -214,9 +219,13 @@ def test_documented_columns_are_the_real_ones(tmp_path: Path) -> None:
         check_columns(con, models)  # as built: every column documented, no other
         mart = next(m for m in models if m.name == "org_daily_activity")
         ghost = Model(**{**mart.__dict__, "columns": {**mart.columns, "ghost": "a column no SQL makes"}})
-        with pytest.raises(WarehouseError, match="org_daily_activity documents columns it does not have: ghost"):
+        with pytest.raises(
+            WarehouseError, match="org_daily_activity documents columns it does not have: ghost"
+        ):
             check_columns(con, [ghost])
-        silent = Model(**{**mart.__dict__, "columns": {k: v for k, v in mart.columns.items() if k != "events"}})
+        silent = Model(
+            **{**mart.__dict__, "columns": {k: v for k, v in mart.columns.items() if k != "events"}}
+        )
         with pytest.raises(WarehouseError, match="org_daily_activity has undocumented columns: events"):
             check_columns(con, [silent])
         catalog = dict(
@@ -241,12 +250,15 @@ def test_a_reader_open_across_a_rebuild_keeps_reading(tmp_path: Path) -> None:
     """An analyst's read-only session (another process, as the duckdb CLI or a notebook is) opened
     before a rebuild keeps reading the warehouse it opened; one opened after reads the new one
     (docs/warehouse.md, "Reading while the app runs")."""
-    lake, org = small_lake(tmp_path)
+    lake, _ = small_lake(tmp_path)
     warehouse = tmp_path / "warehouse.duckdb"
     build_warehouse(str(lake), warehouse, as_of=date(2026, 3, 5))
     query = "SELECT count(*), CAST(max(day) AS VARCHAR) FROM org_daily_activity\n"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(warehouse)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", READER, str(warehouse)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert reader.stdin and reader.stdout
@@ -258,7 +270,11 @@ def test_a_reader_open_across_a_rebuild_keeps_reading(tmp_path: Path) -> None:
         reader.stdin.flush()
         assert reader.stdout.readline().strip() == "[(5, '2026-03-05')]"
         fresh = subprocess.run(
-            [sys.executable, "-c", READER, str(warehouse)], input=query, capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", READER, str(warehouse)],
+            input=query,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert fresh.stdout.strip() == "[(10, '2026-03-10')]", fresh.stderr
     finally:
@@ -276,7 +292,12 @@ def test_every_past_day_uses_that_days_members_and_seats(tmp_path: Path) -> None
     org = str(uuid.uuid4())
     days = [date(2026, 3, d) for d in range(1, 11)]
     at = {d: datetime(d.year, d.month, d.day, 9, tzinfo=UTC) for d in days}
-    write_rows(lake, "organizations", [{"id": org, "name": "Acme", "slug": "acme", "status": "active", "created_at": at[days[0]]}], "snapshot_date=2026-03-01")
+    write_rows(
+        lake,
+        "organizations",
+        [{"id": org, "name": "Acme", "slug": "acme", "status": "active", "created_at": at[days[0]]}],
+        "snapshot_date=2026-03-01",
+    )
     # What happens, day by day: (membership, status) changes, and the seat count bought.
     changes: dict[date, dict[str, str]] = {
         days[0]: {"m1": "active", "m2": "active", "m3": "invited"},
@@ -336,8 +357,12 @@ def test_every_past_day_uses_that_days_members_and_seats(tmp_path: Path) -> None
             " WHERE organization_id = ? ORDER BY day",
             [org],
         ).fetchall()
-        current = con.execute("SELECT seats FROM int_current_subscriptions WHERE organization_id = ?", [org]).fetchone()
-        adoption = con.execute("SELECT active_members FROM feature_adoption WHERE organization_id = ?", [org]).fetchone()
+        current = con.execute(
+            "SELECT seats FROM int_current_subscriptions WHERE organization_id = ?", [org]
+        ).fetchone()
+        adoption = con.execute(
+            "SELECT active_members FROM feature_adoption WHERE organization_id = ?", [org]
+        ).fetchone()
     finally:
         con.close()
     expected = []

@@ -29,7 +29,9 @@ def test_refresh_analytics_runs_on_a_process_work_pool(  # type: ignore[no-untyp
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    events = [{"event": "report.created", "user_id": f"u{i % 3}", "message_id": f"pool-{i}"} for i in range(12)]
+    events = [
+        {"event": "report.created", "user_id": f"u{i % 3}", "message_id": f"pool-{i}"} for i in range(12)
+    ]
     accepted = client.post("/v1/events/batch", json={"events": events}, headers=auth(org.ingest_key))
     assert accepted.json()["accepted"] == 12
     pool = f"keel-test-{uuid.uuid4().hex[:8]}"  # this test's own pool: its worker runs nothing else

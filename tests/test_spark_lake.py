@@ -15,9 +15,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.test_dbt_project import write_rows
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
+from tests.test_dbt_project import write_rows
 from warehouse.build import build_warehouse
 from warehouse.rules import MAU_DAYS
 
@@ -119,7 +119,9 @@ def events_view(spark: object, lake: Path) -> None:
     )
 
 
-def test_spark_counts_the_daily_active_users_duckdb_does(spark: object, lake_and_warehouse: tuple[Path, Path]) -> None:
+def test_spark_counts_the_daily_active_users_duckdb_does(
+    spark: object, lake_and_warehouse: tuple[Path, Path]
+) -> None:
     lake, warehouse = lake_and_warehouse
     events_view(spark, lake)
     from_spark = sorted(
@@ -134,7 +136,9 @@ def test_spark_counts_the_daily_active_users_duckdb_does(spark: object, lake_and
     assert from_spark == from_duckdb
 
 
-def test_spark_computes_the_feature_adoption_mart(spark: object, lake_and_warehouse: tuple[Path, Path]) -> None:
+def test_spark_computes_the_feature_adoption_mart(
+    spark: object, lake_and_warehouse: tuple[Path, Path]
+) -> None:
     lake, warehouse = lake_and_warehouse
     events_view(spark, lake)
     spark.read.parquet(str(lake / "memberships")).createOrReplaceTempView("lake_memberships")  # type: ignore[attr-defined]

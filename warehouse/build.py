@@ -130,9 +130,7 @@ def write_profile(directory: Path, database: Path, *, threads: int = 1) -> None:
     (directory / "profiles.yml").write_text(yaml.safe_dump(profile))
 
 
-def run_dbt(
-    args: list[str], work_dir: Path, *, on_event: Callable[[Any], None] | None = None
-) -> Any:
+def run_dbt(args: list[str], work_dir: Path, *, on_event: Callable[[Any], None] | None = None) -> Any:
     """``dbt ARGS`` on Keel's project, in-process (dbt's programmatic runner), with the profile,
     target and logs of ``work_dir`` (so concurrent builds and the package directory stay apart)."""
     from dbt.adapters.duckdb.connections import DuckDBConnectionManager
@@ -207,7 +205,9 @@ def build_warehouse(
             if on_model and event.info.name == "LogModelResult":
                 on_model(event.data.node_info.node_name)
 
-        built = run_dbt(["build", "--vars", json.dumps({"as_of": as_of.isoformat()})], work_dir, on_event=on_event)
+        built = run_dbt(
+            ["build", "--vars", json.dumps({"as_of": as_of.isoformat()})], work_dir, on_event=on_event
+        )
         _raise_for(built, building)
         documented = run_dbt(["docs", "generate", "--no-compile"], work_dir)
         _raise_for(documented, building)
@@ -259,7 +259,8 @@ def _raise_for(invoked: Any, database: Path) -> None:
                 rows = con.execute(f"SELECT * FROM ({sql}) LIMIT {FAILED_ROWS_SHOWN}")
                 columns = [d[0] for d in rows.description]
                 shown = "; ".join(
-                    ", ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True)) for row in rows.fetchall()
+                    ", ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True))
+                    for row in rows.fetchall()
                 )
                 problems.append(f"dbt test {name} failed ({failures} rows), e.g. {shown}")
         finally:

@@ -37,9 +37,7 @@ def sources_yml() -> str:
                 "name": table.name,
                 "description": f"The lake's {table.name} ({kind}); key: {', '.join(table.key)}"
                 + ("; may be empty" if table.optional else ""),
-                "columns": [
-                    {"name": c.name, "data_type": DUCKDB_TYPES[c.kind]} for c in table.columns
-                ]
+                "columns": [{"name": c.name, "data_type": DUCKDB_TYPES[c.kind]} for c in table.columns]
                 + [{"name": "filename", "data_type": "VARCHAR"}],
             }
         )
@@ -49,7 +47,7 @@ def sources_yml() -> str:
             {
                 "name": "lake",
                 "schema": LAKE_SCHEMA,
-                "description": "The Parquet lake (local or s3://), as the build lays it in the warehouse file.",
+                "description": "The Parquet lake (local or s3://), as the build lays it in the file.",
                 "tables": tables,
             }
         ],

@@ -388,3 +388,16 @@ def test_a_copy_of_the_warehouse_under_another_name_reads_its_views(tmp_path: Pa
         assert con.execute("SELECT count(*) FROM int_active_members").fetchone() == (1,)
     finally:
         con.close()
+
+
+def test_a_relative_warehouse_path_builds_beside_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`KEEL_WAREHOUSE_PATH` defaults to `.keel/warehouse.duckdb`, relative to where `keel dev` runs
+    (dbt would read a relative target path from its project directory)."""
+    lake, _ = small_lake(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    built = build_warehouse(str(lake), Path(".keel/warehouse.duckdb"), as_of=AS_OF)
+    assert built.path == tmp_path / ".keel" / "warehouse.duckdb"
+    assert (tmp_path / ".keel" / ".warehouse.duckdb.dbt" / "target" / "manifest.json").is_file()
+    assert not list(dbt_project.PROJECT_DIR.glob(".keel*"))

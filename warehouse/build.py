@@ -183,7 +183,8 @@ def build_warehouse(
     ``s3_endpoint`` (``KEEL_LAKE_S3_ENDPOINT``) serves an ``s3://`` lake; see ``warehouse.storage``."""
     started = time.perf_counter()
     as_of = as_of or datetime.now(UTC).date()
-    warehouse_path = Path(warehouse_path)
+    # Absolute: dbt reads relative target and profile paths from its project directory.
+    warehouse_path = Path(warehouse_path).resolve()
     warehouse_path.parent.mkdir(parents=True, exist_ok=True)
     building = warehouse_path.with_name(f".{warehouse_path.name}.building")
     work_dir = warehouse_path.with_name(f".{warehouse_path.name}.dbt")

@@ -401,3 +401,16 @@ def test_a_relative_warehouse_path_builds_beside_the_working_directory(
     assert built.path == tmp_path / ".keel" / "warehouse.duckdb"
     assert (tmp_path / ".keel" / ".warehouse.duckdb.dbt" / "target" / "manifest.json").is_file()
     assert not list(dbt_project.PROJECT_DIR.glob(".keel*"))
+
+
+def test_the_warehouse_guide_lists_every_model_with_its_kind() -> None:
+    """docs/warehouse.md's tables name every model of the dbt project, under its kind's heading."""
+    guide = (dbt_project.PROJECT_DIR.parents[1] / "docs" / "warehouse.md").read_text()
+    sections = {
+        "staging": guide.split("## Staging views")[1].split("\n## ")[0],
+        "intermediate": guide.split("## Intermediate models")[1].split("\n## ")[0],
+        "mart": guide.split("## Marts")[1].split("\n## ")[0],
+    }
+    for model in load_models():
+        if model.kind in sections:
+            assert f"| `{model.name}` |" in sections[model.kind], model.name

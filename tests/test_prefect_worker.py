@@ -40,6 +40,7 @@ def test_refresh_analytics_runs_on_a_process_work_pool(  # type: ignore[no-untyp
         **os.environ,
         "PREFECT_API_URL": session_prefect.api_url,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the worker logs each run it submits (the session may set WARNING)
         "KEEL_HOME": str(ROOT),
         "KEEL_DATABASE_URL": database_url,
         "KEEL_DATA_DIR": str(data),

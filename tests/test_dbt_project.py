@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -27,6 +25,7 @@ from api.orgs.models import OrgStatus
 from api.webhooks.models import InboundStatus
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
+from tests.harness import write_lake_rows as write_rows
 from warehouse import dbt_project
 from warehouse.build import WarehouseError, build_warehouse, check_columns
 from warehouse.lake_tables import DUCKDB_TYPES, LAKE_TABLES
@@ -102,14 +101,6 @@ def test_every_mart_organization_is_a_known_organization_and_enumerations_match_
 
 
 # -- a small lake written by hand, as the exporter lays it out ---------------------------------------
-
-
-def write_rows(lake: Path, name: str, rows: list[dict[str, Any]], part: str) -> None:
-    schema = LAKE_TABLES[name].arrow_schema
-    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-    path = lake / name / part / f"{name}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
 
 
 def small_lake(root: Path, *, role: str = "member") -> tuple[Path, str]:

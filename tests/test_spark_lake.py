@@ -17,11 +17,9 @@ import pytest
 
 from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
-from tests.test_dbt_project import write_rows
+from tests.harness import write_lake_rows as write_rows
 from warehouse.build import build_warehouse
 from warehouse.rules import MAU_DAYS
-
-pytestmark = pytest.mark.pipelines
 
 AS_OF = date(2026, 2, 14)
 

@@ -9,8 +9,9 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install run test lint fmt bench lock clean test-tools
+.PHONY: help install install-dev run test lint fmt bench lock clean test-tools dbt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -20,38 +21,48 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(STAMP): requirements.lock pyproject.toml | $(UV)
-	[ -x $(VPY) ] || $(UV) venv --quiet --python $(PYTHON) $(VENV)
-	$(UV) pip sync --quiet --python $(VPY) requirements.lock
-	$(UV) pip install --quiet --python $(VPY) --no-deps -e .
+# One lock file (uv.lock, universal): `make run` installs the runtime dependencies only; `make test`,
+# `make lint` and `make bench` add the dev extra (Spark, Playwright, the test clients). --inexact: a
+# later runtime sync never removes what the tests installed.
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --quiet --frozen --inexact --python $(PYTHON)
 	touch $(STAMP)
 
-install: $(STAMP) ## Create the environment in .venv/ from the lock file (.venv/bin/keel is the CLI)
+$(DEV_STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --quiet --frozen --inexact --extra dev --python $(PYTHON)
+	touch $(STAMP) $(DEV_STAMP)
+
+install: $(STAMP) ## Create the environment in .venv/ from uv.lock, runtime only (.venv/bin/keel is the CLI)
+
+install-dev: $(DEV_STAMP) ## The environment with the dev extra too (what the tests, lint and bench need)
 
 run: install ## Start embedded Postgres, migrate, seed the demo, run the pipelines once, serve everything
 	$(VENV)/bin/keel dev
 
-lint: install ## ruff (format check + lint), mypy, and the import direction (lint-imports)
+lint: install-dev ## ruff (format check + lint), mypy, and the import direction (lint-imports)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-fmt: install ## Format and autofix
+fmt: install-dev ## Format and autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 # What the tests need beyond the venv: Debian's Chromium (the report and the docs pages are checked in
-# a real browser, driven by Playwright through executable_path; browser downloads are not possible).
+# a real browser, driven by Playwright through executable_path; browser downloads are not possible)
+# and a Java 17 runtime (the Spark test reads the lake with pyspark in local mode).
 CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
-test-tools: ## Install what the tests need beyond Python (Debian's chromium; as root, else says how)
-	@if [ -z "$(CHROMIUM)" ]; then \
+JAVA ?= $(shell command -v java)
+MISSING_DEBS = $(if $(CHROMIUM),,chromium) $(if $(JAVA),,openjdk-17-jre-headless)
+test-tools: ## Install what the tests need beyond Python (Debian's chromium and Java 17; as root, else says how)
+	@if [ -n "$(strip $(MISSING_DEBS))" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium for the browser tests"; \
+	    echo "installing Debian's $(strip $(MISSING_DEBS)) for the browser and Spark tests"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(strip $(MISSING_DEBS)) >/dev/null; \
 	  else \
-	    echo "The browser tests need Debian's chromium: run  sudo apt-get install -y chromium  and then make test again" >&2; \
+	    echo "The tests need Debian's $(strip $(MISSING_DEBS)): run  sudo apt-get install -y $(strip $(MISSING_DEBS))  and then make test again" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -65,11 +76,17 @@ WORKERS ?= auto
 test: lint test-tools ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
 	$(VENV)/bin/pytest -n $(WORKERS) --dist load $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
 
-bench: install ## Run the benchmark programs under bench/, each beside its same-run baseline
+# dbt by hand on the current lake (KEEL_LAKE_URL, default .keel/lake) into .keel/dbt-dev.duckdb, never
+# the served warehouse: make dbt ARGS="build -s stg_events+"; make dbt ARGS="test"; make dbt ARGS="docs generate"
+ARGS ?= build
+dbt: install ## Run dbt (ARGS="build", "test -s org_health"…) on the current lake, into .keel/dbt-dev.duckdb
+	$(VPY) -m warehouse.build $(ARGS)
+
+bench: install-dev ## Run the benchmark programs under bench/, each beside its same-run baseline
 	@for b in bench/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
 
-lock: | $(UV) ## Re-resolve requirements.lock from pyproject.toml
-	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --no-emit-index-url --python-version 3.11 -o requirements.lock
+lock: | $(UV) ## Re-resolve uv.lock from pyproject.toml (runtime and dev extra)
+	$(UV) lock --python 3.11
 
 clean: ## Remove the environment and local data (.venv/, .keel/)
 	rm -rf $(VENV) .keel

@@ -53,16 +53,23 @@ def export_lake(chunk_rows: int = 250_000) -> list[dict[str, Any]]:
 
 @task(name="build-duckdb")
 def build_duckdb(as_of: str | None) -> dict[str, Any]:
+    """``dbt build`` of the warehouse project; each model finished is logged and shown as progress."""
+    from prefect.logging import get_run_logger
+
     from warehouse.build import build_warehouse
+    from warehouse.models import load_models
 
     config = runtime.current().settings
     day = date.fromisoformat(as_of) if as_of else None
+    logger = get_run_logger()
+    total = len(load_models())
     done = 0
 
-    def on_model(model: Any) -> None:
+    def on_model(name: str) -> None:
         nonlocal done
         done += 1
-        progress.report("build warehouse", done, None)
+        logger.info("dbt model %s built (%d/%d)", name, done, total)
+        progress.report("build warehouse (dbt)", done, total)
 
     result = build_warehouse(
         config.resolved_lake_url,
@@ -76,7 +83,8 @@ def build_duckdb(as_of: str | None) -> dict[str, Any]:
 
 @flow(name="build-warehouse", log_prints=True)
 def build_warehouse_flow(as_of: str | None = None) -> dict[str, Any]:
-    """Rebuild the DuckDB warehouse (staging views over the lake, marts) from the lake."""
+    """Rebuild the DuckDB warehouse from the lake: ``dbt build`` (models and tests) into a new file,
+    swapped in only when every test passes."""
     if as_of is not None:
         date.fromisoformat(as_of)  # a bad date fails here, before anything is written
     return build_duckdb(as_of)

@@ -34,11 +34,12 @@ FAST_SCHEDULE = (0, 1, 2)
 #: makes it `pipelines`; Postgres (directly or through the live API) `api`; nothing of those `unit`.
 E2E_FILES = frozenset(
     {"test_dev_restart.py", "test_flow_schedules.py", "test_webhook_worker_process.py", "test_events_crash.py",
-     "test_health_report.py", "test_docs_offline.py", "test_cli.py", "test_console.py"}
+     "test_health_report.py", "test_docs_offline.py", "test_cli.py", "test_console.py", "test_prefect_worker.py"}
 )  # fmt: skip
 PIPELINE_FILES = frozenset(
     {"test_pipelines.py", "test_pipelines_cli.py", "test_lake_s3.py", "test_webhook_lake.py", "test_billing_reconcile.py",
-     "test_audit_export.py", "test_audit_prune.py", "test_audit_stream_retention.py"}
+     "test_audit_export.py", "test_audit_prune.py", "test_audit_stream_retention.py", "test_dbt_project.py",
+     "test_spark_lake.py"}
 )  # fmt: skip
 PIPELINE_FIXTURES = frozenset({"prefect_harness", "session_prefect", "pipeline_env", "built_warehouse"})
 LAYERS = ("unit", "api", "pipelines", "e2e")

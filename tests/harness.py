@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -178,3 +179,17 @@ def audit_rows(engine: Engine, **where: Any) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(text(f"SELECT * FROM audit_log WHERE {clauses} ORDER BY recorded_at, seq"), where)
         return [dict(r._mapping) for r in rows]
+
+
+def write_lake_rows(lake: Path, name: str, rows: list[dict[str, Any]], part: str) -> None:
+    """Rows of a lake table written as the exporter lays them out (``<lake>/<name>/<part>/<name>.parquet``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from warehouse.lake_tables import LAKE_TABLES
+
+    schema = LAKE_TABLES[name].arrow_schema
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    path = lake / name / part / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)

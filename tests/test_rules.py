@@ -287,7 +287,7 @@ def test_billing_screen_reconciliation_and_marts_pick_the_same_current_subscript
     # 3. The marts.
     warehouse = build(database_url, tmp_path, datetime.now(UTC).date())
     # The mirror's plan is the subscription's id here, so the staged row names the one it kept.
-    staged = dict(mart(warehouse, "SELECT organization_id, plan FROM stg_subscriptions"))
+    staged = dict(mart(warehouse, "SELECT organization_id, plan FROM int_current_subscriptions"))
     assert {case: staged[str(org_id)] for case, org_id in orgs_by_case.items()} == expected
     health = {
         uuid.UUID(o): (members, flag)

@@ -1,4 +1,6 @@
-"""The SQL models on disk and what their header comments say about them."""
+"""The dbt project's models (``warehouse/dbt/models``) as Keel reads them: name, kind (the folder),
+grain and key (``meta`` in ``schema.yml``), description, documented columns and the lake sources
+the SQL reads. dbt itself builds them (``warehouse/build.py``); this is for checks and docs."""
 
 from __future__ import annotations
 
@@ -6,14 +8,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).with_name("models")
-SOURCE = re.compile(r"{(\w+)}")
+import yaml
+
+MODELS_DIR = Path(__file__).with_name("dbt") / "models"
+SOURCE = re.compile(r"source\(\s*'lake'\s*,\s*'(\w+)'\s*\)")
+#: The folder a model is in, as the kind the catalog names.
+KINDS = {"staging": "staging", "intermediate": "intermediate", "marts": "mart", "": "parameters"}
 
 
 @dataclass(frozen=True)
 class Model:
     name: str
-    kind: str  # staging | mart
+    kind: str  # parameters | staging | intermediate | mart
     sql: str
     grain: str
     key: tuple[str, ...]
@@ -25,55 +31,32 @@ class Model:
         return set(SOURCE.findall(self.sql))
 
 
-def parse(path: Path, kind: str) -> Model:
-    text = path.read_text()
-    header: dict[str, str] = {}
-    columns: dict[str, str] = {}
-    in_columns = False
-    body: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("--") and not body:
-            content = line[2:].strip()
-            if in_columns and ":" in content and line.startswith("--   "):
-                name, _, description = content.partition(":")
-                columns[name.strip()] = description.strip()
-                continue
-            key, _, value = content.partition(":")
-            in_columns = key == "columns"
-            if not in_columns:
-                header[key.strip()] = value.strip()
-            continue
-        body.append(line)
-    for required in ("name", "grain", "key", "description"):
-        if required not in header:
-            raise ValueError(f"{path} lacks a `-- {required}:` header")
-    return Model(
-        name=header["name"],
-        kind=kind,
-        sql="\n".join(body).strip(),
-        grain=header["grain"],
-        key=tuple(k.strip() for k in header["key"].split(",")),
-        description=header["description"],
-        columns=columns,
-    )
-
-
 def load_models() -> list[Model]:
-    """Staging first, then marts in dependency order (a mart may read marts listed before it)."""
-    staging = [parse(p, "staging") for p in sorted((MODELS_DIR / "staging").glob("*.sql"))]
-    marts = {p.stem: parse(p, "mart") for p in (MODELS_DIR / "marts").glob("*.sql")}
-    ordered: list[Model] = []
-    placed: set[str] = {m.name for m in staging}
-    while marts:
-        ready = [m for name, m in sorted(marts.items()) if not (_mentions(m, marts) - {name})]
-        if not ready:
-            raise ValueError(f"circular dependency among marts: {sorted(marts)}")
-        for model in ready:
-            ordered.append(model)
-            placed.add(model.name)
-            del marts[model.name]
-    return staging + ordered
-
-
-def _mentions(model: Model, others: dict[str, Model]) -> set[str]:
-    return {name for name in others if re.search(rf"\b{name}\b", model.sql)}
+    """Every model with its ``schema.yml`` entry (a model without one is an error)."""
+    models = []
+    for folder, kind in KINDS.items():
+        directory = MODELS_DIR / folder
+        entries: dict[str, dict] = {}
+        schema = directory / "schema.yml"
+        if schema.is_file():
+            entries = {m["name"]: m for m in (yaml.safe_load(schema.read_text()) or {}).get("models", [])}
+        for path in sorted(directory.glob("*.sql")):
+            entry = entries.get(path.stem)
+            if entry is None:
+                raise ValueError(f"{path} has no entry in {schema}")
+            meta = entry.get("meta") or {}
+            for required in ("grain", "key"):
+                if required not in meta:
+                    raise ValueError(f"{schema}: {path.stem} lacks meta.{required}")
+            models.append(
+                Model(
+                    name=path.stem,
+                    kind=kind,
+                    sql=path.read_text(),
+                    grain=meta["grain"],
+                    key=tuple(meta["key"]),
+                    description=entry.get("description", ""),
+                    columns={c["name"]: c.get("description", "") for c in entry.get("columns", [])},
+                )
+            )
+    return models

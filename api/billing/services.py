@@ -22,7 +22,7 @@ from api.settings import Settings
 from warehouse import rules
 
 #: ``ORDER BY`` clause: the current subscription first (warehouse.rules.SUBSCRIPTION_RANK, the
-#: rule stg_subscriptions applies; the mirror's "created" is when it first held the subscription).
+#: rule int_current_subscriptions applies; the mirror's "created" is when it first held the subscription).
 CURRENT_FIRST = text(
     api_rules.render(
         rules.SUBSCRIPTION_RANK,

@@ -1,0 +1,3 @@
+SELECT id AS organization_id, name, slug, status, created_at, deleted_at
+FROM {{ source('lake', 'organizations') }}
+WHERE filename = (SELECT max(filename) FROM {{ source('lake', 'organizations') }})

@@ -1,0 +1,86 @@
+"""The dbt project under ``warehouse/dbt``: the parts of it generated from Keel's one definitions.
+
+- ``models/staging/_sources.yml``: the ``lake`` source, one table per :data:`LAKE_TABLES` entry
+  with its columns and types (``warehouse/lake_tables.py`` declares each lake table once).
+- ``macros/keel_rules.sql``: the business rules of ``warehouse/rules.py`` as the DuckDB macros the
+  models call (``keel_membership_is_active(status)``…), created by the project's ``on-run-start``.
+
+``python -m warehouse.dbt_project`` rewrites both; ``tests/test_dbt_project.py`` fails when either
+differs from what this module generates.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from warehouse import rules
+from warehouse.lake_tables import DUCKDB_TYPES, LAKE_TABLES
+
+PROJECT_DIR = Path(__file__).with_name("dbt")
+SOURCES_FILE = PROJECT_DIR / "models" / "staging" / "_sources.yml"
+RULES_FILE = PROJECT_DIR / "macros" / "keel_rules.sql"
+#: The schema of the warehouse file that holds the lake's tables (``source('lake', name)``).
+LAKE_SCHEMA = "lake"
+
+_HEADER = "Generated from {origin} by `python -m warehouse.dbt_project`: do not edit."
+
+
+def sources_yml() -> str:
+    tables = []
+    for table in LAKE_TABLES.values():
+        kind = "appended by sequence" if table.by_sequence else "daily snapshots (snapshot_date=…)"
+        tables.append(
+            {
+                "name": table.name,
+                "description": f"The lake's {table.name} ({kind}); key: {', '.join(table.key)}"
+                + ("; may be empty" if table.optional else ""),
+                "columns": [{"name": c.name, "data_type": DUCKDB_TYPES[c.kind]} for c in table.columns]
+                + [{"name": "filename", "data_type": "VARCHAR"}],
+            }
+        )
+    body = {
+        "version": 2,
+        "sources": [
+            {
+                "name": "lake",
+                "schema": LAKE_SCHEMA,
+                "description": "The Parquet lake (local or s3://), as the build lays it in the file.",
+                "tables": tables,
+            }
+        ],
+    }
+    return f"# {_HEADER.format(origin='warehouse/lake_tables.py')}\n" + yaml.safe_dump(
+        body, sort_keys=False, width=110
+    )
+
+
+def rules_macro() -> str:
+    statements = ";\n".join(rule.macro() for rule in rules.RULES)
+    return (
+        f"{{# {_HEADER.format(origin='warehouse/rules.py')} #}}\n"
+        "{% macro keel_rules() -%}\n"
+        f"{statements}\n"
+        "{%- endmacro %}\n"
+    )
+
+
+GENERATED = {SOURCES_FILE: sources_yml, RULES_FILE: rules_macro}
+
+
+def stale() -> list[Path]:
+    """The generated files that differ from what this module generates now."""
+    return [p for p, make in GENERATED.items() if not p.is_file() or p.read_text() != make()]
+
+
+def main() -> None:
+    for path, make in GENERATED.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -115,6 +115,54 @@ async def test_splunk_hec_gets_every_entry_in_order_and_nothing_of_another_org(
     assert shown.json()["last_success_at"] is not None and shown.json()["last_error"] is None
 
 
+async def test_splunk_hec_gets_the_signed_checkpoints_in_seq_order_and_they_verify_with_pyjwt(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
+) -> None:
+    from tests.test_audit_checkpoints import sign, verified
+
+    with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
+        stream = create_stream(
+            hooks_client,
+            world,
+            name="siem",
+            type="splunk_hec",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=HEC_TOKEN,
+        )
+        add_entries(hooks_client, world, 4)
+        signed = [sign(hooks_client, world)]
+        add_entries(hooks_client, world, 3)
+        signed.append(sign(hooks_client, world))
+        add_entries(hooks_client, world, 2)
+        # Small batches: a checkpoint lands at a batch's edge as well as inside one.
+        await drain(stream_settings, world.id, StreamConfig(batch_size=3, retry_base=0.05, s3_window=0.0))
+        # Signed after its entry went out: the stream is due again for the checkpoint alone.
+        signed.append(sign(hooks_client, world))
+        await drain(stream_settings, world.id)
+        events = hec_received(receiver)
+    expected = chain(engine, world.id)
+    assert [c["seq"] for c in signed] == sorted({c["seq"] for c in signed}) and len(signed) == 3
+    order = [("entry", r["seq"]) for r in expected]
+    for c in signed:  # each right after the entry it signs
+        order.insert(order.index(("entry", c["seq"])) + 1, ("checkpoint", c["seq"]))
+    assert [(e["event"]["kind"], e["event"]["seq"]) for e in events] == order
+    received = [e["event"] for e in events if e["event"]["kind"] == "checkpoint"]
+    by_seq = {r["seq"]: r["hash"] for r in expected}
+    for got, made in zip(received, signed, strict=True):
+        assert got["jws"] == made["jws"] and got["chain"] == world.id
+        payload = verified(hooks_client, got["jws"])  # PyJWT, from /.well-known/keel-audit-keys.json
+        assert (payload["chain"], payload["seq"], payload["hash"]) == (world.id, got["seq"], got["hash"])
+        assert payload["hash"] == by_seq[payload["seq"]]  # the hash is on the chain the stream carried
+    shown = hooks_client.get(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("owner")
+    ).json()
+    assert shown["delivered_seq"] == expected[-1]["seq"]
+    assert shown["delivered_checkpoint_seq"] == signed[-1]["seq"]
+    # Nothing left: delivered once, and the worker is idle (no stream claimed again).
+    async with StreamWorker(stream_settings, FAST) as worker:
+        assert await worker.tick() == 0
+
+
 async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
 ) -> None:

@@ -344,6 +344,45 @@ async def test_s3_objects_in_name_order_are_seq_order(
     assert all(x["kind"] == "entry" and x["chain_key"] == world.id for x in lines)
 
 
+async def test_s3_keeps_an_entry_and_the_checkpoint_of_its_seq_in_two_objects(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings, s3_endpoint: str
+) -> None:
+    import boto3
+
+    from tests.test_audit_checkpoints import sign
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAKEELTEST",
+        aws_secret_access_key="keel-secret",
+    )
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    create_stream(
+        hooks_client, world, name="bucket", type="s3", url=f"{s3_endpoint}/{bucket}",
+        token="AKIAKEELTEST:keel-secret",
+    )  # fmt: skip
+    one_each = StreamConfig(batch_size=1, retry_base=0.05, s3_window=0.0)
+    add_entries(hooks_client, world, 2)
+    await drain(stream_settings, world.id, one_each)  # one object per entry: …-<n>-<n>.jsonl.gz
+    # The head, already in its own object, is signed: its checkpoint must not overwrite that object.
+    checkpoint = sign(hooks_client, world)
+    await drain(stream_settings, world.id, one_each)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{world.id}/")["Contents"]]
+    assert keys == sorted(keys)
+    items = [
+        json.loads(line)
+        for key in keys
+        for line in gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).splitlines()
+    ]
+    expected = [("entry", r["seq"]) for r in chain(engine, world.id)] + [("checkpoint", checkpoint["seq"])]
+    assert [(x["kind"], x["seq"]) for x in items] == expected
+    assert keys[-1].endswith(f"{checkpoint['seq']:020d}-{checkpoint['seq']:020d}c.jsonl.gz")
+    assert items[-1]["jws"] == checkpoint["jws"]
+
+
 async def test_an_https_stream_is_signed_as_webhooks_are(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
 ) -> None:

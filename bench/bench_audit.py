@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -312,7 +313,7 @@ def stream_delivery(database_url: str, org_id: str, tmp: Path) -> list[tuple[str
                     raise RuntimeError(
                         f"the stream delivered {worker.stats.delivered}: {worker.stats.errors[:3]}"
                     )
-                items = await worker._items(org_id, start, StreamConfig().batch_size)
+                items = await worker._items(uuid.UUID(org_id), (start, 0), StreamConfig().batch_size)
             target = Target(stream_id, org_id, StreamType.splunk_hec, url, StreamFormat.keel, HEC_TOKEN, None)  # type: ignore[arg-type]
             return STREAM_ENTRIES / elapsed, prepare(target, items).body
 

@@ -115,6 +115,54 @@ async def test_splunk_hec_gets_every_entry_in_order_and_nothing_of_another_org(
     assert shown.json()["last_success_at"] is not None and shown.json()["last_error"] is None
 
 
+async def test_splunk_hec_gets_the_signed_checkpoints_in_seq_order_and_they_verify_with_pyjwt(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
+) -> None:
+    from tests.test_audit_checkpoints import sign, verified
+
+    with Receiver(splunk_hec(HEC_TOKEN)) as receiver:
+        stream = create_stream(
+            hooks_client,
+            world,
+            name="siem",
+            type="splunk_hec",
+            url=f"http://127.0.0.1:{receiver.port}",
+            token=HEC_TOKEN,
+        )
+        add_entries(hooks_client, world, 4)
+        signed = [sign(hooks_client, world)]
+        add_entries(hooks_client, world, 3)
+        signed.append(sign(hooks_client, world))
+        add_entries(hooks_client, world, 2)
+        # Small batches: a checkpoint lands at a batch's edge as well as inside one.
+        await drain(stream_settings, world.id, StreamConfig(batch_size=3, retry_base=0.05, s3_window=0.0))
+        # Signed after its entry went out: the stream is due again for the checkpoint alone.
+        signed.append(sign(hooks_client, world))
+        await drain(stream_settings, world.id)
+        events = hec_received(receiver)
+    expected = chain(engine, world.id)
+    assert [c["seq"] for c in signed] == sorted({c["seq"] for c in signed}) and len(signed) == 3
+    order = [("entry", r["seq"]) for r in expected]
+    for c in signed:  # each right after the entry it signs
+        order.insert(order.index(("entry", c["seq"])) + 1, ("checkpoint", c["seq"]))
+    assert [(e["event"]["kind"], e["event"]["seq"]) for e in events] == order
+    received = [e["event"] for e in events if e["event"]["kind"] == "checkpoint"]
+    by_seq = {r["seq"]: r["hash"] for r in expected}
+    for got, made in zip(received, signed, strict=True):
+        assert got["jws"] == made["jws"] and got["chain"] == world.id
+        payload = verified(hooks_client, got["jws"])  # PyJWT, from /.well-known/keel-audit-keys.json
+        assert (payload["chain"], payload["seq"], payload["hash"]) == (world.id, got["seq"], got["hash"])
+        assert payload["hash"] == by_seq[payload["seq"]]  # the hash is on the chain the stream carried
+    shown = hooks_client.get(
+        f"/v1/orgs/{world.id}/audit-streams/{stream['id']}", headers=world.headers("owner")
+    ).json()
+    assert shown["delivered_seq"] == expected[-1]["seq"]
+    assert shown["delivered_checkpoint_seq"] == signed[-1]["seq"]
+    # Nothing left: delivered once, and the worker is idle (no stream claimed again).
+    async with StreamWorker(stream_settings, FAST) as worker:
+        assert await worker.tick() == 0
+
+
 async def test_a_receiver_that_fails_then_recovers_gets_everything_in_order(
     hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings
 ) -> None:
@@ -294,6 +342,45 @@ async def test_s3_objects_in_name_order_are_seq_order(
         lines += [json.loads(line) for line in body.splitlines()]
     assert [x["seq"] for x in lines] == [r["seq"] for r in chain(engine, world.id)]
     assert all(x["kind"] == "entry" and x["chain_key"] == world.id for x in lines)
+
+
+async def test_s3_keeps_an_entry_and_the_checkpoint_of_its_seq_in_two_objects(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, stream_settings: Settings, s3_endpoint: str
+) -> None:
+    import boto3
+
+    from tests.test_audit_checkpoints import sign
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAKEELTEST",
+        aws_secret_access_key="keel-secret",
+    )
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    create_stream(
+        hooks_client, world, name="bucket", type="s3", url=f"{s3_endpoint}/{bucket}",
+        token="AKIAKEELTEST:keel-secret",
+    )  # fmt: skip
+    one_each = StreamConfig(batch_size=1, retry_base=0.05, s3_window=0.0)
+    add_entries(hooks_client, world, 2)
+    await drain(stream_settings, world.id, one_each)  # one object per entry: …-<n>-<n>.jsonl.gz
+    # The head, already in its own object, is signed: its checkpoint must not overwrite that object.
+    checkpoint = sign(hooks_client, world)
+    await drain(stream_settings, world.id, one_each)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{world.id}/")["Contents"]]
+    assert keys == sorted(keys)
+    items = [
+        json.loads(line)
+        for key in keys
+        for line in gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).splitlines()
+    ]
+    expected = [("entry", r["seq"]) for r in chain(engine, world.id)] + [("checkpoint", checkpoint["seq"])]
+    assert [(x["kind"], x["seq"]) for x in items] == expected
+    assert keys[-1].endswith(f"{checkpoint['seq']:020d}-{checkpoint['seq']:020d}c.jsonl.gz")
+    assert items[-1]["jws"] == checkpoint["jws"]
 
 
 async def test_an_https_stream_is_signed_as_webhooks_are(

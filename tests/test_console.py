@@ -28,6 +28,7 @@ from tests.harness import LiveServer, OrgWorld, audit_rows, auth, make_org, make
 from tests.hooks import create_endpoint, deliver, delivery_rows, publish
 from tests.receivers import Arrival, Receiver, Reply
 from tests.test_billing import seed_mirror
+from tests.test_flag_targeting import group_call
 from tests.test_flags import create_flag
 from tests.test_health_report import CHROMIUM_ARGS
 
@@ -143,6 +144,12 @@ def test_admin_signs_in_by_link_finds_the_org_retries_a_delivery_and_suspends_it
     rule = unique("team-plan")
     flag = create_flag(hooks_client, admin_token, rollout_percentage=0, rules=[
         {"name": rule, "constraints": [{"field": "org.plan", "operator": "IN", "values": ["team_monthly"]}]}])  # fmt: skip
+    # The org's traits (a Segment group call) and a Segment message naming no org: an ingestion warning.
+    group_call(hooks_client, world, {"industry": "fintech"})
+    lost = {"type": "track", "event": "Report Exported", "userId": "u-1", "messageId": unique("lost"),
+            "context": {"groupId": unique("acct-ghost")}}  # fmt: skip
+    answer = hooks_client.post("/segment/v1/batch", json={"batch": [lost]}, auth=(world.ingest_key, ""))
+    assert answer.status_code == 200, answer.text
 
     # Org 360: the billing screen's seats, seats used and renewal date.
     row.get_by_role("link", name=f"Org {world.slug}").click()
@@ -168,6 +175,10 @@ def test_admin_signs_in_by_link_finds_the_org_retries_a_delivery_and_suspends_it
     view = hooks_client.get(f"/v1/admin/orgs/{world.id}", headers=auth(admin_token)).json()
     explained = next(f["explanation"] for f in view["flags"] if f["key"] == flag["key"])
     assert why.locator(".flag-explanation").inner_text() == explained
+    # The ingestion warnings panel and the traits in the overview.
+    warning = page.locator("#ingestion-warnings").get_by_role("row").filter(has_text=lost["messageId"])
+    assert warning.locator(".warning-reason").inner_text() == "unknown_org"
+    assert "fintech" in page.locator("#org-traits").inner_text()
     shot(page, "org")
     accessible(page, "org page")
     assert audit_rows(engine, organization_id=world.id, action="staff.org_viewed")

@@ -21,7 +21,7 @@ from api.settings import Settings
 from tests.console_support import CSRF, console_session, email_of, sign_in_secret
 from tests.harness import LiveServer, OrgWorld, audit_rows, auth, make_user, unique
 from tests.test_billing import seed_mirror
-from tests.test_flag_targeting import set_org_traits
+from tests.test_flag_targeting import group_call
 from tests.test_flags import create_flag
 from tests.test_stripe_inbound import send, stripe_event
 
@@ -478,7 +478,7 @@ def test_the_flags_panel_says_which_rule_segment_and_constraint_turned_a_flag_on
     assert trait_row.startswith(f"{by_trait['key']} off ")
     assert "rule 'fintechs' did not apply: org.traits.industry IN [fintech]" in trait_row
 
-    set_org_traits(engine, org.id, {"industry": "fintech"})
+    group_call(client, org, {"industry": "fintech"})
     page = session.get(f"/console/orgs/{org.id}").text
     view = client.get(f"/v1/admin/orgs/{org.id}", headers=auth(token)).json()
     explained = {f["key"]: f["explanation"] for f in view["flags"]}
@@ -503,3 +503,61 @@ def test_the_flags_panel_says_which_rule_segment_and_constraint_turned_a_flag_on
     plain_row = row_text(page, f"flag-{plain['key']}")
     assert plain_row.startswith(f"{plain['key']} off off: bucket ") and "> rollout 0" in plain_row
     assert 'class="flag-rule-name"' not in row_html(page, f"flag-{plain['key']}")
+
+
+def test_the_org_page_shows_ingestion_warnings_and_the_orgs_external_id_and_traits(
+    admin: tuple[httpx.Client, str, str], client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    from tests.test_segment import basic, segment_call
+
+    session, _, _ = admin
+    page = session.get(f"/console/orgs/{org.id}").text
+    assert 'id="h-warnings">Ingestion warnings</h2>' in page and "No ingestion warnings." in page
+    external = f"acct-{org.slug}"
+    assert (
+        client.patch(
+            f"/v1/orgs/{org.id}", json={"external_id": external}, headers=org.headers("owner")
+        ).status_code
+        == 200
+    )
+    group_call(client, org, {"plan": "enterprise", "employees": 40})
+    invalid = segment_call(userId={"not": "an id"})  # a field of the wrong type
+    ghost = segment_call(context={"groupId": f"acct-ghost-{uuid.uuid4().hex[:6]}"})  # names no org
+    answer = client.post("/segment/v1/batch", json={"batch": [invalid, ghost]}, headers=basic(org.ingest_key))
+    assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
+    with engine.connect() as conn:
+        warnings = [
+            dict(r._mapping)
+            for r in conn.execute(
+                text("SELECT * FROM ingestion_warnings WHERE organization_id = :o ORDER BY id DESC"),
+                {"o": org.id},
+            )
+        ]
+    listed = client.get(f"/v1/orgs/{org.id}/ingestion-warnings", headers=org.headers("owner")).json()
+    assert [w["id"] for w in listed["items"]] == [str(w["id"]) for w in warnings]
+    # The unresolvable group (a warning with the message's id) and the invalid field (its message
+    # could not be read, so no id): both in this org, since its key sent them.
+    assert {w["reason"]: w["message_id"] for w in warnings} == {
+        "unknown_org": ghost["messageId"],
+        "invalid_field": None,
+    }
+
+    page = session.get(f"/console/orgs/{org.id}").text
+    assert "No ingestion warnings." not in page
+    assert page.index('id="h-warnings"') < page.index('id="ingestion-warnings"')
+    shown = re.findall(r'<tr id="warning-([0-9a-f-]+)">', page)
+    assert shown == [str(w["id"]) for w in warnings]  # newest first, as the API lists them
+    for w in warnings:
+        row = f"warning-{w['id']}"
+        assert cell(page, row, "warning-reason") == w["reason"]
+        assert int(cell(page, row, "warning-count")) == w["count"]
+        assert cell(page, row, "warning-error") == w["error"]
+        assert (w["message_id"] or "—") in row_text(page, row)
+    lost = next(w for w in warnings if w["reason"] == "unknown_org")
+    assert ghost["context"]["groupId"] in row_text(page, f"warning-{lost['id']}")  # its sample
+    # The overview: the external id and the latest traits (from the group call).
+    overview = re.search(r'<section id="overview".*?</section>', page, re.S)
+    assert overview
+    facts = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", overview.group(0))).split())
+    assert f"External id {external}" in facts
+    assert 'Traits employees 40 plan "enterprise"' in facts

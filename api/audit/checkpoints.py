@@ -38,6 +38,8 @@ from api.settings import Settings, SettingsError
 ALGORITHM = "EdDSA"
 KEY_FILE_NAME = "audit-signing-key.json"
 JWKS_PATH = "/.well-known/keel-audit-keys.json"
+#: The seed of the signers' per-chain advisory lock (the appends' lock uses 0 on the same key).
+SIGN_LOCK_SEED = 18
 log = logging.getLogger("keel.audit")
 
 
@@ -132,7 +134,14 @@ async def sign_head(
 ) -> tuple[AuditSignedCheckpoint, bool]:
     """Sign ``chain_key``'s current head; ``(checkpoint, True)`` when new, ``(existing, False)`` when
     that head was signed already. Conflict when the chain has no entry yet. Takes no chain lock:
-    appends go on while a head is signed (the checkpoint names the head that was read)."""
+    appends go on while a head is signed (the checkpoint names the head that was read).
+
+    Signers of one chain take turns (a transaction-scoped advisory lock, not the appends' lock), so a
+    chain's checkpoints commit in seq order: a stream that has sent the checkpoint at seq N has seen
+    every one below it (``delivered_checkpoint_seq`` never skips one signed concurrently)."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(chain_key, SIGN_LOCK_SEED)))
+    )
     head = (
         await session.execute(
             select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.chain_key == chain_key)
@@ -209,19 +218,25 @@ async def sign_moved_heads(session: AsyncSession, *, key: SigningKey) -> list[Au
 
 
 async def checkpoints_after(
-    session: AsyncSession, *, organization_id: uuid.UUID | None, after_seq: int = 0, limit: int = 100
+    session: AsyncSession,
+    *,
+    organization_id: uuid.UUID | None,
+    after_seq: int = 0,
+    limit: int = 100,
+    through_seq: int | None = None,
 ) -> list[AuditSignedCheckpoint]:
-    """An organization's signed checkpoints past ``after_seq``, oldest first (at most ``limit``).
+    """An organization's signed checkpoints past ``after_seq`` (and up to ``through_seq`` when given),
+    oldest first (at most ``limit``).
 
     What the API lists, exports include and streams push (``organization_id=None``: the platform chain).
     """
+    where = [
+        AuditSignedCheckpoint.chain_key == chain_key_of(organization_id),
+        AuditSignedCheckpoint.seq > after_seq,
+    ]
+    if through_seq is not None:
+        where.append(AuditSignedCheckpoint.seq <= through_seq)
     rows = await session.scalars(
-        select(AuditSignedCheckpoint)
-        .where(
-            AuditSignedCheckpoint.chain_key == chain_key_of(organization_id),
-            AuditSignedCheckpoint.seq > after_seq,
-        )
-        .order_by(AuditSignedCheckpoint.seq)
-        .limit(limit)
+        select(AuditSignedCheckpoint).where(*where).order_by(AuditSignedCheckpoint.seq).limit(limit)
     )
     return list(rows)

@@ -32,6 +32,7 @@ from api.flags import services as flags
 from api.flags.evaluation import Evaluation, Reason, Rule
 from api.flags.models import FeatureFlag
 from api.flags.store import definition, read_segments
+from api.ingestion import queries as ingestion
 from api.webhooks import deliveries, endpoints
 from api.webhooks.models import InboundEvent
 
@@ -45,6 +46,8 @@ INBOUND_SHOWN = 20
 ENDPOINTS_SHOWN = 50
 #: Audit streams shown for one org (an org has a handful).
 STREAMS_SHOWN = 50
+#: Ingestion warnings shown for one org (a row per key, reason and day, counting its messages).
+WARNINGS_SHOWN = 50
 #: Health page orderings: the query value -> (column, descending).
 HEALTH_SORTS: dict[str, tuple[str, bool]] = {
     "score": ("score", False),
@@ -238,7 +241,16 @@ async def _streams(page: OrgPage) -> dict[str, Any]:
     }
 
 
-#: The Org 360 page, top to bottom. Not yet here (built on another branch): ingestion warnings.
+async def _warnings(page: OrgPage) -> dict[str, Any]:
+    """The org's ingestion warnings, newest first, as ``GET /v1/orgs/{org_id}/ingestion-warnings``
+    reads them (the page's view is audited once, as ``staff.org_viewed``)."""
+    rows = await ingestion.list_warnings(
+        page.db, org_id=page.org_id, reason=None, cursor=None, limit=WARNINGS_SHOWN
+    )
+    return {"warnings": rows[:WARNINGS_SHOWN], "more": len(rows) > WARNINGS_SHOWN}
+
+
+#: The Org 360 page, top to bottom.
 SECTIONS: tuple[Section, ...] = (
     Section("members", "Members and roles", "sections/members.html", _members),
     Section("billing", "Subscription", "sections/billing.html", _billing),
@@ -247,6 +259,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("audit", "Recent audit entries", "sections/audit.html", _audit),
     Section("webhooks", "Webhooks", "sections/webhooks.html", _webhooks),
     Section("inbound", "Inbound Stripe events", "sections/inbound.html", _inbound),
+    Section("warnings", "Ingestion warnings", "sections/warnings.html", _warnings),
     Section("streams", "Audit streams", "sections/streams.html", _streams),
 )
 

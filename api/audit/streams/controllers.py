@@ -39,6 +39,7 @@ def stream_out(s: AuditStream, lag: tuple[int, float]) -> StreamOut:
         disabled_reason=s.disabled_reason,
         disabled_at=s.disabled_at,
         delivered_seq=s.delivered_seq,
+        delivered_checkpoint_seq=s.delivered_checkpoint_seq,
         lag_entries=lag[0],
         lag_seconds=lag[1],
         last_success_at=s.last_success_at,

@@ -11,6 +11,13 @@ batch, and recording the previous one's acknowledgement (which must have held be
 outcome is recorded; a lost lease stops the worker, and its successor re-sends from the recorded
 position: a repeat, never a gap or a reordering).
 
+The chain's signed checkpoints (:func:`api.audit.checkpoints.checkpoints_after`) travel in the same
+order, each right after the entry it signs (``delivered_checkpoint_seq`` records how far they have
+gone, moved with ``delivered_seq`` in one statement), so the customer holds an independent copy. A
+checkpoint signed after its entry was sent goes out at the head of the next batch: later than its
+position (a signature cannot precede itself), never lost, and the entries' order is untouched.
+Signers of a chain take turns, so its checkpoints commit in seq order and none is skipped.
+
 A failure leaves the stream where it was, due again after a doubling wait capped by
 ``KEEL_AUDIT_STREAM_RETRY_MAX_SECONDS``. The first failure of a run publishes the webhook event
 ``audit_stream.failing``; a stream failing for :data:`FAILURE_WINDOW` (7 days) is disabled with the
@@ -34,6 +41,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.audit import services as audit
+from api.audit.checkpoints import checkpoints_after
+from api.audit.models import AuditSignedCheckpoint
 from api.audit.rows import SELECT_ENTRIES, as_entry, iso
 from api.audit.streams.destinations import Prepared, Target, prepare, succeeded
 from api.audit.streams.formats import StreamItem
@@ -50,6 +59,18 @@ from api.webhooks.worker import origin, worker_name
 log = logging.getLogger("keel.audit.streams")
 
 FAILURE_WINDOW = timedelta(days=7)
+
+#: A stream has something to send: entries past ``delivered_seq``, or checkpoints of entries already
+#: sent that it has not sent (one signed later than the entry went out). A checkpoint past
+#: ``delivered_seq`` waits for its entry, which the first condition already counts.
+HAS_BACKLOG = """(
+    d.delivered_seq < COALESCE(
+        (SELECT h.seq FROM audit_chain_heads h WHERE h.chain_key = d.organization_id::text), 0)
+    OR EXISTS (SELECT 1 FROM audit_signed_checkpoints c WHERE c.chain_key = d.organization_id::text
+               AND c.seq > d.delivered_checkpoint_seq AND c.seq <= d.delivered_seq))"""
+
+#: ``(delivered_seq, delivered_checkpoint_seq)``: how far a stream has got.
+Position = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,18 +192,17 @@ class StreamWorker:
     # --- the queue ----------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[AuditStream]:
-        """Lease up to ``limit`` due active streams that have entries to send."""
+        """Lease up to ``limit`` due active streams that have something to send."""
         async with self._sessions() as session, session.begin():
             rows = (
                 (
                     await session.execute(
-                        text("""
+                        text(f"""
 UPDATE audit_streams s SET leased_by = :w, leased_until = now() + make_interval(secs => :lease)
 FROM (SELECT d.id FROM audit_streams d
       WHERE d.status = 'active' AND d.next_attempt_at <= now()
         AND (d.leased_until IS NULL OR d.leased_until < now())
-        AND d.delivered_seq < COALESCE(
-            (SELECT h.seq FROM audit_chain_heads h WHERE h.chain_key = d.organization_id::text), 0)
+        AND {HAS_BACKLOG}
       ORDER BY d.next_attempt_at LIMIT :n FOR UPDATE SKIP LOCKED) due
 WHERE s.id = due.id
 RETURNING s.id"""),
@@ -198,8 +218,25 @@ RETURNING s.id"""),
             session.expunge_all()
             return list(streams)
 
-    async def _items(self, chain_key: str, after: int, limit: int) -> list[StreamItem]:
-        """The next entries of the chain, in seq order. (Checkpoints join here as ``checkpoint`` items.)"""
+    async def _items(self, organization_id: uuid.UUID, after: Position, limit: int) -> list[StreamItem]:
+        """The next items past ``after``: the chain's entries and its signed checkpoints merged in seq
+        order (a checkpoint right after the entry it signs), at most ``limit``."""
+        entries = await self._entries(str(organization_id), after[0], limit)
+        # Checkpoints of what has been sent or is in this batch; a later one waits for its entry.
+        through = entries[-1].seq if entries else after[0]
+        if through <= after[1]:
+            return entries
+        async with self._sessions() as session:
+            signed = await checkpoints_after(
+                session, organization_id=organization_id, after_seq=after[1], through_seq=through, limit=limit
+            )
+        if not signed:
+            return entries
+        merged = sorted([*entries, *map(checkpoint_item, signed)], key=order)
+        return merged[:limit]
+
+    async def _entries(self, chain_key: str, after: int, limit: int) -> list[StreamItem]:
+        """The next entries of the chain, in seq order."""
         assert self._engine is not None
         async with self._autocommit.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
@@ -217,26 +254,31 @@ RETURNING s.id"""),
             items.append(StreamItem("entry", entry["seq"], entry))
         return items
 
-    async def _advance(self, stream: AuditStream, through: int) -> bool:
+    async def _advance(self, stream: AuditStream, through: Position) -> bool:
         """Record delivery through ``through``; False when the lease was lost (another worker has it)."""
         again = self.config.s3_window if stream.type is StreamType.s3 else 0.0
         async with self._autocommit.connect() as conn:
             moved = await conn.scalar(
                 text("""
-UPDATE audit_streams SET delivered_seq = :through, last_success_at = now(), failures = 0,
-       failing_since = NULL, next_attempt_at = now() + make_interval(secs => :again), updated_at = now()
-WHERE id = :id AND leased_by = :w AND delivered_seq = :prev AND leased_until > now()
+UPDATE audit_streams SET delivered_seq = :through, delivered_checkpoint_seq = :through_checkpoint,
+       last_success_at = now(), failures = 0, failing_since = NULL,
+       next_attempt_at = now() + make_interval(secs => :again), updated_at = now()
+WHERE id = :id AND leased_by = :w AND delivered_seq = :prev
+  AND delivered_checkpoint_seq = :prev_checkpoint AND leased_until > now()
 RETURNING id"""),
                 {
-                    "through": through,
+                    "through": through[0],
+                    "through_checkpoint": through[1],
                     "again": again,
                     "id": stream.id,
                     "w": self.name,
                     "prev": stream.delivered_seq,
+                    "prev_checkpoint": stream.delivered_checkpoint_seq,
                 },
             )
         if moved is not None:
-            stream.delivered_seq, stream.failures, stream.failing_since = through, 0, None
+            stream.delivered_seq, stream.delivered_checkpoint_seq = through
+            stream.failures, stream.failing_since = 0, None
         return moved is not None
 
     async def _failed(self, stream: AuditStream, error: str) -> None:
@@ -327,7 +369,7 @@ RETURNING failing_since, now() AS now"""),
     async def deliver(self, stream: AuditStream) -> int:
         """Send the stream's backlog in order, a batch at a time, while the lease lasts.
 
-        Returns the entries sent."""
+        Returns the items sent (entries and checkpoints)."""
         assert self._lanes is not None
         try:
             target: Target = target_of(stream, self._sealer)
@@ -335,9 +377,11 @@ RETURNING failing_since, now() AS now"""),
             await self._failed(stream, f"credential: {exc}")
             return 0
         sent, rounds, size = 0, 1, self.config.batch_size
-        chain_key = str(stream.organization_id)
+        org = stream.organization_id
         deadline = time.monotonic() + self.config.lease_seconds - self.config.request_timeout - 5
-        items = await self._items(chain_key, stream.delivered_seq, size)
+        # Where ``items`` starts (what was sent before it, recorded or being recorded).
+        at: Position = (stream.delivered_seq, stream.delivered_checkpoint_seq)
+        items = await self._items(org, at, size)
         recording: asyncio.Task[int] | None = None
         while items:
             if time.monotonic() > deadline:
@@ -353,7 +397,7 @@ RETURNING failing_since, now() AS now"""),
                 and rounds < self.config.rounds_per_claim
                 and stream.type is not StreamType.s3
             ):
-                ahead = asyncio.create_task(self._items(chain_key, items[-1].seq, size))
+                ahead = asyncio.create_task(self._items(org, past(items, at), size))
             outcome = await send(self._lanes, request)
             self.stats.requests += 1
             # The previous batch's acknowledgement was recorded while this one flew; it must have
@@ -370,9 +414,8 @@ RETURNING failing_since, now() AS now"""),
                 await _cancel(ahead)
                 await self._failed(stream, outcome.error or f"HTTP {outcome.status_code}")
                 return sent
-            recording = asyncio.create_task(
-                self._acknowledge(stream, items[request.count - 1].seq, request.count)
-            )
+            at = past(items[: request.count], at)
+            recording = asyncio.create_task(self._acknowledge(stream, at, request.count))
             if rest:
                 items = rest
             elif ahead is not None:
@@ -387,7 +430,7 @@ RETURNING failing_since, now() AS now"""),
         await self._release(stream)
         return sent
 
-    async def _acknowledge(self, stream: AuditStream, through: int, count: int) -> int:
+    async def _acknowledge(self, stream: AuditStream, through: Position, count: int) -> int:
         """``count`` when delivery through ``through`` is recorded, 0 when the lease was lost."""
         if not await self._advance(stream, through):
             return 0
@@ -405,11 +448,10 @@ RETURNING failing_since, now() AS now"""),
     async def seconds_until_due(self, organization_id: uuid.UUID | None = None) -> float | None:
         async with self._sessions() as session:
             value = await session.scalar(
-                text("""
+                text(f"""
 SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now()) FROM audit_streams d
 WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id = CAST(:org AS uuid))
-  AND d.delivered_seq < COALESCE(
-      (SELECT h.seq FROM audit_chain_heads h WHERE h.chain_key = d.organization_id::text), 0)"""),
+  AND {HAS_BACKLOG}"""),
                 {"org": str(organization_id) if organization_id else None},
             )
         return None if value is None else max(0.0, float(value))
@@ -448,6 +490,37 @@ WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id =
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.config.poll_interval)
         return self.stats
+
+
+def checkpoint_item(checkpoint: AuditSignedCheckpoint) -> StreamItem:
+    """A signed checkpoint as a stream carries it: its JWS whole, beside what it signs."""
+    return StreamItem(
+        "checkpoint",
+        checkpoint.seq,
+        {
+            "chain": checkpoint.chain_key,
+            "seq": checkpoint.seq,
+            "hash": checkpoint.hash,
+            "signed_at": iso(checkpoint.signed_at),
+            "jws": checkpoint.jws,
+        },
+    )
+
+
+def order(item: StreamItem) -> tuple[int, int]:
+    """Stream order: by seq, a checkpoint after the entry it signs."""
+    return item.seq, item.kind == "checkpoint"
+
+
+def past(items: list[StreamItem], at: Position) -> Position:
+    """The position after ``items`` (sent from ``at``)."""
+    entry, checkpoint = at
+    for item in items:
+        if item.kind == "checkpoint":
+            checkpoint = max(checkpoint, item.seq)
+        else:
+            entry = max(entry, item.seq)
+    return entry, checkpoint
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:

@@ -12,6 +12,10 @@
   is ``ACCESS_KEY_ID:SECRET_ACCESS_KEY``; the URL ``https://host/bucket[/prefix][?region=r]``,
   path-style, so any S3-compatible store works). Objects are named
   ``{prefix}/{org}/{first seq:020}-{last seq:020}.jsonl.gz``: a listing in name order is seq order.
+  A batch that ends with a signed checkpoint ends its name (and an https batch its ``webhook-id``)
+  with ``c`` (``…-{last seq:020}c.jsonl.gz``, after the object that ends with that seq's entry): the
+  entry at a seq and the checkpoint of that seq can travel in two batches, and neither overwrites
+  (or dedupes away) the other.
 
 Every request goes out through the webhooks' guarded transport (:mod:`api.webhooks.ssrf`): the
 same address checks at every connection, and no redirects.
@@ -138,8 +142,9 @@ def prepare(target: Target, items: list[StreamItem], *, now: float | None = None
     n = _take(lines)
     body = b"\n".join(lines[:n]) + b"\n"
     first, last = items[0].seq, items[n - 1].seq
+    tail = "c" if items[n - 1].kind == "checkpoint" else ""
     if target.type is StreamType.https:
-        webhook_id = f"auds_{target.stream_id.hex}_{first}_{last}"
+        webhook_id = f"auds_{target.stream_id.hex}_{first}_{last}{tail}"
         stamp = int(now)
         assert target.secret is not None
         headers |= {
@@ -153,7 +158,7 @@ def prepare(target: Target, items: list[StreamItem], *, now: float | None = None
         if target.token:
             headers["authorization"] = f"Bearer {target.token}"
         return Prepared("POST", target.url, headers, body, n)
-    return _s3_put(target, gzip.compress(body, mtime=0), first, last, now, headers, n)
+    return _s3_put(target, gzip.compress(body, mtime=0), (first, last, tail), now, headers, n)
 
 
 def s3_location(url: str) -> tuple[str, str, str, str]:
@@ -169,17 +174,23 @@ def s3_location(url: str) -> tuple[str, str, str, str]:
     return f"{parts.scheme}://{parts.netloc}", bucket, prefix.strip("/"), region
 
 
-def object_key(prefix: str, organization_id: uuid.UUID, first: int, last: int) -> str:
-    name = f"{organization_id}/{first:020d}-{last:020d}.jsonl.gz"
+def object_key(prefix: str, organization_id: uuid.UUID, first: int, last: int, tail: str = "") -> str:
+    """``tail`` is ``c`` when the object ends with a checkpoint."""
+    name = f"{organization_id}/{first:020d}-{last:020d}{tail}.jsonl.gz"
     return f"{prefix}/{name}" if prefix else name
 
 
 def _s3_put(
-    target: Target, payload: bytes, first: int, last: int, now: float, headers: dict[str, str], n: int
+    target: Target,
+    payload: bytes,
+    span: tuple[int, int, str],
+    now: float,
+    headers: dict[str, str],
+    n: int,
 ) -> Prepared:
     endpoint, bucket, prefix, region = s3_location(target.url)
     key_id, _, secret = (target.token or "").partition(":")
-    path = "/" + quote(bucket, safe="") + "/" + quote(object_key(prefix, target.organization_id, first, last))
+    path = "/" + quote(bucket, safe="") + "/" + quote(object_key(prefix, target.organization_id, *span))
     host = urlsplit(endpoint).netloc
     stamp = datetime.fromtimestamp(now, UTC)
     amz_date, day = stamp.strftime("%Y%m%dT%H%M%SZ"), stamp.strftime("%Y%m%d")

@@ -1,9 +1,9 @@
 """What a stream sends for each item: Keel's own JSON, or OCSF.
 
 A stream carries items of two kinds: ``entry`` (an audit entry, with ``seq``, ``prev_hash`` and
-``hash``, so the receiver can re-verify the chain) and ``checkpoint`` (a signed chain head, added
-by the checkpoint signer: its JWS travels as it is, in either format, so the customer holds an
-independent copy). Only entries are produced today; a checkpoint item is accepted by every format.
+``hash``, so the receiver can re-verify the chain) and ``checkpoint`` (a signed chain head, merged
+in by the stream worker right after the entry it signs: its JWS travels as it is, in either format,
+so the customer holds an independent copy).
 
 OCSF (the Open Cybersecurity Schema Framework, version :data:`OCSF_VERSION`): membership changes
 are Group Management (3006) events on the organization's group, everything else Entity Management

@@ -43,7 +43,8 @@ class StreamStatus(enum.StrEnum):
 
 
 class AuditStream(IdMixin, TimestampMixin, Base):
-    """A destination of an organization's audit entries and how far it has got (``delivered_seq``).
+    """A destination of an organization's audit entries and how far it has got (``delivered_seq``,
+    and ``delivered_checkpoint_seq`` for the chain's signed checkpoints).
 
     Credentials are stored AES-GCM encrypted (:mod:`api.audit.streams.secrets`) and shown once.
     One worker at a time holds a stream (``leased_by``/``leased_until``): the order is the chain's.
@@ -72,6 +73,8 @@ class AuditStream(IdMixin, TimestampMixin, Base):
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Every entry of the chain up to this seq has been accepted by the destination.
     delivered_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: Every signed checkpoint of the chain up to this seq has been accepted by the destination.
+    delivered_checkpoint_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -60,6 +60,8 @@ class StreamOut(msgspec.Struct):
     disabled_at: datetime | None
     #: Every entry up to this seq is delivered.
     delivered_seq: int
+    #: Every signed checkpoint of the chain up to this seq is delivered.
+    delivered_checkpoint_seq: int
     #: Entries recorded and not yet delivered, and how long the oldest of them has waited.
     lag_entries: int
     lag_seconds: float

@@ -145,6 +145,7 @@ async def create_stream(
         secret_ciphertext=sealer.seal(stream_id, secret) if secret else None,
         status=StreamStatus.active,
         delivered_seq=0,
+        delivered_checkpoint_seq=0,
         failures=0,
         next_attempt_at=utcnow(),
     )

@@ -5,7 +5,11 @@
 - ``macros/keel_rules.sql``: the business rules of ``warehouse/rules.py`` as the DuckDB macros the
   models call (``keel_membership_is_active(status)``…), created by the project's ``on-run-start``.
 
-``python -m warehouse.dbt_project`` rewrites both; ``tests/test_dbt_project.py`` fails when either
+- the model tables of ``docs/warehouse.md`` (between its ``<!-- models:KIND -->`` markers): every
+  staging, intermediate and mart model with its description, grain and key, from the models'
+  ``schema.yml`` entries (what ``dbt docs generate`` publishes), so the guide cannot drift from them.
+
+``python -m warehouse.dbt_project`` rewrites all three; ``tests/test_dbt_project.py`` fails when either
 differs from what this module generates.
 """
 
@@ -67,7 +71,43 @@ def rules_macro() -> str:
     )
 
 
-GENERATED = {SOURCES_FILE: sources_yml, RULES_FILE: rules_macro}
+GUIDE_FILE = PROJECT_DIR.parents[1] / "docs" / "warehouse.md"
+_GUIDE_KINDS = ("staging", "intermediate", "mart")
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def model_table(kind: str) -> str:
+    from warehouse.models import load_models
+
+    rows = ["| model | what it holds | grain | key |", "|---|---|---|---|"]
+    rows += [
+        f"| `{m.name}` | {_cell(m.description)} | {_cell(m.grain)} | {', '.join(m.key)} |"
+        for m in load_models()
+        if m.kind == kind
+    ]
+    return "\n".join(rows)
+
+
+def guide_md() -> str:
+    """docs/warehouse.md with each ``<!-- models:KIND -->`` region rewritten from the schema.yml files."""
+    text = GUIDE_FILE.read_text()
+    for kind in _GUIDE_KINDS:
+        begin = f"<!-- models:{kind} (generated from schema.yml by `python -m warehouse.dbt_project`) -->"
+        end = f"<!-- /models:{kind} -->"
+        head, found, rest = text.partition(begin)
+        if not found:
+            raise ValueError(f"{GUIDE_FILE} lacks the marker {begin}")
+        _, found, tail = rest.partition(end)
+        if not found:
+            raise ValueError(f"{GUIDE_FILE} lacks the marker {end}")
+        text = f"{head}{begin}\n{model_table(kind)}\n{end}{tail}"
+    return text
+
+
+GENERATED = {SOURCES_FILE: sources_yml, RULES_FILE: rules_macro, GUIDE_FILE: guide_md}
 
 
 def stale() -> list[Path]:

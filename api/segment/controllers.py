@@ -9,7 +9,7 @@ from litestar import Controller, Request, post
 from litestar.datastructures import State
 
 from api.auth.context import Principal
-from api.auth.services import BASIC_WRITE_KEY
+from api.auth.services import BASIC_WRITE_KEY, BROWSER_ROUTE
 from api.bodies import TEXT_PLAIN_JSON, check_json, utf8_problem
 from api.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from api.events.body import decode_envelope, read_limited_body
@@ -66,6 +66,8 @@ def _doc(kind: str) -> dict[str, Any]:
 
 class SegmentController(Controller):
     path = "/segment/v1"
+    #: Browsers call these routes (CORS), publishable keys reach them.
+    opt = BROWSER_ROUTE
     tags = ["segment"]
     request_max_body_size = MAX_REQUEST_BYTES
 

@@ -54,8 +54,11 @@ def cors_middleware(handler: ASGIApp, paths: frozenset[str]) -> ASGIApp:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 route_handler = scope.get("route_handler")
+                # A handler carries the option itself; Litestar's generated OPTIONS handler is known
+                # by its full path (a handler's own ``paths`` are relative to its controller).
+                opt = getattr(route_handler, "opt", None) or {}
                 route_paths = getattr(route_handler, "paths", None) or ()
-                if any(p in paths for p in route_paths):
+                if opt.get(BROWSER) or any(p in paths for p in route_paths):
                     headers = list(message.get("headers", []))
                     headers.append((b"vary", b"Origin"))
                     refused = scope.get("state", {}).get(ORIGIN_REFUSED)

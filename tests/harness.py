@@ -178,3 +178,16 @@ def audit_rows(engine: Engine, **where: Any) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(text(f"SELECT * FROM audit_log WHERE {clauses} ORDER BY recorded_at, seq"), where)
         return [dict(r._mapping) for r in rows]
+
+
+def make_publishable_key(
+    client: httpx.Client, world: OrgWorld, *, origins: list[str] | None = None
+) -> tuple[str, str]:
+    """A publishable key (``keel_pub_...``) of ``world``, optionally restricted to ``origins``:
+    ``(secret, key id)``."""
+    body: dict[str, Any] = {"name": "web", "publishable": True}
+    if origins is not None:
+        body["allowed_origins"] = origins
+    key = client.post(f"/v1/orgs/{world.id}/ingest-keys", json=body, headers=world.headers("owner"))
+    assert key.status_code == 201, key.text
+    return key.json()["token"], key.json()["id"]

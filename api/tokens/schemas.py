@@ -17,7 +17,7 @@ class TokenCreate(Struct):
 
 #: A browser origin as the ``Origin`` header sends it: scheme, host and optional port, no path.
 BrowserOrigin = Annotated[
-    str, msgspec.Meta(max_length=255, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+    str, msgspec.Meta(max_length=255, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 ]
 
 

@@ -72,7 +72,9 @@ def test_a_publishable_key_is_created_listed_audited_and_revoked(
     listed = client.get(f"/v1/orgs/{org.id}/ingest-keys", headers=org.headers("admin")).json()["items"]
     assert {(k["id"], k["publishable"]) for k in listed} == {(org.ingest_key_id, False), (key["id"], True)}
     (audited,) = audit_rows(engine, organization_id=org.id, action="publishable_key.created")
-    assert audited["resource_id"] == key["id"] and audited["metadata"]["after"]["allowed_origins"] == [WEB_APP]
+    assert audited["resource_id"] == key["id"] and audited["metadata"]["after"]["allowed_origins"] == [
+        WEB_APP
+    ]
 
     assert client.post("/v1/events", json=event(), headers=auth(key["token"])).status_code == 200
     revoked = client.delete(f"/v1/orgs/{org.id}/ingest-keys/{key['id']}", headers=org.headers("admin"))

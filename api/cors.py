@@ -17,8 +17,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth.services import BROWSER
 
-#: What a Segment or OpenFeature browser SDK sends: its key, a JSON (or text/plain) body, gzip.
-ALLOWED_HEADERS = b"Authorization, Content-Type, Content-Encoding"
+#: What a Segment or OpenFeature browser SDK sends: its key, a JSON (or text/plain) body, gzip, and
+#: analytics.js's attempt counter (``X-Retry-Count``, on every call it sends).
+ALLOWED_HEADERS = b"Authorization, Content-Type, Content-Encoding, X-Retry-Count"
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
 #: How long a browser may reuse a preflight answer (seconds).
 MAX_AGE = b"600"

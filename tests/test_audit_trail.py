@@ -372,7 +372,7 @@ NOT_AUDITED = {
     **{
         ("POST", f"/segment/v1/{call}"): "Segment calls are product analytics events (data); the traits "
         "they set are recorded change by change in person_trait_changes / org_trait_changes"
-        for call in ("batch", "track", "identify", "group", "page", "screen", "alias")
+        for call in ("batch", "track", "identify", "group", "page", "screen", "alias", *"btigpsa")
     },
     ("POST", "/v1/orgs/{org_id:uuid}/webhook-messages"): "webhook messages are the product's data, each "
     "stored with its deliveries and every attempt (the record support reads), not administrative actions",

@@ -22,7 +22,7 @@ from tests.test_health_report import CHROMIUM_ARGS
 PAGE = b"<!doctype html><html lang='en'><head><title>Acme</title></head><body>Acme web app</body></html>"
 
 #: What the page runs: Segment's batch call with the write key as Basic auth (what Segment's SDKs
-#: send), a `text/plain` track call (what `navigator.sendBeacon` sends), Keel's own event route with
+#: send), a track call exactly as analytics.js sends it, Keel's own event route with
 #: a Bearer key, an OpenFeature bulk evaluation, and an attempt at writing an audit entry.
 SCRIPT = """
 async ({api, key, ids}) => {
@@ -44,9 +44,14 @@ async ({api, key, ids}) => {
         {type: 'track', event: 'Report Exported', userId: 'u-1', messageId: ids[0], timestamp: now},
         {type: 'page', name: 'Dashboard', anonymousId: 'anon-1', messageId: ids[1], timestamp: now},
       ]})}),
-    beacon: await answer('/segment/v1/track', {method: 'POST',
-      headers: {'Authorization': basic, 'Content-Type': 'text/plain'},
-      body: JSON.stringify({event: 'Clicked', userId: 'u-1', messageId: ids[2]})}),
+    // As analytics.js (@segment/analytics-next) sends a track call: to `<apiHost>/t`, text/plain,
+    // the write key both as Basic auth and in the body, its attempt counter, its _metadata.
+    beacon: await answer('/segment/v1/t', {method: 'POST',
+      headers: {'Authorization': basic, 'Content-Type': 'text/plain', 'X-Retry-Count': '0'},
+      body: JSON.stringify({type: 'track', event: 'Clicked', userId: 'u-1', anonymousId: 'anon-1',
+        messageId: ids[2], writeKey: key, sentAt: now, timestamp: now,
+        context: {library: {name: 'analytics.js', version: 'npm:next-1.70.0'}, page: {path: '/'}},
+        _metadata: {bundled: ['Segment.io'], unbundled: [], bundledIds: []}})}),
     event: await answer('/v1/events', {method: 'POST',
       headers: {'Authorization': bearer, 'Content-Type': 'application/json'},
       body: JSON.stringify({event: 'report.shared', user_id: 'u-1', message_id: ids[3]})}),

@@ -30,6 +30,8 @@ BROWSER_PATHS = {
     "/ofrep/v1/evaluate/flags",
     "/ofrep/v1/evaluate/flags/{key:str}",
     *(f"/segment/v1/{call}" for call in ("batch", "track", "identify", "group", "page", "screen", "alias")),
+    # The one-letter paths Segment's browser SDK (analytics.js) posts to.
+    *(f"/segment/v1/{letter}" for letter in "btigpsa"),
 }
 
 
@@ -128,13 +130,13 @@ def test_a_preflight_is_answered_on_every_browser_route(client: httpx.Client, pa
         headers={
             "Origin": WEB_APP,
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type, content-encoding",
+            "Access-Control-Request-Headers": "authorization, content-type, content-encoding, x-retry-count",
         },
     )
     assert response.status_code == 204, response.text
     assert response.headers["access-control-allow-origin"] == WEB_APP
     allowed = {h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")}
-    assert {"authorization", "content-type", "content-encoding"} <= allowed
+    assert {"authorization", "content-type", "content-encoding", "x-retry-count"} <= allowed
     assert "POST" in response.headers["access-control-allow-methods"]
     assert "Origin" in response.headers["vary"]
     assert "access-control-allow-credentials" not in response.headers

@@ -30,6 +30,7 @@ from api.audit.streams.controllers import AuditStreamController
 from api.billing.controllers import AdminBillingController, BillingController
 from api.bodies import KeelRequest
 from api.console.controllers import TEMPLATES, console_router
+from api.cors import browser_paths, cors_middleware
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.deps import authenticate_request, provide_context, provide_db, provide_principal
 from api.events.controllers import EventController
@@ -172,7 +173,8 @@ def create_app(settings: Settings) -> Litestar:
     }
     # Outermost, around Litestar's router: requests that match no route (404, 405) get a request id
     # and their access log line too (route middleware runs only once a route has matched).
-    app.asgi_handler = request_id_middleware(_correct_allow_header(app.asgi_handler, allowed))
+    handler = cors_middleware(app.asgi_handler, browser_paths(app.routes))
+    app.asgi_handler = request_id_middleware(_correct_allow_header(handler, allowed))
     return app
 
 

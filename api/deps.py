@@ -16,6 +16,7 @@ from api.auth import cache, secrets
 from api.auth import services as auth
 from api.auth.context import Principal, RequestContext
 from api.console import sessions as console_sessions
+from api.cors import ORIGIN_REFUSED
 from api.errors import Forbidden, Unauthorized
 from api.limits import charge_request, count_failed_auth, refuse_locked_out_address
 
@@ -88,6 +89,11 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
     else:
         principal = await _bearer_principal(request)
     charge_request(state.limits, principal, scope)
+    try:
+        auth.check_key_reach(principal, request.route_handler.opt, origin=_header(scope, b"origin"))
+    except Forbidden:
+        scope.setdefault("state", {})[ORIGIN_REFUSED] = True  # no CORS grant on the refusal
+        raise
     if console or path.startswith(ADMIN_PREFIX):
         # Every staff route, enumerated by its prefix: the permission is the route's own option.
         auth.require_staff(principal, auth.staff_permission(request.route_handler.opt))

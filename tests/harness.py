@@ -193,3 +193,16 @@ def write_lake_rows(lake: Path, name: str, rows: list[dict[str, Any]], part: str
     path = lake / name / part / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
+
+
+def make_publishable_key(
+    client: httpx.Client, world: OrgWorld, *, origins: list[str] | None = None
+) -> tuple[str, str]:
+    """A publishable key (``keel_pub_...``) of ``world``, optionally restricted to ``origins``:
+    ``(secret, key id)``."""
+    body: dict[str, Any] = {"name": "web", "publishable": True}
+    if origins is not None:
+        body["allowed_origins"] = origins
+    key = client.post(f"/v1/orgs/{world.id}/ingest-keys", json=body, headers=world.headers("owner"))
+    assert key.status_code == 201, key.text
+    return key.json()["token"], key.json()["id"]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from api.audit.actions import KEEL_ACTIONS
-from api.tokens.services import ACTION_NOUN
+from api.tokens.services import ACTION_NOUN, PUBLISHABLE_NOUN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,9 @@ def actions_in_code() -> set[str]:
             found |= {
                 f"{resource.group(1)}.{s}" for s in re.findall(r'action=f"\{RESOURCE\}\.([a-z_]+)"', source)
             }
-        for suffix in re.findall(r'action=f"\{ACTION_NOUN\[kind\]\}\.([a-z_]+)"', source):
-            found |= {f"{noun}.{suffix}" for noun in ACTION_NOUN.values()}
+        # Token actions: ``noun = action_noun(kind, publishable=...)``, then ``action=f"{noun}.created"``.
+        for suffix in re.findall(r'action=f"\{noun\}\.([a-z_]+)"', source):
+            found |= {f"{noun}.{suffix}" for noun in (*ACTION_NOUN.values(), *PUBLISHABLE_NOUN.values())}
     return found
 
 

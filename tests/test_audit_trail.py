@@ -372,7 +372,7 @@ NOT_AUDITED = {
     **{
         ("POST", f"/segment/v1/{call}"): "Segment calls are product analytics events (data); the traits "
         "they set are recorded change by change in person_trait_changes / org_trait_changes"
-        for call in ("batch", "track", "identify", "group", "page", "screen", "alias")
+        for call in ("batch", "track", "identify", "group", "page", "screen", "alias", *"btigpsa")
     },
     ("POST", "/v1/orgs/{org_id:uuid}/webhook-messages"): "webhook messages are the product's data, each "
     "stored with its deliveries and every attempt (the record support reads), not administrative actions",
@@ -458,3 +458,29 @@ def test_each_org_chain_recomputes(client: httpx.Client, engine: Engine, org: Or
         assert row["prev_hash"] == prev
         assert entry_hash(dict(row), prev) == row["hash"]
         prev = row["hash"]
+
+
+def test_publishable_keys_are_audited_under_their_own_actions(
+    client: httpx.Client, engine: Engine, org: OrgWorld, staff_admin: tuple[str, str]
+) -> None:
+    """The ingest-key routes create publishable keys too (``publishable: true``): those are
+    audited as ``publishable_key.*`` / ``platform_publishable_key.*``, with their origins."""
+    body = {"name": "web", "publishable": True, "allowed_origins": ["https://app.acme.example"]}
+    org_keys, platform_keys = f"/v1/orgs/{org.id}/ingest-keys", "/v1/admin/ingest-keys"
+    cases = [
+        (org_keys, org.headers("admin"), "publishable_key", "user"),
+        (platform_keys, auth(staff_admin[1]), "platform_publishable_key", "staff"),
+    ]
+    for path, headers, noun, actor_type in cases:
+        created = client.post(path, json=body, headers=headers)
+        assert created.status_code == 201, created.text
+        key_id = created.json()["id"]
+        assert client.delete(f"{path}/{key_id}", headers=headers).status_code == 204
+        made, revoked = (
+            audit_rows(engine, action=f"{noun}.{verb}", resource_id=key_id) for verb in ("created", "revoked")
+        )
+        assert len(made) == 1 and len(revoked) == 1, noun
+        assert made[0]["metadata"]["after"]["allowed_origins"] == ["https://app.acme.example"]
+        assert made[0]["actor_type"] == actor_type and made[0]["ip"] is not None
+        assert revoked[0]["metadata"]["before"]["prefix"].startswith("keel_pub_")
+        assert not audit_rows(engine, action="ingest_key.created", resource_id=key_id)

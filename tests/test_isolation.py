@@ -17,7 +17,7 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 from sqlalchemy import Engine, text
 
-from tests.harness import OrgWorld, auth
+from tests.harness import OrgWorld, auth, make_publishable_key
 
 PARAM = re.compile(r"{(?P<name>\w+)(?::\w+)?}")
 STAFF_ONLY = "/v1/admin/"
@@ -115,21 +115,28 @@ def test_routes_are_enumerated(app: Litestar) -> None:
     assert "/v1/orgs/{org_id:uuid}/members/{user_id:uuid}" in paths
 
 
-@pytest.mark.parametrize("credential", ["other owner", "other ingest key"])
+@pytest.mark.parametrize("credential", ["other owner", "other ingest key", "other publishable key"])
 def test_every_tenant_route_hides_other_orgs(
     app: Litestar, client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld, credential: str
 ) -> None:
     victim, attacker = org, other_org
     values = victim_values(client, victim)
-    headers = auth(attacker.tokens["owner"] if credential == "other owner" else attacker.ingest_key)
+    secret = {
+        "other owner": attacker.tokens["owner"],
+        "other ingest key": attacker.ingest_key,
+        "other publishable key": make_publishable_key(client, attacker)[0],
+    }[credential]
+    headers = auth(secret)
     before = snapshot(engine, victim.id)
     checked = []
     for method, template in tenant_routes(app):
         url = fill(template, values)
         body = {} if method in {"POST", "PUT", "PATCH"} else None
         response = client.request(method, url, headers=headers, json=body, params={"org_id": victim.id})
-        # Org routes answer 404; routes of another tenant-owned id may refuse the credential itself (403).
-        expected = {404} if "{org_id" in template else {403, 404}
+        # Org routes answer 404; routes of another tenant-owned id may refuse the credential itself
+        # (403), and so does every route but events and flag evaluation a publishable key (the same
+        # answer for the victim's ids as for ids that do not exist: checked below).
+        expected = {404} if "{org_id" in template and credential != "other publishable key" else {403, 404}
         assert response.status_code in expected, (
             f"{method} {template} answered {response.status_code}: {response.text}"
         )

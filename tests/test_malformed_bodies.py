@@ -164,7 +164,8 @@ def test_routes_are_enumerated(app: Litestar) -> None:
     found = {(r.method, r.template) for r in json_routes(app)}
     assert {("POST", "/v1/orgs"), ("POST", "/v1/events/batch"), ("POST", "/v1/webhooks/stripe")} <= found
     segment = {
-        f"/segment/v1/{call}" for call in ("batch", "track", "identify", "group", "page", "screen", "alias")
+        f"/segment/v1/{call}"
+        for call in ("batch", "track", "identify", "group", "page", "screen", "alias", *"btigpsa")
     }
     assert {r.template for r in json_routes(app) if r.text_plain} == {
         "/v1/events",

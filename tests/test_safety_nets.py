@@ -28,7 +28,7 @@ from api.auth.models import PlatformRole
 from api.auth.permissions import STAFF_PERMISSIONS, StaffPermission
 from api.settings import Settings
 from tests.console_support import console_session, email_of
-from tests.harness import LiveServer, OrgWorld, make_user
+from tests.harness import LiveServer, OrgWorld, make_publishable_key, make_user
 from tests.harness import auth as bearer
 
 ADMIN = "/v1/admin/"
@@ -93,7 +93,7 @@ def test_the_marker_is_the_only_staff_check() -> None:
     assert len(calls) == 1 and calls[0].startswith("api/deps.py:"), calls
 
 
-@pytest.mark.parametrize("who", ["no platform role", "org owner", "ingest key"])
+@pytest.mark.parametrize("who", ["no platform role", "org owner", "ingest key", "publishable key"])
 def test_every_staff_route_refuses_non_staff(
     app: Litestar, client: httpx.Client, engine: Engine, org: OrgWorld, who: str
 ) -> None:
@@ -101,6 +101,7 @@ def test_every_staff_route_refuses_non_staff(
         "no platform role": make_user(engine)[1],
         "org owner": org.tokens["owner"],
         "ingest key": org.ingest_key,
+        "publishable key": make_publishable_key(client, org)[0],
     }[who]
     routes = staff_routes(app)
     for method, template, _ in routes:

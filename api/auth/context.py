@@ -22,6 +22,10 @@ class Principal:
     platform_role: PlatformRole | None = None
     #: For org ingest keys: the one organization the key writes to.
     organization_id: uuid.UUID | None = None
+    #: A publishable key: it reaches only the routes marked ``api.auth.services.BROWSER``.
+    publishable: bool = False
+    #: The browser origins this ingest key is accepted from (None: none listed).
+    allowed_origins: frozenset[str] | None = None
 
     @property
     def is_user(self) -> bool:

@@ -13,6 +13,8 @@ KIND_PREFIX = {
     TokenKind.org_ingest: "keel_ik_",
     TokenKind.platform_ingest: "keel_pk_",
 }
+#: Publishable keys (org or platform): meant to be read in a web page, and recognizable as such.
+PUBLISHABLE_PREFIX = "keel_pub_"
 VISIBLE_CHARS = 6
 
 
@@ -21,7 +23,8 @@ def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def generate(kind: TokenKind) -> tuple[str, str, bytes]:
+def generate(kind: TokenKind, *, publishable: bool = False) -> tuple[str, str, bytes]:
     """Return ``(secret, visible_prefix, digest)`` for a new token of ``kind``."""
-    secret = KIND_PREFIX[kind] + secrets.token_urlsafe(32)
-    return secret, secret[: len(KIND_PREFIX[kind]) + VISIBLE_CHARS], digest(secret)
+    prefix = PUBLISHABLE_PREFIX if publishable else KIND_PREFIX[kind]
+    secret = prefix + secrets.token_urlsafe(32)
+    return secret, secret[: len(prefix) + VISIBLE_CHARS], digest(secret)

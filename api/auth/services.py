@@ -95,7 +95,36 @@ async def authenticate(session: AsyncSession, secret: str, *, touch_interval: in
         email=user.email if user is not None else None,
         platform_role=user.platform_role if user is not None else None,
         organization_id=token.organization_id,
+        publishable=token.publishable,
+        allowed_origins=frozenset(token.allowed_origins) if token.allowed_origins is not None else None,
     )
+
+
+#: Route option: browsers may call this route (``api/cors.py`` answers its CORS), and a publishable
+#: key may reach it. The one definition of what a publishable key reaches: the routes that write
+#: events (``/segment/v1/*``, ``/v1/events*``) and evaluate flags (``/v1/flags/evaluate*``,
+#: ``/ofrep/*``) carry it; nothing else does.
+BROWSER = "browser"
+BROWSER_ROUTE: dict[str, Any] = {BROWSER: True}
+
+
+def check_key_reach(principal: Principal, opt: Mapping[str, Any], *, origin: str | None) -> None:
+    """Refuse a publishable key off the browser routes, and an ingest key sent from a browser
+    origin it does not allow (``authenticate_request`` calls this for every route).
+
+    A publishable key with no ``allowed_origins`` is accepted from any origin; a secret ingest key
+    with none is accepted from no browser at all (it is meant for servers, which send no ``Origin``).
+    """
+    if principal.publishable and not opt.get(BROWSER):
+        raise Forbidden("a publishable key may only send events and evaluate flags")
+    if origin is None or principal.is_user:
+        return
+    allowed = principal.allowed_origins
+    if allowed is None and principal.publishable:
+        return
+    if allowed is None or origin.lower() not in allowed:
+        kind = "publishable" if principal.publishable else "secret ingest"
+        raise Forbidden(f"this {kind} key is not allowed from the browser origin {origin!r}")
 
 
 def require_user(principal: Principal) -> uuid.UUID:

@@ -5,6 +5,7 @@ from typing import Any
 from litestar import Controller, Request, post
 from litestar.datastructures import State
 
+from api.auth import services as auth
 from api.auth.context import Principal
 from api.bodies import MAX_JSON_DEPTH, TEXT_PLAIN_JSON, check_json
 from api.deps import provide_context
@@ -30,6 +31,8 @@ def _origin(request: Request[Any, Any, Any]) -> services.Origin:
 
 class EventController(Controller):
     path = "/v1/events"
+    #: Browsers call these routes (CORS), publishable keys reach them.
+    opt = auth.BROWSER_ROUTE
     tags = ["events"]
     request_max_body_size = MAX_REQUEST_BYTES
 

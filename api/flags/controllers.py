@@ -243,6 +243,8 @@ class FlagEvaluationController(Controller):
     """
 
     path = "/v1/flags/evaluate"
+    #: Browsers call these routes (CORS), publishable keys reach them.
+    opt = auth.BROWSER_ROUTE
     tags = ["flags"]
 
     @get("/", summary="Every flag's answer for an organization (org ingest key or member token)")

@@ -225,6 +225,8 @@ class OfrepController(Controller):
     """OFREP core: single and bulk evaluation (org ingest key, platform key or member token)."""
 
     path = "/ofrep/v1/evaluate/flags"
+    #: Browsers call these routes (CORS), publishable keys reach them.
+    opt = auth.BROWSER_ROUTE
     tags = ["ofrep"]
 
     async def _prepare(

@@ -9,7 +9,7 @@ from litestar import Controller, Request, post
 from litestar.datastructures import State
 
 from api.auth.context import Principal
-from api.auth.services import BASIC_WRITE_KEY
+from api.auth.services import BASIC_WRITE_KEY, BROWSER_ROUTE
 from api.bodies import TEXT_PLAIN_JSON, check_json, utf8_problem
 from api.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from api.events.body import decode_envelope, read_limited_body
@@ -32,6 +32,8 @@ _ANSWER = (
     "`Content-Encoding: gzip` and `text/plain` bodies are accepted."
 )
 _OPT = {TEXT_PLAIN_JSON: True, BASIC_WRITE_KEY: True}
+# Each call also answers at the one-letter path Segment's browser SDK (analytics.js) posts to
+# (``/t``, ``/i``, ``/g``, ``/p``, ``/s``, ``/a``; ``/b`` for its batching mode): the same handler.
 
 
 async def _single(
@@ -66,11 +68,13 @@ def _doc(kind: str) -> dict[str, Any]:
 
 class SegmentController(Controller):
     path = "/segment/v1"
+    #: Browsers call these routes (CORS), publishable keys reach them.
+    opt = BROWSER_ROUTE
     tags = ["segment"]
     request_max_body_size = MAX_REQUEST_BYTES
 
     @post(
-        "/batch",
+        ["/batch", "/b"],
         status_code=200,
         summary="Segment batch of calls",
         description=_AUTH
@@ -106,37 +110,37 @@ class SegmentController(Controller):
         )  # fmt: skip
         return SegmentAnswer()
 
-    @post("/track", **_doc("track"))
+    @post(["/track", "/t"], **_doc("track"))
     async def track(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:
         return await _single(request, principal, state, "track")
 
-    @post("/identify", **_doc("identify"))
+    @post(["/identify", "/i"], **_doc("identify"))
     async def identify(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:
         return await _single(request, principal, state, "identify")
 
-    @post("/group", **_doc("group"))
+    @post(["/group", "/g"], **_doc("group"))
     async def group(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:
         return await _single(request, principal, state, "group")
 
-    @post("/page", **_doc("page"))
+    @post(["/page", "/p"], **_doc("page"))
     async def page(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:
         return await _single(request, principal, state, "page")
 
-    @post("/screen", **_doc("screen"))
+    @post(["/screen", "/s"], **_doc("screen"))
     async def screen(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:
         return await _single(request, principal, state, "screen")
 
-    @post("/alias", **_doc("alias"))
+    @post(["/alias", "/a"], **_doc("alias"))
     async def alias(
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:

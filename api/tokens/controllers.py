@@ -12,7 +12,7 @@ from api.auth.permissions import Permission, StaffPermission
 from api.pagination import Cursor, Limit, page_of
 from api.tokens import services
 from api.tokens.models import ApiToken, TokenKind
-from api.tokens.schemas import TokenCreate, TokenCreated, TokenOut, TokenPage
+from api.tokens.schemas import IngestKeyCreate, TokenCreate, TokenCreated, TokenOut, TokenPage
 
 
 def token_out(token: ApiToken) -> TokenOut:
@@ -20,6 +20,7 @@ def token_out(token: ApiToken) -> TokenOut:
         id=token.id, kind=token.kind, name=token.name, prefix=token.prefix,
         organization_id=token.organization_id, created_at=token.created_at,
         last_used_at=token.last_used_at, expires_at=token.expires_at, revoked_at=token.revoked_at,
+        publishable=token.publishable, allowed_origins=token.allowed_origins,
     )  # fmt: skip
 
 
@@ -81,11 +82,14 @@ class OrgIngestKeyController(Controller):
         )
         return page(keys, limit)
 
-    @post("/", summary="Create an ingest key for this organization (its secret is shown once)")
+    @post(
+        "/",
+        summary="Create an ingest key or a publishable key for this organization (its secret is shown once)",
+    )
     async def create(
         self,
         org_id: uuid.UUID,
-        data: TokenCreate,
+        data: IngestKeyCreate,
         db: AsyncSession,
         principal: Principal,
         ctx: RequestContext,
@@ -94,6 +98,7 @@ class OrgIngestKeyController(Controller):
         token, secret = await services.create_token(
             db, kind=TokenKind.org_ingest, name=data.name, actor=Actor.of(principal), ctx=ctx,
             organization_id=org_id, created_by=principal.user_id, expires_in_days=data.expires_in_days,
+            publishable=data.publishable, allowed_origins=data.allowed_origins,
         )  # fmt: skip
         return token_created(token, secret)
 
@@ -130,11 +135,12 @@ class PlatformIngestKeyController(Controller):
         opt=auth.staff_only(StaffPermission.administer),
     )
     async def create(
-        self, data: TokenCreate, db: AsyncSession, principal: Principal, ctx: RequestContext
+        self, data: IngestKeyCreate, db: AsyncSession, principal: Principal, ctx: RequestContext
     ) -> TokenCreated:
         token, secret = await services.create_token(
             db, kind=TokenKind.platform_ingest, name=data.name, actor=Actor.of(principal, as_staff=True),
             ctx=ctx, created_by=principal.user_id, expires_in_days=data.expires_in_days,
+            publishable=data.publishable, allowed_origins=data.allowed_origins,
         )  # fmt: skip
         return token_created(token, secret)
 

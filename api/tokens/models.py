@@ -10,7 +10,8 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import Boolean, CheckConstraint, DateTime, ForeignKey, Index, LargeBinary, String, Text, false
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.auth.models import User
@@ -35,6 +36,9 @@ class ApiToken(IdMixin, TimestampMixin, Base):
             " OR (kind = 'platform_ingest' AND organization_id IS NULL)",
             name="owner_matches_kind",
         ),
+        CheckConstraint(
+            "kind <> 'user' OR (NOT publishable AND allowed_origins IS NULL)", name="publishable_is_ingest"
+        ),
         Index("ix_api_tokens_user_id", "user_id"),
         Index("ix_api_tokens_organization_id", "organization_id"),
     )
@@ -49,3 +53,9 @@ class ApiToken(IdMixin, TimestampMixin, Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: A publishable key (``keel_pub_...``, safe to put in a web page): an ingest key that may only
+    #: write events and evaluate flags (the routes marked ``api.auth.services.BROWSER``).
+    publishable: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    #: The browser origins an ingest key is accepted from (``Origin`` header); NULL lists none, so a
+    #: secret key is refused from every browser and a publishable one accepted from any.
+    allowed_origins: Mapped[list[str] | None] = mapped_column(ARRAY(Text))

@@ -15,6 +15,21 @@ class TokenCreate(Struct):
     expires_in_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
 
 
+#: A browser origin as the ``Origin`` header sends it: scheme, host and optional port, no path.
+BrowserOrigin = Annotated[
+    str, msgspec.Meta(max_length=255, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+]
+
+
+class IngestKeyCreate(TokenCreate):
+    #: A publishable key (``keel_pub_...``): safe in a web page, it may only send events and
+    #: evaluate flags.
+    publishable: bool = False
+    #: The browser origins the key is accepted from. None: a publishable key from any origin,
+    #: a secret key from no browser at all.
+    allowed_origins: Annotated[list[BrowserOrigin], msgspec.Meta(max_length=50)] | None = None
+
+
 class TokenOut(msgspec.Struct):
     id: uuid.UUID
     kind: TokenKind
@@ -25,6 +40,8 @@ class TokenOut(msgspec.Struct):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    publishable: bool = False
+    allowed_origins: list[str] | None = None
 
 
 class TokenCreated(TokenOut):

@@ -23,6 +23,24 @@ ACTION_NOUN = {
 }
 
 
+#: Publishable keys are audited under nouns of their own: a key in a web page is another matter.
+PUBLISHABLE_NOUN = {
+    TokenKind.org_ingest: "publishable_key",
+    TokenKind.platform_ingest: "platform_publishable_key",
+}
+
+
+def action_noun(kind: TokenKind, *, publishable: bool = False) -> str:
+    return PUBLISHABLE_NOUN[kind] if publishable else ACTION_NOUN[kind]
+
+
+def normalize_origins(origins: list[str] | None) -> list[str] | None:
+    """Origins compare as browsers send them: lower-case, without a trailing slash, each once."""
+    if origins is None:
+        return None
+    return sorted({origin.lower().rstrip("/") for origin in origins})
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -38,8 +56,11 @@ async def create_token(
     organization_id: uuid.UUID | None = None,
     created_by: uuid.UUID | None = None,
     expires_in_days: int | None = None,
+    publishable: bool = False,
+    allowed_origins: list[str] | None = None,
 ) -> tuple[ApiToken, str]:
-    secret, prefix, digest = secrets.generate(kind)
+    secret, prefix, digest = secrets.generate(kind, publishable=publishable)
+    origins = normalize_origins(allowed_origins)
     token = ApiToken(
         kind=kind,
         name=name,
@@ -49,13 +70,18 @@ async def create_token(
         organization_id=organization_id,
         created_by=created_by,
         expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+        publishable=publishable,
+        allowed_origins=origins,
     )
     session.add(token)
     await session.flush()
+    noun = action_noun(kind, publishable=publishable)
+    after: dict[str, object] = {"name": name, "prefix": prefix, "expires_at": _iso(token.expires_at)}
+    if publishable or origins is not None:
+        after["allowed_origins"] = origins
     await audit.record(
-        session, action=f"{ACTION_NOUN[kind]}.created", actor=actor, ctx=ctx, organization_id=organization_id,
-        resource_type=ACTION_NOUN[kind], resource_id=token.id,
-        after={"name": name, "prefix": prefix, "expires_at": _iso(token.expires_at)},
+        session, action=f"{noun}.created", actor=actor, ctx=ctx, organization_id=organization_id,
+        resource_type=noun, resource_id=token.id, after=after,
     )  # fmt: skip
     return token, secret
 
@@ -104,8 +130,9 @@ async def revoke_token(
     token.revoked_at = utcnow()
     cache.invalidate_after_commit(session)
     await session.flush()
+    noun = action_noun(kind, publishable=token.publishable)
     await audit.record(
-        session, action=f"{ACTION_NOUN[kind]}.revoked", actor=actor, ctx=ctx, organization_id=organization_id,
-        resource_type=ACTION_NOUN[kind], resource_id=token.id,
+        session, action=f"{noun}.revoked", actor=actor, ctx=ctx, organization_id=organization_id,
+        resource_type=noun, resource_id=token.id,
         before={"name": token.name, "prefix": token.prefix},
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """audit streams push the signed checkpoints too: how far each stream has sent them
 
 Revision ID: 0065
-Revises: 0050
+Revises: 0060
 Create Date: 2026-12-01 14:00:00.000000
 
 ``delivered_checkpoint_seq``: every signed checkpoint of the stream's chain up to this seq has been
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0065"
-down_revision: str | None = "0050"
+down_revision: str | None = "0060"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

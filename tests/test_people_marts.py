@@ -274,6 +274,13 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
 ALIASED = {"anon-1": "u-1", "old-1": "u-1"}
 
 
+def stored(call: dict[str, Any]) -> tuple[str, str | None]:
+    """The event a Segment call is stored as (track keeps its name; the others are reserved names)
+    and who it counts as (identities merged by ALIASED)."""
+    event = call["event"] if call["type"] == "track" else "$" + call["type"]
+    return event, ALIASED.get(call.get("userId") or call.get("anonymousId", ""), call.get("userId"))
+
+
 def basic(key: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
@@ -344,13 +351,11 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
         assert people["u-1"][0] == {"email": "u1@x.example"}
         day_of = {c["messageId"]: datetime.fromisoformat(c["timestamp"]).date() for c in t["calls"]}
         assert people["u-1"][1].date() == start.date() and people["u-2"][1].date() == start.date() + timedelta(days=2)
-        # Active users: anon-1's events count as u-1, anon-2's as no one.
+        # Active users: anon-1's and old-1's events count as u-1, anon-2's as no one.
         dau: dict[date, set[str]] = defaultdict(set)
         for c in t["calls"]:
-            if c["type"] == "track":
-                who = ALIASED.get(c.get("userId") or c.get("anonymousId", ""), c.get("userId"))
-                if who:
-                    dau[day_of[c["messageId"]]].add(who)
+            if who := stored(c)[1]:
+                dau[day_of[c["messageId"]]].add(who)
         got = dict(query(warehouse, "SELECT day, dau FROM org_active_users WHERE organization_id = ?", org_id))
         assert {d: n for d, n in got.items() if n} == {d: len(s) for d, s in dau.items()}
         assert query(warehouse, "SELECT mau FROM org_active_users WHERE organization_id = ? AND day = ?", org_id, today) == [
@@ -379,11 +384,11 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
             if v:
                 sizes[(start.date() + timedelta(days=k), v)] += 1
         for c in t["calls"]:
-            if c["type"] != "track" or not value_on(day_of_call := datetime.fromisoformat(c["timestamp"]).date()):
+            if not value_on(day_of_call := datetime.fromisoformat(c["timestamp"]).date()):
                 continue
-            key = (day_of_call, c["event"], value_on(day_of_call) or "")
+            event, who = stored(c)
+            key = (day_of_call, event, value_on(day_of_call) or "")
             expected[key][0].add(org_id)
-            who = ALIASED.get(c.get("userId") or c.get("anonymousId", ""), c.get("userId"))
             if who:
                 expected[key][1].add((org_id, who))
     assert actual == {k: (len(o), sizes[(k[0], k[2])], len(p)) for k, (o, p) in expected.items()}

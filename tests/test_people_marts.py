@@ -60,7 +60,7 @@ def person_of(aliases: dict[str, str], user_id: str | None, anonymous_id: str | 
 
 
 def adoption_truth(
-    orgs: dict[str, dict[str, Any]], dimension: str, segment_of: Any
+    orgs: dict[str, dict[str, Any]], segment_of: Any
 ) -> dict[tuple[date, str, str], tuple[int, int, int]]:
     """(day, event, value) -> (adopting orgs, segment orgs, people) for one dimension."""
     sizes: dict[tuple[date, str], int] = defaultdict(int)
@@ -100,12 +100,14 @@ def hand_written_lake(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
             "aliases": {},
             "events": [],
         }
-    for org_id, org in orgs.items():
+    for org in orgs.values():
         # group calls: industry set early, changed by some; employees set later (a number).
         calls = [(noon(DAYS[0]) + timedelta(hours=org["n"]), {"industry": "retail"})]
         if org["n"] != 1:
             calls.append((noon(DAYS[4]), {"industry": "saas", "employees": 10 * (org["n"] + 1)}))
-            calls.append((noon(DAYS[4]) + timedelta(hours=3), {"industry": "fintech"}))  # same day: the last wins
+            calls.append(
+                (noon(DAYS[4]) + timedelta(hours=3), {"industry": "fintech"})
+            )  # same day: the last wins
         org["group_calls"] = [(at, f"g{i}", t) for i, (at, t) in enumerate(calls)]
         # People: p1..p4 identified; two anonymous ids, one aliased to p1, one to a user never identified.
         for p in ("p1", "p2", "p3", "p4"):
@@ -124,7 +126,13 @@ def hand_written_lake(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
             who = rng.choice(["p1", "p2", "p3", "p4", None])
             anon = rng.choice(["anon-a", "anon-b", "anon-c"]) if who is None else None
             org["events"].append(
-                {"message_id": f"e{i}", "event": rng.choice(FEATURES), "user_id": who, "anonymous_id": anon, "day": d}
+                {
+                    "message_id": f"e{i}",
+                    "event": rng.choice(FEATURES),
+                    "user_id": who,
+                    "anonymous_id": anon,
+                    "day": d,
+                }
             )
     for d in DAYS:
         part = f"snapshot_date={d.isoformat()}"
@@ -189,9 +197,16 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
     build_warehouse(str(lake), warehouse, as_of=AS_OF)
 
     # dim_orgs: external_id, the plan of the current subscription on the as-of date, latest traits.
-    dim_orgs = {r[0]: r[1:] for r in query(warehouse, "SELECT organization_id, external_id, plan, traits FROM dim_orgs")}
+    dim_orgs = {
+        r[0]: r[1:]
+        for r in query(warehouse, "SELECT organization_id, external_id, plan, traits FROM dim_orgs")
+    }
     assert dim_orgs == {
-        o: (v["external_id"], v["plans"][AS_OF], json.dumps({"industry": trait_as_of(v["group_calls"], "industry", AS_OF)}))
+        o: (
+            v["external_id"],
+            v["plans"][AS_OF],
+            json.dumps({"industry": trait_as_of(v["group_calls"], "industry", AS_OF)}),
+        )
         for o, v in orgs.items()
     }
 
@@ -213,11 +228,14 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
     actual_people = {
         (r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5])
         for r in query(
-            warehouse, "SELECT organization_id, user_id, traits, first_seen_at, last_seen_at, merged_ids FROM dim_people"
+            warehouse,
+            "SELECT organization_id, user_id, traits, first_seen_at, last_seen_at, merged_ids FROM dim_people",
         )
     }
     assert actual_people == expected_people
-    assert ("p9" in {p for _, p in actual_people}) and not {"anon-a", "anon-b"} & {p for _, p in actual_people}
+    assert ("p9" in {p for _, p in actual_people}) and not {"anon-a", "anon-b"} & {
+        p for _, p in actual_people
+    }
 
     # Org traits as of each day, read from the validity ranges.
     for o, v in orgs.items():
@@ -231,7 +249,11 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
                     trait,
                     d,
                 )
-                assert (got[0][0] if got else "(none)") == trait_as_of(v["group_calls"], trait, d), (o, trait, d)
+                assert (got[0][0] if got else "(none)") == trait_as_of(v["group_calls"], trait, d), (
+                    o,
+                    trait,
+                    d,
+                )
 
     # Feature adoption by plan (that day's plan) and by each org trait (as of that day).
     dimensions = {
@@ -249,7 +271,7 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
                 dimension,
             )
         }
-        assert actual == adoption_truth(orgs, dimension, segment_of), dimension
+        assert actual == adoption_truth(orgs, segment_of), dimension
 
     # Active users count an anonymous id aliased to a user as that user, once.
     for o, v in orgs.items():
@@ -261,10 +283,12 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
         mau = set().union(*daily.values())
         got = dict(query(warehouse, "SELECT day, dau FROM org_active_users WHERE organization_id = ?", o))
         assert {d: n for d, n in got.items() if n} == {d: len(s) for d, s in daily.items()}
-        assert query(warehouse, "SELECT mau FROM org_active_users WHERE organization_id = ? AND day = ?", o, AS_OF) == [
-            (len(mau),)
-        ]
-        assert "anon-c" not in mau and ("p9" in mau) == any(e["anonymous_id"] == "anon-b" for e in v["events"])
+        assert query(
+            warehouse, "SELECT mau FROM org_active_users WHERE organization_id = ? AND day = ?", o, AS_OF
+        ) == [(len(mau),)]
+        assert "anon-c" not in mau and ("p9" in mau) == any(
+            e["anonymous_id"] == "anon-b" for e in v["events"]
+        )
 
 
 # -- real Segment calls, exported and built by the flows ----------------------------------------------
@@ -297,7 +321,9 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
     truth: dict[str, dict[str, Any]] = {}
     for n, world in enumerate(worlds):
         external = f"acct-{uuid.uuid4().hex[:10]}"
-        answer = client.patch(f"/v1/orgs/{world.id}", json={"external_id": external}, headers=world.headers("owner"))
+        answer = client.patch(
+            f"/v1/orgs/{world.id}", json={"external_id": external}, headers=world.headers("owner")
+        )
         assert answer.status_code == 200, answer.text
         at = [start + timedelta(days=d, hours=9) for d in range(4)]
         calls: list[dict[str, Any]] = [
@@ -327,7 +353,11 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
             headers=basic(world.ingest_key),
         )
         assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
-        truth[world.id] = {"external_id": external, "calls": calls, "tier": {1: "gold" if n else "silver", 3: "gold"}}
+        truth[world.id] = {
+            "external_id": external,
+            "calls": calls,
+            "tier": {1: "gold" if n else "silver", 3: "gold"},
+        }
 
     export_lake()
     build_warehouse_flow(as_of=today.isoformat())
@@ -350,17 +380,21 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
         assert people["u-1"][3] == ["old-1"] and people["u-2"][3] == []
         assert people["u-1"][0] == {"email": "u1@x.example"}
         day_of = {c["messageId"]: datetime.fromisoformat(c["timestamp"]).date() for c in t["calls"]}
-        assert people["u-1"][1].date() == start.date() and people["u-2"][1].date() == start.date() + timedelta(days=2)
+        assert people["u-1"][1].date() == start.date() and people["u-2"][
+            1
+        ].date() == start.date() + timedelta(days=2)
         # Active users: anon-1's and old-1's events count as u-1, anon-2's as no one.
         dau: dict[date, set[str]] = defaultdict(set)
         for c in t["calls"]:
             if who := stored(c)[1]:
                 dau[day_of[c["messageId"]]].add(who)
-        got = dict(query(warehouse, "SELECT day, dau FROM org_active_users WHERE organization_id = ?", org_id))
+        got = dict(
+            query(warehouse, "SELECT day, dau FROM org_active_users WHERE organization_id = ?", org_id)
+        )
         assert {d: n for d, n in got.items() if n} == {d: len(s) for d, s in dau.items()}
-        assert query(warehouse, "SELECT mau FROM org_active_users WHERE organization_id = ? AND day = ?", org_id, today) == [
-            (2,)
-        ]
+        assert query(
+            warehouse, "SELECT mau FROM org_active_users WHERE organization_id = ? AND day = ?", org_id, today
+        ) == [(2,)]
 
     # Adoption by the test's own trait: each day's value as of that day, both orgs counted.
     actual = {
@@ -372,9 +406,12 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
             f"trait:{tier}",
         )
     }
-    expected: dict[tuple[date, str, str], tuple[set[str], set[tuple[str, str]]]] = defaultdict(lambda: (set(), set()))
+    expected: dict[tuple[date, str, str], tuple[set[str], set[tuple[str, str]]]] = defaultdict(
+        lambda: (set(), set())
+    )
     sizes: dict[tuple[date, str], int] = defaultdict(int)
     for org_id, t in truth.items():
+
         def value_on(d: date, t: dict[str, Any] = t) -> str | None:
             set_on = [k for k in t["tier"] if start.date() + timedelta(days=k) <= d]
             return t["tier"][max(set_on)] if set_on else None

@@ -190,5 +190,11 @@ def over_seat_limit(status: str | None, active_members: int, seats: int | None) 
     return status in SUBSCRIPTION_IN_GOOD_STANDING and seats is not None and active_members > seats
 
 
+def active_user(user_id: str | None, anonymous_id: str | None, aliased_user_id: str | None) -> str | None:
+    """:data:`ACTIVE_USER`: who an event counts as (``aliased_user_id``: the user id an alias call
+    merged the event's user id, else its anonymous id, into)."""
+    return aliased_user_id if aliased_user_id is not None else user_id
+
+
 def in_mau_window(day: date, as_of: date) -> bool:
     return 0 <= (as_of - day).days < MAU_DAYS

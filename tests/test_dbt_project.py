@@ -83,6 +83,7 @@ def test_every_mart_organization_is_a_known_organization_and_enumerations_match_
     enums = {
         ("stg_audit_log", "actor_type"): ActorType,
         ("stg_organizations", "status"): OrgStatus,
+        ("dim_orgs", "status"): OrgStatus,
         ("stg_subscriptions", "status"): SubscriptionStatus,
         ("int_current_subscriptions", "status"): SubscriptionStatus,
         ("stg_billing_reconciliation_runs", "status"): ReconciliationRunStatus,

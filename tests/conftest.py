@@ -40,7 +40,7 @@ E2E_FILES = frozenset(
 PIPELINE_FILES = frozenset(
     {"test_pipelines.py", "test_pipelines_cli.py", "test_lake_s3.py", "test_webhook_lake.py", "test_billing_reconcile.py",
      "test_audit_export.py", "test_audit_prune.py", "test_audit_stream_retention.py", "test_dbt_project.py",
-     "test_spark_lake.py"}
+     "test_spark_lake.py", "test_people_marts.py"}
 )  # fmt: skip
 PIPELINE_FIXTURES = frozenset({"prefect_harness", "session_prefect", "pipeline_env", "built_warehouse"})
 LAYERS = ("unit", "api", "pipelines", "e2e")

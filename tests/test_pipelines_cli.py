@@ -245,6 +245,9 @@ def test_the_duckdb_file_opens_in_a_plain_duckdb_client(built_warehouse: Path) -
             "seat_utilization",
             "webhook_health",
             "org_health",
+            "dim_orgs",
+            "dim_people",
+            "feature_adoption_by_segment",
         }
         assert con.execute("SELECT count(*) FROM stg_events").fetchone()[0] > 0  # views reach the lake
     finally:

@@ -150,6 +150,11 @@ def test_each_rule_answers_alike_in_python_duckdb_and_postgres(rules_db: tuple[s
                     s=status, m=members, n=seats,
                 )  # fmt: skip
                 assert answers == (expected,) * 2, (status, members, seats)
+        for ids in itertools.product([None, "u1"], [None, "device-1"], [None, "u9"]):
+            expected = rules.active_user(*ids)
+            answers = ask(rules.ACTIVE_USER, "CAST(:u AS text)", "CAST(:a AS text)", "CAST(:l AS text)",
+                          **dict(zip("ual", ids, strict=True)))  # fmt: skip
+            assert answers == (expected,) * 2, ids
         as_of = date(2026, 3, 31)
         for back in range(-2, 40):
             day = as_of - timedelta(days=back)
@@ -307,9 +312,9 @@ def test_billing_screen_reconciliation_and_marts_pick_the_same_current_subscript
 def test_monthly_active_users_are_the_same_from_postgres_and_from_the_warehouse(
     rules_db: tuple[str, Engine], tmp_path: Path
 ) -> None:
-    """Identified users, anonymous-only visitors, and users just inside and just outside the 30
-    days: the reconciliation's Postgres fallback, its warehouse source and ``org_health.mau``
-    count the same users."""
+    """Identified users, anonymous-only visitors, ids merged by alias (one person counted once),
+    and users just inside and just outside the 30 days: the reconciliation's Postgres fallback,
+    its warehouse source and ``org_health.mau`` count the same users."""
     database_url, engine = rules_db
     today = datetime.now(UTC).date()
     with engine.begin() as conn:
@@ -320,7 +325,21 @@ def test_monthly_active_users_are_the_same_from_postgres_and_from_the_warehouse(
             (mixed, None, "device-a", 0), (mixed, None, "device-b", 3),
             (mixed, "u-29", None, 29), (mixed, "u-30", None, 30), (mixed, "u-40", None, 40),
             (anonymous_only, None, "device-c", 0), (anonymous_only, None, "device-d", 2),
+            (mixed, "old-u2", None, 1), (mixed, None, "device-e", 2),
         ]  # fmt: skip
+        # alias calls: device-a is u1 (counted once), old-u2 is u2, device-c is someone never seen by
+        # user id (counted as that user), device-e is u-40 (active now through its device).
+        for org_id, previous_id, user_id in [
+            (mixed, "device-a", "u1"), (mixed, "old-u2", "u2"), (anonymous_only, "device-c", "u-c"),
+            (mixed, "device-e", "u-40"),
+        ]:  # fmt: skip
+            conn.execute(
+                text(
+                    "INSERT INTO identity_aliases (organization_id, previous_id, user_id, message_id, timestamp)"
+                    " VALUES (:o, :p, :u, :m, now())"
+                ),
+                {"o": org_id, "p": previous_id, "u": user_id, "m": unique("a")},
+            )
         for org_id, user_id, anonymous_id, back in planted:
             conn.execute(
                 text(
@@ -336,7 +355,7 @@ def test_monthly_active_users_are_the_same_from_postgres_and_from_the_warehouse(
     from_warehouse, source = in_session(database_url, lambda s: rec.usage_by_org(s, warehouse))
     assert source == "warehouse"
     health = {uuid.UUID(o): mau for o, mau in mart(warehouse, "SELECT organization_id, mau FROM org_health")}
-    counted = {mixed: 3, anonymous_only: 0}  # u1, u2, u-29
+    counted = {mixed: 4, anonymous_only: 1}  # u1, u2, u-29, u-40; u-c
     assert {o: postgres.get(o, 0) for o in counted} == counted
     assert {o: from_warehouse.get(o, 0) for o in counted} == counted
     assert {o: health[o] for o in counted} == counted

@@ -20,8 +20,10 @@ The rules (reasons in ``docs/warehouse.md`` and ``docs/billing.md``):
 - **An active member** (one who uses a seat) has a membership whose status is ``active``.
 - **Over the seat limit**: more active members than the seats of a current subscription in good
   standing.
-- **An active user** is an identified user (``user_id``) with an event in the window; an anonymous
-  id counts as no one. **Monthly** is the 30 UTC days ending on the day counted for (weekly: 7).
+- **An active user** is an identified user (``user_id``) with an event in the window; an id an
+  ``alias`` call merged into a user id (``identity_aliases``: the event's user id, else its
+  anonymous id) counts as that user, one person counted once; any other anonymous id counts as
+  no one. **Monthly** is the 30 UTC days ending on the day counted for (weekly: 7).
 
 This module imports nothing from ``api`` or ``pipelines`` (the import direction): ``api`` imports it.
 """
@@ -118,10 +120,12 @@ OVER_SEAT_LIMIT = Rule(
 )
 ACTIVE_USER = Rule(
     "keel_active_user",
-    ("user_id", "anonymous_id"),
+    ("user_id", "anonymous_id", "aliased_user_id"),
     # anonymous_id is a parameter (unused) so that every caller shows what is left out.
-    "user_id",
-    "Who an event counts as, for active users: its identified user; an anonymous id counts as no one.",
+    "coalesce(aliased_user_id, user_id)",
+    "Who an event counts as, for active users: the user id an alias call merged its id into (its"
+    " user id, else its anonymous id), else its identified user; an anonymous id no alias names"
+    " counts as no one.",
 )
 IN_TRAILING_DAYS = Rule(
     "keel_in_trailing_days",
@@ -184,6 +188,12 @@ def current_subscription(subs: Sequence[T], *, created: str = "created") -> T:
 
 def over_seat_limit(status: str | None, active_members: int, seats: int | None) -> bool:
     return status in SUBSCRIPTION_IN_GOOD_STANDING and seats is not None and active_members > seats
+
+
+def active_user(user_id: str | None, anonymous_id: str | None, aliased_user_id: str | None) -> str | None:
+    """:data:`ACTIVE_USER`: who an event counts as (``aliased_user_id``: the user id an alias call
+    merged the event's user id, else its anonymous id, into)."""
+    return aliased_user_id if aliased_user_id is not None else user_id
 
 
 def in_mau_window(day: date, as_of: date) -> bool:

@@ -370,12 +370,14 @@ def _warehouse_mau(path: Path) -> Any:
 #: Monthly active users per organization from Postgres's events, by the rules the org_active_users
 #: mart applies (warehouse.rules): identified users, over the 30 UTC days ending today.
 POSTGRES_MAU = (
-    "SELECT organization_id, count(DISTINCT {user}) FROM events WHERE {user} IS NOT NULL AND {window}"
-    " GROUP BY organization_id"
+    "SELECT e.organization_id, count(DISTINCT {user}) FROM events e"
+    " LEFT JOIN identity_aliases a ON a.organization_id = e.organization_id"
+    " AND a.previous_id = coalesce(e.user_id, e.anonymous_id)"
+    " WHERE {user} IS NOT NULL AND {window} GROUP BY e.organization_id"
 ).format(
-    user=rules.ACTIVE_USER.sql("user_id", "anonymous_id"),
+    user=rules.ACTIVE_USER.sql("e.user_id", "e.anonymous_id", "a.user_id"),
     window=rules.IN_MAU_WINDOW.sql(
-        "CAST(timezone('UTC', \"timestamp\") AS date)", "CAST(timezone('UTC', now()) AS date)"
+        "CAST(timezone('UTC', e.\"timestamp\") AS date)", "CAST(timezone('UTC', now()) AS date)"
     ),
 )
 

@@ -8,10 +8,10 @@ usage AS (
         event,
         min(day) AS first_seen,
         max(day) AS last_seen,
-        count(DISTINCT keel_active_user(user_id, anonymous_id)) AS users,
-        count(DISTINCT keel_active_user(user_id, anonymous_id))
+        count(DISTINCT keel_active_user(user_id, anonymous_id, aliased_user_id)) AS users,
+        count(DISTINCT keel_active_user(user_id, anonymous_id, aliased_user_id))
             FILTER (WHERE keel_in_mau_window(day, (SELECT as_of FROM {{ ref('keel_params') }}))) AS users_30d
-    FROM {{ ref('stg_events') }}
+    FROM {{ ref('int_events_identified') }}
     WHERE day <= (SELECT as_of FROM {{ ref('keel_params') }})
     GROUP BY organization_id, event
 )

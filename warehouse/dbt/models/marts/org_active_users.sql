@@ -1,14 +1,14 @@
 WITH user_days AS (
-    SELECT DISTINCT organization_id, day, keel_active_user(user_id, anonymous_id) AS user_id FROM {{ ref('stg_events') }}
-    WHERE keel_active_user(user_id, anonymous_id) IS NOT NULL
+    SELECT DISTINCT organization_id, day, keel_active_user(user_id, anonymous_id, aliased_user_id) AS user_id FROM {{ ref('int_events_identified') }}
+    WHERE keel_active_user(user_id, anonymous_id, aliased_user_id) IS NOT NULL
 ),
 -- The lake's history starts on its first event; an organization active on that day may have been
 -- active before it too, so its trailing windows are whole only once they fit inside the lake.
 lake_start AS (
-    SELECT min(day) AS first_day FROM {{ ref('stg_events') }}
+    SELECT min(day) AS first_day FROM {{ ref('int_events_identified') }}
 ),
 org_start AS (
-    SELECT organization_id, min(day) AS first_day FROM {{ ref('stg_events') }} GROUP BY organization_id
+    SELECT organization_id, min(day) AS first_day FROM {{ ref('int_events_identified') }} GROUP BY organization_id
 ),
 windows AS (
     SELECT

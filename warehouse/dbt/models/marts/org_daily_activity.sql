@@ -1,17 +1,17 @@
 WITH bounds AS (
-    SELECT organization_id, min(day) AS first_day FROM {{ ref('stg_events') }} GROUP BY organization_id
+    SELECT organization_id, min(day) AS first_day FROM {{ ref('int_events_identified') }} GROUP BY organization_id
 ),
 calendar AS (
     SELECT organization_id, CAST(unnest(generate_series(first_day, (SELECT as_of FROM {{ ref('keel_params') }}), INTERVAL 1 DAY)) AS DATE) AS day
     FROM bounds
 ),
 daily AS (
-    SELECT organization_id, day, count(*) AS events, count(DISTINCT keel_active_user(user_id, anonymous_id)) AS active_users
-    FROM {{ ref('stg_events') }} GROUP BY organization_id, day
+    SELECT organization_id, day, count(*) AS events, count(DISTINCT keel_active_user(user_id, anonymous_id, aliased_user_id)) AS active_users
+    FROM {{ ref('int_events_identified') }} GROUP BY organization_id, day
 ),
 first_seen AS (
-    SELECT organization_id, keel_active_user(user_id, anonymous_id) AS user_id, min(day) AS day FROM {{ ref('stg_events') }}
-    WHERE keel_active_user(user_id, anonymous_id) IS NOT NULL GROUP BY 1, 2
+    SELECT organization_id, keel_active_user(user_id, anonymous_id, aliased_user_id) AS user_id, min(day) AS day FROM {{ ref('int_events_identified') }}
+    WHERE keel_active_user(user_id, anonymous_id, aliased_user_id) IS NOT NULL GROUP BY 1, 2
 ),
 newcomers AS (
     SELECT organization_id, day, count(*) AS new_users FROM first_seen GROUP BY 1, 2

@@ -127,7 +127,9 @@ def _restore_item_constraints(cls: type[Struct], component: Schema) -> None:
     _, components = msgspec.json.schema_components([cls], ref_template="#/components/schemas/{name}")
     properties = components[cls.__name__].get("properties", {})
     for name, prop in (component.properties or {}).items():
-        items = (properties.get(name) or {}).get("items")
+        node = properties.get(name) or {}
+        arrays = [node, *node.get("anyOf", [])]  # ``list[...] | None`` is an anyOf in msgspec's schema
+        items = next((a["items"] for a in arrays if isinstance(a, dict) and "items" in a), None)
         if not isinstance(items, dict) or "$ref" in items:
             continue
         for array in _arrays(prop):

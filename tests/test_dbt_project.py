@@ -19,7 +19,13 @@ import pytest
 import yaml
 
 from api.audit.models import ActorType
-from api.billing.models import DiscrepancyKind, ReconciliationRunStatus, Severity, SubscriptionStatus
+from api.billing.models import (
+    DiscrepancyKind,
+    ReconciliationRunStatus,
+    Severity,
+    SubscriptionStatus,
+    UsageSource,
+)
 from api.members.models import MembershipStatus, OrgRole
 from api.orgs.models import OrgStatus
 from api.webhooks.models import InboundStatus
@@ -87,6 +93,7 @@ def test_every_mart_organization_is_a_known_organization_and_enumerations_match_
         ("stg_subscriptions", "status"): SubscriptionStatus,
         ("int_current_subscriptions", "status"): SubscriptionStatus,
         ("stg_billing_reconciliation_runs", "status"): ReconciliationRunStatus,
+        ("stg_billing_reconciliation_runs", "usage_source"): UsageSource,
         ("stg_billing_discrepancies", "kind"): DiscrepancyKind,
         ("stg_billing_discrepancies", "severity"): Severity,
         ("stg_memberships", "role"): OrgRole,

@@ -75,6 +75,14 @@ class ReconciliationRunStatus(enum.StrEnum):
     failed = "failed"
 
 
+class UsageSource(enum.StrEnum):
+    """Where a reconciliation run's monthly active users came from (a text column, not a DB enum)."""
+
+    warehouse = "warehouse"
+    postgres = "postgres"
+    none = "none"  # a run that failed before reading usage
+
+
 class ReconciliationRun(IdMixin, Base):
     """One reconciliation of Stripe, the mirror and product use."""
 

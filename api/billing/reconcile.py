@@ -27,6 +27,7 @@ from api.billing.models import (
     Severity,
     Subscription,
     SubscriptionStatus,
+    UsageSource,
 )
 from api.billing.stripe_api import StripeSnapshot
 from api.db.base import new_id, utcnow
@@ -392,9 +393,9 @@ async def usage_by_org(
         if frame is not None:
             return {
                 uuid.UUID(r["organization_id"]): int(r["mau"]) for r in frame.iter_rows(named=True)
-            }, "warehouse"
+            }, UsageSource.warehouse
     rows = await session.execute(text(POSTGRES_MAU))
-    return {org: int(n) for org, n in rows.all()}, "postgres"
+    return {org: int(n) for org, n in rows.all()}, UsageSource.postgres
 
 
 async def keel_side(session: AsyncSession) -> tuple[dict[uuid.UUID, OrgFacts], list[MirrorFacts]]:
@@ -554,7 +555,7 @@ async def record_failure(
         ReconciliationRun(
             id=new_id(), started_at=now, finished_at=now, status=ReconciliationRunStatus.failed,
             repair=repair,
-            usage_source="none", errors=[{"object": "stripe", "id": "", "error": error}],
+            usage_source=UsageSource.none, errors=[{"object": "stripe", "id": "", "error": error}],
             stripe_customers=0, stripe_subscriptions=0, mirror_subscriptions=0, discrepancy_count=0,
             repaired_count=0,
         )

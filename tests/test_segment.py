@@ -86,7 +86,17 @@ def call_ids() -> dict[str, str]:
     return {kind: str(uuid.uuid4()) for kind in ("identify", "group", "track", "page", "screen", "alias")}
 
 
-def check_landed(engine: Engine, org: OrgWorld, *, user: str, ids: dict[str, str], at: datetime) -> None:
+def check_landed(
+    engine: Engine,
+    org: OrgWorld,
+    *,
+    user: str,
+    ids: dict[str, str],
+    at: datetime,
+    library: str = "analytics-python",
+) -> None:
+    """Each of the six calls stored once in ``org`` as the SDK named ``library`` sent it, with the
+    person's traits, the org's traits and the alias."""
     stored = events_of(engine, org.id)
     by_id = {row["message_id"]: row for row in stored}
     assert sorted(by_id) == sorted(ids.values()) and len(stored) == 6  # each call once
@@ -102,7 +112,7 @@ def check_landed(engine: Engine, org: OrgWorld, *, user: str, ids: dict[str, str
     assert by_id[ids["alias"]]["properties"] == {"previous_id": "anon-" + user}
     for row in stored:
         assert row["user_id"] == user
-        assert row["context"]["library"]["name"] == "analytics-python"
+        assert row["context"]["library"]["name"] == library
         # The client's clock is right here, so skew correction moves it by the request's latency only.
         assert abs(row["timestamp"] - at) < timedelta(seconds=30)
     (person,) = rows(engine, "SELECT * FROM people WHERE organization_id = :o", o=org.id)

@@ -27,7 +27,7 @@ from tests.test_flags import create_flag, eventually
 from tests.test_ofrep import in_cache
 
 PAGE = (
-    b"<!doctype html><html lang='en'><head><title>Acme</title>"
+    b"<!doctype html><html lang='en'><head><title>Acme</title><link rel='icon' href='data:,'>"
     b"<script src='/keel-clients.js'></script></head><body>Acme web app</body></html>"
 )
 
@@ -42,7 +42,8 @@ async ({api, key, group, strategy}) => {
   if (strategy === 'batching') segment.deliveryStrategy = {strategy: 'batching', config: {size: 6, timeout: 500}};
   const errors = [];
   const analytics = AnalyticsBrowser.load(
-    {writeKey: key, cdnSettings: {integrations: {'Segment.io': segment}, metrics: {sampleRate: 0}}},
+    // flushTimer: analytics.js posts its own metrics to <apiHost>/m every 30 s; sooner here.
+    {writeKey: key, cdnSettings: {integrations: {'Segment.io': segment}, metrics: {flushTimer: 200}}},
     {integrations: {'Segment.io': segment}},
   );
   analytics.on('error', (error) => errors.push(String(error?.reason ?? error?.code ?? error)));
@@ -72,25 +73,32 @@ async ({api, key, group, strategy}) => {
 }
 """
 
-#: Run before the page's own scripts: the page's fetch, observed (each bulk OFREP answer's status
-#: and the If-None-Match it was asked with); what the SDKs send is left as they send it.
+#: Run before the page's own scripts: the page's fetch, observed (each answer's path and status, or
+#: the error that hid it, and the If-None-Match it was asked with); what the SDKs send is left as
+#: they send it.
 WATCH_FETCH = """
-window.bulkAnswers = [];
+window.answers = [];
 const pageFetch = window.fetch;
 window.fetch = async (input, init) => {
   const request = input instanceof Request ? input : new Request(input, init);
-  const bulk = request.url.endsWith('/ofrep/v1/evaluate/flags');
-  const ifNoneMatch = request.headers.get('If-None-Match');
+  const seen = {path: new URL(request.url).pathname, ifNoneMatch: request.headers.get('If-None-Match')};
   try {
     const response = await pageFetch(input, init);
-    if (bulk) window.bulkAnswers.push({status: response.status, ifNoneMatch});
+    window.answers.push({...seen, status: response.status});
     return response;
   } catch (error) {
-    if (bulk) window.bulkAnswers.push({status: String(error), ifNoneMatch});
+    window.answers.push({...seen, status: String(error)});
     throw error;
   }
 };
 """
+
+
+def answers(page: Any, path: str) -> list[dict[str, Any]]:
+    """What the page's fetches to ``path`` were answered, in order."""
+    seen: list[dict[str, Any]] = page.evaluate("(path) => window.answers.filter(a => a.path === path)", path)
+    return seen
+
 
 #: OpenFeature's web SDK on the OFREP web provider, as docs/flags.md shows; kept on the window so
 #: the test can ask it again after a change.
@@ -166,11 +174,20 @@ def test_analytics_next_sends_every_call_cross_origin_with_a_publishable_key(
         page = context.new_page()
         console: list[str] = []
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.add_init_script(WATCH_FETCH)
         page.goto(web_app)
         at = datetime.now(UTC)
         result = page.evaluate(
             SEGMENT_SCRIPT, {"api": live_server.url, "key": key, "group": external, "strategy": strategy}
         )
+        # analytics.js's telemetry of the six calls: Keel answers it (and keeps nothing), so the
+        # vendor's pages log no failed request.
+        eventually_on(
+            page, lambda: bool(answers(page, "/segment/v1/m")), what="analytics.js posts its metrics"
+        )
+        metrics = answers(page, "/segment/v1/m")
+        assert {a["status"] for a in metrics} == {200}, (metrics, console)
+        assert not [line for line in console if line.startswith("error")], console
     finally:
         context.close()
 
@@ -231,14 +248,13 @@ def test_openfeature_web_provider_evaluates_cross_origin_and_revalidates_with_th
 
         # The provider polls the bulk endpoint: with the ETag it read from the first answer (the
         # browser lets it read it only when the CORS answer exposes it), answered 304.
-        def bulk() -> list[tuple[int, str | None]]:
-            seen = page.evaluate("() => window.bulkAnswers")
-            return [(answer["status"], answer["ifNoneMatch"]) for answer in seen]
+        def bulk() -> list[tuple[int | str, str | None]]:
+            return [(a["status"], a["ifNoneMatch"]) for a in answers(page, "/ofrep/v1/evaluate/flags")]
 
         eventually_on(page, lambda: any(status == 304 for status, _ in bulk()), what="a 304 to a poll")
-        answers = bulk()
-        assert answers[0] == (200, None), answers
-        assert all(match for status, match in answers if status == 304), answers
+        polls = bulk()
+        assert polls[0] == (200, None), polls
+        assert all(match for status, match in polls if status == 304), polls
         # A change reaches the page on the next poll.
         patched = client.patch(f"/v1/admin/flags/{flag}", json={"enabled": False}, headers=auth(admin))
         assert patched.status_code == 200, patched.text

@@ -30,8 +30,9 @@ BROWSER_PATHS = {
     "/ofrep/v1/evaluate/flags",
     "/ofrep/v1/evaluate/flags/{key:str}",
     *(f"/segment/v1/{call}" for call in ("batch", "track", "identify", "group", "page", "screen", "alias")),
-    # The one-letter paths Segment's browser SDK (analytics.js) posts to.
-    *(f"/segment/v1/{letter}" for letter in "btigpsa"),
+    # The one-letter paths Segment's browser SDK (analytics.js) posts to, and its telemetry's
+    # (`/m`: public, discarded).
+    *(f"/segment/v1/{letter}" for letter in "btigpsam"),
 }
 
 

@@ -26,6 +26,8 @@ from tests.node_clients import build_browser_bundle
 from tests.test_flags import create_flag, eventually
 from tests.test_ofrep import in_cache
 
+pytestmark = pytest.mark.e2e
+
 PAGE = (
     b"<!doctype html><html lang='en'><head><title>Acme</title><link rel='icon' href='data:,'>"
     b"<script src='/keel-clients.js'></script></head><body>Acme web app</body></html>"

@@ -36,7 +36,7 @@ PAGE = (
 #: analytics.js loaded as docs/api.md shows, then the six calls, each awaited (it resolves once its
 #: delivery to the Segment.io destination is done, or has failed).
 SEGMENT_SCRIPT = """
-async ({api, key, group, strategy}) => {
+async ({api, key, group, strategy, platform}) => {
   const {AnalyticsBrowser} = window.KeelClients;
   const apiHost = api.replace(/^https?:\\/\\//, '') + '/segment/v1';   // host:port/segment/v1
   const protocol = api.startsWith('https') ? 'https' : 'http';
@@ -49,6 +49,13 @@ async ({api, key, group, strategy}) => {
     {integrations: {'Segment.io': segment}},
   );
   analytics.on('error', (error) => errors.push(String(error?.reason ?? error?.code ?? error)));
+  if (platform) {
+    // A platform-wide key: every call names its org in context.groupId (docs/api.md).
+    analytics.addSourceMiddleware(({payload, next}) => {
+      payload.obj.context = {...payload.obj.context, groupId: group};
+      next(payload);
+    });
+  }
   const calls = [
     ['identify', () => analytics.identify('ada', {email: 'ada@acme.example', role: 'admin'})],
     ['group', () => analytics.group(group, {plan: 'enterprise', employees: 120})],
@@ -157,7 +164,9 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(text(sql), params)]
 
 
-@pytest.mark.parametrize("strategy", ["standard", "batching"])
+@pytest.mark.parametrize(
+    ("strategy", "kind"), [("standard", "org"), ("batching", "org"), ("standard", "platform")]
+)
 def test_analytics_next_sends_every_call_cross_origin_with_a_publishable_key(
     browser: Any,
     web_app: str,
@@ -165,12 +174,23 @@ def test_analytics_next_sends_every_call_cross_origin_with_a_publishable_key(
     client: httpx.Client,
     engine: Engine,
     org: OrgWorld,
+    staff_admin: tuple[str, str],
     strategy: str,
+    kind: str,
 ) -> None:
     external = f"acct-{org.slug}"
     patched = client.patch(f"/v1/orgs/{org.id}", json={"external_id": external}, headers=org.headers("owner"))
     assert patched.status_code == 200, patched.text
-    key, _ = make_publishable_key(client, org, origins=[web_app])
+    if kind == "org":
+        key, _ = make_publishable_key(client, org, origins=[web_app])
+    else:  # one key for the whole product: each call names its org by external_id
+        made = client.post(
+            "/v1/admin/ingest-keys",
+            json={"name": "web", "publishable": True, "allowed_origins": [web_app]},
+            headers=auth(staff_admin[1]),
+        )
+        assert made.status_code == 201, made.text
+        key = made.json()["token"]
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -180,7 +200,14 @@ def test_analytics_next_sends_every_call_cross_origin_with_a_publishable_key(
         page.goto(web_app)
         at = datetime.now(UTC)
         result = page.evaluate(
-            SEGMENT_SCRIPT, {"api": live_server.url, "key": key, "group": external, "strategy": strategy}
+            SEGMENT_SCRIPT,
+            {
+                "api": live_server.url,
+                "key": key,
+                "group": external,
+                "strategy": strategy,
+                "platform": kind == "platform",
+            },
         )
         # analytics.js's telemetry of the six calls: Keel answers it (and keeps nothing), so the
         # vendor's pages log no failed request.

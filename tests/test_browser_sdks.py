@@ -230,7 +230,7 @@ def test_analytics_next_sends_every_call_cross_origin_with_a_publishable_key(
     stored = rows(engine, query, o=org.id)
     by_id = {row["message_id"]: row for row in stored}
     assert sorted(by_id) == sorted(sent.values()) and len(stored) == 6  # each call once
-    names = {kind: by_id[mid]["event"] for kind, mid in sent.items()}
+    names = {call: by_id[mid]["event"] for call, mid in sent.items()}
     assert names == {"identify": "$identify", "group": "$group", "track": "Report Exported",
                      "page": "$page", "screen": "$screen", "alias": "$alias"}  # fmt: skip
     assert by_id[sent["track"]]["properties"] == {"format": "pdf"}

@@ -11,7 +11,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help install install-dev run test lint fmt bench lock clean test-tools dbt
+.PHONY: help install install-dev run test lint fmt bench lock clean test-tools node-deps dbt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -67,13 +67,29 @@ test-tools: ## Install what the tests need beyond Python (Debian's chromium and 
 	  fi; \
 	fi
 
+# The official JavaScript clients the tests drive (Segment's Node and browser SDKs, OpenFeature's
+# server and web SDKs with their OFREP providers), pinned by tests/node/package-lock.json: `npm ci`
+# into tests/node/node_modules, again only when the lock (or package.json) changed, as the venv's stamp.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "The tests drive the official JavaScript SDKs and need Node.js 20+ and npm: install them (Debian: sudo apt-get install -y nodejs npm) and then make test again" >&2; \
+	  exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || { \
+	  echo "The JavaScript client tests need Node.js 20 or newer; this is $$(node --version)" >&2; exit 1; }
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP) ## Install the JavaScript clients the tests drive (npm ci in tests/node, from its lock)
+
 # LAYER=unit|api|pipelines|e2e runs one layer of the suite (the markers of pyproject.toml).
 # The suite runs on every core (pytest-xdist): each worker starts its own Postgres and Prefect server
 # once, on free ports. Tests go to workers one by one (`--dist load`): `loadfile` would hand
 # schemathesis's per-operation tests over as one and fuzz a single operation. WORKERS=0: one process.
 LAYER ?=
 WORKERS ?= auto
-test: lint test-tools ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
+test: lint test-tools node-deps ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
 	$(VENV)/bin/pytest -n $(WORKERS) --dist load $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
 
 # dbt by hand on the current lake (KEEL_LAKE_URL, default .keel/lake) into .keel/dbt-dev.duckdb, never
@@ -88,5 +104,5 @@ bench: install-dev ## Run the benchmark programs under bench/, each beside its s
 lock: | $(UV) ## Re-resolve uv.lock from pyproject.toml (runtime and dev extra)
 	$(UV) lock --python 3.11
 
-clean: ## Remove the environment and local data (.venv/, .keel/)
-	rm -rf $(VENV) .keel
+clean: ## Remove the environment and local data (.venv/, .keel/, tests/node/node_modules/)
+	rm -rf $(VENV) .keel $(NODE_DIR)/node_modules

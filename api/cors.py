@@ -3,7 +3,8 @@
 A preflight carries no credentials, so it is answered for any origin: which origins a key is
 accepted from is the key's own ``allowed_origins``, enforced on the real request by
 ``api.auth.services.check_key_reach`` (403 problem, without ``Access-Control-Allow-Origin``). A
-request that got through is answered with ``Access-Control-Allow-Origin`` naming its origin —
+request that got through is answered with ``Access-Control-Allow-Origin`` naming its origin and
+``Access-Control-Expose-Headers`` (``ETag``, ``Retry-After``: without it a page cannot read them) —
 never ``*``, and never with credentials (Keel's keys travel in the Authorization header, not in
 cookies). Every other route sends no CORS headers at all, so a browser cannot read it cross-origin.
 """
@@ -17,9 +18,13 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth.services import BROWSER
 
-#: What a Segment or OpenFeature browser SDK sends: its key, a JSON (or text/plain) body, gzip, and
-#: analytics.js's attempt counter (``X-Retry-Count``, on every call it sends).
-ALLOWED_HEADERS = b"Authorization, Content-Type, Content-Encoding, X-Retry-Count"
+#: What a Segment or OpenFeature browser SDK sends: its key, a JSON (or text/plain) body, gzip,
+#: analytics.js's attempt counter (``X-Retry-Count``, on every call it sends) and the OFREP web
+#: provider's ``If-None-Match`` (the bulk answer's ETag, on every poll after the first).
+ALLOWED_HEADERS = b"Authorization, Content-Type, Content-Encoding, X-Retry-Count, If-None-Match"
+#: The answer headers a page's script may read beyond the CORS-safelisted ones: the OFREP web
+#: provider revalidates with the bulk answer's ``ETag``, and both SDKs honour ``Retry-After`` on a 429.
+EXPOSED_HEADERS = b"ETag, Retry-After"
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
 #: How long a browser may reuse a preflight answer (seconds).
 MAX_AGE = b"600"
@@ -65,7 +70,9 @@ def cors_middleware(handler: ASGIApp, paths: frozenset[str]) -> ASGIApp:
                     refused = scope.get("state", {}).get(ORIGIN_REFUSED)
                     if origin is not None and not refused:
                         headers.append((b"access-control-allow-origin", origin))
-                        if scope.get("method") == "OPTIONS":
+                        if scope.get("method") != "OPTIONS":
+                            headers.append((b"access-control-expose-headers", EXPOSED_HEADERS))
+                        else:
                             headers += [
                                 (b"access-control-allow-methods", ALLOWED_METHODS),
                                 (b"access-control-allow-headers", ALLOWED_HEADERS),

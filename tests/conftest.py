@@ -35,7 +35,7 @@ FAST_SCHEDULE = (0, 1, 2)
 E2E_FILES = frozenset(
     {"test_dev_restart.py", "test_flow_schedules.py", "test_webhook_worker_process.py", "test_events_crash.py",
      "test_health_report.py", "test_docs_offline.py", "test_cli.py", "test_console.py", "test_prefect_worker.py",
-     "test_browser_ingest.py"}
+     "test_browser_ingest.py", "test_browser_sdks.py"}
 )  # fmt: skip
 PIPELINE_FILES = frozenset(
     {"test_pipelines.py", "test_pipelines_cli.py", "test_lake_s3.py", "test_webhook_lake.py", "test_billing_reconcile.py",

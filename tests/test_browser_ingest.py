@@ -6,18 +6,16 @@ cross-origin request: the browser sends its preflight and enforces the answers' 
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from tests.browser_support import chromium, serve_site
 from tests.harness import LiveServer, OrgWorld, audit_rows, make_publishable_key
-from tests.test_health_report import CHROMIUM_ARGS
 
 PAGE = b"<!doctype html><html lang='en'><head><title>Acme</title></head><body>Acme web app</body></html>"
 
@@ -66,41 +64,17 @@ async ({api, key, ids}) => {
 """
 
 
-class _PageHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(PAGE)))
-        self.end_headers()
-        self.wfile.write(PAGE)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def web_app() -> Iterator[str]:
     """The vendor's web app: a page on a loopback port of its own (chosen at run time)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_site({"/": ("text/html; charset=utf-8", PAGE)}) as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def run_page(browser: Any, page_url: str, api: str, key: str, ids: list[str]) -> dict[str, Any]:

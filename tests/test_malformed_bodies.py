@@ -165,7 +165,7 @@ def test_routes_are_enumerated(app: Litestar) -> None:
     assert {("POST", "/v1/orgs"), ("POST", "/v1/events/batch"), ("POST", "/v1/webhooks/stripe")} <= found
     segment = {
         f"/segment/v1/{call}"
-        for call in ("batch", "track", "identify", "group", "page", "screen", "alias", *"btigpsa")
+        for call in ("batch", "track", "identify", "group", "page", "screen", "alias", *"btigpsa", "m")
     }
     assert {r.template for r in json_routes(app) if r.text_plain} == {
         "/v1/events",

@@ -30,8 +30,9 @@ BROWSER_PATHS = {
     "/ofrep/v1/evaluate/flags",
     "/ofrep/v1/evaluate/flags/{key:str}",
     *(f"/segment/v1/{call}" for call in ("batch", "track", "identify", "group", "page", "screen", "alias")),
-    # The one-letter paths Segment's browser SDK (analytics.js) posts to.
-    *(f"/segment/v1/{letter}" for letter in "btigpsa"),
+    # The one-letter paths Segment's browser SDK (analytics.js) posts to, and its telemetry's
+    # (`/m`: public, discarded).
+    *(f"/segment/v1/{letter}" for letter in "btigpsam"),
 }
 
 
@@ -130,13 +131,15 @@ def test_a_preflight_is_answered_on_every_browser_route(client: httpx.Client, pa
         headers={
             "Origin": WEB_APP,
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type, content-encoding, x-retry-count",
+            "Access-Control-Request-Headers": "authorization, content-type, content-encoding, x-retry-count, "
+            "if-none-match",
         },
     )
     assert response.status_code == 204, response.text
     assert response.headers["access-control-allow-origin"] == WEB_APP
     allowed = {h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")}
-    assert {"authorization", "content-type", "content-encoding", "x-retry-count"} <= allowed
+    # If-None-Match: the OFREP web provider's polls revalidate the bulk answer with its ETag.
+    assert {"authorization", "content-type", "content-encoding", "x-retry-count", "if-none-match"} <= allowed
     assert "POST" in response.headers["access-control-allow-methods"]
     assert "Origin" in response.headers["vary"]
     assert "access-control-allow-credentials" not in response.headers
@@ -246,6 +249,17 @@ def test_a_publishable_key_evaluates_its_orgs_flags(client: httpx.Client, org: O
     )
     assert ofrep.status_code == 200, ofrep.text
     assert ofrep.headers["access-control-allow-origin"] == WEB_APP
+    # A page reads the ETag only when the answer exposes it (the OFREP web provider revalidates
+    # with it), and the 304 it gets back is a CORS answer too.
+    exposed = {h.strip().lower() for h in ofrep.headers["access-control-expose-headers"].split(",")}
+    assert {"etag", "retry-after"} <= exposed
+    again = client.post(
+        "/ofrep/v1/evaluate/flags",
+        json={"context": {}},
+        headers={**auth(key), "Origin": WEB_APP, "If-None-Match": ofrep.headers["etag"]},
+    )
+    assert again.status_code == 304 and again.headers["access-control-allow-origin"] == WEB_APP
+    assert "etag" in again.headers["access-control-expose-headers"].lower()
 
 
 def test_a_platform_publishable_key_names_the_org(

@@ -17,6 +17,7 @@ from segment.analytics import Client
 from sqlalchemy import Engine, text
 
 from tests.harness import LiveServer, OrgWorld, auth, make_org
+from tests.test_bad_input import assert_problem
 
 pytestmark = pytest.mark.api
 
@@ -86,7 +87,17 @@ def call_ids() -> dict[str, str]:
     return {kind: str(uuid.uuid4()) for kind in ("identify", "group", "track", "page", "screen", "alias")}
 
 
-def check_landed(engine: Engine, org: OrgWorld, *, user: str, ids: dict[str, str], at: datetime) -> None:
+def check_landed(
+    engine: Engine,
+    org: OrgWorld,
+    *,
+    user: str,
+    ids: dict[str, str],
+    at: datetime,
+    library: str = "analytics-python",
+) -> None:
+    """Each of the six calls stored once in ``org`` as the SDK named ``library`` sent it, with the
+    person's traits, the org's traits and the alias."""
     stored = events_of(engine, org.id)
     by_id = {row["message_id"]: row for row in stored}
     assert sorted(by_id) == sorted(ids.values()) and len(stored) == 6  # each call once
@@ -102,7 +113,7 @@ def check_landed(engine: Engine, org: OrgWorld, *, user: str, ids: dict[str, str
     assert by_id[ids["alias"]]["properties"] == {"previous_id": "anon-" + user}
     for row in stored:
         assert row["user_id"] == user
-        assert row["context"]["library"]["name"] == "analytics-python"
+        assert row["context"]["library"]["name"] == library
         # The client's clock is right here, so skew correction moves it by the request's latency only.
         assert abs(row["timestamp"] - at) < timedelta(seconds=30)
     (person,) = rows(engine, "SELECT * FROM people WHERE organization_id = :o", o=org.id)
@@ -319,6 +330,62 @@ def test_bad_gzip_and_gzip_bombs(client: httpx.Client, org: OrgWorld) -> None:
     assert client.post("/segment/v1/batch", content=truncated, headers=headers).status_code == 400
     bomb = gzip.compress(b'{"batch": [' + b" " * (6 * 1024 * 1024) + b"]}")
     assert client.post("/segment/v1/batch", content=bomb, headers=headers).status_code == 413
+
+
+#: What analytics.js posts to ``<apiHost>/m`` (its own telemetry; ``core/stats/remote-metrics.ts``).
+ANALYTICS_JS_METRICS = {
+    "series": [
+        {"type": "Counter", "metric": "analytics_js.invoke", "value": 1,
+         "tags": {"0": "track", "library": "analytics.js", "library_version": "npm:next-1.84.3"}},
+    ]
+}  # fmt: skip
+
+
+def test_analytics_js_telemetry_is_answered_and_kept_nowhere(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    def count(table: str) -> int:
+        return rows(engine, f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+    before = (count("events"), count("ingestion_warnings"))
+    # As the SDK sends it: no key, text/plain, from a page's origin (CORS, as on the other routes).
+    answer = client.post(
+        "/segment/v1/m",
+        content=json.dumps(ANALYTICS_JS_METRICS),
+        headers={"Content-Type": "text/plain", "Origin": "https://app.acme.example"},
+    )
+    assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
+    assert answer.headers["access-control-allow-origin"] == "https://app.acme.example"
+    preflight = client.options(
+        "/segment/v1/m",
+        headers={"Origin": "https://app.acme.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"]
+    # A key is not needed, and one sent changes nothing.
+    keyed = client.post("/segment/v1/m", json=ANALYTICS_JS_METRICS, headers=basic(org.ingest_key))
+    assert keyed.status_code == 200, keyed.text
+    assert (count("events"), count("ingestion_warnings")) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"{not json", {}, 400),
+        (b"", {}, 400),
+        (b"[]", {}, 422),
+        (b'{"series": 3}', {}, 422),
+        (b'{"other": []}', {}, 422),
+        (json.dumps({"series": [{"metric": "x" * 1000}] * 100}).encode(), {}, 413),
+        (b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"}, 400),
+        (gzip.compress(b'{"series": [' + b" " * (128 * 1024) + b"]}"), {"Content-Encoding": "gzip"}, 413),
+        (b'{"series": []}', {"Content-Type": "application/xml"}, 415),
+    ],
+)
+def test_malformed_and_oversized_telemetry_is_a_precise_problem(
+    client: httpx.Client, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    answer = client.post("/segment/v1/m", content=body, headers={"Content-Type": "text/plain", **headers})
+    assert_problem(answer, status)
 
 
 @pytest.mark.parametrize(

@@ -11,15 +11,26 @@ from litestar.datastructures import State
 from api.auth.context import Principal
 from api.auth.services import BASIC_WRITE_KEY, BROWSER_ROUTE
 from api.bodies import TEXT_PLAIN_JSON, check_json, utf8_problem
+from api.deps import PUBLIC
 from api.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from api.events.body import decode_envelope, read_limited_body
 from api.events.controllers import _origin, _require_ingest_key
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES
 from api.limits import charge_events
 from api.segment import services
-from api.segment.schemas import SegmentAnswer, SegmentBatch, SegmentBatchDoc, SegmentMessageDoc
+from api.segment.schemas import (
+    ClientMetrics,
+    ClientMetricsDoc,
+    SegmentAnswer,
+    SegmentBatch,
+    SegmentBatchDoc,
+    SegmentMessageDoc,
+)
 
 _decode_batch = msgspec.json.Decoder(SegmentBatch)
+_decode_client_metrics = msgspec.json.Decoder(ClientMetrics)
+#: analytics.js sends at most 20 metrics a request (its queue), each well under 1 KB.
+MAX_CLIENT_METRICS_BYTES = 64 * 1024
 _AUTH = (
     "Authenticated as Segment's API is: HTTP Basic with an ingest key as the user name and an empty "
     "password (what the SDKs send for a write key), or `Authorization: Bearer <ingest key>`. "
@@ -145,3 +156,21 @@ class SegmentController(Controller):
         self, request: Request[Any, Any, Any], principal: Principal, state: State
     ) -> SegmentAnswer:
         return await _single(request, principal, state, "alias")
+
+    @post(
+        "/m",
+        status_code=200,
+        summary="analytics.js's own telemetry (accepted and discarded)",
+        description="Segment's browser SDK posts its own performance metrics to `<apiHost>/m` every 30 s, "
+        'with no key (`text/plain`, `{"series": [...]}`): pointed at Keel, without this route every page '
+        "would log a failed cross-origin request. Keel answers as Segment does and keeps nothing. No "
+        f"credentials; a body over {MAX_CLIENT_METRICS_BYTES // 1024} KB is a 413, one that is not that "
+        "shape a 400/422.",
+        opt={**PUBLIC, TEXT_PLAIN_JSON: True, "request_body": ClientMetricsDoc},
+    )
+    async def client_metrics(self, request: Request[Any, Any, Any]) -> SegmentAnswer:
+        body = await read_limited_body(request, MAX_CLIENT_METRICS_BYTES)
+        if body.strip():
+            check_json(body)  # 64 KB at most: UTF-8 and depth checked whole, skipped keys included
+        decode_envelope(body, _decode_client_metrics, "series")
+        return SegmentAnswer()

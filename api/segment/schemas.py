@@ -91,6 +91,26 @@ class SegmentBatchDoc(msgspec.Struct, rename="camel"):
     integrations: dict[str, Any] | None = None
 
 
+class ClientMetrics(msgspec.Struct):
+    """``POST /segment/v1/m``: analytics.js's own telemetry (``{"series": [...]}``), read only to be
+    answered: each item stays raw and is discarded."""
+
+    series: list[msgspec.Raw]
+
+
+class ClientMetricDoc(msgspec.Struct):
+    """The documented shape of one of analytics.js's metrics (never stored)."""
+
+    type: str
+    metric: str
+    value: float
+    tags: dict[str, str] | None = None
+
+
+class ClientMetricsDoc(msgspec.Struct):
+    series: list[ClientMetricDoc]
+
+
 class SegmentAnswer(msgspec.Struct):
     """What Segment answers a well-formed request (its SDKs treat anything else as a failure)."""
 

@@ -22,16 +22,18 @@ Run by `make bench`. Every figure is printed beside a baseline measured in the s
 
 What the profiles showed (issue 17's two figures; cProfile of this program's loops and of the app
 called in process over ASGI, and ``py-spy record`` of the uvicorn server under this program's load):
-- in process, before: 0.42 (55,042 ruled maps/s beside 132,583 rule-less). cProfile put 75 % of a
-  ruled map in ``FlagSnapshot.answers``' own loop (unpacking the per-flag plan, the memo look-ups of
-  each constraint, the branches), not in the checks or the hashes; building ``Facts`` (a frozen
-  dataclass: ``object.__setattr__`` per field) and its ``flat`` cost as much as checking every rule.
+- in process, before: 0.42 (55,042 ruled maps/s beside 132,583 rule-less). cProfile put about 70 %
+  of a ruled map in ``FlagSnapshot.answers``' own loop (unpacking the per-flag plan, the memo
+  look-ups of each constraint, the branches), not in the checks or the hashes; with the ``Facts``
+  built beforehand the ratio was still 0.49, so building them (a frozen dataclass:
+  ``object.__setattr__`` per field) and their ``flat`` was the rest (2.1 of 18.5 us a map).
   Now ``api/flags/compiled.py`` writes the snapshot's answer map as one function when the snapshot
   is made (operators resolved, ``IN``/``NOT_IN`` a set look-up of a local, shared conditions and
   checks computed once per call, one hash per flag and stickiness, 0/100 % without a hash), and
   ``Facts`` is a plain slotted dataclass. The rule-less maps got faster too (same function), so
-  the ratio moved less than the ruled rate: 55,042 -> ~100,000/s ruled, 132,583 -> ~184,000/s
-  rule-less (medians of CPU-time rounds on a loaded machine: see the report's figures).
+  the ratio moved less than the ruled rate. Before and after on the same loaded machine, one run
+  after the other (the previous commit's api/ against this program): ruled 53,126 -> 96,921/s,
+  rule-less 135,828 -> 165,997/s, ratio 0.39 -> 0.58.
 - HTTP, before: OFREP bulk 0.65 of /health (5,309 beside 8,225/s), below GET /v1/flags/evaluate
   (0.71) although its answer was cached. In-process ASGI timing (no network) put the bulk route at
   149 us a request beside 81 for /health and 136 for evaluate; cProfile showed the cache hit still
@@ -40,8 +42,10 @@ called in process over ASGI, and ``py-spy record`` of the uvicorn server under t
   request), together more than the handler's own work. Now the cached 200 and its 304 are made
   once with the ETag and sent as two ASGI messages, and the route reads the principal from the
   request's state (``api.deps.provide_principal``, what the dependency returns): 114 us in the
-  same in-process timing. What remains beside /health is the generic request path (token, rate
-  limit, CORS, body checks: ``api/deps.py``, ``api/bodies.py``), which this program does not change.
+  same in-process timing. Before and after, as above: OFREP bulk / health 0.51 -> 0.91 wall clock
+  (rounds swing by 2x at a load average of 15), 0.55 -> 0.80 per second of server CPU time. What
+  remains beside /health is the generic request path (token, rate limit, CORS, body checks:
+  ``api/deps.py``, ``api/bodies.py``), which this program does not change.
 """
 
 from __future__ import annotations

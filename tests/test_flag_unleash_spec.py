@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from api.flags.evaluation import FlagDefinition, Rule, Stickiness, Variant, evaluate
+from api.flags.evaluation import FlagDefinition, FlagSnapshot, Rule, Stickiness, Variant, evaluate
 from api.flags.targeting import Constraint, Facts
 
 pytestmark = pytest.mark.unit
@@ -125,6 +125,10 @@ def test_constraint_vectors(flags: dict[str, FlagDefinition], test: dict[str, An
         return
     result = evaluate(flag, org_id=ORG, user_id=facts.user_id, override=None, facts=facts)
     assert result.enabled is test["expectedResult"], result.explain()
+    # The compiled answer map (the endpoints' path) gives the vector's answer too.
+    snapshot = FlagSnapshot(version=1, flags=flags)
+    answers = snapshot.answers(org_id=ORG, user_id=facts.user_id, facts=keel_facts(test["context"]))
+    assert answers[test["toggleName"]] is test["expectedResult"], snapshot.answers_source
 
 
 @pytest.mark.parametrize(("flags", "test"), cases(["08-variants.json"], "variantTests"))

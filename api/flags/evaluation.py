@@ -12,6 +12,7 @@ from typing import Any
 
 import mmh3
 
+from api.flags.compiled import AnswerMap, compile_answers
 from api.flags.targeting import CURRENT_TIME, Check, Constraint, Facts, compile_constraint, first_failing
 
 #: Unleash normalizes a hash to 1..100 for rollout percentages.
@@ -264,53 +265,6 @@ def evaluate(
     return _with_variant(flag, result, facts, None)
 
 
-#: How :meth:`FlagSnapshot.answers` decides a flag, fixed when the snapshot is made.
-_OFF, _BY_ORG, _BY_USER, _BY_RULES = 0, 1, 2, 3
-
-
-def _how(flag: FlagDefinition) -> int:
-    if flag.archived or not flag.enabled:
-        return _OFF  # archived and the kill switch come before any override
-    if flag.rules:
-        return _BY_RULES
-    return _BY_USER if flag.stickiness is Stickiness.user else _BY_ORG
-
-
-#: A flag's rules for :meth:`FlagSnapshot.answers`: per rule, the indexes of its constraints in the
-#: snapshot's table of distinct checks, and the rule itself (for its rollout).
-#: (per rule: constraint indexes, rollout, sticky by user), then whether the base rollout is by user.
-RulePlan = tuple[tuple[tuple[tuple[int, ...], int, bool], ...], bool]
-
-
-def _intern(flags: Mapping[str, FlagDefinition]) -> tuple[tuple[Check, ...], dict[str, RulePlan]]:
-    """Every distinct constraint once: a constraint many flags share is checked once per answer map."""
-    index: dict[Constraint, int] = {}
-    checks: list[Check] = []
-    plans: dict[str, RulePlan] = {}
-    for key, flag in flags.items():
-        rules = []
-        for rule in flag.rules:
-            ids = []
-            for constraint, check in rule.checks:
-                if constraint.segment is not None:
-                    constraint = Constraint(
-                        constraint.field, constraint.operator, constraint.values, constraint.inverted,
-                        constraint.case_insensitive,
-                    )  # fmt: skip
-                if constraint not in index:
-                    index[constraint] = len(checks)
-                    checks.append(check)
-                ids.append(index[constraint])
-            rules.append((tuple(ids), rule.rollout_percentage, rule.stickiness is Stickiness.user))
-        plans[key] = (tuple(rules), flag.stickiness is Stickiness.user)
-    return tuple(checks), plans
-
-
-def _plan(flags: Mapping[str, FlagDefinition]) -> tuple[tuple[str, int, str, int], ...]:
-    """(key, how, "{key}:", rollout) per flag: what :func:`evaluate` works out per call, once per snapshot."""
-    return tuple((key, _how(flag), f"{key}:", flag.rollout_percentage) for key, flag in flags.items())
-
-
 @dataclass(frozen=True, slots=True)
 class FlagSnapshot:
     """Every definition and override at one ``version``; replaced whole, never mutated."""
@@ -320,11 +274,11 @@ class FlagSnapshot:
     flags: Mapping[str, FlagDefinition]
     #: Overrides by organization id (canonical text), then by flag key.
     overrides: Mapping[str, Mapping[str, Override]] = field(default_factory=dict)
-    _plan: tuple[tuple[str, int, str, int], ...] = field(init=False, repr=False, compare=False)
+    _answer_map: AnswerMap = field(init=False, repr=False, compare=False)
+    _answers_source: str = field(init=False, repr=False, compare=False)
     _variant_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _checks: tuple[Check, ...] = field(init=False, repr=False, compare=False)
-    _rule_plans: dict[str, RulePlan] = field(init=False, repr=False, compare=False)
     _reads_the_clock: bool = field(init=False, repr=False, compare=False)
+    _needs_org_facts: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -332,10 +286,14 @@ class FlagSnapshot:
             "_reads_the_clock",
             any(c.field == CURRENT_TIME for f in self.flags.values() for r in f.rules for c in r.constraints),
         )
-        object.__setattr__(self, "_plan", _plan(self.flags))
-        checks, plans = _intern(self.flags)
-        object.__setattr__(self, "_checks", checks)
-        object.__setattr__(self, "_rule_plans", plans)
+        answer_map, source = compile_answers(self.flags)
+        object.__setattr__(self, "_answer_map", answer_map)
+        object.__setattr__(self, "_answers_source", source)
+        object.__setattr__(
+            self,
+            "_needs_org_facts",
+            any(f.rules and f.enabled and not f.archived for f in self.flags.values()),
+        )
         object.__setattr__(self, "_variant_keys", tuple(k for k, f in self.flags.items() if f.variants))
 
     def variant_answers(self, answers: Mapping[str, bool], *, org_id: str, facts: Facts) -> dict[str, str]:
@@ -361,7 +319,7 @@ class FlagSnapshot:
     @property
     def needs_org_facts(self) -> bool:
         """Whether some live flag has a rule: only then is an org's facts worth resolving."""
-        return any(how == _BY_RULES for _key, how, _prefix, _rollout in self._plan)
+        return self._needs_org_facts
 
     def evaluate(
         self, key: str, *, org_id: str, user_id: str | None = None, facts: Facts | None = None
@@ -399,55 +357,12 @@ class FlagSnapshot:
         and formats no strings: the precedence of :func:`evaluate`, on the plan made with the
         snapshot. ``tests/test_flag_evaluation.py`` holds the two to the same answers.
         """
-        mine = self.overrides.get(org_id)
-        hash32 = mmh3.hash
-        out: dict[str, bool] = {}
-        checks, rule_plans = self._checks, self._rule_plans
-        memo: list[bool | None] = [None] * len(checks)
-        flat: dict[str, str] | None = None
-        for key, how, prefix, rollout in self._plan:
-            if how == _OFF:
-                out[key] = False
-            elif mine is not None and key in mine:
-                out[key] = mine[key].enabled
-            elif how == _BY_RULES:
-                # evaluate()'s rules then base rollout, inlined: the hot path of targeted flags.
-                if facts is None:
-                    facts = Facts(org_id=org_id, user_id=user_id)
-                if flat is None:
-                    flat = facts.flat
-                answer = False
-                rule_list, base_by_user = rule_plans[key]
-                for ids, share, by_user in rule_list:
-                    for i in ids:
-                        held = memo[i]
-                        if held is None:
-                            held = memo[i] = checks[i](flat)
-                        if not held:
-                            break
-                    else:
-                        if share >= NORMALIZER:
-                            answer = True
-                            break
-                        sticky = facts.user_id if by_user else org_id
-                        if (
-                            share > 0
-                            and sticky
-                            and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < share
-                        ):
-                            answer = True
-                            break
-                if not answer:
-                    sticky = user_id if base_by_user else org_id
-                    answer = bool(sticky) and hash32(prefix + sticky, 0, signed=False) % NORMALIZER < rollout  # type: ignore[operator]
-                out[key] = answer
-            elif how == _BY_ORG:
-                out[key] = hash32(prefix + org_id, 0, signed=False) % NORMALIZER + 1 <= rollout
-            elif user_id:
-                out[key] = hash32(prefix + user_id, 0, signed=False) % NORMALIZER + 1 <= rollout
-            else:
-                out[key] = False
-        return out
+        return self._answer_map(org_id, user_id, facts, self.overrides.get(org_id))
+
+    @property
+    def answers_source(self) -> str:
+        """The source of the compiled answer map (:mod:`api.flags.compiled`), for a reader."""
+        return self._answers_source
 
 
 EMPTY = FlagSnapshot(version=-1, flags={})

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import select
@@ -36,6 +36,9 @@ from api.flags.models import FeatureFlag, FlagEvaluationMark, FlagOverride, Flag
 from api.flags.rules import definition_of
 from api.flags.targeting import Facts, as_text, org_fields
 from api.orgs.models import Organization
+
+if TYPE_CHECKING:
+    from api.flags.ofrep import BulkAnswer
 
 CHANNEL = "keel_flags"
 DEFAULT_POLL_INTERVAL = 1.0
@@ -140,7 +143,9 @@ async def load_snapshot(engine: AsyncEngine) -> FlagSnapshot:
                 overrides.setdefault(str(org_id), {})[key] = Override(
                     enabled=enabled, reason=reason, variant=variant
                 )
-    return FlagSnapshot(version=version, flags=definitions, overrides=overrides)
+    # Making a snapshot compiles its answer map (api/flags/compiled.py): milliseconds for tens of
+    # flags, longer for thousands, so off the event loop.
+    return await asyncio.to_thread(FlagSnapshot, version=version, flags=definitions, overrides=overrides)
 
 
 class FlagStore:
@@ -157,7 +162,7 @@ class FlagStore:
         self._listener: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._facts: dict[str, tuple[float, dict[str, str], dict[str, Any], dict[str, str]]] = {}
         #: OFREP bulk bodies and ETags by (version, org, facts, context) (``api/flags/ofrep.py``).
-        self.bulk_answers: dict[bytes, tuple[bytes, str]] = {}
+        self.bulk_answers: dict[bytes, BulkAnswer] = {}
         #: Flags evaluated since the last write of the marks (stale-flag detection).
         self._evaluated: set[str] = set()
         self._marked_at = 0.0

@@ -104,9 +104,14 @@ def org_fields(org_id: str, org: Mapping[str, str], traits: Mapping[str, Any]) -
     return flat
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Facts:
-    """The fields of one evaluation, as text: Keel's org fields, the user id and the client's context."""
+    """The fields of one evaluation, as text: Keel's org fields, the user id and the client's context.
+
+    Made per request and not changed after (nothing here writes to it but the :attr:`flat` cache).
+    Not a frozen dataclass: a frozen one's ``__init__`` sets each field through
+    ``object.__setattr__``, which cost more than checking a rule (``bench/bench_flags.py``).
+    """
 
     org_id: str
     user_id: str | None = None
@@ -133,12 +138,12 @@ class Facts:
             if self.user_id:
                 flat[USER_ID] = self.user_id
             for name, value in self.context.items():
-                text = as_text(value)
+                text = value if type(value) is str else as_text(value)
                 if text is not None:
                     flat[CONTEXT_PREFIX + name] = text
             if self.now is not None and CURRENT_TIME not in flat:
                 flat[CURRENT_TIME] = self.now.isoformat()
-            object.__setattr__(self, "_flat", flat)
+            self._flat = flat
         return flat
 
     def get(self, name: str) -> str | None:
@@ -216,16 +221,24 @@ _SEMVER: dict[str, Callable[[int], bool]] = {
 }
 
 
+def membership(c: Constraint) -> tuple[frozenset[str], bool] | None:
+    """For ``IN``/``NOT_IN``: the values to look the field's text up in, and whether the answer is
+    "not in" (``NOT_IN``, or ``IN`` inverted); ``None`` for every other operator.
+
+    The one definition of a membership constraint: :func:`compile_constraint` makes its check of
+    it, and the compiled answer map (:mod:`api.flags.compiled`) writes it inline.
+    """
+    if c.operator not in (Operator.IN, Operator.NOT_IN):
+        return None
+    members = frozenset(v.strip() for v in c.values if v is not None)
+    return members, (c.operator == Operator.NOT_IN) != c.inverted
+
+
 def _operator_check(c: Constraint) -> Check:
     """The operator's answer (before ``inverted``)."""
     name = c.field
     values = tuple(v.strip() for v in c.values if v is not None)
     op = c.operator
-    if op in (Operator.IN, Operator.NOT_IN):
-        members = frozenset(values)
-        if op == Operator.IN:
-            return lambda f: f.get(name) in members
-        return lambda f: f.get(name) not in members
     if op in (Operator.STR_CONTAINS, Operator.STR_STARTS_WITH, Operator.STR_ENDS_WITH):
         fold = c.case_insensitive
         needles = tuple(v.lower() for v in values) if fold else values
@@ -272,6 +285,12 @@ def _operator_check(c: Constraint) -> Check:
 
 
 def compile_constraint(c: Constraint) -> Check:
+    found = membership(c)
+    if found is not None:  # `inverted` is folded into the membership's sense
+        name, (members, negate) = c.field, found
+        if negate:
+            return lambda f: f.get(name) not in members
+        return lambda f: f.get(name) in members
     check = _operator_check(c)
     if c.inverted:
         return lambda f: not check(f)

@@ -258,8 +258,8 @@ WEBHOOK_ATTEMPTS = LakeTable(
 ORGANIZATIONS = LakeTable(
     name="organizations",
     columns=_cols(
-        "lake_version int, id uuid, name text, slug text, status text, stripe_customer_id text, created_at ts,"
-        " updated_at ts, deleted_at ts, external_id text, traits json"
+        "lake_version int, id uuid, name text, slug text, status text, stripe_customer_id text,"
+        " created_at ts, updated_at ts, deleted_at ts, external_id text, traits json"
     ),
     key=("id",),
     by_version=ByVersion(column="lake_version", sequence="organizations_lake_version_seq"),
@@ -349,8 +349,8 @@ INBOUND_EVENTS = LakeTable(
 PEOPLE = LakeTable(
     name="people",
     columns=_cols(
-        "lake_version int, organization_id uuid, user_id text, traits json, first_seen_at ts, last_seen_at ts,"
-        " anonymous bool, merged_into text"
+        "lake_version int, organization_id uuid, user_id text, traits json, first_seen_at ts,"
+        " last_seen_at ts, anonymous bool, merged_into text"
     ),
     key=("organization_id", "user_id"),
     by_version=ByVersion(column="lake_version", sequence="people_lake_version_seq"),

@@ -26,7 +26,10 @@ class Organization(IdMixin, TimestampMixin, Base):
     __tablename__ = "organizations"
     # Never deleted, only softly (deleted_at): the lake exports the table by version, and a
     # deleted row would have none (migration 0070).
-    __table_args__ = (Index("ix_organizations_lake_version", "lake_version"), app_privileges("SELECT", "INSERT", "UPDATE"))
+    __table_args__ = (
+        Index("ix_organizations_lake_version", "lake_version"),
+        app_privileges("SELECT", "INSERT", "UPDATE"),
+    )
 
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(63), unique=True)
@@ -40,4 +43,6 @@ class Organization(IdMixin, TimestampMixin, Base):
     traits: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
     #: Set by the database on every change (a trigger, under the export fence: migration 0070),
     #: never by Keel: what the lake's export reads by (``warehouse.lake_tables.ByVersion``).
-    lake_version: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue(), server_onupdate=FetchedValue())
+    lake_version: Mapped[int] = mapped_column(
+        BigInteger, server_default=FetchedValue(), server_onupdate=FetchedValue()
+    )

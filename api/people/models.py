@@ -7,7 +7,20 @@ The schema changes only through the migrations in ``api/db/migrations/``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, FetchedValue, Index, Sequence, String, Table, Uuid, false, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    FetchedValue,
+    Index,
+    Sequence,
+    String,
+    Table,
+    Uuid,
+    false,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from api.db.base import APP_APPEND_ONLY, APP_DEFAULT_PRIVILEGES, Base, app_privileges
@@ -32,7 +45,13 @@ people_table = Table(
     #: The user id an alias (or an identify with both ids) merged this person into.
     Column("merged_into", String(255)),
     #: Set by a trigger on every change, under the export fence (migration 0070).
-    Column("lake_version", BigInteger, nullable=False, server_default=FetchedValue(), server_onupdate=FetchedValue()),
+    Column(
+        "lake_version",
+        BigInteger,
+        nullable=False,
+        server_default=FetchedValue(),
+        server_onupdate=FetchedValue(),
+    ),
     Index("ix_people_traits", "traits", postgresql_using="gin"),
     Index("ix_people_lake_version", "lake_version"),
     **app_privileges("SELECT", "INSERT", "UPDATE"),

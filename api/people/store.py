@@ -200,22 +200,22 @@ async def apply(conn: PgConnection, rows: list[EventRow]) -> None:
                 await conn.execute(_ORG_TRAITS, (_encode([[str(k), v] for k, v in ordered]).decode(),))
         merges: list[tuple[uuid.UUID, str, str]] = []
         if aliases:
-            params = [
+            alias_params: list[list[Any]] = [
                 [str(r.organization_id), _decode(bytes(r.properties)).get("previous_id"), r.user_id,
                  r.message_id, r.timestamp.isoformat()]
                 for r in aliases
             ]  # fmt: skip
-            cursor = await conn.execute(_ALIAS, (_encode(params).decode(),))
+            cursor = await conn.execute(_ALIAS, (_encode(alias_params).decode(),))
             merges += [(o, p, u) for o, p, u in await cursor.fetchall()]
             for row in aliases:
                 assert row.user_id is not None
                 seen(row.organization_id, row.user_id, {}, row.timestamp, False)
         await _upsert(conn, _SEEN_CALLS, people)
         if both:  # after the upsert: an anonymous person made earlier in this batch counts too
-            params = [
+            both_params: list[list[Any]] = [
                 [str(r.organization_id), r.anonymous_id, r.user_id, r.message_id, r.timestamp.isoformat()]
                 for r in sorted(both, key=lambda r: r.timestamp)
             ]  # fmt: skip
-            cursor = await conn.execute(_MERGE_ANONYMOUS, (_encode(params).decode(),))
+            cursor = await conn.execute(_MERGE_ANONYMOUS, (_encode(both_params).decode(),))
             merges += [(o, p, u) for o, p, u in await cursor.fetchall()]
         await _merge(conn, merges)

@@ -64,7 +64,7 @@ def main() -> None:
         lake_dir, warehouse = Path(work) / "lake", Path(work) / "warehouse.duckdb"
         lake = Lake.open(str(lake_dir))
         export_tasks.write_schemas(lake)
-        for table in export_tasks.APPEND_ONLY.values():
+        for table in export_tasks.INCREMENTAL.values():
             export_tasks.export_table(url, lake, table)
         for snapshot in export_tasks.SNAPSHOTS.values():
             export_tasks.export_snapshot(url, lake, snapshot)

@@ -103,6 +103,8 @@ def main() -> None:
         export_tasks.write_schemas(lake)
         for snapshot in export_tasks.SNAPSHOTS.values():
             export_tasks.export_snapshot(url, lake, snapshot)
+        for table in export_tasks.VERSIONED.values():
+            export_tasks.export_table(url, lake, table)
         export_tasks.export_table(url, lake, export_tasks.AUDIT_LOG)
         built = build_warehouse(str(lake_dir), Path(work) / "warehouse.duckdb")
         row("baseline: COPY events TO STDOUT (FORMAT binary)", f"{baseline:,.0f} rows/s")

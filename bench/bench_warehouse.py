@@ -70,17 +70,20 @@ def write_lake(lake: Path) -> None:
         """
     )
     day = f"snapshot_date={AS_OF}"
-    (lake / "organizations" / day).mkdir(parents=True)
+    # Organizations are exported by version: one range file, a version per row.
+    (lake / "organizations").mkdir(parents=True)
+    versions = f"organizations-{0:020d}-{ORGS:020d}.parquet"
     con.execute(
         f"""
         COPY (
-            SELECT '00000000-0000-7000-8000-' || lpad(printf('%x', i), 12, '0') AS id, 'Org ' || i AS name,
+            SELECT i + 1 AS lake_version,
+                   '00000000-0000-7000-8000-' || lpad(printf('%x', i), 12, '0') AS id, 'Org ' || i AS name,
                    'org-' || i AS slug, 'active' AS status, NULL::VARCHAR AS stripe_customer_id,
                    TIMESTAMPTZ '2026-01-01 00:00:00+00' AS created_at,
                    TIMESTAMPTZ '2026-01-01 00:00:00+00' AS updated_at,
                    NULL::TIMESTAMPTZ AS deleted_at, NULL::VARCHAR AS external_id, NULL::VARCHAR AS traits
             FROM range({ORGS}) t(i)
-        ) TO '{lake / "organizations" / day / "organizations.parquet"}' (FORMAT parquet)
+        ) TO '{lake / "organizations" / versions}' (FORMAT parquet)
         """
     )
     (lake / "memberships" / day).mkdir(parents=True)

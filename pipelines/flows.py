@@ -14,13 +14,14 @@ from pipelines.tasks import export as export_tasks
 from pipelines.tasks import retention as retention_tasks
 
 
-@task(name="export-append-only", retries=2, retry_delay_seconds=5)
-def export_append_only(table: str, chunk_rows: int) -> dict[str, Any]:
+@task(name="export-incremental", retries=2, retry_delay_seconds=5)
+def export_incremental(table: str, chunk_rows: int) -> dict[str, Any]:
+    """The rows of an append-only or versioned table the lake does not hold yet."""
     rt = runtime.current()
     result = export_tasks.export_table(
         rt.database_url,
         rt.lake,
-        export_tasks.APPEND_ONLY[table],
+        export_tasks.INCREMENTAL[table],
         chunk_rows=chunk_rows,
         progress=lambda done, total: progress.report(f"export {table}", done, total),
     )
@@ -46,7 +47,7 @@ def export_lake(chunk_rows: int = 250_000) -> list[dict[str, Any]]:
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     write_schemas()
-    results = [export_append_only(name, chunk_rows) for name in export_tasks.APPEND_ONLY]
+    results = [export_incremental(name, chunk_rows) for name in export_tasks.INCREMENTAL]
     results += [export_snapshot(name) for name in export_tasks.SNAPSHOTS]
     return results
 

@@ -181,8 +181,11 @@ def audit_rows(engine: Engine, **where: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in rows]
 
 
-def write_lake_rows(lake: Path, name: str, rows: list[dict[str, Any]], part: str) -> None:
-    """Rows of a lake table written as the exporter lays them out (``<lake>/<name>/<part>/<name>.parquet``)."""
+def write_lake_rows(
+    lake: Path, name: str, rows: list[dict[str, Any]], part: str, *, file: str | None = None
+) -> None:
+    """Rows of a lake table written as the exporter lays them out (``<lake>/<name>/<part>/<name>.parquet``,
+    or ``file`` for its name: ``part`` may then be empty, as for a table exported by version)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -190,7 +193,7 @@ def write_lake_rows(lake: Path, name: str, rows: list[dict[str, Any]], part: str
 
     schema = LAKE_TABLES[name].arrow_schema
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-    path = lake / name / part / f"{name}.parquet"
+    path = lake / name / part / (file or f"{name}.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 

@@ -260,7 +260,7 @@ def test_a_past_due_subscription_costs_health_points_with_the_reason_in_words(
     export_tasks.write_schemas(lake)
     for snapshot in export_tasks.SNAPSHOTS.values():
         export_tasks.export_snapshot(database_url, lake, snapshot)
-    for table in export_tasks.APPEND_ONLY.values():
+    for table in export_tasks.INCREMENTAL.values():
         export_tasks.export_table(database_url, lake, table)
     warehouse = tmp_path / "warehouse.duckdb"
     build_warehouse(lake.url, warehouse)

@@ -151,7 +151,7 @@ def plant(report_db: str, tmp_path: Path) -> tuple[dict[str, Planted], Path, dat
 
             lake = Lake.open(str(tmp_path / "lake"))
             export_tasks.write_schemas(lake)
-            for table in export_tasks.APPEND_ONLY.values():
+            for table in export_tasks.INCREMENTAL.values():
                 export_tasks.export_table(report_db, lake, table)
             for snapshot in export_tasks.SNAPSHOTS.values():
                 export_tasks.export_snapshot(report_db, lake, snapshot)

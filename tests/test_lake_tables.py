@@ -76,6 +76,8 @@ def disagreements(conn: Connection, table: LakeTable) -> list[str]:
     named = set(table.key) | set(table.dictionary)
     if table.by_sequence is not None:
         named |= {table.by_sequence.column, table.by_sequence.date_column}
+    if table.by_version is not None:
+        named |= {table.by_version.column}
     problems += [f"{table.name}: {name} is named but not a column" for name in sorted(named - set(declared))]
     return problems
 
@@ -84,9 +86,9 @@ def test_every_lake_table_agrees_with_its_postgres_table(engine: Engine) -> None
     with engine.connect() as conn:
         assert [p for table in LAKE_TABLES.values() for p in disagreements(conn, table)] == []
         for table in LAKE_TABLES.values():
-            if table.by_sequence is not None:  # the sequence its numbers come from exists
+            if table.incremental is not None:  # the sequence its numbers come from exists
                 assert conn.execute(
-                    text("SELECT to_regclass(:s) IS NOT NULL"), {"s": table.by_sequence.sequence}
+                    text("SELECT to_regclass(:s) IS NOT NULL"), {"s": table.incremental.sequence}
                 ).scalar()
 
 
@@ -127,12 +129,14 @@ def test_the_export_reads_each_declared_column_as_declared(name: str, database_u
 
 
 def test_the_exporter_and_the_warehouse_read_the_declarations() -> None:
-    """One list of tables: what is exported (by sequence or as a snapshot), what has an empty
-    ``_schema`` file, and what the warehouse's models may read."""
-    assert set(export_tasks.APPEND_ONLY) | set(export_tasks.SNAPSHOTS) == set(LAKE_TABLES)
-    assert not set(export_tasks.APPEND_ONLY) & set(export_tasks.SNAPSHOTS)
-    for name, table in export_tasks.APPEND_ONLY.items():
+    """One list of tables: what is exported (by sequence, by version or as a snapshot), what has an
+    empty ``_schema`` file, and what the warehouse's models may read."""
+    modes = [set(export_tasks.APPEND_ONLY), set(export_tasks.VERSIONED), set(export_tasks.SNAPSHOTS)]
+    assert set().union(*modes) == set(LAKE_TABLES) and sum(map(len, modes)) == len(LAKE_TABLES)
+    assert set(export_tasks.INCREMENTAL) == set(export_tasks.APPEND_ONLY) | set(export_tasks.VERSIONED)
+    for name, table in export_tasks.INCREMENTAL.items():
         assert table.schema.equals(LAKE_TABLES[name].arrow_schema)
+        assert table.versioned == (LAKE_TABLES[name].mode == "version")
     for name, snapshot in export_tasks.SNAPSHOTS.items():
         assert snapshot.schema.equals(LAKE_TABLES[name].arrow_schema)
     sources = set().union(*(m.sources for m in load_models()))

@@ -120,7 +120,24 @@ def hand_written_lake(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
         org["people"]["anon-a"] = {"traits": {"theme": "dark"}, "first": noon(DAYS[0]) - timedelta(hours=5),
                                    "last": noon(DAYS[1])}  # fmt: skip
         org["people"]["anon-b"] = {"traits": {}, "first": noon(DAYS[3]), "last": noon(DAYS[6])}
+        org["people"]["anon-c"] = {
+            "traits": {"theme": "light"},
+            "first": noon(DAYS[2]),
+            "last": noon(DAYS[2]),
+        }
         org["aliases"] = {"anon-a": "p1", "anon-b": "p9"}
+        # identify calls (id, traits): anon-a's count as p1's (aliased), anon-b's as p9's; the day's
+        # last call wins; anon-c stays an anonymous person of its own.
+        org["identifies"] = [
+            (noon(DAYS[0]), "i0", "p1", {"role": "viewer", "seats": 1}),
+            (noon(DAYS[1]), "i1", "anon-a", {"theme": "dark", "role": "guest"}),
+            (noon(DAYS[3]), "i2", "p1", {"role": "admin"}),
+            (noon(DAYS[3]) + timedelta(hours=2), "i3", "p1", {"role": "owner", "seats": 2 + org["n"]}),
+            (noon(DAYS[2]), "i4", "p2", {"role": "viewer"}),
+            (noon(DAYS[6]), "i5", "p2", {"role": "admin", "seats": 5}),
+            (noon(DAYS[5]), "i6", "anon-b", {"utm": "ad"}),
+            (noon(DAYS[2]), "i7", "anon-c", {"theme": "light"}),
+        ]
         for i in range(40):
             d = rng.choice(DAYS)
             who = rng.choice(["p1", "p2", "p3", "p4", None])
@@ -134,17 +151,21 @@ def hand_written_lake(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
                     "day": d,
                 }
             )
-    for d in DAYS:
-        part = f"snapshot_date={d.isoformat()}"
+    # Organizations exported by version: one version a day (its traits as of that day), written
+    # newest first, so only the version numbers say which one is the state.
+    for i, d in reversed(list(enumerate(DAYS))):
         write_rows(
             lake,
             "organizations",
-            [{"id": o, "name": f"Org {v['n']}", "slug": f"org-{v['n']}", "status": "active", "created_at": noon(DAYS[0]),
-              "external_id": v["external_id"],
+            [{"lake_version": 10 * i + v["n"] + 1, "id": o, "name": f"Org {v['n']}", "slug": f"org-{v['n']}",
+              "status": "active", "created_at": noon(DAYS[0]), "external_id": v["external_id"],
               "traits": json.dumps({"industry": trait_as_of(v["group_calls"], "industry", d)})}
              for o, v in orgs.items()],
-            part,
+            "",
+            file=f"organizations-{len(DAYS) - i:020d}-{len(DAYS) - i + 1:020d}.parquet",
         )  # fmt: skip
+    for d in DAYS:
+        part = f"snapshot_date={d.isoformat()}"
         write_rows(
             lake,
             "subscriptions",
@@ -155,13 +176,18 @@ def hand_written_lake(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
             part,
         )  # fmt: skip
     last = f"snapshot_date={AS_OF.isoformat()}"
-    write_rows(
-        lake,
-        "people",
-        [{"organization_id": o, "user_id": p, "traits": json.dumps(x["traits"]), "first_seen_at": x["first"],
-          "last_seen_at": x["last"]} for o, v in orgs.items() for p, x in v["people"].items()],
-        last,
-    )  # fmt: skip
+    # People exported by version: an older version of each (stale traits) and the latest.
+    for version, stale in ((2, False), (1, True)):
+        write_rows(
+            lake,
+            "people",
+            [{"lake_version": version, "organization_id": o, "user_id": p,
+              "traits": json.dumps({"stale": True} if stale else x["traits"]), "first_seen_at": x["first"],
+              "last_seen_at": x["last"], "anonymous": p.startswith("anon-")}
+             for o, v in orgs.items() for p, x in v["people"].items()],
+            "",
+            file=f"people-{version:020d}-{version + 1:020d}.parquet",
+        )  # fmt: skip
     write_rows(
         lake,
         "identity_aliases",
@@ -178,6 +204,14 @@ def hand_written_lake(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
                                       "traits": json.dumps(traits), "timestamp": at, "received_at": at})  # fmt: skip
     for d, rows in by_day.items():
         write_rows(lake, "org_trait_changes", rows, f"date={d.isoformat()}")
+    identified: dict[date, list[dict[str, Any]]] = defaultdict(list)
+    for o, v in orgs.items():
+        for at, mid, who, traits in v["identifies"]:
+            seq += 1
+            identified[at.date()].append({"seq": seq, "organization_id": o, "message_id": mid, "user_id": who,
+                                          "traits": json.dumps(traits), "timestamp": at, "received_at": at})  # fmt: skip
+    for d, rows in identified.items():
+        write_rows(lake, "person_trait_changes", rows, f"date={d.isoformat()}")
     events: dict[date, list[dict[str, Any]]] = defaultdict(list)
     seq = 0
     for o, v in orgs.items():
@@ -233,6 +267,44 @@ def test_people_and_trait_marts_equal_ground_truth_from_a_hand_written_lake(tmp_
         )
     }
     assert actual_people == expected_people
+    # Anonymous: known by an anonymous id that no alias merged into a user.
+    assert {
+        (o, p)
+        for o, p, anonymous in query(warehouse, "SELECT organization_id, user_id, anonymous FROM dim_people")
+        if anonymous
+    } == {(o, "anon-c") for o in orgs}
+
+    # Person traits as of each day, read from the validity ranges; a person's merged ids' calls are theirs.
+    for o, v in orgs.items():
+        calls: dict[str, list[tuple[datetime, str, dict[str, Any]]]] = defaultdict(list)
+        for at, mid, who, traits in v["identifies"]:
+            calls[v["aliases"].get(who, who)].append((at, mid, traits))
+        for d in DAYS:
+            as_of = {
+                (r[0], r[1]): r[2]
+                for r in query(
+                    warehouse,
+                    "SELECT user_id, trait, value FROM int_person_trait_history WHERE organization_id = ?"
+                    " AND keel_valid_on(valid_from, valid_to, ?)",
+                    o,
+                    d,
+                )
+            }
+            truth = {
+                (person, trait): trait_as_of(changes, trait, d)
+                for person, changes in calls.items()
+                for trait in {t for _, _, traits in changes for t in traits}
+            }
+            assert as_of == {k: v for k, v in truth.items() if v != "(none)"}, (o, d)
+            # All of a person's traits as of the day, as docs/warehouse.md shows analysts.
+            (one,) = query(
+                warehouse,
+                "SELECT json_group_object(trait, value) FROM int_person_trait_history"
+                " WHERE organization_id = ? AND user_id = 'p1' AND keel_valid_on(valid_from, valid_to, ?)",
+                o,
+                d,
+            )
+            assert json.loads(one[0]) == {t: x for (p, t), x in truth.items() if p == "p1" and x != "(none)"}
     assert ("p9" in {p for _, p in actual_people}) and not {"anon-a", "anon-b"} & {
         p for _, p in actual_people
     }
@@ -374,11 +446,11 @@ def test_marts_from_real_segment_calls_equal_what_was_sent(
                 org_id,
             )
         }
-        # old-1 (a person of its own until the alias) is u-1: one person, first seen when old-1 was.
-        # Anonymous ids have no person row (Keel keeps people by user id), so they merge into none.
+        # old-1 (a person of its own until the alias) and anon-1 (an anonymous person, made by its
+        # identify) are u-1: one person, first seen when they were, with anon-1's traits too.
         assert set(people) == {"u-1", "u-2"}
-        assert people["u-1"][3] == ["old-1"] and people["u-2"][3] == []
-        assert people["u-1"][0] == {"email": "u1@x.example"}
+        assert people["u-1"][3] == ["anon-1", "old-1"] and people["u-2"][3] == []
+        assert people["u-1"][0] == {"email": "u1@x.example", "theme": "dark"}
         day_of = {c["messageId"]: datetime.fromisoformat(c["timestamp"]).date() for c in t["calls"]}
         assert people["u-1"][1].date() == start.date() and people["u-2"][
             1

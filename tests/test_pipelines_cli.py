@@ -65,7 +65,7 @@ def built_warehouse(
 def _build(database_url: str, pipeline_env: dict[str, Path]) -> Path:
     lake = Lake.open(str(pipeline_env["lake"]))
     export_tasks.write_schemas(lake)
-    for table in export_tasks.APPEND_ONLY.values():
+    for table in export_tasks.INCREMENTAL.values():
         export_tasks.export_table(database_url, lake, table)
     for snapshot in export_tasks.SNAPSHOTS.values():
         export_tasks.export_snapshot(database_url, lake, snapshot)

@@ -74,7 +74,7 @@ def build(database_url: str, tmp_path: Path, as_of: date) -> Path:
     """The lake export and the warehouse build, as the flows run them."""
     lake = Lake.open(str(tmp_path / "lake"))
     export_tasks.write_schemas(lake)
-    for table in export_tasks.APPEND_ONLY.values():
+    for table in export_tasks.INCREMENTAL.values():
         export_tasks.export_table(database_url, lake, table)
     for snapshot in export_tasks.SNAPSHOTS.values():
         export_tasks.export_snapshot(database_url, lake, snapshot)

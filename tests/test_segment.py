@@ -160,6 +160,81 @@ def test_the_official_sdk_with_an_org_key_lands_every_call_once(
     assert one.status_code == 200 and one.json()["traits"]["email"] == "ada@acme.example"
 
 
+def test_an_anonymous_identify_makes_a_person_that_alias_or_identify_merges_into_the_user(
+    client: httpx.Client, engine: Engine, live_server: LiveServer
+) -> None:
+    """Visitors known only by an anonymous id are people of their own (marked anonymous); an
+    identify carrying both ids, or an alias, merges one into the user with its traits and first
+    seen; a later anonymous identify of a merged id updates the user; a replay changes nothing."""
+    org = make_org(client, engine, roles=("owner",))
+    errors: list[Any] = []
+    segment = sdk(live_server, org.ingest_key, errors)
+    day = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+
+    def person(user_id: str) -> httpx.Response:
+        return client.get(f"/v1/orgs/{org.id}/people/{user_id}", headers=org.headers("owner"))
+
+    def listed() -> dict[str, dict[str, Any]]:
+        answer = client.get(f"/v1/orgs/{org.id}/people", headers=org.headers("owner"))
+        assert answer.status_code == 200, answer.text
+        return {p["user_id"]: p for p in answer.json()["items"]}
+
+    first_visit = str(uuid.uuid4())
+    segment.identify(anonymous_id="anon-a", traits={"theme": "dark", "plan": "free"}, timestamp=day,
+                     message_id=first_visit)  # fmt: skip
+    segment.identify(anonymous_id="anon-b", traits={"utm": "ad"}, timestamp=day + timedelta(hours=1))
+    segment.flush()
+    visitors = listed()
+    assert {k: (v["anonymous"], v["traits"]) for k, v in visitors.items()} == {
+        "anon-a": (True, {"theme": "dark", "plan": "free"}),
+        "anon-b": (True, {"utm": "ad"}),
+    }
+
+    # anon-a signs up (an identify with both ids); anon-b is aliased to a user never identified.
+    signed_up = day + timedelta(days=1)
+    segment.identify(
+        "ada", {"email": "ada@acme.example", "plan": "pro"}, anonymous_id="anon-a", timestamp=signed_up
+    )
+    segment.alias("anon-b", "bob", timestamp=signed_up)
+    segment.flush()
+    people = listed()
+    assert set(people) == {"ada", "bob"} and not any(p["anonymous"] for p in people.values())
+    assert people["ada"]["traits"] == {"theme": "dark", "plan": "pro", "email": "ada@acme.example"}
+    assert people["ada"]["aliases"] == ["anon-a"] and people["bob"]["aliases"] == ["anon-b"]
+    assert people["bob"]["traits"] == {"utm": "ad"}
+    for name, visitor in (("ada", "anon-a"), ("bob", "anon-b")):
+        assert datetime.fromisoformat(people[name]["first_seen_at"]) == datetime.fromisoformat(
+            visitors[visitor]["first_seen_at"]
+        )
+        assert person(visitor).json() == people[name]  # the merged id reads the user
+
+    # Later, the old anonymous id again (a stale tab), and a replay of the first visit.
+    segment.identify(anonymous_id="anon-a", traits={"theme": "light"}, timestamp=day + timedelta(days=2))
+    segment.identify(anonymous_id="anon-a", traits={"theme": "dark", "plan": "free"}, timestamp=day,
+                     message_id=first_visit)  # fmt: skip
+    segment.flush()
+    segment.join()
+    assert errors == []
+    ada = person("ada").json()
+    assert ada["traits"] == {"theme": "light", "plan": "pro", "email": "ada@acme.example"}
+    assert set(listed()) == {"ada", "bob"}
+    stored = rows(
+        engine,
+        "SELECT user_id, anonymous, merged_into FROM people WHERE organization_id = :o ORDER BY user_id",
+        o=org.id,
+    )
+    assert [tuple(r.values()) for r in stored] == [
+        ("ada", False, None), ("anon-a", True, "ada"), ("anon-b", True, "bob"), ("bob", False, None),
+    ]  # fmt: skip
+    merges = rows(
+        engine,
+        "SELECT previous_id, user_id FROM identity_aliases WHERE organization_id = :o ORDER BY 1",
+        o=org.id,
+    )
+    assert [tuple(r.values()) for r in merges] == [("anon-a", "ada"), ("anon-b", "bob")]
+    assert person("nobody").status_code == 404
+
+
 def test_the_official_sdk_with_a_platform_key_names_orgs_by_external_id(
     client: httpx.Client, engine: Engine, live_server: LiveServer, staff_admin: tuple[str, str]
 ) -> None:

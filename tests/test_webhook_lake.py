@@ -29,7 +29,7 @@ def export_all(database_url: str, lake: Lake) -> None:
     export_tasks.write_schemas(lake)
     for snapshot in export_tasks.SNAPSHOTS.values():
         export_tasks.export_snapshot(database_url, lake, snapshot)
-    for table in export_tasks.APPEND_ONLY.values():
+    for table in export_tasks.INCREMENTAL.values():
         export_tasks.export_table(database_url, lake, table)
 
 

@@ -7,7 +7,8 @@
 
 - the model tables of ``docs/warehouse.md`` (between its ``<!-- models:KIND -->`` markers): every
   staging, intermediate and mart model with its description, grain and key, from the models'
-  ``schema.yml`` entries (what ``dbt docs generate`` publishes), so the guide cannot drift from them.
+  ``schema.yml`` entries (what ``dbt docs generate`` publishes), so the guide cannot drift from them;
+  and its lake table (``<!-- lake:tables -->``): every lake table's files, export mode and key.
 
 ``python -m warehouse.dbt_project`` rewrites all three; ``tests/test_dbt_project.py`` fails when either
 differs from what this module generates.
@@ -32,10 +33,18 @@ LAKE_SCHEMA = "lake"
 _HEADER = "Generated from {origin} by `python -m warehouse.dbt_project`: do not edit."
 
 
+#: Each export mode of ``warehouse/lake_tables.py`` in words (the sources' descriptions and the guide).
+MODE_WORDS = {
+    "sequence": "appended by sequence",
+    "version": "changed rows by version: a key's latest version is its state",
+    "snapshot": "daily snapshots (snapshot_date=…)",
+}
+
+
 def sources_yml() -> str:
     tables = []
     for table in LAKE_TABLES.values():
-        kind = "appended by sequence" if table.by_sequence else "daily snapshots (snapshot_date=…)"
+        kind = MODE_WORDS[table.mode]
         tables.append(
             {
                 "name": table.name,
@@ -91,20 +100,36 @@ def model_table(kind: str) -> str:
     return "\n".join(rows)
 
 
+def lake_table() -> str:
+    """The lake's layout: every table of ``warehouse/lake_tables.py``, where its files are, how it
+    is exported and its key."""
+    rows = ["| table | files | exported | key |", "|---|---|---|---|"]
+    rows += [
+        f"| `{t.name}` | `{t.layout}` | {_cell(MODE_WORDS[t.mode])} | {', '.join(t.key)} |"
+        for t in LAKE_TABLES.values()
+    ]
+    return "\n".join(rows)
+
+
+def _region(text: str, name: str, origin: str, body: str) -> str:
+    begin = f"<!-- {name} (generated from {origin} by `python -m warehouse.dbt_project`) -->"
+    end = f"<!-- /{name} -->"
+    head, found, rest = text.partition(begin)
+    if not found:
+        raise ValueError(f"{GUIDE_FILE} lacks the marker {begin}")
+    _, found, tail = rest.partition(end)
+    if not found:
+        raise ValueError(f"{GUIDE_FILE} lacks the marker {end}")
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def guide_md() -> str:
-    """docs/warehouse.md with each ``<!-- models:KIND -->`` region rewritten from the schema.yml files."""
+    """docs/warehouse.md with each ``<!-- models:KIND -->`` region rewritten from the schema.yml
+    files, and its ``<!-- lake:tables -->`` region from ``warehouse/lake_tables.py``."""
     text = GUIDE_FILE.read_text()
     for kind in _GUIDE_KINDS:
-        begin = f"<!-- models:{kind} (generated from schema.yml by `python -m warehouse.dbt_project`) -->"
-        end = f"<!-- /models:{kind} -->"
-        head, found, rest = text.partition(begin)
-        if not found:
-            raise ValueError(f"{GUIDE_FILE} lacks the marker {begin}")
-        _, found, tail = rest.partition(end)
-        if not found:
-            raise ValueError(f"{GUIDE_FILE} lacks the marker {end}")
-        text = f"{head}{begin}\n{model_table(kind)}\n{end}{tail}"
-    return text
+        text = _region(text, f"models:{kind}", "schema.yml", model_table(kind))
+    return _region(text, "lake:tables", "warehouse/lake_tables.py", lake_table())
 
 
 GENERATED = {SOURCES_FILE: sources_yml, RULES_FILE: rules_macro, GUIDE_FILE: guide_md}

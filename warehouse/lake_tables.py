@@ -1,10 +1,11 @@
 """Every table the lake holds, declared once: its columns and their types, its key, how it is
-exported (by sequence, or as a daily snapshot), how it is partitioned, and which of its Postgres
-columns stay out of the lake (and why).
+exported (:data:`ExportMode`: appended by sequence, changed rows by version, or a daily snapshot),
+how it is partitioned, and which of its Postgres columns stay out of the lake (and why).
 
 Everything else is derived from here: the exporter's SELECT and Arrow schema and the empty
-``_schema`` files (``pipelines/tasks/export.py``), and the warehouse's sources and the empty
-shape of a source no export has written yet (``warehouse/build.py``).
+``_schema`` files (``pipelines/tasks/export.py``), the warehouse's sources and the empty
+shape of a source no export has written yet (``warehouse/build.py``), and the lake's layout in
+docs/warehouse.md (``warehouse/dbt_project.py``).
 ``tests/test_lake_tables.py`` compares each declaration with the migrated database, so a column a
 migration adds is reported until it is declared here or excluded. Adding a column to the lake is
 one migration plus one line below.
@@ -69,15 +70,35 @@ class BySequence:
 
 
 @dataclass(frozen=True)
+class ByVersion:
+    """Updated in place, exported incrementally all the same (as dlt's incremental merge): every
+    insert or update of a row numbers it anew into ``column`` from ``sequence`` (a trigger draws
+    the number with ``keel_export_nextval``, under the export fence: ``api/db/fence.py``), so an
+    export writes only the rows changed since its watermark, one file per range
+    (``<name>-<from>-<to>.parquet``, unpartitioned). A key changed twice is in the lake twice: the
+    warehouse's staging keeps its latest version. Rows are never deleted (the application role
+    may not; organizations are deleted softly, with ``deleted_at``)."""
+
+    column: str
+    sequence: str
+
+
+#: How a table leaves Postgres: ``sequence`` (append-only, :class:`BySequence`), ``version``
+#: (updated in place, changed rows only, :class:`ByVersion`) or ``snapshot`` (copied whole daily).
+ExportMode = Literal["sequence", "version", "snapshot"]
+
+
+@dataclass(frozen=True)
 class LakeTable:
     """One Postgres table as the lake holds it (under the same name)."""
 
     name: str
     columns: tuple[Col, ...]
     key: tuple[str, ...]
-    #: None: a small table copied whole once a day (``snapshot_date=YYYY-MM-DD``, the day's last
-    #: copy wins).
+    #: Neither this nor ``by_version``: a small table copied whole once a day
+    #: (``snapshot_date=YYYY-MM-DD``, the day's last copy wins).
     by_sequence: BySequence | None = None
+    by_version: ByVersion | None = None
     #: Postgres columns that stay out of the lake, each with the reason.
     excluded: Mapping[str, str] = field(default_factory=dict)
     #: Tables joined in for some columns (their ``expr`` names them); the table's own columns are
@@ -88,6 +109,31 @@ class LakeTable:
     #: The warehouse builds without any file of it (an empty source of this shape): the table is
     #: written by a part that may not have run yet.
     optional: bool = False
+
+    def __post_init__(self) -> None:
+        assert not (self.by_sequence and self.by_version), f"{self.name}: one export mode"
+        if self.by_version is not None:
+            assert self.by_version.column in {c.name for c in self.columns}, f"{self.name}: version column"
+
+    @property
+    def mode(self) -> ExportMode:
+        if self.by_sequence is not None:
+            return "sequence"
+        return "version" if self.by_version is not None else "snapshot"
+
+    @property
+    def incremental(self) -> BySequence | ByVersion | None:
+        """The numbered column an incremental export reads by (None: a snapshot)."""
+        return self.by_sequence or self.by_version
+
+    @property
+    def layout(self) -> str:
+        """Where the lake keeps the table's files, relative to its root."""
+        if self.mode == "sequence":
+            return f"{self.name}/date=YYYY-MM-DD/{self.name}-<from>-<to>.parquet"
+        if self.mode == "version":
+            return f"{self.name}/{self.name}-<from>-<to>.parquet"
+        return f"{self.name}/snapshot_date=YYYY-MM-DD/{self.name}.parquet"
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -121,9 +167,10 @@ class LakeTable:
 
     @property
     def sequence_column(self) -> str:
-        """The sequence column as the export's WHERE clause names it."""
-        assert self.by_sequence is not None, f"{self.name} is a snapshot"
-        return self._own(self.by_sequence.column)
+        """The sequence (or version) column as the export's WHERE clause names it."""
+        numbered = self.incremental
+        assert numbered is not None, f"{self.name} is a snapshot"
+        return self._own(numbered.column)
 
     @property
     def query(self) -> str:
@@ -206,13 +253,16 @@ WEBHOOK_ATTEMPTS = LakeTable(
     optional=True,
 )
 
+# Organizations, exported by version: each change of a row (a rename, traits set by a group
+# call, a soft delete) is one new version in the lake.
 ORGANIZATIONS = LakeTable(
     name="organizations",
     columns=_cols(
-        "id uuid, name text, slug text, status text, stripe_customer_id text, created_at ts, updated_at ts,"
-        " deleted_at ts, external_id text, traits json"
+        "lake_version int, id uuid, name text, slug text, status text, stripe_customer_id text,"
+        " created_at ts, updated_at ts, deleted_at ts, external_id text, traits json"
     ),
     key=("id",),
+    by_version=ByVersion(column="lake_version", sequence="organizations_lake_version_seq"),
     excluded={"suspended_reason": "read by staff in the admin API; no mart uses it"},
 )
 
@@ -294,11 +344,17 @@ INBOUND_EVENTS = LakeTable(
     optional=True,
 )
 
-# People of each organization (Segment identify/group/alias calls), whole: updated in place.
+# People of each organization (Segment identify/group/alias calls), updated in place and exported
+# by version: each identify that changed a person is one new version in the lake.
 PEOPLE = LakeTable(
     name="people",
-    columns=_cols("organization_id uuid, user_id text, traits json, first_seen_at ts, last_seen_at ts"),
+    columns=_cols(
+        "lake_version int, organization_id uuid, user_id text, traits json, first_seen_at ts,"
+        " last_seen_at ts, anonymous bool, merged_into text"
+    ),
     key=("organization_id", "user_id"),
+    by_version=ByVersion(column="lake_version", sequence="people_lake_version_seq"),
+    dictionary=("organization_id",),
     optional=True,
 )
 

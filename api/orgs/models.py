@@ -10,11 +10,11 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, String, text
+from sqlalchemy import BigInteger, DateTime, FetchedValue, Index, String, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.base import Base, IdMixin, TimestampMixin, db_enum
+from api.db.base import Base, IdMixin, TimestampMixin, app_privileges, db_enum
 
 
 class OrgStatus(enum.StrEnum):
@@ -24,6 +24,12 @@ class OrgStatus(enum.StrEnum):
 
 class Organization(IdMixin, TimestampMixin, Base):
     __tablename__ = "organizations"
+    # Never deleted, only softly (deleted_at): the lake exports the table by version, and a
+    # deleted row would have none (migration 0070).
+    __table_args__ = (
+        Index("ix_organizations_lake_version", "lake_version"),
+        app_privileges("SELECT", "INSERT", "UPDATE"),
+    )
 
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(63), unique=True)
@@ -35,3 +41,8 @@ class Organization(IdMixin, TimestampMixin, Base):
     external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     #: The org's latest traits (``group`` calls): one JSON object.
     traits: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    #: Set by the database on every change (a trigger, under the export fence: migration 0070),
+    #: never by Keel: what the lake's export reads by (``warehouse.lake_tables.ByVersion``).
+    lake_version: Mapped[int] = mapped_column(
+        BigInteger, server_default=FetchedValue(), server_onupdate=FetchedValue()
+    )

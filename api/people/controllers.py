@@ -32,8 +32,10 @@ class PeopleController(Controller):
     @get(
         "/",
         summary="The organization's people, by user id (any member)",
-        description="People are made by Segment `identify` calls (traits, first and last seen), `group` "
-        "calls (the user belongs to the org) and `alias` calls (an earlier id merged into the user id). "
+        description="People are made by Segment `identify` calls (traits, first and last seen; an "
+        "identify with only an `anonymousId` makes an `anonymous` person keyed by it), `group` calls (the "
+        "user belongs to the org) and `alias` calls (an earlier id merged into the user id, as is an "
+        "anonymous person by an identify carrying both ids); a merged person is listed as the user. "
         "`trait=name:value` keeps those whose trait, read as text, equals the value.",
     )
     async def list_people(
@@ -63,7 +65,11 @@ class PeopleController(Controller):
         )
         return PersonPage(items=items, next_cursor=next_cursor)
 
-    @get("/{user_id:str}", summary="One person of the organization (any member)")
+    @get(
+        "/{user_id:str}",
+        summary="One person of the organization (any member)",
+        description="By user id or anonymous id; an id merged into a user answers that user.",
+    )
     async def read_person(
         self, org_id: uuid.UUID, user_id: str, db: AsyncSession, principal: Principal
     ) -> PersonOut:

@@ -7,7 +7,20 @@ The schema changes only through the migrations in ``api/db/migrations/``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Sequence, String, Table, Uuid, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    FetchedValue,
+    Index,
+    Sequence,
+    String,
+    Table,
+    Uuid,
+    false,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from api.db.base import APP_APPEND_ONLY, APP_DEFAULT_PRIVILEGES, Base, app_privileges
@@ -17,16 +30,31 @@ person_trait_changes_seq = Sequence("person_trait_changes_seq", metadata=Base.me
 org_trait_changes_seq = Sequence("org_trait_changes_seq", metadata=Base.metadata)
 
 #: One person of one organization: the latest traits (merged, newest last) and when they were seen.
+#: Never deleted (the lake exports the table by version: a deleted row would have none); a person
+#: merged into another keeps its row, with ``merged_into``.
 people_table = Table(
     "people",
     Base.metadata,
     Column("organization_id", Uuid, primary_key=True),
+    #: The user id, or the anonymous id of a person known only by one (``anonymous``).
     Column("user_id", String(255), primary_key=True),
     Column("traits", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("first_seen_at", DateTime(timezone=True), nullable=False),
     Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("anonymous", Boolean, nullable=False, server_default=false()),
+    #: The user id an alias (or an identify with both ids) merged this person into.
+    Column("merged_into", String(255)),
+    #: Set by a trigger on every change, under the export fence (migration 0070).
+    Column(
+        "lake_version",
+        BigInteger,
+        nullable=False,
+        server_default=FetchedValue(),
+        server_onupdate=FetchedValue(),
+    ),
     Index("ix_people_traits", "traits", postgresql_using="gin"),
-    **app_privileges(*APP_DEFAULT_PRIVILEGES),
+    Index("ix_people_lake_version", "lake_version"),
+    **app_privileges("SELECT", "INSERT", "UPDATE"),
 )
 
 #: Every ``identify`` that carried traits: what they were set to, and when (as of the message).

@@ -1,9 +1,11 @@
-"""Reading an organization's people: by user id (keyset on it), filtered by traits."""
+"""Reading an organization's people: by user id (keyset on it), filtered by traits. A person merged
+into another (``merged_into``) is listed no more: reading them reads the person they are now."""
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,7 +57,11 @@ async def list_people(
     cursor: str | None,
     limit: int,
 ) -> tuple[list[PersonOut], str | None]:
-    query = select(people).where(people.c.organization_id == org_id).order_by(people.c.user_id)
+    query = (
+        select(people)
+        .where(people.c.organization_id == org_id, people.c.merged_into.is_(None))
+        .order_by(people.c.user_id)
+    )
     for name, value in traits:
         query = query.where(people.c.traits[name].astext == value)
     after = decode_cursor(cursor)
@@ -64,28 +70,28 @@ async def list_people(
     rows = (await session.execute(query.limit(limit + 1))).mappings().all()
     page = rows[:limit]
     merged = await _aliases(session, org_id, [r["user_id"] for r in page])
-    items = [
-        PersonOut(user_id=r["user_id"], traits=r["traits"], first_seen_at=r["first_seen_at"],
-                  last_seen_at=r["last_seen_at"], aliases=merged.get(r["user_id"], []))
-        for r in page
-    ]  # fmt: skip
+    items = [_person(r, merged) for r in page]
     return items, encode_cursor(page[-1]["user_id"]) if len(rows) > limit else None
 
 
-async def get_person(session: AsyncSession, *, org_id: uuid.UUID, user_id: str) -> PersonOut:
-    row = (
-        (
-            await session.execute(
-                select(people).where(people.c.organization_id == org_id, people.c.user_id == user_id)
-            )
-        )
-        .mappings()
-        .one_or_none()
-    )
-    if row is None:
-        raise NotFound("no such person in this organization")
-    merged = await _aliases(session, org_id, [user_id])
+def _person(row: Any, merged: dict[str, list[str]]) -> PersonOut:
     return PersonOut(
         user_id=row["user_id"], traits=row["traits"], first_seen_at=row["first_seen_at"],
-        last_seen_at=row["last_seen_at"], aliases=merged.get(user_id, []),
+        last_seen_at=row["last_seen_at"], aliases=merged.get(row["user_id"], []), anonymous=row["anonymous"],
     )  # fmt: skip
+
+
+async def _row(session: AsyncSession, org_id: uuid.UUID, user_id: str) -> Any:
+    query = select(people).where(people.c.organization_id == org_id, people.c.user_id == user_id)
+    return (await session.execute(query)).mappings().one_or_none()
+
+
+async def get_person(session: AsyncSession, *, org_id: uuid.UUID, user_id: str) -> PersonOut:
+    """The person ``user_id`` names: theirs, or (an id merged into a user) that user's."""
+    row = await _row(session, org_id, user_id)
+    if row is not None and row["merged_into"] is not None:
+        row = await _row(session, org_id, row["merged_into"])
+    if row is None:
+        raise NotFound("no such person in this organization")
+    merged = await _aliases(session, org_id, [row["user_id"]])
+    return _person(row, merged)

@@ -12,8 +12,10 @@ class PersonOut(msgspec.Struct):
     traits: dict[str, Any]
     first_seen_at: datetime
     last_seen_at: datetime
-    #: Earlier ids merged into this one by ``alias`` calls.
+    #: Earlier ids merged into this one by ``alias`` calls (or an ``identify`` carrying both ids).
     aliases: list[str] = msgspec.field(default_factory=list)
+    #: Known only by an anonymous id (``user_id`` holds it): no call named a user id for them yet.
+    anonymous: bool = False
 
 
 class PersonPage(msgspec.Struct):

@@ -1,6 +1,9 @@
-"""Incremental, idempotent export of append-only tables to the lake, and snapshots of small tables.
+"""Incremental, idempotent export of append-only and versioned tables to the lake, and snapshots
+of small tables.
 
-Each append-only table has a sequence-numbered column. An export run:
+Each append-only table has a sequence-numbered column; each versioned table (updated in place:
+organizations, people) a version column that a trigger renumbers on every insert or update
+(``warehouse.lake_tables.ByVersion``). Both are exported the same way. An export run:
 1. reads its watermark from ``_state/<table>.json`` in the lake (0 at first);
 2. deletes files a crashed run left past the watermark (their names carry the range they hold);
 3. takes the export fence (see ``api.db.fence``) to learn a high-water mark with nothing
@@ -13,6 +16,15 @@ Each append-only table has a sequence-numbered column. An export run:
    partition (temporary name, then rename), and only then moves the watermark.
 A re-run, a crash mid-run or a retried range never loses or duplicates a row; the warehouse's
 staging views also dedupe by key, as a second line of defence.
+
+A versioned table differs in two ways. Its last range has no upper bound: a row changed again
+after the fence (its version past the high-water mark) is read in its newest committed state
+rather than missed, since the version it had below the mark is gone; the next run reads it once
+more (an overlap the staging view merges away by keeping each key's latest version). No change
+is ever skipped: a version at or below the mark was drawn under the fence, so its transaction
+had committed before the mark was taken. And its files are not partitioned by date (one file
+per range). The first complete run holds every row, so it removes what daily snapshots of the
+table an older Keel left behind.
 """
 
 from __future__ import annotations
@@ -45,39 +57,44 @@ FILE_NAME = re.compile(r"-(?P<lo>\d{20})-(?P<hi>\d{20})\.parquet$")
 
 
 @dataclass(frozen=True)
-class AppendOnlyTable:
-    """How one append-only table leaves Postgres (derived from its ``warehouse.lake_tables`` entry)."""
+class IncrementalTable:
+    """How one append-only or versioned table leaves Postgres (derived from its
+    ``warehouse.lake_tables`` entry)."""
 
     name: str
     #: The Postgres sequence its numbers are drawn from, under the export fence.
     sequence: str
-    #: The sequence column's name, and the same as the range query's WHERE names it.
+    #: The sequence (or version) column's name, and the same as the range query's WHERE names it.
     seq_column: str
     seq_expr: str
     #: SELECT list producing Arrow-friendly values, in the order of ``schema``.
     select: str
     source: str
     schema: pa.Schema
-    #: Column whose UTC date is the Hive partition (``date=YYYY-MM-DD``).
-    date_column: str
+    #: Column whose UTC date is the Hive partition (``date=YYYY-MM-DD``); None: unpartitioned.
+    date_column: str | None
     key: tuple[str, ...]
     #: Low-cardinality columns worth dictionary-encoding in Parquet.
     dictionary: tuple[str, ...] = ()
+    #: Updated in place and renumbered on each change (``ByVersion``), not append-only.
+    versioned: bool = False
 
     @classmethod
-    def of(cls, table: LakeTable) -> AppendOnlyTable:
-        assert table.by_sequence is not None, f"{table.name} is exported as a snapshot"
+    def of(cls, table: LakeTable) -> IncrementalTable:
+        numbered = table.incremental
+        assert numbered is not None, f"{table.name} is exported as a snapshot"
         return cls(
             name=table.name,
-            sequence=table.by_sequence.sequence,
-            seq_column=table.by_sequence.column,
+            sequence=numbered.sequence,
+            seq_column=numbered.column,
             seq_expr=table.sequence_column,
             select=table.select_list,
             source=table.source,
             schema=table.arrow_schema,
-            date_column=table.by_sequence.date_column,
+            date_column=table.by_sequence.date_column if table.by_sequence else None,
             key=table.key,
             dictionary=table.dictionary,
+            versioned=table.mode == "version",
         )
 
 
@@ -94,12 +111,19 @@ class Snapshot:
         return cls(name=table.name, query=table.query, schema=table.arrow_schema)
 
 
-APPEND_ONLY = {t.name: AppendOnlyTable.of(t) for t in LAKE_TABLES.values() if t.by_sequence is not None}
-SNAPSHOTS = {t.name: Snapshot.of(t) for t in LAKE_TABLES.values() if t.by_sequence is None}
+#: Append-only tables, exported by sequence.
+APPEND_ONLY = {t.name: IncrementalTable.of(t) for t in LAKE_TABLES.values() if t.mode == "sequence"}
+#: Tables updated in place, exported by version (the rows changed since the last export).
+VERSIONED = {t.name: IncrementalTable.of(t) for t in LAKE_TABLES.values() if t.mode == "version"}
+#: Every table an export run reads incrementally (what the export-lake flow exports one by one).
+INCREMENTAL = {**APPEND_ONLY, **VERSIONED}
+SNAPSHOTS = {t.name: Snapshot.of(t) for t in LAKE_TABLES.values() if t.mode == "snapshot"}
 EVENTS = APPEND_ONLY["events"]
 AUDIT_LOG = APPEND_ONLY["audit_log"]
 BILLING_DISCREPANCIES = APPEND_ONLY["billing_discrepancies"]
 WEBHOOK_ATTEMPTS = APPEND_ONLY["webhook_attempts"]
+ORGANIZATIONS = VERSIONED["organizations"]
+PEOPLE = VERSIONED["people"]
 
 
 @dataclass
@@ -166,13 +190,13 @@ WHERE am.amname = 'brin' AND ic.relkind = 'i' AND a.attname = %(column)s
 """
 
 
-def brin_indexes(conn: psycopg.Connection, table: AppendOnlyTable) -> list[str]:
+def brin_indexes(conn: psycopg.Connection, table: IncrementalTable) -> list[str]:
     """The BRIN indexes on ``table``'s sequence column (one per partition when it is partitioned)."""
     params = {"column": table.seq_column, "table": table.name}
     return sorted(row[0] for row in conn.execute(_BRIN_INDEXES, params))
 
 
-def summarize_new_ranges(conn: psycopg.Connection, table: AppendOnlyTable) -> int:
+def summarize_new_ranges(conn: psycopg.Connection, table: IncrementalTable) -> int:
     """Summarize the page ranges of ``table``'s sequence BRIN index that no vacuum has summarized yet.
 
     A BRIN index answers "maybe" for every unsummarized range, and rows appended since the last
@@ -224,12 +248,24 @@ def _read_arrow(reader: Any, query: str, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema) if table.num_rows else schema.empty_table()
 
 
-def _range_query(table: AppendOnlyTable, lo: int, hi: int) -> str:
+def _range_query(table: IncrementalTable, lo: int, hi: int, *, last: bool = False) -> str:
     # lo and hi are integers Keel computed: inlined, since the reader runs one plain statement.
+    if last and table.versioned:
+        # Unbounded: a row renumbered past the mark since the fence is read as it is now.
+        return f"SELECT {table.select} FROM {table.source} WHERE {table.seq_expr} > {int(lo)}"
     return (
         f"SELECT {table.select} FROM {table.source}"
         f" WHERE {table.seq_expr} > {int(lo)} AND {table.seq_expr} <= {int(hi)}"
     )
+
+
+def remove_snapshots(lake: Lake, table: IncrementalTable) -> list[str]:
+    """Daily snapshot files of a table now exported by version (``snapshot_date=…``, as an older
+    Keel wrote them): once a complete run has exported every row, they only repeat old states."""
+    removed = [p for p in lake.list_files(table.name) if not FILE_NAME.search(p)]
+    for path in removed:
+        lake.delete(path)
+    return removed
 
 
 def _open_reader(database_url: str) -> Any:
@@ -246,7 +282,7 @@ def _open_reader(database_url: str) -> Any:
 def export_table(
     database_url: str,
     lake: Lake,
-    table: AppendOnlyTable,
+    table: IncrementalTable,
     *,
     chunk_rows: int = 250_000,
     progress: Progress | None = None,
@@ -290,7 +326,7 @@ def export_table(
 
         while lo < high:
             hi = min(lo + chunk_rows, high)
-            rows = _read_arrow(reader, _range_query(table, lo, hi), table.schema)
+            rows = _read_arrow(reader, _range_query(table, lo, hi, last=hi == high), table.schema)
             settle()  # the watermark moves in order, only after the previous range is durable
             pending = writer.submit(write_partitioned, lake, table, rows, lo, hi) if rows.num_rows else None
             pending_range = (lo, hi, rows.num_rows)
@@ -303,12 +339,19 @@ def export_table(
             if stop_after_chunks is not None and chunks >= stop_after_chunks:
                 break
         settle()
+        if table.versioned and result.watermark_to == high:
+            remove_snapshots(lake, table)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def write_partitioned(lake: Lake, table: AppendOnlyTable, rows: pa.Table, lo: int, hi: int) -> list[str]:
-    """One file per date partition for the sequence range (lo, hi]; the name makes re-runs idempotent."""
+def write_partitioned(lake: Lake, table: IncrementalTable, rows: pa.Table, lo: int, hi: int) -> list[str]:
+    """One file per date partition for the sequence range (lo, hi] (one file when the table is not
+    partitioned); the name makes re-runs idempotent."""
+    if table.date_column is None:
+        path = lake.path(table.name, f"{table.name}-{lo:020d}-{hi:020d}.parquet")
+        lake.write_parquet(rows, path, dictionary=list(table.dictionary))
+        return [path]
     written = []
     for day, part in split_by_day(rows, table.date_column):
         path = lake.path(table.name, f"date={day}", f"{table.name}-{lo:020d}-{hi:020d}.parquet")
@@ -354,7 +397,7 @@ def export_snapshot(
     )
 
 
-def lake_keys(lake: Lake, table: AppendOnlyTable) -> pl.DataFrame:
+def lake_keys(lake: Lake, table: IncrementalTable) -> pl.DataFrame:
     """Every key the lake holds for ``table`` (duplicates included): for checks and tests."""
     files = lake.list_files(table.name)
     if not files:
@@ -372,7 +415,7 @@ def lake_read(lake: Lake, path: str, columns: list[str] | None = None) -> pa.Tab
 
 def write_schemas(lake: Lake) -> None:
     """An empty file per lake table with its schema, so the warehouse can be built before any data."""
-    for name, schema in [(t.name, t.schema) for t in APPEND_ONLY.values()] + [
+    for name, schema in [(t.name, t.schema) for t in INCREMENTAL.values()] + [
         (s.name, s.schema) for s in SNAPSHOTS.values()
     ]:
         path = lake.path("_schema", f"{name}.parquet")

@@ -50,8 +50,12 @@ async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
             await session.commit()
 
 
-def provide_reader(state: State) -> Reader:
-    """Reads outside a transaction (``api/db/reads.py``), for routes that only read."""
+def provide_reader(state: State, principal: Principal) -> Reader:
+    """Reads outside a transaction (``api/db/reads.py``), for authenticated routes that only read.
+
+    It takes the principal only to come after it: Litestar resolves independent dependencies of a
+    route together in an anyio task group (a task each, ~40 us of CPU a request), one that depends
+    on another after it, with a plain ``await``."""
     reader: Reader = state.reader
     return reader
 

@@ -32,8 +32,8 @@ from api.billing.services import billing_screen
 from api.billing.stripe_api import StripeSnapshot
 from api.db.base import new_id
 from api.db.engine import make_async_engine, make_sessionmaker, make_sync_engine
-from api.db.reads import Reader, make_read_pool
 from api.db.migrate import upgrade
+from api.db.reads import Reader, make_read_pool
 from api.errors import Forbidden, NotFound
 from api.events import store as event_store
 from api.members.models import Membership, MembershipStatus, OrgRole

@@ -187,7 +187,7 @@ READ_MEMBERSHIP = Read(MEMBERSHIP)
 READ_MEMBERSHIP_OR_INVITATION = Read(MEMBERSHIP_OR_INVITATION)
 
 
-def _granted(principal: Principal, org_id: uuid.UUID, row: tuple[OrgStatus, OrgRole] | None) -> OrgRole:
+def _granted(row: tuple[OrgStatus, OrgRole] | None) -> OrgRole:
     """The role of an active membership found (``row``): 404 without one, 403 if the org is suspended."""
     if row is None:
         raise NotFound(ORG_NOT_FOUND)
@@ -224,8 +224,8 @@ async def org_access(
     found = _guard_found(principal, org_id)
     if found is False:  # no guard ran for this org in this request: look the membership up
         row = (await session.execute(MEMBERSHIP, {"org_id": org_id, "user_id": principal.user_id})).first()
-        return _access(principal, org_id, _granted(principal, org_id, row and (row[0], row[1])), permission)
-    return _access(principal, org_id, _granted(principal, org_id, found), permission)
+        return _access(principal, org_id, _granted(None if row is None else (row[0], row[1])), permission)
+    return _access(principal, org_id, _granted(found), permission)
 
 
 async def read_access(
@@ -236,9 +236,7 @@ async def read_access(
     if not principal.is_user or principal.user_id is None:
         raise NotFound(ORG_NOT_FOUND)
     found = _guard_found(principal, org_id)
-    role = (
-        await active_role(reader, principal, org_id) if found is False else _granted(principal, org_id, found)
-    )
+    role = await active_role(reader, principal, org_id) if found is False else _granted(found)
     return _access(principal, org_id, role, permission)
 
 
@@ -251,7 +249,7 @@ async def active_role(reader: Reader, principal: Principal, org_id: uuid.UUID) -
 
     async def lookup() -> OrgRole:
         row = await reader.first(READ_MEMBERSHIP, org_id=org_id, user_id=user_id)
-        return _granted(principal, org_id, None if row is None else (row[0], row[1]))
+        return _granted(None if row is None else (row[0], row[1]))
 
     return await cache.memberships.get_or_load((user_id, org_id), lookup)
 
@@ -320,7 +318,7 @@ async def guard_org(
         raise NotFound(ORG_NOT_FOUND)
     if opt.get(ALLOW_INVITED):
         row = await reader.first(READ_MEMBERSHIP_OR_INVITATION, org_id=org_id, user_id=principal.user_id)
-        role = _granted(principal, org_id, None if row is None else (row[0], row[1]))
+        role = _granted(None if row is None else (row[0], row[1]))
         assert row is not None
         membership_status: MembershipStatus = row[2]
     else:

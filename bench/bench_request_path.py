@@ -61,6 +61,7 @@ every system call is dear):
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -277,7 +278,7 @@ def reads(
             args.profile,
             name.split(" ")[1].strip("/").replace("/", "_") + ("_key" if "(" in name else ""),
         )
-        run(lambda request=request: one_slice(api, request, args.requests * 4))
+        run(functools.partial(one_slice, api, request, args.requests * 4))
         stop_profile(spy)
         if report is not None:
             report(name)

@@ -71,13 +71,13 @@ slice to the next, so the CPU per request, the steadier figure, is given too):
 | GET /v1/me | 0.05, 2.98 ms (15.7x /health's) | 0.33 (slice median 0.40), 0.37 ms (2.7x) |
 | GET /v1/orgs/{org_id} | 0.04, 3.53 ms (18.6x) | 0.23 (0.28), 0.42 ms (3.0x) |
 | GET /v1/orgs/{org_id}/members | 0.03, 4.61 ms (24.3x) | 0.38 (0.27), 0.45 ms (3.2x) |
-| single events vs /health, p99 < 50 ms | none passed 31 req/s (neither did /health) | /health 593 req/s; events none at 31 req/s (p99 62 ms) |
+| single events (p99 < 50 ms) | none passed 31 req/s, nor /health | /health 593; events none (31: 62 ms) |
 
 Quieter runs of the same code in between gave 0.41-0.45, 0.38-0.46 and 0.34-0.38 for the three
-routes; the `--statements` run (Debian's Postgres 15, one cycle) 0.53, 0.44 and 0.35. The target (>= 0.5) is not reached here. The single-event path was not profiled: its
-handler takes no dependency but the principal and answers after the ingest store's commit
-(`api/events/store.py`, not part of this change); where its p99 went on the loaded machine is
-not established here.
+routes; the `--statements` run (Debian's Postgres 15, one cycle) 0.53, 0.44 and 0.35. The target
+(>= 0.5) is not reached here. The single-event path was not profiled: its handler takes no
+dependency but the principal and answers after the ingest store's commit (`api/events/store.py`,
+not part of this change); where its p99 went on the loaded machine is not established here.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from api.bodies import KeelRequest
 from api.console.controllers import TEMPLATES, console_router
 from api.cors import browser_paths, cors_middleware
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
-from api.deps import authenticate_request, provide_context, provide_db, provide_principal
+from api.db.reads import Reader, make_read_pool
+from api.deps import authenticate_request, provide_context, provide_db, provide_principal, provide_reader
 from api.events.controllers import EventController
 from api.events.store import EventWriter, PartitionKeeper, keep_event_partitions, make_ingest_pool
 from api.flags.admin import FlagScheduleController, SegmentAdminController, StaleFlagController
@@ -111,6 +112,10 @@ def create_app(settings: Settings) -> Litestar:
         engine = make_async_engine(settings.database_url or "")
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        # Reads outside a transaction: the org guard, and routes that only read (api/db/reads.py).
+        read_pool = make_read_pool(settings.database_url or "")
+        await read_pool.open()
+        app.state.reader = Reader(read_pool)
         app.state.audit_signing_key = load_signing_key(settings)
         # Events skip SQLAlchemy: autocommit statements on connections of their own, which small
         # requests share (api/events/store.py).
@@ -139,6 +144,7 @@ def create_app(settings: Settings) -> Litestar:
                 await upkeep
             await app.state.event_writer.stop()
             await ingest_pool.close()
+            await read_pool.close()
             await engine.dispose()
 
     app = Litestar(
@@ -147,6 +153,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db),
+            "reader": Provide(provide_reader, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
             "ctx": Provide(provide_context, sync_to_thread=False),
         },

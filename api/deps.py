@@ -17,6 +17,7 @@ from api.auth import services as auth
 from api.auth.context import Principal, RequestContext
 from api.console import sessions as console_sessions
 from api.cors import ORIGIN_REFUSED
+from api.db.reads import Reader
 from api.errors import Forbidden, Unauthorized
 from api.limits import charge_request, count_failed_auth, refuse_locked_out_address
 
@@ -47,6 +48,16 @@ async def provide_db(state: State) -> AsyncGenerator[AsyncSession, None]:
             raise
         else:
             await session.commit()
+
+
+def provide_reader(state: State, principal: Principal) -> Reader:
+    """Reads outside a transaction (``api/db/reads.py``), for authenticated routes that only read.
+
+    It takes the principal only to come after it: Litestar resolves independent dependencies of a
+    route together in an anyio task group (a task each, ~40 us of CPU a request), one that depends
+    on another after it, with a plain ``await``."""
+    reader: Reader = state.reader
+    return reader
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -99,8 +110,8 @@ async def authenticate_request(request: Request[Any, Any, Any]) -> None:
         auth.require_staff(principal, auth.staff_permission(request.route_handler.opt))
     org_id = request.path_params.get("org_id")
     if org_id is not None and not console and not path.startswith(ADMIN_PREFIX):
-        async with state.sessionmaker() as session:
-            await auth.guard_org(session, principal, org_id, opt=request.route_handler.opt)
+        # Outside any transaction (one read, or none when the membership's grant is cached).
+        await auth.guard_org(state.reader, principal, org_id, opt=request.route_handler.opt)
     # The scope's state dict itself (``request.state`` would wrap it in a new State object each time).
     scope_state = scope.setdefault("state", {})
     scope_state[PRINCIPAL] = principal

@@ -25,7 +25,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.db.embedded import app_url, start_embedded_postgres
+from api.db.embedded import APP_ROLE, app_url, start_embedded_postgres
 from api.db.migrate import upgrade_with_roles
 from api.settings import Settings
 
@@ -44,6 +44,59 @@ def private_postgres() -> Iterator[str]:
         yield url
     finally:
         server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tcp_postgres(**settings: str) -> Iterator[str]:
+    """The owner's (superuser's) URL of a migrated private Postgres *server* reached over TCP on
+    127.0.0.1 (a port chosen at run time), as a deployment reaches an external server; stock
+    settings unless ``settings`` (``postgres -c name=value``) say otherwise. The server's binaries
+    are the embedded wheel's, or those of ``KEEL_BENCH_PG_BIN`` (e.g. Debian's
+    ``/usr/lib/postgresql/15/bin``, which has ``pg_stat_statements``). Its data directory is
+    deleted afterwards."""
+    import pgserver._commands as pg
+    from pgserver import utils
+
+    bin_dir = Path(os.environ.get("KEEL_BENCH_PG_BIN") or pg.POSTGRES_BIN_PATH)
+    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-tcp-"))
+    pgdata, sockets = workdir / "pgdata", workdir / "sockets"
+    pgdata.mkdir()
+    sockets.mkdir()
+    user = None
+    if os.geteuid() == 0:  # Postgres refuses to run as root: as pgserver does, run it as its user
+        user = "pgserver"
+        entry = utils.ensure_user_exists(user)
+        assert entry is not None
+        utils.ensure_prefix_permissions(pgdata)
+        for path in (workdir, pgdata, sockets):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def command(name: str, *args: str) -> None:
+        subprocess.run(
+            [str(bin_dir / name), *args], check=True, user=user, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, timeout=120,
+        )  # fmt: skip
+
+    port = free_port()
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    owner = f"postgresql://postgres@127.0.0.1:{port}/keel"
+    try:
+        command("initdb", "-D", str(pgdata), "-U", "postgres", "--auth=trust", "--encoding=utf8")
+        command(
+            "pg_ctl", "-D", str(pgdata), "-w", "-l", str(workdir / "log"),
+            "-o", f"-h 127.0.0.1 -p {port} -k {sockets} {options}", "start",
+        )  # fmt: skip
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE keel")
+            conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN")
+        upgrade_with_roles(owner, app_url(owner), audit_retention_days=Settings().audit_retention_days)
+        yield owner
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            command("pg_ctl", "-D", str(pgdata), "-w", "-m", "fast", "stop")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -315,4 +368,5 @@ __all__ = [
     "row",
     "run",
     "served_api",
+    "tcp_postgres",
 ]

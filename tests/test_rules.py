@@ -33,6 +33,7 @@ from api.billing.stripe_api import StripeSnapshot
 from api.db.base import new_id
 from api.db.engine import make_async_engine, make_sessionmaker, make_sync_engine
 from api.db.migrate import upgrade
+from api.db.reads import Reader, make_read_pool
 from api.errors import Forbidden, NotFound
 from api.events import store as event_store
 from api.members.models import Membership, MembershipStatus, OrgRole
@@ -368,8 +369,9 @@ def test_every_check_of_a_live_organization_sees_the_same_organizations(
     rules_db: tuple[str, Engine], tmp_path: Path
 ) -> None:
     """Active, suspended, deleted and deleted-while-suspended organizations, each with an active
-    member: the org guard, org access, ingest, the event store, the org getter (orgs, flags and
-    admin), the member's org list and ``org_health`` agree on which are live."""
+    member: the org guard, org access (in a session and outside one), ingest, the event store, the
+    org getter (orgs, flags and admin) and its read outside a transaction, the member's org list and
+    ``org_health`` agree on which are live."""
     database_url, engine = rules_db
     cases = {
         "active": (False, OrgStatus.active),
@@ -408,6 +410,14 @@ def test_every_check_of_a_live_organization_sees_the_same_organizations(
         return live
 
     async def consumers(session: AsyncSession) -> dict[str, set[str]]:
+        read_pool = make_read_pool(database_url)
+        await read_pool.open()
+        try:
+            return await consumers_of(session, Reader(read_pool))
+        finally:
+            await read_pool.close()
+
+    async def consumers_of(session: AsyncSession, reader: Reader) -> dict[str, set[str]]:
         conn = await event_store.session_connection(session)
         stored = await event_store.live_orgs(conn, set(org_ids.values()))
         listed = set()
@@ -417,9 +427,11 @@ def test_every_check_of_a_live_organization_sees_the_same_organizations(
             )):  # fmt: skip
                 listed.add(case)
         return {
-            "guard_org": await seen(
-                session, lambda c: auth.guard_org(session, member(c), org_ids[c], opt={})
+            "guard_org": await seen(session, lambda c: auth.guard_org(reader, member(c), org_ids[c], opt={})),
+            "read_access": await seen(
+                session, lambda c: auth.read_access(reader, member(c), org_ids[c], auth.Permission.read_org)
             ),
+            "read_live_org": await seen(session, lambda c: orgs.read_live_org(reader, org_ids[c])),
             "org_access": await seen(
                 session, lambda c: auth.org_access(session, member(c), org_ids[c], auth.Permission.read_org)
             ),

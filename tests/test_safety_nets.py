@@ -161,26 +161,38 @@ def test_auth_caches_are_cleared_after_the_commit(
 
 
 def test_an_org_request_reads_the_membership_once(app: Litestar, client: httpx.Client, org: OrgWorld) -> None:
+    """The guard reads the membership (outside any transaction, through the reader) and the
+    handler reuses what it found; a grant just read is cached, so the next request reads none."""
     statements: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
         statements.append(statement)
 
+    def memberships_read() -> list[str]:
+        return [s for s in statements if "FROM memberships" in s or "JOIN memberships" in s]
+
     sync_engine = app.state.engine.sync_engine
     event.listen(sync_engine, "before_cursor_execute", record)
+    app.state.reader.observers.append(statements.append)
     try:
         for role in ("viewer", "owner"):
+            cache.invalidate()
             statements.clear()
             response = client.get(f"/v1/orgs/{org.id}", headers=org.headers(role))
             assert response.status_code == 200, response.text
-            reads = [s for s in statements if "FROM memberships" in s or "JOIN memberships" in s]
-            assert len(reads) == 1, reads
+            assert len(memberships_read()) == 1, statements
+            statements.clear()
+            again = client.get(f"/v1/orgs/{org.id}/members", headers=org.headers(role))
+            assert again.status_code == 200, again.text
+            assert len(memberships_read()) <= 1, statements  # none while the grant is cached
+        cache.invalidate()
         statements.clear()
         refused = client.patch(f"/v1/orgs/{org.id}", json={"name": "Renamed"}, headers=org.headers("viewer"))
         assert refused.status_code == 403
         assert len([s for s in statements if "memberships" in s]) == 1
     finally:
         event.remove(sync_engine, "before_cursor_execute", record)
+        app.state.reader.observers.remove(statements.append)
 
 
 def console_routes(app: Litestar) -> list[tuple[str, str, StaffPermission]]:

@@ -1,13 +1,14 @@
 """Short-lived in-process caches of what authentication and the org check found.
 
-Ingest keys are presented on every event request, and flag evaluation is asked on every page a
-product renders; looking the caller up each time costs a transaction. So a process keeps, for
-``TTL`` seconds:
+Ingest keys are presented on every event request, flag evaluation is asked on every page a
+product renders, and every ``/v1/orgs/{org_id}/...`` request is guarded; looking the caller up
+each time costs a round trip (it used to cost a transaction). So a process keeps, for ``TTL``
+seconds:
 
 - ``principals``: bearer-token digest -> the authenticated :class:`Principal`;
 - ``memberships``: (user id, org id) -> the role of that user's *active* membership of a live,
-  *active* organization (only what :func:`api.auth.services.org_access` granted; refusals are
-  never cached, so a 404 or 403 is always asked of the database).
+  *active* organization (only what the org guard or :func:`api.auth.services.org_access`
+  granted; refusals are never cached, so a 404 or 403 is always asked of the database).
 
 The bound: a withdrawn access (token revocation, org suspension or deletion, a platform-role
 change, a member's removal or role change) stops working everywhere within ``TTL`` seconds of its

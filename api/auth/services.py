@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.auth import cache
@@ -20,6 +20,7 @@ from api.auth.models import User, UserStatus
 from api.auth.permissions import STAFF_PERMISSIONS, Permission, StaffPermission, role_allows
 from api.auth.secrets import digest
 from api.db.base import utcnow
+from api.db.reads import Read, Reader
 from api.errors import Forbidden, NotFound, Unauthorized
 from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs.live import LIVE, is_live
@@ -162,6 +163,57 @@ def _role_refuses(role: OrgRole, permission: Permission) -> Forbidden:
     return Forbidden(f"the {role.value} role may not do this ({permission.value.replace('_', ' ')})")
 
 
+def _membership_lookup(*statuses: MembershipStatus) -> Select[OrgStatus, OrgRole, MembershipStatus]:
+    """The one membership lookup: the organization's status, the caller's role and the status of
+    their membership, for a live organization and a membership in one of ``statuses``."""
+    return (
+        select(Organization.status, Membership.role, Membership.status)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .where(
+            Organization.id == bindparam("org_id"),
+            LIVE,
+            Membership.user_id == bindparam("user_id"),
+            Membership.status.in_(statuses),
+        )
+        .limit(1)
+    )
+
+
+#: An active membership of a live organization (what org access is granted on).
+MEMBERSHIP = _membership_lookup(MembershipStatus.active)
+#: ... or an invitation to it (routes marked ``ALLOW_INVITED``).
+MEMBERSHIP_OR_INVITATION = _membership_lookup(MembershipStatus.active, MembershipStatus.invited)
+READ_MEMBERSHIP = Read(MEMBERSHIP)
+READ_MEMBERSHIP_OR_INVITATION = Read(MEMBERSHIP_OR_INVITATION)
+
+
+def _granted(row: tuple[OrgStatus, OrgRole] | None) -> OrgRole:
+    """The role of an active membership found (``row``): 404 without one, 403 if the org is suspended."""
+    if row is None:
+        raise NotFound(ORG_NOT_FOUND)
+    status, role = row
+    if status is OrgStatus.suspended:
+        raise Forbidden("this organization is suspended; contact support")
+    return role
+
+
+def _guard_found(
+    principal: Principal, org_id: uuid.UUID
+) -> tuple[OrgStatus, OrgRole] | Literal[False] | None:
+    """What the request's guard found for this principal and ``org_id`` (a live organization, not
+    suspended): the active membership's role, None for an invitation; False if it found nothing."""
+    guarded = _guarded.get()
+    if guarded is None or guarded.token_id != principal.token_id or guarded.org_id != org_id:
+        return False
+    return (OrgStatus.active, guarded.role) if guarded.membership_status is MembershipStatus.active else None
+
+
+def _access(principal: Principal, org_id: uuid.UUID, role: OrgRole, permission: Permission) -> OrgAccess:
+    if not role_allows(role, permission):
+        raise _role_refuses(role, permission)
+    return OrgAccess(organization_id=org_id, role=role, principal=principal)
+
+
 async def org_access(
     session: AsyncSession, principal: Principal, org_id: uuid.UUID, permission: Permission
 ) -> OrgAccess:
@@ -169,33 +221,37 @@ async def org_access(
     if not principal.is_user:
         # An ingest key reaches only the routes made for it; everywhere else its org is unknown to it.
         raise NotFound(ORG_NOT_FOUND)
-    guarded = _guarded.get()
-    if guarded is not None and guarded.token_id == principal.token_id and guarded.org_id == org_id:
-        # The request's guard already read this membership (a live org, not suspended): reuse it.
-        active = guarded.membership_status is MembershipStatus.active
-        row: tuple[OrgRole, OrgStatus] | None = (guarded.role, OrgStatus.active) if active else None
-    else:
-        found = (
-            await session.execute(
-                select(Membership.role, Organization.status)
-                .join(Organization, Organization.id == Membership.organization_id)
-                .where(
-                    Membership.organization_id == org_id,
-                    Membership.user_id == principal.user_id,
-                    Membership.status == MembershipStatus.active,
-                    LIVE,
-                )
-            )
-        ).one_or_none()
-        row = None if found is None else (found[0], found[1])
-    if row is None:
+    found = _guard_found(principal, org_id)
+    if found is False:  # no guard ran for this org in this request: look the membership up
+        row = (await session.execute(MEMBERSHIP, {"org_id": org_id, "user_id": principal.user_id})).first()
+        return _access(principal, org_id, _granted(None if row is None else (row[0], row[1])), permission)
+    return _access(principal, org_id, _granted(found), permission)
+
+
+async def read_access(
+    reader: Reader, principal: Principal, org_id: uuid.UUID, permission: Permission
+) -> OrgAccess:
+    """:func:`org_access` for routes that read through the :class:`~api.db.reads.Reader` and take
+    no session: the guard's finding, else the (cached) membership lookup."""
+    if not principal.is_user or principal.user_id is None:
         raise NotFound(ORG_NOT_FOUND)
-    role, status = row
-    if status is OrgStatus.suspended:
-        raise Forbidden("this organization is suspended; contact support")
-    if not role_allows(role, permission):
-        raise _role_refuses(role, permission)
-    return OrgAccess(organization_id=org_id, role=role, principal=principal)
+    found = _guard_found(principal, org_id)
+    role = await active_role(reader, principal, org_id) if found is False else _granted(found)
+    return _access(principal, org_id, role, permission)
+
+
+async def active_role(reader: Reader, principal: Principal, org_id: uuid.UUID) -> OrgRole:
+    """The role of the caller's active membership of ``org_id`` (404/403 as :func:`org_access`),
+    from ``cache.memberships`` or one read, whose grant is then kept for ``cache.TTL`` seconds
+    (refusals never are); concurrent requests for the same membership share one read."""
+    user_id = principal.user_id
+    assert user_id is not None
+
+    async def lookup() -> OrgRole:
+        row = await reader.first(READ_MEMBERSHIP, org_id=org_id, user_id=user_id)
+        return _granted(None if row is None else (row[0], row[1]))
+
+    return await cache.memberships.get_or_load((user_id, org_id), lookup)
 
 
 async def org_access_cached(
@@ -246,38 +302,27 @@ ALLOW_ORG_KEY = "allow_org_key"  # the organization's own ingest key may call it
 
 
 async def guard_org(
-    session: AsyncSession, principal: Principal, org_id: uuid.UUID, *, opt: Mapping[str, Any]
+    reader: Reader, principal: Principal, org_id: uuid.UUID, *, opt: Mapping[str, Any]
 ) -> None:
     """Tenant isolation for every ``/v1/orgs/{org_id}/...`` route, before anything else is read.
 
-    Someone with no live tie to the organization gets 404, never a hint that it exists.
+    Someone with no live tie to the organization gets 404, never a hint that it exists. An active
+    member's grant comes from ``cache.memberships`` when it is there (:func:`active_role`), so a
+    member's request usually costs no read here; an invitee (``ALLOW_INVITED``) is always read.
     """
     if principal.kind is TokenKind.org_ingest:
         if not opt.get(ALLOW_ORG_KEY) or principal.organization_id != org_id:
             raise NotFound(ORG_NOT_FOUND)
         return
-    if not principal.is_user:
+    if not principal.is_user or principal.user_id is None:
         raise NotFound(ORG_NOT_FOUND)
-    statuses = [MembershipStatus.active]
     if opt.get(ALLOW_INVITED):
-        statuses.append(MembershipStatus.invited)
-    row = (
-        await session.execute(
-            select(Organization.status, Membership.role, Membership.status)
-            .join(Membership, Membership.organization_id == Organization.id)
-            .where(
-                Organization.id == org_id,
-                LIVE,
-                Membership.user_id == principal.user_id,
-                Membership.status.in_(statuses),
-            )
-        )
-    ).first()
-    if row is None:
-        raise NotFound(ORG_NOT_FOUND)
-    status, role, membership_status = row
-    if status is OrgStatus.suspended:
-        raise Forbidden("this organization is suspended; contact support")
+        row = await reader.first(READ_MEMBERSHIP_OR_INVITATION, org_id=org_id, user_id=principal.user_id)
+        role = _granted(None if row is None else (row[0], row[1]))
+        assert row is not None
+        membership_status: MembershipStatus = row[2]
+    else:
+        role, membership_status = await active_role(reader, principal, org_id), MembershipStatus.active
     _guarded.set(GuardedMembership(principal.token_id, org_id, role, membership_status))
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from operator import itemgetter
 
 from litestar import Controller, delete, get, patch, post
 from litestar.status_codes import HTTP_204_NO_CONTENT
@@ -11,10 +12,11 @@ from api.auth.context import Actor, Principal, RequestContext
 from api.auth.models import User
 from api.auth.permissions import Permission
 from api.auth.services import ALLOW_INVITED
+from api.db.reads import Reader
 from api.members import services
 from api.members.models import Membership
 from api.members.schemas import MemberInvite, MemberOut, MemberPage, MemberUpdate
-from api.pagination import Cursor, Limit, first_id, page_of
+from api.pagination import Cursor, Limit, page_of
 
 
 def member_out(m: Membership, u: User) -> MemberOut:
@@ -30,11 +32,11 @@ class MemberController(Controller):
 
     @get("/", summary="List an organization's active and invited members")
     async def list_members(
-        self, org_id: uuid.UUID, db: AsyncSession, principal: Principal, cursor: Cursor, limit: Limit
+        self, org_id: uuid.UUID, reader: Reader, principal: Principal, cursor: Cursor, limit: Limit
     ) -> MemberPage:
-        await auth.org_access(db, principal, org_id, Permission.read_org)
-        rows = await services.list_members(db, org_id=org_id, cursor=cursor, limit=limit)
-        return page_of(MemberPage, rows, limit, lambda row: member_out(*row), key=first_id)
+        await auth.read_access(reader, principal, org_id, Permission.read_org)
+        rows = await services.read_members(reader, org_id=org_id, cursor=cursor, limit=limit)
+        return page_of(MemberPage, rows, limit, lambda row: MemberOut(*row[1:]), key=itemgetter(0))
 
     @post("/", summary="Invite someone by email with a role (creates the user when new)")
     async def invite(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import literal, select
+from sqlalchemy import Select, bindparam, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
@@ -13,6 +13,7 @@ from api.auth import cache
 from api.auth.context import Actor, OrgAccess, RequestContext
 from api.auth.models import User, UserStatus
 from api.auth.permissions import Permission, role_allows
+from api.db.reads import Read, Reader
 from api.emails import email_key, normalize_email
 from api.errors import Conflict, Forbidden, NotFound
 from api.members.models import Membership, MembershipStatus, OrgRole
@@ -55,20 +56,43 @@ async def get_or_create_user(session: AsyncSession, *, email: str, name: str | N
     return user, True
 
 
-async def list_members(
-    session: AsyncSession, *, org_id: uuid.UUID, cursor: str | None, limit: int
-) -> list[tuple[Membership, User]]:
-    after = decode_cursor(cursor)
+def _member_page(*columns: Any, org_id: Any, after: Any, limit: Any) -> Select[Any]:
+    """The one members-page query: an organization's active and invited members in id order."""
     query = (
-        select(Membership, User)
+        select(*columns)
         .join(User, User.id == Membership.user_id)
         .where(Membership.organization_id == org_id, Membership.status.in_(LIVE))
         .order_by(Membership.id)
-        .limit(limit + 1)
+        .limit(limit)
     )
-    if after is not None:
-        query = query.where(Membership.id > after)
+    return query if after is None else query.where(Membership.id > after)
+
+
+async def list_members(
+    session: AsyncSession, *, org_id: uuid.UUID, cursor: str | None, limit: int
+) -> list[tuple[Membership, User]]:
+    query = _member_page(Membership, User, org_id=org_id, after=decode_cursor(cursor), limit=limit + 1)
     return [(m, u) for m, u in (await session.execute(query)).all()]
+
+
+#: A member as the API answers it (``MemberOut``'s fields, in order), after the membership's id.
+MEMBER_COLUMNS = (
+    Membership.id, User.id, User.email, User.name, Membership.role, Membership.status,
+    Membership.invited_by, Membership.created_at, Membership.updated_at,
+)  # fmt: skip
+_PAGE: dict[str, Any] = {"org_id": bindparam("org_id"), "limit": bindparam("limit")}
+READ_MEMBERS = Read(_member_page(*MEMBER_COLUMNS, after=None, **_PAGE))
+READ_MEMBERS_AFTER = Read(_member_page(*MEMBER_COLUMNS, after=bindparam("after"), **_PAGE))
+
+
+async def read_members(
+    reader: Reader, *, org_id: uuid.UUID, cursor: str | None, limit: int
+) -> list[tuple[Any, ...]]:
+    """:func:`list_members` as :data:`MEMBER_COLUMNS` rows, read outside a transaction."""
+    after = decode_cursor(cursor)
+    if after is None:
+        return await reader.all(READ_MEMBERS, org_id=org_id, limit=limit + 1)
+    return await reader.all(READ_MEMBERS_AFTER, org_id=org_id, after=after, limit=limit + 1)
 
 
 async def _membership(session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> Membership:

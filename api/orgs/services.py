@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.audit import services as audit
 from api.auth import cache
 from api.auth.context import Actor, Principal, RequestContext
 from api.db.base import utcnow
-from api.errors import Conflict
+from api.db.reads import Read, Reader
+from api.errors import Conflict, NotFound
 from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs.live import LIVE, get_live_org
 from api.orgs.models import Organization
@@ -150,3 +151,20 @@ async def delete_org(
         session, action="org.deleted", actor=actor, ctx=ctx, organization_id=org.id,
         resource_type="organization", resource_id=org.id, before=before,
     )  # fmt: skip
+
+
+#: An organization as the API answers it (``OrgOut``'s fields but the caller's role).
+ORG_COLUMNS = (
+    Organization.id, Organization.name, Organization.slug, Organization.status, Organization.created_at,
+    Organization.updated_at, Organization.external_id, Organization.traits,
+)  # fmt: skip
+ORG_FIELDS = tuple(column.key for column in ORG_COLUMNS)
+READ_LIVE_ORG = Read(select(*ORG_COLUMNS).where(Organization.id == bindparam("org_id"), LIVE))
+
+
+async def read_live_org(reader: Reader, org_id: uuid.UUID) -> tuple[Any, ...]:
+    """:func:`get_live_org` as :data:`ORG_COLUMNS`, read outside a transaction; 404 if not live."""
+    row = await reader.first(READ_LIVE_ORG, org_id=org_id)
+    if row is None:
+        raise NotFound("organization not found")
+    return row

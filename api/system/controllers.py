@@ -8,11 +8,11 @@ from typing import Any
 import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import and_, bindparam, join, select, text
 
 from api.auth.context import Principal
 from api.auth.models import PlatformRole, User
+from api.db.reads import Read, Reader
 from api.deps import PUBLIC
 from api.errors import NotFound
 from api.members.models import Membership, MembershipStatus, OrgRole
@@ -64,32 +64,44 @@ class SystemController(Controller):
         return Response(Health(status="ready"))
 
     @get("/v1/me", summary="Who the token belongs to, and their organizations")
-    async def me(self, db: AsyncSession, principal: Principal) -> MeOut:
+    async def me(self, reader: Reader, principal: Principal) -> MeOut:
         if not principal.is_user:
             return MeOut(
                 token_kind=principal.kind, user_id=None, email=None, name=None, platform_role=None,
                 organization_id=principal.organization_id, memberships=[],
             )  # fmt: skip
-        user = await db.get(User, principal.user_id)
-        if user is None:
+        rows = await reader.all(READ_ME, user_id=principal.user_id)
+        if not rows:
             raise NotFound("user not found")
-        rows = await db.execute(
-            select(Membership, Organization.name)
-            .join(Organization, Organization.id == Membership.organization_id)
-            .where(
-                Membership.user_id == user.id,
-                Membership.status.in_((MembershipStatus.active, MembershipStatus.invited)),
-                LIVE,
-            )
-            .order_by(Membership.id)
-        )
+        user_id, email, name, platform_role = rows[0][:4]
         return MeOut(
-            token_kind=principal.kind, user_id=user.id, email=user.email, name=user.name,
-            platform_role=user.platform_role, organization_id=None,
-            memberships=[
-                MembershipOut(
-                    organization_id=m.organization_id, organization_name=name, role=m.role, status=m.status
-                )
-                for m, name in rows.all()
-            ],
+            token_kind=principal.kind, user_id=user_id, email=email, name=name,
+            platform_role=platform_role, organization_id=None,
+            memberships=[MembershipOut(*row[4:]) for row in rows if row[4] is not None],
         )  # fmt: skip
+
+
+#: The user and their active and invited memberships of live organizations, in one statement (one
+#: snapshot): a row per membership, or one row with no membership.
+READ_ME = Read(
+    select(
+        User.id,
+        User.email,
+        User.name,
+        User.platform_role,
+        Membership.organization_id,
+        Organization.name,
+        Membership.role,
+        Membership.status,
+    )
+    .select_from(User)
+    .outerjoin(
+        join(Membership, Organization, and_(Organization.id == Membership.organization_id, LIVE)),
+        and_(
+            Membership.user_id == User.id,
+            Membership.status.in_((MembershipStatus.active, MembershipStatus.invited)),
+        ),
+    )
+    .where(User.id == bindparam("user_id"))
+    .order_by(Membership.id)
+)

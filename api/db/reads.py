@@ -1,0 +1,113 @@
+"""Reads outside any transaction: one statement, one round trip, on read-only connections.
+
+The request path's reads (who a member is, an organization, a page of members, the org guard)
+cost little in Postgres; what they paid for was the client side: a session, ORM objects, and
+round trips for ``BEGIN`` and ``COMMIT`` around a single ``SELECT`` (each round trip a socket
+write and a wake-up on both sides, the largest cost in a profile of the server). A :class:`Read`
+is a SQLAlchemy Core ``SELECT`` (the same columns, clauses and rules as everywhere else) compiled
+once for psycopg; :class:`Reader` runs it on a connection of its own pool:
+
+- autocommit (the statement is its own transaction: no ``BEGIN``/``COMMIT``), so a read sees one
+  snapshot per statement: a route that must see several tables at one instant reads them in one
+  statement, or uses the request's session;
+- ``default_transaction_read_only``: Postgres refuses any write sent on these connections, so a
+  route cannot write outside a transaction by mistake (and the app role's privileges are unchanged);
+- prepared on the server at first use (psycopg's ``prepare=True``): no parse or plan per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Select
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+
+from api.db.engine import libpq_url
+
+PgConnection = AsyncConnection[TupleRow]
+#: What every read connection runs with (a server-side setting: writes are refused, not just unsent).
+READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
+
+_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+
+Processor = Callable[[Any], Any] | None
+
+
+class Read:
+    """A Core ``SELECT`` compiled once: its SQL, its constants (as the column types store them),
+    the processors of the parameters named by :func:`sqlalchemy.bindparam` and of the result columns.
+    """
+
+    __slots__ = ("constants", "parameters", "results", "sql")
+
+    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+        # The parameters are the binds with no value (``bindparam("org_id")``); the rest are the
+        # statement's constants, stored as their columns' types store them. Constant IN lists are
+        # expanded to one placeholder per value.
+        compiled = statement.compile(dialect=_DIALECT)
+        names = [name for name, bind in compiled.binds.items() if bind.required]
+        expanded = compiled.construct_expanded_state(dict.fromkeys(names))
+        processors: Mapping[str, Processor] = expanded.processors or {}
+        self.sql: str = expanded.statement
+        self.parameters: dict[str, Processor] = {name: processors.get(name) for name in names}
+        self.constants: dict[str, Any] = {}
+        for name, value in expanded.parameters.items():
+            if name not in self.parameters:
+                process = processors.get(name)
+                self.constants[name] = process(value) if process else value
+        self.results: tuple[Processor, ...] = tuple(
+            column.type.result_processor(_DIALECT, None) for column in statement.selected_columns
+        )
+
+    def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        if values.keys() != self.parameters.keys():
+            raise TypeError(f"this read takes {sorted(self.parameters)}, not {sorted(values)}")
+        bound = dict(self.constants)
+        for name, value in values.items():
+            process = self.parameters[name]
+            bound[name] = process(value) if process else value
+        return bound
+
+    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(p(v) if p else v for p, v in zip(self.results, raw, strict=True))
+
+
+def make_read_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[PgConnection]:
+    """Read-only autocommit connections (not opened: the app's lifespan opens and closes it)."""
+    return AsyncConnectionPool(
+        libpq_url(url),
+        min_size=1,
+        max_size=max_size,
+        kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS},
+        open=False,
+        name="keel-reads",
+    )
+
+
+class Reader:
+    """Runs :class:`Read` statements on the read pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[PgConnection]) -> None:
+        self.pool = pool
+        #: Called with each statement's SQL before it is sent (tests count what a request reads).
+        self.observers: list[Callable[[str], None]] = []
+
+    async def all(self, read: Read, **values: Any) -> list[tuple[Any, ...]]:
+        for observe in self.observers:
+            observe(read.sql)
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(read.sql, read.bind(values), prepare=True)
+            raw = await cursor.fetchall()
+        return [read.row(r) for r in raw]
+
+    async def first(self, read: Read, **values: Any) -> tuple[Any, ...] | None:
+        for observe in self.observers:
+            observe(read.sql)
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(read.sql, read.bind(values), prepare=True)
+            raw = await cursor.fetchone()
+        return None if raw is None else read.row(raw)

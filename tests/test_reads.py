@@ -1,0 +1,127 @@
+"""Reads outside a transaction (``api/db/reads.py``) and the member read routes built on them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import psycopg
+import pytest
+from psycopg import pq
+from sqlalchemy import Engine, bindparam, select, text
+
+from api.auth import cache
+from api.auth import services as auth
+from api.db.reads import Read, Reader, make_read_pool
+from api.members.models import MembershipStatus, OrgRole
+from api.orgs.models import Organization, OrgStatus
+from tests.harness import OrgWorld
+from tests.test_flags import REQUEST_SLACK, eventually
+
+
+def with_reader(database_url: str, work):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        pool = make_read_pool(database_url)
+        await pool.open()
+        try:
+            return await work(Reader(pool), pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(main())
+
+
+def test_a_read_connection_refuses_writes_and_holds_no_transaction(database_url: str, org: OrgWorld) -> None:
+    async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+        async with pool.connection() as conn:
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                await conn.execute("UPDATE organizations SET name = 'taken over' WHERE id = %s", (org.id,))
+        row = await reader.first(
+            auth.READ_MEMBERSHIP, org_id=uuid.UUID(org.id), user_id=uuid.UUID(org.user_ids["admin"])
+        )
+        async with pool.connection() as conn:
+            status = conn.info.transaction_status
+        return row, status
+
+    row, status = with_reader(database_url, work)
+    assert status is pq.TransactionStatus.IDLE  # autocommit: nothing left open between reads
+    # Results come back as the columns' types make them, enums included.
+    assert row == (OrgStatus.active, OrgRole.admin, MembershipStatus.active)
+    assert isinstance(row[1], OrgRole)
+
+
+def test_a_read_takes_exactly_its_parameters_and_keeps_its_constants(
+    database_url: str, org: OrgWorld
+) -> None:
+    read = Read(
+        select(Organization.name, Organization.status).where(
+            Organization.id == bindparam("org_id"),
+            Organization.status.in_([OrgStatus.active, OrgStatus.suspended]),
+        )
+    )
+    assert set(read.parameters) == {"org_id"}
+    assert sorted(read.constants.values()) == ["active", "suspended"]  # stored as the column stores them
+    with pytest.raises(TypeError, match="org_id"):
+        read.bind({"org": org.id})
+
+    async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+        return await reader.all(read, org_id=uuid.UUID(org.id)), await reader.all(read, org_id=uuid.uuid4())
+
+    found, missing = with_reader(database_url, work)
+    assert found == [(f"Org {org.slug}", OrgStatus.active)]
+    assert missing == []
+
+
+def test_member_reads_answer_the_member_through_the_reader(client: httpx.Client, org: OrgWorld) -> None:
+    member = org.headers("member")
+    me = client.get("/v1/me", headers=member)
+    assert me.status_code == 200, me.text
+    body = me.json()
+    assert body["user_id"] == org.user_ids["member"] and body["token_kind"] == "user"
+    assert {m["organization_id"]: (m["role"], m["status"]) for m in body["memberships"]} == {
+        org.id: ("member", "active")
+    }
+    read = client.get(f"/v1/orgs/{org.id}", headers=member)
+    assert read.status_code == 200, read.text
+    assert (read.json()["id"], read.json()["slug"], read.json()["role"]) == (org.id, org.slug, "member")
+    # The members page, one at a time: every member once, in id order, then no cursor.
+    seen, cursor = [], None
+    while True:
+        page = client.get(
+            f"/v1/orgs/{org.id}/members",
+            params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+            headers=member,
+        )
+        assert page.status_code == 200, page.text
+        seen += [(m["user_id"], m["role"]) for m in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted((uid, role) for role, uid in org.user_ids.items())
+    assert len(seen) == len(set(seen))
+
+
+def test_a_member_removed_behind_the_apis_back_loses_the_org_within_the_cache_bound(
+    client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld
+) -> None:
+    """The guard caches an active member's grant (as flag evaluation does): a removal through the
+    API ends access at once; one made in the database (no process told) within ``cache.TTL``."""
+    owner = org.headers("owner")
+
+    def status(role: str) -> int:
+        return client.get(f"/v1/orgs/{org.id}/members", headers=org.headers(role)).status_code
+
+    assert [status(role) for role in ("member", "viewer")] == [200, 200]  # now cached
+    removed = client.delete(f"/v1/orgs/{org.id}/members/{org.user_ids['member']}", headers=owner)
+    assert removed.status_code == 204, removed.text
+    assert status("member") == 404
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE memberships SET status = 'removed' WHERE organization_id = :o AND user_id = :u"),
+            {"o": org.id, "u": org.user_ids["viewer"]},
+        )
+    eventually(lambda: status("viewer") == 404, what="a membership removed in the database ends",
+               within=cache.TTL + REQUEST_SLACK)  # fmt: skip
+    # A grant is one user's of one org: a member of another org never reaches this one.
+    assert client.get(f"/v1/orgs/{org.id}", headers=other_org.headers("owner")).status_code == 404

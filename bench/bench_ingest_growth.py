@@ -67,7 +67,9 @@ def fill(url: str, org_id: str, start: int, stop: int, *, same_day: bool) -> flo
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         today = datetime.now(UTC).date()
         conn.execute("SET work_mem = '1GB'")
-        conn.execute("SELECT keel_ensure_event_partitions(%s, %s)", (today - timedelta(days=RETENTION_DAYS), 32))
+        conn.execute(
+            "SELECT keel_ensure_event_partitions(%s, %s)", (today - timedelta(days=RETENTION_DAYS), 32)
+        )
         day = "0" if same_day else f"(1 + i %% {RETENTION_DAYS})::int"
         for lo in range(start, stop, FILL_CHUNK):
             hi = min(stop, lo + FILL_CHUNK)
@@ -115,9 +117,13 @@ def measure(url: str, api: str, key: str, rounds: int, *, empty: bool) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 40 batches per size (median counts)")
-    parser.add_argument("--stock", action="store_true", help="Postgres's stock settings (not machine_settings())")
+    parser.add_argument(
+        "--stock", action="store_true", help="Postgres's stock settings (not machine_settings())"
+    )
     parser.add_argument("--same-day", action="store_true", help="every filled key received today")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     args = parser.parse_args()
@@ -131,7 +137,7 @@ def main() -> None:
         org_id, key = setup_org(url)
         with served_api(url, workers=args.workers) as (api, _process):
             run(lambda: batch_rate(api, key, bodies(4)))  # warm the workers' connections
-            first, first_rounds = measure(url, api, key, args.rounds, empty=True)
+            _, first_rounds = measure(url, api, key, args.rounds, empty=True)
             results = []
             held = 0
             for size in sizes[1:]:
@@ -139,7 +145,7 @@ def main() -> None:
                 held = size
                 rate, rounds = measure(url, api, key, args.rounds, empty=False)
                 results.append((size, key_count(url), rate, rounds, seconds))
-            last, last_rounds = measure(url, api, key, args.rounds, empty=True)
+            _, last_rounds = measure(url, api, key, args.rounds, empty=True)
             baseline = statistics.median([*first_rounds, *last_rounds])
             row(
                 "baseline: batch path, empty key table",
@@ -152,7 +158,8 @@ def main() -> None:
                 row(
                     f"batch path after {size / 1e6:.0f} million keys",
                     f"{rate:,.0f} events/s",
-                    f"{rate / baseline:.0%} of empty{target}; rounds {', '.join(f'{r:,.0f}' for r in rounds)};"
+                    f"{rate / baseline:.0%} of empty{target};"
+                    f" rounds {', '.join(f'{r:,.0f}' for r in rounds)};"
                     f" {count:,} keys, filled in {seconds:.0f} s",
                 )
 

@@ -56,7 +56,7 @@ def private_postgres(*, tcp: bool = False, sized: bool = True) -> Iterator[str]:
 def _listen_on_tcp(server: Any) -> str:
     """Restart a pgserver Postgres listening on 127.0.0.1 (trust authentication, as pgserver sets
     up); returns the owner's URL over TCP. The handle then stops (and deletes) the new server."""
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
     from pgserver.utils import PostmasterInfo
 
     port = free_port()

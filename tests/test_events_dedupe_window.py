@@ -98,7 +98,10 @@ async def test_a_replay_inside_the_window_stores_nothing_twice(
     # claimed after its day ended (late), by the next day's too.
     key = f"win-{uuid.uuid4().hex}"
     assert await _claim(conns[0], org_id, key, first) == 1
-    assert _key_days(engine, org_id, key) == [f"event_keys_p{first:%Y%m%d}", f"event_keys_p{_midnight(0):%Y%m%d}"]
+    assert _key_days(engine, org_id, key) == [
+        f"event_keys_p{first:%Y%m%d}",
+        f"event_keys_p{_midnight(0):%Y%m%d}",
+    ]
 
 
 async def test_a_replay_older_than_the_window_is_stored_again(
@@ -164,7 +167,10 @@ async def test_only_keys_near_the_end_of_their_day_are_held_on_the_next_day(
     key = f"plain-{uuid.uuid4().hex}"
     noon = _midnight(-1) + timedelta(hours=12)
     assert await _claim(conns[0], org_id, key, noon) == 1
-    assert _key_days(engine, org_id, key) == [f"event_keys_p{noon:%Y%m%d}", f"event_keys_p{_midnight(0):%Y%m%d}"]
+    assert _key_days(engine, org_id, key) == [
+        f"event_keys_p{noon:%Y%m%d}",
+        f"event_keys_p{_midnight(0):%Y%m%d}",
+    ]
 
 
 def test_the_api_finds_a_replay_of_yesterday(

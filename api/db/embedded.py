@@ -48,9 +48,11 @@ def machine_settings(memory_bytes: int | None = None) -> dict[str, str]:
 def _size_for_machine(server: Any) -> None:
     """Write :func:`machine_settings` into a new data directory and restart its server once (only
     the server this call made: one that others joined is left as it is)."""
-    from pgserver._commands import pg_ctl  # the wheel's own pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # (set at its import)
 
-    statements = "".join(f"ALTER SYSTEM SET {name} = '{value}';" for name, value in machine_settings().items())
+    statements = "".join(
+        f"ALTER SYSTEM SET {name} = '{value}';" for name, value in machine_settings().items()
+    )
     server.psql(statements)
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
     server.ensure_postgres_running()  # pgserver's own start (Unix socket only), reading the settings

@@ -9,7 +9,7 @@ and wrote it whole into the WAL after each checkpoint). The dedupe window
 - the same UTC day: the day partition's primary key (``ON CONFLICT DO NOTHING``), concurrent
   claims of one key included (the second waits for the first's commit);
 - the N days before: the statement reads their partitions (one index probe per day per key);
-  a replay up to N × 24 h after the first copy is always found (one up to N + 1 days, often);
+  a replay up to N times 24 h after the first copy is always found (one up to N + 1 days, often);
 - the day boundary, where a read would miss a claim not yet committed on the previous day: a key
   received (or claimed) within :data:`BOUNDARY` of the end of its day is claimed on the next
   day's partition too, in the same statement, so two claims across midnight meet on one primary

@@ -191,7 +191,9 @@ DROP TABLE event_keys_unpartitioned;
 
 def upgrade() -> None:
     op.execute("ALTER TABLE event_keys RENAME TO event_keys_unpartitioned")
-    op.execute("ALTER TABLE event_keys_unpartitioned RENAME CONSTRAINT pk_event_keys TO pk_event_keys_unpartitioned")
+    op.execute(
+        "ALTER TABLE event_keys_unpartitioned RENAME CONSTRAINT pk_event_keys TO pk_event_keys_unpartitioned"
+    )
     op.execute("DROP INDEX ix_event_keys_received_at_brin")
     op.execute(
         "CREATE TABLE event_keys (organization_id uuid NOT NULL, message_id varchar(128) NOT NULL,"

@@ -8,7 +8,8 @@ and wrote it whole into the WAL after each checkpoint). The dedupe window
 
 - the same UTC day: the day partition's primary key (``ON CONFLICT DO NOTHING``), concurrent
   claims of one key included (the second waits for the first's commit);
-- the N days before: the statement reads their partitions (one index probe per day per key);
+- the N days before: the statement reads their partitions (one index scan a partition for all
+  its keys: ``seen``);
   a replay up to N times 24 h after the first copy is always found (one up to N + 1 days, often);
 - the day boundary, where a read would miss a claim not yet committed on the previous day: a key
   received (or claimed) within :data:`BOUNDARY` of the end of its day is claimed on the next
@@ -92,7 +93,9 @@ _encode_rows = msgspec.json.Encoder().encode
 BOUNDARY = timedelta(hours=1)
 
 # ``ingest_seq`` is left to its default, which draws it under the export fence (api/db/fence.py).
-# ``OFFSET 0`` keeps the window's read a per-row index probe (an anti-join could hash a whole day).
+# ``seen``: the window's earlier days are read in one index scan per day partition for all the
+# statement's keys (``= ANY`` of its org ids and of its message ids, then matched exactly); a
+# probe per row (``NOT EXISTS`` per key) cost about what the claim's insert does.
 _CLAIM = """
 WITH incoming AS MATERIALIZED (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
@@ -103,14 +106,18 @@ WITH incoming AS MATERIALIZED (
                 THEN date_trunc('day', (e->>7)::timestamptz, 'UTC') + interval '1 day' END AS next_day
     FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS t(e, n)
 ),
+seen AS MATERIALIZED (
+    SELECT k.organization_id, k.message_id FROM event_keys k
+    WHERE k.organization_id = ANY(ARRAY(SELECT DISTINCT organization_id FROM incoming))
+      AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming))
+      AND k.received_at >= %(window_from)s AND k.received_at < %(window_to)s
+),
 claimed AS (
     INSERT INTO event_keys (organization_id, message_id, received_at)
     SELECT i.organization_id, i.message_id, i.received_at FROM incoming i
     WHERE NOT EXISTS (
-        SELECT 1 FROM event_keys k
-        WHERE k.organization_id = i.organization_id AND k.message_id = i.message_id
-          AND k.received_at >= %(window_from)s AND k.received_at < %(window_to)s
-        OFFSET 0)
+        SELECT 1 FROM seen s WHERE s.organization_id = i.organization_id AND s.message_id = i.message_id
+    )
     ON CONFLICT DO NOTHING
     RETURNING organization_id, message_id
 ),

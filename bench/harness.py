@@ -96,7 +96,7 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = wait_for_answer(f"{url}/ready", proc, "keel serve")
+        deadline = wait_for_answer(f"{url}/ready", proc, "keel serve", timeout=180)  # a loaded machine
         server = psutil.Process(proc.pid)
         wait_until_idle(server, deadline)
         yield url, server

@@ -22,8 +22,8 @@ claim `INSERT INTO event_keys … ON CONFLICT DO NOTHING` is about two thirds of
 insert the rest; the same statement without the key claim took 14 ms where it took 25. A plain
 `INSERT` after a read of the day's keys instead of `ON CONFLICT` (a unique violation would retry)
 measured within the noise of it (two runs: 37 vs 43 ms, 26 vs 25 ms). Not tried: keys by a
-binary COPY into a staging table merged in one statement, and a unique index on the events partitions themselves in place
-of the key table (which would drop the key heap row, the largest part left).
+binary COPY into a staging table merged in one statement, and a unique index on the events
+partitions themselves in place of the key table (which would drop the key heap row).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         # requests share (api/events/store.py).
         ingest_pool = make_ingest_pool(libpq_url(settings.database_url or ""))
         await ingest_pool.open()
-        app.state.partitions = PartitionKeeper()
+        app.state.partitions = PartitionKeeper(settings.events_dedupe_days)
         app.state.event_writer = EventWriter(ingest_pool, app.state.partitions)
         app.state.event_writer.start()
         app.state.audit_appender = AuditAppender(ingest_pool)

@@ -18,6 +18,9 @@ from dotenv import dotenv_values
 DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 #: The shortest metrics token accepted: a guessable one would hand out every route's traffic.
 MIN_SECRET_LENGTH = 16
+#: Each day of the dedupe window is one more index read per event (api/events/store.py).
+MAX_DEDUPE_DAYS = 31
+DEFAULT_DEDUPE_DAYS = 1
 
 
 class SettingsError(ValueError):
@@ -43,6 +46,10 @@ class Settings:
     webhook_retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
     webhook_allow_private_targets: bool = False
     events_retention_days: int = 30
+    #: Exact dedupe window: a replay of a message received up to this many days (24 h each) after
+    #: its first copy is always a duplicate (one received in the same or the previous N UTC days
+    #: is; api/events/store.py). 0: the same UTC day only.
+    events_dedupe_days: int = DEFAULT_DEDUPE_DAYS
     audit_retention_days: int = 365
     #: The key audit stream credentials are encrypted with (32 bytes, base64); unset: a key file
     #: generated once in the data dir (embedded and single-node setups; api/audit/streams/secrets.py).
@@ -151,6 +158,13 @@ def _seconds(value: str, name: str) -> float:
     return number
 
 
+def _dedupe_days(value: str, name: str) -> int:
+    number = _int(value, name)
+    if not 0 <= number <= MAX_DEDUPE_DAYS:
+        raise SettingsError(f"{name} must be 0 to {MAX_DEDUPE_DAYS} days, not {number}")
+    return number
+
+
 def _text(value: str, name: str) -> str:
     return value
 
@@ -177,6 +191,7 @@ PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("stripe_api_base", "STRIPE_API_BASE", _text),
     ("webhook_allow_private_targets", "WEBHOOK_ALLOW_PRIVATE_TARGETS", _flag),
     ("events_retention_days", "EVENTS_RETENTION_DAYS", _int),
+    ("events_dedupe_days", "EVENTS_DEDUPE_DAYS", _dedupe_days),
     ("audit_retention_days", "AUDIT_RETENTION_DAYS", _positive),
     ("audit_stream_key", "AUDIT_STREAM_KEY", _text),
     ("audit_stream_retry_max_seconds", "AUDIT_STREAM_RETRY_MAX_SECONDS", _seconds),

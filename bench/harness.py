@@ -34,12 +34,18 @@ KEEL = str(Path(sys.executable).with_name("keel"))
 
 
 @contextlib.contextmanager
-def private_postgres() -> Iterator[str]:
+def private_postgres(*, tcp: bool = False, sized: bool = True) -> Iterator[str]:
     """The owner's (superuser's) URL of a migrated private Postgres; its application role (what
-    served APIs and workers connect as: :func:`app_url`) has its grants."""
+    served APIs and workers connect as: :func:`app_url`) has its grants.
+
+    ``tcp``: the server listens on 127.0.0.1 at a free port (as a Postgres server elsewhere would
+    be reached) and the URL says so; otherwise on a Unix socket only. ``sized=False``: stock
+    Postgres settings instead of api/db/embedded.py's machine_settings()."""
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
-    url, server = start_embedded_postgres(workdir, cleanup="delete")
+    url, server = start_embedded_postgres(workdir, cleanup="delete", sized=sized)
     try:
+        if tcp:
+            url = _listen_on_tcp(server)
         upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
         yield url
     finally:
@@ -100,6 +106,23 @@ def tcp_postgres(**settings: str) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _listen_on_tcp(server: Any) -> str:
+    """Restart a pgserver Postgres listening on 127.0.0.1 (trust authentication, as pgserver sets
+    up); returns the owner's URL over TCP. The handle then stops (and deletes) the new server."""
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    from pgserver.utils import PostmasterInfo
+
+    port = free_port()
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    pg_ctl(
+        ["-w", "-o", f"-h 127.0.0.1 -p {port} -k {server.pgdata}", "-l", str(server.log), "start"],
+        pgdata=server.pgdata,
+        user=server.system_user,
+    )
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
+    return f"postgresql://postgres@127.0.0.1:{port}/keel"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -126,7 +149,7 @@ def served_api(database_url: str, workers: int = 1, **env: str) -> Iterator[tupl
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = wait_for_answer(f"{url}/ready", proc, "keel serve")
+        deadline = wait_for_answer(f"{url}/ready", proc, "keel serve", timeout=180)  # a loaded machine
         server = psutil.Process(proc.pid)
         wait_until_idle(server, deadline)
         yield url, server

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,60 @@ DATABASE_NAME = "keel"
 #: superuser (``postgres``); both connect over the server's Unix socket, which trusts local
 #: connections (pgserver's setup), so neither has a password.
 APP_ROLE = "keel_app"
+log = logging.getLogger("keel.db")
+MB = 1024 * 1024
 
 
-def start_embedded_postgres(data_dir: Path, *, cleanup: str | None = None) -> tuple[str, Any]:
+def machine_settings(memory_bytes: int | None = None) -> dict[str, str]:
+    """Postgres settings sized for this machine (what ``docs/operations.md`` asks of an external
+    server too). Stock Postgres has ``shared_buffers`` 128 MB and ``max_wal_size`` 1 GB: at ingest
+    rates the event key index outgrows the buffers (every claim reads and evicts a page) and a
+    checkpoint every few seconds makes each first touch of a page after it write the whole 8 KB
+    page into the WAL again (full-page writes).
+
+    - ``shared_buffers``: an eighth of the memory, between 128 MB and 2 GB (the buffers are shared
+      memory touched lazily, so a small database does not take them; the rest is the OS cache);
+    - ``max_wal_size`` 4 GB and ``checkpoint_timeout`` 15 min: checkpoints (and the full-page
+      writes after each) a few times an hour rather than every few seconds under load;
+    - ``wal_compression`` stays off: the wheel's Postgres is built without lz4 (pglz only).
+    """
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    buffers = max(128 * MB, min(2048 * MB, memory_bytes // 8))
+    return {
+        "shared_buffers": f"{buffers // MB}MB",
+        "effective_cache_size": f"{max(buffers, memory_bytes // 2) // MB}MB",
+        "max_wal_size": "4GB",
+        "min_wal_size": "256MB",
+        "checkpoint_timeout": "15min",
+        "checkpoint_completion_target": "0.9",
+        "maintenance_work_mem": "256MB",
+    }
+
+
+def _size_for_machine(server: Any) -> None:
+    """Write :func:`machine_settings` into a new data directory and restart its server once (only
+    the server this call made: one that others joined is left as it is)."""
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # (set at its import)
+
+    statements = "".join(
+        f"ALTER SYSTEM SET {name} = '{value}';" for name, value in machine_settings().items()
+    )
+    server.psql(statements)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    server.ensure_postgres_running()  # pgserver's own start (Unix socket only), reading the settings
+
+
+def start_embedded_postgres(
+    data_dir: Path, *, cleanup: str | None = None, sized: bool = True
+) -> tuple[str, Any]:
     """Start (or join) the Postgres whose data lives in ``data_dir/postgres``; return the owner's
     (superuser's) URL. The application role exists too (:data:`APP_ROLE`, see :func:`app_url`);
     ``keel db upgrade`` gives it its grants.
 
     It listens on a Unix socket only, so it never takes a TCP port. With ``cleanup=None`` the
-    server keeps running after this process ends, and the next start joins it.
+    server keeps running after this process ends, and the next start joins it. A new data
+    directory gets :func:`machine_settings` (``sized=False``: stock Postgres, for comparisons).
     """
     warnings.filterwarnings("ignore", module="platformdirs")
     import pgserver  # imported lazily: it starts nothing at import, but pulls in psutil
@@ -28,7 +75,13 @@ def start_embedded_postgres(data_dir: Path, *, cleanup: str | None = None) -> tu
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
+    new = not (pgdata / "PG_VERSION").exists()
     server = pgserver.get_server(pgdata, cleanup_mode=cleanup)
+    if new and sized:
+        try:
+            _size_for_machine(server)
+        except subprocess.CalledProcessError:  # the server would not restart: stock settings
+            log.warning("could not size the embedded Postgres for this machine", exc_info=True)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE_NAME};")

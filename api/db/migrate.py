@@ -17,8 +17,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Partitions of ``events`` are made at run time, not by migrations: leave them out of diffs."""
-    return not (type_ == "table" and name is not None and name.startswith("events_p"))
+    """Partitions of ``events`` and ``event_keys`` are made at run time, not by migrations: leave
+    them out of diffs."""
+    return not (type_ == "table" and name is not None and name.startswith(("events_p", "event_keys_p")))
 
 
 def alembic_config(database_url: str) -> Config:

@@ -45,13 +45,16 @@ events_table = Table(
 )
 
 
-#: (organization, message_id) is stored once for as long as its event stays in Postgres.
+#: (organization, message_id) claimed once per received day: partitioned like events (a
+#: partition per day, ``event_keys_pYYYYMMDD`` with its own primary key on (organization_id,
+#: message_id), made and dropped with the events partition), so the index a claim writes holds
+#: one day; api/events/store.py reads the dedupe window's earlier days.
 event_keys_table = Table(
     "event_keys",
     Base.metadata,
-    Column("organization_id", Uuid, primary_key=True),
-    Column("message_id", String(128), primary_key=True),
+    Column("organization_id", Uuid, nullable=False),
+    Column("message_id", String(128), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
-    Index("ix_event_keys_received_at_brin", "received_at", postgresql_using="brin"),
+    postgresql_partition_by="RANGE (received_at)",
     **app_privileges(*APP_APPEND_ONLY),
 )

@@ -1,5 +1,24 @@
 """Writing events: one statement claims the keys (the dedupe) and inserts the new rows.
 
+Keys are claimed per received day: ``event_keys`` is partitioned like ``events`` (migration
+0075), so the index a claim writes holds one day of keys however many the retention keeps (one
+global index of random message ids outgrew memory: every claim read and dirtied a random page,
+and wrote it whole into the WAL after each checkpoint). The dedupe window
+(``KEEL_EVENTS_DEDUPE_DAYS``, N, default 1) is exact:
+
+- the same UTC day: the day partition's primary key (``ON CONFLICT DO NOTHING``), concurrent
+  claims of one key included (the second waits for the first's commit);
+- the N days before: the statement reads their partitions (one index scan a partition for all
+  its keys: ``seen``);
+  a replay up to N times 24 h after the first copy is always found (one up to N + 1 days, often);
+- the day boundary, where a read would miss a claim not yet committed on the previous day: a key
+  received (or claimed) within :data:`BOUNDARY` of the end of its day is claimed on the next
+  day's partition too, in the same statement, so two claims across midnight meet on one primary
+  key; it counts as new only if both claims were new. This holds as long as a claim commits
+  within an hour of its statement and the API's clock is within an hour of Postgres's.
+
+A replay older than the window is stored again (the lake keeps both; docs/api.md).
+
 The rows travel as one JSONB array parameter: msgspec encodes it in C, Postgres parses it once
 (properties and context arrive as JSONB values, parsed with the rest). Earlier designs cost the
 API process more than Postgres: a ``RETURNING`` of every claimed key (UUIDs built and hashed in
@@ -35,6 +54,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.orgs.models import OrgStatus
+from api.settings import DEFAULT_DEDUPE_DAYS
 from warehouse import rules
 
 log = logging.getLogger("keel.events")
@@ -68,19 +88,54 @@ class EventRow(msgspec.Struct, array_like=True, gc=False):
 
 _encode_rows = msgspec.json.Encoder().encode
 
+#: A key received this close to the end of its UTC day (or claimed this close to it, or later) is
+#: claimed on the next day's partition too (module docstring: the day boundary).
+BOUNDARY = timedelta(hours=1)
+
 # ``ingest_seq`` is left to its default, which draws it under the export fence (api/db/fence.py).
+# ``seen``: the window's earlier days are read in one index scan per day partition for all the
+# statement's keys (``= ANY`` of its org ids and of its message ids, then matched exactly); a
+# probe per row (``NOT EXISTS`` per key) cost about what the claim's insert does.
 _CLAIM = """
-WITH incoming AS (
+WITH incoming AS MATERIALIZED (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
            e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
-           (e->>7)::timestamptz AS received_at, e->8 AS properties, e->9 AS context, n
+           (e->>7)::timestamptz AS received_at, e->8 AS properties, e->9 AS context, n,
+           CASE WHEN %(window)s AND greatest((e->>7)::timestamptz, clock_timestamp())
+                     >= date_trunc('day', (e->>7)::timestamptz, 'UTC') + interval '1 day' - %(boundary)s
+                THEN date_trunc('day', (e->>7)::timestamptz, 'UTC') + interval '1 day' END AS next_day
     FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS t(e, n)
 ),
-fresh AS (
+seen AS MATERIALIZED (
+    SELECT k.organization_id, k.message_id FROM event_keys k
+    WHERE k.organization_id = ANY(ARRAY(SELECT DISTINCT organization_id FROM incoming))
+      AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming))
+      AND k.received_at >= %(window_from)s AND k.received_at < %(window_to)s
+),
+claimed AS (
     INSERT INTO event_keys (organization_id, message_id, received_at)
     SELECT i.organization_id, i.message_id, i.received_at FROM incoming i
+    WHERE NOT EXISTS (
+        SELECT 1 FROM seen s WHERE s.organization_id = i.organization_id AND s.message_id = i.message_id
+    )
     ON CONFLICT DO NOTHING
     RETURNING organization_id, message_id
+),
+next_day AS (
+    INSERT INTO event_keys (organization_id, message_id, received_at)
+    SELECT i.organization_id, i.message_id, i.next_day FROM incoming i WHERE i.next_day IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING organization_id, message_id
+),
+taken AS (
+    SELECT organization_id, message_id FROM incoming WHERE next_day IS NOT NULL
+    EXCEPT ALL SELECT organization_id, message_id FROM next_day
+),
+fresh AS (
+    SELECT c.organization_id, c.message_id FROM claimed c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM taken t WHERE t.organization_id = c.organization_id AND t.message_id = c.message_id
+    )
 )"""
 _INSERT = """
 INSERT INTO events (organization_id, message_id, event, user_id, anonymous_id, timestamp, sent_at,
@@ -101,23 +156,36 @@ INSERT_EVENTS_RETURNING = (
 )
 
 
-def _params(rows: list[EventRow]) -> dict[str, Any]:
-    return {"rows": _encode_rows(rows).decode()}
+def _midnight(moment: datetime) -> datetime:
+    day = moment.astimezone(UTC)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-async def store(conn: PgConnection, rows: list[EventRow]) -> int:
-    """Store the rows whose (organization, message_id) is new; returns how many were stored.
+def _params(rows: list[EventRow], dedupe_days: int) -> dict[str, Any]:
+    days = {_midnight(row.received_at) for row in rows}
+    return {
+        "rows": _encode_rows(rows).decode(),
+        "window": dedupe_days > 0,
+        "window_from": min(days) - timedelta(days=dedupe_days),
+        "window_to": max(days),
+        "boundary": BOUNDARY,
+    }
+
+
+async def store(conn: PgConnection, rows: list[EventRow], dedupe_days: int) -> int:
+    """Store the rows whose (organization, message_id) is new in the dedupe window of
+    ``dedupe_days``; returns how many were stored.
 
     ``rows`` must not repeat a key (the caller keeps the first of each)."""
     async with conn.cursor() as cur:
-        await cur.execute(INSERT_EVENTS, _params(rows))
+        await cur.execute(INSERT_EVENTS, _params(rows, dedupe_days))
         return cur.rowcount
 
 
-async def store_returning(conn: PgConnection, rows: list[EventRow]) -> set[int]:
+async def store_returning(conn: PgConnection, rows: list[EventRow], dedupe_days: int) -> set[int]:
     """Like :func:`store`; returns the positions (from 0) of the rows stored."""
     async with conn.cursor() as cur:
-        await cur.execute(INSERT_EVENTS_RETURNING, _params(rows))
+        await cur.execute(INSERT_EVENTS_RETURNING, _params(rows, dedupe_days))
         return {n - 1 for (n,) in await cur.fetchall()}
 
 
@@ -133,10 +201,12 @@ async def live_orgs(conn: PgConnection, org_ids: set[uuid.UUID]) -> dict[uuid.UU
 
 
 class PartitionKeeper:
-    """Knows which day partitions exist, so the ingest path asks Postgres only for a new day."""
+    """Knows which day partitions exist, so the ingest path asks Postgres only for a new day; and
+    the dedupe window (``KEEL_EVENTS_DEDUPE_DAYS``) the writers claim keys in."""
 
-    def __init__(self) -> None:
+    def __init__(self, dedupe_days: int = DEFAULT_DEDUPE_DAYS) -> None:
         self.known: set[date] = set()
+        self.dedupe_days = dedupe_days
 
     async def ensure(self, conn: PgConnection, day: date, days: int = 1) -> None:
         wanted = {day + timedelta(days=i) for i in range(days)}
@@ -156,8 +226,10 @@ class PartitionKeeper:
         self.known |= wanted
 
     async def ensure_for(self, conn: PgConnection, rows: list[EventRow]) -> None:
-        for received_at in {row.received_at for row in rows}:
-            await self.ensure(conn, received_at.astimezone(UTC).date())
+        # With a window, keys near the end of a day are claimed on the next day too.
+        days = 2 if self.dedupe_days else 1
+        for day in {row.received_at.astimezone(UTC).date() for row in rows}:
+            await self.ensure(conn, day, days)
 
 
 class Writer(Protocol):
@@ -193,7 +265,7 @@ class SessionWriter:
     async def write(self, rows: list[EventRow]) -> int:
         conn = await session_connection(self.session)
         await self.partitions.ensure_for(conn, rows)
-        return await store(conn, rows)
+        return await store(conn, rows, self.partitions.dedupe_days)
 
     async def live_orgs(self, org_ids: set[uuid.UUID]) -> dict[uuid.UUID, OrgStatus]:
         return await live_orgs(await session_connection(self.session), org_ids)
@@ -248,7 +320,7 @@ class EventWriter:
         if len(rows) > SHARED_MAX_ROWS:
             async with self.pool.connection() as conn:
                 await self.partitions.ensure_for(conn, rows)
-                return await store(conn, rows)
+                return await store(conn, rows, self.partitions.dedupe_days)
         pending = _Pending(rows)
         self._queue.put_nowait(pending)
         return await pending.done
@@ -305,7 +377,7 @@ class EventWriter:
         if rows:
             async with self.pool.connection() as conn:
                 await self.partitions.ensure_for(conn, rows)
-                for position in await store_returning(conn, rows):
+                for position in await store_returning(conn, rows, self.partitions.dedupe_days):
                     stored[owners[position]] += 1
         for pending, count in zip(group, stored, strict=True):
             _settle(pending, count)

@@ -1,7 +1,7 @@
 """event keys: one partition per received day beside each events partition
 
 Revision ID: 0075
-Revises: 0065
+Revises: 0071
 Create Date: 2026-12-01 15:30:00.000000
 
 One global index of (organization, message_id) held every key of the retention (30 days at 10
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0075"
-down_revision: str | None = "0065"
+down_revision: str | None = "0071"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

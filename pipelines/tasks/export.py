@@ -442,7 +442,7 @@ def export_table(
         ranges = [(lo, min(lo + chunk_rows, high)) for lo in range(watermark, high, chunk_rows)]
         ranges = ranges[:stop_after_chunks] if stop_after_chunks is not None else ranges
         # The reader thread runs ahead of the writer (this thread) by at most QUEUE_BATCHES
-        # batches; both spend their time in C with the GIL released (ADBC's COPY decoder, numpy,
+        # batches; both spend their time in C with the GIL released (ADBC's COPY decoder, DuckDB,
         # Parquet's encoders), so the server, the decoder and the writer work at once.
         ready: queue.Queue[pa.RecordBatch | _RangeDone | BaseException] = queue.Queue(QUEUE_BATCHES)
         stop = threading.Event()

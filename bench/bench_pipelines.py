@@ -72,6 +72,16 @@ def load_events(url: str) -> None:
     of events arriving in time order, as ingestion writes them."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("SELECT keel_ensure_event_partitions(current_date, 1)")
+        # The events' organizations exist: the marts' relationship tests fail the build otherwise.
+        conn.execute(
+            """
+            INSERT INTO organizations (id, name, slug, status)
+            SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'Bench ' || i,
+                   'bench-' || i, 'active'
+            FROM generate_series(0, %(orgs)s - 1) AS i
+            """,
+            {"orgs": ORGS},
+        )
         step = 1_000_000
         for start in range(0, EVENTS, step):
             conn.execute(

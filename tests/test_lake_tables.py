@@ -26,13 +26,14 @@ POSTGRES_TYPES = {
 }
 
 
-#: The type OIDs the export's query may answer for each kind (int2/4/8; text, varchar;
-#: timestamptz; bool).
+#: The type OIDs the export's query may answer for each kind (int2/4/8; text, varchar; uuid;
+#: jsonb, json; timestamptz; bool): uuid and JSON leave Postgres as they are, the exporter makes
+#: them text.
 ANSWERED_TYPES = {
     "int": {20, 21, 23},
     "text": {25, 1043},
-    "uuid": {25},
-    "json": {25},
+    "uuid": {2950},
+    "json": {3802, 114},
     "ts": {1184},
     "bool": {16},
 }
@@ -116,7 +117,7 @@ def test_a_column_added_by_a_migration_but_not_declared_is_reported(engine: Engi
 @pytest.mark.parametrize("name", sorted(LAKE_TABLES))
 def test_the_export_reads_each_declared_column_as_declared(name: str, database_url: str) -> None:
     """The derived query runs as the application role, and Postgres answers every column, in
-    order, in a type of its kind (uuid and JSON as text)."""
+    order, in a type of its kind (uuid and JSON as they are: the exporter writes their text)."""
     table = LAKE_TABLES[name]
     assert [f.name for f in table.arrow_schema] == [c.name for c in table.columns]
     with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cursor:
@@ -142,3 +143,33 @@ def test_the_exporter_and_the_warehouse_read_the_declarations() -> None:
     sources = set().union(*(m.sources for m in load_models()))
     assert sources == set(LAKE_TABLES), "a model reads an undeclared table, or a declared one is read by none"
     assert all(f.type != pa.null() for t in LAKE_TABLES.values() for f in t.arrow_schema)
+
+
+#: uuids and JSON values whose text forms are easy to get wrong (case, the high bit, escapes,
+#: non-ASCII, key order and duplicates, numbers, nesting, empty and null values).
+TEXT_FORMS = """
+SELECT * FROM (VALUES
+  (1, '00000000-0000-0000-0000-000000000000'::uuid, '{}'::jsonb, '[]'::json),
+  (2, 'FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF'::uuid, '{"b": 1, "a": [1.50, -0, 1e3], "a": "dup"}', '{"b": 1,  "a": 2}'),
+  (3, '80000000-0000-7000-8000-00000000000a'::uuid, '{"é": "\\u00e9 \\" \\\\ \\n \\t", "n": null}', 'null'),
+  (4, NULL, NULL, NULL),
+  (5, '019a0f5e-7b3c-7def-8abc-0123456789ab'::uuid, '"text"', '"✓ snowman ☃"'),
+  (6, '7fffffff-ffff-ffff-ffff-ffffffffffff'::uuid, '{"deep": {"deeper": [{"x": true}, false, 0.000001]}}', '123456789012345678901234567890')
+) AS t(n, id, doc, raw)
+"""
+
+
+def test_uuid_and_json_land_in_the_lake_as_postgres_writes_them_as_text(database_url: str) -> None:
+    """The exporter makes the text of uuids (from their 16 bytes) and of JSON (jsonb's binary form):
+    it is exactly what Postgres's own ``::text`` writes, nulls included."""
+    schema = pa.schema([("n", pa.int64()), ("id", pa.string()), ("doc", pa.string()), ("raw", pa.string())])
+    with export_tasks._open_reader(database_url) as reader:
+        lake = export_tasks._read_arrow(reader, TEXT_FORMS, schema)
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        postgres = conn.execute(
+            f"SELECT n, id::text, doc::text, raw::text FROM ({TEXT_FORMS}) AS v"
+        ).fetchall()
+    assert lake.schema == schema
+    assert sorted(lake.to_pylist(), key=lambda r: r["n"]) == [
+        dict(zip(schema.names, row, strict=True)) for row in sorted(postgres)
+    ]

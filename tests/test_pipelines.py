@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -185,6 +186,71 @@ def test_a_crash_between_writing_and_moving_the_watermark_leaves_no_duplicates(
     assert rows.num_rows > 0
     export_tasks.write_partitioned(lake, events, rows, watermark, watermark + 700)
     export_tasks.export_table(database_url, lake, export_tasks.EVENTS, chunk_rows=1000)
+    assert_lake_holds_postgres_events_once(lake, database_url)
+
+
+def test_a_range_streamed_in_many_batches_is_one_file_per_day_in_row_groups(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    """The reader streams small batches (a few rows each) while the writer gathers each day's rows
+    into row groups: still one file per range and date, holding that range's rows of that day,
+    every row once."""
+    import pyarrow.parquet as pq
+
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=6, seed=23))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    result = export_tasks.export_table(
+        database_url, lake, export_tasks.EVENTS, chunk_rows=2000, row_group_rows=2, batch_bytes=1024
+    )
+    assert result.rows > 200
+    assert_lake_holds_postgres_events_once(lake, database_url)
+    seen: set[tuple[str, str]] = set()
+    row_groups = []
+    for path in lake.list_files("events"):
+        match = export_tasks.FILE_NAME.search(path)
+        assert match is not None
+        day = Path(path).parent.name.removeprefix("date=")
+        assert (day, match.group("lo")) not in seen, "two files for one range and date"
+        seen.add((day, match.group("lo")))
+        with lake.fs.open_input_file(path) as source:
+            parquet = pq.ParquetFile(source)
+            row_groups.append(parquet.metadata.num_row_groups)
+            rows = parquet.read(columns=["ingest_seq", "timestamp"])
+        assert {t.date().isoformat() for t in rows["timestamp"].to_pylist()} == {day}
+        lo, hi = int(match.group("lo")), int(match.group("hi"))
+        assert all(lo < seq <= hi for seq in rows["ingest_seq"].to_pylist())
+    assert max(row_groups) > 1, "no day was large enough to be written in several row groups"
+
+
+def test_an_error_in_the_middle_of_the_stream_leaves_only_whole_ranges_behind(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    """Postgres fails the read half way through a range (here a division by zero at one row): the
+    export raises it, the reader thread ends, the files of the ranges before it stay with their
+    watermark, nothing of the broken range is left visible, and the next run completes it once."""
+    import dataclasses
+
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=6, seed=29))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    events = export_tasks.EVENTS
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        low, high = conn.execute("SELECT min(ingest_seq), max(ingest_seq) FROM events").fetchone()  # type: ignore[misc]
+    start = export_tasks.read_watermark(lake, "events")
+    poison = (low + high) // 2
+    broken = dataclasses.replace(
+        events, select=f"{events.select}, 1 / ({events.seq_expr} - {poison}) AS poison"
+    )
+    threads = threading.active_count()
+    with pytest.raises(Exception, match="division by zero"):
+        export_tasks.export_table(database_url, lake, broken, chunk_rows=100, batch_bytes=4096)
+    assert threading.active_count() == threads, "the reader thread outlived the export"
+    watermark = export_tasks.read_watermark(lake, "events")
+    assert start < watermark < poison <= watermark + 100
+    assert not list(pipeline_env["lake"].glob("**/.tmp-*")), "a temporary file was left behind"
+    for path in lake.list_files("events"):
+        match = export_tasks.FILE_NAME.search(path)
+        assert match is not None and int(match.group("hi")) <= watermark
+    export_tasks.export_table(database_url, lake, events, chunk_rows=100)
     assert_lake_holds_postgres_events_once(lake, database_url)
 
 

@@ -23,7 +23,8 @@ from typing import Literal
 import pyarrow as pa
 
 #: How a column's value lands in the lake. ``uuid`` and ``json`` are text in the lake (Postgres's
-#: own text form), the rest are what their names say.
+#: own text form, made by the exporter from the values Postgres sends), the rest are what their
+#: names say.
 Kind = Literal["int", "text", "uuid", "json", "ts", "bool"]
 
 ARROW_TYPES: Mapping[str, pa.DataType] = MappingProxyType(
@@ -140,6 +141,25 @@ class LakeTable:
         return pa.schema([(c.name, ARROW_TYPES[c.kind]) for c in self.columns])
 
     @property
+    def delta_encoded(self) -> tuple[str, ...]:
+        """Columns written with Parquet's DELTA_BINARY_PACKED: the sequence column and the
+        timestamps of an append-only table, which rise (nearly) row by row. On the bench's events
+        they halve the files and take 10% off the write (bench/bench_pipelines.py)."""
+        if self.by_sequence is None:
+            return ()
+        return tuple(
+            c.name
+            for c in self.columns
+            if c.expr is None and (c.name == self.by_sequence.column or c.kind == "ts")
+        )
+
+    @property
+    def with_statistics(self) -> tuple[str, ...]:
+        """Columns whose Parquet min/max are written: not JSON text, whose bounds no reader
+        prunes by (they cost the writer a comparison of every value)."""
+        return tuple(c.name for c in self.columns if c.kind != "json")
+
+    @property
     def duckdb_columns(self) -> str:
         """The columns of an empty source, as a DuckDB column list (with ``filename``, which
         ``read_parquet(..., filename = true)`` adds)."""
@@ -150,16 +170,15 @@ class LakeTable:
 
     @property
     def select_list(self) -> str:
-        """The export's SELECT list, in the order of ``arrow_schema``."""
-        parts = []
-        for c in self.columns:
-            value = c.expr or self._own(c.name)
-            if c.expr is None and c.kind not in ("uuid", "json"):
-                parts.append(value)  # named as it is
-                continue
-            cast = "::text" if c.expr is None else ""
-            parts.append(f'{value}{cast} AS "{c.name}"')
-        return ", ".join(parts)
+        """The export's SELECT list, in the order of ``arrow_schema``.
+
+        uuid and JSON columns leave Postgres as they are (16 bytes; jsonb's text behind a version
+        byte) and the exporter writes their text forms (``pipelines/tasks/export.py``): a cast to
+        text in the query costs the server a ``uuid_out`` and a text copy of every value, 17% of
+        its work in the export, whose slowest stage it is (bench/bench_pipelines.py)."""
+        return ", ".join(
+            self._own(c.name) if c.expr is None else f'{c.expr} AS "{c.name}"' for c in self.columns
+        )
 
     @property
     def source(self) -> str:

@@ -12,8 +12,11 @@ organizations, people) a version column that a trigger renumbers on every insert
    index that rows were appended to since the last vacuum (an unsummarized range matches every
    query, so each range query would otherwise read the whole unvacuumed tail of the table);
 5. reads the rows in (watermark, high] in ranges of ``chunk_rows`` sequence numbers through ADBC
-   (Postgres's binary COPY decoded straight into Arrow), writes one Parquet file per date
-   partition (temporary name, then rename), and only then moves the watermark.
+   (Postgres's binary COPY decoded straight into Arrow), writes one Parquet file per range and
+   date partition (temporary name, then rename), and only then moves the watermark. A reader
+   thread streams Arrow record batches into a bounded queue and the writer encodes them as they
+   come, so Postgres, the decoder and the Parquet writer all run at once (bench/bench_pipelines.py
+   has the figures and what was measured).
 A re-run, a crash mid-run or a retried range never loses or duplicates a row; the warehouse's
 staging views also dedupe by key, as a second line of defence.
 
@@ -31,10 +34,11 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +50,7 @@ import pyarrow.compute as pc
 
 from api.db.engine import libpq_url
 from api.db.fence import EXPORT_FENCE_LOCK
-from pipelines.lake import Lake
+from pipelines.lake import Lake, LakeFileWriter
 from warehouse.lake_tables import LAKE_TABLES, LakeTable
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,9 @@ class IncrementalTable:
     dictionary: tuple[str, ...] = ()
     #: Updated in place and renumbered on each change (``ByVersion``), not append-only.
     versioned: bool = False
+    #: Columns written delta-encoded, and those with min/max statistics (``warehouse.lake_tables``).
+    delta: tuple[str, ...] = ()
+    statistics: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, table: LakeTable) -> IncrementalTable:
@@ -95,6 +102,8 @@ class IncrementalTable:
             key=table.key,
             dictionary=table.dictionary,
             versioned=table.mode == "version",
+            delta=table.delta_encoded,
+            statistics=table.with_statistics,
         )
 
 
@@ -240,12 +249,58 @@ def remove_orphans(lake: Lake, table: str, watermark: int) -> list[str]:
     return removed
 
 
+_formatters = threading.local()
+
+
+def _uuid_texts(columns: dict[str, pa.Array]) -> pa.Table:
+    """uuid columns as Postgres writes them (lowercase hex, 8-4-4-4-12), made from their 16 bytes
+    (ADBC's ``arrow.uuid``) by DuckDB in C++, for a fraction of what the server's ``uuid_out`` and
+    text copy cost (bench/bench_pipelines.py). One single-threaded in-memory DuckDB per thread."""
+    con = getattr(_formatters, "duckdb", None)
+    if con is None:
+        import duckdb
+
+        con = _formatters.duckdb = duckdb.connect(config={"threads": 1})
+    uuids = pa.table(
+        {
+            name: values
+            if isinstance(values.type, pa.BaseExtensionType)
+            else pa.ExtensionArray.from_storage(pa.uuid(), values)
+            for name, values in columns.items()
+        }
+    )  # DuckDB reads a bare fixed_size_binary(16) as a BLOB
+    select = ", ".join(f'"{name}"::VARCHAR AS "{name}"' for name in columns)
+    return con.from_arrow(uuids).select(select).to_arrow_table()
+
+
+def _is_uuid(values: pa.Array) -> bool:
+    kind = values.type
+    if isinstance(kind, pa.BaseExtensionType):
+        return kind.extension_name == "arrow.uuid"
+    return pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16
+
+
+def to_lake(rows: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch read from Postgres in the lake's schema (the columns of ``schema``, in its order):
+    uuids as their text, JSON as jsonb's text (the storage of ADBC's ``arrow.json``)."""
+    arrays = {f.name: rows.column(f.name) for f in schema}
+    uuids = {name: values for name, values in arrays.items() if _is_uuid(values)}
+    if uuids and rows.num_rows:
+        texts = _uuid_texts(uuids)
+        arrays.update({name: texts.column(name).combine_chunks() for name in uuids})
+    columns = [
+        (values.storage if isinstance(values.type, pa.BaseExtensionType) else values).cast(field.type)
+        for field, values in zip(schema, arrays.values(), strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 def _read_arrow(reader: Any, query: str, schema: pa.Schema) -> pa.Table:
     """Run ``query`` through ADBC: Postgres's binary COPY decoded into Arrow in C, no Python per row."""
     with reader.cursor() as cursor:
         cursor.execute(query)
-        table = cursor.fetch_arrow_table()
-    return table.select(schema.names).cast(schema) if table.num_rows else schema.empty_table()
+        batches = [to_lake(b, schema) for b in cursor.fetch_record_batch() if b.num_rows]
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def _range_query(table: IncrementalTable, lo: int, hi: int, *, last: bool = False) -> str:
@@ -279,6 +334,122 @@ def _open_reader(database_url: str) -> Any:
     return reader
 
 
+#: Record batches the reader thread may hold ready for the writer, and their size (ADBC's
+#: default): the bound of the export's memory beside the row groups being gathered. Larger or
+#: smaller batches change nothing measurable in the decoder's CPU (1 to 64 MB).
+QUEUE_BATCHES = 4
+BATCH_BYTES = 16 << 20
+#: Rows gathered per day before they are written as one row group: a day of a range whose rows
+#: are fewer is one row group (as every file was before the stream), and a larger one is written
+#: as it comes rather than held whole.
+ROW_GROUP_ROWS = 262_144
+
+
+@dataclass(frozen=True)
+class _RangeDone:
+    """The reader's mark that every row of the range (lo, hi] has been handed over."""
+
+    lo: int
+    hi: int
+
+
+def _stream_ranges(
+    reader: Any,
+    table: IncrementalTable,
+    ranges: Sequence[tuple[int, int]],
+    high: int,
+    ready: queue.Queue[pa.RecordBatch | _RangeDone | BaseException],
+    stop: threading.Event,
+    batch_bytes: int,
+) -> None:
+    """The reader thread: each range's rows, batch by batch in the lake's schema, then its
+    ``_RangeDone``; an error is handed over in their place. Ends early when ``stop`` is set."""
+
+    def hand_over(item: pa.RecordBatch | _RangeDone | BaseException) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for lo, hi in ranges:
+            with reader.cursor() as cursor:
+                cursor.adbc_statement.set_options(
+                    **{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)}
+                )
+                cursor.execute(_range_query(table, lo, hi, last=hi == high))
+                for batch in cursor.fetch_record_batch():
+                    if batch.num_rows and not hand_over(to_lake(batch, table.schema)):
+                        return
+            if not hand_over(_RangeDone(lo, hi)):
+                return
+    except BaseException as exc:  # the writer raises it
+        hand_over(exc)
+
+
+class RangeFiles:
+    """The files of one sequence range (lo, hi], one per UTC date of its rows (one in all for a table
+    without a date column: a versioned one), written row group by
+    row group as the rows arrive and renamed into place by :meth:`commit` (the name makes re-runs
+    idempotent). Until then only temporary files exist, which readers skip and the next run removes."""
+
+    def __init__(self, lake: Lake, table: IncrementalTable, lo: int, hi: int, row_group_rows: int) -> None:
+        self.lake, self.table, self.lo, self.hi = lake, table, lo, hi
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self._files: dict[str, LakeFileWriter] = {}
+        self._gathered: dict[str, list[pa.Table]] = {}
+
+    def add(self, rows: pa.Table) -> None:
+        self.rows += rows.num_rows
+        column = self.table.date_column
+        # A table without a date column is one file per range ("" stands for it).
+        for day, part in split_by_day(rows, column) if column else [("", rows)]:
+            parts = self._gathered.setdefault(day, [])
+            parts.append(part)
+            if sum(p.num_rows for p in parts) >= self.row_group_rows:
+                self._write(day)
+
+    def _write(self, day: str) -> None:
+        parts = self._gathered.pop(day, [])
+        if not parts:
+            return
+        file = self._files.get(day)
+        if file is None:
+            name = f"{self.table.name}-{self.lo:020d}-{self.hi:020d}.parquet"
+            folders = (f"date={day}",) if day else ()
+            path = self.lake.path(self.table.name, *folders, name)
+            file = self._files[day] = LakeFileWriter(
+                self.lake,
+                path,
+                self.table.schema,
+                dictionary=list(self.table.dictionary),
+                delta=list(self.table.delta),
+                statistics=list(self.table.statistics),
+            )
+        rows = pa.concat_tables(parts)
+        file.write(rows, row_group_rows=rows.num_rows)
+
+    def commit(self) -> list[str]:
+        """Write what is gathered, close every file and rename it into place; the paths, by date."""
+        for day in list(self._gathered):
+            self._write(day)
+        written = []
+        for day in sorted(self._files):
+            self._files[day].commit()
+            written.append(self._files.pop(day).path)
+        return written
+
+    def abort(self) -> None:
+        for file in self._files.values():
+            file.abort()
+        self._files.clear()
+        self._gathered.clear()
+
+
 def export_table(
     database_url: str,
     lake: Lake,
@@ -287,8 +458,14 @@ def export_table(
     chunk_rows: int = 250_000,
     progress: Progress | None = None,
     stop_after_chunks: int | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+    batch_bytes: int = BATCH_BYTES,
 ) -> ExportResult:
-    """Export the rows of ``table`` the lake does not hold yet. Safe to re-run at any point."""
+    """Export the rows of ``table`` the lake does not hold yet. Safe to re-run at any point.
+
+    Rows are read in ranges of ``chunk_rows`` sequence numbers (the watermark moves after each),
+    streamed in record batches of about ``batch_bytes`` and written in row groups of at least
+    ``row_group_rows`` rows per day (fewer: one row group per day of the range)."""
     started = time.perf_counter()
     watermark = read_watermark(lake, table.name)
     result = ExportResult(table=table.name, watermark_from=watermark, watermark_to=watermark)
@@ -296,7 +473,6 @@ def export_table(
     with (
         psycopg.connect(libpq_url(database_url), autocommit=True) as conn,
         _open_reader(database_url) as reader,
-        ThreadPoolExecutor(1) as writer,
     ):
         # The lake's state is the truth (a crash may have left Postgres a range behind).
         record_progress(conn, table.name, watermark)
@@ -304,41 +480,42 @@ def export_table(
         expected = max(high - watermark, 0)
         if expected > chunk_rows:
             summarize_new_ranges(conn, table)
-        # Two stages overlap: while one range is partitioned and written (pyarrow releases the
-        # GIL), the next is read from Postgres. At most two ranges are in memory at once.
-        pending: Future[list[str]] | None = None
-        pending_range = (watermark, watermark, 0)
-        lo, chunks = watermark, 0
-
-        def settle() -> None:
-            nonlocal pending
-            if pending is None:
-                return
-            result.files += pending.result()
-            _, done_hi, done_rows = pending_range
-            result.rows += done_rows
-            _write_watermark(lake, table.name, done_hi, result.rows)
-            record_progress(conn, table.name, done_hi)
-            result.watermark_to = done_hi
-            pending = None
-            if progress:
-                progress(done_hi - watermark, expected)
-
-        while lo < high:
-            hi = min(lo + chunk_rows, high)
-            rows = _read_arrow(reader, _range_query(table, lo, hi, last=hi == high), table.schema)
-            settle()  # the watermark moves in order, only after the previous range is durable
-            pending = writer.submit(write_partitioned, lake, table, rows, lo, hi) if rows.num_rows else None
-            pending_range = (lo, hi, rows.num_rows)
-            if pending is None:
-                result.watermark_to = hi
+        ranges = [(lo, min(lo + chunk_rows, high)) for lo in range(watermark, high, chunk_rows)]
+        ranges = ranges[:stop_after_chunks] if stop_after_chunks is not None else ranges
+        # The reader thread runs ahead of the writer (this thread) by at most QUEUE_BATCHES
+        # batches; both spend their time in C with the GIL released (ADBC's COPY decoder, DuckDB,
+        # Parquet's encoders), so the server, the decoder and the writer work at once.
+        ready: queue.Queue[pa.RecordBatch | _RangeDone | BaseException] = queue.Queue(QUEUE_BATCHES)
+        stop = threading.Event()
+        streamer = threading.Thread(
+            target=_stream_ranges,
+            args=(reader, table, ranges, high, ready, stop, batch_bytes),
+            name=f"export-{table.name}",
+        )
+        streamer.start()
+        files: RangeFiles | None = None
+        try:
+            for lo, hi in ranges:
+                files = RangeFiles(lake, table, lo, hi, row_group_rows)
+                while not isinstance(item := ready.get(), _RangeDone):
+                    if isinstance(item, BaseException):
+                        raise item
+                    files.add(pa.Table.from_batches([item]))
+                assert (item.lo, item.hi) == (lo, hi), "the reader and the writer disagree on the range"
+                result.files += files.commit()
+                result.rows += files.rows
+                files = None
+                # The watermark moves in order, only after the range's files are in place.
                 _write_watermark(lake, table.name, hi, result.rows)
                 record_progress(conn, table.name, hi)
-            lo = hi
-            chunks += 1
-            if stop_after_chunks is not None and chunks >= stop_after_chunks:
-                break
-        settle()
+                result.watermark_to = hi
+                if progress:
+                    progress(hi - watermark, expected)
+        finally:
+            stop.set()
+            streamer.join()
+            if files is not None:
+                files.abort()
         if table.versioned and result.watermark_to == high:
             remove_snapshots(lake, table)
     result.seconds = time.perf_counter() - started
@@ -346,18 +523,14 @@ def export_table(
 
 
 def write_partitioned(lake: Lake, table: IncrementalTable, rows: pa.Table, lo: int, hi: int) -> list[str]:
-    """One file per date partition for the sequence range (lo, hi] (one file when the table is not
-    partitioned); the name makes re-runs idempotent."""
-    if table.date_column is None:
-        path = lake.path(table.name, f"{table.name}-{lo:020d}-{hi:020d}.parquet")
-        lake.write_parquet(rows, path, dictionary=list(table.dictionary))
-        return [path]
-    written = []
-    for day, part in split_by_day(rows, table.date_column):
-        path = lake.path(table.name, f"date={day}", f"{table.name}-{lo:020d}-{hi:020d}.parquet")
-        lake.write_parquet(part, path, dictionary=list(table.dictionary))
-        written.append(path)
-    return written
+    """The files of the sequence range (lo, hi] holding ``rows``: see :class:`RangeFiles`."""
+    files = RangeFiles(lake, table, lo, hi, max(rows.num_rows, 1))
+    try:
+        files.add(rows)
+        return files.commit()
+    except BaseException:
+        files.abort()
+        raise
 
 
 def split_by_day(rows: pa.Table, column: str) -> list[tuple[str, pa.Table]]:

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,14 +27,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
-from harness import KEEL, HttpLoad, free_port, percentile, row, run, served_api
+from harness import KEEL, CpuMeter, HttpLoad, free_port, percentile, postmaster, row, run, served_api
 
 from api.db.embedded import app_url
 from api.db.engine import libpq_url
 
-BACKLOG = 30_000
-BASELINE_REQUESTS = 20_000
+#: Each round: the receiver's capacity, then one worker draining a backlog of its own endpoint.
+ROUNDS = int(os.environ.get("KEEL_BENCH_WEBHOOK_ROUNDS", "3"))
+BACKLOG = int(os.environ.get("KEEL_BENCH_WEBHOOK_BACKLOG", "20000"))
+BASELINE_REQUESTS = 15_000
 CONCURRENCY = 256
 FANOUT_RATE = 100
 FANOUT_SECONDS = 10
@@ -197,10 +201,16 @@ def backlog(url: str, org_id: str, n: int) -> None:
             " WHERE m.organization_id = %s",
             (org_id,),
         )
+        conn.commit()
+        # As autovacuum keeps a live queue's statistics: just after a bulk load they still say the
+        # table is empty (until autovacuum's next round, up to a minute), and the planner then reads
+        # the whole backlog for every claim.
+        conn.autocommit = True
+        conn.execute("ANALYZE webhook_deliveries, webhook_messages")
 
 
-def start_worker(url: str) -> subprocess.Popen[bytes]:
-    workdir = tempfile.mkdtemp(prefix="keel-bench-worker-")
+def start_worker(url: str, workdir: str) -> subprocess.Popen[bytes]:
+    """``keel worker``, returned once it listens for publishes (its start-up is not measured)."""
     env = {
         **os.environ,
         "KEEL_DATABASE_URL": app_url(url),
@@ -208,10 +218,19 @@ def start_worker(url: str) -> subprocess.Popen[bytes]:
         "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
         "KEEL_LOG_LEVEL": "WARNING",
     }
-    return subprocess.Popen(
+    worker = subprocess.Popen(
         [KEEL, "worker", "--concurrency", str(CONCURRENCY)], env=env, cwd=workdir,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    deadline = time.monotonic() + 60
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        while time.monotonic() < deadline and worker.poll() is None:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'").fetchone()
+            if row and row[0]:
+                return worker
+            time.sleep(0.1)
+    worker.kill()
+    raise RuntimeError("the worker did not start")
 
 
 def wait_delivered(url: str, org_id: str, expected: int, timeout: float = 300) -> None:
@@ -287,19 +306,42 @@ def main() -> None:
     print("bench_webhooks: webhook delivery")
     receiver, port = start_receiver()
     try:
-        capacity = run(lambda: receiver_capacity(port))
-        row("baseline: receiver capacity, the worker's send path, no DB", f"{capacity:,.0f} req/s")
         with postgres_with_commit_times() as url:
-            org_id, key = setup(url, port)
-            backlog(url, org_id, BACKLOG)
-            worker = start_worker(url)
+            workdir = tempfile.mkdtemp(prefix="keel-bench-worker-")
+            worker = start_worker(url, workdir)
             try:
-                wait_delivered(url, org_id, BACKLOG)
-                rate = delivery_rate(url, org_id)
+                ratios = []
+                receiving = psutil.Process(receiver.pid)
+                sending = CpuMeter({}, {"sender": psutil.Process(), "receiver": receiving})
+                draining = CpuMeter(
+                    {"postgres": postmaster(url)},
+                    {"worker": psutil.Process(worker.pid), "receiver": receiving},
+                )
+                for n in range(1, ROUNDS + 1):
+                    sending.reset()
+                    capacity = run(lambda: receiver_capacity(port))
+                    sent_cpu = sending.per(BASELINE_REQUESTS)
+                    org_id, key = setup(url, port)
+                    backlog(url, org_id, BACKLOG)
+                    draining.reset()
+                    wait_delivered(url, org_id, BACKLOG)
+                    drained_cpu = draining.per(BACKLOG)
+                    rate = delivery_rate(url, org_id)
+                    ratios.append(rate / capacity)
+                    row(
+                        f"round {n}: baseline, receiver capacity (send path, no DB)",
+                        f"{capacity:,.0f} req/s",
+                        f"CPU per 1,000: {sent_cpu}",
+                    )
+                    row(
+                        f"round {n}: one worker process, {BACKLOG:,} queued",
+                        f"{rate:,.0f} deliveries/s",
+                        f"{rate / capacity:.2f} of it; CPU per 1,000: {drained_cpu}",
+                    )
                 row(
-                    f"one worker process, {BACKLOG:,} queued deliveries",
-                    f"{rate:,.0f} deliveries/s",
-                    f"{rate / capacity:.0%} of the receiver's capacity (aim >= 1,000/s)",
+                    "one worker vs the receiver's capacity, median round",
+                    f"{statistics.median(ratios):.2f}",
+                    f"rounds {', '.join(f'{r:.2f}' for r in ratios)} (target >= 0.85)",
                 )
                 with served_api(url) as (api, _process):
                     times, statuses = run(lambda: fan_out(api, org_id, key))
@@ -322,6 +364,7 @@ def main() -> None:
                     worker.wait(30)
                 except subprocess.TimeoutExpired:
                     worker.kill()
+                shutil.rmtree(workdir, ignore_errors=True)
     finally:
         receiver.kill()
         receiver.wait(10)

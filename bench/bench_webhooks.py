@@ -33,10 +33,18 @@ claim and the record mid-drain; there is no pg_stat_statements in the embedded P
   row, measured apart; binary: 7 us a row), and a round took five round trips (BEGIN, the states,
   the attempts, the endpoints, COMMIT). A round is now one statement (``queue.RECORD``) with binary
   parameters on an autocommit connection: recording fell to 4.7% of the samples (sending 84%).
-- What is left: sending costs more per request inside the worker than in the baseline (the same
-  function: ~0.42 against ~0.28 ms of CPU per request), and the Postgres side of a delivery (two
-  non-HOT updates of a row with seven indexes, one attempt insert) competes for the same two cores.
-  The start-up objects (~120,000) are now frozen out of the cycle collector (``gc.freeze``).
+- The start-up objects (~120,000) are now frozen out of the cycle collector (``gc.freeze``): a
+  full collection walked them all (0.4 s a collection on the loaded machine).
+- Before and after, back to back on the same (shared, load 4-5) machine, 3 rounds of 20,000:
+  main 0.37 / 0.48 / 0.47 (median 0.47), worker 494 / 418 / 456 and Postgres 272 / 136 / 159 ms of
+  CPU per 1,000 deliveries; this branch 0.68 / 0.59 / 0.47 (median 0.59), worker 381 / 356 / 382
+  and Postgres 149 / 133 / 153 ms. The baseline itself moved between 1,961 and 3,873 req/s.
+- What is left (the target, 0.85, is not reached): the worker's own CPU per delivery is still ~1.5x
+  the baseline sender's per request (~370 against ~250 ms per 1,000), almost all of it inside the
+  same ``sender.attempt`` (84% of the worker's samples), and a delivery's Postgres side (two non-HOT
+  updates of a row with seven indexes, one attempt insert: ~140 ms per 1,000) runs on the same two
+  cores. Holding 4x instead of 2x ``per_endpoint`` deliveries of one endpoint did not help
+  (2,081 against 2,272 deliveries/s in one drain): the worker is not starved of claimed work.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from api.flags import schedules as flag_schedules
 from api.settings import Settings
 from api.webhooks import signing
 from api.webhooks.config import WorkerConfig
+from api.webhooks.drain import drain_until_idle
 from api.webhooks.lanes import Lanes
 from api.webhooks.messages import NOTIFY_CHANNEL
 from api.webhooks.queue import DeliveryQueue, WorkerStats
@@ -77,6 +79,13 @@ class Worker:
         self._wake = asyncio.Event()
         self._results_ready = asyncio.Event()
         self._lanes: Lanes | None = None
+        #: The saturated endpoints of the last claim that found nothing, and when it ran. Such a claim
+        #: reads past every due row of those endpoints (a slow customer's whole backlog; the bench's
+        #: 30,000 rows cost Postgres ~27 ms a claim), and the loop would repeat it each time a
+        #: saturated endpoint frees a slot: it stands for a poll interval instead, or until a publish.
+        self._dry: tuple[frozenset[uuid.UUID], float] | None = None
+        #: A publish was notified since the last claim.
+        self._notified = False
 
     @property
     def stats(self) -> WorkerStats:
@@ -101,7 +110,19 @@ class Worker:
     async def claim(self, limit: int) -> list[Job]:
         """Lease up to ``limit`` due deliveries, none of an endpoint this worker holds its fill of."""
         saturated = [e for e, held in self._held_by.items() if held >= self._saturation]
-        return await self.queue.claim(limit, saturated)
+        if saturated and self._dry is not None and not self._notified:
+            excluded, at = self._dry
+            # Leaving out at least the same endpoints, with nothing published since, finds nothing
+            # again (save retries falling due meanwhile, which the next look finds).
+            if time.monotonic() - at < self.config.poll_interval and excluded.issubset(saturated):
+                return []
+        self._notified = False
+        jobs = await self.queue.claim(limit, saturated)
+        if saturated and not jobs:
+            self._dry = (frozenset(saturated), time.monotonic())
+        elif jobs and self._dry is not None and self._dry[0].issubset(saturated):
+            self._dry = None  # found something while leaving those endpoints out
+        return jobs
 
     async def record(self, outcomes: list[Outcome]) -> None:
         await self.queue.record(outcomes)
@@ -160,20 +181,12 @@ class Worker:
         organization_id: uuid.UUID | None = None,
     ) -> WorkerStats:
         """Tick until nothing is due within ``horizon`` seconds (or ``done()`` says so); for tests
-        and ``keel worker --until-idle``. Waits for scheduled retries that fall inside the horizon
-        (of ``organization_id``'s deliveries only, when given: other work is delivered meanwhile)."""
-        deadline = time.monotonic() + max_seconds
-        while True:
-            if await self.tick():
-                continue
-            if done is not None and done():
-                return self.stats
-            wait = await self.seconds_until_due(organization_id)
-            if done is None and (wait is None or wait > horizon):
-                return self.stats
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the worker was not idle within {max_seconds} s")
-            await asyncio.sleep(min(wait if wait is not None else 0.2, 0.2))
+        and ``keel worker --until-idle`` (:func:`api.webhooks.drain.drain_until_idle`)."""
+        await drain_until_idle(
+            self, max_seconds=max_seconds, done=done, horizon=horizon, organization_id=organization_id,
+            poll=0.2, name="the worker",
+        )  # fmt: skip
+        return self.stats
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
         """Deliver until ``stop`` is set; then finish what is in flight and release the rest."""
@@ -326,6 +339,7 @@ class Worker:
                 async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():
+                        self._notified = True
                         self._wake.set()
             except psycopg.Error:
                 log.warning("lost the LISTEN connection; polling until it is back", exc_info=True)
@@ -350,6 +364,11 @@ def run_worker(settings: Settings, config: WorkerConfig, *, until_idle: bool = F
 
         async with Worker(settings, config) as worker, StreamWorker(settings, name=worker.name) as streams:
             log.info("webhook worker %s started", worker.name)
+            # What start-up built (the modules, their tables and types: ~120,000 objects) lives as
+            # long as the process: out of the cycle collector's way, whose every full collection
+            # would walk all of it again while the deliveries' short-lived objects come and go.
+            gc.collect()
+            gc.freeze()
             if until_idle:
                 stats = await worker.run_until_idle(max_seconds=float("inf"))
                 await streams.run_until_idle(max_seconds=float("inf"))

@@ -53,6 +53,7 @@ from api.auth.context import Actor
 from api.db.engine import make_async_engine, make_sessionmaker
 from api.settings import Settings
 from api.webhooks import ssrf
+from api.webhooks.drain import drain_until_idle
 from api.webhooks.lanes import Lanes
 from api.webhooks.worker import origin, worker_name
 
@@ -464,19 +465,13 @@ WHERE d.status = 'active' AND (CAST(:org AS uuid) IS NULL OR d.organization_id =
         organization_id: uuid.UUID | None = None,
         done: Callable[[], bool] | None = None,
     ) -> StreamStats:
-        """Deliver until nothing is due within ``horizon`` s (or ``done()``); for tests and the bench."""
-        deadline = time.monotonic() + max_seconds
-        while True:
-            if await self.tick():
-                continue
-            if done is not None and done():
-                return self.stats
-            wait = await self.seconds_until_due(organization_id)
-            if done is None and (wait is None or wait > horizon):
-                return self.stats
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the stream worker was not idle within {max_seconds} s")
-            await asyncio.sleep(min(wait if wait is not None else 0.1, 0.1))
+        """Deliver until nothing is due within ``horizon`` s (or ``done()``); for tests and the bench
+        (:func:`api.webhooks.drain.drain_until_idle`)."""
+        await drain_until_idle(
+            self, max_seconds=max_seconds, done=done, horizon=horizon, organization_id=organization_id,
+            poll=0.1, name="the stream worker",
+        )  # fmt: skip
+        return self.stats
 
     async def run(self, stop: asyncio.Event) -> StreamStats:
         """Deliver until ``stop`` is set (the streams in flight finish their round first)."""

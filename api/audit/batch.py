@@ -28,7 +28,7 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from api.audit.chain import GENESIS, entry_hash
+from api.audit.chain import GENESIS, values_hash
 from api.audit.ingest import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_TTL,
@@ -37,6 +37,7 @@ from api.audit.ingest import (
     check_entry,
 )
 from api.audit.models import AuditSource
+from api.audit.rows import iso
 from api.audit.schemas import ActorOut, AuditLogCreate, AuditLogOut, ContextOut, TargetOut
 from api.audit.services import chain_key_of, jsonb_safe
 from api.auth import services as auth
@@ -149,8 +150,10 @@ def prepare(
 
 @dataclass(slots=True)
 class _Pending:
-    entry: Prepared
-    future: asyncio.Future[Answer]
+    """One caller's entries (a request's), answered together: one future per request, not per entry."""
+
+    entries: list[Prepared]
+    future: asyncio.Future[list[Answer | KeelError]]
 
 
 @dataclass
@@ -169,54 +172,55 @@ class AuditAppender:
 
     async def append(self, organization_id: uuid.UUID, entries: list[Prepared]) -> list[Answer | KeelError]:
         """Each entry's answer (201, or a replay) or its error, in order, once durable."""
-        loop = asyncio.get_running_loop()
+        if not entries:
+            return []
         key = chain_key_of(organization_id)
         chain = self.chains.get(key)
         if chain is None:
             chain = self.chains[key] = _Chain(organization_id)
-        pending = [_Pending(e, loop.create_future()) for e in entries]
-        chain.queue.extend(pending)
+        pending = _Pending(entries, asyncio.get_running_loop().create_future())
+        chain.queue.append(pending)
         if chain.task is None:
             chain.task = asyncio.create_task(self._drain(key, chain))
-        outcomes: list[Answer | KeelError] = []
-        for p in pending:
-            try:
-                outcomes.append(await asyncio.shield(p.future))
-            except KeelError as exc:
-                outcomes.append(exc)
-        return outcomes
+        # (shielded: a caller that goes away does not cancel what its entries' group does)
+        return await asyncio.shield(pending.future)
 
     async def _drain(self, key: str, chain: _Chain) -> None:
         try:
             while chain.queue:
-                group = chain.queue[:GROUP_MAX_ENTRIES]
-                del chain.queue[:GROUP_MAX_ENTRIES]
+                group = _take_group(chain.queue)
+                entries = [e for p in group for e in p.entries]
                 try:
-                    await self._commit(chain.organization_id, group)
+                    outcomes = await self._commit(chain.organization_id, entries)
                 except KeelError as exc:  # the org itself (gone, suspended): every entry's answer
-                    _fail(group, exc)
+                    outcomes = [exc] * len(entries)
                 except Exception:
-                    if len(group) == 1:
+                    if len(entries) == 1:
                         log.exception("audit append failed")
-                        _fail(group, None)
-                        continue
-                    for one in group:  # one bad entry must not fail the others
-                        try:
-                            await self._commit(chain.organization_id, [one])
-                        except KeelError as exc:
-                            _fail([one], exc)
-                        except Exception:
-                            log.exception("audit append failed")
-                            _fail([one], None)
+                        outcomes = [_unavailable()]
+                    else:  # one bad entry must not fail the others
+                        outcomes = [await self._commit_alone(chain.organization_id, e) for e in entries]
+                _settle(group, outcomes)
         finally:
             chain.task = None
             if not chain.queue:
                 self.chains.pop(key, None)
             else:  # cancelled with work left (shutdown): nothing more will run it
-                _fail(chain.queue, None)
+                for p in chain.queue:
+                    _settle([p], [_unavailable()] * len(p.entries))
                 chain.queue.clear()
 
-    async def _commit(self, organization_id: uuid.UUID, group: list[_Pending]) -> None:
+    async def _commit_alone(self, organization_id: uuid.UUID, entry: Prepared) -> Answer | KeelError:
+        try:
+            (outcome,) = await self._commit(organization_id, [entry])
+        except KeelError as exc:
+            return exc
+        except Exception:
+            log.exception("audit append failed")
+            return _unavailable()
+        return outcome
+
+    async def _commit(self, organization_id: uuid.UUID, group: list[Prepared]) -> list[Answer | KeelError]:
         key = chain_key_of(organization_id)
         answers: list[Answer | KeelError] = []
         async with self.pool.connection() as conn, conn.transaction():
@@ -228,15 +232,15 @@ class AuditAppender:
                 raise Forbidden("this organization is suspended")
             head_seq, head_hash, now = await (await conn.execute(_HEAD, {"k": key})).fetchone()  # type: ignore[misc]
             seq, prev_hash = (int(head_seq), str(head_hash)) if head_seq is not None else (0, GENESIS)
-            keys = [p.entry.idempotency_key for p in group if p.entry.idempotency_key is not None]
+            keys = [e.idempotency_key for e in group if e.idempotency_key is not None]
             earlier: dict[str, tuple[str, int, bytes]] = {}
             if keys:
                 cursor = await conn.execute(_EARLIER_KEYS, (organization_id, keys, now - IDEMPOTENCY_TTL))
                 earlier = {k: (h, code, bytes(body)) for k, h, code, body in await cursor.fetchall()}
             rows: list[list[Any]] = []
             claimed: dict[str, tuple[str, int, bytes]] = {}
-            for p in group:
-                entry, idem = p.entry, p.entry.idempotency_key
+            for entry in group:
+                idem = entry.idempotency_key
                 if idem is not None and (first := earlier.get(idem) or claimed.get(idem)) is not None:
                     answers.append(_replay(first, entry.body_hash))
                     continue
@@ -253,13 +257,28 @@ class AuditAppender:
             if claimed:
                 saved = [[k, h, code, _b64(body)] for k, (h, code, body) in claimed.items()]
                 await conn.execute(_SAVE_KEYS, (organization_id, now, _encode(saved).decode()))
-        for p, outcome in zip(group, answers, strict=True):
-            if p.future.done():
-                continue
-            if isinstance(outcome, KeelError):
-                p.future.set_exception(outcome)
-            else:
-                p.future.set_result(outcome)
+        return answers
+
+
+def _take_group(queue: list[_Pending]) -> list[_Pending]:
+    """Whole requests off the front of ``queue``, up to GROUP_MAX_ENTRIES entries (at least one request)."""
+    size, count = len(queue[0].entries), 1
+    while count < len(queue) and size + len(queue[count].entries) <= GROUP_MAX_ENTRIES:
+        size += len(queue[count].entries)
+        count += 1
+    group = queue[:count]
+    del queue[:count]
+    return group
+
+
+def _settle(group: list[_Pending], outcomes: list[Answer | KeelError]) -> None:
+    """Hand each request its entries' outcomes (``outcomes`` is the group's, in queue order)."""
+    at = 0
+    for p in group:
+        mine = outcomes[at : at + len(p.entries)]
+        at += len(p.entries)
+        if not p.future.done():
+            p.future.set_result(mine)
 
 
 def _b64(body: bytes) -> str:
@@ -284,29 +303,18 @@ def _chained(
     entry_text = str(entry_id)  # (and ``key`` is the org id as text: an org's chain key)
     resource_type = e.targets[0]["type"] if e.targets else None
     resource_id = e.targets[0]["id"] if e.targets else None
-    hashed = {
-        "id": entry_text,
-        "organization_id": key,
-        "seq": seq,
-        "occurred_at": e.occurred_at,
-        "actor_type": e.actor_type,
-        "actor_id": e.actor_id,
-        "actor_name": e.actor_name,
-        "action": e.action,
-        "resource_type": resource_type,
-        "resource_id": resource_id,
-        "metadata": e.metadata,
-        "ip": e.ip,
-        "user_agent": e.user_agent,
-        "request_id": e.request_id,
-        "source": AuditSource.product.value,
-        "targets": e.targets,
-    }
-    digest = entry_hash(hashed, prev_hash)
+    occurred_at = iso(e.occurred_at)  # as the hash spells it (and Postgres reads it)
+    source = AuditSource.product.value
+    # The hashed values in CANONICAL_FIELDS order: the body is built once, by canonical_values.
+    digest = values_hash(
+        (entry_text, key, seq, occurred_at, e.actor_type, e.actor_id, e.actor_name, e.action, resource_type,
+         resource_id, e.metadata, e.ip, e.user_agent, e.request_id, source, e.targets),
+        prev_hash,
+    )  # fmt: skip
     row = [
-        entry_text, key, seq, key, e.occurred_at.isoformat(), e.actor_type, e.actor_id,
+        entry_text, key, seq, key, occurred_at, e.actor_type, e.actor_id,
         e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
-        AuditSource.product.value, e.targets, prev_hash, digest,
+        source, e.targets, prev_hash, digest,
     ]  # fmt: skip
     # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
     row.append(entry_id)
@@ -322,12 +330,6 @@ def _chained(
         request_id=e.request_id, prev_hash=prev_hash, hash=digest,
     )  # fmt: skip
     return row, digest, out
-
-
-def _fail(group: list[_Pending], exc: KeelError | None) -> None:
-    for p in group:
-        if not p.future.done():
-            p.future.set_exception(exc if exc is not None else _unavailable())
 
 
 def _unavailable() -> KeelError:

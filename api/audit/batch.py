@@ -12,6 +12,13 @@ Idempotency keys are per organization and the chain lock is per organization, so
 up and claimed under the lock that orders the chain: two requests with one key, in one group or
 in two, are stored once. A group that fails is retried entry by entry, so one entry Postgres
 refuses fails only itself.
+
+Pipelined: while one group's insert and commit are in Postgres, the next group is chained in
+Python onto the head the first will leave (ids, seqs, hashes; a slice at a time, so the event loop
+keeps reading requests). Under the lock its transaction then only checks that the head is that one
+and that none of its idempotency keys was stored meanwhile; otherwise it is chained again there.
+Hashing so leaves the critical path of a busy chain: one group's Python work overlaps the other's
+Postgres work. Each request is still answered with one future, after its own group's commit.
 """
 
 from __future__ import annotations
@@ -186,12 +193,26 @@ class AuditAppender:
         return await asyncio.shield(pending.future)
 
     async def _drain(self, key: str, chain: _Chain) -> None:
+        loop = asyncio.get_running_loop()
+        ahead: tuple[list[_Pending], _Plan] | None = None  # the next group, chained in advance
+        group: list[_Pending] = []
         try:
-            while chain.queue:
-                group = _take_group(chain.queue)
+            while chain.queue or ahead is not None:
+                if ahead is not None:
+                    (group, plan), ahead = ahead, None
+                else:
+                    group, plan = _take_group(chain.queue), None
                 entries = [e for p in group for e in p.entries]
+                planned: asyncio.Future[_Plan] = loop.create_future()
+                commit = asyncio.ensure_future(self._commit(chain.organization_id, entries, plan, planned))
+                # While this group's insert and commit are in Postgres, chain the next group onto
+                # the head this one will leave: under the lock, only a check that it did is left.
+                await asyncio.wait((commit, planned), return_when=asyncio.FIRST_COMPLETED)
+                if planned.done() and not commit.done() and chain.queue:
+                    following = _take_group(chain.queue)
+                    ahead = (following, await _plan_async(key, planned.result().end, following))
                 try:
-                    outcomes = await self._commit(chain.organization_id, entries)
+                    outcomes = await commit
                 except KeelError as exc:  # the org itself (gone, suspended): every entry's answer
                     outcomes = [exc] * len(entries)
                 except Exception:
@@ -203,12 +224,13 @@ class AuditAppender:
                 _settle(group, outcomes)
         finally:
             chain.task = None
-            if not chain.queue:
+            waiting = [p for p in group if not p.future.done()]
+            waiting += (ahead[0] if ahead is not None else []) + chain.queue
+            chain.queue.clear()
+            if not waiting:
                 self.chains.pop(key, None)
-            else:  # cancelled with work left (shutdown): nothing more will run it
-                for p in chain.queue:
-                    _settle([p], [_unavailable()] * len(p.entries))
-                chain.queue.clear()
+            for p in waiting:  # cancelled with work left (shutdown): nothing more will run it
+                _settle([p], [_unavailable()] * len(p.entries))
 
     async def _commit_alone(self, organization_id: uuid.UUID, entry: Prepared) -> Answer | KeelError:
         try:
@@ -220,9 +242,17 @@ class AuditAppender:
             return _unavailable()
         return outcome
 
-    async def _commit(self, organization_id: uuid.UUID, group: list[Prepared]) -> list[Answer | KeelError]:
+    async def _commit(
+        self,
+        organization_id: uuid.UUID,
+        group: list[Prepared],
+        plan: _Plan | None = None,
+        planned: asyncio.Future[_Plan] | None = None,
+    ) -> list[Answer | KeelError]:
+        """Store ``group`` in one transaction. ``plan``: the group chained in advance, used only if
+        the head is still the one it was chained onto and no key of it was stored before (else it
+        is chained again here). ``planned`` learns the plan before the insert goes out."""
         key = chain_key_of(organization_id)
-        answers: list[Answer | KeelError] = []
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
             status = (await live_orgs(conn, {organization_id})).get(organization_id)
@@ -231,33 +261,108 @@ class AuditAppender:
             if status is OrgStatus.suspended:
                 raise Forbidden("this organization is suspended")
             head_seq, head_hash, now = await (await conn.execute(_HEAD, {"k": key})).fetchone()  # type: ignore[misc]
-            seq, prev_hash = (int(head_seq), str(head_hash)) if head_seq is not None else (0, GENESIS)
+            head = (int(head_seq), str(head_hash)) if head_seq is not None else (0, GENESIS)
             keys = [e.idempotency_key for e in group if e.idempotency_key is not None]
             earlier: dict[str, tuple[str, int, bytes]] = {}
             if keys:
                 cursor = await conn.execute(_EARLIER_KEYS, (organization_id, keys, now - IDEMPOTENCY_TTL))
                 earlier = {k: (h, code, bytes(body)) for k, h, code, body in await cursor.fetchall()}
-            rows: list[list[Any]] = []
-            claimed: dict[str, tuple[str, int, bytes]] = {}
-            for entry in group:
-                idem = entry.idempotency_key
-                if idem is not None and (first := earlier.get(idem) or claimed.get(idem)) is not None:
-                    answers.append(_replay(first, entry.body_hash))
-                    continue
-                seq += 1
-                row, digest, out = _chained(organization_id, key, seq, prev_hash, entry, now)
-                prev_hash = digest
-                rows.append(row)
-                stored = Answer(201, _encode(out) if out is not None else b"", stored=(row[-1], seq, digest))
-                answers.append(stored)
-                if idem is not None:
-                    claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
-            if rows:
-                await conn.execute(_INSERT, (_encode(rows).decode(),))
+            if plan is None or plan.base != head or earlier:
+                plan = _plan(key, head, group, earlier)
+            if planned is not None and not planned.done():
+                planned.set_result(plan)
+            if plan.rows:
+                await conn.execute(_INSERT, (_encode(plan.rows).decode(),))
+            answers, claimed = _answers(organization_id, group, plan, earlier, now)
             if claimed:
                 saved = [[k, h, code, _b64(body)] for k, (h, code, body) in claimed.items()]
                 await conn.execute(_SAVE_KEYS, (organization_id, now, _encode(saved).decode()))
         return answers
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A group chained onto the head ``base`` (seq, hash): the rows to insert, and for each entry
+    the index of its row, or ``None`` when it replays an earlier entry with its idempotency key."""
+
+    base: tuple[int, str]
+    end: tuple[int, str]
+    rows: list[list[Any]]
+    links: list[int | None]
+
+
+def _plan(
+    key: str,
+    base: tuple[int, str],
+    group: list[Prepared],
+    earlier: dict[str, tuple[str, int, bytes]],
+    seen: set[str] | None = None,
+) -> _Plan:
+    """``group`` chained onto ``base``; ``earlier``: the keys stored before, ``seen``: the keys of
+    this group met so far (a later entry with one replays the first)."""
+    seq, prev_hash = base
+    rows: list[list[Any]] = []
+    links: list[int | None] = []
+    seen = set() if seen is None else seen
+    for entry in group:
+        idem = entry.idempotency_key
+        if idem is not None and (idem in earlier or idem in seen):
+            links.append(None)
+            continue
+        if idem is not None:
+            seen.add(idem)
+        seq += 1
+        row = _chained(key, seq, prev_hash, entry)
+        prev_hash = row[_ROW_HASH]
+        links.append(len(rows))
+        rows.append(row)
+    return _Plan(base, (seq, prev_hash), rows, links)
+
+
+#: Entries chained between two looks at the event loop, when a group is chained in advance: the
+#: group in Postgres gets its insert sent, and requests keep being read, meanwhile.
+_PLAN_SLICE = 250
+
+
+async def _plan_async(key: str, base: tuple[int, str], group: list[_Pending]) -> _Plan:
+    """:func:`_plan` of a group ahead of its transaction (no keys stored before assumed: the
+    commit checks), a slice at a time."""
+    entries = [e for p in group for e in p.entries]
+    plan = _Plan(base, base, [], [])
+    seen: set[str] = set()  # (one group: a key met in an earlier slice is met)
+    for at in range(0, len(entries), _PLAN_SLICE):
+        await asyncio.sleep(0)
+        piece = _plan(key, plan.end, entries[at : at + _PLAN_SLICE], {}, seen)
+        offset = len(plan.rows)
+        plan.rows.extend(piece.rows)
+        plan.links.extend(None if link is None else link + offset for link in piece.links)
+        plan.end = piece.end
+    return plan
+
+
+def _answers(
+    organization_id: uuid.UUID,
+    group: list[Prepared],
+    plan: _Plan,
+    earlier: dict[str, tuple[str, int, bytes]],
+    now: datetime,
+) -> tuple[list[Answer | KeelError], dict[str, tuple[str, int, bytes]]]:
+    """Each entry's answer, and the first answers of the keys this group claims."""
+    answers: list[Answer | KeelError] = []
+    claimed: dict[str, tuple[str, int, bytes]] = {}
+    for entry, link in zip(group, plan.links, strict=True):
+        idem = entry.idempotency_key
+        if link is None:
+            assert idem is not None
+            answers.append(_replay(earlier.get(idem) or claimed[idem], entry.body_hash))
+            continue
+        row = plan.rows[link]
+        body = _encode(_answer(organization_id, row, entry, now)) if entry.answer_body else b""
+        stored = Answer(201, body, stored=(row[_ROW_ID], row[_ROW_SEQ], row[_ROW_HASH]))
+        answers.append(stored)
+        if idem is not None:
+            claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
+    return answers, claimed
 
 
 def _take_group(queue: list[_Pending]) -> list[_Pending]:
@@ -295,10 +400,12 @@ def _replay(first: tuple[str, int, bytes], digest: str | None) -> Answer | KeelE
     return Answer(status_code, body, replayed=True)
 
 
-def _chained(
-    organization_id: uuid.UUID, key: str, seq: int, prev_hash: str, e: Prepared, now: datetime
-) -> tuple[list[Any], str, AuditLogOut | None]:
-    """The insert row, the hash and (if ``e`` wants it) the API's answer of ``e`` placed at ``seq``."""
+#: Where an insert row holds what the answer needs (see ``_INSERT``; the 20th item is not inserted).
+_ROW_SEQ, _ROW_PREV_HASH, _ROW_HASH, _ROW_ID = 2, 17, 18, 19
+
+
+def _chained(key: str, seq: int, prev_hash: str, e: Prepared) -> list[Any]:
+    """The insert row of ``e`` placed at ``seq`` after ``prev_hash``, its hash computed."""
     entry_id = new_id()
     entry_text = str(entry_id)  # (and ``key`` is the org id as text: an org's chain key)
     resource_type = e.targets[0]["type"] if e.targets else None
@@ -311,25 +418,25 @@ def _chained(
          resource_id, e.metadata, e.ip, e.user_agent, e.request_id, source, e.targets),
         prev_hash,
     )  # fmt: skip
-    row = [
+    # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
+    return [
         entry_text, key, seq, key, occurred_at, e.actor_type, e.actor_id,
         e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
-        source, e.targets, prev_hash, digest,
+        source, e.targets, prev_hash, digest, entry_id,
     ]  # fmt: skip
-    # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
-    row.append(entry_id)
-    if not e.answer_body:
-        return row, digest, None
-    out = AuditLogOut(
-        id=entry_id, organization_id=organization_id, seq=seq, source=AuditSource.product.value,
+
+
+def _answer(organization_id: uuid.UUID, row: list[Any], e: Prepared, now: datetime) -> AuditLogOut:
+    """The API's answer for ``e``, stored as ``row`` (``now``: the transaction's time, recorded_at)."""
+    return AuditLogOut(
+        id=row[_ROW_ID], organization_id=organization_id, seq=row[_ROW_SEQ], source=AuditSource.product.value,
         action=e.action, occurred_at=e.occurred_at, recorded_at=now.astimezone(UTC),
         actor=ActorOut(type=e.actor_type, id=e.actor_id, name=e.actor_name),
         targets=[TargetOut(type=t["type"], id=t["id"], name=t.get("name")) for t in e.targets],
-        resource_type=resource_type, resource_id=resource_id,
+        resource_type=row[9], resource_id=row[10],
         context=ContextOut(ip=e.ip, user_agent=e.user_agent), metadata=e.metadata,
-        request_id=e.request_id, prev_hash=prev_hash, hash=digest,
+        request_id=e.request_id, prev_hash=row[_ROW_PREV_HASH], hash=row[_ROW_HASH],
     )  # fmt: skip
-    return row, digest, out
 
 
 def _unavailable() -> KeelError:

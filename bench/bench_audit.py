@@ -12,7 +12,38 @@
   batches POSTed to it back to back over one connection (an ordered stream uses one at a time).
 
 It starts its own embedded Postgres in a temporary directory and the API in a subprocess on a
-port the OS picks. ``KEEL_BENCH_AUDIT_ENTRIES`` shrinks the large figures for a quick look.
+port the OS picks. ``KEEL_BENCH_AUDIT_ENTRIES`` shrinks the large figures for a quick look;
+``KEEL_BENCH_AUDIT_PART=batch`` or ``=verify`` (or ``=streams``) runs one figure alone, with its
+baseline. The batch figure also prints the API server's CPU per entry (psutil, user + system):
+on a shared machine the rates swing with the neighbours, the CPU an entry costs much less.
+
+What was profiled (issue 18's two missed figures), and what changed:
+
+- ``verify``: ``py-spy record -r 200`` of an in-process ``verify`` over 200,000 bulk-loaded
+  entries. Before: the json module's encoder 32% of samples (the bench's metadata holds a float,
+  so every entry takes the definition's path — the hashing-alone baseline too); ``as_entry``
+  (a 20-key dict per row, two JSON parses), ``canonical``'s walk of that mapping and a ``Point``
+  per entry in ``ChainWalk.feed`` about a quarter; psycopg's fetch 1.5 µs of CPU per row.
+  ``EXPLAIN (ANALYZE, BUFFERS)``: the index scan on ``uq_audit_log_chain_key_seq`` with the casts
+  3.7 µs/row (shared hits only); building each row as JSON in Postgres (``json_build_array``,
+  ``row_to_json``) 10-12 µs/row, a sort to disk when the planner chose a seq scan: rejected. A
+  binary COPY parsed by psycopg costs the client more (2.5 µs/row) than the named cursor (1.5).
+  Now: ``rows.SELECT_FOR_WALK`` reads the hashed fields in ``chain.CANONICAL_FIELDS`` order, and
+  ``ChainWalk.feed_rows`` hashes each row with ``canonical_values`` (the body built once, no
+  mapping per entry; hashlib fed the bytes), a row it does not accept going through ``feed`` for
+  the reason. Python CPU per verified entry (``time.process_time``, interleaved runs on one
+  database): 11.7 → 9.5 µs; hashing alone (``entry_hash``) 6.4-7.2 µs on the same machine.
+- batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
+  the JSON depth check 7.4% (2.2-2.9 ms a 1,000-entry body, splitting it at 30,000 quotes; now
+  1.0 ms: only brackets and quotes kept, adjacent quote pairs dropped first), ``canonical``'s
+  ``_plain`` of the ``occurred_at`` datetime and mapping walk ~7% (now ``values_hash`` of plain
+  values, the time spelled once), a future and a shield per entry ~4% (now one per request),
+  hashing 15%, msgspec's decode of each entry 11%. Server CPU per batch entry, interleaved runs:
+  33.7 and 36.7 µs before, 27.8 and 30.7 µs after. In Postgres, an insert of 2,000 rows costs
+  55-98 µs per entry of wall time on this machine (six indexes and the chain trigger); COPY
+  measured no faster (54-72), so the ``jsonb_array_elements`` insert stays. Python's chaining of a
+  group (7 µs/entry) was on the chain's critical path, inside the lock: the next group is now
+  chained while the one before is in Postgres (``api.audit.batch``, pipelined group commit).
 """
 
 from __future__ import annotations

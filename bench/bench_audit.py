@@ -219,6 +219,31 @@ def make_world(url: str, database_url: str) -> tuple[str, list[tuple[str, str]]]
     return token, orgs
 
 
+def bulk_entry(org_id: str, i: int, seq: int, when: datetime) -> dict[str, Any]:
+    """The ``i``-th bulk-loaded entry, as Keel hashes it."""
+    return {
+        "id": str(new_id()), "organization_id": org_id, "seq": seq,
+        "occurred_at": when.isoformat(timespec="microseconds"), "actor_type": "user",
+        "actor_id": f"user_{i % 997}", "actor_name": "Bulk User", "action": ACTIONS[i % 3],
+        "resource_type": "document", "resource_id": f"doc_{i}",
+        "metadata": {"i": i, "permission": "edit", "ratio": 0.5}, "ip": f"203.0.113.{i % 250}",
+        "user_agent": "Mozilla/5.0 (bench)", "request_id": f"req-{i}", "source": "product",
+        "targets": [{"type": "document", "id": f"doc_{i}", "name": None}],
+    }  # fmt: skip
+
+
+def hashing_cpu_us(org_id: str, count: int = 100_000) -> float:
+    """CPU microseconds per entry (this process, ``time.process_time``) of hashing bulk entries
+    alone, in a tight loop: the CPU baseline of verify (less swayed by the neighbours than a rate)."""
+    base = datetime.now(UTC)
+    entries = [bulk_entry(org_id, i, i + 1, base + timedelta(microseconds=2_000 * i)) for i in range(count)]
+    prev = GENESIS
+    began = time.process_time()
+    for entry in entries:
+        prev = entry_hash(entry, prev)
+    return (time.process_time() - began) / count * 1e6
+
+
 def bulk_load(database_url: str, org_id: str, count: int) -> float:
     """Append ``count`` product entries to the org's chain with COPY, hashed exactly as Keel hashes them.
 
@@ -238,15 +263,7 @@ def bulk_load(database_url: str, org_id: str, count: int) -> float:
             for i in range(count):
                 seq += 1
                 when = base + timedelta(microseconds=2_000 * i)
-                entry = {
-                    "id": str(new_id()), "organization_id": org_id, "seq": seq,
-                    "occurred_at": when.isoformat(timespec="microseconds"), "actor_type": "user",
-                    "actor_id": f"user_{i % 997}", "actor_name": "Bulk User", "action": ACTIONS[i % 3],
-                    "resource_type": "document", "resource_id": f"doc_{i}",
-                    "metadata": {"i": i, "permission": "edit", "ratio": 0.5}, "ip": f"203.0.113.{i % 250}",
-                    "user_agent": "Mozilla/5.0 (bench)", "request_id": f"req-{i}", "source": "product",
-                    "targets": [{"type": "document", "id": f"doc_{i}", "name": None}],
-                }  # fmt: skip
+                entry = bulk_entry(org_id, i, seq, when)
                 began = time.perf_counter()
                 digest = entry_hash(entry, prev)
                 hashing += time.perf_counter() - began
@@ -472,21 +489,28 @@ def part_only(part: str) -> int:
                 say(f"  API server pid {server.pid}")
                 token, orgs = make_world(url, database_url)
                 if part == "batch":
-                    rate, events, cpu, events_cpu = batch_figures(url, orgs[0][1], server.pid)
+                    rate, events, entry_cpu, event_cpu = batch_figures(url, orgs[0][1], server.pid)
                     say(f"batch entries/s, one org  {rate:>10,.0f}  events batch {events:,.0f} events/s")
-                    say(f"  server CPU per entry {cpu:.1f} us; per batched event {events_cpu:.1f} us")
+                    say(f"  server CPU per entry {entry_cpu:.1f} us; per batched event {event_cpu:.1f} us")
                     return 0
                 big = orgs[-1][0]
                 hash_rate = bulk_load(database_url, big, ENTRIES)
                 headers = {"Authorization": f"Bearer {token}"}
-                with httpx.Client(base_url=url, headers=headers, timeout=3600) as c:
+                with (
+                    httpx.Client(base_url=url, headers=headers, timeout=3600) as c,
+                    CpuUse(server.pid) as cpu,
+                ):
                     began = time.perf_counter()
                     report = c.get(f"/v1/orgs/{big}/audit-logs/verify").json()
                     rate = report["entries_checked"] / (time.perf_counter() - began)
+                verify_cpu, hash_cpu = cpu.seconds / report["entries_checked"] * 1e6, hashing_cpu_us(big)
                 if not report["ok"] or report["entries_checked"] < ENTRIES:
                     raise RuntimeError(f"the bulk chain does not verify: {report}")
                 ratio = rate / hash_rate
                 say(f"verify entries/s  {rate:>10,.0f}  hashing alone {hash_rate:,.0f}/s, ratio {ratio:.2f}")
+                cpu_ratio = hash_cpu / verify_cpu
+                say(f"  server CPU per verified entry {verify_cpu:.2f} us; hashing alone {hash_cpu:.2f} us,"
+                    f" ratio {cpu_ratio:.2f}")  # fmt: skip
                 return 0
         finally:
             pg.cleanup()
@@ -594,14 +618,23 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         total = conn.execute("SELECT count(*) FROM audit_log WHERE chain_key = %s", [big]).fetchone()[0]  # type: ignore[index]
     copy_rate = copy_out_rate(database_url, big, total)
 
-    with httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client, PeakRss(server.pid) as rss:
+    with (
+        httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client,
+        PeakRss(server.pid) as rss,
+        CpuUse(server.pid) as cpu,
+    ):
         began = time.perf_counter()
         report = client.get(f"/v1/orgs/{big}/audit-logs/verify").json()
         verify_rate = total / (time.perf_counter() - began)
+    verify_cpu, hash_cpu = cpu.seconds / total * 1e6, hashing_cpu_us(big)
     if not report["ok"] or report["entries_checked"] != total:
         raise RuntimeError(f"the bulk chain does not verify: {report}")
     results.append((f"verify, entries/s over {total:,} (API)", f"{verify_rate:,.0f}",
-                    f"COPY TO STDOUT {copy_rate:,.0f} rows/s; hashing alone {hash_rate:,.0f}/s"))  # fmt: skip
+                    f"COPY TO STDOUT {copy_rate:,.0f} rows/s; hashing alone {hash_rate:,.0f}/s,"
+                    f" ratio {verify_rate / hash_rate:.2f}"))  # fmt: skip
+    cpu_ratio = hash_cpu / verify_cpu
+    results.append(("  server CPU per verified entry", f"{verify_cpu:.2f} us",
+                    f"hashing alone {hash_cpu:.2f} us CPU per entry, ratio {cpu_ratio:.2f}"))  # fmt: skip
     say(f"  verify: {verify_rate:,.0f} entries/s (server peak RSS {rss.peak_mb:.0f} MB)")
 
     idle = psutil.Process(server.pid).memory_info().rss / 2**20

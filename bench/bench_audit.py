@@ -35,7 +35,9 @@ What was profiled (issue 18's two missed figures), and what changed:
   database): 11.7 → 9.5 µs; hashing alone (``entry_hash``) 6.4-7.2 µs on the same machine.
   ``KEEL_BENCH_AUDIT_PART=verify KEEL_BENCH_AUDIT_ENTRIES=200000``, the tree before and after,
   back to back: server CPU per verified entry 12.00 → 9.10 µs beside hashing alone's 7.17 and
-  7.19 µs (CPU ratio 0.60 → 0.79); rates 25,329 → 42,349/s beside 39,754 and 47,691/s.
+  7.19 µs (CPU ratio 0.60 → 0.79); rates 25,329 → 42,349/s beside 39,754 and 47,691/s. Again
+  at a lighter load: 10.25 → 8.30 µs beside 6.50 and 6.43 (0.63 → 0.77). The wall-clock ratio
+  swings with the neighbours (0.93 before, 0.84 after in that pair), the CPU one much less.
   What is left besides the hash: psycopg's fetch (~1.5 µs), two JSON parses and the address
   (~0.8 µs), the loop (~0.4 µs) — the first in Python's process whatever the protocol.
 - batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
@@ -44,9 +46,11 @@ What was profiled (issue 18's two missed figures), and what changed:
   ``_plain`` of the ``occurred_at`` datetime and mapping walk ~7% (now ``values_hash`` of plain
   values, the time spelled once), a future and a shield per entry ~4% (now one per request),
   hashing 15%, msgspec's decode of each entry 11%. Server CPU per batch entry, interleaved runs:
-  33.7 and 36.7 µs before, 27.8 and 30.7 µs after. In Postgres, an insert of 2,000 rows costs
-  55-98 µs per entry of wall time on this machine (six indexes and the chain trigger); COPY
-  measured no faster (54-72), so the ``jsonb_array_elements`` insert stays. Python's chaining of a
+  33.7 and 36.7 µs before, 27.8 and 30.7 µs after; at a lighter load 29.3 and 27.7 before, 24.0
+  and 23.5 after (12,659 and 19,570 → 18,338 and 21,710 entries/s; events batch 61k-90k/s).
+  In Postgres, an insert of 2,000 rows costs 55-98 µs per entry of wall time on this machine
+  (six indexes and the chain trigger); COPY measured no faster (54-72), so the
+  ``jsonb_array_elements`` insert stays. Python's chaining of a
   group (7 µs/entry) was on the chain's critical path, inside the lock: the next group is now
   chained while the one before is in Postgres (``api.audit.batch``, pipelined group commit).
 """

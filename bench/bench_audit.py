@@ -12,7 +12,47 @@
   batches POSTed to it back to back over one connection (an ordered stream uses one at a time).
 
 It starts its own embedded Postgres in a temporary directory and the API in a subprocess on a
-port the OS picks. ``KEEL_BENCH_AUDIT_ENTRIES`` shrinks the large figures for a quick look.
+port the OS picks. ``KEEL_BENCH_AUDIT_ENTRIES`` shrinks the large figures for a quick look;
+``KEEL_BENCH_AUDIT_PART=batch`` or ``=verify`` (or ``=streams``) runs one figure alone, with its
+baseline. The batch figure also prints the API server's CPU per entry (psutil, user + system):
+on a shared machine the rates swing with the neighbours, the CPU an entry costs much less.
+
+What was profiled (issue 18's two missed figures), and what changed:
+
+- ``verify``: ``py-spy record -r 200`` of an in-process ``verify`` over 200,000 bulk-loaded
+  entries. Before: the json module's encoder 32% of samples (the bench's metadata holds a float,
+  so every entry takes the definition's path — the hashing-alone baseline too); ``as_entry``
+  (a 20-key dict per row, two JSON parses), ``canonical``'s walk of that mapping and a ``Point``
+  per entry in ``ChainWalk.feed`` about a quarter; psycopg's fetch 1.5 µs of CPU per row.
+  ``EXPLAIN (ANALYZE, BUFFERS)``: the index scan on ``uq_audit_log_chain_key_seq`` with the casts
+  3.7 µs/row (shared hits only); building each row as JSON in Postgres (``json_build_array``,
+  ``row_to_json``) 10-12 µs/row, a sort to disk when the planner chose a seq scan: rejected. A
+  binary COPY parsed by psycopg costs the client more (2.5 µs/row) than the named cursor (1.5).
+  Now: ``rows.SELECT_FOR_WALK`` reads the hashed fields in ``chain.CANONICAL_FIELDS`` order, and
+  ``ChainWalk.feed_rows`` hashes each row with ``canonical_values`` (the body built once, no
+  mapping per entry; hashlib fed the bytes), a row it does not accept going through ``feed`` for
+  the reason. Python CPU per verified entry (``time.process_time``, interleaved runs on one
+  database): 11.7 → 9.5 µs; hashing alone (``entry_hash``) 6.4-7.2 µs on the same machine.
+  ``KEEL_BENCH_AUDIT_PART=verify KEEL_BENCH_AUDIT_ENTRIES=200000``, the tree before and after,
+  back to back: server CPU per verified entry 12.00 → 9.10 µs beside hashing alone's 7.17 and
+  7.19 µs (CPU ratio 0.60 → 0.79); rates 25,329 → 42,349/s beside 39,754 and 47,691/s. Again
+  at a lighter load: 10.25 → 8.30 µs beside 6.50 and 6.43 (0.63 → 0.77). The wall-clock ratio
+  swings with the neighbours (0.93 before, 0.84 after in that pair), the CPU one much less.
+  What is left besides the hash: psycopg's fetch (~1.5 µs), two JSON parses and the address
+  (~0.8 µs), the loop (~0.4 µs) — the first in Python's process whatever the protocol.
+- batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
+  the JSON depth check 7.4% (2.2-2.9 ms a 1,000-entry body, splitting it at 30,000 quotes; now
+  1.0 ms: only brackets and quotes kept, adjacent quote pairs dropped first), ``canonical``'s
+  ``_plain`` of the ``occurred_at`` datetime and mapping walk ~7% (now ``values_hash`` of plain
+  values, the time spelled once), a future and a shield per entry ~4% (now one per request),
+  hashing 15%, msgspec's decode of each entry 11%. Server CPU per batch entry, interleaved runs:
+  33.7 and 36.7 µs before, 27.8 and 30.7 µs after; at a lighter load 29.3 and 27.7 before, 24.0
+  and 23.5 after (12,659 and 19,570 → 18,338 and 21,710 entries/s; events batch 61k-90k/s).
+  In Postgres, an insert of 2,000 rows costs 55-98 µs per entry of wall time on this machine
+  (six indexes and the chain trigger); COPY measured no faster (54-72), so the
+  ``jsonb_array_elements`` insert stays. Python's chaining of a
+  group (7 µs/entry) was on the chain's critical path, inside the lock: the next group is now
+  chained while the one before is in Postgres (``api.audit.batch``, pipelined group commit).
 """
 
 from __future__ import annotations
@@ -188,6 +228,31 @@ def make_world(url: str, database_url: str) -> tuple[str, list[tuple[str, str]]]
     return token, orgs
 
 
+def bulk_entry(org_id: str, i: int, seq: int, when: datetime) -> dict[str, Any]:
+    """The ``i``-th bulk-loaded entry, as Keel hashes it."""
+    return {
+        "id": str(new_id()), "organization_id": org_id, "seq": seq,
+        "occurred_at": when.isoformat(timespec="microseconds"), "actor_type": "user",
+        "actor_id": f"user_{i % 997}", "actor_name": "Bulk User", "action": ACTIONS[i % 3],
+        "resource_type": "document", "resource_id": f"doc_{i}",
+        "metadata": {"i": i, "permission": "edit", "ratio": 0.5}, "ip": f"203.0.113.{i % 250}",
+        "user_agent": "Mozilla/5.0 (bench)", "request_id": f"req-{i}", "source": "product",
+        "targets": [{"type": "document", "id": f"doc_{i}", "name": None}],
+    }  # fmt: skip
+
+
+def hashing_cpu_us(org_id: str, count: int = 100_000) -> float:
+    """CPU microseconds per entry (this process, ``time.process_time``) of hashing bulk entries
+    alone, in a tight loop: the CPU baseline of verify (less swayed by the neighbours than a rate)."""
+    base = datetime.now(UTC)
+    entries = [bulk_entry(org_id, i, i + 1, base + timedelta(microseconds=2_000 * i)) for i in range(count)]
+    prev = GENESIS
+    began = time.process_time()
+    for entry in entries:
+        prev = entry_hash(entry, prev)
+    return (time.process_time() - began) / count * 1e6
+
+
 def bulk_load(database_url: str, org_id: str, count: int) -> float:
     """Append ``count`` product entries to the org's chain with COPY, hashed exactly as Keel hashes them.
 
@@ -207,15 +272,7 @@ def bulk_load(database_url: str, org_id: str, count: int) -> float:
             for i in range(count):
                 seq += 1
                 when = base + timedelta(microseconds=2_000 * i)
-                entry = {
-                    "id": str(new_id()), "organization_id": org_id, "seq": seq,
-                    "occurred_at": when.isoformat(timespec="microseconds"), "actor_type": "user",
-                    "actor_id": f"user_{i % 997}", "actor_name": "Bulk User", "action": ACTIONS[i % 3],
-                    "resource_type": "document", "resource_id": f"doc_{i}",
-                    "metadata": {"i": i, "permission": "edit", "ratio": 0.5}, "ip": f"203.0.113.{i % 250}",
-                    "user_agent": "Mozilla/5.0 (bench)", "request_id": f"req-{i}", "source": "product",
-                    "targets": [{"type": "document", "id": f"doc_{i}", "name": None}],
-                }  # fmt: skip
+                entry = bulk_entry(org_id, i, seq, when)
                 began = time.perf_counter()
                 digest = entry_hash(entry, prev)
                 hashing += time.perf_counter() - began
@@ -360,49 +417,120 @@ BATCH_ENTRIES = 1000
 BATCH_REQUESTS = int(os.environ.get("KEEL_BENCH_AUDIT_BATCHES", "60"))
 
 
-def batch_figures(url: str, key: str) -> tuple[float, float]:
+class CpuUse:
+    """CPU seconds (user + system) a process spends inside the block: ``seconds``. On a shared
+    machine a rate swings with the neighbours; the CPU an entry costs the server does much less."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.seconds = 0.0
+
+    def _now(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    def __enter__(self) -> CpuUse:
+        self._began = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = self._now() - self._began
+
+
+def batch_figures(url: str, key: str, server_pid: int) -> tuple[float, float, float, float]:
     """``POST /v1/audit-logs/batch`` into one org (1,000 entries a request, WRITERS clients), and the
-    same server's ``POST /v1/events/batch`` of 1,000 events, as entries (events) per second."""
-    headers = {"Authorization": f"Bearer {key}"}
+    same server's ``POST /v1/events/batch`` of 1,000 events: entries (events) per second, and the
+    server's CPU microseconds per entry (event). Request bodies are encoded before the clock
+    starts, so the figures are the server's, not the clients' JSON encoding."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     stored = 0
     counting = threading.Lock()
+    audit_bodies = [
+        json.dumps({"entries": [product_entry(i * BATCH_ENTRIES + n) for n in range(BATCH_ENTRIES)]}).encode()
+        for i in range(BATCH_REQUESTS)
+    ]
+    event_bodies = [
+        json.dumps(
+            {
+                "events": [
+                    {"event": "bench.batch", "user_id": f"u{n}", "message_id": f"b-{i}-{n}"}
+                    for n in range(BATCH_ENTRIES)
+                ]
+            }
+        ).encode()
+        for i in range(BATCH_REQUESTS)
+    ]
 
     def audit_batch(c: httpx.Client, i: int) -> httpx.Response:
         nonlocal stored
-        entries = [product_entry(i * BATCH_ENTRIES + n) for n in range(BATCH_ENTRIES)]
-        response = c.post("/v1/audit-logs/batch", json={"entries": entries}, headers=headers)
+        response = c.post("/v1/audit-logs/batch", content=audit_bodies[i], headers=headers)
         if response.status_code == 200:
             accepted = response.json()["accepted"]
             with counting:  # (`+=` from several threads can lose an update)
                 stored += accepted
         return response
 
-    audit = concurrently(BATCH_REQUESTS, audit_batch, url) * BATCH_ENTRIES
+    with CpuUse(server_pid) as audit_cpu:
+        audit = concurrently(BATCH_REQUESTS, audit_batch, url) * BATCH_ENTRIES
     if stored != BATCH_REQUESTS * BATCH_ENTRIES:
         raise RuntimeError(f"the batches stored {stored} entries, not {BATCH_REQUESTS * BATCH_ENTRIES}")
-    events = (
-        concurrently(
-            BATCH_REQUESTS,
-            lambda c, i: c.post(
-                "/v1/events/batch",
-                json={
-                    "events": [
-                        {"event": "bench.batch", "user_id": f"u{n}", "message_id": f"b-{i}-{n}"}
-                        for n in range(BATCH_ENTRIES)
-                    ]
-                },
-                headers=headers,
-            ),
-            url,
+    with CpuUse(server_pid) as events_cpu:
+        events = (
+            concurrently(
+                BATCH_REQUESTS,
+                lambda c, i: c.post("/v1/events/batch", content=event_bodies[i], headers=headers),
+                url,
+            )
+            * BATCH_ENTRIES
         )
-        * BATCH_ENTRIES
-    )
-    return audit, events
+    per = 1e6 / (BATCH_REQUESTS * BATCH_ENTRIES)
+    return audit, events, audit_cpu.seconds * per, events_cpu.seconds * per
+
+
+def part_only(part: str) -> int:
+    """``KEEL_BENCH_AUDIT_PART=batch`` or ``=verify``: only that figure (and its baseline), on its own
+    database — what the profiling above ran under py-spy."""
+    with tempfile.TemporaryDirectory(prefix="keel-bench-audit-") as tmp:
+        database_url, pg = start_embedded_postgres(Path(tmp), cleanup="delete")
+        try:
+            upgrade(database_url)
+            with api_server(database_url) as (url, server):
+                say(f"  API server pid {server.pid}")
+                token, orgs = make_world(url, database_url)
+                if part == "batch":
+                    rate, events, entry_cpu, event_cpu = batch_figures(url, orgs[0][1], server.pid)
+                    say(f"batch entries/s, one org  {rate:>10,.0f}  events batch {events:,.0f} events/s")
+                    say(f"  server CPU per entry {entry_cpu:.1f} us; per batched event {event_cpu:.1f} us")
+                    return 0
+                big = orgs[-1][0]
+                hash_rate = bulk_load(database_url, big, ENTRIES)
+                headers = {"Authorization": f"Bearer {token}"}
+                with (
+                    httpx.Client(base_url=url, headers=headers, timeout=3600) as c,
+                    CpuUse(server.pid) as cpu,
+                ):
+                    began = time.perf_counter()
+                    report = c.get(f"/v1/orgs/{big}/audit-logs/verify").json()
+                    rate = report["entries_checked"] / (time.perf_counter() - began)
+                verify_cpu, hash_cpu = cpu.seconds / report["entries_checked"] * 1e6, hashing_cpu_us(big)
+                if not report["ok"] or report["entries_checked"] < ENTRIES:
+                    raise RuntimeError(f"the bulk chain does not verify: {report}")
+                ratio = rate / hash_rate
+                say(f"verify entries/s  {rate:>10,.0f}  hashing alone {hash_rate:,.0f}/s, ratio {ratio:.2f}")
+                cpu_ratio = hash_cpu / verify_cpu
+                say(f"  server CPU per verified entry {verify_cpu:.2f} us; hashing alone {hash_cpu:.2f} us,"
+                    f" ratio {cpu_ratio:.2f}")  # fmt: skip
+                return 0
+        finally:
+            pg.cleanup()
 
 
 def main() -> int:
-    if os.environ.get("KEEL_BENCH_AUDIT_PART") == "streams":
+    part = os.environ.get("KEEL_BENCH_AUDIT_PART")
+    if part == "streams":
         return streams_only()
+    if part in ("batch", "verify"):
+        return part_only(part)
     say(f"bench_audit: {ENTRIES:,} entries for verify/export, {APPENDS:,} appends by {WRITERS} clients")
     with tempfile.TemporaryDirectory(prefix="keel-bench-audit-") as tmp:
         database_url, pg = start_embedded_postgres(Path(tmp), cleanup="delete")
@@ -468,12 +596,19 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         )
     )
     say(f"  appends: one org {one:,.0f}/s, {WRITERS} orgs {spread:,.0f}/s; single events {events:,.0f}/s")
-    batch_rate, events_batch_rate = batch_figures(url, one_key)
+    batch_rate, events_batch_rate, batch_cpu, events_batch_cpu = batch_figures(url, one_key, server.pid)
     results.append(
         (
             f"batch entries/s, one org ({BATCH_ENTRIES:,} a request; target 20,000)",
             f"{batch_rate:,.0f}",
             f"events batch {events_batch_rate:,.0f} events/s",
+        )
+    )
+    results.append(
+        (
+            "  server CPU per batch entry",
+            f"{batch_cpu:.1f} us",
+            f"per batched event {events_batch_cpu:.1f} us",
         )
     )
     say(f"  batch: {batch_rate:,.0f} entries/s into one org; events batch {events_batch_rate:,.0f}/s")
@@ -492,14 +627,23 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         total = conn.execute("SELECT count(*) FROM audit_log WHERE chain_key = %s", [big]).fetchone()[0]  # type: ignore[index]
     copy_rate = copy_out_rate(database_url, big, total)
 
-    with httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client, PeakRss(server.pid) as rss:
+    with (
+        httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client,
+        PeakRss(server.pid) as rss,
+        CpuUse(server.pid) as cpu,
+    ):
         began = time.perf_counter()
         report = client.get(f"/v1/orgs/{big}/audit-logs/verify").json()
         verify_rate = total / (time.perf_counter() - began)
+    verify_cpu, hash_cpu = cpu.seconds / total * 1e6, hashing_cpu_us(big)
     if not report["ok"] or report["entries_checked"] != total:
         raise RuntimeError(f"the bulk chain does not verify: {report}")
     results.append((f"verify, entries/s over {total:,} (API)", f"{verify_rate:,.0f}",
-                    f"COPY TO STDOUT {copy_rate:,.0f} rows/s; hashing alone {hash_rate:,.0f}/s"))  # fmt: skip
+                    f"COPY TO STDOUT {copy_rate:,.0f} rows/s; hashing alone {hash_rate:,.0f}/s,"
+                    f" ratio {verify_rate / hash_rate:.2f}"))  # fmt: skip
+    cpu_ratio = hash_cpu / verify_cpu
+    results.append(("  server CPU per verified entry", f"{verify_cpu:.2f} us",
+                    f"hashing alone {hash_cpu:.2f} us CPU per entry, ratio {cpu_ratio:.2f}"))  # fmt: skip
     say(f"  verify: {verify_rate:,.0f} entries/s (server peak RSS {rss.peak_mb:.0f} MB)")
 
     idle = psutil.Process(server.pid).memory_info().rss / 2**20

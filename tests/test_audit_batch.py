@@ -150,3 +150,49 @@ def test_concurrent_single_and_batched_writers_share_commits_without_forking_the
     assert len(audit_rows(engine, chain_key=org.id)) == start + len(answered)
     result = verify(client, org)
     assert result["ok"] is True, result
+
+
+def test_a_group_chained_in_advance_onto_a_head_that_moved_is_chained_again(
+    client: httpx.Client, engine: Engine, org: OrgWorld, database_url: str
+) -> None:
+    """The pipelined group commit chains the next group onto the head the group in Postgres will
+    leave; if another writer moved the head first (here: a single append), or a key of the group
+    was stored meanwhile, the commit chains it again under the lock instead of using it."""
+    import asyncio
+    import uuid
+
+    from api.audit.batch import AuditAppender, _plan
+    from api.db.engine import libpq_url
+    from api.events.store import make_ingest_pool
+    from tests.test_audit_walk import prepared
+
+    rows = audit_rows(engine, chain_key=org.id)
+    head = max((r["seq"], r["hash"]) for r in rows)
+    org_id = uuid.UUID(org.id)
+
+    async def run() -> list[Any]:
+        pool = make_ingest_pool(libpq_url(database_url), max_size=2)
+        await pool.open()
+        try:
+            appender = AuditAppender(pool)
+            stale = _plan(org.id, head, prepared(5, {}), {})
+            moved = client.post("/v1/audit-logs", json=entry(), headers=auth(org.ingest_key))
+            assert moved.status_code == 201, moved.text
+            outcomes = await appender._commit(org_id, prepared(5, {}), stale)
+            keyed = prepared(1, {0: "k-ahead"}) * 2  # one body, sent twice with its key
+            first = await appender._commit(org_id, keyed[:1])
+            ahead = _plan(org.id, (first[0].stored[1], first[0].stored[2]), keyed[1:], {})  # type: ignore[union-attr]
+            again = await appender._commit(org_id, keyed[1:], ahead)
+            return [*outcomes, *first, *again]
+        finally:
+            await pool.close()
+
+    outcomes = asyncio.run(run())
+    assert [o.status_code for o in outcomes] == [201] * 7
+    assert [o.replayed for o in outcomes] == [False] * 6 + [True]  # the key stored meanwhile: a replay
+    assert outcomes[-1].body == outcomes[-2].body
+    seqs = [o.stored[1] for o in outcomes[:5]]
+    assert seqs == list(range(head[0] + 2, head[0] + 7))  # after the single append, not onto the stale head
+    assert len(audit_rows(engine, chain_key=org.id)) == len(rows) + 1 + 6  # the single, 5, the keyed one
+    result = verify(client, org)
+    assert result["ok"] is True, result

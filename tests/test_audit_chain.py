@@ -91,3 +91,16 @@ def test_verify_reads_occurred_at_spelled_as_the_hash_spells_it(engine: Any) -> 
         conn.execute(sql("SET TIME ZONE 'America/St_Johns'"))  # a session zone must not matter
         for t in when:
             assert conn.execute(sql(f"SELECT {expression}"), {"t": t}).scalar_one() == iso(t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries())
+def test_canonical_values_gives_the_bytes_canonical_gives(entry: dict[str, Any]) -> None:
+    """verify and the group commit hash an entry from its plain values in CANONICAL_FIELDS order."""
+    from api.audit.chain import CANONICAL_FIELDS, canonical_values, values_hash
+    from api.audit.rows import iso
+
+    values = [entry.get(name) for name in CANONICAL_FIELDS]
+    values[CANONICAL_FIELDS.index("occurred_at")] = iso(entry["occurred_at"])
+    assert canonical_values(values) == canonical(entry) == reference_canonical(entry)
+    assert values_hash(values, "f" * 64) == entry_hash(entry, "f" * 64)

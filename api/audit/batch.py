@@ -12,6 +12,13 @@ Idempotency keys are per organization and the chain lock is per organization, so
 up and claimed under the lock that orders the chain: two requests with one key, in one group or
 in two, are stored once. A group that fails is retried entry by entry, so one entry Postgres
 refuses fails only itself.
+
+Pipelined: while one group's insert and commit are in Postgres, the next group is chained in
+Python onto the head the first will leave (ids, seqs, hashes; a slice at a time, so the event loop
+keeps reading requests). Under the lock its transaction then only checks that the head is that one
+and that none of its idempotency keys was stored meanwhile; otherwise it is chained again there.
+Hashing so leaves the critical path of a busy chain: one group's Python work overlaps the other's
+Postgres work. Each request is still answered with one future, after its own group's commit.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from api.audit.chain import GENESIS, entry_hash
+from api.audit.chain import GENESIS, values_hash
 from api.audit.ingest import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_TTL,
@@ -37,6 +44,7 @@ from api.audit.ingest import (
     check_entry,
 )
 from api.audit.models import AuditSource
+from api.audit.rows import iso
 from api.audit.schemas import ActorOut, AuditLogCreate, AuditLogOut, ContextOut, TargetOut
 from api.audit.services import chain_key_of, jsonb_safe
 from api.auth import services as auth
@@ -149,8 +157,10 @@ def prepare(
 
 @dataclass(slots=True)
 class _Pending:
-    entry: Prepared
-    future: asyncio.Future[Answer]
+    """One caller's entries (a request's), answered together: one future per request, not per entry."""
+
+    entries: list[Prepared]
+    future: asyncio.Future[list[Answer | KeelError]]
 
 
 @dataclass
@@ -169,56 +179,80 @@ class AuditAppender:
 
     async def append(self, organization_id: uuid.UUID, entries: list[Prepared]) -> list[Answer | KeelError]:
         """Each entry's answer (201, or a replay) or its error, in order, once durable."""
-        loop = asyncio.get_running_loop()
+        if not entries:
+            return []
         key = chain_key_of(organization_id)
         chain = self.chains.get(key)
         if chain is None:
             chain = self.chains[key] = _Chain(organization_id)
-        pending = [_Pending(e, loop.create_future()) for e in entries]
-        chain.queue.extend(pending)
+        pending = _Pending(entries, asyncio.get_running_loop().create_future())
+        chain.queue.append(pending)
         if chain.task is None:
             chain.task = asyncio.create_task(self._drain(key, chain))
-        outcomes: list[Answer | KeelError] = []
-        for p in pending:
-            try:
-                outcomes.append(await asyncio.shield(p.future))
-            except KeelError as exc:
-                outcomes.append(exc)
-        return outcomes
+        # (shielded: a caller that goes away does not cancel what its entries' group does)
+        return await asyncio.shield(pending.future)
 
     async def _drain(self, key: str, chain: _Chain) -> None:
+        loop = asyncio.get_running_loop()
+        ahead: tuple[list[_Pending], _Plan] | None = None  # the next group, chained in advance
+        group: list[_Pending] = []
         try:
-            while chain.queue:
-                group = chain.queue[:GROUP_MAX_ENTRIES]
-                del chain.queue[:GROUP_MAX_ENTRIES]
+            while chain.queue or ahead is not None:
+                if ahead is not None:
+                    (group, plan), ahead = ahead, None
+                else:
+                    group, plan = _take_group(chain.queue), None
+                entries = [e for p in group for e in p.entries]
+                planned: asyncio.Future[_Plan] = loop.create_future()
+                commit = asyncio.ensure_future(self._commit(chain.organization_id, entries, plan, planned))
+                # While this group's insert and commit are in Postgres, chain the next group onto
+                # the head this one will leave: under the lock, only a check that it did is left.
+                await asyncio.wait((commit, planned), return_when=asyncio.FIRST_COMPLETED)
+                if planned.done() and not commit.done() and chain.queue:
+                    following = _take_group(chain.queue)
+                    ahead = (following, await _plan_async(key, planned.result().end, following))
                 try:
-                    await self._commit(chain.organization_id, group)
+                    outcomes = await commit
                 except KeelError as exc:  # the org itself (gone, suspended): every entry's answer
-                    _fail(group, exc)
+                    outcomes = [exc] * len(entries)
                 except Exception:
-                    if len(group) == 1:
+                    if len(entries) == 1:
                         log.exception("audit append failed")
-                        _fail(group, None)
-                        continue
-                    for one in group:  # one bad entry must not fail the others
-                        try:
-                            await self._commit(chain.organization_id, [one])
-                        except KeelError as exc:
-                            _fail([one], exc)
-                        except Exception:
-                            log.exception("audit append failed")
-                            _fail([one], None)
+                        outcomes = [_unavailable()]
+                    else:  # one bad entry must not fail the others
+                        outcomes = [await self._commit_alone(chain.organization_id, e) for e in entries]
+                _settle(group, outcomes)
         finally:
             chain.task = None
-            if not chain.queue:
+            waiting = [p for p in group if not p.future.done()]
+            waiting += (ahead[0] if ahead is not None else []) + chain.queue
+            chain.queue.clear()
+            if not waiting:
                 self.chains.pop(key, None)
-            else:  # cancelled with work left (shutdown): nothing more will run it
-                _fail(chain.queue, None)
-                chain.queue.clear()
+            for p in waiting:  # cancelled with work left (shutdown): nothing more will run it
+                _settle([p], [_unavailable()] * len(p.entries))
 
-    async def _commit(self, organization_id: uuid.UUID, group: list[_Pending]) -> None:
+    async def _commit_alone(self, organization_id: uuid.UUID, entry: Prepared) -> Answer | KeelError:
+        try:
+            (outcome,) = await self._commit(organization_id, [entry])
+        except KeelError as exc:
+            return exc
+        except Exception:
+            log.exception("audit append failed")
+            return _unavailable()
+        return outcome
+
+    async def _commit(
+        self,
+        organization_id: uuid.UUID,
+        group: list[Prepared],
+        plan: _Plan | None = None,
+        planned: asyncio.Future[_Plan] | None = None,
+    ) -> list[Answer | KeelError]:
+        """Store ``group`` in one transaction. ``plan``: the group chained in advance, used only if
+        the head is still the one it was chained onto and no key of it was stored before (else it
+        is chained again here). ``planned`` learns the plan before the insert goes out."""
         key = chain_key_of(organization_id)
-        answers: list[Answer | KeelError] = []
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
             status = (await live_orgs(conn, {organization_id})).get(organization_id)
@@ -227,39 +261,129 @@ class AuditAppender:
             if status is OrgStatus.suspended:
                 raise Forbidden("this organization is suspended")
             head_seq, head_hash, now = await (await conn.execute(_HEAD, {"k": key})).fetchone()  # type: ignore[misc]
-            seq, prev_hash = (int(head_seq), str(head_hash)) if head_seq is not None else (0, GENESIS)
-            keys = [p.entry.idempotency_key for p in group if p.entry.idempotency_key is not None]
+            head = (int(head_seq), str(head_hash)) if head_seq is not None else (0, GENESIS)
+            keys = [e.idempotency_key for e in group if e.idempotency_key is not None]
             earlier: dict[str, tuple[str, int, bytes]] = {}
             if keys:
                 cursor = await conn.execute(_EARLIER_KEYS, (organization_id, keys, now - IDEMPOTENCY_TTL))
                 earlier = {k: (h, code, bytes(body)) for k, h, code, body in await cursor.fetchall()}
-            rows: list[list[Any]] = []
-            claimed: dict[str, tuple[str, int, bytes]] = {}
-            for p in group:
-                entry, idem = p.entry, p.entry.idempotency_key
-                if idem is not None and (first := earlier.get(idem) or claimed.get(idem)) is not None:
-                    answers.append(_replay(first, entry.body_hash))
-                    continue
-                seq += 1
-                row, digest, out = _chained(organization_id, key, seq, prev_hash, entry, now)
-                prev_hash = digest
-                rows.append(row)
-                stored = Answer(201, _encode(out) if out is not None else b"", stored=(row[-1], seq, digest))
-                answers.append(stored)
-                if idem is not None:
-                    claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
-            if rows:
-                await conn.execute(_INSERT, (_encode(rows).decode(),))
+            if plan is None or plan.base != head or earlier:
+                plan = _plan(key, head, group, earlier)
+            if planned is not None and not planned.done():
+                planned.set_result(plan)
+            if plan.rows:
+                await conn.execute(_INSERT, (_encode(plan.rows).decode(),))
+            answers, claimed = _answers(organization_id, group, plan, earlier, now)
             if claimed:
                 saved = [[k, h, code, _b64(body)] for k, (h, code, body) in claimed.items()]
                 await conn.execute(_SAVE_KEYS, (organization_id, now, _encode(saved).decode()))
-        for p, outcome in zip(group, answers, strict=True):
-            if p.future.done():
-                continue
-            if isinstance(outcome, KeelError):
-                p.future.set_exception(outcome)
-            else:
-                p.future.set_result(outcome)
+        return answers
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A group chained onto the head ``base`` (seq, hash): the rows to insert, and for each entry
+    the index of its row, or ``None`` when it replays an earlier entry with its idempotency key."""
+
+    base: tuple[int, str]
+    end: tuple[int, str]
+    rows: list[list[Any]]
+    links: list[int | None]
+
+
+def _plan(
+    key: str,
+    base: tuple[int, str],
+    group: list[Prepared],
+    earlier: dict[str, tuple[str, int, bytes]],
+    seen: set[str] | None = None,
+) -> _Plan:
+    """``group`` chained onto ``base``; ``earlier``: the keys stored before, ``seen``: the keys of
+    this group met so far (a later entry with one replays the first)."""
+    seq, prev_hash = base
+    rows: list[list[Any]] = []
+    links: list[int | None] = []
+    seen = set() if seen is None else seen
+    for entry in group:
+        idem = entry.idempotency_key
+        if idem is not None and (idem in earlier or idem in seen):
+            links.append(None)
+            continue
+        if idem is not None:
+            seen.add(idem)
+        seq += 1
+        row = _chained(key, seq, prev_hash, entry)
+        prev_hash = row[_ROW_HASH]
+        links.append(len(rows))
+        rows.append(row)
+    return _Plan(base, (seq, prev_hash), rows, links)
+
+
+#: Entries chained between two looks at the event loop, when a group is chained in advance: the
+#: group in Postgres gets its insert sent, and requests keep being read, meanwhile.
+_PLAN_SLICE = 250
+
+
+async def _plan_async(key: str, base: tuple[int, str], group: list[_Pending]) -> _Plan:
+    """:func:`_plan` of a group ahead of its transaction (no keys stored before assumed: the
+    commit checks), a slice at a time."""
+    entries = [e for p in group for e in p.entries]
+    plan = _Plan(base, base, [], [])
+    seen: set[str] = set()  # (one group: a key met in an earlier slice is met)
+    for at in range(0, len(entries), _PLAN_SLICE):
+        await asyncio.sleep(0)
+        piece = _plan(key, plan.end, entries[at : at + _PLAN_SLICE], {}, seen)
+        offset = len(plan.rows)
+        plan.rows.extend(piece.rows)
+        plan.links.extend(None if link is None else link + offset for link in piece.links)
+        plan.end = piece.end
+    return plan
+
+
+def _answers(
+    organization_id: uuid.UUID,
+    group: list[Prepared],
+    plan: _Plan,
+    earlier: dict[str, tuple[str, int, bytes]],
+    now: datetime,
+) -> tuple[list[Answer | KeelError], dict[str, tuple[str, int, bytes]]]:
+    """Each entry's answer, and the first answers of the keys this group claims."""
+    answers: list[Answer | KeelError] = []
+    claimed: dict[str, tuple[str, int, bytes]] = {}
+    for entry, link in zip(group, plan.links, strict=True):
+        idem = entry.idempotency_key
+        if link is None:
+            assert idem is not None
+            answers.append(_replay(earlier.get(idem) or claimed[idem], entry.body_hash))
+            continue
+        row = plan.rows[link]
+        body = _encode(_answer(organization_id, row, entry, now)) if entry.answer_body else b""
+        stored = Answer(201, body, stored=(row[_ROW_ID], row[_ROW_SEQ], row[_ROW_HASH]))
+        answers.append(stored)
+        if idem is not None:
+            claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
+    return answers, claimed
+
+
+def _take_group(queue: list[_Pending]) -> list[_Pending]:
+    """Whole requests off the front of ``queue``, up to GROUP_MAX_ENTRIES entries (at least one request)."""
+    size, count = len(queue[0].entries), 1
+    while count < len(queue) and size + len(queue[count].entries) <= GROUP_MAX_ENTRIES:
+        size += len(queue[count].entries)
+        count += 1
+    group = queue[:count]
+    del queue[:count]
+    return group
+
+
+def _settle(group: list[_Pending], outcomes: list[Answer | KeelError]) -> None:
+    """Hand each request its entries' outcomes (``outcomes`` is the group's, in queue order)."""
+    at = 0
+    for p in group:
+        mine = outcomes[at : at + len(p.entries)]
+        at += len(p.entries)
+        if not p.future.done():
+            p.future.set_result(mine)
 
 
 def _b64(body: bytes) -> str:
@@ -276,58 +400,43 @@ def _replay(first: tuple[str, int, bytes], digest: str | None) -> Answer | KeelE
     return Answer(status_code, body, replayed=True)
 
 
-def _chained(
-    organization_id: uuid.UUID, key: str, seq: int, prev_hash: str, e: Prepared, now: datetime
-) -> tuple[list[Any], str, AuditLogOut | None]:
-    """The insert row, the hash and (if ``e`` wants it) the API's answer of ``e`` placed at ``seq``."""
+#: Where an insert row holds what the answer needs (see ``_INSERT``; the 20th item is not inserted).
+_ROW_SEQ, _ROW_PREV_HASH, _ROW_HASH, _ROW_ID = 2, 17, 18, 19
+
+
+def _chained(key: str, seq: int, prev_hash: str, e: Prepared) -> list[Any]:
+    """The insert row of ``e`` placed at ``seq`` after ``prev_hash``, its hash computed."""
     entry_id = new_id()
     entry_text = str(entry_id)  # (and ``key`` is the org id as text: an org's chain key)
     resource_type = e.targets[0]["type"] if e.targets else None
     resource_id = e.targets[0]["id"] if e.targets else None
-    hashed = {
-        "id": entry_text,
-        "organization_id": key,
-        "seq": seq,
-        "occurred_at": e.occurred_at,
-        "actor_type": e.actor_type,
-        "actor_id": e.actor_id,
-        "actor_name": e.actor_name,
-        "action": e.action,
-        "resource_type": resource_type,
-        "resource_id": resource_id,
-        "metadata": e.metadata,
-        "ip": e.ip,
-        "user_agent": e.user_agent,
-        "request_id": e.request_id,
-        "source": AuditSource.product.value,
-        "targets": e.targets,
-    }
-    digest = entry_hash(hashed, prev_hash)
-    row = [
-        entry_text, key, seq, key, e.occurred_at.isoformat(), e.actor_type, e.actor_id,
-        e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
-        AuditSource.product.value, e.targets, prev_hash, digest,
-    ]  # fmt: skip
+    occurred_at = iso(e.occurred_at)  # as the hash spells it (and Postgres reads it)
+    source = AuditSource.product.value
+    # The hashed values in CANONICAL_FIELDS order: the body is built once, by canonical_values.
+    digest = values_hash(
+        (entry_text, key, seq, occurred_at, e.actor_type, e.actor_id, e.actor_name, e.action, resource_type,
+         resource_id, e.metadata, e.ip, e.user_agent, e.request_id, source, e.targets),
+        prev_hash,
+    )  # fmt: skip
     # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
-    row.append(entry_id)
-    if not e.answer_body:
-        return row, digest, None
-    out = AuditLogOut(
-        id=entry_id, organization_id=organization_id, seq=seq, source=AuditSource.product.value,
+    return [
+        entry_text, key, seq, key, occurred_at, e.actor_type, e.actor_id,
+        e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
+        source, e.targets, prev_hash, digest, entry_id,
+    ]  # fmt: skip
+
+
+def _answer(organization_id: uuid.UUID, row: list[Any], e: Prepared, now: datetime) -> AuditLogOut:
+    """The API's answer for ``e``, stored as ``row`` (``now``: the transaction's time, recorded_at)."""
+    return AuditLogOut(
+        id=row[_ROW_ID], organization_id=organization_id, seq=row[_ROW_SEQ], source=AuditSource.product.value,
         action=e.action, occurred_at=e.occurred_at, recorded_at=now.astimezone(UTC),
         actor=ActorOut(type=e.actor_type, id=e.actor_id, name=e.actor_name),
         targets=[TargetOut(type=t["type"], id=t["id"], name=t.get("name")) for t in e.targets],
-        resource_type=resource_type, resource_id=resource_id,
+        resource_type=row[9], resource_id=row[10],
         context=ContextOut(ip=e.ip, user_agent=e.user_agent), metadata=e.metadata,
-        request_id=e.request_id, prev_hash=prev_hash, hash=digest,
+        request_id=e.request_id, prev_hash=row[_ROW_PREV_HASH], hash=row[_ROW_HASH],
     )  # fmt: skip
-    return row, digest, out
-
-
-def _fail(group: list[_Pending], exc: KeelError | None) -> None:
-    for p in group:
-        if not p.future.done():
-            p.future.set_exception(exc if exc is not None else _unavailable())
 
 
 def _unavailable() -> KeelError:

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from api.audit.chain import CANONICAL_FIELDS
 from api.audit.services import normalize_ip
 
 CHUNK_ROWS = 2000
@@ -50,12 +51,31 @@ SELECT chain_key, seq, id::text, organization_id::text, occurred_at, recorded_at
        host(ip), user_agent, request_id, prev_hash, hash
 FROM audit_log
 """
-#: What ``verify`` reads: the same columns, ``occurred_at`` already spelled as the hash spells it
-#: (``iso``: UTC, microseconds, ``+00:00``) and no ``recorded_at`` (not hashed): two timestamps
-#: fewer to parse and format per entry.
+#: ``occurred_at`` spelled as the hash spells it (``iso``: UTC, microseconds, ``+00:00``), by
+#: Postgres: no timestamp to parse and format per entry in Python.
 OCCURRED_AT_AS_HASHED = """to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
-SELECT_FOR_HASH = SELECT_ENTRIES.replace("occurred_at, recorded_at,", f"{OCCURRED_AT_AS_HASHED}, NULL,")
-assert SELECT_FOR_HASH != SELECT_ENTRIES
+#: How ``verify`` reads each field the hash covers, where the column alone is not the hashed value.
+_AS_HASHED = {
+    "id": "id::text",
+    "organization_id": "organization_id::text",
+    "occurred_at": OCCURRED_AT_AS_HASHED,
+    "metadata": "metadata::text",
+    "ip": "host(ip)",
+    "targets": "targets::text",
+}
+#: What ``verify`` reads: the values ``api.audit.chain.canonical_values`` takes, in its order, then
+#: ``prev_hash`` and ``hash``. A row needs no mapping, only its two JSON texts parsed and its
+#: address spelled as Python does (:func:`walk_values`).
+SELECT_FOR_WALK = (
+    f"SELECT {', '.join(_AS_HASHED.get(name, name) for name in CANONICAL_FIELDS)}, prev_hash, hash"
+    " FROM audit_log"
+)
+WALK_SEQ = CANONICAL_FIELDS.index("seq")
+WALK_PREV_HASH = len(CANONICAL_FIELDS)
+WALK_HASH = WALK_PREV_HASH + 1
+_WALK_METADATA = CANONICAL_FIELDS.index("metadata")
+_WALK_TARGETS = CANONICAL_FIELDS.index("targets")
+_WALK_IP = CANONICAL_FIELDS.index("ip")
 
 
 def iso(value: datetime) -> str:
@@ -81,6 +101,23 @@ def as_entry(row: Sequence[Any], *, parse_json: bool = True) -> dict[str, Any]:
         entry["targets"] = loads(entry["targets"])
     else:  # the export shows it; verify does not need it
         entry["recorded_at"] = iso(entry["recorded_at"])
+    return entry
+
+
+def walk_values(row: Sequence[Any]) -> list[Any]:
+    """A ``SELECT_FOR_WALK`` row's values as ``api.audit.chain.canonical_values`` takes them."""
+    values = list(row)  # (prev_hash and hash ride along at the end: canonical_values reads no further)
+    values[_WALK_METADATA] = loads(values[_WALK_METADATA])
+    values[_WALK_TARGETS] = loads(values[_WALK_TARGETS])
+    values[_WALK_IP] = normalize_ip(values[_WALK_IP])
+    return values
+
+
+def walk_entry(row: Sequence[Any]) -> dict[str, Any]:
+    """A ``SELECT_FOR_WALK`` row as the mapping ``api.audit.chain.entry_hash`` takes (and
+    ``verify``'s checks name), with its ``prev_hash`` and ``hash``."""
+    entry = dict(zip(CANONICAL_FIELDS, walk_values(row), strict=False))  # (not prev_hash, hash)
+    entry["prev_hash"], entry["hash"] = row[WALK_PREV_HASH], row[WALK_HASH]
     return entry
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,19 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.audit.chain import GENESIS, entry_hash
-from api.audit.rows import SELECT_FOR_HASH, as_entry, snapshot, stream_rows
+from api.audit.chain import GENESIS, canonical_values, entry_hash
+from api.audit.rows import (
+    SELECT_FOR_WALK,
+    WALK_HASH,
+    WALK_PREV_HASH,
+    WALK_SEQ,
+    snapshot,
+    stream_rows,
+    walk_entry,
+    walk_values,
+)
+
+_WALK_ID = 0  # (``id`` is the first of the hashed fields, SELECT_FOR_WALK's order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +149,43 @@ class ChainWalk:
             return True
         return False
 
+    def feed_rows(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """:meth:`feed` over ``SELECT_FOR_WALK`` rows, the common case without building a mapping:
+        a row that follows the last accepted one (seq + 1, up to the head, its ``prev_hash``) and
+        hashes to its ``hash`` is accepted here; any other row goes through :meth:`feed`, which
+        names what is wrong. False once the chain is broken."""
+        head = self.report.head
+        sha256 = hashlib.sha256
+        at = 0
+        while at < len(rows):
+            last = self.last
+            if last is None or head is None or self.report.broken is not None:
+                if not self.feed(walk_entry(rows[at])):
+                    return False
+                at += 1
+                continue
+            last_seq, last_hash, last_row, limit, checked = last.seq, last.hash, None, head.seq, 0
+            for row in rows[at:] if at else rows:
+                seq, prev_hash, digest = row[WALK_SEQ], row[WALK_PREV_HASH], row[WALK_HASH]
+                if (
+                    seq != last_seq + 1
+                    or seq > limit
+                    or prev_hash != last_hash
+                    or sha256(canonical_values(walk_values(row)) + prev_hash.encode()).hexdigest() != digest
+                ):
+                    break
+                last_seq, last_hash, last_row = seq, digest, row
+                checked += 1
+            if last_row is not None:
+                self.last = Point(last_seq, last_hash, last_row[_WALK_ID])
+                self.report.entries_checked += checked
+            at += checked
+            if at < len(rows):  # a row the checks above did not accept: feed() says why
+                if not self.feed(walk_entry(rows[at])):
+                    return False
+                at += 1
+        return True
+
     def finish(self) -> ChainReport:
         """After the last row: the walk must have ended at the recorded head."""
         report, head = self.report, self.report.head
@@ -182,7 +231,7 @@ async def verify_chain(
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
     chunks = aiter(
-        stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}, select=SELECT_FOR_HASH)
+        stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}, select=SELECT_FOR_WALK)
     )
     following: asyncio.Future[Sequence[Sequence[Any]]] = asyncio.ensure_future(anext(chunks))
     try:
@@ -210,7 +259,7 @@ async def verify_chain(
 
 
 def _feed_chunk(walk: ChainWalk, chunk: Sequence[Sequence[Any]]) -> bool:
-    return all(walk.feed(as_entry(row)) for row in chunk)
+    return walk.feed_rows(chunk)
 
 
 async def chain_keys(conn: AsyncConnection) -> list[str]:

@@ -374,6 +374,8 @@ NOT_AUDITED = {
         "they set are recorded change by change in person_trait_changes / org_trait_changes"
         for call in ("batch", "track", "identify", "group", "page", "screen", "alias", *"btigpsa")
     },
+    ("POST", "/segment/v1/m"): "analytics.js's own telemetry: answered and kept nowhere, so it "
+    "changes nothing",
     ("POST", "/v1/orgs/{org_id:uuid}/webhook-messages"): "webhook messages are the product's data, each "
     "stored with its deliveries and every attempt (the record support reads), not administrative actions",
     ("POST", "/v1/orgs/{org_id:uuid}/audit-streams/{stream_id:uuid}/test"): "sends one test item to the "

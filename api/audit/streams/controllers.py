@@ -57,6 +57,23 @@ async def _out(db: AsyncSession, s: AuditStream) -> StreamOut:
     return stream_out(s, (await services.lags(db, [s]))[s.id])
 
 
+async def _set_paused(
+    db: AsyncSession,
+    principal: Principal,
+    ctx: RequestContext,
+    org_id: uuid.UUID,
+    stream_id: uuid.UUID,
+    *,
+    paused: bool,
+) -> StreamOut:
+    """Pause or resume: the same access, audited change and answer either way."""
+    await auth.org_access(db, principal, org_id, Permission.manage_org)
+    stream = await services.set_paused(
+        db, org_id=org_id, stream_id=stream_id, paused=paused, actor=Actor.of(principal), ctx=ctx
+    )
+    return await _out(db, stream)
+
+
 class AuditStreamController(Controller):
     path = "/v1/orgs/{org_id:uuid}/audit-streams"
     tags = ["audit"]
@@ -130,11 +147,7 @@ class AuditStreamController(Controller):
         principal: Principal,
         ctx: RequestContext,
     ) -> StreamOut:
-        await auth.org_access(db, principal, org_id, Permission.manage_org)
-        stream = await services.set_paused(
-            db, org_id=org_id, stream_id=stream_id, paused=True, actor=Actor.of(principal), ctx=ctx
-        )
-        return await _out(db, stream)
+        return await _set_paused(db, principal, ctx, org_id, stream_id, paused=True)
 
     @post("/{stream_id:uuid}/resume", status_code=HTTP_200_OK, summary="Resume a paused or disabled stream")
     async def resume(
@@ -145,11 +158,7 @@ class AuditStreamController(Controller):
         principal: Principal,
         ctx: RequestContext,
     ) -> StreamOut:
-        await auth.org_access(db, principal, org_id, Permission.manage_org)
-        stream = await services.set_paused(
-            db, org_id=org_id, stream_id=stream_id, paused=False, actor=Actor.of(principal), ctx=ctx
-        )
-        return await _out(db, stream)
+        return await _set_paused(db, principal, ctx, org_id, stream_id, paused=False)
 
     @post(
         "/{stream_id:uuid}/test", status_code=HTTP_200_OK, summary="Send one test item to the destination now"

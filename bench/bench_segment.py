@@ -15,14 +15,19 @@ import argparse
 import base64
 import gc
 import json
+import statistics
+import time
 
+import psutil
 import psycopg
 from bench_events import BATCH, CLIENTS, SERVER_WORKERS, batch_path, make_events, raw_copy, settle, setup_org
-from harness import HttpLoad, postmaster, private_postgres, row, run, served_api
+from harness import CpuMeter, HttpLoad, postmaster, private_postgres, row, run, served_api
 
 from api.db.engine import libpq_url
 
 EVENTS = 100_000
+#: Batches of each path sent before the rounds (connections and statements warm for both).
+WARM_BATCHES = 10
 
 
 def as_segment(event: dict) -> dict:
@@ -52,6 +57,11 @@ def stored_events(url: str) -> int:
         return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])  # type: ignore[index]
 
 
+def cpu_seconds(*trees: psutil.Process) -> list[float]:
+    """CPU seconds each process tree (the server's workers, Postgres's backends) has spent."""
+    return [CpuMeter.tree_seconds(tree) for tree in trees]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,9 +80,13 @@ def main() -> None:
     gc.freeze()
     with private_postgres() as url:
         org_id, key = setup_org(url)
-        postmaster(url)
-        with served_api(url, workers=args.workers) as (api, _):
+        postgres = postmaster(url)
+        with served_api(url, workers=args.workers) as (api, server):
+            # Connections, prepared statements and first-call paths warmed for both, off the clock.
+            run(lambda: batch_path(api, key, keel_bodies[:WARM_BATCHES], args.clients))
+            run(lambda: segment_path(api, key, segment_bodies[:WARM_BATCHES], args.clients))
             rounds = []
+            cost: dict[str, list[tuple[float, float]]] = {"keel": [], "segment": []}
             for number in range(args.rounds):
                 settle(url)
                 copy_rate = raw_copy(url, org_id, events, with_keys=False)
@@ -80,16 +94,24 @@ def main() -> None:
                 # The two paths swap places every round: neither always follows the other's writes.
                 for path in ("keel", "segment") if number % 2 == 0 else ("segment", "keel"):
                     settle(url)
+                    before = cpu_seconds(server, postgres)
                     if path == "keel":
                         rates[path] = run(lambda: batch_path(api, key, keel_bodies, args.clients))
                     else:
                         rates[path] = run(lambda: segment_path(api, key, segment_bodies, args.clients))
+                    time.sleep(0.5)  # a closed connection's backend must exit and be reaped to be counted
+                    spent = [b - a for a, b in zip(before, cpu_seconds(server, postgres), strict=True)]
+                    cost[path].append((spent[0] / len(events) * 1e6, spent[1] / len(events) * 1e6))
                     stored = stored_events(url)
                     assert stored == len(events), f"{path}: {stored} of {len(events)} events stored"
                 keel_rate, segment_rate = rates["keel"], rates["segment"]
                 rounds.append((segment_rate / keel_rate, copy_rate, keel_rate, segment_rate))
             settle(url)
         ratio, copy_rate, keel_rate, segment_rate = sorted(rounds)[len(rounds) // 2]
+        # CPU per 1,000 events, the median over the rounds: what each path costs whatever the
+        # neighbours' load does to the rates.
+        server_ms = {path: statistics.median(s for s, _ in runs) for path, runs in cost.items()}
+        postgres_ms = {path: statistics.median(p for _, p in runs) for path, runs in cost.items()}
         row("baseline: raw COPY into events, one transaction", f"{copy_rate:,.0f} rows/s", "(median round)")
         shape = f"{BATCH}-event batches, {args.clients} clients"
         row(
@@ -101,6 +123,13 @@ def main() -> None:
             f"Segment batch path ({shape})",
             f"{segment_rate:,.0f} events/s",
             f"{ratio:.2f}x Keel's own (target >= 0.9x), {segment_rate / copy_rate:.0%} of raw COPY",
+        )
+        row(
+            "  CPU per 1,000 events, Keel's / Segment (median round)",
+            "",
+            f"server {server_ms['keel']:.1f} / {server_ms['segment']:.1f} ms, "
+            f"Postgres {postgres_ms['keel']:.1f} / {postgres_ms['segment']:.1f} ms: Segment's server "
+            f"CPU {server_ms['segment'] / server_ms['keel']:.2f}x Keel's",
         )
         row(
             f"  every round (COPY / Keel / Segment, {len(events):,} events each)",

@@ -15,7 +15,7 @@ Profiled (py-spy record --subprocesses --nonblocking on `keel serve`'s two worke
 each path at a time, 200,000 events): the Segment handler decoded every call of a batch into a
 list, resolved the organizations, normalized the list, then ran the ingest loop over it. The
 calls' own msgspec decode had 2-3x the samples of the same decode in Keel's loop (the decode
-itself, not more work: in-process, on a warm cache, the two decodes cost the same, 0.76 vs 0.90 ms
+itself, not more work: in-process, on a warm cache, Segment's decode costs 0.76 ms and Keel's 0.90 ms
 per 1,000), with four requests in flight each holding 1,000 decoded calls until the last was read;
 Keel's loop frees each event's objects as its row is made. Now the calls stream through the same
 loop (``api.segment.services.CallReader`` is its per-item hook) and the references to organizations
@@ -29,8 +29,11 @@ before 0.80x (rounds 0.80, 0.67, 1.17, 0.80, 0.82), server CPU per 1,000 events 
 11.3 ms Segment = 1.43x, Postgres 11.4 / 10.8 ms; again 0.75x (0.95, 0.72, 0.78, 0.51, 0.75),
 server 7.0 / 10.2 ms = 1.46x. After: 1.08x (1.05, 1.16, 1.08, 1.09, 0.96), server 7.5 / 8.3 ms =
 1.11x, Postgres 11.5 / 10.7 ms; again 0.94x (0.94, 0.94, 0.81, 1.15, 0.49), server 8.0 / 8.8 ms
-= 1.10x. The rates swing by 2x between rounds with the neighbours; the server's CPU per event is
-the steadier figure. With a platform key (every Keel event naming ``org_id``, every Segment call
+= 1.10x. A third pair at 18:25-18:29 (load 11-12): after 0.87x (1.09, 0.87, 0.93, 0.83, 0.84),
+server 6.8 / 7.6 ms = 1.12x; before 0.87x (0.87, 1.06, 0.78, 0.74, 1.14), server 7.6 / 9.6 ms =
+1.26x. The rates swing by 2x between rounds with the neighbours (at this load both land on the
+same median); the server's CPU per event is the steadier figure: 1.26-1.46x before, 1.10-1.12x
+after. With a platform key (every Keel event naming ``org_id``, every Segment call
 ``context.groupId``; a variant of this program, not part of it): Segment's server CPU per event
 1.43x Keel's before, 1.2x after (each such call is searched and its reference decoded before the
 loop; the organizations are looked up twice, resolved by reference and then checked live).

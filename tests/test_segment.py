@@ -338,6 +338,51 @@ def test_an_unresolvable_group_id_lands_in_ingestion_warnings_and_nowhere_else(
     )
 
 
+def test_each_call_names_its_own_org_however_its_group_id_is_spelled(
+    client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld, staff_admin: tuple[str, str]
+) -> None:
+    # The references are found in the body before the calls are read (services.find_refs): a key
+    # spelled with JSON escapes, escaped text elsewhere and calls naming none share one batch.
+    _, admin_token = staff_admin
+    platform_key = client.post("/v1/admin/ingest-keys", json={"name": "p"}, headers=auth(admin_token)).json()
+    external = f"acct-{uuid.uuid4().hex[:8]}"
+    patched = client.patch(f"/v1/orgs/{org.id}", json={"external_id": external}, headers=org.headers("owner"))
+    assert patched.status_code == 200, patched.text
+
+    def escaped(call: dict[str, Any], key: str) -> str:
+        return json.dumps(call).replace('"groupId"', key)  # json.dumps escapes the ü too
+
+    plain = segment_call(context={"groupId": external}, properties={"city": "Zürich"})
+    by_id = segment_call(context={"groupId": org.id.upper()})
+    unnamed = segment_call(properties={"city": "Zürich"})
+    group = segment_call(type="group", event=None, groupId=external, traits={"plan": "scale"})
+    body = ('{"batch": [' + ", ".join([json.dumps(plain), escaped(by_id, '"groupI\\u0064"'), json.dumps(unnamed),
+                                       escaped(group, '"group\\u0049d"')]) + "]}")  # fmt: skip
+    answer = client.post("/segment/v1/batch", content=body, headers={**basic(platform_key["token"]),
+                         "Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
+    stored = {e["message_id"]: e for e in events_of(engine, org.id)}
+    assert sorted(stored) == sorted(c["messageId"] for c in (plain, by_id, group))
+    assert stored[plain["messageId"]]["properties"] == {"city": "Zürich"}
+    assert stored[by_id["messageId"]]["context"]["groupId"] == org.id.upper()
+    assert rows(engine, "SELECT traits FROM organizations WHERE id = :o", o=org.id) == [
+        {"traits": {"plan": "scale"}}
+    ]
+    (warning,) = warnings_of(engine, platform_key["id"])
+    assert warning["reason"] == "unknown_org" and warning["message_id"] == unnamed["messageId"]
+    # An org key: the call naming another org by an escaped key is refused as naming another org
+    # (it was resolved), the others land in the key's own.
+    mine, foreign = segment_call(), segment_call(context={"groupId": other_org.id})
+    body = '{"batch": [' + json.dumps(mine) + ", " + escaped(foreign, '"\\u0067roupId"') + "]}"
+    answer = client.post("/segment/v1/batch", content=body, headers={**basic(org.ingest_key),
+                         "Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert mine["messageId"] in {e["message_id"] for e in events_of(engine, org.id)}
+    assert rows(engine, "SELECT 1 FROM events WHERE message_id = :m", m=foreign["messageId"]) == []
+    (refused,) = warnings_of(engine, org.ingest_key_id)
+    assert refused["reason"] == "foreign_org" and refused["message_id"] == foreign["messageId"]
+
+
 def test_a_group_call_sets_traits_only_on_the_keys_own_org(
     client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld
 ) -> None:

@@ -16,6 +16,7 @@ from api.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from api.events.body import decode_envelope, read_limited_body
 from api.events.controllers import _origin, _require_ingest_key
 from api.events.schemas import MAX_BATCH_EVENTS, MAX_REQUEST_BYTES
+from api.events.services import ItemRejected
 from api.limits import charge_events
 from api.segment import services
 from api.segment.schemas import (
@@ -24,6 +25,7 @@ from api.segment.schemas import (
     SegmentAnswer,
     SegmentBatch,
     SegmentBatchDoc,
+    SegmentMessage,
     SegmentMessageDoc,
 )
 
@@ -56,14 +58,17 @@ async def _single(
     if not body.strip():
         raise BadRequest(f"the request body is empty; send one {kind} call as JSON")
     check_json(body)
-    call = services.decode_call(body, kind)
-    if isinstance(call[1], services.ItemRejected) and call[1].kind is BadRequest:
-        raise call[1].problem()  # not JSON at all: malformed, as Segment answers it
+    try:
+        call: SegmentMessage | ItemRejected = services.decode_call(body, kind)
+    except ItemRejected as exc:
+        if exc.kind is BadRequest:
+            raise exc.problem() from None  # not JSON at all: malformed, as Segment answers it
+        call = exc
     # A call sent alone is answered for itself, as Keel's `POST /v1/events` is: refused, it is a
     # precise 4xx (and an ingestion warning); a batch's refusals never fail the batch.
-    await services.ingest_calls(
-        state.event_writer, [call], principal=principal, partitions=state.partitions,
-        origin=_origin(request), raise_rejected=True,
+    await services.ingest_one(
+        state.event_writer, body, call, principal=principal, partitions=state.partitions,
+        origin=_origin(request),
     )  # fmt: skip
     return SegmentAnswer()
 
@@ -113,9 +118,8 @@ class SegmentController(Controller):
                 f"a batch holds at most {MAX_BATCH_EVENTS} calls; this one has {len(envelope.batch)}"
             )
         charge_events(state.limits, principal, len(envelope.batch), request.scope)
-        calls = [services.decode_call(raw, None) for raw in envelope.batch]
-        await services.ingest_calls(
-            state.event_writer, calls, principal=principal, partitions=state.partitions,
+        await services.ingest_batch(
+            state.event_writer, body, envelope.batch, principal=principal, partitions=state.partitions,
             origin=_origin(request), batch_sent_at=envelope.sent_at, batch_context=envelope.context,
             batch_integrations=envelope.integrations,
         )  # fmt: skip

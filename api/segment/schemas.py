@@ -30,7 +30,7 @@ class SegmentMessage(msgspec.Struct, rename="camel", gc=False):
     """One call of any type (``type`` says which; the single-call routes imply it).
 
     Decoded with Keel's limits, then normalized in place into the fields of an ``EventIn``
-    (``api.segment.services.ingest_calls``), so the ingest path's rules read it as they read Keel's
+    (``api.segment.services.CallReader``), so the ingest path's rules read it as they read Keel's
     own events, without a second object per call."""
 
     type: MessageType | None = None
@@ -51,6 +51,19 @@ class SegmentMessage(msgspec.Struct, rename="camel", gc=False):
     integrations: dict[str, Any] | None = None
     #: Not on the wire (whatever a client sends there is overwritten): the resolved organization.
     org_id: uuid.UUID | None = msgspec.field(default=None, name="$keelOrgId")
+
+
+class SegmentRefContext(msgspec.Struct, rename="camel", gc=False):
+    group_id: Any = None
+
+
+class SegmentRef(msgspec.Struct, rename="camel", gc=False):
+    """What of a call names its organization, read before the calls are (``services.find_refs``):
+    anything else, and whether the call is valid, is the full decode's to judge."""
+
+    type: Any = None
+    group_id: Any = None
+    context: SegmentRefContext | None = None
 
 
 class SegmentBatch(msgspec.Struct, rename="camel"):

@@ -249,7 +249,7 @@ async def ingest(
     batch_sent_at: datetime | None = None,
     received_at: datetime | None = None,
     raise_rejected: bool = False,
-    to_item: Callable[[T], EventIn] | None = decode_event,  # type: ignore[assignment]
+    to_item: Callable[[T], EventIn] = decode_event,  # type: ignore[assignment]
     sample: Callable[[int], bytes] | None = None,
     passed: list[EventRow] | None = None,
 ) -> IngestResult:
@@ -257,8 +257,7 @@ async def ingest(
     (one event sent alone), the first rejection is raised as its domain error instead.
 
     ``raws`` are Keel events' bytes, or, with ``to_item``, anything that function turns into an
-    :class:`EventIn`; with ``to_item=None``, items decoded already (another wire format:
-    :mod:`api.segment`): each an ``EventIn``'s fields, or the :class:`ItemRejected` it was.
+    :class:`EventIn` (another wire format: :mod:`api.segment`), raising :class:`ItemRejected`.
     ``sample`` gives the bytes of the item at an index, for its ingestion warning (the item's
     own, by default); ``passed``, when given, receives the rows that passed every check (stored
     now or before: the caller's follow-up writes are idempotent). Rejections are recorded as
@@ -272,14 +271,8 @@ async def ingest(
     rows: list[tuple[int, EventRow]] = []
     for index, raw in enumerate(raws):
         try:
-            if to_item is not None:
-                item = to_item(raw)
-            elif type(raw) is ItemRejected:  # decoded already, refused then
-                raise raw  # type: ignore[misc]
-            else:
-                item = raw  # type: ignore[assignment]
             rows.append(
-                (index, row_of(item, principal=principal, received_at=received_at,
+                (index, row_of(to_item(raw), principal=principal, received_at=received_at,
                                batch_sent_at=batch_sent_at, origin=origin))
             )  # fmt: skip
         except ItemRejected as exc:

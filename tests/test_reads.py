@@ -13,6 +13,7 @@ from sqlalchemy import Engine, bindparam, func, literal, select, text
 
 from api.auth import cache
 from api.auth import services as auth
+from api.auth.secrets import digest
 from api.db.reads import Read, Reader, make_read_pool
 from api.members.models import MembershipStatus, OrgRole
 from api.orgs.models import Organization, OrgStatus
@@ -172,3 +173,25 @@ def test_a_member_removed_behind_the_apis_back_loses_the_org_within_the_cache_bo
                within=cache.TTL + REQUEST_SLACK)  # fmt: skip
     # A grant is one user's of one org: a member of another org never reaches this one.
     assert client.get(f"/v1/orgs/{org.id}", headers=other_org.headers("owner")).status_code == 404
+
+
+def test_a_token_revoked_behind_the_apis_back_stops_working_within_the_cache_bound(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    """The verified-token cache (``cache.principals``) answers a known token without a lookup for
+    ``cache.TTL`` seconds; a revocation no process was told of (psql) ends it within that bound,
+    on every route the member reads."""
+    member = org.headers("member")
+    routes = ("/v1/me", f"/v1/orgs/{org.id}", f"/v1/orgs/{org.id}/members")
+    assert [client.get(path, headers=member).status_code for path in routes] == [200, 200, 200]
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = :h"),
+            {"h": digest(org.tokens["member"])},
+        )
+
+    def refused() -> bool:
+        return [client.get(path, headers=member).status_code for path in routes] == [401, 401, 401]
+
+    eventually(refused, what="a token revoked in the database is refused", within=cache.TTL + REQUEST_SLACK)
+    assert "revoked" in client.get("/v1/me", headers=member).json()["detail"]

@@ -27,6 +27,17 @@ insert the rest; the same statement without the key claim took 14 ms where it to
 measured within the noise of it (two runs: 37 vs 43 ms, 26 vs 25 ms). Not tried: keys by a
 binary COPY into a staging table merged in one statement, and a unique index on the events
 partitions themselves in place of the key table (which would drop the key heap row).
+
+The server's memory (issue 20: < 300 MB with 2 workers), 1 Dec 2026 18:00-18:27 UTC, two pairs
+taking turns with main at 0950ec8 (the same bench file), load average 6-12: main 306 and 307 MB
+summed RSS (PSS 237, 237), now 278 and 282 MB (PSS 216, 215). Where it went (smaps of an idle tree
+on main, 294 MB: the supervisor 29, multiprocessing's resource tracker 12, each worker 126, of
+which 93 MB Python heap and ~27 MB of shared libraries counted again in every process): Litestar's
+default plugins imported pydantic into every worker (~10 MB each), for models Keel does not have
+(`api.app.KeelLitestar` keeps only the msgspec plugin), and httpx's package imported its
+command-line client with rich and pygments (~3.6 MB each; made unimportable in server processes,
+`api.server.UNUSED_IN_SERVER`). Building the OpenAPI document lazily would save ~1 MB only; the
+resource tracker comes with uvicorn's spawned workers.
 """
 
 from __future__ import annotations

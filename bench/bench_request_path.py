@@ -121,7 +121,7 @@ over 2,000-4,000; micro-benchmarks of the reader alone in one uvloop process, 4 
 | /health | 901, 1,466, 1,259 req/s; 0.18, 0.18, 0.17 ms | 1,254, 1,324, 1,141 req/s; 0.18, 0.16, 0.19 ms |
 | GET /v1/me | 0.52, 0.40, 0.46; 0.41, 0.42, 0.39 ms | 0.55, 0.56, 0.51; 0.37, 0.36, 0.40 ms |
 | GET /v1/orgs/{org_id} | 0.53, 0.31, 0.47; 0.45, 0.47, 0.43 ms | 0.43, 0.41, 0.47; 0.44, 0.41, 0.42 ms |
-| GET /v1/orgs/{org_id}/members | 0.39, 0.27, 0.37; 0.57, 0.55, 0.51 ms | 0.41, 0.40, 0.30; 0.48, 0.48, 0.51 ms |
+| GET …/{org_id}/members | 0.39, 0.27, 0.37; 0.57, 0.55, 0.51 ms | 0.41, 0.40, 0.30; 0.48, 0.48, 0.51 ms |
 
 Three runs each, taking turns (main, branch, main, branch, ...: 18:08-18:32 UTC, load average
 6-13 from other sessions; `--no-single`; the main checkout ran this same bench file). Slice-by-

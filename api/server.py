@@ -45,11 +45,25 @@ def server_config(app: Any, settings: Settings, **options: Any) -> ServerConfig:
 
 def from_env() -> Litestar:
     """uvicorn factory for worker processes: settings come from the environment."""
+    skip_unused_imports()
     from api.app import create_app
 
     settings = load_settings()
     configure_logging(settings.log_level)
     return create_app(settings)
+
+
+#: Modules a server process never runs but would import: httpx's package imports its command-line
+#: client (``httpx._main``: rich, pygments and click, ~3.6 MB resident) when those are installed;
+#: httpx falls back to a stub ``main`` when the import fails, and the API uses only httpx's client.
+UNUSED_IN_SERVER = ("httpx._main",)
+
+
+def skip_unused_imports() -> None:
+    """In a server worker, before the app is imported: make :data:`UNUSED_IN_SERVER` unimportable
+    (a ``None`` entry in ``sys.modules``), unless something already imported them."""
+    for name in UNUSED_IN_SERVER:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
@@ -86,6 +100,7 @@ def serve_api(settings: Settings, *, host: str, port: int, workers: int = 1) -> 
                 str(workers),
             ],
         )
+    skip_unused_imports()
     from api.app import create_app
 
     server = uvicorn.Server(server_config(create_app(settings), settings, host=host, port=port))

@@ -78,6 +78,60 @@ routes; the `--statements` run (Debian's Postgres 15, one cycle) 0.53, 0.44 and 
 (>= 0.5) is not reached here. The single-event path was not profiled: its handler takes no
 dependency but the principal and answers after the ingest store's commit (`api/events/store.py`,
 not part of this change); where its p99 went on the loaded machine is not established here.
+
+Second pass (1 Dec 2026, 17:45-18:30 UTC, main at 0950ec8; py-spy 0.4.3 `record --rate 400 --format
+raw` on the one worker over 6,000 requests of each route, 4 clients; `strace -c` and `perf stat`
+over 2,000-4,000; micro-benchmarks of the reader alone in one uvloop process, 4 tasks):
+- Server CPU per request under the profiler: /health 0.133 ms, /v1/me with an ingest key
+  0.20 ms (authentication, dependencies, routing: +0.07), the member's /v1/me 0.35, the
+  organization 0.39, the members page 0.48. Context switches per request (perf stat) are
+  1.5-1.8 on every route alike: the database routes do not sleep more, they spend more.
+- The largest frames are system calls that wake a peer. The answer's writes
+  (`RequestResponseCycle.send`, uvicorn writes the head and the body apart) are 38-47% of the
+  samples of /health and of the ingest-key /v1/me and 18-33% of the database routes;
+  psycopg's `_send_query_prepared` (the one `sendto` to Postgres) 10-26%. A send to a sleeping
+  process wakes it from the sender's CPU; on this nested VM cProfile clocks that send at ~83 us
+  of wall time, and a differential profile (organization minus ingest-key /v1/me, us a
+  request) puts +101 in the read (+72 of it the send) and +60 in the answer's writes, whose
+  client is more often asleep by then.
+- strace -c per database read: 1 sendto, 1 recvfrom, ~6 epoll_ctl, 1 ioctl, 0.5 io_uring_enter,
+  1 getpid: psycopg's `wait_async` adds and removes the socket's reader at every wait (libuv
+  checks a new poll handle with an epoll_ctl pair and sets O_NONBLOCK: the ioctl). epoll_ctl
+  costs 3.5 us here, so ~25 us a read; keeping the socket registered would mean replacing
+  psycopg's wait with one of our own (fd reuse after a close is the hazard), not done.
+- The reader alone: a prepared one-row `SELECT` through psycopg 43-47 us of CPU, through asyncpg
+  45-47 us (its protocol keeps the socket registered, yet no cheaper now: a second driver would
+  buy nothing). `Reader.first` of the organization: 62-78 us on main, 54-65 us now;
+  `Reader.all` of the members page 119-122 us on main, 98-114 us now. What changed:
+  `getconn`/`putconn` instead of `pool.connection()`, whose context also entered the
+  connection's own (a commit: a lock and a status check, for a transaction autocommit never
+  opened), and rows converted only in the columns that need it (the enums stored as text).
+- The members page's own Python work is small: converting 22 rows 7 us, building the page 3 us,
+  msgspec's encoding 5 us. Its fetch costs 63-80 us against 42-47 us for one row: parsing 44
+  `timestamptz` values is ~15 us of it (selecting them as text saves that, but would change the
+  answer's format), the 66 uuids nothing measurable.
+- Not changed, for the ratio's sake or the contract's: one write for the answer's head and body
+  (one wake-up of the client fewer) would speed /health as much as these routes, lowering the
+  ratio; caching the answers themselves would let one process serve an organization another
+  just changed (read-your-writes across workers), which the 2 s grant cache does for access
+  only, as documented.
+
+| route | main (0950ec8): rate ratio, server CPU | this branch: rate ratio, server CPU |
+|---|---|---|
+| /health | 901, 1,466, 1,259 req/s; 0.18, 0.18, 0.17 ms | 1,254, 1,324, 1,141 req/s; 0.18, 0.16, 0.19 ms |
+| GET /v1/me | 0.52, 0.40, 0.46; 0.41, 0.42, 0.39 ms | 0.55, 0.56, 0.51; 0.37, 0.36, 0.40 ms |
+| GET /v1/orgs/{org_id} | 0.53, 0.31, 0.47; 0.45, 0.47, 0.43 ms | 0.43, 0.41, 0.47; 0.44, 0.41, 0.42 ms |
+| GET …/{org_id}/members | 0.39, 0.27, 0.37; 0.57, 0.55, 0.51 ms | 0.41, 0.40, 0.30; 0.48, 0.48, 0.51 ms |
+
+Three runs each, taking turns (main, branch, main, branch, ...: 18:08-18:32 UTC, load average
+6-13 from other sessions; `--no-single`; the main checkout ran this same bench file). Slice-by-
+slice ratios spread 0.13-1.83 within one run, so the rate ratios say little. The server's CPU per
+request (medians): /v1/me 0.41 -> 0.37 ms, the organization 0.45 -> 0.42, the members page
+0.55 -> 0.48; the third pair alone shows no difference at all, so the reader's ~10 us a read
+(micro-benchmark above) is at the edge of what this machine can show end to end. Only /v1/me
+is at the target (median ratio 0.55); the organization (0.43) and the members page (0.40) are
+not, and what separates them from /health is mostly the two wake-ups above (the query's send,
+and a client that fell asleep meanwhile), not Python work that is left to cut.
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ import httpx
 import psycopg
 import pytest
 from psycopg import pq
-from sqlalchemy import Engine, bindparam, select, text
+from sqlalchemy import Engine, bindparam, func, literal, select, text
 
 from api.auth import cache
 from api.auth import services as auth
+from api.auth.secrets import digest
 from api.db.reads import Read, Reader, make_read_pool
 from api.members.models import MembershipStatus, OrgRole
 from api.orgs.models import Organization, OrgStatus
@@ -73,6 +74,53 @@ def test_a_read_takes_exactly_its_parameters_and_keeps_its_constants(
     assert missing == []
 
 
+def test_a_read_cancelled_mid_statement_leaves_no_broken_connection_behind(
+    database_url: str, org: OrgWorld
+) -> None:
+    """A request whose client goes away cancels its read while Postgres is still running it; the
+    connection goes back to the pool (which discards it: its statement is still active) and the
+    next read, on a pool of one, gets a working connection and its own answer."""
+    slow = Read(select(func.pg_sleep(bindparam("seconds")), literal("slow")))
+    name = Read(select(Organization.name).where(Organization.id == bindparam("org_id")))
+
+    async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(reader.first(slow, seconds=30))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await asyncio.wait_for(reader.first(name, org_id=uuid.UUID(org.id)), 10)
+
+    async def main():  # type: ignore[no-untyped-def]
+        pool = make_read_pool(database_url, max_size=1)
+        await pool.open()
+        try:
+            return await work(Reader(pool), pool)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(main()) == (f"Org {org.slug}",)
+
+
+def test_rows_are_converted_only_where_a_column_needs_it(database_url: str, org: OrgWorld) -> None:
+    plain = Read(select(Organization.id, Organization.name).where(Organization.id == bindparam("org_id")))
+    mixed = Read(select(Organization.name, Organization.status).where(Organization.id == bindparam("org_id")))
+    assert plain.converted == () and [i for i, _ in mixed.converted] == [1]
+    assert mixed.rows([("a", "active"), ("b", "suspended")]) == [
+        ("a", OrgStatus.active), ("b", OrgStatus.suspended),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="columns"):
+        mixed.row(("a",))
+
+    async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+        org_id = uuid.UUID(org.id)
+        return await reader.all(plain, org_id=org_id), await reader.first(mixed, org_id=org_id)
+
+    rows, first = with_reader(database_url, work)
+    assert rows == [(uuid.UUID(org.id), f"Org {org.slug}")]
+    assert first == (f"Org {org.slug}", OrgStatus.active) and isinstance(first[1], OrgStatus)
+
+
 def test_member_reads_answer_the_member_through_the_reader(client: httpx.Client, org: OrgWorld) -> None:
     member = org.headers("member")
     me = client.get("/v1/me", headers=member)
@@ -125,3 +173,25 @@ def test_a_member_removed_behind_the_apis_back_loses_the_org_within_the_cache_bo
                within=cache.TTL + REQUEST_SLACK)  # fmt: skip
     # A grant is one user's of one org: a member of another org never reaches this one.
     assert client.get(f"/v1/orgs/{org.id}", headers=other_org.headers("owner")).status_code == 404
+
+
+def test_a_token_revoked_behind_the_apis_back_stops_working_within_the_cache_bound(
+    client: httpx.Client, engine: Engine, org: OrgWorld
+) -> None:
+    """The verified-token cache (``cache.principals``) answers a known token without a lookup for
+    ``cache.TTL`` seconds; a revocation no process was told of (psql) ends it within that bound,
+    on every route the member reads."""
+    member = org.headers("member")
+    routes = ("/v1/me", f"/v1/orgs/{org.id}", f"/v1/orgs/{org.id}/members")
+    assert [client.get(path, headers=member).status_code for path in routes] == [200, 200, 200]
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_tokens SET revoked_at = now() WHERE secret_hash = :h"),
+            {"h": digest(org.tokens["member"])},
+        )
+
+    def refused() -> bool:
+        return [client.get(path, headers=member).status_code for path in routes] == [401, 401, 401]
+
+    eventually(refused, what="a token revoked in the database is refused", within=cache.TTL + REQUEST_SLACK)
+    assert "revoked" in client.get("/v1/me", headers=member).json()["detail"]

@@ -42,7 +42,7 @@ class Read:
     the processors of the parameters named by :func:`sqlalchemy.bindparam` and of the result columns.
     """
 
-    __slots__ = ("constants", "parameters", "results", "sql")
+    __slots__ = ("constants", "converted", "parameters", "results", "sql")
 
     def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
         # The parameters are the binds with no value (``bindparam("org_id")``); the rest are the
@@ -62,6 +62,11 @@ class Read:
         self.results: tuple[Processor, ...] = tuple(
             column.type.result_processor(_DIALECT, None) for column in statement.selected_columns
         )
+        #: The result columns that need converting (enums stored as text, mostly): psycopg's own
+        #: values stand for the rest, so a row with none to convert is returned as psycopg made it.
+        self.converted: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (i, p) for i, p in enumerate(self.results) if p is not None
+        )
 
     def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
         if values.keys() != self.parameters.keys():
@@ -73,7 +78,31 @@ class Read:
         return bound
 
     def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(p(v) if p else v for p, v in zip(self.results, raw, strict=True))
+        if len(raw) != len(self.results):
+            raise ValueError(f"a row of {len(raw)} columns for a read of {len(self.results)}")
+        if not self.converted:
+            return tuple(raw)
+        values = list(raw)
+        for i, process in self.converted:
+            values[i] = process(values[i])
+        return tuple(values)
+
+    def rows(self, raw: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """:meth:`row` for each of ``raw``, the conversions looked up once for them all."""
+        if not raw:
+            return []
+        if len(raw[0]) != len(self.results):
+            raise ValueError(f"rows of {len(raw[0])} columns for a read of {len(self.results)}")
+        if not self.converted:
+            return [tuple(r) for r in raw]
+        out = []
+        converted = self.converted
+        for r in raw:
+            values = list(r)
+            for i, process in converted:
+                values[i] = process(values[i])
+            out.append(tuple(values))
+        return out
 
 
 def make_read_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[PgConnection]:
@@ -99,15 +128,26 @@ class Reader:
     async def all(self, read: Read, **values: Any) -> list[tuple[Any, ...]]:
         for observe in self.observers:
             observe(read.sql)
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(read.sql, read.bind(values), prepare=True)
+        params = read.bind(values)
+        # getconn/putconn rather than ``pool.connection()``: that one also enters the connection's
+        # own context, which commits (a lock and a status check) what autocommit never opened.
+        # putconn still discards a connection a failed or cancelled read left in a bad state.
+        conn = await self.pool.getconn()
+        try:
+            cursor = await conn.execute(read.sql, params, prepare=True)
             raw = await cursor.fetchall()
-        return [read.row(r) for r in raw]
+        finally:
+            await self.pool.putconn(conn)
+        return read.rows(raw)
 
     async def first(self, read: Read, **values: Any) -> tuple[Any, ...] | None:
         for observe in self.observers:
             observe(read.sql)
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(read.sql, read.bind(values), prepare=True)
+        params = read.bind(values)
+        conn = await self.pool.getconn()
+        try:
+            cursor = await conn.execute(read.sql, params, prepare=True)
             raw = await cursor.fetchone()
+        finally:
+            await self.pool.putconn(conn)
         return None if raw is None else read.row(raw)

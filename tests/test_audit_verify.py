@@ -124,6 +124,18 @@ TAMPERING: dict[str, tuple[Tamper, Callable[[list[dict[str, Any]]], str], str]] 
         lambda e, k, rows: tamper(e, "UPDATE audit_log SET ip = '10.9.8.7' WHERE chain_key = :k AND seq = 3", k=k),
         lambda rows: rows[2]["id"], "was changed",
     ),
+    "empty an entry's targets": (
+        lambda e, k, rows: tamper(e, "UPDATE audit_log SET targets = '[]' WHERE chain_key = :k AND seq = :s", k=k, s=len(rows)),
+        lambda rows: rows[-1]["id"], "was changed",
+    ),
+    "give an entry other targets": (
+        lambda e, k, rows: tamper(e, "UPDATE audit_log SET targets = '[{\"type\": \"user\", \"id\": \"x\"}]' WHERE chain_key = :k AND seq = 2", k=k),
+        lambda rows: rows[1]["id"], "was changed",
+    ),
+    "spell an ip as IPv4-mapped IPv6": (
+        lambda e, k, rows: tamper(e, "UPDATE audit_log SET ip = '::ffff:203.0.113.7' WHERE chain_key = :k AND seq = :s", k=k, s=len(rows) - 2),
+        lambda rows: rows[-3]["id"], "was changed",
+    ),
     "shift a time by a microsecond": (
         lambda e, k, rows: tamper(e, "UPDATE audit_log SET occurred_at = occurred_at + interval '1 microsecond' WHERE chain_key = :k AND seq = 2", k=k),
         lambda rows: rows[1]["id"], "was changed",

@@ -268,6 +268,8 @@ async def _in_thread(run: Callable[[], None], stop: threading.Event) -> None:
     except asyncio.CancelledError:
         stop.set()
         await asyncio.wait([done])
+        if not done.cancelled():
+            done.exception()  # (retrieved: the cancellation is what the caller hears of)
         raise
 
 

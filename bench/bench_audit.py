@@ -55,18 +55,23 @@ What was profiled (issue 18's two missed figures), and what changed:
   (``rows.SnapshotReader``, one chunked stream: Postgres keeps sending while Python hashes), and
   metadata and targets arrive as one JSON text (a column and a parse fewer). The event loop is
   free meanwhile. Before/after, the tree of main (a checkout under /tmp) and this one, run in
-  turn on one machine within the hour (load average 8-12 on its 2 cores):
+  turn on one machine within the hour (load average 7-17 on its 2 cores):
   in-process ``verify`` of 200,000 bulk entries (``time.process_time``, pairs of 2-3 rounds, CPU
   ratio = hashing alone / verify): the thread and stream alone 0.75, 0.75, 0.75 → 0.79, 0.79,
   0.80; with the one JSON text too 0.74, 0.72, 0.74, 0.73, 0.77, 0.75 → 0.82, 0.80, 0.82, 0.82,
   0.79, 0.83 (medians 0.74 → 0.82); the same through the API, ``KEEL_BENCH_AUDIT_PART=verify
-  KEEL_BENCH_AUDIT_ENTRIES=200000``, five pairs (18:06-18:17 UTC): server CPU per verified entry
-  9.05, 9.60, 9.30, 9.15, 9.40 µs → 9.20, 8.80, 8.65, 8.85, 8.80 µs (medians 9.30 → 8.80) beside
-  hashing alone's 7.07, 7.05, 6.98, 6.94, 7.13 / 7.08, 6.91, 7.19, 7.02, 7.78 µs (CPU ratio
-  medians 0.76 → 0.79); verify 34,012, 25,765, 29,667, 36,583, 31,396/s → 32,717, 35,118,
-  28,161, 34,078, 27,278/s (medians 31,396 → 32,717). The wall ratio against the rate measured
-  while bulk-loading (minutes earlier, under other neighbours) swung 0.66-1.04 before and
-  0.70-0.97 after: hence the hashing rate measured right after ``verify`` as well.
+  KEEL_BENCH_AUDIT_ENTRIES=200000``, eight pairs (18:06-18:37 UTC): server CPU per verified
+  entry 9.05, 9.60, 9.30, 9.15, 9.40, 9.40, 9.10, 9.10 µs → 9.20, 8.80, 8.65, 8.85, 8.80, 8.95,
+  8.80, 8.65 µs (medians 9.23 → 8.80) beside hashing alone's 6.85-7.13 / 6.70-7.78 µs; CPU ratio
+  0.78, 0.73, 0.75, 0.76, 0.76, 0.75, 0.75, 0.77 → 0.77, 0.79, 0.83, 0.79, 0.88, 0.81, 0.79, 0.77
+  (medians 0.755 → 0.79). Over 1,000,000 entries, one pair (load 8 then 12-17): 8.71 → 8.65 µs
+  beside 6.72 and 6.83 (0.77 → 0.79); 34,031 → 25,535 entries/s beside 39,361 and 29,963/s
+  (0.86, 0.85). The wall ratio is the neighbours' on this machine: against the rate measured
+  while bulk-loading (minutes before, under other neighbours) 0.66-1.10 before, 0.70-0.97 after;
+  against the rate right after ``verify`` (the last three pairs) 0.88, 0.67, 1.38 before and
+  0.80, 1.04, 0.55 after. Left per entry besides the hash (in-process): the stream's fetch
+  ~0.8 µs, the JSON parse, the list and the address ~0.45, the loop ~0.15, less the ~0.3 by
+  which ``canonical_values`` beats ``canonical`` over a mapping.
 - batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
   the JSON depth check 7.4% (2.2-2.9 ms a 1,000-entry body, splitting it at 30,000 quotes; now
   1.0 ms: only brackets and quotes kept, adjacent quote pairs dropped first), ``canonical``'s

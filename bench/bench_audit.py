@@ -3,7 +3,8 @@
 - appends/s through ``POST /v1/audit-logs`` (8 concurrent clients), with the chain verified after;
   baseline: the same server answering an authenticated read (``GET /v1/me``) at the same concurrency.
 - ``verify`` over 1,000,000 entries in entries/s; baseline: Postgres alone streaming the same
-  rows (``COPY (SELECT …) TO STDOUT``), and Python alone hashing them (while generating them).
+  rows (``COPY (SELECT …) TO STDOUT``), and Python alone hashing them (``entry_hash``, the
+  issue's "hashing-alone rate": while generating them, and again right after ``verify``).
 - export of 1,000,000 entries through the streaming endpoint and through ``keel audit export``,
   with the exporting process's peak RSS (must stay under 200 MB); same COPY baseline.
 
@@ -40,6 +41,37 @@ What was profiled (issue 18's two missed figures), and what changed:
   swings with the neighbours (0.93 before, 0.84 after in that pair), the CPU one much less.
   What is left besides the hash: psycopg's fetch (~1.5 µs), two JSON parses and the address
   (~0.8 µs), the loop (~0.4 µs) — the first in Python's process whatever the protocol.
+  Then (task E, the fetch): timed apart in one process over 100,000 rows (``time.process_time``),
+  the async named cursor cost 1.5-2.0 µs a row, the same cursor on a blocking connection 0.92-1.0:
+  psycopg's asyncio wait takes an event-loop round (``add_reader``, a future, a timer) per libpq
+  read, and libpq reads 16 kB at a time (4,461 waits for 100,000 rows, counted by wrapping
+  ``loop.add_reader``), ~11 µs each. Growing libpq's buffer first (one 4 MB value) only took that
+  to 3,500. A chunked ``stream()`` (libpq 17) on the blocking connection: 0.78 µs a row with the
+  walk's 17 columns, every column ~0.055 µs (3 columns: 0.26; ``EXPLAIN``: the same index scan
+  on ``uq_audit_log_chain_key_seq`` as the cursor's, no sort); COPY text parsed by psycopg
+  (``rows()``) 2.29, COPY read raw and split 0.97; a reader thread feeding a queue lost to the GIL
+  (the reader waits a switch interval for each 16 kB). Now: ``verify`` exports its snapshot and a
+  worker thread reads and hashes each chain on a second, blocking connection that imports it
+  (``rows.SnapshotReader``, one chunked stream: Postgres keeps sending while Python hashes), and
+  metadata and targets arrive as one JSON text (a column and a parse fewer). The event loop is
+  free meanwhile. Before/after, the tree of main (a checkout under /tmp) and this one, run in
+  turn on one machine within the hour (load average 7-17 on its 2 cores):
+  in-process ``verify`` of 200,000 bulk entries (``time.process_time``, pairs of 2-3 rounds, CPU
+  ratio = hashing alone / verify): the thread and stream alone 0.75, 0.75, 0.75 → 0.79, 0.79,
+  0.80; with the one JSON text too 0.74, 0.72, 0.74, 0.73, 0.77, 0.75 → 0.82, 0.80, 0.82, 0.82,
+  0.79, 0.83 (medians 0.74 → 0.82); the same through the API, ``KEEL_BENCH_AUDIT_PART=verify
+  KEEL_BENCH_AUDIT_ENTRIES=200000``, eight pairs (18:06-18:37 UTC): server CPU per verified
+  entry 9.05, 9.60, 9.30, 9.15, 9.40, 9.40, 9.10, 9.10 µs → 9.20, 8.80, 8.65, 8.85, 8.80, 8.95,
+  8.80, 8.65 µs (medians 9.23 → 8.80) beside hashing alone's 6.85-7.13 / 6.70-7.78 µs; CPU ratio
+  0.78, 0.73, 0.75, 0.76, 0.76, 0.75, 0.75, 0.77 → 0.77, 0.79, 0.83, 0.79, 0.88, 0.81, 0.79, 0.77
+  (medians 0.755 → 0.79). Over 1,000,000 entries, one pair (load 8 then 12-17): 8.71 → 8.65 µs
+  beside 6.72 and 6.83 (0.77 → 0.79); 34,031 → 25,535 entries/s beside 39,361 and 29,963/s
+  (0.86, 0.85). The wall ratio is the neighbours' on this machine: against the rate measured
+  while bulk-loading (minutes before, under other neighbours) 0.66-1.10 before, 0.70-0.97 after;
+  against the rate right after ``verify`` (the last three pairs) 0.88, 0.67, 1.38 before and
+  0.80, 1.04, 0.55 after. Left per entry besides the hash (in-process): the stream's fetch
+  ~0.8 µs, the JSON parse, the list and the address ~0.45, the loop ~0.15, less the ~0.3 by
+  which ``canonical_values`` beats ``canonical`` over a mapping.
 - batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
   the JSON depth check 7.4% (2.2-2.9 ms a 1,000-entry body, splitting it at 30,000 quotes; now
   1.0 ms: only brackets and quotes kept, adjacent quote pairs dropped first), ``canonical``'s
@@ -241,16 +273,18 @@ def bulk_entry(org_id: str, i: int, seq: int, when: datetime) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def hashing_cpu_us(org_id: str, count: int = 100_000) -> float:
-    """CPU microseconds per entry (this process, ``time.process_time``) of hashing bulk entries
-    alone, in a tight loop: the CPU baseline of verify (less swayed by the neighbours than a rate)."""
+def hashing_alone(org_id: str, count: int = 100_000) -> tuple[float, float]:
+    """Hashing bulk entries alone (``entry_hash``), in a tight loop, right after ``verify``: CPU
+    microseconds per entry (this process, ``time.process_time``; less swayed by the neighbours
+    than a rate) and entries/s of wall time (the same moment's load as ``verify``'s, unlike the
+    rate measured while bulk-loading)."""
     base = datetime.now(UTC)
     entries = [bulk_entry(org_id, i, i + 1, base + timedelta(microseconds=2_000 * i)) for i in range(count)]
     prev = GENESIS
-    began = time.process_time()
+    began, wall = time.process_time(), time.perf_counter()
     for entry in entries:
         prev = entry_hash(entry, prev)
-    return (time.process_time() - began) / count * 1e6
+    return (time.process_time() - began) / count * 1e6, count / (time.perf_counter() - wall)
 
 
 def bulk_load(database_url: str, org_id: str, count: int) -> float:
@@ -512,11 +546,13 @@ def part_only(part: str) -> int:
                     began = time.perf_counter()
                     report = c.get(f"/v1/orgs/{big}/audit-logs/verify").json()
                     rate = report["entries_checked"] / (time.perf_counter() - began)
-                verify_cpu, hash_cpu = cpu.seconds / report["entries_checked"] * 1e6, hashing_cpu_us(big)
+                verify_cpu = cpu.seconds / report["entries_checked"] * 1e6
+                hash_cpu, hash_after = hashing_alone(big)
                 if not report["ok"] or report["entries_checked"] < ENTRIES:
                     raise RuntimeError(f"the bulk chain does not verify: {report}")
                 ratio = rate / hash_rate
-                say(f"verify entries/s  {rate:>10,.0f}  hashing alone {hash_rate:,.0f}/s, ratio {ratio:.2f}")
+                say(f"verify entries/s  {rate:>10,.0f}  hashing alone {hash_rate:,.0f}/s, ratio {ratio:.2f};"
+                    f" right after {hash_after:,.0f}/s, ratio {rate / hash_after:.2f}")  # fmt: skip
                 cpu_ratio = hash_cpu / verify_cpu
                 say(f"  server CPU per verified entry {verify_cpu:.2f} us; hashing alone {hash_cpu:.2f} us,"
                     f" ratio {cpu_ratio:.2f}")  # fmt: skip
@@ -635,12 +671,14 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         began = time.perf_counter()
         report = client.get(f"/v1/orgs/{big}/audit-logs/verify").json()
         verify_rate = total / (time.perf_counter() - began)
-    verify_cpu, hash_cpu = cpu.seconds / total * 1e6, hashing_cpu_us(big)
+    verify_cpu = cpu.seconds / total * 1e6
+    hash_cpu, hash_after = hashing_alone(big)
     if not report["ok"] or report["entries_checked"] != total:
         raise RuntimeError(f"the bulk chain does not verify: {report}")
     results.append((f"verify, entries/s over {total:,} (API)", f"{verify_rate:,.0f}",
                     f"COPY TO STDOUT {copy_rate:,.0f} rows/s; hashing alone {hash_rate:,.0f}/s,"
-                    f" ratio {verify_rate / hash_rate:.2f}"))  # fmt: skip
+                    f" ratio {verify_rate / hash_rate:.2f}; right after {hash_after:,.0f}/s,"
+                    f" ratio {verify_rate / hash_after:.2f}"))  # fmt: skip
     cpu_ratio = hash_cpu / verify_cpu
     results.append(("  server CPU per verified entry", f"{verify_cpu:.2f} us",
                     f"hashing alone {hash_cpu:.2f} us CPU per entry, ratio {cpu_ratio:.2f}"))  # fmt: skip

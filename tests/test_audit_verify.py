@@ -3,19 +3,25 @@ concurrent writers never fork a chain; the CLI walks every chain."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.audit.chain import entry_hash
-from api.db.engine import make_sync_engine
+from api.audit.rows import CHUNK_ROWS, snapshot
+from api.audit.services import chain_key_of
+from api.audit.verify import verify as verify_chains
+from api.audit.verify import verify_chain, walk_reader
+from api.db.engine import make_async_engine, make_sync_engine
 from api.db.migrate import upgrade
 from tests.harness import LiveServer, OrgWorld, auth, make_org
 from tests.test_audit_ingest import entry
@@ -123,6 +129,18 @@ TAMPERING: dict[str, tuple[Tamper, Callable[[list[dict[str, Any]]], str], str]] 
     "change an ip": (
         lambda e, k, rows: tamper(e, "UPDATE audit_log SET ip = '10.9.8.7' WHERE chain_key = :k AND seq = 3", k=k),
         lambda rows: rows[2]["id"], "was changed",
+    ),
+    "empty an entry's targets": (
+        lambda e, k, rows: tamper(e, "UPDATE audit_log SET targets = '[]' WHERE chain_key = :k AND seq = :s", k=k, s=len(rows)),
+        lambda rows: rows[-1]["id"], "was changed",
+    ),
+    "give an entry other targets": (
+        lambda e, k, rows: tamper(e, "UPDATE audit_log SET targets = '[{\"type\": \"user\", \"id\": \"x\"}]' WHERE chain_key = :k AND seq = 2", k=k),
+        lambda rows: rows[1]["id"], "was changed",
+    ),
+    "spell an ip as IPv4-mapped IPv6": (
+        lambda e, k, rows: tamper(e, "UPDATE audit_log SET ip = '::ffff:203.0.113.7' WHERE chain_key = :k AND seq = :s", k=k, s=len(rows) - 2),
+        lambda rows: rows[-3]["id"], "was changed",
     ),
     "shift a time by a microsecond": (
         lambda e, k, rows: tamper(e, "UPDATE audit_log SET occurred_at = occurred_at + interval '1 microsecond' WHERE chain_key = :k AND seq = 2", k=k),
@@ -278,3 +296,54 @@ def test_eight_concurrent_writers_never_fork_a_chain(
     with httpx.Client(base_url=live_server.url) as c:
         report = verify(c, org)
     assert report["ok"] is True and report["entries_checked"] == len(rows), report
+
+
+@pytest.fixture
+async def async_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_async_engine(database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def test_the_rows_are_read_in_the_snapshot_the_head_was_read_in(
+    client: httpx.Client, engine: Engine, org: OrgWorld, async_engine: AsyncEngine
+) -> None:
+    """The walk's rows come over a second connection: it must see the moment the head was read,
+    not an entry appended since (that one would be past the recorded head, a false alarm)."""
+    seed(client, org)
+    rows = chain(engine, org.id)
+    async with snapshot(async_engine) as conn, walk_reader(async_engine, conn) as reader:
+        appended = client.post("/v1/audit-logs", json=entry(), headers=auth(org.ingest_key))
+        assert appended.status_code == 201, appended.text
+        report = await verify_chain(conn, reader, chain_key_of(uuid.UUID(org.id)))
+        again = await verify_chain(
+            conn, reader, chain_key_of(uuid.UUID(org.id))
+        )  # a second walk, same snapshot
+    assert report.ok and report.entries_checked == len(rows) and report.head is not None
+    assert report.head.seq == len(rows) and again.entries_checked == len(rows) and again.ok
+    now = verify(client, org)
+    assert now["ok"] is True and now["entries_checked"] == len(rows) + 1
+
+
+async def test_a_cancelled_verify_stops_its_thread_and_leaves_nothing_broken(
+    client: httpx.Client, org: OrgWorld, async_engine: AsyncEngine
+) -> None:
+    for n in range(7):  # several chunks of rows
+        batch = [entry(metadata={"n": n, "i": i}) for i in range(1000)]
+        response = client.post("/v1/audit-logs/batch", json={"entries": batch}, headers=auth(org.ingest_key))
+        assert response.status_code == 200 and response.json()["accepted"] == len(batch), response.text
+    key = chain_key_of(uuid.UUID(org.id))
+    seen: list[int] = []
+    running: asyncio.Task[Any] | None = None
+
+    def progress(count: int) -> None:
+        seen.append(count)
+        assert running is not None
+        running.cancel()  # after the first chunk
+
+    running = asyncio.ensure_future(verify_chains(async_engine, chain_key=key, progress=progress))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert seen and sum(seen) >= CHUNK_ROWS
+    whole = await verify_chains(async_engine, chain_key=key)  # the same engine, its pool unharmed
+    assert whole.ok and whole.entries_checked >= 7000 > CHUNK_ROWS * 3, whole.as_dict()

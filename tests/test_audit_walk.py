@@ -23,7 +23,8 @@ ORG = str(uuid.UUID(int=7))
 
 
 def chain_rows(n: int) -> list[list[Any]]:
-    """``n`` rows as SELECT_FOR_WALK hands them over (JSON as text, the address as Postgres spells it)."""
+    """``n`` rows as SELECT_FOR_WALK hands them over (``[metadata, targets]`` as one JSON text in
+    metadata's place, the address as Postgres spells it)."""
     rows, prev = [], GENESIS
     base = datetime(2026, 1, 1, tzinfo=UTC)
     for seq in range(1, n + 1):
@@ -40,7 +41,8 @@ def chain_rows(n: int) -> list[list[Any]]:
             hashed[11] = "::ffff:102:304"  # (what normalize_ip makes of Postgres's spelling)
         digest = values_hash(hashed, prev)
         row = list(values)
-        row[10], row[15] = json.dumps(values[10]), json.dumps(values[15])
+        row[10] = json.dumps([values[10], values[15]])
+        del row[15]
         rows.append([*row, prev, digest])
         prev = digest
     return rows
@@ -54,7 +56,9 @@ def tampered(rows: list[list[Any]], how: str, at: int) -> list[list[Any]]:
     if how == "change":
         rows[at][ACTION] = "member.removed"
     elif how == "metadata":
-        rows[at][METADATA] = '{"i": -1}'
+        rows[at][METADATA] = '[{"i": -1}, []]'
+    elif how == "targets":  # the targets emptied: the default, left out of the hashed body
+        rows[at][METADATA] = json.dumps([json.loads(rows[at][METADATA])[0], []])
     elif how == "prev_hash":
         rows[at][-2] = "0" * 63 + "1"
     elif how == "delete":
@@ -89,7 +93,9 @@ def report_of(
 @settings(max_examples=300, deadline=None)
 @given(
     n=st.integers(1, 25),
-    how=st.sampled_from(["none", "change", "metadata", "prev_hash", "delete", "swap", "duplicate"]),
+    how=st.sampled_from(
+        ["none", "change", "metadata", "targets", "prev_hash", "delete", "swap", "duplicate"]
+    ),
     at=st.integers(0, 24),
     chunks=st.lists(st.integers(1, 7), max_size=8),
     checkpoint=st.booleans(),

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from itertools import islice
+from typing import Any, cast
 
 import msgspec
+import psycopg
+from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.audit.chain import CANONICAL_FIELDS
@@ -55,27 +58,30 @@ FROM audit_log
 #: Postgres: no timestamp to parse and format per entry in Python.
 OCCURRED_AT_AS_HASHED = """to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
 #: How ``verify`` reads each field the hash covers, where the column alone is not the hashed value.
+#: ``metadata`` and ``targets`` arrive as one JSON text, ``[metadata, targets]``: one column and
+#: one parse fewer per entry (``targets`` has no column of its own in the walk's rows).
 _AS_HASHED = {
     "id": "id::text",
     "organization_id": "organization_id::text",
     "occurred_at": OCCURRED_AT_AS_HASHED,
-    "metadata": "metadata::text",
+    "metadata": "'[' || COALESCE(metadata::text, 'null') || ',' || COALESCE(targets::text, 'null') || ']'",
     "ip": "host(ip)",
-    "targets": "targets::text",
 }
-#: What ``verify`` reads: the values ``api.audit.chain.canonical_values`` takes, in its order, then
-#: ``prev_hash`` and ``hash``. A row needs no mapping, only its two JSON texts parsed and its
-#: address spelled as Python does (:func:`walk_values`).
+_WALK_FIELDS = tuple(name for name in CANONICAL_FIELDS if name != "targets")
+#: What ``verify`` reads: the values ``api.audit.chain.canonical_values`` takes, in its order (but
+#: ``targets``, read with ``metadata``), then ``prev_hash`` and ``hash``. A row needs no mapping,
+#: only its JSON text parsed and its address spelled as Python does (:func:`walk_values`).
 SELECT_FOR_WALK = (
-    f"SELECT {', '.join(_AS_HASHED.get(name, name) for name in CANONICAL_FIELDS)}, prev_hash, hash"
-    " FROM audit_log"
+    f"SELECT {', '.join(_AS_HASHED.get(name, name) for name in _WALK_FIELDS)}, prev_hash, hash FROM audit_log"
 )
-WALK_SEQ = CANONICAL_FIELDS.index("seq")
-WALK_PREV_HASH = len(CANONICAL_FIELDS)
+WALK_SEQ = _WALK_FIELDS.index("seq")
+WALK_PREV_HASH = len(_WALK_FIELDS)
 WALK_HASH = WALK_PREV_HASH + 1
-_WALK_METADATA = CANONICAL_FIELDS.index("metadata")
+_WALK_METADATA = _WALK_FIELDS.index("metadata")
 _WALK_TARGETS = CANONICAL_FIELDS.index("targets")
-_WALK_IP = CANONICAL_FIELDS.index("ip")
+_WALK_IP = _WALK_FIELDS.index("ip")
+if len(_WALK_FIELDS) != _WALK_TARGETS:  # walk_values puts targets back after the other values
+    raise ImportError("api.audit.rows expects targets last of CANONICAL_FIELDS")
 
 
 def iso(value: datetime) -> str:
@@ -107,9 +113,11 @@ def as_entry(row: Sequence[Any], *, parse_json: bool = True) -> dict[str, Any]:
 def walk_values(row: Sequence[Any]) -> list[Any]:
     """A ``SELECT_FOR_WALK`` row's values as ``api.audit.chain.canonical_values`` takes them."""
     values = list(row)  # (prev_hash and hash ride along at the end: canonical_values reads no further)
-    values[_WALK_METADATA] = loads(values[_WALK_METADATA])
-    values[_WALK_TARGETS] = loads(values[_WALK_TARGETS])
-    values[_WALK_IP] = normalize_ip(values[_WALK_IP])
+    values[_WALK_METADATA], targets = loads(values[_WALK_METADATA])
+    values.insert(_WALK_TARGETS, targets)
+    ip = values[_WALK_IP]
+    if ip is not None and ":" in ip:  # (host() spells IPv4 as Python does: only IPv6 can differ)
+        values[_WALK_IP] = normalize_ip(ip)
     return values
 
 
@@ -149,6 +157,53 @@ async def stream_rows(
         await cursor.execute(f"{select} WHERE {where} ORDER BY {order}", params)
         while chunk := await cursor.fetchmany(CHUNK_ROWS):
             yield chunk
+
+
+#: Rows a chunked stream receives per result (libpq 17's chunked rows mode; one row at a time before).
+_STREAM_SIZE = CHUNK_ROWS if psycopg.pq.version() >= 170000 else 1
+
+
+class SnapshotReader:
+    """A blocking psycopg connection that reads in the snapshot another transaction exported
+    (``pg_export_snapshot()``), for a worker thread: ``verify`` reads and hashes there.
+
+    Why not the async connection: psycopg's asyncio wait goes through the event loop once per
+    16 kB libpq reads (an ``add_reader``, a future and a timer each time), about 0.5-1 µs of CPU
+    per row of the walk; the blocking wait is a ``poll`` in C. And a chunked stream (one statement
+    whose rows Postgres keeps sending while Python hashes, up to the socket's buffer) replaces
+    the named cursor's round trip per chunk. Every call of :meth:`chunks` runs in a transaction
+    of its own that imports the snapshot, so stopping one early (the stream cancelled) spoils
+    nothing for the next. Open it, use it and close it from one thread at a time.
+    """
+
+    def __init__(self, url: str, snapshot_id: str) -> None:
+        self._snapshot_id = snapshot_id
+        self._conn = psycopg.connect(url)
+        self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self._conn.read_only = True
+
+    def chunks(
+        self, select: str, where: str, params: dict[str, Any]
+    ) -> Generator[list[tuple[Any, ...]], None, None]:
+        """Lists of up to CHUNK_ROWS raw rows ``<select> WHERE <where> ORDER BY seq``, in the snapshot.
+        Close the iterator to stop early."""
+        conn = self._conn
+        try:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot_id)))
+            rows = cast(
+                Generator[tuple[Any, ...], None, None],
+                conn.cursor().stream(f"{select} WHERE {where} ORDER BY seq", params, size=_STREAM_SIZE),
+            )
+            try:
+                while chunk := list(islice(rows, CHUNK_ROWS)):
+                    yield chunk
+            finally:
+                rows.close()  # (psycopg cancels a statement still sending; the rollback below clears it)
+        finally:
+            conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 async def count_rows(conn: AsyncConnection, where: str, params: dict[str, Any]) -> int:

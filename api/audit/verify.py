@@ -2,7 +2,8 @@
 
 Every entry must follow the one before it (seq + 1), carry its hash as ``prev_hash``, and hash to
 its own ``hash``; the walk must end exactly at the head the database recorded. The first entry
-that does not is named, with the reason. Memory stays flat: rows stream in chunks.
+that does not is named, with the reason. Memory stays flat: rows stream in chunks, read and
+hashed in a worker thread on a second connection that shares the walk's snapshot.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +26,12 @@ from api.audit.rows import (
     WALK_HASH,
     WALK_PREV_HASH,
     WALK_SEQ,
+    SnapshotReader,
     snapshot,
-    stream_rows,
     walk_entry,
     walk_values,
 )
+from api.db.engine import libpq_url
 
 _WALK_ID = 0  # (``id`` is the first of the hashed fields, SELECT_FOR_WALK's order)
 
@@ -226,40 +229,60 @@ async def chain_state(conn: AsyncConnection, chain_key: str) -> tuple[Point | No
 
 
 async def verify_chain(
-    conn: AsyncConnection, chain_key: str, *, progress: Callable[[int], None] | None = None
+    conn: AsyncConnection,
+    reader: SnapshotReader,
+    chain_key: str,
+    *,
+    progress: Callable[[int], None] | None = None,
 ) -> ChainReport:
+    """One chain: its head and checkpoints read on ``conn``, its rows read and hashed in a worker
+    thread through ``reader`` (the same snapshot), so the event loop keeps serving meanwhile."""
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
-    chunks = aiter(
-        stream_rows(conn, "chain_key = %(chain_key)s", {"chain_key": chain_key}, select=SELECT_FOR_WALK)
-    )
-    following: asyncio.Future[Sequence[Sequence[Any]]] = asyncio.ensure_future(anext(chunks))
-    try:
-        while True:
-            try:
-                chunk = await following
-            except StopAsyncIteration:
-                break
-            # Ask Postgres for the next chunk before hashing this one: it reads and sends while
-            # Python hashes (two processes, two cores), instead of each waiting for the other.
-            following = asyncio.ensure_future(anext(chunks))
-            await asyncio.sleep(0)
-            going = _feed_chunk(walk, chunk)
-            if progress is not None:
-                progress(len(chunk))
-            if not going:
-                break
-    finally:
-        # A fetch in flight is let finish (cancelling one mid-reply would leave the connection
-        # unusable), then the cursor is closed.
-        with contextlib.suppress(StopAsyncIteration):
-            await following
-        await chunks.aclose()  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    def advanced(count: int) -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, count)
+
+    def run() -> None:
+        chunks = reader.chunks(SELECT_FOR_WALK, "chain_key = %(chain_key)s", {"chain_key": chain_key})
+        with contextlib.closing(chunks):
+            for chunk in chunks:
+                going = walk.feed_rows(chunk)
+                advanced(len(chunk))
+                if not going or stop.is_set():
+                    break
+
+    await _in_thread(run, stop)
     return walk.finish()
 
 
-def _feed_chunk(walk: ChainWalk, chunk: Sequence[Sequence[Any]]) -> bool:
-    return walk.feed_rows(chunk)
+async def _in_thread(run: Callable[[], None], stop: threading.Event) -> None:
+    """``run`` in a worker thread; if the caller is cancelled, ``run`` is told to stop (at its next
+    chunk) and waited for, so that nothing uses the reader's connection once it is closed."""
+    done = asyncio.ensure_future(asyncio.to_thread(run))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait([done])
+        if not done.cancelled():
+            done.exception()  # (retrieved: the cancellation is what the caller hears of)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def walk_reader(engine: AsyncEngine, conn: AsyncConnection) -> AsyncIterator[SnapshotReader]:
+    """A :class:`SnapshotReader` in ``conn``'s snapshot (``conn`` in a REPEATABLE READ transaction)."""
+    snapshot_id = (await conn.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
+    url = libpq_url(engine.url.render_as_string(hide_password=False))
+    reader = await asyncio.to_thread(SnapshotReader, url, snapshot_id)
+    try:
+        yield reader
+    finally:
+        await asyncio.to_thread(reader.close)
 
 
 async def chain_keys(conn: AsyncConnection) -> list[str]:
@@ -297,6 +320,7 @@ async def verify(
         keys = [chain_key] if chain_key is not None else await chain_keys(conn)
         if on_total is not None:
             on_total(await expected_entries(conn, keys if chain_key is not None else None))
-        for key in keys:
-            report.chains.append(await verify_chain(conn, key, progress=progress))
+        async with walk_reader(engine, conn) as reader:
+            for key in keys:
+                report.chains.append(await verify_chain(conn, reader, key, progress=progress))
     return report

@@ -74,7 +74,7 @@ class Worker:
         #: Held per endpoint. One with twice its share held is left out of claims, so a big backlog
         #: for one slow customer never fills the worker while others' deliveries wait behind it.
         self._held_by: dict[uuid.UUID, int] = {}
-        self._saturation = 2 * self.config.per_endpoint
+        self._saturation = self.queue.share
         self._results: list[Outcome] = []
         self._wake = asyncio.Event()
         self._results_ready = asyncio.Event()
@@ -304,6 +304,10 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._results_ready.wait(), 0.05)
                 continue
+            if not finished.is_set():
+                # Let a round gather before recording it: a statement costs the worker and Postgres far
+                # more than a row of it (bench_webhooks.py), and leases outlast this wait by far.
+                await asyncio.sleep(self.config.record_linger)
             batch, self._results = self._results, []
             try:
                 await self.record(batch)

@@ -22,7 +22,7 @@ class WorkerConfig:
     #: Longest sleep between looks at the queue (a NOTIFY wakes the worker sooner).
     poll_interval: float = 1.0
     #: How long finished deliveries gather before their round is recorded (one statement a round).
-    record_linger: float = 0.02
+    record_linger: float = 0.05
     reap_interval: float = 1.0
 
     def __post_init__(self) -> None:

@@ -154,10 +154,10 @@ class Worker:
         lane = self._lanes.lane(origin(job.url))
         lane.busy += 1
         try:
-            return await attempt(
-                lane.transport, url, job, keys,
-                within=self.config.request_timeout, timeouts=self._lanes.timeout,
-            )  # fmt: skip
+            # ``within`` bounds the whole attempt (connecting, the pool's wait, writing, reading): per
+            # step timeouts of the same length under it never fire first, and each would schedule
+            # and cancel a timer per read and write (~15% of a delivery's CPU beside the baseline's).
+            return await attempt(lane.transport, url, job, keys, within=self.config.request_timeout)
         finally:
             lane.busy -= 1
 

@@ -37,10 +37,9 @@ FAILURE_WINDOW = timedelta(days=5)
 MAX_RETRY_AFTER = 86_400.0
 JITTER = 0.10
 
-#: Oldest due first, but at most an endpoint's share (``per_endpoint``: twice the requests it may
-#: have in flight) of one endpoint per claim (among the oldest ``scan`` due rows), and none of the
-#: endpoints the worker already holds its share of: one customer's backlog never stands in front of
-#: everyone else's deliveries.
+#: Oldest due first, but at most ``per_endpoint`` of one endpoint per claim (among the oldest
+#: ``scan`` due rows), and none of the endpoints the worker already holds its share of: one
+#: customer's backlog never stands in front of everyone else's deliveries.
 CLAIM = """
 WITH candidates AS (
     SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
@@ -188,10 +187,10 @@ class DeliveryQueue:
         self.schedule = schedule
         self.lease_seconds = lease_seconds
         self.per_endpoint = per_endpoint
-        #: What a worker holds of one endpoint before leaving it out of claims, and the most one claim
-        #: takes of it: twice its requests in flight, so its next turns wait claimed while a claim
-        #: runs. A whole share a claim (not one in-flight's worth): claiming costs the worker and
-        #: Postgres per statement more than per row, and a backlog of one endpoint took 2 claims a share.
+        #: What a worker holds of one endpoint before leaving it out of claims: twice its requests in
+        #: flight, so its next turns wait claimed while a claim runs. A claim still takes at most
+        #: ``per_endpoint`` of it: taking a whole share let an endpoint hold up to two shares, one
+        #: slow backlog then filled a small worker (tests/test_webhook_delivery.py's slow backlog).
         self.share = 2 * per_endpoint
         self.reap_interval = reap_interval
         self.stats = WorkerStats()
@@ -223,7 +222,7 @@ class DeliveryQueue:
             {
                 "limit": limit,
                 "scan": limit * 4,
-                "per_endpoint": self.share,
+                "per_endpoint": self.per_endpoint,
                 "lease": self.lease_seconds,
                 "worker": self.name,
                 "saturated": saturated or [],

@@ -263,37 +263,52 @@ class Worker:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def _finished(self, job: Job) -> None:
+    def _finished(self, job: Job) -> Job | None:
+        """Account for a finished delivery; the endpoint's next waiting one, which the same request
+        slot sends next (a task a slot, not one a delivery: what a backlog's deliveries cost apart
+        from sending is the worker's overhead over the bench's baseline)."""
         self._held -= 1
         held_by = self._held_by[job.endpoint_id] - 1
         if held_by:
             self._held_by[job.endpoint_id] = held_by
         else:
             del self._held_by[job.endpoint_id]
-        waiting = self._waiting.get(job.endpoint_id)
-        if waiting:
-            self._launch(waiting.popleft())
-        else:
-            self._waiting.pop(job.endpoint_id, None)
-        left = self._active[job.endpoint_id] - 1
-        if left:
-            self._active[job.endpoint_id] = left
-        else:
-            del self._active[job.endpoint_id]
         # Wake the claim loop only when something changes what it may claim: room for a batch
         # opens up, or an endpoint stops being saturated (not on every finished request).
         batch = min(self.config.batch_size, self.config.concurrency)
         if self._held == self.config.concurrency - batch or held_by == self._saturation - 1:
             self._wake.set()
+        waiting = self._waiting.get(job.endpoint_id)
+        if waiting:
+            return waiting.popleft()
+        self._waiting.pop(job.endpoint_id, None)
+        left = self._active[job.endpoint_id] - 1
+        if left:
+            self._active[job.endpoint_id] = left
+        else:
+            del self._active[job.endpoint_id]
+        return None
 
     async def _deliver(self, job: Job) -> None:
-        try:
-            outcome = await self._send(job)
-            # Appended only now: the flusher swaps the list out while requests are in flight.
-            self._results.append(outcome)
-            self._results_ready.set()
-        finally:
-            self._finished(job)
+        """One of an endpoint's request slots: this delivery, then its endpoint's next waiting ones
+        in claim order, until none waits."""
+        current: Job | None = job
+        while current is not None:
+            try:
+                outcome = await self._send(current)
+                # Appended only now: the flusher swaps the list out while requests are in flight.
+                self._results.append(outcome)
+                self._results_ready.set()
+            except BaseException:
+                if (following := self._finished(current)) is not None:
+                    self._launch_after_failure(following)
+                raise
+            current = self._finished(current)
+
+    def _launch_after_failure(self, job: Job) -> None:
+        # The slot's task is going away (cancelled at shutdown): the next one takes its place.
+        self._active[job.endpoint_id] -= 1
+        self._launch(job)
 
     async def _flush_loop(self, finished: asyncio.Event) -> None:
         while True:

@@ -6,6 +6,7 @@ Real receivers on free ports, an in-process worker on the session's Postgres."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from typing import Any
 
@@ -181,7 +182,7 @@ async def test_a_saturated_backlog_is_not_read_past_again_until_something_is_pub
     # look that found something: other tests' deliveries that fell due, or were released by their
     # stopped workers, without a notification); not once per freed slot (six or more by now).
     assert 0 in before_publish
-    repeated = sum(a == b == 0 for a, b in zip(before_publish, before_publish[1:], strict=False))
+    repeated = sum(a == b == 0 for a, b in itertools.pairwise(before_publish))
     assert repeated <= others
     assert len(fast.arrivals) == 1
     # Claimed on its notification, not once the backlog ahead of it was nearly gone (~50 more).

@@ -163,7 +163,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if self._pending_size >= WRITE_GATHER:
             await self._send(timeout)
 
-    async def _send(self, timeout: float | None) -> None:
+    async def _send(self, timeout: float | None) -> None:  # noqa: ASYNC109  (httpcore's, passed on)
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0

@@ -21,10 +21,14 @@ class WorkerConfig:
     request_timeout: float = 15.0
     #: Longest sleep between looks at the queue (a NOTIFY wakes the worker sooner).
     poll_interval: float = 1.0
+    #: How long finished deliveries gather before their round is recorded (one statement a round).
+    record_linger: float = 0.05
     reap_interval: float = 1.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.batch_size < 1 or self.per_endpoint < 1:
             raise ValueError("concurrency, batch size and per-endpoint concurrency must be at least 1")
+        if self.record_linger < 0 or self.record_linger >= self.lease_seconds:
+            raise ValueError("a round must be recorded well within its leases")
         if self.request_timeout <= 0 or self.lease_seconds <= self.request_timeout:
             raise ValueError("the lease must be longer than the request timeout")

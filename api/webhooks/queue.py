@@ -38,7 +38,7 @@ MAX_RETRY_AFTER = 86_400.0
 JITTER = 0.10
 
 #: Oldest due first, but at most ``per_endpoint`` of one endpoint per claim (among the oldest
-#: ``scan`` due rows), and none of the endpoints the worker already holds its fill of: one
+#: ``scan`` due rows), and none of the endpoints the worker already holds its share of: one
 #: customer's backlog never stands in front of everyone else's deliveries.
 CLAIM = """
 WITH candidates AS (
@@ -187,6 +187,11 @@ class DeliveryQueue:
         self.schedule = schedule
         self.lease_seconds = lease_seconds
         self.per_endpoint = per_endpoint
+        #: What a worker holds of one endpoint before leaving it out of claims: twice its requests in
+        #: flight, so its next turns wait claimed while a claim runs. A claim still takes at most
+        #: ``per_endpoint`` of it: taking a whole share let an endpoint hold up to two shares, one
+        #: slow backlog then filled a small worker (tests/test_webhook_delivery.py's slow backlog).
+        self.share = 2 * per_endpoint
         self.reap_interval = reap_interval
         self.stats = WorkerStats()
         self._last_reap = 0.0

@@ -74,7 +74,7 @@ class Worker:
         #: Held per endpoint. One with twice its share held is left out of claims, so a big backlog
         #: for one slow customer never fills the worker while others' deliveries wait behind it.
         self._held_by: dict[uuid.UUID, int] = {}
-        self._saturation = 2 * self.config.per_endpoint
+        self._saturation = self.queue.share
         self._results: list[Outcome] = []
         self._wake = asyncio.Event()
         self._results_ready = asyncio.Event()
@@ -154,10 +154,10 @@ class Worker:
         lane = self._lanes.lane(origin(job.url))
         lane.busy += 1
         try:
-            return await attempt(
-                lane.transport, url, job, keys,
-                within=self.config.request_timeout, timeouts=self._lanes.timeout,
-            )  # fmt: skip
+            # ``within`` bounds the whole attempt (connecting, the pool's wait, writing, reading): per
+            # step timeouts of the same length under it never fire first, and each would schedule
+            # and cancel a timer per read and write (which bench_webhooks.py's baseline never paid).
+            return await attempt(lane.transport, url, job, keys, within=self.config.request_timeout)
         finally:
             lane.busy -= 1
 
@@ -263,37 +263,52 @@ class Worker:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def _finished(self, job: Job) -> None:
+    def _finished(self, job: Job) -> Job | None:
+        """Account for a finished delivery; the endpoint's next waiting one, which the same request
+        slot sends next (a task a slot, not one a delivery: what a backlog's deliveries cost apart
+        from sending is the worker's overhead over the bench's baseline)."""
         self._held -= 1
         held_by = self._held_by[job.endpoint_id] - 1
         if held_by:
             self._held_by[job.endpoint_id] = held_by
         else:
             del self._held_by[job.endpoint_id]
-        waiting = self._waiting.get(job.endpoint_id)
-        if waiting:
-            self._launch(waiting.popleft())
-        else:
-            self._waiting.pop(job.endpoint_id, None)
-        left = self._active[job.endpoint_id] - 1
-        if left:
-            self._active[job.endpoint_id] = left
-        else:
-            del self._active[job.endpoint_id]
         # Wake the claim loop only when something changes what it may claim: room for a batch
         # opens up, or an endpoint stops being saturated (not on every finished request).
         batch = min(self.config.batch_size, self.config.concurrency)
         if self._held == self.config.concurrency - batch or held_by == self._saturation - 1:
             self._wake.set()
+        waiting = self._waiting.get(job.endpoint_id)
+        if waiting:
+            return waiting.popleft()
+        self._waiting.pop(job.endpoint_id, None)
+        left = self._active[job.endpoint_id] - 1
+        if left:
+            self._active[job.endpoint_id] = left
+        else:
+            del self._active[job.endpoint_id]
+        return None
 
     async def _deliver(self, job: Job) -> None:
-        try:
-            outcome = await self._send(job)
-            # Appended only now: the flusher swaps the list out while requests are in flight.
-            self._results.append(outcome)
-            self._results_ready.set()
-        finally:
-            self._finished(job)
+        """One of an endpoint's request slots: this delivery, then its endpoint's next waiting ones
+        in claim order, until none waits."""
+        current: Job | None = job
+        while current is not None:
+            try:
+                outcome = await self._send(current)
+                # Appended only now: the flusher swaps the list out while requests are in flight.
+                self._results.append(outcome)
+                self._results_ready.set()
+            except BaseException:
+                if (following := self._finished(current)) is not None:
+                    self._launch_after_failure(following)
+                raise
+            current = self._finished(current)
+
+    def _launch_after_failure(self, job: Job) -> None:
+        # The slot's task is going away (cancelled at shutdown): the next one takes its place.
+        self._active[job.endpoint_id] -= 1
+        self._launch(job)
 
     async def _flush_loop(self, finished: asyncio.Event) -> None:
         while True:
@@ -304,6 +319,10 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._results_ready.wait(), 0.05)
                 continue
+            if not finished.is_set():
+                # Let a round gather before recording it: a statement costs the worker and Postgres far
+                # more than a row of it (bench_webhooks.py), and leases outlast this wait by far.
+                await asyncio.sleep(self.config.record_linger)
             batch, self._results = self._results, []
             try:
                 await self.record(batch)

@@ -83,14 +83,25 @@ process, ``time.thread_time()`` of its threads, each stage alone on the same 3,0
   2 shared cores) and the peak RSS rises from ~350 MB to ~430-470 MB (target < 1 GB).
 
 Before and after, the same machine and hour (main's bench from a checkout under /tmp and this
-one, taking turns A B A B, 18:35-18:47 UTC, load average 5-11 of 2 cores; each figure the median
-of 3 rounds beside its own round's COPY): main 0.69 (rounds 0.69, 0.58, 1.13) and 0.75 (0.75,
-0.85, 0.73), client CPU 0.99-1.13 s and Postgres 0.96-1.12 s per million rows; this export 0.84
-(1.29, 0.84, 0.65) and 0.91 (0.66, 0.91, 1.11), client 0.97-1.15 s and Postgres 0.94-1.08 s; with
-one lane 0.92 and 0.87, client 0.95-1.07 s and Postgres 0.92-0.98 s. In 5 of the 6 rounds two lanes
-beat one (by ~10% at the median). The baseline itself moved from 327,552 to 626,126 rows/s
-between rounds: only the ratios of a round compare. The cheaper write and uuids moved the
-one-lane figure (client CPU ~1.09 to ~1.0 s per million rows), the lanes the rest.
+one, taking turns A B A B; each figure the median of 3 rounds, each round beside its own COPY):
+
+- 18:48-18:53 UTC, load average 1.3-3.5: main 0.75 (rounds 0.85, 0.75, 0.72) and 0.83 (0.83,
+  0.83, 0.80), 764,837 and 753,934 rows/s against COPY's 1,016,736 and 911,233, peak RSS 346 MB;
+  this export 1.01 (1.08, 0.89, 1.01) and 0.85 (0.82, 0.85, 0.91), 1,031,162 and 578,451 rows/s
+  against 1,018,264 and 677,698, peak RSS 452 and 420 MB; with one lane 0.83 (1.02, 0.82, 0.83)
+  and 0.75 (0.74, 0.75, 0.82). Client CPU per million rows: main 0.99-1.21 s, this export
+  0.94-1.14 s, one lane 0.90-1.03 s (COPY's Python loop 0.53-0.63 s); Postgres ~0.92-1.12 s
+  for all three (COPY 0.92-1.24 s).
+- 18:35-18:47 UTC, load average 5-11: main 0.69 (0.69, 0.58, 1.13) and 0.75 (0.75, 0.85, 0.73);
+  this export 0.84 (1.29, 0.84, 0.65) and 0.91 (0.66, 0.91, 1.11); one lane 0.92 and 0.87. Under
+  that load the baseline itself moved from 327,552 to 626,126 rows/s between rounds, and two
+  lanes beat one in 5 of 6 rounds (by ~10% at the median).
+
+What moved the figure: the lanes (two backends and two decoders at once, where one stream left
+both client threads waiting); the cheaper write (format 2 pages, fewer min/max) and uuids took
+~0.1 s of client CPU per million rows off, which shows in the one-lane figure under load more
+than on a quiet machine. What is left is ADBC's decoder (~0.67 s of CPU per million rows,
+against the baseline's 0.5-0.6 s Python loop over COPY's rows) and the Parquet write (~0.2 s).
 """
 
 from __future__ import annotations

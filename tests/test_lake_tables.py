@@ -173,3 +173,22 @@ def test_uuid_and_json_land_in_the_lake_as_postgres_writes_them_as_text(database
     assert sorted(lake.to_pylist(), key=lambda r: r["n"]) == [
         dict(zip(schema.names, row, strict=True)) for row in sorted(postgres)
     ]
+
+
+@pytest.mark.parametrize("few", [export_tasks._FEW_UUIDS, 0], ids=["python", "duckdb"])
+def test_a_dictionary_uuid_column_is_written_once_per_value_as_postgres_writes_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """A uuid column declared ``dictionary`` is formatted once per distinct value (in Python for a
+    few, by DuckDB for many) and taken per row: the same text as Postgres's ``::text``, in row
+    order, nulls included."""
+    monkeypatch.setattr(export_tasks, "_FEW_UUIDS", few)
+    query = f"SELECT v.n * 10 + k AS n, v.id FROM ({TEXT_FORMS}) AS v, generate_series(1, 3) AS k"
+    schema = pa.schema([("n", pa.int64()), ("id", pa.string())])
+    with export_tasks._open_reader(database_url) as reader, reader.cursor() as cursor:
+        cursor.execute(query)
+        batches = [export_tasks.to_lake(b, schema, ("id",)) for b in cursor.fetch_record_batch()]
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        postgres = conn.execute(f"SELECT n, id::text FROM ({query}) AS q").fetchall()
+    lake = pa.Table.from_batches(batches, schema=schema)
+    assert sorted(lake.to_pylist(), key=lambda r: r["n"]) == [{"n": n, "id": i} for n, i in sorted(postgres)]

@@ -222,6 +222,33 @@ def test_a_range_streamed_in_many_batches_is_one_file_per_day_in_row_groups(
     assert max(row_groups) > 1, "no day was large enough to be written in several row groups"
 
 
+def test_lanes_rename_ranges_strictly_in_order(
+    client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
+) -> None:
+    """Three lanes read and write ranges at once, yet a range's files are renamed into place
+    only after every range before it, and the watermark moves with them: whenever the watermark
+    moves, no finished file lies past it (a lane ahead holds temporary files only)."""
+    send(client, org.ingest_key, known_activity(datetime.now(UTC).date(), users=6, seed=31))
+    lake = Lake.open(str(pipeline_env["lake"]))
+    start = export_tasks.read_watermark(lake, "events")
+    seen: list[int] = []
+
+    def check(done: int, expected: int) -> None:
+        watermark = export_tasks.read_watermark(lake, "events")
+        assert watermark == start + done
+        for path in lake.list_files("events"):
+            match = export_tasks.FILE_NAME.search(path)
+            assert match is not None and int(match.group("hi")) <= watermark, "a range renamed early"
+        seen.append(watermark)
+
+    result = export_tasks.export_table(
+        database_url, lake, export_tasks.EVENTS, chunk_rows=40, lanes=3, progress=check
+    )
+    assert len(seen) >= 6 and seen == sorted(seen) and seen[-1] == result.watermark_to
+    assert not list(pipeline_env["lake"].glob("**/.tmp-*")), "a temporary file was left behind"
+    assert_lake_holds_postgres_events_once(lake, database_url)
+
+
 def test_an_error_in_the_middle_of_the_stream_leaves_only_whole_ranges_behind(
     client: httpx.Client, org: OrgWorld, database_url: str, pipeline_env: dict[str, Path]
 ) -> None:

@@ -155,9 +155,16 @@ class LakeTable:
 
     @property
     def with_statistics(self) -> tuple[str, ...]:
-        """Columns whose Parquet min/max are written: not JSON text, whose bounds no reader
-        prunes by (they cost the writer a comparison of every value)."""
-        return tuple(c.name for c in self.columns if c.kind != "json")
+        """Columns whose Parquet min/max are written: numbers, times and flags, the organization
+        and the low-cardinality (``dictionary``) text, which queries filter by. Not other ids,
+        free text or JSON, whose bounds prune no row group: each costs the writer a comparison of
+        every value (on the bench's events, min/max of every column but JSON were a fifth of the
+        Parquet write; bench/bench_pipelines.py)."""
+        return tuple(
+            c.name
+            for c in self.columns
+            if c.kind in ("int", "ts", "bool") or c.name in {*self.dictionary, "organization_id"}
+        )
 
     @property
     def duckdb_columns(self) -> str:

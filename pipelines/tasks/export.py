@@ -32,13 +32,15 @@ table an older Keel left behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -280,14 +282,37 @@ def _is_uuid(values: pa.Array) -> bool:
     return pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16
 
 
-def to_lake(rows: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+#: A dictionary of at most this many distinct uuids is formatted in Python (a microsecond each),
+#: larger ones by DuckDB (:func:`_uuid_texts`).
+_FEW_UUIDS = 4096
+
+
+def _few_uuid_texts(values: pa.Array) -> pa.Array:
+    """The text of a low-cardinality uuid column (one declared ``dictionary``: an organization's id
+    on every one of its events): each distinct value formatted once and taken per row, a quarter
+    of what formatting every row costs (bench/bench_pipelines.py)."""
+    storage = values.storage if isinstance(values.type, pa.BaseExtensionType) else values
+    encoded = pc.dictionary_encode(storage)
+    distinct = encoded.dictionary
+    if len(distinct) > _FEW_UUIDS:
+        texts = _uuid_texts({"u": distinct}).column("u").combine_chunks()
+    else:
+        texts = pa.array([str(uuid.UUID(bytes=b)) for b in distinct.to_pylist()], pa.string())
+    return texts.take(encoded.indices)
+
+
+def to_lake(rows: pa.RecordBatch, schema: pa.Schema, dictionary: Collection[str] = ()) -> pa.RecordBatch:
     """A batch read from Postgres in the lake's schema (the columns of ``schema``, in its order):
-    uuids as their text, JSON as jsonb's text (the storage of ADBC's ``arrow.json``)."""
+    uuids as their text, JSON as jsonb's text (the storage of ADBC's ``arrow.json``). The uuid
+    columns named in ``dictionary`` hold few distinct values, formatted once each."""
     arrays = {f.name: rows.column(f.name) for f in schema}
     uuids = {name: values for name, values in arrays.items() if _is_uuid(values)}
     if uuids and rows.num_rows:
-        texts = _uuid_texts(uuids)
-        arrays.update({name: texts.column(name).combine_chunks() for name in uuids})
+        few = {name for name in uuids if name in dictionary}
+        arrays.update({name: _few_uuid_texts(uuids[name]) for name in few})
+        if many := {name: values for name, values in uuids.items() if name not in few}:
+            texts = _uuid_texts(many)
+            arrays.update({name: texts.column(name).combine_chunks() for name in many})
     columns = [
         (values.storage if isinstance(values.type, pa.BaseExtensionType) else values).cast(field.type)
         for field, values in zip(schema, arrays.values(), strict=True)
@@ -343,6 +368,8 @@ BATCH_BYTES = 16 << 20
 #: are fewer is one row group (as every file was before the stream), and a larger one is written
 #: as it comes rather than held whole.
 ROW_GROUP_ROWS = 262_144
+#: Ranges of an append-only table read and written at once, each through its own connection.
+LANES = 2
 
 
 @dataclass(frozen=True)
@@ -351,6 +378,27 @@ class _RangeDone:
 
     lo: int
     hi: int
+
+
+def _hand_over(into: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` into a bounded queue unless ``stop`` is set first (then False)."""
+    while not stop.is_set():
+        try:
+            into.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _take(source: queue.Queue[Any], stop: threading.Event) -> Any:
+    """The next item of a queue, or None once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
 
 
 def _stream_ranges(
@@ -362,18 +410,8 @@ def _stream_ranges(
     stop: threading.Event,
     batch_bytes: int,
 ) -> None:
-    """The reader thread: each range's rows, batch by batch in the lake's schema, then its
+    """A reader thread: each range's rows, batch by batch in the lake's schema, then its
     ``_RangeDone``; an error is handed over in their place. Ends early when ``stop`` is set."""
-
-    def hand_over(item: pa.RecordBatch | _RangeDone | BaseException) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     try:
         for lo, hi in ranges:
             with reader.cursor() as cursor:
@@ -382,12 +420,97 @@ def _stream_ranges(
                 )
                 cursor.execute(_range_query(table, lo, hi, last=hi == high))
                 for batch in cursor.fetch_record_batch():
-                    if batch.num_rows and not hand_over(to_lake(batch, table.schema)):
+                    if batch.num_rows and not _hand_over(
+                        ready, to_lake(batch, table.schema, table.dictionary), stop
+                    ):
                         return
-            if not hand_over(_RangeDone(lo, hi)):
+            if not _hand_over(ready, _RangeDone(lo, hi), stop):
                 return
     except BaseException as exc:  # the writer raises it
-        hand_over(exc)
+        _hand_over(ready, exc, stop)
+
+
+def _write_ranges(
+    lake: Lake,
+    table: IncrementalTable,
+    ranges: Sequence[tuple[int, int]],
+    ready: queue.Queue[pa.RecordBatch | _RangeDone | BaseException],
+    done: queue.Queue[RangeFiles | BaseException],
+    stop: threading.Event,
+    row_group_rows: int,
+) -> None:
+    """A writer thread: the files of each range its reader streams, written and closed under
+    temporary names, handed to the export (which renames them in range order); an error is
+    handed over in their place. Ends early when ``stop`` is set, leaving nothing behind."""
+    files: RangeFiles | None = None
+    try:
+        for lo, hi in ranges:
+            files = RangeFiles(lake, table, lo, hi, row_group_rows)
+            while not isinstance(item := _take(ready, stop), _RangeDone):
+                if item is None:  # stopped
+                    files.abort()
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                files.add(pa.Table.from_batches([item]))
+            assert (item.lo, item.hi) == (lo, hi), "the reader and the writer disagree on the range"
+            files.seal()
+            if not _hand_over(done, files, stop):
+                files.abort()
+                return
+            files = None
+    except BaseException as exc:  # the export raises it
+        if files is not None:
+            files.abort()
+        _hand_over(done, exc, stop)
+
+
+class _Lane:
+    """Every ``n``-th range of a run, read through a connection of its own by a reader thread and
+    written by a writer thread; what it hands over (a range's closed files, or an error) waits
+    in ``done`` for the export to rename it in range order."""
+
+    def __init__(
+        self,
+        reader: Any,
+        lake: Lake,
+        table: IncrementalTable,
+        ranges: Sequence[tuple[int, int]],
+        high: int,
+        stop: threading.Event,
+        *,
+        batch_bytes: int,
+        row_group_rows: int,
+    ) -> None:
+        ready: queue.Queue[pa.RecordBatch | _RangeDone | BaseException] = queue.Queue(QUEUE_BATCHES)
+        # One range ahead of the export at most: a range done early waits as closed files on disk.
+        self.done: queue.Queue[RangeFiles | BaseException] = queue.Queue(1)
+        self.threads = [
+            threading.Thread(
+                target=_stream_ranges,
+                args=(reader, table, ranges, high, ready, stop, batch_bytes),
+                name=f"export-{table.name}-read",
+            ),
+            threading.Thread(
+                target=_write_ranges,
+                args=(lake, table, ranges, ready, self.done, stop, row_group_rows),
+                name=f"export-{table.name}-write",
+            ),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        """After ``stop``: wait for both threads and give up what was handed over but not renamed."""
+        for thread in self.threads:
+            thread.join()
+        while True:
+            try:
+                left = self.done.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(left, RangeFiles):
+                left.abort()
 
 
 class RangeFiles:
@@ -433,10 +556,16 @@ class RangeFiles:
         rows = pa.concat_tables(parts)
         file.write(rows, row_group_rows=rows.num_rows)
 
-    def commit(self) -> list[str]:
-        """Write what is gathered, close every file and rename it into place; the paths, by date."""
+    def seal(self) -> None:
+        """Write what is gathered and close every file, still under its temporary name."""
         for day in list(self._gathered):
             self._write(day)
+        for file in self._files.values():
+            file.close()
+
+    def commit(self) -> list[str]:
+        """Seal the files and rename them into place; the paths, by date."""
+        self.seal()
         written = []
         for day in sorted(self._files):
             self._files[day].commit()
@@ -460,6 +589,7 @@ def export_table(
     stop_after_chunks: int | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
     batch_bytes: int = BATCH_BYTES,
+    lanes: int = LANES,
 ) -> ExportResult:
     """Export the rows of ``table`` the lake does not hold yet. Safe to re-run at any point.
 
@@ -471,6 +601,7 @@ def export_table(
     result = ExportResult(table=table.name, watermark_from=watermark, watermark_to=watermark)
     remove_orphans(lake, table.name, watermark)
     with (
+        contextlib.ExitStack() as stack,
         psycopg.connect(libpq_url(database_url), autocommit=True) as conn,
         _open_reader(database_url) as reader,
     ):
@@ -482,29 +613,40 @@ def export_table(
             summarize_new_ranges(conn, table)
         ranges = [(lo, min(lo + chunk_rows, high)) for lo in range(watermark, high, chunk_rows)]
         ranges = ranges[:stop_after_chunks] if stop_after_chunks is not None else ranges
-        # The reader thread runs ahead of the writer (this thread) by at most QUEUE_BATCHES
-        # batches; both spend their time in C with the GIL released (ADBC's COPY decoder, DuckDB,
-        # Parquet's encoders), so the server, the decoder and the writer work at once.
-        ready: queue.Queue[pa.RecordBatch | _RangeDone | BaseException] = queue.Queue(QUEUE_BATCHES)
+        # Each lane's reader thread runs ahead of its writer by at most QUEUE_BATCHES batches, and
+        # its writer ahead of the renames by a range; all of them spend their time in C with the
+        # GIL released (ADBC's COPY decoder, DuckDB, Parquet's encoders), so the server's backends,
+        # the decoders and the writers work at once. A versioned table has one lane: its
+        # unbounded last range is then read after every other.
+        count = 1 if table.versioned else max(1, min(lanes, len(ranges)))
+        readers = [reader] + [stack.enter_context(_open_reader(database_url)) for _ in range(count - 1)]
         stop = threading.Event()
-        streamer = threading.Thread(
-            target=_stream_ranges,
-            args=(reader, table, ranges, high, ready, stop, batch_bytes),
-            name=f"export-{table.name}",
-        )
-        streamer.start()
-        files: RangeFiles | None = None
+        running: list[_Lane] = []
         try:
-            for lo, hi in ranges:
-                files = RangeFiles(lake, table, lo, hi, row_group_rows)
-                while not isinstance(item := ready.get(), _RangeDone):
-                    if isinstance(item, BaseException):
-                        raise item
-                    files.add(pa.Table.from_batches([item]))
-                assert (item.lo, item.hi) == (lo, hi), "the reader and the writer disagree on the range"
-                result.files += files.commit()
-                result.rows += files.rows
-                files = None
+            for k in range(count):
+                running.append(
+                    _Lane(
+                        readers[k],
+                        lake,
+                        table,
+                        ranges[k::count],
+                        high,
+                        stop,
+                        batch_bytes=batch_bytes,
+                        row_group_rows=row_group_rows,
+                    )
+                )
+            for number, (lo, hi) in enumerate(ranges):
+                item = running[number % count].done.get()
+                if isinstance(item, BaseException):
+                    raise item
+                assert (item.lo, item.hi) == (lo, hi), "a lane handed over another range"
+                try:
+                    result.files += item.commit()
+                except BaseException:
+                    item.abort()
+                    raise
+                result.rows += item.rows
                 # The watermark moves in order, only after the range's files are in place.
                 _write_watermark(lake, table.name, hi, result.rows)
                 record_progress(conn, table.name, hi)
@@ -513,9 +655,8 @@ def export_table(
                     progress(hi - watermark, expected)
         finally:
             stop.set()
-            streamer.join()
-            if files is not None:
-                files.abort()
+            for lane in running:
+                lane.join()
         if table.versioned and result.watermark_to == high:
             remove_snapshots(lake, table)
     result.seconds = time.perf_counter() - started

@@ -36,6 +36,9 @@ depends_on: str | Sequence[str] | None = None
 SEARCH_PATH = "SET search_path = pg_catalog, public, pg_temp"
 MAX_PARTITION_DAYS = 62  # as in 0009
 
+#: Taken by keel_ensure_event_partitions before it creates a partition ("keelpart").
+CREATE_LOCK = 0x6B65656C_70617274
+
 #: The constraint's name for a partition name (the naming convention's ``uq_<table>_<columns>``).
 KEY_CONSTRAINT = "'uq_' || {name} || '_organization_id_message_id'"
 
@@ -58,6 +61,12 @@ BEGIN
         lo := day::timestamp AT TIME ZONE 'UTC';
         hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
         name := 'events_p' || to_char(day, 'YYYYMMDD');
+        IF to_regclass('public.' || name) IS NULL OR to_regclass('public.event_keys_p' || to_char(day, 'YYYYMMDD')) IS NULL THEN
+            -- Creators take turns (to the end of the transaction): two creating one partition with
+            -- its unique constraint at once deadlock on the parent, where without the constraint
+            -- the second failed on the name (and the caller looks again).
+            PERFORM pg_advisory_xact_lock({CREATE_LOCK});
+        END IF;
         IF to_regclass('public.' || name) IS NULL THEN
             -- The day's dedupe keys: the arbiter of the ingest statement's ON CONFLICT DO NOTHING.
             EXECUTE format(

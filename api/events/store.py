@@ -113,7 +113,8 @@ WITH incoming AS MATERIALIZED (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
            e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
            r AS received_at, e->8 AS properties, e->9 AS context, n,
-           CASE WHEN %(window)s AND greatest(r, statement_timestamp()) >= day + interval '24 hours' - %(boundary)s
+           CASE WHEN %(window)s
+                     AND greatest(r, statement_timestamp()) >= day + interval '24 hours' - %(boundary)s
                 THEN day + interval '24 hours' END AS next_day,
            CASE WHEN %(window)s AND least(r, statement_timestamp()) < day + %(boundary)s
                 THEN day END AS this_day
@@ -128,7 +129,9 @@ seen AS MATERIALIZED (
       AND k.received_at >= %(window_from)s AND k.received_at < %(window_to)s
     UNION ALL
     SELECT k.organization_id, k.message_id FROM events k
-    WHERE k.organization_id = ANY(ARRAY(SELECT DISTINCT organization_id FROM incoming WHERE next_day IS NOT NULL))
+    WHERE k.organization_id = ANY(
+            ARRAY(SELECT DISTINCT organization_id FROM incoming WHERE next_day IS NOT NULL)
+          )
       AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming WHERE next_day IS NOT NULL))
       AND k.received_at >= %(next_from)s AND k.received_at < %(next_to)s
 ),

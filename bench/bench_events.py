@@ -39,6 +39,8 @@ baseline, events plus event_keys, no longer describes what the path writes.)
 | 1, keys in events | 40,558 | 32,307 | 80% (69, 65, 80, 90, 81%) | 7.6 / 11.9 ms |
 | 2, main | 40,603 | 25,484 | 63% (63, 57, 107, 46, 84%) | 7.3 / 11.6 ms |
 | 2, + cheaper statement | 52,984 | 40,930 | 77% (83, 70, 71, 101, 77%) | 6.8 / 9.7 ms |
+| 3 (quieter), main | 122,625 | 72,588 | 59% (59, 36, 43, 63, 59%) | 7.1 / 10.5 ms |
+| 3, this branch | 108,852 | 81,520 | 75% (82, 75, 81, 64, 72%) | 5.8 / 8.9 ms |
 
 Run 2's statement also dropped per-row work found by the backend's own CPU time
 (/proc/PID/schedstat around 30 statements of 1,000 rows each on a private server, medians):

@@ -24,9 +24,45 @@ claim `INSERT INTO event_keys … ON CONFLICT DO NOTHING` is about two thirds of
 3 WAL records a key: heap tuple, index entry, speculative-insert confirmation), the events
 insert the rest; the same statement without the key claim took 14 ms where it took 25. A plain
 `INSERT` after a read of the day's keys instead of `ON CONFLICT` (a unique violation would retry)
-measured within the noise of it (two runs: 37 vs 43 ms, 26 vs 25 ms). Not tried: keys by a
-binary COPY into a staging table merged in one statement, and a unique index on the events
-partitions themselves in place of the key table (which would drop the key heap row).
+measured within the noise of it (two runs: 37 vs 43 ms, 26 vs 25 ms).
+
+Keys in the events partitions (migration 0080, 2026-12-01, this machine under load 5-12 from five
+other sessions; `--single-seconds 0 --rounds 5`, main 0950ec8 checked out under /tmp and run
+with PYTHONPATH, then this branch, back to back): each day partition of `events` has a unique
+index on (organization_id, message_id) and the statement inserts with `ON CONFLICT DO NOTHING`
+(the routed partition's unique index is the arbiter); `event_keys` keeps only the claims of the
+hours around midnight. **The baseline changed with it: "raw COPY into events" now pays that
+index too, since it is part of the table** (Postgres 5.1 ms per 1,000 rows where it was 3.8-4.0
+ms), so part of the ratio's move is the baseline's cost, not the path's. (The "keyed COPY"
+baseline, events plus event_keys, no longer describes what the path writes.)
+
+| run | raw COPY (median round) | batch path | ratio (rounds) | CPU per 1,000: server / Postgres |
+|---|---|---|---|---|
+| 1, main | 68,188 rows/s | 31,416 | 46% (31, 39, 68, 46, 90%) | 8.9 / 12.9 ms |
+| 1, keys in events | 40,558 | 32,307 | 80% (69, 65, 80, 90, 81%) | 7.6 / 11.9 ms |
+| 2, main | 40,603 | 25,484 | 63% (63, 57, 107, 46, 84%) | 7.3 / 11.6 ms |
+| 2, + cheaper statement | 52,984 | 40,930 | 77% (83, 70, 71, 101, 77%) | 6.8 / 9.7 ms |
+| 3 (quieter), main | 122,625 | 72,588 | 59% (59, 36, 43, 63, 59%) | 7.1 / 10.5 ms |
+| 3, this branch | 108,852 | 81,520 | 75% (82, 75, 81, 64, 72%) | 5.8 / 8.9 ms |
+
+Run 2's statement also dropped per-row work found by the backend's own CPU time
+(/proc/PID/schedstat around 30 statements of 1,000 rows each on a private server, medians):
+the boundary test called clock_timestamp() and date_trunc(..., 'UTC') (a time-zone lookup) per
+row, ~1.6 ms of a 1,000-row statement (now statement_timestamp() and date_bin, pure arithmetic);
+the rows went through a materialized `unseen` CTE and two anti-joins, one hashing every incoming
+row (now one hashed `NOT IN` of the keys to skip, which also keeps the rows' order). The
+statement then cost the backend 11.2 ms per 1,000 rows, against 9.1 ms for a bare `INSERT ...
+SELECT ... FROM jsonb_array_elements ... ON CONFLICT DO NOTHING`, 7.4 ms for the same without
+`ON CONFLICT` and 6.7 ms for a text `COPY` of the same rows (COPY writes the heap a page at a
+time, one WAL record per page; the insert writes one per row plus the speculative-insert
+confirmation: 3,045 WAL records per 1,000 rows in EXPLAIN (ANALYZE, BUFFERS, WAL)). py-spy of
+the `keel serve` workers (45 s at 50 Hz during a run): of the batch handler's samples ~13% went
+to computing each row's UTC midnight (now one per distinct `received_at`); the rest is msgspec's
+decode (C), `row_of`'s checks (~2 ms per 1,000 events, process time in-process), sending the
+parameter and HTTP. Neither target (>= 90% at the median, no round under 80%) is met on this
+machine. Not tried: keys by a binary COPY into a staging table merged in one statement (it would
+save the JSON parse, ~2 ms per 1,000 on Postgres, but not the insert's cost, and costs the API a
+row-by-row COPY in Python, which an earlier design measured at 31-37 ms per 1,000).
 
 The server's memory (issue 20: < 300 MB with 2 workers), 1 Dec 2026 18:00-18:27 UTC, two pairs
 taking turns with main at 0950ec8 (the same bench file), load average 6-12: main 306 and 307 MB

@@ -1,5 +1,6 @@
-"""Exact dedupe across days: keys claimed per received day (migration 0075), replays found in the
-dedupe window (KEEL_EVENTS_DEDUPE_DAYS), and the day boundary where two claims race."""
+"""Exact dedupe across days: keys held by their day's events partition (its unique index,
+migration 0080), replays found in the dedupe window (KEEL_EVENTS_DEDUPE_DAYS), and the day
+boundary where two claims race, which meet in ``event_keys``."""
 
 from __future__ import annotations
 
@@ -58,17 +59,23 @@ async def _waits_for_a_lock(engine: Engine, pid: int) -> bool:
     return False
 
 
-def _key_days(engine: Engine, org_id: uuid.UUID, message_id: str) -> list[str]:
+def _held(engine: Engine, table: str, org_id: uuid.UUID, message_id: str) -> list[str]:
+    """The partitions of ``table`` (events or event_keys) holding the key, by day."""
     with engine.connect() as conn:
         return list(
             conn.execute(
                 text(
-                    "SELECT tableoid::regclass::text FROM event_keys"
+                    f"SELECT tableoid::regclass::text FROM {table}"
                     " WHERE organization_id = :o AND message_id = :m ORDER BY received_at"
                 ),
                 {"o": org_id, "m": message_id},
             ).scalars()
         )
+
+
+def _key_days(engine: Engine, org_id: uuid.UUID, message_id: str) -> list[str]:
+    """Where the key is claimed in ``event_keys`` (only near a day boundary)."""
+    return _held(engine, "event_keys", org_id, message_id)
 
 
 async def test_a_replay_inside_the_window_stores_nothing_twice(
@@ -90,18 +97,18 @@ async def test_a_replay_inside_the_window_stores_nothing_twice(
     key = f"win-{uuid.uuid4().hex}"
     now = datetime.now(UTC)
     assert await _claim(conns[0], org_id, key, now) == 1
-    if now < _midnight(1) - BOUNDARY:  # (in the day's last hour it is held on tomorrow's too)
-        assert _key_days(engine, org_id, key) == [f"event_keys_p{now:%Y%m%d}"]
+    # Far from the day's boundary (not in its first or last hour) the events row alone holds it.
+    if _midnight(0) + BOUNDARY <= now < _midnight(1) - BOUNDARY:
+        assert _key_days(engine, org_id, key) == []
+    assert _held(engine, "events", org_id, key) == [f"events_p{now:%Y%m%d}"]
     assert await _claim(conns[1], org_id, key, _midnight(1) + timedelta(hours=1)) == 0
     assert count(engine, org_id, key) == 1
-    # The key is held by its day's partition (the day's primary key), not by a global index;
-    # claimed after its day ended (late), by the next day's too.
+    # The key is held by its day's events partition (its unique index), not by a global index;
+    # claimed after its day ended (late), by the next day's key partition too.
     key = f"win-{uuid.uuid4().hex}"
     assert await _claim(conns[0], org_id, key, first) == 1
-    assert _key_days(engine, org_id, key) == [
-        f"event_keys_p{first:%Y%m%d}",
-        f"event_keys_p{_midnight(0):%Y%m%d}",
-    ]
+    assert _held(engine, "events", org_id, key) == [f"events_p{first:%Y%m%d}"]
+    assert _key_days(engine, org_id, key) == [f"event_keys_p{_midnight(0):%Y%m%d}"]
 
 
 async def test_a_replay_older_than_the_window_is_stored_again(
@@ -137,8 +144,45 @@ async def test_claims_racing_across_midnight_store_the_event_once(
         assert await _waits_for_a_lock(engine, early.info.backend_pid)
     assert await second == 0
     assert count(engine, org_id, key) == 1
-    # Held on its day and, as a key near the boundary, on the next day.
-    assert _key_days(engine, org_id, key) == [f"event_keys_p{before:%Y%m%d}", f"event_keys_p{after:%Y%m%d}"]
+    # Stored on its day; both claims near the boundary met on the next day's key partition.
+    assert _held(engine, "events", org_id, key) == [f"events_p{before:%Y%m%d}"]
+    assert _key_days(engine, org_id, key) == [f"event_keys_p{after:%Y%m%d}"]
+
+
+async def test_claims_racing_across_midnight_meet_whichever_runs_first(
+    conns: list[Conn], engine: Engine, org: OrgWorld
+) -> None:
+    """The other order: the claim just after midnight holds its transaction open, the previous
+    day's claim (late) must wait for it, and then count a duplicate."""
+    org_id = uuid.UUID(org.id)
+    key = f"midnight-{uuid.uuid4().hex}"
+    before, after = _midnight(0) - timedelta(seconds=1), _midnight(0) + timedelta(seconds=1)
+    early, late = conns
+    async with early.transaction():
+        assert await _claim(early, org_id, key, after) == 1
+        second = asyncio.create_task(_claim(late, org_id, key, before))
+        assert await _waits_for_a_lock(engine, late.info.backend_pid)
+    assert await second == 0
+    assert count(engine, org_id, key) == 1
+    assert _held(engine, "events", org_id, key) == [f"events_p{after:%Y%m%d}"]
+
+
+async def test_a_late_claim_finds_an_event_stored_the_next_day_far_from_midnight(
+    conns: list[Conn], engine: Engine, org: OrgWorld
+) -> None:
+    """A request received before midnight whose statement runs hours later, after a replay stored
+    today outside the boundary's hour: the late claim reads the next day's partition too."""
+    org_id = uuid.UUID(org.id)
+    key = f"late-{uuid.uuid4().hex}"
+    assert await _claim(conns[0], org_id, key, _midnight(0) + 3 * BOUNDARY) == 1
+    assert await _claim(conns[1], org_id, key, _midnight(0) - BOUNDARY / 2) == 0
+    assert count(engine, org_id, key) == 1
+    # With a window of 0 days nothing is read or claimed across days: stored on each day.
+    key = f"late-{uuid.uuid4().hex}"
+    assert await _claim(conns[0], org_id, key, _midnight(0) + 3 * BOUNDARY, 0) == 1
+    assert await _claim(conns[1], org_id, key, _midnight(0) - BOUNDARY / 2, 0) == 1
+    assert count(engine, org_id, key) == 2
+    assert _key_days(engine, org_id, key) == []
 
 
 async def test_a_late_claim_of_the_previous_day_meets_the_next_days_key(
@@ -152,10 +196,11 @@ async def test_a_late_claim_of_the_previous_day_meets_the_next_days_key(
     assert count(engine, org_id, key) == 1
 
 
-async def test_only_keys_near_the_end_of_their_day_are_held_on_the_next_day(
+async def test_only_keys_near_a_day_boundary_are_claimed_in_event_keys(
     conns: list[Conn], engine: Engine, org: OrgWorld
 ) -> None:
     org_id = uuid.UUID(org.id)
+    # Received in the day's first hour: claimed on its own day's key partition too.
     early = _midnight(0) + timedelta(seconds=5)
     key = f"plain-{uuid.uuid4().hex}"
     assert await _claim(conns[0], org_id, key, early) == 1
@@ -163,14 +208,12 @@ async def test_only_keys_near_the_end_of_their_day_are_held_on_the_next_day(
     if datetime.now(UTC) >= _midnight(1) - BOUNDARY:  # claimed in the day's last hour itself
         held.append(f"event_keys_p{_midnight(1):%Y%m%d}")
     assert _key_days(engine, org_id, key) == held
-    # Received at yesterday's noon, claimed now: late, so held on the next day too.
+    # Received at yesterday's noon, claimed now: late, so held on the next day.
     key = f"plain-{uuid.uuid4().hex}"
     noon = _midnight(-1) + timedelta(hours=12)
     assert await _claim(conns[0], org_id, key, noon) == 1
-    assert _key_days(engine, org_id, key) == [
-        f"event_keys_p{noon:%Y%m%d}",
-        f"event_keys_p{_midnight(0):%Y%m%d}",
-    ]
+    assert _key_days(engine, org_id, key) == [f"event_keys_p{_midnight(0):%Y%m%d}"]
+    assert _held(engine, "events", org_id, key) == [f"events_p{noon:%Y%m%d}"]
 
 
 def test_the_api_finds_a_replay_of_yesterday(

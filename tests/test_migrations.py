@@ -114,3 +114,61 @@ def test_the_upgrade_names_addresses_that_now_collide(fresh_database: str) -> No
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     finally:
         engine.dispose()
+
+
+def test_keys_stored_before_0080_still_dedupe_after_it(fresh_database: str) -> None:
+    """Upgrading from 0075 with events in place: their keys move into the events partitions' unique
+    indexes (the key rows stay until their day goes), replays are still duplicates, and the way
+    back puts every event's key into event_keys again."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from api.db.engine import libpq_url
+    from api.events.store import PartitionKeeper, store
+    from tests.test_events_writer import _row
+
+    org_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    yesterday = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=1)
+    stored = {"old-noon": yesterday + timedelta(hours=12), "old-today": now}
+    engine = make_sync_engine(fresh_database)
+    try:
+        upgrade(fresh_database, "0075")
+        with engine.begin() as conn:  # as 0075's ingest statement leaves them: an event, its key
+            conn.execute(text("SELECT keel_ensure_event_partitions(CAST(:d AS date), 3)"), {"d": yesterday})
+            for message_id, received_at in stored.items():
+                params = {"o": org_id, "m": message_id, "r": received_at}
+                conn.execute(text("INSERT INTO event_keys VALUES (:o, :m, :r)"), params)
+                conn.execute(
+                    text(
+                        "INSERT INTO events (organization_id, message_id, event, timestamp, received_at,"
+                        " properties, context) VALUES (:o, :m, 'x', :r, :r, '{}', '{}')"
+                    ),
+                    params,
+                )
+        upgrade(fresh_database)
+
+        async def replay(message_id: str, received_at: datetime, days: int) -> int:
+            async with await psycopg.AsyncConnection.connect(
+                libpq_url(fresh_database), autocommit=True
+            ) as conn:
+                rows = [_row(org_id, message_id, received_at)]
+                await PartitionKeeper(days).ensure_for(conn, rows)
+                return await store(conn, rows, days)
+
+        # The same day (the partition's new unique index), and the next day (the window's read).
+        assert asyncio.run(replay("old-noon", yesterday + timedelta(hours=13), 0)) == 0
+        assert asyncio.run(replay("old-noon", now, 1)) == 0
+        assert asyncio.run(replay("old-today", now, 1)) == 0
+        assert asyncio.run(replay("new-today", now, 1)) == 1
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 3
+        downgrade(fresh_database, "0075")
+        with engine.connect() as conn:
+            keys = conn.execute(text("SELECT message_id FROM event_keys ORDER BY 1")).scalars().all()
+            assert sorted(set(keys)) == ["new-today", "old-noon", "old-today"]
+        upgrade(fresh_database)
+    finally:
+        engine.dispose()

@@ -14,7 +14,9 @@ from api.db.fence import fenced_nextval
 
 # Events are written by one bulk statement per batch and read by the export flow in ingest order,
 # so they are a Core table (no ORM identity, no primary key to maintain): partitioned by day of
-# receipt, with only a BRIN index on ingest_seq for the exporter. Dedupe lives in event_keys.
+# receipt, with a BRIN index on ingest_seq for the exporter. Each day partition has a unique
+# constraint of its own on (organization_id, message_id) (migration 0080; made with the partition
+# by keel_ensure_event_partitions, so not declared here): the day's dedupe keys.
 events_ingest_seq = Sequence("events_ingest_seq", metadata=Base.metadata)
 
 
@@ -45,10 +47,10 @@ events_table = Table(
 )
 
 
-#: (organization, message_id) claimed once per received day: partitioned like events (a
-#: partition per day, ``event_keys_pYYYYMMDD`` with its own primary key on (organization_id,
-#: message_id), made and dropped with the events partition), so the index a claim writes holds
-#: one day; api/events/store.py reads the dedupe window's earlier days.
+#: (organization, message_id) claimed near a day boundary (api/events/store.py: the keys received
+#: in a day's first or last hour, where two claims of one key may fall on two days' events
+#: partitions): partitioned like events (``event_keys_pYYYYMMDD`` with its own primary key on
+#: (organization_id, message_id), made and dropped with the events partition).
 event_keys_table = Table(
     "event_keys",
     Base.metadata,

@@ -1,21 +1,30 @@
-"""Writing events: one statement claims the keys (the dedupe) and inserts the new rows.
+"""Writing events: one statement dedupes and inserts the new rows.
 
-Keys are claimed per received day: ``event_keys`` is partitioned like ``events`` (migration
-0075), so the index a claim writes holds one day of keys however many the retention keeps (one
+A key is held by its event: each day partition of ``events`` has a unique index on
+(organization_id, message_id) of its own (migration 0080), and the insert's ``ON CONFLICT DO
+NOTHING`` takes the routed partition's unique index as its arbiter, so the same day's dedupe
+costs the event's index entry and nothing else (until 0080 every key was a row of ``event_keys``
+too: a second heap tuple, index entry and speculative-insert confirmation per event, two thirds
+of the statement). The index a claim writes holds one day however many the retention keeps (one
 global index of random message ids outgrew memory: every claim read and dirtied a random page,
 and wrote it whole into the WAL after each checkpoint). The dedupe window
 (``KEEL_EVENTS_DEDUPE_DAYS``, N, default 1) is exact:
 
-- the same UTC day: the day partition's primary key (``ON CONFLICT DO NOTHING``), concurrent
-  claims of one key included (the second waits for the first's commit);
+- the same UTC day: the day partition's unique index, concurrent claims of one key included (the
+  second waits for the first's commit);
 - the N days before: the statement reads their partitions (one index scan a partition for all
   its keys: ``seen``);
   a replay up to N times 24 h after the first copy is always found (one up to N + 1 days, often);
-- the day boundary, where a read would miss a claim not yet committed on the previous day: a key
-  received (or claimed) within :data:`BOUNDARY` of the end of its day is claimed on the next
-  day's partition too, in the same statement, so two claims across midnight meet on one primary
-  key; it counts as new only if both claims were new. This holds as long as a claim commits
-  within an hour of its statement and the API's clock is within an hour of Postgres's.
+- the day boundary, where a read would miss a claim not yet committed on the other day: a key
+  received (or claimed) within :data:`BOUNDARY` of the end of its day is claimed in
+  ``event_keys`` on the next day's partition, and a key received (or claimed) within
+  :data:`BOUNDARY` of the start of its day on that day's, in the same statement, so two claims
+  racing across midnight meet on one primary key (``event_keys_pYYYYMMDD``, made and dropped with
+  the day's events partition); a row counts as new only if every claim it made was new. This
+  holds as long as a claim's statement runs and commits within half an hour of its
+  ``received_at`` (which the API stamps just before: its clock within that of Postgres's). A
+  claim found late after its day ended also reads the next day's partition, so a replay stored
+  there and committed is found whenever it arrived.
 
 A replay older than the window is stored again (the lake keeps both; docs/api.md).
 
@@ -88,62 +97,77 @@ class EventRow(msgspec.Struct, array_like=True, gc=False):
 
 _encode_rows = msgspec.json.Encoder().encode
 
-#: A key received this close to the end of its UTC day (or claimed this close to it, or later) is
-#: claimed on the next day's partition too (module docstring: the day boundary).
+#: A key received (or claimed) this close to the end of its UTC day, or this close to its start,
+#: is claimed in ``event_keys`` too (module docstring: the day boundary).
 BOUNDARY = timedelta(hours=1)
 
-# ``ingest_seq`` is left to its default, which draws it under the export fence (api/db/fence.py).
+# ``ingest_seq`` is left to its default, which draws it under the export fence (api/db/fence.py);
+# a row the insert skips (``ON CONFLICT``) has drawn a number that no row carries, as a rolled-back
+# insert has: the fence's guarantee is about the numbers rows carry, not about gaps.
 # ``seen``: the window's earlier days are read in one index scan per day partition for all the
 # statement's keys (``= ANY`` of its org ids and of its message ids, then matched exactly); a
-# probe per row (``NOT EXISTS`` per key) cost about what the claim's insert does.
+# probe per row (``NOT EXISTS`` per key) cost about what the claim's insert does. The keys claimed
+# on the next day are also looked for there (a request claimed late, after a replay stored).
 _CLAIM = """
 WITH incoming AS MATERIALIZED (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
            e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
-           (e->>7)::timestamptz AS received_at, e->8 AS properties, e->9 AS context, n,
-           CASE WHEN %(window)s AND greatest((e->>7)::timestamptz, clock_timestamp())
-                     >= date_trunc('day', (e->>7)::timestamptz, 'UTC') + interval '1 day' - %(boundary)s
-                THEN date_trunc('day', (e->>7)::timestamptz, 'UTC') + interval '1 day' END AS next_day
-    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS t(e, n)
+           r AS received_at, e->8 AS properties, e->9 AS context, n,
+           CASE WHEN %(window)s
+                     AND greatest(r, statement_timestamp()) >= day + interval '24 hours' - %(boundary)s
+                THEN day + interval '24 hours' END AS next_day,
+           CASE WHEN %(window)s AND least(r, statement_timestamp()) < day + %(boundary)s
+                THEN day END AS this_day
+    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS t(e, n),
+         LATERAL (SELECT (e->>7)::timestamptz AS r) AS received,
+         LATERAL (SELECT date_bin(interval '24 hours', r, timestamptz '2000-01-01 00:00:00+00') AS day) AS utc
 ),
 seen AS MATERIALIZED (
-    SELECT k.organization_id, k.message_id FROM event_keys k
+    SELECT k.organization_id, k.message_id FROM events k
     WHERE k.organization_id = ANY(ARRAY(SELECT DISTINCT organization_id FROM incoming))
       AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming))
       AND k.received_at >= %(window_from)s AND k.received_at < %(window_to)s
+    UNION ALL
+    SELECT k.organization_id, k.message_id FROM events k
+    WHERE k.organization_id = ANY(
+            ARRAY(SELECT DISTINCT organization_id FROM incoming WHERE next_day IS NOT NULL)
+          )
+      AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming WHERE next_day IS NOT NULL))
+      AND k.received_at >= %(next_from)s AND k.received_at < %(next_to)s
+),
+near AS (
+    SELECT organization_id, message_id, this_day AS day FROM incoming WHERE this_day IS NOT NULL
+    UNION ALL
+    SELECT organization_id, message_id, next_day FROM incoming WHERE next_day IS NOT NULL
 ),
 claimed AS (
     INSERT INTO event_keys (organization_id, message_id, received_at)
-    SELECT i.organization_id, i.message_id, i.received_at FROM incoming i
-    WHERE NOT EXISTS (
-        SELECT 1 FROM seen s WHERE s.organization_id = i.organization_id AND s.message_id = i.message_id
-    )
-    ON CONFLICT DO NOTHING
-    RETURNING organization_id, message_id
-),
-next_day AS (
-    INSERT INTO event_keys (organization_id, message_id, received_at)
-    SELECT i.organization_id, i.message_id, i.next_day FROM incoming i WHERE i.next_day IS NOT NULL
+    SELECT organization_id, message_id, day FROM near
     ON CONFLICT DO NOTHING
     RETURNING organization_id, message_id
 ),
 taken AS (
-    SELECT organization_id, message_id FROM incoming WHERE next_day IS NOT NULL
-    EXCEPT ALL SELECT organization_id, message_id FROM next_day
+    SELECT organization_id, message_id FROM near
+    EXCEPT ALL SELECT organization_id, message_id FROM claimed
 ),
-fresh AS (
-    SELECT c.organization_id, c.message_id FROM claimed c
-    WHERE NOT EXISTS (
-        SELECT 1 FROM taken t WHERE t.organization_id = c.organization_id AND t.message_id = c.message_id
-    )
+-- Keys not to store: found in the window, or claimed near the day boundary by another statement.
+-- (A hashed NOT IN: the rows keep their order, and neither side is ever NULL.)
+known AS (
+    SELECT organization_id, message_id FROM seen
+    UNION ALL
+    SELECT organization_id, message_id FROM taken
 )"""
+# The same day's dedupe is the events partition's own unique index (migration 0080): with no
+# conflict target, ON CONFLICT DO NOTHING takes the routed partition's unique indexes as arbiters.
 _INSERT = """
 INSERT INTO events (organization_id, message_id, event, user_id, anonymous_id, timestamp, sent_at,
                     received_at, properties, context)
 SELECT i.organization_id, i.message_id, i.event, i.user_id, i.anonymous_id, i.ts, i.sent_at,
        i.received_at, i.properties, i.context
-FROM incoming i JOIN fresh f ON f.organization_id = i.organization_id AND f.message_id = i.message_id
-ORDER BY i.n"""
+FROM incoming i
+WHERE (i.organization_id, i.message_id) NOT IN (SELECT organization_id, message_id FROM known)
+ORDER BY i.n
+ON CONFLICT DO NOTHING"""
 #: Only the count comes back (a batch's own statement).
 INSERT_EVENTS = _CLAIM + _INSERT
 #: The ordinals (from 1) of the rows stored (a shared statement answers each request apart).
@@ -151,8 +175,8 @@ INSERT_EVENTS_RETURNING = (
     _CLAIM
     + ",\nstored AS ("
     + _INSERT
-    + "\n)\nSELECT i.n FROM incoming i JOIN fresh f"
-    + " ON f.organization_id = i.organization_id AND f.message_id = i.message_id"
+    + "\n    RETURNING organization_id, message_id\n)\nSELECT i.n FROM incoming i JOIN stored s"
+    + " ON s.organization_id = i.organization_id AND s.message_id = i.message_id"
 )
 
 
@@ -161,13 +185,21 @@ def _midnight(moment: datetime) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+def _days(rows: list[EventRow]) -> set[datetime]:
+    """The UTC midnights the rows were received on (a request's rows share one ``received_at``:
+    the distinct values first, so a batch costs one conversion, not one a row)."""
+    return {_midnight(moment) for moment in {row.received_at for row in rows}}
+
+
 def _params(rows: list[EventRow], dedupe_days: int) -> dict[str, Any]:
-    days = {_midnight(row.received_at) for row in rows}
+    days = _days(rows)
     return {
         "rows": _encode_rows(rows).decode(),
         "window": dedupe_days > 0,
         "window_from": min(days) - timedelta(days=dedupe_days),
         "window_to": max(days),
+        "next_from": min(days) + timedelta(days=1),
+        "next_to": max(days) + timedelta(days=2),
         "boundary": BOUNDARY,
     }
 
@@ -228,8 +260,8 @@ class PartitionKeeper:
     async def ensure_for(self, conn: PgConnection, rows: list[EventRow]) -> None:
         # With a window, keys near the end of a day are claimed on the next day too.
         days = 2 if self.dedupe_days else 1
-        for day in {row.received_at.astimezone(UTC).date() for row in rows}:
-            await self.ensure(conn, day, days)
+        for midnight in _days(rows):
+            await self.ensure(conn, midnight.date(), days)
 
 
 class Writer(Protocol):

@@ -142,13 +142,7 @@ class CallReader:
 
     def read(self, raw: msgspec.Raw | bytes) -> SegmentMessage:
         """A batch's call, from its bytes."""
-        message = decode_call(raw, None)
-        try:
-            self._normalize(message)
-        except ItemRejected as exc:
-            exc.message_id = message.message_id
-            raise
-        return message
+        return self.normalize(decode_call(raw, None))
 
     def normalize(self, message: SegmentMessage | ItemRejected) -> SegmentMessage:
         """A call decoded already (or the refusal its decoding was)."""

@@ -17,10 +17,10 @@ once for psycopg; :class:`Reader` runs it on a connection of its own pool:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Select
@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from api.db.engine import libpq_url
 
 PgConnection = AsyncConnection[TupleRow]
+R = TypeVar("R")
 #: What every read connection runs with (a server-side setting: writes are refused, not just unsent).
 READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 
@@ -126,6 +127,15 @@ class Reader:
         self.observers: list[Callable[[str], None]] = []
 
     async def all(self, read: Read, **values: Any) -> list[tuple[Any, ...]]:
+        return read.rows(await self._run(read, values, AsyncCursor.fetchall))
+
+    async def first(self, read: Read, **values: Any) -> tuple[Any, ...] | None:
+        raw = await self._run(read, values, AsyncCursor.fetchone)
+        return None if raw is None else read.row(raw)
+
+    async def _run(
+        self, read: Read, values: dict[str, Any], fetch: Callable[[AsyncCursor[TupleRow]], Awaitable[R]]
+    ) -> R:
         for observe in self.observers:
             observe(read.sql)
         params = read.bind(values)
@@ -134,20 +144,6 @@ class Reader:
         # putconn still discards a connection a failed or cancelled read left in a bad state.
         conn = await self.pool.getconn()
         try:
-            cursor = await conn.execute(read.sql, params, prepare=True)
-            raw = await cursor.fetchall()
+            return await fetch(await conn.execute(read.sql, params, prepare=True))
         finally:
             await self.pool.putconn(conn)
-        return read.rows(raw)
-
-    async def first(self, read: Read, **values: Any) -> tuple[Any, ...] | None:
-        for observe in self.observers:
-            observe(read.sql)
-        params = read.bind(values)
-        conn = await self.pool.getconn()
-        try:
-            cursor = await conn.execute(read.sql, params, prepare=True)
-            raw = await cursor.fetchone()
-        finally:
-            await self.pool.putconn(conn)
-        return None if raw is None else read.row(raw)

@@ -16,11 +16,9 @@ from typing import Protocol
 class Drainable(Protocol):
     async def tick(self) -> int:
         """One round of claiming and delivering; how much it did (0: nothing was due)."""
-        ...
 
     async def seconds_until_due(self, organization_id: uuid.UUID | None = None) -> float | None:
         """Seconds until the next work falls due (None: nothing is queued)."""
-        ...
 
 
 async def drain_until_idle(

@@ -4,209 +4,79 @@ Every entry must follow the one before it (seq + 1), carry its hash as ``prev_ha
 its own ``hash``; the walk must end exactly at the head the database recorded. The first entry
 that does not is named, with the reason. Memory stays flat: rows stream in chunks, read and
 hashed in a worker thread on a second connection that shares the walk's snapshot.
+
+A big chain (``Split``: 100,000 entries or more by default) is checked in contiguous ranges of
+its seqs at once, each by a process of its own (``spawn``ed for this verify and ended with it)
+reading in the same exported snapshot (``api.audit.walk.check_range``); the ranges are then linked
+in order through ``ChainWalk``, so the report is the one a walk of the whole chain gives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import itertools
+import multiprocessing
+import os
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.audit.chain import GENESIS, canonical_values, entry_hash
-from api.audit.rows import (
-    SELECT_FOR_WALK,
-    WALK_HASH,
-    WALK_PREV_HASH,
-    WALK_SEQ,
-    SnapshotReader,
-    snapshot,
-    walk_entry,
-    walk_values,
+from api.audit.rows import SELECT_FOR_WALK, SnapshotReader, snapshot
+from api.audit.walk import (
+    Broken,
+    ChainReport,
+    ChainWalk,
+    Point,
+    RangeResult,
+    VerifyReport,
+    check_range,
+    link_ranges,
+    start_child,
 )
 from api.db.engine import libpq_url
 
-_WALK_ID = 0  # (``id`` is the first of the hashed fields, SELECT_FOR_WALK's order)
+if TYPE_CHECKING:
+    from api.settings import Settings
+
+__all__ = ["Broken", "ChainReport", "ChainWalk", "Point", "Split", "VerifyReport", "verify", "verify_chain"]
+
+#: How often a verify split across processes reports their progress (seconds).
+PROGRESS_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
-class Broken:
-    chain_key: str
-    id: uuid.UUID | None
-    seq: int | None
-    reason: str
+class Split:
+    """When and how widely a chain is verified across processes: a chain of at least
+    ``min_entries`` entries (its head's seq less its newest checkpoint's) in as many contiguous
+    ranges as ``processes`` and the machine's CPUs allow; 1 process: never split."""
 
+    processes: int = 4
+    min_entries: int = 100_000
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    seq: int
-    hash: str
-    entry_id: uuid.UUID | str | None = None
+    @classmethod
+    def of(cls, settings: Settings) -> Split:
+        return cls(settings.audit_verify_processes, settings.audit_verify_split_entries)
 
-
-@dataclass
-class ChainReport:
-    chain_key: str
-    entries_checked: int = 0
-    broken: Broken | None = None
-    head: Point | None = None
-    checkpoint: Point | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.broken is None
-
-
-@dataclass
-class VerifyReport:
-    chains: list[ChainReport] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.chains)
-
-    @property
-    def entries_checked(self) -> int:
-        return sum(c.entries_checked for c in self.chains)
-
-    @property
-    def first_broken(self) -> Broken | None:
-        return next((c.broken for c in self.chains if c.broken is not None), None)
-
-    def as_dict(self) -> dict[str, Any]:
-        broken = self.first_broken
-        return {
-            "ok": self.ok,
-            "entries_checked": self.entries_checked,
-            "chains_checked": len(self.chains),
-            "first_broken": None
-            if broken is None
-            else {
-                "chain_key": broken.chain_key,
-                "id": str(broken.id) if broken.id else None,
-                "seq": broken.seq,
-                "reason": broken.reason,
-            },
-            "broken_chains": [c.chain_key for c in self.chains if not c.ok],
-        }
-
-
-class ChainWalk:
-    """The checks, fed one chain's rows in seq order; pure, so tests and the CLI share them."""
-
-    def __init__(self, chain_key: str, *, head: Point | None, checkpoints: dict[int, Point]) -> None:
-        self.report = ChainReport(
-            chain_key=chain_key,
-            head=head,
-            checkpoint=checkpoints[max(checkpoints)] if checkpoints else None,
-        )
-        self.checkpoints = checkpoints
-        self.last: Point | None = None  # the newest link accepted so far
-
-    def _break(self, entry: dict[str, Any] | None, reason: str, *, point: Point | None = None) -> None:
-        if entry is not None:
-            self.report.broken = Broken(self.report.chain_key, uuid.UUID(entry["id"]), entry["seq"], reason)
-        else:
-            assert point is not None
-            entry_id = uuid.UUID(str(point.entry_id)) if point.entry_id is not None else None
-            self.report.broken = Broken(self.report.chain_key, entry_id, point.seq, reason)
-
-    def feed(self, entry: dict[str, Any]) -> bool:
-        """Check one entry; False once the chain is broken (the walk can stop)."""
-        if self.report.broken is not None:
-            return False
-        self.report.entries_checked += 1
-        seq = entry["seq"]
-        head = self.report.head
-        if self.last is None:
-            if seq == 1:
-                self.last = Point(0, GENESIS)
-            elif seq - 1 in self.checkpoints:
-                self.last = self.checkpoints[seq - 1]
-            else:
-                self._break(
-                    entry, f"entries 1..{seq - 1} are missing and no checkpoint records their removal"
-                )
-                return False
-        if seq != self.last.seq + 1:
-            self._break(entry, f"entries {self.last.seq + 1}..{seq - 1} are missing before this one")
-        elif head is None:
-            self._break(entry, "the chain has no recorded head: its entries were not appended by Keel")
-        elif seq > head.seq:
-            self._break(entry, "this entry is past the chain's recorded head: it was not appended by Keel")
-        elif entry["prev_hash"] != self.last.hash:
-            self._break(
-                entry, f"prev_hash does not match the hash of entry {self.last.seq}: the chain was cut here"
-            )
-        elif entry_hash(entry, entry["prev_hash"]) != entry["hash"]:
-            self._break(entry, "the entry's content does not match its hash: it was changed")
-        else:
-            self.last = Point(seq, entry["hash"], entry["id"])
-            return True
-        return False
-
-    def feed_rows(self, rows: Sequence[Sequence[Any]]) -> bool:
-        """:meth:`feed` over ``SELECT_FOR_WALK`` rows, the common case without building a mapping:
-        a row that follows the last accepted one (seq + 1, up to the head, its ``prev_hash``) and
-        hashes to its ``hash`` is accepted here; any other row goes through :meth:`feed`, which
-        names what is wrong. False once the chain is broken."""
-        head = self.report.head
-        sha256 = hashlib.sha256
-        at = 0
-        while at < len(rows):
-            last = self.last
-            if last is None or head is None or self.report.broken is not None:
-                if not self.feed(walk_entry(rows[at])):
-                    return False
-                at += 1
-                continue
-            last_seq, last_hash, last_row, limit, checked = last.seq, last.hash, None, head.seq, 0
-            for row in rows[at:] if at else rows:
-                seq, prev_hash, digest = row[WALK_SEQ], row[WALK_PREV_HASH], row[WALK_HASH]
-                if (
-                    seq != last_seq + 1
-                    or seq > limit
-                    or prev_hash != last_hash
-                    or sha256(canonical_values(walk_values(row)) + prev_hash.encode()).hexdigest() != digest
-                ):
-                    break
-                last_seq, last_hash, last_row = seq, digest, row
-                checked += 1
-            if last_row is not None:
-                self.last = Point(last_seq, last_hash, last_row[_WALK_ID])
-                self.report.entries_checked += checked
-            at += checked
-            if at < len(rows):  # a row the checks above did not accept: feed() says why
-                if not self.feed(walk_entry(rows[at])):
-                    return False
-                at += 1
-        return True
-
-    def finish(self) -> ChainReport:
-        """After the last row: the walk must have ended at the recorded head."""
-        report, head = self.report, self.report.head
-        if report.broken is not None:
-            return report
-        end = self.last or report.checkpoint or Point(0, GENESIS)
-        if head is None:
-            if end.seq:
-                self._break(None, "the chain has no recorded head", point=end)
-        elif end.seq < head.seq:
-            self._break(
-                None,
-                f"entries {end.seq + 1}..{head.seq} are missing: the chain stops before its recorded head",
-                point=head,
-            )
-        elif end.hash != head.hash:
-            self._break(None, "the last entry's hash differs from the chain's recorded head", point=end)
-        return report
+    def ranges(self, start: int, head: int) -> list[tuple[int | None, int | None]]:
+        """The ranges ``[low, high)`` of seqs for a chain whose entries after ``start`` (its newest
+        checkpoint, or 0) run to ``head``: one, open at both ends, below the threshold; else each
+        range about as long as the others, the first open below and the last open above (so
+        every row a walk of the whole chain would read, past the head or before a checkpoint,
+        is read by one of them)."""
+        entries = head - start
+        ways = min(self.processes, os.cpu_count() or 1, max(entries, 1))
+        if entries < self.min_entries or ways < 2:
+            return [(None, None)]
+        bounds: list[int | None] = [None]
+        bounds += [start + 1 + entries * i // ways for i in range(1, ways)]
+        bounds.append(None)
+        return list(itertools.pairwise(bounds))
 
 
 async def chain_state(conn: AsyncConnection, chain_key: str) -> tuple[Point | None, dict[int, Point]]:
@@ -234,11 +104,19 @@ async def verify_chain(
     chain_key: str,
     *,
     progress: Callable[[int], None] | None = None,
+    split: Split = Split(),
 ) -> ChainReport:
     """One chain: its head and checkpoints read on ``conn``, its rows read and hashed in a worker
-    thread through ``reader`` (the same snapshot), so the event loop keeps serving meanwhile."""
+    thread through ``reader`` (the same snapshot), so the event loop keeps serving meanwhile; a
+    big chain in ranges, by processes that read in ``reader``'s snapshot (:func:`_in_processes`)."""
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
+    if head is not None:
+        ranges = split.ranges(max(checkpoints, default=0), head.seq)
+        if len(ranges) > 1:
+            results = await _in_processes(reader, chain_key, head, ranges, progress)
+            link_ranges(walk, results)
+            return walk.finish()
     loop = asyncio.get_running_loop()
     stop = threading.Event()
 
@@ -271,6 +149,63 @@ async def _in_thread(run: Callable[[], None], stop: threading.Event) -> None:
         if not done.cancelled():
             done.exception()  # (retrieved: the cancellation is what the caller hears of)
         raise
+
+
+async def _in_processes(
+    reader: SnapshotReader,
+    chain_key: str,
+    head: Point,
+    ranges: list[tuple[int | None, int | None]],
+    progress: Callable[[int], None] | None,
+) -> list[RangeResult]:
+    """Each range checked by a process of its own (``spawn``: a fresh interpreter that imports
+    ``api.audit.walk``, never a fork of this threaded server), all of them started for this chain
+    and ended before this returns. Progress: the rows each process has read, summed every
+    PROGRESS_SECONDS. Cancelled (the client went away, the server stopping), or a range failing,
+    the processes are told to stop (at their next chunk) and waited for."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    counts = context.Array("q", len(ranges), lock=False)
+    slots = context.Value("i", 0)
+    executor = ProcessPoolExecutor(
+        len(ranges), mp_context=context, initializer=start_child, initargs=(stop, counts, slots)
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        futures = [
+            loop.run_in_executor(
+                executor, check_range, reader.url, reader.snapshot_id, chain_key, head, low, high
+            )
+            for low, high in ranges
+        ]
+        pending, reported = set(futures), 0
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=PROGRESS_SECONDS)
+            read = sum(counts)
+            if progress is not None and read > reported:
+                progress(read - reported)
+                reported = read
+            for future in futures:  # a range that failed (its connection, say) fails the verify now
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    future.result()
+        return [f.result() for f in futures]
+    finally:
+        stop.set()
+        await _until_done(asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
+
+
+async def _until_done(work: Any) -> None:
+    """Await ``work`` to its end even if cancelled meanwhile (then re-raise the cancellation)."""
+    done = asyncio.ensure_future(work)
+    cancelled = False
+    while not done.done():
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            cancelled = True
+    done.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 @contextlib.asynccontextmanager
@@ -313,8 +248,10 @@ async def verify(
     chain_key: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    split: Split = Split(),
 ) -> VerifyReport:
-    """Verify one chain, or every chain, in one consistent snapshot."""
+    """Verify one chain, or every chain, in one consistent snapshot (a big chain split across
+    processes as ``split`` says: ``Split.of(settings)``)."""
     report = VerifyReport()
     async with snapshot(engine) as conn:
         keys = [chain_key] if chain_key is not None else await chain_keys(conn)
@@ -322,5 +259,5 @@ async def verify(
             on_total(await expected_entries(conn, keys if chain_key is not None else None))
         async with walk_reader(engine, conn) as reader:
             for key in keys:
-                report.chains.append(await verify_chain(conn, reader, key, progress=progress))
+                report.chains.append(await verify_chain(conn, reader, key, progress=progress, split=split))
     return report

@@ -6,9 +6,10 @@ that does not is named, with the reason. Memory stays flat: rows stream in chunk
 hashed in a worker thread on a second connection that shares the walk's snapshot.
 
 A big chain (``Split``: 100,000 entries or more by default) is checked in contiguous ranges of
-its seqs at once, each by a process of its own (``spawn``ed for this verify and ended with it)
-reading in the same exported snapshot (``api.audit.walk.check_range``); the ranges are then linked
-in order through ``ChainWalk``, so the report is the one a walk of the whole chain gives.
+its seqs at once, the first by that worker thread, each other one by a process of its own
+(``spawn``ed for this verify and ended with it) reading in the same exported snapshot
+(``api.audit.walk.check_range``); the ranges are then linked in order through ``ChainWalk``, so
+the report is the one a walk of the whole chain gives.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import itertools
 import multiprocessing
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from api.audit.walk import (
     check_range,
     link_ranges,
     start_child,
+    walk_reader_range,
 )
 from api.db.engine import libpq_url
 
@@ -158,25 +160,33 @@ async def _in_processes(
     ranges: list[tuple[int | None, int | None]],
     progress: Callable[[int], None] | None,
 ) -> list[RangeResult]:
-    """Each range checked by a process of its own (``spawn``: a fresh interpreter that imports
-    ``api.audit.walk``, never a fork of this threaded server), all of them started for this chain
-    and ended before this returns. Progress: the rows each process has read, summed every
+    """Each range checked at once: the first by a worker thread here, through ``reader`` (as a
+    small chain is), every other one by a process of its own (``spawn``: a fresh interpreter that
+    imports ``api.audit.walk`` only, never a fork of this threaded server), all started for this
+    chain and ended before this returns. Progress: the rows each range has read, summed every
     PROGRESS_SECONDS. Cancelled (the client went away, the server stopping), or a range failing,
-    the processes are told to stop (at their next chunk) and waited for."""
+    the thread and the processes are told to stop (at their next chunk) and waited for."""
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     counts = context.Array("q", len(ranges), lock=False)
-    slots = context.Value("i", 0)
     executor = ProcessPoolExecutor(
-        len(ranges), mp_context=context, initializer=start_child, initargs=(stop, counts, slots)
+        len(ranges) - 1, mp_context=context, initializer=start_child, initargs=(stop, counts)
     )
     loop = asyncio.get_running_loop()
+
+    def advanced(count: int) -> bool:
+        counts[0] += count
+        return bool(stop.is_set())
+
+    here = asyncio.ensure_future(
+        asyncio.to_thread(walk_reader_range, reader, chain_key, head, *ranges[0], advanced)
+    )
     try:
-        futures = [
+        futures = [here] + [
             loop.run_in_executor(
-                executor, check_range, reader.url, reader.snapshot_id, chain_key, head, low, high
+                executor, check_range, reader.url, reader.snapshot_id, chain_key, head, low, high, index
             )
-            for low, high in ranges
+            for index, (low, high) in enumerate(ranges[1:], start=1)
         ]
         pending, reported = set(futures), 0
         while pending:
@@ -191,10 +201,18 @@ async def _in_processes(
         return [f.result() for f in futures]
     finally:
         stop.set()
-        await _until_done(asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
+        await _until_done(_ended(executor, here))
 
 
-async def _until_done(work: Any) -> None:
+async def _ended(executor: ProcessPoolExecutor, here: asyncio.Future[Any]) -> None:
+    """The processes ended and waited for, and the thread done with the reader's connection."""
+    await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+    await asyncio.wait([here])
+    if not here.cancelled():
+        here.exception()  # (retrieved: when it matters, the caller has heard of it already)
+
+
+async def _until_done(work: Coroutine[Any, Any, None]) -> None:
     """Await ``work`` to its end even if cancelled meanwhile (then re-raise the cancellation)."""
     done = asyncio.ensure_future(work)
     cancelled = False

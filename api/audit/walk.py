@@ -282,46 +282,62 @@ def link_ranges(walk: ChainWalk, results: Iterable[RangeResult]) -> bool:
     return True
 
 
-#: In a child process: ``(stop, progress, index)``, set by :func:`start_child`.
-_CHILD: tuple[Any, Any, int] | None = None
+#: In a child process: the verify's ``(stop, progress)``, set by :func:`start_child`.
+_CHILD: tuple[Any, Any] | None = None
 
 
-def start_child(stop: Any, progress: Any, slots: Any) -> None:
-    """A range-checking process's initializer: the verify's stop event, its shared array of rows
-    read per range, and a counter that hands each process its own slot in it."""
+def start_child(stop: Any, progress: Any) -> None:
+    """A range-checking process's initializer: the verify's stop event, and its shared array of
+    the rows read so far, one slot per range."""
     global _CHILD  # (one per process, set once as it starts)
-    with slots.get_lock():
-        index = slots.value
-        slots.value += 1
-    _CHILD = (stop, progress, index)
+    _CHILD = (stop, progress)
 
 
-def check_range(
-    url: str, snapshot_id: str, chain_key: str, head: Point, low: int | None, high: int | None
-) -> RangeResult:
-    """In a child process: walk the chain's rows with ``low <= seq < high`` (either end open when
-    None) in the exported snapshot ``snapshot_id``, on a blocking connection of its own
-    (:class:`~api.audit.rows.SnapshotReader`). Stops early, after a chunk, when the verify is
-    stopped or the process that started this one is gone."""
-    assert _CHILD is not None, "check_range runs in a process started with start_child"
-    stop, progress, index = _CHILD
-    parent = os.getppid()
+def range_where(chain_key: str, low: int | None, high: int | None) -> tuple[str, dict[str, Any]]:
+    """The condition (and its parameters) for a chain's rows with ``low <= seq < high``, either
+    end open when None."""
     where, params = ["chain_key = %(chain_key)s"], {"chain_key": chain_key, "low": low, "high": high}
     if low is not None:
         where.append("seq >= %(low)s")
     if high is not None:
         where.append("seq < %(high)s")
+    return " AND ".join(where), params
+
+
+def walk_reader_range(
+    reader: SnapshotReader,
+    chain_key: str,
+    head: Point,
+    low: int | None,
+    high: int | None,
+    advanced: Any = None,
+) -> RangeResult:
+    """:func:`walk_range` over the rows ``reader`` reads in its snapshot with ``low <= seq < high``."""
+    where, params = range_where(chain_key, low, high)
+    chunks = reader.chunks(SELECT_FOR_WALK, where, params)
+    try:
+        return walk_range(chain_key, head, chunks, advanced=advanced)
+    finally:
+        chunks.close()
+
+
+def check_range(
+    url: str, snapshot_id: str, chain_key: str, head: Point, low: int | None, high: int | None, index: int
+) -> RangeResult:
+    """In a child process: :func:`walk_reader_range` on a blocking connection of its own in the
+    exported snapshot ``snapshot_id``, counting the rows read in slot ``index`` of the shared
+    progress. Stops early, after a chunk, when the verify is stopped or the process that started
+    this one is gone."""
+    assert _CHILD is not None, "check_range runs in a process started with start_child"
+    stop, progress = _CHILD
+    parent = os.getppid()
 
     def advanced(count: int) -> bool:
         progress[index] += count
-        return stop.is_set() or os.getppid() != parent
+        return bool(stop.is_set()) or os.getppid() != parent
 
     reader = SnapshotReader(url, snapshot_id, application_name=f"keel audit verify {parent}")
     try:
-        chunks = reader.chunks(SELECT_FOR_WALK, " AND ".join(where), params)
-        try:
-            return walk_range(chain_key, head, chunks, advanced=advanced)
-        finally:
-            chunks.close()
+        return walk_reader_range(reader, chain_key, head, low, high, advanced)
     finally:
         reader.close()

@@ -7,9 +7,9 @@ hashed in a worker thread on a second connection that shares the walk's snapshot
 
 A big chain (``Split``: 100,000 entries or more by default) is checked in contiguous ranges of
 its seqs at once, the first by that worker thread, each other one by a process of its own
-(``spawn``ed for this verify and ended with it) reading in the same exported snapshot
-(``api.audit.walk.check_range``); the ranges are then linked in order through ``ChainWalk``, so
-the report is the one a walk of the whole chain gives.
+(``python -m api.audit.walk``, started for this verify and ended with it) reading in the same
+exported snapshot; the ranges are then linked in order through ``ChainWalk``, so the report is
+the one a walk of the whole chain gives.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing
+import json
 import os
+import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ProcessPoolExecutor
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
@@ -36,9 +38,7 @@ from api.audit.walk import (
     Point,
     RangeResult,
     VerifyReport,
-    check_range,
     link_ranges,
-    start_child,
     walk_reader_range,
 )
 from api.db.engine import libpq_url
@@ -161,33 +161,33 @@ async def _in_processes(
     progress: Callable[[int], None] | None,
 ) -> list[RangeResult]:
     """Each range checked at once: the first by a worker thread here, through ``reader`` (as a
-    small chain is), every other one by a process of its own (``spawn``: a fresh interpreter that
-    imports ``api.audit.walk`` only, never a fork of this threaded server), all started for this
-    chain and ended before this returns. Progress: the rows each range has read, summed every
-    PROGRESS_SECONDS. Cancelled (the client went away, the server stopping), or a range failing,
-    the thread and the processes are told to stop (at their next chunk) and waited for."""
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    counts = context.Array("q", len(ranges), lock=False)
-    executor = ProcessPoolExecutor(
-        len(ranges) - 1, mp_context=context, initializer=start_child, initargs=(stop, counts)
-    )
-    loop = asyncio.get_running_loop()
+    small chain is), every other one by a process of its own (:func:`_range_process`), all started
+    for this chain and ended before this returns. Progress: the rows each range has read, summed
+    every PROGRESS_SECONDS. Cancelled (the client went away, the server stopping), or a range
+    failing, the thread is told to stop (at its next chunk) and the processes are terminated,
+    and all of them are waited for."""
+    stop = threading.Event()
+    counts = [0] * len(ranges)
 
     def advanced(count: int) -> bool:
         counts[0] += count
-        return bool(stop.is_set())
+        return stop.is_set()
 
     here = asyncio.ensure_future(
         asyncio.to_thread(walk_reader_range, reader, chain_key, head, *ranges[0], advanced)
     )
+    task = {
+        "url": reader.url,
+        "snapshot_id": reader.snapshot_id,
+        "chain_key": chain_key,
+        "head": [head.seq, head.hash, None if head.entry_id is None else str(head.entry_id)],
+    }
+    others = [
+        asyncio.ensure_future(_range_process({**task, "low": low, "high": high}, counts, index))
+        for index, (low, high) in enumerate(ranges[1:], start=1)
+    ]
+    futures = [here, *others]
     try:
-        futures = [here] + [
-            loop.run_in_executor(
-                executor, check_range, reader.url, reader.snapshot_id, chain_key, head, low, high, index
-            )
-            for index, (low, high) in enumerate(ranges[1:], start=1)
-        ]
         pending, reported = set(futures), 0
         while pending:
             _, pending = await asyncio.wait(pending, timeout=PROGRESS_SECONDS)
@@ -201,18 +201,62 @@ async def _in_processes(
         return [f.result() for f in futures]
     finally:
         stop.set()
-        await _until_done(_ended(executor, here))
+        for other in others:
+            other.cancel()  # (each terminates its process and waits for it)
+        await _until_done(asyncio.wait(futures))
+        for future in futures:
+            if future.done() and not future.cancelled():
+                future.exception()  # (retrieved: when it matters, the caller has heard of it)
 
 
-async def _ended(executor: ProcessPoolExecutor, here: asyncio.Future[Any]) -> None:
-    """The processes ended and waited for, and the thread done with the reader's connection."""
-    await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-    await asyncio.wait([here])
-    if not here.cancelled():
-        here.exception()  # (retrieved: when it matters, the caller has heard of it already)
+#: How a range's process starts: ``api.audit.walk`` run as a program, in a fresh interpreter that
+#: imports that module only (not the app, nor the parent's main module, as a multiprocessing
+#: ``spawn`` child would: 1.4 s of CPU under ``keel serve``), with the parent's import path.
+_RANGE_PROGRAM = (sys.executable, "-m", "api.audit.walk")
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-async def _until_done(work: Coroutine[Any, Any, None]) -> None:
+async def _range_process(task: dict[str, Any], counts: list[int], index: int) -> RangeResult:
+    """One range walked by ``python -m api.audit.walk`` (:func:`api.audit.walk.main`): its task
+    written on its stdin, its progress (rows read, into ``counts[index]``) and result read from
+    its stdout. Cancelled, or failing, it terminates the process and waits for it."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (_IMPORT_ROOT, os.environ.get("PYTHONPATH")))),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *_RANGE_PROGRAM, stdin=PIPE, stdout=PIPE, env=env, limit=_LINE_LIMIT
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(task).encode() + b"\n")
+        await process.stdin.drain()
+        process.stdin.close()
+        result: RangeResult | None = None
+        while line := await process.stdout.readline():
+            message = json.loads(line)
+            if "read" in message:
+                counts[index] += message["read"]
+            else:
+                result = RangeResult.of_json(message["result"])
+        code = await process.wait()
+        if code != 0 or result is None:
+            raise RuntimeError(
+                f"the process verifying a range of chain {task['chain_key']} ended with {code}"
+            )
+        return result
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            await process.wait()
+
+
+#: The longest line a range's process writes: its result, with the raw row it could not accept.
+_LINE_LIMIT = 64 * 2**20
+
+
+async def _until_done(work: Awaitable[Any]) -> None:
     """Await ``work`` to its end even if cancelled meanwhile (then re-raise the cancellation)."""
     done = asyncio.ensure_future(work)
     cancelled = False

@@ -1,15 +1,18 @@
 """The checks ``verify`` runs over a chain's rows, pure (no database): one definition, which
 the API's walk, the CLI's, the offline tests and the processes checking ranges of a big chain
-(:func:`walk_range`, :func:`check_range`) share.
+(:func:`walk_range`, :func:`main`) share.
 
 This module imports only what a child process needs (psycopg through ``api.audit.rows``, the
-hash), so a process started to check a range does not load the app.
+hash), so a process started to check a range (``python -m api.audit.walk``: :func:`main`) does
+not load the app.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -237,6 +240,26 @@ class RangeResult:
     last: Point | None = None
     failed: tuple[Any, ...] | None = None
 
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values (a row's are text, numbers and nulls: ``SELECT_FOR_WALK``'s casts)."""
+        last = self.last
+        return {
+            "checked": self.checked,
+            "first": self.first,
+            "last": None if last is None else [last.seq, last.hash, last.entry_id],
+            "failed": self.failed,
+        }
+
+    @classmethod
+    def of_json(cls, value: dict[str, Any]) -> RangeResult:
+        last, failed = value["last"], value["failed"]
+        return cls(
+            value["checked"],
+            value["first"],
+            None if last is None else Point(*last),
+            None if failed is None else tuple(failed),
+        )
+
 
 def walk_range(
     chain_key: str, head: Point, chunks: Iterable[Sequence[Sequence[Any]]], *, advanced: Any = None
@@ -282,17 +305,6 @@ def link_ranges(walk: ChainWalk, results: Iterable[RangeResult]) -> bool:
     return True
 
 
-#: In a child process: the verify's ``(stop, progress)``, set by :func:`start_child`.
-_CHILD: tuple[Any, Any] | None = None
-
-
-def start_child(stop: Any, progress: Any) -> None:
-    """A range-checking process's initializer: the verify's stop event, and its shared array of
-    the rows read so far, one slot per range."""
-    global _CHILD  # (one per process, set once as it starts)
-    _CHILD = (stop, progress)
-
-
 def range_where(chain_key: str, low: int | None, high: int | None) -> tuple[str, dict[str, Any]]:
     """The condition (and its parameters) for a chain's rows with ``low <= seq < high``, either
     end open when None."""
@@ -321,23 +333,32 @@ def walk_reader_range(
         chunks.close()
 
 
-def check_range(
-    url: str, snapshot_id: str, chain_key: str, head: Point, low: int | None, high: int | None, index: int
-) -> RangeResult:
-    """In a child process: :func:`walk_reader_range` on a blocking connection of its own in the
-    exported snapshot ``snapshot_id``, counting the rows read in slot ``index`` of the shared
-    progress. Stops early, after a chunk, when the verify is stopped or the process that started
-    this one is gone."""
-    assert _CHILD is not None, "check_range runs in a process started with start_child"
-    stop, progress = _CHILD
+def main() -> None:
+    """``python -m api.audit.walk``, a process checking one range of a big chain for ``verify``:
+    reads its task as one JSON line on stdin (the database URL, the exported snapshot, the chain,
+    its head, ``low`` and ``high``: on stdin, not argv, so the URL's password is not on display),
+    walks the range (:func:`walk_reader_range`) on a connection of its own in that snapshot,
+    writing ``{"read": n}`` after each chunk and ``{"result": …}`` at the end, one JSON line
+    each, on stdout. Its parent stops it with SIGTERM; it stops by itself, after a chunk, if
+    that parent is gone."""
+    task = json.loads(sys.stdin.readline())
     parent = os.getppid()
+    out = sys.stdout
 
     def advanced(count: int) -> bool:
-        progress[index] += count
-        return bool(stop.is_set()) or os.getppid() != parent
+        out.write(f'{{"read": {count}}}\n')
+        out.flush()
+        return os.getppid() != parent
 
-    reader = SnapshotReader(url, snapshot_id, application_name=f"keel audit verify {parent}")
+    reader = SnapshotReader(task["url"], task["snapshot_id"], application_name=f"keel audit verify {parent}")
     try:
-        return walk_reader_range(reader, chain_key, head, low, high, advanced)
+        head = Point(*task["head"])
+        result = walk_reader_range(reader, task["chain_key"], head, task["low"], task["high"], advanced)
     finally:
         reader.close()
+    out.write(json.dumps({"result": result.as_json()}) + "\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -163,9 +163,9 @@ async def _in_processes(
     """Each range checked at once: the first by a worker thread here, through ``reader`` (as a
     small chain is), every other one by a process of its own (:func:`_range_process`), all started
     for this chain and ended before this returns. Progress: the rows each range has read, summed
-    every PROGRESS_SECONDS. Cancelled (the client went away, the server stopping), or a range
-    failing, the thread is told to stop (at its next chunk) and the processes are terminated,
-    and all of them are waited for."""
+    every PROGRESS_SECONDS. A range that breaks ends the later ones (the earliest break wins).
+    Cancelled (the client went away, the server stopping), or a range failing, the thread is told
+    to stop (at its next chunk) and the processes are terminated, and all of them are waited for."""
     stop = threading.Event()
     counts = [0] * len(ranges)
 
@@ -186,19 +186,26 @@ async def _in_processes(
         asyncio.ensure_future(_range_process({**task, "low": low, "high": high}, counts, index))
         for index, (low, high) in enumerate(ranges[1:], start=1)
     ]
-    futures = [here, *others]
+    futures: list[asyncio.Future[RangeResult]] = [here, *others]
     try:
-        pending, reported = set(futures), 0
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=PROGRESS_SECONDS)
+        needed, reported = len(futures), 0  # (the ranges whose results the report can need)
+        while not all(f.done() for f in futures[:needed]):
+            await asyncio.wait(futures[:needed], timeout=PROGRESS_SECONDS)
             read = sum(counts)
             if progress is not None and read > reported:
                 progress(read - reported)
                 reported = read
-            for future in futures:  # a range that failed (its connection, say) fails the verify now
-                if future.done() and not future.cancelled() and future.exception() is not None:
+            for at, future in enumerate(futures[:needed]):
+                if not future.done():
+                    continue
+                if future.exception() is not None:  # a range that failed (its connection, say)
                     future.result()
-        return [f.result() for f in futures]
+                if future.result().failed is not None:  # broken here: no later range can matter
+                    for later in futures[at + 1 : needed]:
+                        later.cancel()
+                    needed = at + 1
+                    break
+        return [f.result() for f in futures[:needed]]
     finally:
         stop.set()
         for other in others:

@@ -100,9 +100,13 @@ What was profiled (issue 18's two missed figures), and what changed:
   verify 63,872 and 27,074/s: 0.56 → 1.06), server CPU per verified entry 10.42 → 11.91 µs beside
   9.48 and 10.45 (CPU ratio 0.91 → 0.88); pair 2 (20:48-20:54, load 7.6 → 7.4): 28,522 → 43,526/s
   beside 34,970 and 43,118/s (0.82 → 1.01; right after 35,923 and 44,028/s: 0.79 → 0.99), 10.95 →
-  11.47 µs beside 9.91 and 9.11 (0.91 → 0.79). So: the rate ratio passes 0.8 after (0.79-1.06),
-  while the CPU per entry rises 0.5-1.5 µs (~5-14%) and the CPU ratio falls; the absolute rates
-  are the neighbours'. Quick looks at 300,000 with the earlier spawn versions: two spawn children,
+  11.47 µs beside 9.91 and 9.11 (0.91 → 0.79); pair 3 (20:57-21:03, load 6.2 → 7.5): 27,314 →
+  55,825/s beside 41,509 and 36,416/s (0.66 → 1.53; right after 44,246 and 52,316/s: 0.62 →
+  1.07), 11.16 → 11.75 µs beside 9.39 and 8.69 (0.84 → 0.74). So: the rate ratio passes 0.8 after
+  (0.79-1.53; 0.99-1.07 against the rate right after verify, 0.56-0.79 before), while the CPU per
+  entry rises 0.5-1.5 µs (~5-14%) and the CPU ratio falls (0.84-0.91 → 0.74-0.88): the split buys
+  wall time with a second core, not CPU; the absolute rates are the neighbours'. Quick looks at
+  300,000 with the earlier spawn versions: two spawn children,
   42,651 → 58,417/s (ratio 0.66 → 0.64, right after 0.82 → 0.88; CPU 10.13 → 11.13 µs); the thread
   and one spawn child, 54,038 → 57,523/s (0.91 → 1.37, right after 0.44 → 1.13; 9.57 → 11.17 µs).
 - batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:

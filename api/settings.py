@@ -56,6 +56,10 @@ class Settings:
     audit_stream_key: str | None = None
     #: Longest wait between two attempts at a failing audit stream (the backoff doubles up to it).
     audit_stream_retry_max_seconds: float = 300.0
+    #: ``verify`` checks a chain of at least ``audit_verify_split_entries`` entries in ranges, each
+    #: by a process of its own: this many at most (and no more than the CPUs); 1: never split.
+    audit_verify_processes: int = 4
+    audit_verify_split_entries: int = 100_000
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
@@ -195,6 +199,8 @@ PLAIN: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("audit_retention_days", "AUDIT_RETENTION_DAYS", _positive),
     ("audit_stream_key", "AUDIT_STREAM_KEY", _text),
     ("audit_stream_retry_max_seconds", "AUDIT_STREAM_RETRY_MAX_SECONDS", _seconds),
+    ("audit_verify_processes", "AUDIT_VERIFY_PROCESSES", _positive),
+    ("audit_verify_split_entries", "AUDIT_VERIFY_SPLIT_ENTRIES", _positive),
     ("host", "HOST", _text),
     ("port", "PORT", _int),
     ("log_level", "LOG_LEVEL", _upper),

@@ -4,7 +4,9 @@
   baseline: the same server answering an authenticated read (``GET /v1/me``) at the same concurrency.
 - ``verify`` over 1,000,000 entries in entries/s; baseline: Postgres alone streaming the same
   rows (``COPY (SELECT …) TO STDOUT``), and Python alone hashing them (``entry_hash``, the
-  issue's "hashing-alone rate": while generating them, and again right after ``verify``).
+  issue's "hashing-alone rate": while generating them, and again right after ``verify``). A
+  chain that big is verified across processes (docs/audit.md); the server's CPU per verified
+  entry counts them.
 - export of 1,000,000 entries through the streaming endpoint and through ``keel audit export``,
   with the exporting process's peak RSS (must stay under 200 MB); same COPY baseline.
 
@@ -72,6 +74,41 @@ What was profiled (issue 18's two missed figures), and what changed:
   0.80, 1.04, 0.55 after. Left per entry besides the hash (in-process): the stream's fetch
   ~0.8 µs, the JSON parse, the list and the address ~0.45, the loop ~0.15, less the ~0.3 by
   which ``canonical_values`` beats ``canonical`` over a mapping.
+  Then (task A of round 7, the rate: verify 0.73 of hashing alone by rate on a quiet machine,
+  0.85 by CPU; the walk thread waited ~15% of the time for rows, and a prefetch thread gained
+  nothing under the GIL): a chain of 100,000 entries or more (``KEEL_AUDIT_VERIFY_SPLIT_ENTRIES``)
+  is verified in K = min(``KEEL_AUDIT_VERIFY_PROCESSES`` (4), CPUs) contiguous seq ranges at once,
+  the first by the walk thread, each other by a ``python -m api.audit.walk`` child in the same
+  exported snapshot, linked in order through ``ChainWalk.feed_run``. The server's CPU figure
+  below now counts the children it waited for (psutil ``children_user`` + ``children_system``).
+  Profiled: a multiprocessing ``spawn`` pool first, in-process over 300,000 bulk entries
+  (``resource.getrusage`` of self and children, interleaved one-thread/split rounds): children
+  13.7 µs per verified entry beside 5.1-5.5 for the parent, because a spawn child re-imports the
+  parent's main module (there, the whole bench; under ``keel serve``, ``import api.cli``: 1.41 s of
+  CPU by ``/usr/bin/time``). A plain child running ``api.audit.walk`` imports it, ``rows``,
+  ``chain``, psycopg and msgspec only (``-X importtime``: no SQLAlchemy once ``normalize_ip`` moved
+  to ``chain.py`` and ``rows``'s SQLAlchemy imports became annotations only): ~0.35 s of CPU to
+  start (psycopg's import 0.34 s of it, on this loaded machine), 0.35 µs an entry over 1,000,000.
+  Same rounds after (300,000 entries, load 5): one thread 9.87, 9.92, 10.78 µs per entry; split
+  10.80, 11.77, 11.73 (self 5.05-5.46 + children 5.75-6.31), 38,042 → 40,425/s, 35,957 → 33,779/s,
+  28,547 → 35,079/s; over 1,000,000 (load 6-7): 11.35 → 11.60 µs, 38,415 → 51,436/s; 12.22 →
+  13.61 µs, 35,582 → 33,793/s. CPU per entry rises by the child's start-up and some contention; the
+  rate gains only what a free core gives, and this machine (2 cores, load 5-7 all evening) seldom
+  had one. ``KEEL_BENCH_AUDIT_PART=verify`` over 1,000,000 entries, main (a checkout under /tmp)
+  then this tree, back to back, one venv: pair 1 (20:39-20:44 UTC, load 7.1 → 5.6): 35,932 →
+  28,759 entries/s beside hashing alone 82,248 and 36,582/s (rate ratio 0.44 → 0.79; right after
+  verify 63,872 and 27,074/s: 0.56 → 1.06), server CPU per verified entry 10.42 → 11.91 µs beside
+  9.48 and 10.45 (CPU ratio 0.91 → 0.88); pair 2 (20:48-20:54, load 7.6 → 7.4): 28,522 → 43,526/s
+  beside 34,970 and 43,118/s (0.82 → 1.01; right after 35,923 and 44,028/s: 0.79 → 0.99), 10.95 →
+  11.47 µs beside 9.91 and 9.11 (0.91 → 0.79); pair 3 (20:57-21:03, load 6.2 → 7.5): 27,314 →
+  55,825/s beside 41,509 and 36,416/s (0.66 → 1.53; right after 44,246 and 52,316/s: 0.62 →
+  1.07), 11.16 → 11.75 µs beside 9.39 and 8.69 (0.84 → 0.74). So: the rate ratio passes 0.8 after
+  (0.79-1.53; 0.99-1.07 against the rate right after verify, 0.56-0.79 before), while the CPU per
+  entry rises 0.5-1.5 µs (~5-14%) and the CPU ratio falls (0.84-0.91 → 0.74-0.88): the split buys
+  wall time with a second core, not CPU; the absolute rates are the neighbours'. Quick looks at
+  300,000 with the earlier spawn versions: two spawn children,
+  42,651 → 58,417/s (ratio 0.66 → 0.64, right after 0.82 → 0.88; CPU 10.13 → 11.13 µs); the thread
+  and one spawn child, 54,038 → 57,523/s (0.91 → 1.37, right after 0.44 → 1.13; 9.57 → 11.17 µs).
 - batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
   the JSON depth check 7.4% (2.2-2.9 ms a 1,000-entry body, splitting it at 30,000 quotes; now
   1.0 ms: only brackets and quotes kept, adjacent quote pairs dropped first), ``canonical``'s
@@ -452,8 +489,9 @@ BATCH_REQUESTS = int(os.environ.get("KEEL_BENCH_AUDIT_BATCHES", "60"))
 
 
 class CpuUse:
-    """CPU seconds (user + system) a process spends inside the block: ``seconds``. On a shared
-    machine a rate swings with the neighbours; the CPU an entry costs the server does much less."""
+    """CPU seconds (user + system) a process spends inside the block, with the children it waited
+    for meanwhile (``verify``'s range processes): ``seconds``. On a shared machine a rate swings
+    with the neighbours; the CPU an entry costs the server does much less."""
 
     def __init__(self, pid: int) -> None:
         self.process = psutil.Process(pid)
@@ -461,7 +499,7 @@ class CpuUse:
 
     def _now(self) -> float:
         times = self.process.cpu_times()
-        return times.user + times.system
+        return times.user + times.system + times.children_user + times.children_system
 
     def __enter__(self) -> CpuUse:
         self._began = self._now()

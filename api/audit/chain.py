@@ -6,9 +6,11 @@ Kept free of database code so an auditor's offline check and ``verify`` share on
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -131,6 +133,21 @@ def canonical_values(values: Sequence[Any]) -> bytes:
 def values_hash(values: Sequence[Any], prev_hash: str) -> str:
     """:func:`entry_hash` of an entry given as :func:`canonical_values` takes it."""
     return hashlib.sha256(canonical_values(values) + prev_hash.encode()).hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def normalize_ip(value: str | None) -> str | None:
+    """The one spelling of an address the hash uses: Python's ``ipaddress`` form.
+
+    (Postgres writes IPv4-mapped IPv6 as ``::ffff:1.2.3.4``, Python as ``::ffff:102:304``.)
+    A value that is not a plain address is kept as it is, so it cannot match a hash by accident.
+    """
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
 
 
 def entry_hash(entry: Mapping[str, Any], prev_hash: str) -> str:

@@ -129,7 +129,9 @@ class OrgAuditController(Controller):
     ) -> VerifyOut:
         await auth.org_access(db, principal, org_id, Permission.read_audit)
         await db.commit()  # the walk reads on its own snapshot; free this connection meanwhile
-        report = await chain_verify.verify(state.engine, chain_key=chain_key_of(org_id))
+        report = await chain_verify.verify(
+            state.engine, chain_key=chain_key_of(org_id), split=chain_verify.Split.of(state.settings)
+        )
         chain = report.chains[0]
         broken = chain.broken
         return VerifyOut(

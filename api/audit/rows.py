@@ -11,15 +11,16 @@ from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import psycopg
 from psycopg import sql
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.audit.chain import CANONICAL_FIELDS
-from api.audit.services import normalize_ip
+from api.audit.chain import CANONICAL_FIELDS, normalize_ip
+
+if TYPE_CHECKING:  # (annotations only: a process checking a range of a chain loads no SQLAlchemy)
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 CHUNK_ROWS = 2000
 _decode = msgspec.json.Decoder().decode
@@ -173,12 +174,14 @@ class SnapshotReader:
     whose rows Postgres keeps sending while Python hashes, up to the socket's buffer) replaces
     the named cursor's round trip per chunk. Every call of :meth:`chunks` runs in a transaction
     of its own that imports the snapshot, so stopping one early (the stream cancelled) spoils
-    nothing for the next. Open it, use it and close it from one thread at a time.
+    nothing for the next. Open it, use it and close it from one thread at a time. ``url`` and
+    ``snapshot_id`` stay readable, for processes that open readers of their own in that snapshot.
     """
 
-    def __init__(self, url: str, snapshot_id: str) -> None:
-        self._snapshot_id = snapshot_id
-        self._conn = psycopg.connect(url)
+    def __init__(self, url: str, snapshot_id: str, *, application_name: str = "keel audit verify") -> None:
+        self.url = url
+        self.snapshot_id = snapshot_id
+        self._conn = psycopg.connect(url, application_name=application_name)
         self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._conn.read_only = True
 
@@ -189,7 +192,7 @@ class SnapshotReader:
         Close the iterator to stop early."""
         conn = self._conn
         try:
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot_id)))
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
             rows = cast(
                 Generator[tuple[Any, ...], None, None],
                 conn.cursor().stream(f"{select} WHERE {where} ORDER BY seq", params, size=_STREAM_SIZE),

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.audit.chain import GENESIS, entry_hash
+from api.audit.chain import GENESIS, entry_hash, normalize_ip
 from api.audit.models import AuditChainHead, AuditEntry, AuditSource
 from api.auth.context import Actor, RequestContext
 from api.db.base import new_id
@@ -31,21 +29,6 @@ def chain_key_of(organization_id: uuid.UUID | str | None) -> str:
 def chain_lock(chain_key: str) -> Any:
     """The transaction-scoped advisory lock every writer of ``chain_key`` takes (and keel_audit_prune)."""
     return select(func.pg_advisory_xact_lock(func.hashtextextended(chain_key, 0)))
-
-
-@lru_cache(maxsize=4096)
-def normalize_ip(value: str | None) -> str | None:
-    """The one spelling of an address the hash uses: Python's ``ipaddress`` form.
-
-    (Postgres writes IPv4-mapped IPv6 as ``::ffff:1.2.3.4``, Python as ``::ffff:102:304``.)
-    A value that is not a plain address is kept as it is, so it cannot match a hash by accident.
-    """
-    if value is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return value
 
 
 def jsonb_safe(value: Any, path: str = "metadata") -> Any:

@@ -4,209 +4,81 @@ Every entry must follow the one before it (seq + 1), carry its hash as ``prev_ha
 its own ``hash``; the walk must end exactly at the head the database recorded. The first entry
 that does not is named, with the reason. Memory stays flat: rows stream in chunks, read and
 hashed in a worker thread on a second connection that shares the walk's snapshot.
+
+A big chain (``Split``: 100,000 entries or more by default) is checked in contiguous ranges of
+its seqs at once, the first by that worker thread, each other one by a process of its own
+(``python -m api.audit.walk``, started for this verify and ended with it) reading in the same
+exported snapshot; the ranges are then linked in order through ``ChainWalk``, so the report is
+the one a walk of the whole chain gives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import itertools
+import json
+import os
+import sys
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.audit.chain import GENESIS, canonical_values, entry_hash
-from api.audit.rows import (
-    SELECT_FOR_WALK,
-    WALK_HASH,
-    WALK_PREV_HASH,
-    WALK_SEQ,
-    SnapshotReader,
-    snapshot,
-    walk_entry,
-    walk_values,
+from api.audit.rows import SELECT_FOR_WALK, SnapshotReader, snapshot
+from api.audit.walk import (
+    Broken,
+    ChainReport,
+    ChainWalk,
+    Point,
+    RangeResult,
+    VerifyReport,
+    link_ranges,
+    walk_reader_range,
 )
 from api.db.engine import libpq_url
 
-_WALK_ID = 0  # (``id`` is the first of the hashed fields, SELECT_FOR_WALK's order)
+if TYPE_CHECKING:
+    from api.settings import Settings
+
+__all__ = ["Broken", "ChainReport", "ChainWalk", "Point", "Split", "VerifyReport", "verify", "verify_chain"]
+
+#: How often a verify split across processes reports their progress (seconds).
+PROGRESS_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
-class Broken:
-    chain_key: str
-    id: uuid.UUID | None
-    seq: int | None
-    reason: str
+class Split:
+    """When and how widely a chain is verified across processes: a chain of at least
+    ``min_entries`` entries (its head's seq less its newest checkpoint's) in as many contiguous
+    ranges as ``processes`` and the machine's CPUs allow; 1 process: never split."""
 
+    processes: int = 4
+    min_entries: int = 100_000
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    seq: int
-    hash: str
-    entry_id: uuid.UUID | str | None = None
+    @classmethod
+    def of(cls, settings: Settings) -> Split:
+        return cls(settings.audit_verify_processes, settings.audit_verify_split_entries)
 
-
-@dataclass
-class ChainReport:
-    chain_key: str
-    entries_checked: int = 0
-    broken: Broken | None = None
-    head: Point | None = None
-    checkpoint: Point | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.broken is None
-
-
-@dataclass
-class VerifyReport:
-    chains: list[ChainReport] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.chains)
-
-    @property
-    def entries_checked(self) -> int:
-        return sum(c.entries_checked for c in self.chains)
-
-    @property
-    def first_broken(self) -> Broken | None:
-        return next((c.broken for c in self.chains if c.broken is not None), None)
-
-    def as_dict(self) -> dict[str, Any]:
-        broken = self.first_broken
-        return {
-            "ok": self.ok,
-            "entries_checked": self.entries_checked,
-            "chains_checked": len(self.chains),
-            "first_broken": None
-            if broken is None
-            else {
-                "chain_key": broken.chain_key,
-                "id": str(broken.id) if broken.id else None,
-                "seq": broken.seq,
-                "reason": broken.reason,
-            },
-            "broken_chains": [c.chain_key for c in self.chains if not c.ok],
-        }
-
-
-class ChainWalk:
-    """The checks, fed one chain's rows in seq order; pure, so tests and the CLI share them."""
-
-    def __init__(self, chain_key: str, *, head: Point | None, checkpoints: dict[int, Point]) -> None:
-        self.report = ChainReport(
-            chain_key=chain_key,
-            head=head,
-            checkpoint=checkpoints[max(checkpoints)] if checkpoints else None,
-        )
-        self.checkpoints = checkpoints
-        self.last: Point | None = None  # the newest link accepted so far
-
-    def _break(self, entry: dict[str, Any] | None, reason: str, *, point: Point | None = None) -> None:
-        if entry is not None:
-            self.report.broken = Broken(self.report.chain_key, uuid.UUID(entry["id"]), entry["seq"], reason)
-        else:
-            assert point is not None
-            entry_id = uuid.UUID(str(point.entry_id)) if point.entry_id is not None else None
-            self.report.broken = Broken(self.report.chain_key, entry_id, point.seq, reason)
-
-    def feed(self, entry: dict[str, Any]) -> bool:
-        """Check one entry; False once the chain is broken (the walk can stop)."""
-        if self.report.broken is not None:
-            return False
-        self.report.entries_checked += 1
-        seq = entry["seq"]
-        head = self.report.head
-        if self.last is None:
-            if seq == 1:
-                self.last = Point(0, GENESIS)
-            elif seq - 1 in self.checkpoints:
-                self.last = self.checkpoints[seq - 1]
-            else:
-                self._break(
-                    entry, f"entries 1..{seq - 1} are missing and no checkpoint records their removal"
-                )
-                return False
-        if seq != self.last.seq + 1:
-            self._break(entry, f"entries {self.last.seq + 1}..{seq - 1} are missing before this one")
-        elif head is None:
-            self._break(entry, "the chain has no recorded head: its entries were not appended by Keel")
-        elif seq > head.seq:
-            self._break(entry, "this entry is past the chain's recorded head: it was not appended by Keel")
-        elif entry["prev_hash"] != self.last.hash:
-            self._break(
-                entry, f"prev_hash does not match the hash of entry {self.last.seq}: the chain was cut here"
-            )
-        elif entry_hash(entry, entry["prev_hash"]) != entry["hash"]:
-            self._break(entry, "the entry's content does not match its hash: it was changed")
-        else:
-            self.last = Point(seq, entry["hash"], entry["id"])
-            return True
-        return False
-
-    def feed_rows(self, rows: Sequence[Sequence[Any]]) -> bool:
-        """:meth:`feed` over ``SELECT_FOR_WALK`` rows, the common case without building a mapping:
-        a row that follows the last accepted one (seq + 1, up to the head, its ``prev_hash``) and
-        hashes to its ``hash`` is accepted here; any other row goes through :meth:`feed`, which
-        names what is wrong. False once the chain is broken."""
-        head = self.report.head
-        sha256 = hashlib.sha256
-        at = 0
-        while at < len(rows):
-            last = self.last
-            if last is None or head is None or self.report.broken is not None:
-                if not self.feed(walk_entry(rows[at])):
-                    return False
-                at += 1
-                continue
-            last_seq, last_hash, last_row, limit, checked = last.seq, last.hash, None, head.seq, 0
-            for row in rows[at:] if at else rows:
-                seq, prev_hash, digest = row[WALK_SEQ], row[WALK_PREV_HASH], row[WALK_HASH]
-                if (
-                    seq != last_seq + 1
-                    or seq > limit
-                    or prev_hash != last_hash
-                    or sha256(canonical_values(walk_values(row)) + prev_hash.encode()).hexdigest() != digest
-                ):
-                    break
-                last_seq, last_hash, last_row = seq, digest, row
-                checked += 1
-            if last_row is not None:
-                self.last = Point(last_seq, last_hash, last_row[_WALK_ID])
-                self.report.entries_checked += checked
-            at += checked
-            if at < len(rows):  # a row the checks above did not accept: feed() says why
-                if not self.feed(walk_entry(rows[at])):
-                    return False
-                at += 1
-        return True
-
-    def finish(self) -> ChainReport:
-        """After the last row: the walk must have ended at the recorded head."""
-        report, head = self.report, self.report.head
-        if report.broken is not None:
-            return report
-        end = self.last or report.checkpoint or Point(0, GENESIS)
-        if head is None:
-            if end.seq:
-                self._break(None, "the chain has no recorded head", point=end)
-        elif end.seq < head.seq:
-            self._break(
-                None,
-                f"entries {end.seq + 1}..{head.seq} are missing: the chain stops before its recorded head",
-                point=head,
-            )
-        elif end.hash != head.hash:
-            self._break(None, "the last entry's hash differs from the chain's recorded head", point=end)
-        return report
+    def ranges(self, start: int, head: int) -> list[tuple[int | None, int | None]]:
+        """The ranges ``[low, high)`` of seqs for a chain whose entries after ``start`` (its newest
+        checkpoint, or 0) run to ``head``: one, open at both ends, below the threshold; else each
+        range about as long as the others, the first open below and the last open above (so
+        every row a walk of the whole chain would read, past the head or before a checkpoint,
+        is read by one of them)."""
+        entries = head - start
+        ways = min(self.processes, os.cpu_count() or 1, max(entries, 1))
+        if entries < self.min_entries or ways < 2:
+            return [(None, None)]
+        bounds: list[int | None] = [None]
+        bounds += [start + 1 + entries * i // ways for i in range(1, ways)]
+        bounds.append(None)
+        return list(itertools.pairwise(bounds))
 
 
 async def chain_state(conn: AsyncConnection, chain_key: str) -> tuple[Point | None, dict[int, Point]]:
@@ -234,11 +106,19 @@ async def verify_chain(
     chain_key: str,
     *,
     progress: Callable[[int], None] | None = None,
+    split: Split = Split(),
 ) -> ChainReport:
     """One chain: its head and checkpoints read on ``conn``, its rows read and hashed in a worker
-    thread through ``reader`` (the same snapshot), so the event loop keeps serving meanwhile."""
+    thread through ``reader`` (the same snapshot), so the event loop keeps serving meanwhile; a
+    big chain in ranges, by processes that read in ``reader``'s snapshot (:func:`_in_processes`)."""
     head, checkpoints = await chain_state(conn, chain_key)
     walk = ChainWalk(chain_key, head=head, checkpoints=checkpoints)
+    if head is not None:
+        ranges = split.ranges(max(checkpoints, default=0), head.seq)
+        if len(ranges) > 1:
+            results = await _in_processes(reader, chain_key, head, ranges, progress)
+            link_ranges(walk, results)
+            return walk.finish()
     loop = asyncio.get_running_loop()
     stop = threading.Event()
 
@@ -271,6 +151,130 @@ async def _in_thread(run: Callable[[], None], stop: threading.Event) -> None:
         if not done.cancelled():
             done.exception()  # (retrieved: the cancellation is what the caller hears of)
         raise
+
+
+async def _in_processes(
+    reader: SnapshotReader,
+    chain_key: str,
+    head: Point,
+    ranges: list[tuple[int | None, int | None]],
+    progress: Callable[[int], None] | None,
+) -> list[RangeResult]:
+    """Each range checked at once: the first by a worker thread here, through ``reader`` (as a
+    small chain is), every other one by a process of its own (:func:`_range_process`), all started
+    for this chain and ended before this returns. Progress: the rows each range has read, summed
+    every PROGRESS_SECONDS. A range that breaks ends the later ones (the earliest break wins).
+    Cancelled (the client went away, the server stopping), or a range failing, the thread is told
+    to stop (at its next chunk) and the processes are terminated, and all of them are waited for."""
+    stop = threading.Event()
+    counts = [0] * len(ranges)
+
+    def advanced(count: int) -> bool:
+        counts[0] += count
+        return stop.is_set()
+
+    here = asyncio.ensure_future(
+        asyncio.to_thread(walk_reader_range, reader, chain_key, head, *ranges[0], advanced)
+    )
+    task = {
+        "url": reader.url,
+        "snapshot_id": reader.snapshot_id,
+        "chain_key": chain_key,
+        "head": [head.seq, head.hash, None if head.entry_id is None else str(head.entry_id)],
+    }
+    others = [
+        asyncio.ensure_future(_range_process({**task, "low": low, "high": high}, counts, index))
+        for index, (low, high) in enumerate(ranges[1:], start=1)
+    ]
+    futures: list[asyncio.Future[RangeResult]] = [here, *others]
+    try:
+        needed, reported = len(futures), 0  # (the ranges whose results the report can need)
+        while not all(f.done() for f in futures[:needed]):
+            await asyncio.wait(futures[:needed], timeout=PROGRESS_SECONDS)
+            read = sum(counts)
+            if progress is not None and read > reported:
+                progress(read - reported)
+                reported = read
+            for at, future in enumerate(futures[:needed]):
+                if not future.done():
+                    continue
+                if future.exception() is not None:  # a range that failed (its connection, say)
+                    future.result()
+                if future.result().failed is not None:  # broken here: no later range can matter
+                    for later in futures[at + 1 : needed]:
+                        later.cancel()
+                    needed = at + 1
+                    break
+        return [f.result() for f in futures[:needed]]
+    finally:
+        stop.set()
+        for other in others:
+            other.cancel()  # (each terminates its process and waits for it)
+        await _until_done(asyncio.wait(futures))
+        for future in futures:
+            if future.done() and not future.cancelled():
+                future.exception()  # (retrieved: when it matters, the caller has heard of it)
+
+
+#: How a range's process starts: ``api.audit.walk`` run as a program, in a fresh interpreter that
+#: imports that module only (not the app, nor the parent's main module, as a multiprocessing
+#: ``spawn`` child would: 1.4 s of CPU under ``keel serve``), with the parent's import path.
+_RANGE_PROGRAM = (sys.executable, "-m", "api.audit.walk")
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+async def _range_process(task: dict[str, Any], counts: list[int], index: int) -> RangeResult:
+    """One range walked by ``python -m api.audit.walk`` (:func:`api.audit.walk.main`): its task
+    written on its stdin, its progress (rows read, into ``counts[index]``) and result read from
+    its stdout. Cancelled, or failing, it terminates the process and waits for it."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (_IMPORT_ROOT, os.environ.get("PYTHONPATH")))),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *_RANGE_PROGRAM, stdin=PIPE, stdout=PIPE, env=env, limit=_LINE_LIMIT
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(task).encode() + b"\n")
+        await process.stdin.drain()
+        process.stdin.close()
+        result: RangeResult | None = None
+        while line := await process.stdout.readline():
+            message = json.loads(line)
+            if "read" in message:
+                counts[index] += message["read"]
+            else:
+                result = RangeResult.of_json(message["result"])
+        code = await process.wait()
+        if code != 0 or result is None:
+            raise RuntimeError(
+                f"the process verifying a range of chain {task['chain_key']} ended with {code}"
+            )
+        return result
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            await process.wait()
+
+
+#: The longest line a range's process writes: its result, with the raw row it could not accept.
+_LINE_LIMIT = 64 * 2**20
+
+
+async def _until_done(work: Awaitable[Any]) -> None:
+    """Await ``work`` to its end even if cancelled meanwhile (then re-raise the cancellation)."""
+    done = asyncio.ensure_future(work)
+    cancelled = False
+    while not done.done():
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            cancelled = True
+    done.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 @contextlib.asynccontextmanager
@@ -313,8 +317,10 @@ async def verify(
     chain_key: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    split: Split = Split(),
 ) -> VerifyReport:
-    """Verify one chain, or every chain, in one consistent snapshot."""
+    """Verify one chain, or every chain, in one consistent snapshot (a big chain split across
+    processes as ``split`` says: ``Split.of(settings)``)."""
     report = VerifyReport()
     async with snapshot(engine) as conn:
         keys = [chain_key] if chain_key is not None else await chain_keys(conn)
@@ -322,5 +328,5 @@ async def verify(
             on_total(await expected_entries(conn, keys if chain_key is not None else None))
         async with walk_reader(engine, conn) as reader:
             for key in keys:
-                report.chains.append(await verify_chain(conn, reader, key, progress=progress))
+                report.chains.append(await verify_chain(conn, reader, key, progress=progress, split=split))
     return report

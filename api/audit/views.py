@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from api.audit.chain import normalize_ip
 from api.audit.models import AuditEntry
 from api.audit.schemas import ActorOut, AuditLogOut, ContextOut, TargetOut
-from api.audit.services import normalize_ip
 
 
 def entry_out(e: AuditEntry) -> AuditLogOut:

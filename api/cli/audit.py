@@ -23,12 +23,13 @@ def audit_verify(
 ) -> None:
     """Walk the audit hash chain(s) end to end; exit 1 if any is broken."""
     from api.audit.services import chain_key_of
-    from api.audit.verify import verify
+    from api.audit.verify import Split, verify
     from api.db.engine import make_sessionmaker, run_with_engine
     from api.orgs.models import Organization
 
     one = org_id(org) if org else None
-    url = database_url(settings())
+    configured = settings()
+    url = database_url(configured)
     with progress_bar() as progress:
         task = progress.add_task("verifying", total=None)
 
@@ -42,6 +43,7 @@ def audit_verify(
                 chain_key=chain_key_of(one) if one else None,
                 progress=lambda n: progress.advance(task, n),
                 on_total=lambda total: progress.update(task, total=total),
+                split=Split.of(configured),
             )
 
         report = run_with_engine(url, work, pool_size=1)

@@ -19,13 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.audit.chain import entry_hash
 from api.audit.rows import CHUNK_ROWS, snapshot
 from api.audit.services import chain_key_of
+from api.audit.verify import Split, verify_chain, walk_reader
 from api.audit.verify import verify as verify_chains
-from api.audit.verify import verify_chain, walk_reader
 from api.db.engine import make_async_engine, make_sync_engine
 from api.db.migrate import upgrade
+from api.settings import Settings
 from tests.harness import LiveServer, OrgWorld, auth, make_org
 from tests.test_audit_ingest import entry
 from tests.test_cli import keel
+
+#: The split a server with default settings verifies with.
+SPLIT = Split.of(Settings())
 
 
 @pytest.fixture
@@ -315,9 +319,9 @@ async def test_the_rows_are_read_in_the_snapshot_the_head_was_read_in(
     async with snapshot(async_engine) as conn, walk_reader(async_engine, conn) as reader:
         appended = client.post("/v1/audit-logs", json=entry(), headers=auth(org.ingest_key))
         assert appended.status_code == 201, appended.text
-        report = await verify_chain(conn, reader, chain_key_of(uuid.UUID(org.id)))
+        report = await verify_chain(conn, reader, chain_key_of(uuid.UUID(org.id)), split=SPLIT)
         again = await verify_chain(
-            conn, reader, chain_key_of(uuid.UUID(org.id))
+            conn, reader, chain_key_of(uuid.UUID(org.id)), split=SPLIT
         )  # a second walk, same snapshot
     assert report.ok and report.entries_checked == len(rows) and report.head is not None
     assert report.head.seq == len(rows) and again.entries_checked == len(rows) and again.ok
@@ -341,9 +345,13 @@ async def test_a_cancelled_verify_stops_its_thread_and_leaves_nothing_broken(
         assert running is not None
         running.cancel()  # after the first chunk
 
-    running = asyncio.ensure_future(verify_chains(async_engine, chain_key=key, progress=progress))
+    running = asyncio.ensure_future(
+        verify_chains(async_engine, chain_key=key, progress=progress, split=SPLIT)
+    )
     with pytest.raises(asyncio.CancelledError):
         await running
     assert seen and sum(seen) >= CHUNK_ROWS
-    whole = await verify_chains(async_engine, chain_key=key)  # the same engine, its pool unharmed
+    whole = await verify_chains(
+        async_engine, chain_key=key, split=SPLIT
+    )  # the same engine, its pool unharmed
     assert whole.ok and whole.entries_checked >= 7000 > CHUNK_ROWS * 3, whole.as_dict()

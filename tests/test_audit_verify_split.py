@@ -30,6 +30,7 @@ from api.audit.services import chain_key_of
 from api.audit.verify import ChainReport, Split, verify
 from api.audit.walk import ChainWalk, Point, link_ranges, walk_range
 from api.db.engine import make_async_engine
+from api.settings import Settings
 from tests.harness import OrgWorld, auth, make_org
 from tests.test_audit_ingest import entry
 from tests.test_audit_verify import chain, insert_forged, tamper
@@ -38,7 +39,7 @@ from tests.test_cli import keel
 
 #: Split from 1,000 entries: the chains here (~3,000 entries) are checked in ranges.
 SPLIT = Split(processes=4, min_entries=1000)
-ONE_THREAD = Split(processes=1)
+ONE_THREAD = Split(processes=1, min_entries=Settings().audit_verify_split_entries)
 
 
 # -- the ranges linked, without a database: any cut, any tampering ---------------------------------

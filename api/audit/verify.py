@@ -58,8 +58,8 @@ class Split:
     ``min_entries`` entries (its head's seq less its newest checkpoint's) in as many contiguous
     ranges as ``processes`` and the machine's CPUs allow; 1 process: never split."""
 
-    processes: int = 4
-    min_entries: int = 100_000
+    processes: int
+    min_entries: int
 
     @classmethod
     def of(cls, settings: Settings) -> Split:
@@ -106,7 +106,7 @@ async def verify_chain(
     chain_key: str,
     *,
     progress: Callable[[int], None] | None = None,
-    split: Split = Split(),
+    split: Split,
 ) -> ChainReport:
     """One chain: its head and checkpoints read on ``conn``, its rows read and hashed in a worker
     thread through ``reader`` (the same snapshot), so the event loop keeps serving meanwhile; a
@@ -317,7 +317,7 @@ async def verify(
     chain_key: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-    split: Split = Split(),
+    split: Split,
 ) -> VerifyReport:
     """Verify one chain, or every chain, in one consistent snapshot (a big chain split across
     processes as ``split`` says: ``Split.of(settings)``)."""

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.admin import services as admin
 from api.audit import services as audit
+from api.audit.verify import Split
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import StaffPermission
@@ -294,6 +295,7 @@ class ConsoleController(Controller):
                 warehouse=state.settings.resolved_warehouse_path,
                 principal=principal,
                 ctx=ctx,
+                split=Split.of(state.settings),
             )
         )
         return page(

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from api.admin import services as admin
 from api.audit import services as audit
 from api.audit.streams import services as streams
-from api.audit.verify import verify
+from api.audit.verify import Split, verify
 from api.audit.views import entry_out
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import STAFF_PERMISSIONS, StaffPermission
@@ -95,6 +95,7 @@ class OrgPage:
     warehouse: Path
     principal: Principal
     ctx: RequestContext
+    split: Split  # how the audit section's verify splits a big chain (the settings')
     view: admin.OrgView | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -193,7 +194,7 @@ async def _flags(page: OrgPage) -> dict[str, Any]:
 
 async def _audit(page: OrgPage) -> dict[str, Any]:
     assert page.view is not None
-    report = await verify(page.engine, chain_key=audit.chain_key_of(page.org_id))
+    report = await verify(page.engine, chain_key=audit.chain_key_of(page.org_id), split=page.split)
     return {
         "entries": [entry_out(e) for e in page.view.recent_audit],
         "ok": report.ok,

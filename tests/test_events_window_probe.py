@@ -97,7 +97,9 @@ async def test_a_closed_day_gets_the_probe_and_a_replay_on_it_is_still_found(
     # The ingest statement reads the closed day through it (the planner matches the expression).
     rows = [_row(org_id, f"new-{uuid.uuid4().hex}", _noon(next_day))]
     await PartitionKeeper(1).ensure_for(conn, rows)
-    plan = "\n".join(r[0] for r in await (await conn.execute("EXPLAIN " + INSERT_EVENTS, _params(rows, 1))).fetchall())
+    plan = "\n".join(
+        r[0] for r in await (await conn.execute("EXPLAIN " + INSERT_EVENTS, _params(rows, 1))).fetchall()
+    )
     assert f"Bitmap Index Scan on {_probe_index(closed)}" in plan
     # A replay the next day is found through it; a new key is stored; a new org's copy of the id too.
     assert await _store(conn, org_id, first, _noon(next_day)) == 0

@@ -143,7 +143,12 @@ WINDOW_PROBE = (
 # statement's keys (WINDOW_PROBE); a probe per row (``NOT EXISTS`` per key) cost about what the
 # claim's insert does. The keys claimed on the next day are also looked for there (a request
 # claimed late, after a replay stored).
-_CLAIM = """
+_SEEN = (
+    WINDOW_PROBE.format(keys="incoming", which="true", lo="window_from", hi="window_to")
+    + "\n    UNION ALL\n"
+    + WINDOW_PROBE.format(keys="incoming", which="w.next_day IS NOT NULL", lo="next_from", hi="next_to")
+)
+_CLAIM = f"""
 WITH incoming AS MATERIALIZED (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
            e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
@@ -158,9 +163,7 @@ WITH incoming AS MATERIALIZED (
          LATERAL (SELECT date_bin(interval '24 hours', r, timestamptz '2000-01-01 00:00:00+00') AS day) AS utc
 ),
 seen AS MATERIALIZED (
-""" + WINDOW_PROBE.format(keys="incoming", which="true", lo="window_from", hi="window_to") + """
-    UNION ALL
-""" + WINDOW_PROBE.format(keys="incoming", which="w.next_day IS NOT NULL", lo="next_from", hi="next_to") + """
+{_SEEN}
 ),
 near AS (
     SELECT organization_id, message_id, this_day AS day FROM incoming WHERE this_day IS NOT NULL

@@ -4,6 +4,8 @@ statement, and exact (a hash collision never makes a new key a duplicate)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import re
 import uuid
@@ -17,7 +19,15 @@ import pytest_asyncio
 from sqlalchemy import Engine, text
 
 from api.db.engine import libpq_url
-from api.events.store import INSERT_EVENTS, KEY_HASH, PartitionKeeper, _params, store
+from api.events.store import (
+    INSERT_EVENTS,
+    KEY_HASH,
+    PartitionKeeper,
+    _params,
+    keep_event_partitions,
+    make_ingest_pool,
+    store,
+)
 from tests.harness import OrgWorld
 from tests.test_events_writer import _row, count
 
@@ -183,3 +193,31 @@ async def test_the_upkeep_function_refuses_a_bad_span(conn: Conn) -> None:
     for days in (0, 63, None):
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             await conn.execute("SELECT keel_keep_event_probes(current_date, %s)", (days,))
+
+
+async def test_the_api_upkeep_builds_the_probes_of_the_window(database_url: str, engine: Engine) -> None:
+    """keep_event_partitions (the API's hourly upkeep) builds them: with a two-day window the day
+    before yesterday (closed whatever the hour) gets its index on the upkeep's first pass."""
+    today = datetime.now(UTC).date()
+    closed = today - timedelta(days=2)
+    pool = make_ingest_pool(libpq_url(database_url))
+    await pool.open()
+    try:
+        async with pool.connection() as c:
+            await PartitionKeeper(1).ensure(c, closed)
+            # A window starting tomorrow: every probe before it goes (one another test built).
+            await c.execute("SELECT keel_keep_event_probes(%s, 1)", (today + timedelta(days=1),))
+        assert _indexdef(engine, closed) is None
+        upkeep = asyncio.create_task(keep_event_partitions(pool, PartitionKeeper(2), every=3600))
+        try:
+            for _ in range(600):
+                if _indexdef(engine, closed) is not None:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+        assert _indexdef(engine, closed) is not None
+    finally:
+        await pool.close()

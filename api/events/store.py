@@ -101,14 +101,54 @@ _encode_rows = msgspec.json.Encoder().encode
 #: is claimed in ``event_keys`` too (module docstring: the day boundary).
 BOUNDARY = timedelta(hours=1)
 
+#: The key's 64-bit hash, as the hash index of a closed day's partition holds it (migration 0090's
+#: KEY_HASH, over the same columns; tests/test_events_window_probe.py compares the two).
+KEY_HASH = "hashtextextended({alias}.message_id, uuid_hash_extended({alias}.organization_id, 0))"
+
+#: The dedupe window's read of one range of day partitions for a set of keys: the rows of
+#: ``events`` received in [``%(lo)s``, ``%(hi)s``) whose (organization_id, message_id) is one of
+#: the keys of ``{keys}`` (rows of organization_id, message_id) that ``{which}`` selects. One
+#: statement-wide array a column, so each partition is read by one index scan for all the keys:
+#:
+#: - a closed day's partition (migration 0090: built an hour after its midnight by the partition
+#:   upkeep) through its hash index of :data:`KEY_HASH`: a bitmap index scan, one bucket page a key
+#:   and integer comparisons (the planner takes it: the hash condition is the most selective);
+#: - any other (today's, tomorrow's, or yesterday's in its first hour) through its unique btree on
+#:   (organization_id, message_id), the hash condition a filter.
+#:
+#: Exact either way: a row the hash finds is kept only if its organization_id and message_id are
+#: among the keys' (the recheck of the bitmap scan, then the filter), and the caller matches the
+#: rows found to its keys pair by pair (a hashed ``NOT IN``), so neither a hash collision nor the
+#: cross product of the two columns' arrays makes a new key a duplicate. The bulk paths (this
+#: module's statement, the COPY path) share this one fragment: ``.format(keys=, which=, lo=, hi=)``
+#: with the names of the relation, its condition and the two timestamp parameters.
+WINDOW_PROBE = (
+    """    SELECT k.organization_id, k.message_id FROM events k
+    WHERE """
+    + KEY_HASH.format(alias="k")
+    + """ = ANY(
+            ARRAY(SELECT """
+    + KEY_HASH.format(alias="w")
+    + """ FROM {keys} w WHERE {which})
+          )
+      AND k.organization_id = ANY(ARRAY(SELECT DISTINCT w.organization_id FROM {keys} w WHERE {which}))
+      AND k.message_id = ANY(ARRAY(SELECT w.message_id FROM {keys} w WHERE {which}))
+      AND k.received_at >= %({lo})s AND k.received_at < %({hi})s"""
+)
+
 # ``ingest_seq`` is left to its default, which draws it under the export fence (api/db/fence.py);
 # a row the insert skips (``ON CONFLICT``) has drawn a number that no row carries, as a rolled-back
 # insert has: the fence's guarantee is about the numbers rows carry, not about gaps.
 # ``seen``: the window's earlier days are read in one index scan per day partition for all the
-# statement's keys (``= ANY`` of its org ids and of its message ids, then matched exactly); a
-# probe per row (``NOT EXISTS`` per key) cost about what the claim's insert does. The keys claimed
-# on the next day are also looked for there (a request claimed late, after a replay stored).
-_CLAIM = """
+# statement's keys (WINDOW_PROBE); a probe per row (``NOT EXISTS`` per key) cost about what the
+# claim's insert does. The keys claimed on the next day are also looked for there (a request
+# claimed late, after a replay stored).
+_SEEN = (
+    WINDOW_PROBE.format(keys="incoming", which="true", lo="window_from", hi="window_to")
+    + "\n    UNION ALL\n"
+    + WINDOW_PROBE.format(keys="incoming", which="w.next_day IS NOT NULL", lo="next_from", hi="next_to")
+)
+_CLAIM = f"""
 WITH incoming AS MATERIALIZED (
     SELECT (e->>0)::uuid AS organization_id, e->>1 AS message_id, e->>2 AS event, e->>3 AS user_id,
            e->>4 AS anonymous_id, (e->>5)::timestamptz AS ts, (e->>6)::timestamptz AS sent_at,
@@ -123,17 +163,7 @@ WITH incoming AS MATERIALIZED (
          LATERAL (SELECT date_bin(interval '24 hours', r, timestamptz '2000-01-01 00:00:00+00') AS day) AS utc
 ),
 seen AS MATERIALIZED (
-    SELECT k.organization_id, k.message_id FROM events k
-    WHERE k.organization_id = ANY(ARRAY(SELECT DISTINCT organization_id FROM incoming))
-      AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming))
-      AND k.received_at >= %(window_from)s AND k.received_at < %(window_to)s
-    UNION ALL
-    SELECT k.organization_id, k.message_id FROM events k
-    WHERE k.organization_id = ANY(
-            ARRAY(SELECT DISTINCT organization_id FROM incoming WHERE next_day IS NOT NULL)
-          )
-      AND k.message_id = ANY(ARRAY(SELECT message_id FROM incoming WHERE next_day IS NOT NULL))
-      AND k.received_at >= %(next_from)s AND k.received_at < %(next_to)s
+{_SEEN}
 ),
 near AS (
     SELECT organization_id, message_id, this_day AS day FROM incoming WHERE this_day IS NOT NULL
@@ -256,6 +286,21 @@ class PartitionKeeper:
                 if attempt == 2:
                     raise
         self.known |= wanted
+
+    async def keep_probes(self, conn: PgConnection, today: date) -> int:
+        """The window's closed days (the ``dedupe_days`` before ``today``) get the hash index
+        WINDOW_PROBE reads them by, and the days before the window lose theirs (migration 0090's
+        ``keel_keep_event_probes``: once a day has been closed for an hour; a partition whose lock
+        is not free within a second is left for the next call); how many were built."""
+        if not self.dedupe_days:
+            return 0
+        async with conn.transaction():
+            cursor = await conn.execute(
+                "SELECT keel_keep_event_probes(%s, %s)",
+                (today - timedelta(days=self.dedupe_days), self.dedupe_days),
+            )
+            (built,) = await cursor.fetchone() or (0,)
+        return int(built)
 
     async def ensure_for(self, conn: PgConnection, rows: list[EventRow]) -> None:
         # With a window, keys near the end of a day are claimed on the next day too.
@@ -427,12 +472,15 @@ def _settle(pending: _Pending, outcome: int | BaseException) -> None:
 async def keep_event_partitions(
     pool: AsyncConnectionPool[PgConnection], keeper: PartitionKeeper, every: float = 3600
 ) -> None:
-    """Background upkeep: partitions for today and the week ahead exist before they are needed."""
+    """Background upkeep: partitions for today and the week ahead exist before they are needed,
+    and the window's closed days have their probe index (:meth:`PartitionKeeper.keep_probes`)."""
     while True:
         try:
             async with pool.connection() as conn:
                 keeper.known.clear()
-                await keeper.ensure(conn, datetime.now(UTC).date(), PARTITION_DAYS_AHEAD)
+                today = datetime.now(UTC).date()
+                await keeper.ensure(conn, today, PARTITION_DAYS_AHEAD)
+                await keeper.keep_probes(conn, today)
         except Exception:
-            log.warning("could not create event partitions ahead", exc_info=True)
+            log.warning("could not keep the event partitions", exc_info=True)
         await asyncio.sleep(every)

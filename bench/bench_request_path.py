@@ -233,7 +233,7 @@ def profile(server: psutil.Process, out: Path | None, name: str) -> subprocess.P
         raise SystemExit("--profile needs py-spy on PATH")
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [spy, "record", "--pid", str(server.pid), "--rate", "250", "--nonblocking",
+        [spy, "record", "--pid", str(server.pid), "--rate", "400", "--nonblocking",
          "--format", "raw", "--output", str(out / f"{name}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

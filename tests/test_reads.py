@@ -154,6 +154,33 @@ def test_member_reads_answer_the_member_through_the_reader(client: httpx.Client,
     assert len(seen) == len(set(seen))
 
 
+def test_the_readers_answers_are_the_session_routes_answers_to_the_byte(
+    client: httpx.Client, org: OrgWorld
+) -> None:
+    """The reader fetches in binary (timestamps, uuids, JSON decoded by psycopg's binary loaders);
+    the routes that answer through a session (ORM objects, text results) answer the same rows:
+    the same JSON, timestamps to the microsecond and their offset included."""
+    owner = org.headers("owner")
+    invited = client.post(
+        f"/v1/orgs/{org.id}/members",
+        headers=owner,
+        json={"email": f"bytes-{org.slug}@example.com", "role": "viewer"},
+    )
+    assert invited.status_code == 201, invited.text
+    page = client.get(f"/v1/orgs/{org.id}/members", headers=org.headers("member"), params={"limit": 200})
+    assert page.status_code == 200, page.text
+    (item,) = [m for m in page.json()["items"] if m["user_id"] == invited.json()["user_id"]]
+    assert item == invited.json()
+    changed = client.patch(
+        f"/v1/orgs/{org.id}", headers=owner, json={"traits": {"plan": "pro", "seats": [1, 2.5]}}
+    )
+    assert changed.status_code == 200, changed.text
+    read = client.get(f"/v1/orgs/{org.id}", headers=owner)
+    assert read.status_code == 200, read.text
+    assert read.content == changed.content
+    assert read.json()["traits"] == {"plan": "pro", "seats": [1, 2.5]}
+
+
 def test_a_member_removed_behind_the_apis_back_loses_the_org_within_the_cache_bound(
     client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld
 ) -> None:

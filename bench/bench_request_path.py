@@ -66,7 +66,9 @@ process, 4 tasks; the app called in-process as uvicorn calls it, no client socke
   (3.4 a read: sendto, recvfrom, getpid, 0.4 epoll_pwait).
 - Binary results: members page read and built, medians 137-139 -> 119-131 us (timestamps and uuids from
   their binary form in C; Postgres's binary send functions are cheaper than `timestamptz_out`
-  too); the organization's one row: no difference. Same JSON, to the byte (test).
+  too); the organization's one row: no difference. Same JSON, to the byte (test). The enum
+  columns (role, status) are converted by a dict lookup in a table of SQLAlchemy's own
+  processor's answers: 22 rows 6.8 -> 3.9 us (after the figures below were taken).
 - Dependencies: the three routes took `reader` (depending on `principal`, to stay out of
   Litestar's task group) and `principal`, two `Provide` layers each with a signature model and a
   call; now one, `ReadContext` (principal and reader, from the request alone). A cached

@@ -57,16 +57,15 @@ process, 4 tasks; the app called in-process as uvicorn calls it, no client socke
   resolves. Reader alone, CPU per read (medians of 5 rounds, four runs each way taking turns):
   organization 65-69 us -> 47-49, members page 98-117 -> 82-90. The hazard is fd reuse: a
   registration left behind for a socket libpq closed would keep libuv from ever polling the next
-  socket given that number
-  (tests/test_reads.py proves a socket at the old number is polled after a close, after a
-  connection lost mid-read, and that an idle connection the server closed is dropped from the
-  loop's epoll set; each test fails with the matching drop removed). `strace -c` of that process
+  socket given that number (tests/test_reads.py proves a socket at the old number is polled after
+  a close and after a connection lost mid-read, and that an idle connection the server closed is
+  dropped from the loop's epoll set; each test fails with the matching drop removed). `strace -c` of that process
   over 10,000 reads: main 6.0 epoll_ctl (half failing), 1.0 ioctl and 0.31 io_uring_enter a read
   beside its sendto and recvfrom (10.7 system calls a read); now 0.014 epoll_ctl and no ioctl
   (3.4 a read: sendto, recvfrom, getpid, 0.4 epoll_pwait).
-- Binary results: members page read and built, medians 137-139 -> 119-131 us (timestamps and uuids from
-  their binary form in C; Postgres's binary send functions are cheaper than `timestamptz_out`
-  too); the organization's one row: no difference. Same JSON, to the byte (test). The enum
+- Binary results: members page read and built, medians 137-139 -> 119-131 us (timestamps and
+  uuids from their binary form in C; Postgres's binary send functions are cheaper than
+  `timestamptz_out` too); the organization's one row: no difference. Same JSON, to the byte (test). The enum
   columns (role, status) are converted by a dict lookup in a table of SQLAlchemy's own
   processor's answers: 22 rows 6.8 -> 3.9 us (after the figures below were taken).
 - Dependencies: the three routes took `reader` (depending on `principal`, to stay out of
@@ -97,12 +96,23 @@ CPU per request as a multiple of /health's (the steadier figure).
 | GET /v1/orgs/{org_id} | .39 .40 .52 .23 .47 .39: 0.40 (2.5x) | .43 .56 .55 .52 .41 .56: 0.54 (2.3x) |
 | GET …/members | .35 .33 .43 .30 .43 .28: 0.34 (3.1x) | .43 .33 .42 .48 .37 .38: 0.40 (2.85x) |
 
-/health ran at 918-3,054 req/s in these runs (5,749 on a quiet moment before them, when main
-measured 0.45, 0.42 and 0.35). The first three branch runs predate binary results. /v1/me and the
-organization reach the target at the median (each has runs below it); the members page does not:
-beside the organization it parses 21 rows, converts their enums, builds and encodes the page, and
-Postgres spends 0.12-0.22 ms a request on it (the organization 0.07-0.14), CPU taken from the
-same two cores.
+/health ran at 918-3,054 req/s in these runs. The first three branch runs predate binary results.
+
+Then the machine went quiet (load average 1-2.5, 21:21-21:24 UTC), three more pairs with the final
+code (enum lookup included): rate ratios main .47 .49 .51 / .45 .50 .46 / .38 .38 .33, branch
+.55 .51 .49 / .49 .45 .45 / .42 .38 .39 (/v1/me / organization / members page; /health 3,486-6,248
+req/s); server CPU per request main 0.40 0.37 0.41 / 0.43 0.40 0.45 / 0.49 0.50 0.60 ms, branch
+0.29 0.34 0.31 / 0.32 0.38 0.34 / 0.36 0.45 0.40 ms (2.1-2.2x, 2.2-2.4x, 2.6-3.1x /health's on
+main; 1.8-2.0x, 2.0-2.2x, 2.2-2.6x on the branch), Postgres's 0.09-0.14 -> 0.06-0.12 ms.
+
+So the server's CPU per request of the three routes is down 20-25% on a quiet machine (about a
+third of what separated each from /health's), and the rate ratios follow under load (medians
+0.42 -> 0.50, 0.40 -> 0.54, 0.34 -> 0.40); on a quiet machine main was already near 0.5 for the
+first two and the rates moved less than the CPU (/health itself did not always saturate the
+server there: the client and Postgres share the second core). /v1/me and the organization are at
+the target at the median under load, not in every run; the members page is not (0.38-0.42):
+beside the organization it parses 21 rows, builds and encodes the page, and Postgres spends
+0.08-0.22 ms a request on it, CPU taken from the same two cores.
 """
 
 from __future__ import annotations

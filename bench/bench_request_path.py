@@ -60,9 +60,9 @@ process, 4 tasks; the app called in-process as uvicorn calls it, no client socke
   socket given that number (tests/test_reads.py proves a socket at the old number is polled after
   a close and after a connection lost mid-read, and that an idle connection the server closed is
   dropped from the loop's epoll set; each test fails with the matching drop removed). `strace -c`
-  of that process over 10,000 reads: main 6.0 epoll_ctl (half failing), 1.0 ioctl and 0.31 io_uring_enter a read
-  beside its sendto and recvfrom (10.7 system calls a read); now 0.014 epoll_ctl and no ioctl
-  (3.4 a read: sendto, recvfrom, getpid, 0.4 epoll_pwait).
+  of that process over 10,000 reads: main 6.0 epoll_ctl (half failing), 1.0 ioctl and 0.31
+  io_uring_enter a read beside its sendto and recvfrom (10.7 system calls a read); now 0.014
+  epoll_ctl and no ioctl (3.4 a read: sendto, recvfrom, getpid, 0.4 epoll_pwait).
 - Binary results: members page read and built, medians 137-139 -> 119-131 us (timestamps and
   uuids from their binary form in C; Postgres's binary send functions are cheaper than
   `timestamptz_out` too); the organization's one row: no difference. Same JSON, to the byte (test). The enum

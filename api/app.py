@@ -35,7 +35,13 @@ from api.console.controllers import TEMPLATES, console_router
 from api.cors import browser_paths, cors_middleware
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.db.reads import Reader, make_read_pool
-from api.deps import authenticate_request, provide_context, provide_db, provide_principal, provide_reader
+from api.deps import (
+    authenticate_request,
+    provide_context,
+    provide_db,
+    provide_principal,
+    provide_read_context,
+)
 from api.events.controllers import EventController
 from api.events.store import EventWriter, PartitionKeeper, keep_event_partitions, make_ingest_pool
 from api.flags.admin import FlagScheduleController, SegmentAdminController, StaleFlagController
@@ -169,7 +175,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db),
-            "reader": Provide(provide_reader, sync_to_thread=False),
+            "read_ctx": Provide(provide_read_context, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
             "ctx": Provide(provide_context, sync_to_thread=False),
         },

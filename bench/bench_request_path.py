@@ -28,110 +28,91 @@ read route (py-spy on PATH); with `KEEL_BENCH_PG_BIN` naming a Postgres that has
 `pg_stat_statements` (Debian's `/usr/lib/postgresql/15/bin`) `--statements` prints the statements
 each route ran.
 
-What was found (py-spy and `strace -c` on the server, CPU of Postgres's backends;
-this machine is a Firecracker VM with nested virtualization, 2 cores shared by 8 sessions, where
-every system call is dear):
-- Before (main at f55b447), CPU per request in the server: /health 0.2 ms, /v1/me 1.8 ms,
-  /v1/orgs/{org_id} 2.6 ms, its members 3.2 ms. py-spy: 38% of the samples of an org read in
-  psycopg's `_exec_command` sending `BEGIN`, `COMMIT` and `ROLLBACK`: the guard opened a session
-  of its own (`BEGIN`, `SELECT`, `ROLLBACK`) and the handler another (`BEGIN`, `SELECT`,
-  `COMMIT`): six round trips for one organization; SQLAlchemy's ORM (`Session.execute`, identity
-  map, `session.get`) most of the rest. A single `SELECT` through SQLAlchemy Core on an
-  autocommit `AsyncEngine` cost 680 us of client CPU, through psycopg with a server-prepared
-  statement 65-90 us (a micro-benchmark against the same server).
-- Now: the guard and the three routes read through `api/db/reads.py` (Core statements compiled
-  once, read-only autocommit connections, prepared statements) and an active member's grant is
-  cached for 2 s (as flag evaluation's was): a member's org read is one `SELECT`, one round trip
-  (`tests/test_safety_nets.py` counts the membership reads of a request). pg_stat_statements
-  (`--statements` on Debian's Postgres 15) over 1,200 requests of each route: 1,200 calls of the
-  route's one `SELECT` (mean execution 28 us for /v1/me, 12 us for the organization, 55 us for the
-  members page), 2 membership lookups and 2 token lookups (the 2 s caches refilling), no
-  `BEGIN`/`COMMIT` on the request path. `EXPLAIN (ANALYZE, BUFFERS)` of the members page: 2 shared
-  buffer hits, 0.04 ms. Postgres's share is small: 0.07-0.17 ms of backend CPU a request against
-  0.4-0.7 ms in the server, so what is left is the server's own work.
-- strace -c per request: /health makes 3 writes (the answer's head and body: uvicorn writes them
-  apart; the access log line), 1 read, 1 getrandom (the request id), 1 getpid. An authenticated
-  route made 17 getpid: CPython 3.11's `get_running_loop` checks the pid, and Litestar resolves a
-  route's independent dependencies in an anyio task group (a task each; ~40 us a request); the
-  reader now depends on the principal, so it is awaited after it instead. Each read through
-  psycopg costs 1 sendto, 1 recvfrom, ~6 epoll_ctl (uvloop registers and drops the socket at every
-  wait, half the calls failing with EEXIST/ENOENT), ~1.5 epoll_pwait and an ioctl: most of what a
-  read route costs beyond /health. asyncpg, whose protocol keeps the socket registered, spent
-  21 us of client CPU per prepared `SELECT` against psycopg's 65 us in the same micro-benchmark:
-  the next step if these routes must go further (a second driver, not taken here).
-- Still shared by every route, /health included: uvicorn's two writes per answer; and most routes
-  take `db`, `principal` and `ctx`, three independent dependencies, so they pay the task group.
+What was found, in three passes (py-spy, `strace -c`, `perf stat` on the server, CPU of Postgres's
+backends; this machine is a Firecracker VM with nested virtualization, 2 cores shared by several
+sessions, where every system call that wakes a peer is dear):
 
-Figures (this bench, 1 Dec 2026, load average 17-21 on the 2 cores: rates swing by 10x from one
-slice to the next, so the CPU per request, the steadier figure, is given too):
+First pass (main at f55b447): server CPU per request /health 0.2 ms, /v1/me 1.8, the organization
+2.6, its members 3.2. 38% of an org read's samples sent `BEGIN`/`COMMIT`/`ROLLBACK`: the guard and
+the handler each opened a session, six round trips for one organization, the ORM most of the
+rest. Since then the guard and the three routes read through `api/db/reads.py` (Core statements
+compiled once, read-only autocommit connections, server-prepared statements: pg_stat_statements
+shows one `SELECT` a request and no `BEGIN`/`COMMIT`; `EXPLAIN (ANALYZE, BUFFERS)` of the members
+page: 2 shared hits, 0.04 ms) and an active member's grant is cached for 2 s.
 
-| route | before (f55b447): rate ratio, server CPU | after: rate ratio, server CPU |
-|---|---|---|
-| /health | 590 req/s, 0.19 ms | 2,282 req/s, 0.14 ms |
-| GET /v1/me | 0.05, 2.98 ms (15.7x /health's) | 0.33 (slice median 0.40), 0.37 ms (2.7x) |
-| GET /v1/orgs/{org_id} | 0.04, 3.53 ms (18.6x) | 0.23 (0.28), 0.42 ms (3.0x) |
-| GET /v1/orgs/{org_id}/members | 0.03, 4.61 ms (24.3x) | 0.38 (0.27), 0.45 ms (3.2x) |
-| single events (p99 < 50 ms) | none passed 31 req/s, nor /health | /health 593; events none (31: 62 ms) |
+Second pass (main at 0950ec8): what separates these routes from /health is system calls that wake
+a peer: the answer's writes (uvicorn writes head and body apart: shared by /health) and the one
+`sendto` to Postgres (10-26% of an org read's samples); `strace -c` per read: 1 sendto, 1
+recvfrom, ~6 epoll_ctl, 1 ioctl (psycopg's wait adds the socket's reader and removes it at every
+wait; libuv checks a new poll handle and sets O_NONBLOCK), ~25 us at 3.5 us an epoll_ctl. The
+page's Python work is small (22 rows converted 7 us, the page built 3 us, encoded 5 us); parsing
+44 text `timestamptz` ~15 us; asyncpg no cheaper than psycopg for one prepared `SELECT`. Pool
+`getconn`/`putconn` and converting only the enum columns took ~10 us off a read.
 
-Quieter runs of the same code in between gave 0.41-0.45, 0.38-0.46 and 0.34-0.38 for the three
-routes; the `--statements` run (Debian's Postgres 15, one cycle) 0.53, 0.44 and 0.35. The target
-(>= 0.5) is not reached here. The single-event path was not profiled: its handler takes no
-dependency but the principal and answers after the ingest store's commit (`api/events/store.py`,
-not part of this change); where its p99 went on the loaded machine is not established here.
-
-Second pass (1 Dec 2026, 17:45-18:30 UTC, main at 0950ec8; py-spy 0.4.3 `record --rate 400 --format
-raw` on the one worker over 6,000 requests of each route, 4 clients; `strace -c` and `perf stat`
-over 2,000-4,000; micro-benchmarks of the reader alone in one uvloop process, 4 tasks):
-- Server CPU per request under the profiler: /health 0.133 ms, /v1/me with an ingest key
-  0.20 ms (authentication, dependencies, routing: +0.07), the member's /v1/me 0.35, the
-  organization 0.39, the members page 0.48. Context switches per request (perf stat) are
-  1.5-1.8 on every route alike: the database routes do not sleep more, they spend more.
-- The largest frames are system calls that wake a peer. The answer's writes
-  (`RequestResponseCycle.send`, uvicorn writes the head and the body apart) are 38-47% of the
-  samples of /health and of the ingest-key /v1/me and 18-33% of the database routes;
-  psycopg's `_send_query_prepared` (the one `sendto` to Postgres) 10-26%. A send to a sleeping
-  process wakes it from the sender's CPU; on this nested VM cProfile clocks that send at ~83 us
-  of wall time, and a differential profile (organization minus ingest-key /v1/me, us a
-  request) puts +101 in the read (+72 of it the send) and +60 in the answer's writes, whose
-  client is more often asleep by then.
-- strace -c per database read: 1 sendto, 1 recvfrom, ~6 epoll_ctl, 1 ioctl, 0.5 io_uring_enter,
-  1 getpid: psycopg's `wait_async` adds and removes the socket's reader at every wait (libuv
-  checks a new poll handle with an epoll_ctl pair and sets O_NONBLOCK: the ioctl). epoll_ctl
-  costs 3.5 us here, so ~25 us a read; keeping the socket registered would mean replacing
-  psycopg's wait with one of our own (fd reuse after a close is the hazard), not done.
-- The reader alone: a prepared one-row `SELECT` through psycopg 43-47 us of CPU, through asyncpg
-  45-47 us (its protocol keeps the socket registered, yet no cheaper now: a second driver would
-  buy nothing). `Reader.first` of the organization: 62-78 us on main, 54-65 us now;
-  `Reader.all` of the members page 119-122 us on main, 98-114 us now. What changed:
-  `getconn`/`putconn` instead of `pool.connection()`, whose context also entered the
-  connection's own (a commit: a lock and a status check, for a transaction autocommit never
-  opened), and rows converted only in the columns that need it (the enums stored as text).
-- The members page's own Python work is small: converting 22 rows 7 us, building the page 3 us,
-  msgspec's encoding 5 us. Its fetch costs 63-80 us against 42-47 us for one row: parsing 44
-  `timestamptz` values is ~15 us of it (selecting them as text saves that, but would change the
-  answer's format), the 66 uuids nothing measurable.
+Third pass (main at 963ab4a, branch i20-reads4; micro-benchmarks of the reader alone in a uvloop
+process, 4 tasks; the app called in-process as uvicorn calls it, no client sockets, py-spy `record
+--rate 400 --format raw` on it; this bench):
+- psycopg's wait, replaced for the read pool (`api/db/reads.py` `ReadConnection`): the socket is
+  registered with the loop at its first wait and stays so; a wait is a future its reader callback
+  resolves. Reader alone, CPU per read (medians of 5 rounds, four runs each way taking turns):
+  organization 65-69 us -> 47-49, members page 98-117 -> 82-90. The hazard is fd reuse: a
+  registration left behind for a socket libpq closed would keep libuv from ever polling the next
+  socket given that number (tests/test_reads.py proves a socket at the old number is polled after
+  a close and after a connection lost mid-read, and that an idle connection the server closed is
+  dropped from the loop's epoll set; each test fails with the matching drop removed). `strace -c`
+  of that process over 10,000 reads: main 6.0 epoll_ctl (half failing), 1.0 ioctl and 0.31
+  io_uring_enter a read beside its sendto and recvfrom (10.7 system calls a read); now 0.014
+  epoll_ctl and no ioctl (3.4 a read: sendto, recvfrom, getpid, 0.4 epoll_pwait).
+- Binary results: members page read and built, medians 137-139 -> 119-131 us (timestamps and
+  uuids from their binary form in C; Postgres's binary send functions are cheaper than
+  `timestamptz_out` too); the organization's one row: no difference. Same JSON, to the byte (test). The enum
+  columns (role, status) are converted by a dict lookup in a table of SQLAlchemy's own
+  processor's answers: 22 rows 6.8 -> 3.9 us (after the figures below were taken).
+- Dependencies: the three routes took `reader` (depending on `principal`, to stay out of
+  Litestar's task group) and `principal`, two `Provide` layers each with a signature model and a
+  call; now one, `ReadContext` (principal and reader, from the request alone). A cached
+  membership grant is returned without building the lookup closure or awaiting it.
+- The send: in the in-process app (no client sockets), 50-68% of an org or members request's
+  samples are in psycopg's `_send_query_prepared`, i.e. the `sendto` that wakes Postgres's
+  backend; with both cores busy the woken backend often runs at once on the sender's core
+  (wake-up preemption), so the sender stalls for the query's execution. This is what is left:
+  one round trip a request, and Postgres's own CPU (0.07-0.19 ms a request) competes with the
+  server for the 2 cores, which /health does not. Measured and not taken: a pipeline of the
+  reads that coincide (psycopg pipeline mode, batches of 4 in the micro-benchmark) cost 56-69 us
+  a read against 49-50 for one read at a time: its Python machinery outweighs the wake-ups saved.
 - Not changed, for the ratio's sake or the contract's: one write for the answer's head and body
-  (one wake-up of the client fewer) would speed /health as much as these routes, lowering the
-  ratio; caching the answers themselves would let one process serve an organization another
-  just changed (read-your-writes across workers), which the 2 s grant cache does for access
-  only, as documented.
+  would speed /health as much as these routes; answers cached across requests would break
+  read-your-writes (the 2 s grant cache is for access only, documented); a `Response` of
+  pre-encoded bytes would save an encode of ~5 us and lose the answer's schema in /schema.
 
-| route | main (0950ec8): rate ratio, server CPU | this branch: rate ratio, server CPU |
+Figures of the third pass (`--no-single`, 1 Dec 2026 20:49-21:15 UTC, load average 5-10 from other
+sessions; main 963ab4a checked out under /tmp and this branch run with the same venv and this
+bench file, taking turns, six runs each): the rate ratio to /health and, in brackets, the server's
+CPU per request as a multiple of /health's (the steadier figure).
+
+| route | main: six runs, median | branch: six runs, median |
 |---|---|---|
-| /health | 901, 1,466, 1,259 req/s; 0.18, 0.18, 0.17 ms | 1,254, 1,324, 1,141 req/s; 0.18, 0.16, 0.19 ms |
-| GET /v1/me | 0.52, 0.40, 0.46; 0.41, 0.42, 0.39 ms | 0.55, 0.56, 0.51; 0.37, 0.36, 0.40 ms |
-| GET /v1/orgs/{org_id} | 0.53, 0.31, 0.47; 0.45, 0.47, 0.43 ms | 0.43, 0.41, 0.47; 0.44, 0.41, 0.42 ms |
-| GET …/{org_id}/members | 0.39, 0.27, 0.37; 0.57, 0.55, 0.51 ms | 0.41, 0.40, 0.30; 0.48, 0.48, 0.51 ms |
+| GET /v1/me | .39 .44 .56 .38 .54 .32: 0.42 (2.35x) | .46 .49 .51 .57 .46 .55: 0.50 (2.15x) |
+| GET /v1/orgs/{org_id} | .39 .40 .52 .23 .47 .39: 0.40 (2.5x) | .43 .56 .55 .52 .41 .56: 0.54 (2.3x) |
+| GET …/members | .35 .33 .43 .30 .43 .28: 0.34 (3.1x) | .43 .33 .42 .48 .37 .38: 0.40 (2.85x) |
 
-Three runs each, taking turns (main, branch, main, branch, ...: 18:08-18:32 UTC, load average
-6-13 from other sessions; `--no-single`; the main checkout ran this same bench file). Slice-by-
-slice ratios spread 0.13-1.83 within one run, so the rate ratios say little. The server's CPU per
-request (medians): /v1/me 0.41 -> 0.37 ms, the organization 0.45 -> 0.42, the members page
-0.55 -> 0.48; the third pair alone shows no difference at all, so the reader's ~10 us a read
-(micro-benchmark above) is at the edge of what this machine can show end to end. Only /v1/me
-is at the target (median ratio 0.55); the organization (0.43) and the members page (0.40) are
-not, and what separates them from /health is mostly the two wake-ups above (the query's send,
-and a client that fell asleep meanwhile), not Python work that is left to cut.
+/health ran at 918-3,054 req/s in these runs. The first three branch runs predate binary results.
+
+Then the machine went quiet (load average 1-2.5, 21:21-21:24 UTC), three more pairs with the final
+code (enum lookup included): rate ratios main .47 .49 .51 / .45 .50 .46 / .38 .38 .33, branch
+.55 .51 .49 / .49 .45 .45 / .42 .38 .39 (/v1/me / organization / members page; /health 3,486-6,248
+req/s); server CPU per request main 0.40 0.37 0.41 / 0.43 0.40 0.45 / 0.49 0.50 0.60 ms, branch
+0.29 0.34 0.31 / 0.32 0.38 0.34 / 0.36 0.45 0.40 ms (2.1-2.2x, 2.2-2.4x, 2.6-3.1x /health's on
+main; 1.8-2.0x, 2.0-2.2x, 2.2-2.6x on the branch), Postgres's 0.09-0.14 -> 0.06-0.12 ms.
+
+So the server's CPU per request of the three routes is down 20-25% on a quiet machine (about a
+third of what separated each from /health's), and the rate ratios follow under load (medians
+0.42 -> 0.50, 0.40 -> 0.54, 0.34 -> 0.40); on a quiet machine main was already near 0.5 for the
+first two and the rates moved less than the CPU (/health itself did not always saturate the
+server there: the client and Postgres share the second core). /v1/me and the organization are at
+the target at the median under load, not in every run; the members page is not (0.38-0.42):
+beside the organization it parses 21 rows, builds and encodes the page, and Postgres spends
+0.08-0.22 ms a request on it, CPU taken from the same two cores.
 """
 
 from __future__ import annotations
@@ -233,7 +214,7 @@ def profile(server: psutil.Process, out: Path | None, name: str) -> subprocess.P
         raise SystemExit("--profile needs py-spy on PATH")
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [spy, "record", "--pid", str(server.pid), "--rate", "250", "--nonblocking",
+        [spy, "record", "--pid", str(server.pid), "--rate", "400", "--nonblocking",
          "--format", "raw", "--output", str(out / f"{name}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import time
 import uuid
 
 import httpx
 import psycopg
 import pytest
+import uvloop
 from psycopg import pq
 from sqlalchemy import Engine, bindparam, func, literal, select, text
 
@@ -150,6 +154,33 @@ def test_member_reads_answer_the_member_through_the_reader(client: httpx.Client,
     assert len(seen) == len(set(seen))
 
 
+def test_the_readers_answers_are_the_session_routes_answers_to_the_byte(
+    client: httpx.Client, org: OrgWorld
+) -> None:
+    """The reader fetches in binary (timestamps, uuids, JSON decoded by psycopg's binary loaders);
+    the routes that answer through a session (ORM objects, text results) answer the same rows:
+    the same JSON, timestamps to the microsecond and their offset included."""
+    owner = org.headers("owner")
+    invited = client.post(
+        f"/v1/orgs/{org.id}/members",
+        headers=owner,
+        json={"email": f"bytes-{org.slug}@example.com", "role": "viewer"},
+    )
+    assert invited.status_code == 201, invited.text
+    page = client.get(f"/v1/orgs/{org.id}/members", headers=org.headers("member"), params={"limit": 200})
+    assert page.status_code == 200, page.text
+    (item,) = [m for m in page.json()["items"] if m["user_id"] == invited.json()["user_id"]]
+    assert item == invited.json()
+    changed = client.patch(
+        f"/v1/orgs/{org.id}", headers=owner, json={"traits": {"plan": "pro", "seats": [1, 2.5]}}
+    )
+    assert changed.status_code == 200, changed.text
+    read = client.get(f"/v1/orgs/{org.id}", headers=owner)
+    assert read.status_code == 200, read.text
+    assert read.content == changed.content
+    assert read.json()["traits"] == {"plan": "pro", "seats": [1, 2.5]}
+
+
 def test_a_member_removed_behind_the_apis_back_loses_the_org_within_the_cache_bound(
     client: httpx.Client, engine: Engine, org: OrgWorld, other_org: OrgWorld
 ) -> None:
@@ -195,3 +226,122 @@ def test_a_token_revoked_behind_the_apis_back_stops_working_within_the_cache_bou
 
     eventually(refused, what="a token revoked in the database is refused", within=cache.TTL + REQUEST_SLACK)
     assert "revoked" in client.get("/v1/me", headers=member).json()["detail"]
+
+
+NAME = Read(select(Organization.name).where(Organization.id == bindparam("org_id")))
+SLOW = Read(select(func.pg_sleep(bindparam("seconds")), literal("slow")))
+
+
+async def _fd_is_free_for_the_next_socket(fd: int) -> None:
+    """A socket given ``fd``'s number (as the next socket opened after a close gets it) is watched
+    by the loop like any other: a registration left behind for a closed fd would keep libuv from
+    ever polling the new one at that number, and this read would hang."""
+    loop = asyncio.get_running_loop()
+    here, there = socket.socketpair()
+    if here.fileno() != fd:  # the kernel gave another number: put the socket at fd's
+        os.dup2(here.fileno(), fd)
+        here.close()
+        here = socket.socket(fileno=fd)
+    here.setblocking(False)
+    try:
+        there.send(b"x")
+        assert await asyncio.wait_for(loop.sock_recv(here, 1), 5) == b"x"
+    finally:
+        here.close()
+        there.close()
+
+
+def _watched(fd: int) -> bool:
+    """Whether an epoll set of this process (the loop's) watches ``fd``: the kernel's own account,
+    ``/proc/self/fdinfo`` of each epoll descriptor (a line ``tfd: N`` per registered fd)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/self/fdinfo/{name}") as info:
+                if any(line.split()[:2] == ["tfd:", str(fd)] for line in info):
+                    return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def _backend(pool) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(socket fd, backend pid) of the one connection of a pool of one, taken out and put back."""
+
+    async def get() -> tuple[int, int]:
+        conn = await pool.getconn()
+        try:
+            return conn.pgconn.socket, conn.info.backend_pid
+        finally:
+            await pool.putconn(conn)
+
+    return get()  # type: ignore[return-value]
+
+
+def test_a_read_connection_keeps_its_socket_in_the_loop_and_drops_it_before_it_closes(
+    database_url: str, org: OrgWorld
+) -> None:
+    """The read pool's connections stay registered with the (uv)loop between reads (what a read
+    saves: psycopg's add and remove at every wait), and the registration goes before the socket
+    does: the fd's number, handed to the next socket, is polled for that socket."""
+
+    async def main() -> None:
+        org_id = uuid.UUID(org.id)
+        pool = make_read_pool(database_url, max_size=1)
+        await pool.open()
+        reader = Reader(pool)
+        assert await reader.first(NAME, org_id=org_id) == (f"Org {org.slug}",)
+        assert await reader.first(NAME, org_id=org_id) == (f"Org {org.slug}",)
+        fd, _ = await _backend(pool)
+        assert _watched(fd)  # still registered after its reads, though nothing reads it now
+        await pool.close()
+        await _fd_is_free_for_the_next_socket(fd)
+
+    uvloop.run(main())
+
+
+def test_a_read_connection_lost_mid_read_or_while_idle_leaves_nothing_registered(
+    database_url: str, engine: Engine, org: OrgWorld
+) -> None:
+    """libpq closes the socket of a connection it finds lost, inside a step of the wait: the
+    registration is dropped in that same step, so the number is free for the next socket at once.
+    An idle connection the server closes becomes readable with nobody waiting: the callback drops
+    its registration (the loop does not wake for it at every turn). Either way the read fails
+    plainly, and the next read, on a new connection of the pool, answers."""
+
+    def terminate(pid: int, after: float = 0.0) -> None:
+        time.sleep(after)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+
+    async def main() -> None:
+        org_id = uuid.UUID(org.id)
+        pool = make_read_pool(database_url, max_size=1)
+        await pool.open()
+        reader = Reader(pool)
+        try:
+            # Mid-read: the backend goes away while it runs the statement.
+            assert await reader.first(NAME, org_id=org_id) == (f"Org {org.slug}",)
+            fd, pid = await _backend(pool)
+            terminator = asyncio.ensure_future(asyncio.to_thread(terminate, pid, 0.3))
+            with pytest.raises(psycopg.OperationalError):
+                await reader.first(SLOW, seconds=30)
+            # Nothing has run since the read failed (the pool reconnects in a task of its own).
+            await _fd_is_free_for_the_next_socket(fd)
+            await terminator
+            assert await asyncio.wait_for(reader.first(NAME, org_id=org_id), 10) == (f"Org {org.slug}",)
+
+            # Idle: the server closes a connection sitting in the pool, registered.
+            fd, pid = await _backend(pool)
+            assert _watched(fd)
+            await asyncio.to_thread(terminate, pid)
+            await asyncio.sleep(0.3)  # the loop sees the socket readable, with nobody waiting
+            assert not _watched(fd)
+            with pytest.raises(psycopg.OperationalError):
+                await asyncio.wait_for(reader.first(NAME, org_id=org_id), 10)
+            assert await asyncio.wait_for(reader.first(NAME, org_id=org_id), 10) == (f"Org {org.slug}",)
+        finally:
+            await pool.close()
+
+    uvloop.run(main())

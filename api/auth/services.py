@@ -246,6 +246,9 @@ async def active_role(reader: Reader, principal: Principal, org_id: uuid.UUID) -
     (refusals never are); concurrent requests for the same membership share one read."""
     user_id = principal.user_id
     assert user_id is not None
+    role = cache.memberships.get((user_id, org_id))
+    if role is not None:  # the usual case: no lookup to build, nothing to await
+        return role
 
     async def lookup() -> OrgRole:
         row = await reader.first(READ_MEMBERSHIP, org_id=org_id, user_id=user_id)

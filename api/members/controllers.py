@@ -12,7 +12,7 @@ from api.auth.context import Actor, Principal, RequestContext
 from api.auth.models import User
 from api.auth.permissions import Permission
 from api.auth.services import ALLOW_INVITED
-from api.db.reads import Reader
+from api.deps import ReadContext
 from api.members import services
 from api.members.models import Membership
 from api.members.schemas import MemberInvite, MemberOut, MemberPage, MemberUpdate
@@ -32,10 +32,10 @@ class MemberController(Controller):
 
     @get("/", summary="List an organization's active and invited members")
     async def list_members(
-        self, org_id: uuid.UUID, reader: Reader, principal: Principal, cursor: Cursor, limit: Limit
+        self, org_id: uuid.UUID, read_ctx: ReadContext, cursor: Cursor, limit: Limit
     ) -> MemberPage:
-        await auth.read_access(reader, principal, org_id, Permission.read_org)
-        rows = await services.read_members(reader, org_id=org_id, cursor=cursor, limit=limit)
+        await auth.read_access(read_ctx.reader, read_ctx.principal, org_id, Permission.read_org)
+        rows = await services.read_members(read_ctx.reader, org_id=org_id, cursor=cursor, limit=limit)
         return page_of(MemberPage, rows, limit, lambda row: MemberOut(*row[1:]), key=itemgetter(0))
 
     @post("/", summary="Invite someone by email with a role (creates the user when new)")

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import services as auth
 from api.auth.context import Actor, Principal, RequestContext
 from api.auth.permissions import Permission
-from api.db.reads import Reader
+from api.deps import ReadContext
 from api.members.models import OrgRole
 from api.orgs import services
 from api.orgs.models import Organization
@@ -49,9 +49,9 @@ class OrgController(Controller):
         return page_of(OrgPage, rows, limit, lambda row: org_out(*row), key=first_id)
 
     @get("/{org_id:uuid}", summary="Get an organization")
-    async def read(self, org_id: uuid.UUID, reader: Reader, principal: Principal) -> OrgOut:
-        access = await auth.read_access(reader, principal, org_id, Permission.read_org)
-        org = await services.read_live_org(reader, org_id)
+    async def read(self, org_id: uuid.UUID, read_ctx: ReadContext) -> OrgOut:
+        access = await auth.read_access(read_ctx.reader, read_ctx.principal, org_id, Permission.read_org)
+        org = await services.read_live_org(read_ctx.reader, org_id)
         return OrgOut(**dict(zip(services.ORG_FIELDS, org, strict=True)), role=access.role)
 
     @patch(

@@ -10,10 +10,9 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 from sqlalchemy import and_, bindparam, join, select, text
 
-from api.auth.context import Principal
 from api.auth.models import PlatformRole, User
-from api.db.reads import Read, Reader
-from api.deps import PUBLIC
+from api.db.reads import Read
+from api.deps import PUBLIC, ReadContext
 from api.errors import NotFound
 from api.members.models import Membership, MembershipStatus, OrgRole
 from api.orgs.live import LIVE
@@ -64,13 +63,14 @@ class SystemController(Controller):
         return Response(Health(status="ready"))
 
     @get("/v1/me", summary="Who the token belongs to, and their organizations")
-    async def me(self, reader: Reader, principal: Principal) -> MeOut:
+    async def me(self, read_ctx: ReadContext) -> MeOut:
+        principal = read_ctx.principal
         if not principal.is_user:
             return MeOut(
                 token_kind=principal.kind, user_id=None, email=None, name=None, platform_role=None,
                 organization_id=principal.organization_id, memberships=[],
             )  # fmt: skip
-        rows = await reader.all(READ_ME, user_id=principal.user_id)
+        rows = await read_ctx.reader.all(READ_ME, user_id=principal.user_id)
         if not rows:
             raise NotFound("user not found")
         user_id, email, name, platform_role = rows[0][:4]

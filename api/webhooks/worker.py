@@ -117,7 +117,7 @@ class Worker:
             if time.monotonic() - at < self.config.poll_interval and excluded.issubset(saturated):
                 return []
         self._notified = False
-        jobs = await self.queue.claim(limit, saturated)
+        jobs = await self.queue.claim(limit, saturated, self._held_by)
         if saturated and not jobs:
             self._dry = (frozenset(saturated), time.monotonic())
         elif jobs and self._dry is not None and self._dry[0].issubset(saturated):

@@ -60,7 +60,7 @@ async def test_the_body_is_the_standard_webhooks_envelope_as_stored(
     """The claim builds the body in SQL: ``type`` as json.dumps writes it, ``timestamp`` as
     Python's isoformat writes the message's creation in UTC (no fraction when it has none), and
     ``data`` the stored payload's text, byte for byte."""
-    payload = {"text": "é✓ \"quoted\" \\ tab\t", "nested": {"list": [1, 2.5, None, True]}, "n": 10**20}
+    payload = {"text": 'é✓ "quoted" \\ tab\t', "nested": {"list": [1, 2.5, None, True]}, "n": 10**20}
     instants = [
         datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC),
         datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC),
@@ -72,7 +72,8 @@ async def test_the_body_is_the_standard_webhooks_envelope_as_stored(
         with engine.begin() as conn:
             for message, at in zip(messages, instants, strict=True):
                 conn.execute(
-                    text("UPDATE webhook_messages SET created_at = :at WHERE id = :i"), {"at": at, "i": message["id"]}
+                    text("UPDATE webhook_messages SET created_at = :at WHERE id = :i"),
+                    {"at": at, "i": message["id"]},
                 )
         with engine.connect() as conn:
             stored = dict(

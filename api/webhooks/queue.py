@@ -55,7 +55,8 @@ WITH candidates AS (
     SELECT c.id, coalesce(h.room, %(per_endpoint)s) AS room,
            row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at) AS place
     FROM candidates c
-    LEFT JOIN unnest(%(held)s::uuid[], %(room)s::int[]) AS h(endpoint_id, room) ON h.endpoint_id = c.endpoint_id
+    LEFT JOIN unnest(%(held)s::uuid[], %(room)s::int[]) AS h(endpoint_id, room)
+           ON h.endpoint_id = c.endpoint_id
 ), due AS (
     SELECT d.id FROM webhook_deliveries d
     WHERE d.id = ANY (ARRAY(SELECT id FROM ranked WHERE place <= room))

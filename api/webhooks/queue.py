@@ -41,9 +41,10 @@ JITTER = 0.10
 #: of one it holds some of no more than its ``room`` (what keeps the worker's hold of it within
 #: three times its request slots), among the oldest ``scan`` due rows; none of the endpoints the
 #: worker already holds its share of: one customer's backlog never stands in front of everyone
-#: else's deliveries. The body and the webhook id come out as sent (the envelope of
-#: :func:`api.webhooks.sender.envelope` is built here, its ``type`` and ``timestamp`` as Python
-#: writes them), in binary: nothing of a claimed row is parsed or formatted again in the worker.
+#: else's deliveries. The body and the webhook id come out as sent, in binary: the body is Standard
+#: Webhooks' envelope ``{"type", "timestamp", "data"}`` (``type`` as ``json.dumps`` writes an event
+#: type, ``timestamp`` the message's creation as ``datetime.isoformat`` writes it in UTC, ``data``
+#: the payload as stored), so nothing of a claimed row is parsed or formatted in the worker.
 CLAIM = """
 WITH candidates AS (
     SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries

@@ -77,22 +77,82 @@ BUFFERS)`` of the claim at its 1st, 50th, 150th and 300th statement of a 20,000 
   are what stand between it and 0.85. On this machine the neighbours (load 8-16 during these runs)
   swing the rate ratio between 0.3 and 0.9 from one round to the next of one run, so the bench also
   prints the CPU ratio (baseline sender's CPU a request over the worker's a delivery), steadier.
-- Before and after, back to back in the same hour (main checked out under /tmp, run with this
-  venv; CPU ratio computed from the printed CPU rows for main), 3 rounds of 20,000 each, load 6-16:
+- Before and after (same hour, load 6-16, 3 rounds of 20,000, two pairs): rate ratio at the median
+  round main 0.57 / 0.46, that branch 0.62 / 0.48; CPU ratio main 0.70 / 0.70, that branch 0.79 /
+  0.73; worker 361-428 -> 322-370 and Postgres 123-217 -> 101-142 ms per 1,000. Not reached.
 
-  ===================  ======================  ===================  ==================  ============
-  run (UTC)            rate ratio, rounds      CPU ratio, rounds    worker ms / 1,000   Postgres ms
-  ===================  ======================  ===================  ==================  ============
-  18:30 main           0.45 0.58 0.57 (0.57)   0.70 0.70 0.65       428 / 369 / 403     149-217
-  18:33 this branch    0.48 0.62 0.84 (0.62)   0.82 0.70 0.79       336 / 331 / 322     107-120
-  18:35 main           0.64 0.46 0.45 (0.46)   0.81 0.67 0.70       371 / 368 / 361     123-140
-  18:37 this branch    0.48 0.56 0.31 (0.48)   0.80 0.73 0.65       326 / 336 / 370     101-142
-  ===================  ======================  ===================  ==================  ============
+Third pass (issue 20 row 6, branch i20-delivery4). On main, quiet machine: 0.80 at the median
+round (0.78, 0.85, 0.80; four later runs 0.75-0.77). Profiles: py-spy ``record -r 200`` (and
+``--native``) of ``keel worker`` over 20,000-30,000 deliveries; the claim and the record measured
+apart from sending (claims and records of a 20,000 backlog with no HTTP: the worker's thread CPU
+around each, and each of its two Postgres backends' CPU by pid); ``EXPLAIN (ANALYZE, BUFFERS)``
+of both after 5,760 of 20,000 were delivered; ``pg_prepared_statements``; ``pg_stat_user_tables``.
 
-  Two earlier pairs (18:08-18:18, with a claim of a whole share, since dropped): main 0.34 / 0.57,
-  this branch 0.46 / 0.44 at the median round; CPU ratio main 0.62 / 0.70, this branch 0.77 / 0.73.
-  Deliveries/s moved from 893-1,423 (main) to 1,098-1,666; fan-out p99 from accepted to first
-  attempt 25-54 ms on main, 25-35 ms here. The target (0.85 at the median round) is not reached.
+- Apart from sending, a delivery cost the worker 31-42 us: the claim 21-28 (claims of 32: ~0.7 ms
+  of the worker's CPU a claim, psycopg's send and wait and the rows), the record 9-11. And Postgres
+  ~100 us: the claim's backend 58-72, the record's 35-44 (no HTTP running).
+- Claims: an endpoint was topped up by ``per_endpoint`` (32) each time its hold fell under
+  ``2 x per_endpoint``: a claim per 32 deliveries of a backlog. Now a claim tops an endpoint up to
+  ``3 x per_endpoint`` (the most held before, give or take one: what waits behind a slow endpoint is
+  still sent within its lease at the 15 s timeout) once its hold falls under ``1.5 x per_endpoint``:
+  ~49 a claim, a third fewer claims; an endpoint held none of still gets at most ``per_endpoint``
+  of a claim (tests/test_webhook_delivery.py's slow backlog is unchanged). The claim returns the
+  webhook id and the body as sent (the envelope built in SQL, byte for byte what ``json.dumps`` and
+  ``isoformat`` wrote: tests/test_webhook_delivery.py), in binary: no UUID, datetime or JSON is
+  made per row in the worker. Worker CPU of claiming: 21-28 -> 14-16 us a delivery; the record,
+  now one pass over the outcomes, 9-11 -> 10-12 (unchanged within noise).
+- The claim's connection no longer waits for its commits to reach the disk (``synchronous_commit
+  = off``): a lease lost in a crash of the server leaves its delivery due, taken again (at least
+  once); the record still waits, and with it every lease committed before it.
+- HOT: none of the delivery updates can be (``n_tup_hot_upd`` 0 of 9,792): every transition changes
+  an indexed column (``status`` is in the predicates of the due and the lease indexes,
+  ``leased_until`` is the lease index's key, ``next_attempt_at`` the due index's), so a fillfactor
+  would give room for nothing. Each claim writes a row's new version into five B-trees (primary key,
+  organization, endpoint, message, lease) and the record into four: the claim 26 buffers a row
+  (1,278 for 49), the record's update 16 and the attempts' insert 10 (780 and 482 for 48, the
+  attempts' foreign key check 6 us a row). What would make them HOT is the queue's columns in a
+  narrow table of their own (due and leased rows only; the deliveries keep the history): a schema
+  change, not made here.
+- The claim is planned afresh every time (``pg_prepared_statements``: 0 generic plans, 35 custom):
+  0.4-0.6 ms a claim. The generic plan rechecks the chosen ids through the due index (what the
+  first pass removed: fetch them by primary key), and forcing it measured no better (3.8 / 4.2
+  against 4.2 / 3.6 ms of backend CPU per claim and completion): left as it is.
+- The same drain with the worker on asyncio's own loop instead of uvloop: 425 / 499 against 416 /
+  384 ms per 1,000 (uvloop kept). py-spy on a shared 2 cores piles samples on syscalls where the
+  worker is preempted (``current_task``, whose ``get_running_loop`` calls ``getpid``: 15.9% of the
+  worker's samples against 3.4% of the baseline's; ``is_socket_readable``'s poll 5.5% vs 1.3%)
+  although each costs the same in both (0.26 and 0.54 us measured apart): not CPU, and not the
+  worker's code. Within ``attempt`` the shares are the baseline's (connection pool 63% / 64%,
+  reading 21% / 21%, closing 13% / 13%).
+- Before and after, taking turns (main under /tmp with this venv), 3 rounds of 20,000 a run, load
+  1-11 (the neighbours swing one round's rate ratio between 0.22 and 1.26, deliveries/s 493-2,267):
+
+  ==============  ========================  ==========================  =========  ============
+  run (UTC)       rate ratio, median round  CPU ratio, median (rounds)  worker ms  Postgres ms
+  ==============  ========================  ==========================  =========  ============
+  20:37 main      0.48                      0.72 (0.90 0.63 0.72)       396-454    158-172
+  20:39 branch    0.49                      0.78 (0.81 0.78 0.66)       389-441    108-184
+  20:41 main      0.66                      0.65 (0.65 0.88 0.60)       451-686    163-234
+  20:44 branch    0.65                      0.90 (0.90 0.73 0.97)       422-484    124-156
+  20:47 main      0.60                      0.75 (0.75 0.56 0.83)       416-458    137-209
+  20:50 branch    0.68                      0.87 (0.87 0.76 0.89)       400-482    160-192
+  21:05 main      0.43                      0.63 (1.04 0.63 0.62)       458-644    151-318
+  21:08 branch    0.62                      0.74 (0.79 0.70 0.74)       460-570    148-195
+  21:11 main      0.41                      0.73 (0.73 0.77 0.59)       468-531    142-210
+  21:13 branch    0.82                      0.87 (0.87 0.93 0.69)       468-606    139-180
+  21:15 main      0.67                      0.80 (1.01 0.80 0.75)       375-442    132-140
+  21:17 branch    0.52                      0.69 (0.80 0.61 0.69)       406-474    126-135
+  21:21 main      0.56                      0.64 (0.83 0.63 0.64)       425-482    142-160
+  21:23 branch    0.69                      0.75 (0.78 0.75 0.75)       386-434    106-143
+  ==============  ========================  ==========================  =========  ============
+
+  Over the seven pairs, the median of the runs' rate ratios went from 0.56 to 0.65, of their CPU
+  ratios from 0.72 to 0.78; Postgres per 1,000 deliveries from 132-318 to 106-195 ms. The last
+  pair, the quietest (load 1-2.5): main 0.66 / 0.56 / 0.56, this branch 0.66 / 0.69 / 0.72.
+  The target (0.85 at the median round) is not shown reached on this machine: on a loaded one the
+  rate ratio follows the whole CPU a delivery takes (worker + Postgres + receiver, ~600 ms per
+  1,000 against the baseline's ~330), not the worker's share. What is left: the non-HOT updates
+  (the queue table above), the claim's planning, and ``attempt`` itself (84-86% of the worker).
 """
 
 from __future__ import annotations

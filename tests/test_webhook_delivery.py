@@ -9,7 +9,7 @@ import json
 import socketserver
 import threading
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -52,6 +52,47 @@ async def test_a_delivery_is_signed_as_standard_webhooks_says(
     (attempt,) = attempt_rows(engine, delivery["id"])
     assert attempt["status_code"] == 200 and attempt["response_body"] == "ok" and attempt["duration_ms"] >= 0
     assert attempt["response_headers"]["content-type"] == "text/plain"
+
+
+async def test_the_body_is_the_standard_webhooks_envelope_as_stored(
+    hooks_client: httpx.Client, engine: Engine, world: OrgWorld, hooks_settings: Settings
+) -> None:
+    """The claim builds the body in SQL: ``type`` as json.dumps writes it, ``timestamp`` as
+    Python's isoformat writes the message's creation in UTC (no fraction when it has none), and
+    ``data`` the stored payload's text, byte for byte."""
+    payload = {"text": 'é✓ "quoted" \\ tab\t', "nested": {"list": [1, 2.5, None, True]}, "n": 10**20}
+    instants = [
+        datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 30, 59, 999999, tzinfo=timezone(timedelta(hours=-7))),
+    ]
+    with Receiver() as receiver:
+        create_endpoint(hooks_client, world, receiver.url, event_types=["report.*"])
+        messages = [publish(hooks_client, world, f"report.v{i}_x-y", payload) for i in range(len(instants))]
+        with engine.begin() as conn:
+            for message, at in zip(messages, instants, strict=True):
+                conn.execute(
+                    text("UPDATE webhook_messages SET created_at = :at WHERE id = :i"),
+                    {"at": at, "i": message["id"]},
+                )
+        with engine.connect() as conn:
+            stored = dict(
+                conn.execute(
+                    text("SELECT id::text, payload::text FROM webhook_messages WHERE organization_id = :o"),
+                    {"o": world.id},
+                ).all()
+            )
+        await deliver(hooks_settings, world.id)
+        arrivals = {a.headers["webhook-id"]: a.body for a in receiver.arrivals}
+    assert len(arrivals) == len(messages)
+    for message, at in zip(messages, instants, strict=True):
+        expected = b'{"type":%s,"timestamp":"%s","data":%s}' % (
+            json.dumps(message["event_type"]).encode(),
+            at.astimezone(UTC).isoformat().encode(),
+            stored[message["id"]].encode(),
+        )
+        assert arrivals[f"msg_{message['id'].replace('-', '')}"] == expected
+        assert json.loads(expected)["data"] == payload
 
 
 async def test_rotation_signs_with_both_secrets_for_a_day(

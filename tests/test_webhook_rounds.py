@@ -143,8 +143,10 @@ async def test_a_saturated_backlog_is_not_read_past_again_until_something_is_pub
             claim = worker.queue.claim
             leaving_out: list[int] = []
 
-            async def counted(limit: int, saturated: list[uuid.UUID] | None = None) -> list[Job]:
-                jobs = await claim(limit, saturated)
+            async def counted(
+                limit: int, saturated: list[uuid.UUID] | None = None, held: dict[uuid.UUID, int] | None = None
+            ) -> list[Job]:
+                jobs = await claim(limit, saturated, held)
                 if saturated:
                     leaving_out.append(len(jobs))
                 return jobs

@@ -27,7 +27,7 @@ from api.db.base import new_id
 from api.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from api.webhooks.endpoints import disable_endpoint
 from api.webhooks.models import DeliveryStatus, WebhookEndpoint
-from api.webhooks.sender import Job, Outcome, envelope
+from api.webhooks.sender import Job, Outcome
 
 log = logging.getLogger("keel.webhooks.worker")
 
@@ -37,23 +37,30 @@ FAILURE_WINDOW = timedelta(days=5)
 MAX_RETRY_AFTER = 86_400.0
 JITTER = 0.10
 
-#: Oldest due first, but at most ``per_endpoint`` of one endpoint per claim (among the oldest
-#: ``scan`` due rows), and none of the endpoints the worker already holds its share of: one
-#: customer's backlog never stands in front of everyone else's deliveries.
+#: Oldest due first, but at most ``per_endpoint`` of an endpoint the worker holds nothing of, and
+#: of one it holds some of no more than its ``room`` (what keeps the worker's hold of it within
+#: three times its request slots), among the oldest ``scan`` due rows; none of the endpoints the
+#: worker already holds its share of: one customer's backlog never stands in front of everyone
+#: else's deliveries. The body and the webhook id come out as sent, in binary: the body is Standard
+#: Webhooks' envelope ``{"type", "timestamp", "data"}`` (``type`` as ``json.dumps`` writes an event
+#: type, ``timestamp`` the message's creation as ``datetime.isoformat`` writes it in UTC, ``data``
+#: the payload as stored), so nothing of a claimed row is parsed or formatted in the worker.
 CLAIM = """
 WITH candidates AS (
     SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
     WHERE status IN ('pending', 'failed') AND next_attempt_at IS NOT NULL AND next_attempt_at <= now()
-      AND NOT (endpoint_id = ANY(%(saturated)s))
+      AND NOT (endpoint_id = ANY(%(saturated)s::uuid[]))
     ORDER BY next_attempt_at
     LIMIT %(scan)s
 ), ranked AS (
-    SELECT id, next_attempt_at,
-           row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS place
-    FROM candidates
+    SELECT c.id, coalesce(h.room, %(per_endpoint)s) AS room,
+           row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at) AS place
+    FROM candidates c
+    LEFT JOIN unnest(%(held)s::uuid[], %(room)s::int[]) AS h(endpoint_id, room)
+           ON h.endpoint_id = c.endpoint_id
 ), due AS (
     SELECT d.id FROM webhook_deliveries d
-    WHERE d.id = ANY (ARRAY(SELECT id FROM ranked WHERE place <= %(per_endpoint)s))
+    WHERE d.id = ANY (ARRAY(SELECT id FROM ranked WHERE place <= room))
       AND d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
     ORDER BY d.next_attempt_at
     LIMIT %(limit)s
@@ -67,7 +74,12 @@ WHERE d.id = due.id AND e.id = d.endpoint_id AND m.id = d.webhook_message_id
 RETURNING d.id, d.organization_id, d.endpoint_id, d.attempts, e.url,
           e.enabled AND e.deleted_at IS NULL, e.secret,
           CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END,
-          m.id, m.event_type, m.created_at, m.payload::text
+          'msg_' || replace(m.id::text, '-', ''),
+          convert_to('{"type":' || to_json(m.event_type::text)::text || ',"timestamp":"'
+                     || to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+                     || CASE WHEN extract(microseconds FROM m.created_at)::int %% 1000000 = 0 THEN ''
+                             ELSE to_char(m.created_at AT TIME ZONE 'UTC', '.US') END
+                     || '+00:00","data":' || m.payload::text || '}', 'UTF8')
 """
 
 REAP = """
@@ -187,11 +199,17 @@ class DeliveryQueue:
         self.schedule = schedule
         self.lease_seconds = lease_seconds
         self.per_endpoint = per_endpoint
-        #: What a worker holds of one endpoint before leaving it out of claims: twice its requests in
-        #: flight, so its next turns wait claimed while a claim runs. A claim still takes at most
-        #: ``per_endpoint`` of it: taking a whole share let an endpoint hold up to two shares, one
-        #: slow backlog then filled a small worker (tests/test_webhook_delivery.py's slow backlog).
-        self.share = 2 * per_endpoint
+        #: The most a worker holds of one endpoint: three rounds of its request slots, so that what
+        #: waits its turn behind a slow endpoint (15 s a request at worst) is sent well within its
+        #: lease (60 s).
+        self.hold = 3 * per_endpoint
+        #: What it holds of one before leaving it out of claims: its requests in flight and half as
+        #: many waiting, so its next turns wait claimed while a claim runs. A claim then tops it up to
+        #: :attr:`hold` (about ``1.5 x per_endpoint`` a claim, not ``per_endpoint``: a third fewer
+        #: claims for a backlog), and takes at most ``per_endpoint`` of one it holds nothing of.
+        #: (Taking 2 x per_endpoint whatever was held let an endpoint hold up to four rounds, and one
+        #: slow backlog then filled a small worker: tests/test_webhook_delivery.py's slow backlog.)
+        self.share = per_endpoint + max(1, per_endpoint // 2)
         self.reap_interval = reap_interval
         self.stats = WorkerStats()
         self._last_reap = 0.0
@@ -202,9 +220,20 @@ class DeliveryQueue:
 
     async def open(self) -> None:
         url = libpq_url(self.database_url)
-        self._claim_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        self._claim_conn = await self._connect_claim()
         # Autocommit: a round's record is one statement, so it is its own transaction.
         self._write_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+
+    async def _connect_claim(self) -> psycopg.AsyncConnection[Any]:
+        """The claim's connection: autocommit, and it does not wait for its commits to reach the
+        disk. All it writes is leases and what a lost lease leads to (a reap, a park, a release):
+        one of them lost in a crash of the server leaves its rows as they were before it (due, or
+        leased to a worker that is gone), which the next claim or reap takes again, at least once
+        as ever; a round's record, on the other connection, waits for the disk, and with it for
+        every lease committed before it."""
+        conn = await psycopg.AsyncConnection.connect(libpq_url(self.database_url), autocommit=True)
+        await conn.execute("SET synchronous_commit = off")
+        return conn
 
     async def close(self) -> None:
         for conn in (self._claim_conn, self._write_conn):
@@ -212,34 +241,39 @@ class DeliveryQueue:
                 await conn.close()
         await self._engine.dispose()
 
-    async def claim(self, limit: int, saturated: list[uuid.UUID] | None = None) -> list[Job]:
-        """Lease up to ``limit`` due deliveries (none of a saturated endpoint); those of a disabled
-        endpoint are parked instead."""
+    async def claim(
+        self, limit: int, saturated: list[uuid.UUID] | None = None, held: dict[uuid.UUID, int] | None = None
+    ) -> list[Job]:
+        """Lease up to ``limit`` due deliveries (none of a saturated endpoint, and of an endpoint
+        ``held`` counts no more than its room under :attr:`hold`); those of a disabled endpoint are
+        parked instead."""
         assert self._claim_conn is not None
         await self._maybe_reap()
+        held = held or {}
         cursor = await self._claim_conn.execute(
             CLAIM,
             {
                 "limit": limit,
                 "scan": limit * 4,
                 "per_endpoint": self.per_endpoint,
+                "held": list(held),
+                "room": [max(0, self.hold - n) for n in held.values()],
                 "lease": self.lease_seconds,
                 "worker": self.name,
                 "saturated": saturated or [],
             },
+            binary=True,
         )
         jobs, parked = [], []
-        for (delivery_id, org_id, endpoint_id, attempts, url, live, secret, previous, message_id,
-             event_type, created_at, payload) in await cursor.fetchall():  # fmt: skip
+        for (delivery_id, org_id, endpoint_id, attempts, url, live, secret, previous, webhook_id,
+             body) in await cursor.fetchall():  # fmt: skip
             if not live:
                 parked.append(delivery_id)
                 continue
             jobs.append(
                 Job(
-                    delivery_id=delivery_id, organization_id=org_id, endpoint_id=endpoint_id,
-                    attempt_number=attempts + 1, url=url,
-                    secrets=[secret, previous] if previous else [secret],
-                    webhook_id=f"msg_{message_id.hex}", body=envelope(event_type, created_at, payload),
+                    delivery_id, org_id, endpoint_id, attempts + 1, url,
+                    [secret, previous] if previous else [secret], webhook_id, body,
                 )
             )  # fmt: skip
         if parked:
@@ -294,60 +328,75 @@ class DeliveryQueue:
         endpoints that answered 410 or have failed for five days."""
         assert self._write_conn is not None
         now = datetime.now(UTC)
-        statuses: list[str] = []
+        succeeded, failed, exhausted = (
+            DeliveryStatus.succeeded.value, DeliveryStatus.failed.value, DeliveryStatus.exhausted.value
+        )  # fmt: skip
+        encode = msgspec.json.encode
+        # One pass, one list per column (the statement's arrays), as a round is the worker's only
+        # per-delivery work besides sending; its counts go to the stats once.
+        ids, orgs, endpoints, deliveries, numbers, started, durations, codes = [], [], [], [], [], [], [], []
+        headers, bodies, error_classes, details, statuses = [], [], [], [], []
         next_at: list[datetime | None] = []
         errors: list[str | None] = []
         gone: dict[uuid.UUID, str] = {}
-        for o in outcomes:
-            if o.succeeded:
-                statuses.append(DeliveryStatus.succeeded.value)
-                next_at.append(None)
-                errors.append(None)
-                continue
-            errors.append(o.summary)
-            delay = self.next_delay(o)
-            if o.status_code == 410:
-                gone[o.job.endpoint_id] = "the endpoint answered 410 Gone"
-                statuses.append(DeliveryStatus.failed.value)
-                next_at.append(None)
-            elif delay is None:
-                statuses.append(DeliveryStatus.exhausted.value)
-                next_at.append(None)
-            else:
-                statuses.append(DeliveryStatus.failed.value)
-                next_at.append(now + timedelta(seconds=delay))
-        columns = [list(c) for c in zip(*[
-            (new_id(), o.job.organization_id, o.job.endpoint_id, o.job.delivery_id,
-             o.job.attempt_number, o.started_at, o.duration_ms, o.status_code,
-             msgspec.json.encode(o.headers).decode() if o.headers is not None else None, o.body,
-             o.error_class, o.error_detail)
-            for o in outcomes
-        ], strict=True)]  # fmt: skip
         # Per endpoint: since when it has failed without a success after (None: its last outcome
         # here succeeded), and whether it succeeded at all here (then an older failing_since is over).
         since: dict[uuid.UUID, datetime | None] = {}
         recovered: set[uuid.UUID] = set()
+        by_error: dict[str, int] = {}
+        ok = 0
         for o in sorted(outcomes, key=lambda o: o.started_at):
-            endpoint_id = o.job.endpoint_id
+            job = o.job
+            endpoint_id = job.endpoint_id
+            ids.append(new_id())
+            orgs.append(job.organization_id)
+            endpoints.append(endpoint_id)
+            deliveries.append(job.delivery_id)
+            numbers.append(job.attempt_number)
+            started.append(o.started_at)
+            durations.append(o.duration_ms)
+            codes.append(o.status_code)
+            headers.append(encode(o.headers).decode() if o.headers is not None else None)
+            bodies.append(o.body)
+            error_classes.append(o.error_class)
+            details.append(o.error_detail)
             if o.succeeded:
+                ok += 1
+                statuses.append(succeeded)
+                next_at.append(None)
+                errors.append(None)
                 since[endpoint_id] = None
                 recovered.add(endpoint_id)
-            elif since.get(endpoint_id) is None:
+                continue
+            key = o.error_class or f"http_{o.status_code}"
+            by_error[key] = by_error.get(key, 0) + 1
+            if since.get(endpoint_id) is None:
                 since[endpoint_id] = o.started_at
+            errors.append(o.summary)
+            delay = self.next_delay(o)
+            if o.status_code == 410:
+                gone[endpoint_id] = "the endpoint answered 410 Gone"
+                statuses.append(failed)
+                next_at.append(None)
+            elif delay is None:
+                statuses.append(exhausted)
+                next_at.append(None)
+            else:
+                statuses.append(failed)
+                next_at.append(now + timedelta(seconds=delay))
+        columns = (ids, orgs, endpoints, deliveries, numbers, started, durations, codes, headers, bodies,
+                   error_classes, details)  # fmt: skip
         cursor = await self._write_conn.execute(
             RECORD,
             (*columns, statuses, next_at, errors, self.name, list(since), list(since.values()),
              [e in recovered for e in since], FAILURE_WINDOW.total_seconds()),
         )  # fmt: skip
         overdue = [endpoint_id for (endpoint_id,) in await cursor.fetchall()]
-        for o in outcomes:
-            self.stats.attempts += 1
-            if o.succeeded:
-                self.stats.succeeded += 1
-            else:
-                self.stats.failed += 1
-                key = o.error_class or f"http_{o.status_code}"
-                self.stats.by_error[key] = self.stats.by_error.get(key, 0) + 1
+        self.stats.attempts += len(outcomes)
+        self.stats.succeeded += ok
+        self.stats.failed += len(outcomes) - ok
+        for key, n in by_error.items():
+            self.stats.by_error[key] = self.stats.by_error.get(key, 0) + n
         for endpoint_id in overdue:
             gone.setdefault(endpoint_id, f"every attempt failed for {FAILURE_WINDOW.days} days")
         for endpoint_id, reason in gone.items():
@@ -386,9 +435,7 @@ class DeliveryQueue:
             if self._claim_conn is not None:
                 await self._claim_conn.close()
         with contextlib.suppress(psycopg.Error):
-            self._claim_conn = await psycopg.AsyncConnection.connect(
-                libpq_url(self.database_url), autocommit=True
-            )
+            self._claim_conn = await self._connect_claim()
 
     async def reconnect_write(self) -> None:
         with contextlib.suppress(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 import uuid
@@ -159,12 +158,3 @@ async def attempt(
         outcome.error_detail = _clean(detail)[:500]
     outcome.duration_ms = round((time.perf_counter() - clock) * 1000)
     return outcome
-
-
-def envelope(event_type: str, created_at: datetime, payload_json: str) -> bytes:
-    """The body sent: Standard Webhooks' ``{"type", "timestamp", "data"}``, data as stored."""
-    return b'{"type":%s,"timestamp":"%s","data":%s}' % (
-        json.dumps(event_type).encode(),
-        created_at.astimezone(UTC).isoformat().encode(),
-        payload_json.encode(),
-    )

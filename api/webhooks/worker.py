@@ -84,8 +84,11 @@ class Worker:
         #: 30,000 rows cost Postgres ~27 ms a claim), and the loop would repeat it each time a
         #: saturated endpoint frees a slot: it stands for a poll interval instead, or until a publish.
         self._dry: tuple[frozenset[uuid.UUID], float] | None = None
-        #: A publish was notified since the last claim.
-        self._notified = False
+        #: When the last publish was notified (monotonic): a claim that found nothing stands only for
+        #: what was committed before it started. (A flag reset by any claim was consumed by a claim
+        #: that did not leave the saturated endpoint out, and the urgent message then waited for
+        #: the next publish: tests/test_webhook_rounds.py, with other tests publishing.)
+        self._notified_at = 0.0
 
     @property
     def stats(self) -> WorkerStats:
@@ -110,16 +113,20 @@ class Worker:
     async def claim(self, limit: int) -> list[Job]:
         """Lease up to ``limit`` due deliveries, none of an endpoint this worker holds its fill of."""
         saturated = [e for e, held in self._held_by.items() if held >= self._saturation]
-        if saturated and self._dry is not None and not self._notified:
+        if saturated and self._dry is not None:
             excluded, at = self._dry
             # Leaving out at least the same endpoints, with nothing published since, finds nothing
             # again (save retries falling due meanwhile, which the next look finds).
-            if time.monotonic() - at < self.config.poll_interval and excluded.issubset(saturated):
+            if (
+                self._notified_at < at
+                and time.monotonic() - at < self.config.poll_interval
+                and excluded.issubset(saturated)
+            ):
                 return []
-        self._notified = False
-        jobs = await self.queue.claim(limit, saturated)
+        started = time.monotonic()
+        jobs = await self.queue.claim(limit, saturated, self._held_by)
         if saturated and not jobs:
-            self._dry = (frozenset(saturated), time.monotonic())
+            self._dry = (frozenset(saturated), started)
         elif jobs and self._dry is not None and self._dry[0].issubset(saturated):
             self._dry = None  # found something while leaving those endpoints out
         return jobs
@@ -358,7 +365,7 @@ class Worker:
                 async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():
-                        self._notified = True
+                        self._notified_at = time.monotonic()
                         self._wake.set()
             except psycopg.Error:
                 log.warning("lost the LISTEN connection; polling until it is back", exc_info=True)

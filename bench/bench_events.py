@@ -53,9 +53,10 @@ the rows went through a materialized `unseen` CTE and two anti-joins, one hashin
 row (now one hashed `NOT IN` of the keys to skip, which also keeps the rows' order). The
 statement then cost the backend 11.2 ms per 1,000 rows, against 9.1 ms for a bare `INSERT ...
 SELECT ... FROM jsonb_array_elements ... ON CONFLICT DO NOTHING`, 7.4 ms for the same without
-`ON CONFLICT` and 6.7 ms for a text `COPY` of the same rows (COPY writes the heap a page at a
-time, one WAL record per page; the insert writes one per row plus the speculative-insert
-confirmation: 3,045 WAL records per 1,000 rows in EXPLAIN (ANALYZE, BUFFERS, WAL)). py-spy of
+`ON CONFLICT` and 6.7 ms for a text `COPY` of the same rows (the insert writes a WAL record per
+row plus the speculative-insert confirmation: 3,045 WAL records per 1,000 rows in EXPLAIN
+(ANALYZE, BUFFERS, WAL); COPY into `events` inserts row by row too, since `ingest_seq`'s default
+is volatile: WAL 490 vs 545-565 kB per 1,000 rows). py-spy of
 the `keel serve` workers (45 s at 50 Hz during a run): of the batch handler's samples ~13% went
 to computing each row's UTC midnight (now one per distinct `received_at`); the rest is msgspec's
 decode (C), `row_of`'s checks (~2 ms per 1,000 events, process time in-process), sending the
@@ -63,6 +64,20 @@ parameter and HTTP. Neither target (>= 90% at the median, no round under 80%) is
 machine. Not tried: keys by a binary COPY into a staging table merged in one statement (it would
 save the JSON parse, ~2 ms per 1,000 on Postgres, but not the insert's cost, and costs the API a
 row-by-row COPY in Python, which an earlier design measured at 31-37 ms per 1,000).
+
+Built, measured and not merged (branch i20-batch4, 2026-12-01): a batch far from midnight
+written by one read of the window's earlier days for its keys (`WINDOW_PROBE`) and a text `COPY`
+of the rows not found (built by msgspec a column at a time, ~0.8 ms per 1,000; psycopg's C
+`write_row` cost ~4 ms), the day partition's unique index refusing a same-day duplicate, which
+rolled the COPY back for the statement to answer. On a private server it cut the backend's CPU
+per 1,000 rows from 10.1-12.4 to 6.7-7.8 ms but added ~1.8 ms to the API's (the COPY text, a
+second round trip, the COPY protocol), and a replayed batch paid both writes (22.2 vs 12.3 ms
+when only its last row was stored before). End to end, four pairs on a quiet machine (load
+1.5-2.8, `--single-seconds 0 --rounds 5`, taking turns) read main 74, 67, 71, 68% and the COPY
+path 81, 57, 64, 78% (server / Postgres CPU per 1,000: main 6.9-10.6 / 11.8-17.5 ms, COPY
+9.5-13.2 / 8.0-9.6 ms): no gain beyond the noise for a second write path, so it was left out.
+The statement without its final `ON CONFLICT` (a violation falling back to it) measured 9.7 ms
+of backend CPU against 11.2, within the noise end to end (79% against main's 75% in one triple).
 
 The server's memory (issue 20: < 300 MB with 2 workers), 1 Dec 2026 18:00-18:27 UTC, two pairs
 taking turns with main at 0950ec8 (the same bench file), load average 6-12: main 306 and 307 MB

@@ -36,6 +36,7 @@ from tests.test_audit_ingest import entry
 from tests.test_audit_verify import chain, insert_forged, tamper
 from tests.test_audit_walk import ORG, SEQ, chain_rows, tampered
 from tests.test_cli import keel
+from tests.test_db_roles import head_seq
 
 #: Split from 1,000 entries: the chains here (~3,000 entries) are checked in ranges.
 SPLIT = Split(processes=4, min_entries=1000)
@@ -125,15 +126,6 @@ def big_org(client: httpx.Client, engine: Engine, batches: int = 3) -> OrgWorld:
         response = client.post("/v1/audit-logs/batch", json={"entries": batch}, headers=auth(org.ingest_key))
         assert response.status_code == 200 and response.json()["accepted"] == len(batch), response.text
     return org
-
-
-def head_seq(engine: Engine, key: str) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": key}
-            ).scalar_one()
-        )
 
 
 def ranges_of(engine: Engine, key: str, start: int = 0) -> list[tuple[int | None, int | None]]:

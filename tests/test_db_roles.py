@@ -43,12 +43,13 @@ def refused(url: str, *statements: str, **params: object) -> str:
     return str(caught.value)
 
 
-def head_seq(engine: Engine, org_id: str) -> int:
+def head_seq(engine: Engine, chain_key: str) -> int:
+    """The chain's recorded head (its last seq)."""
     with engine.connect() as conn:
         return int(
             conn.execute(
-                text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": org_id}
-            ).scalar()
+                text("SELECT seq FROM audit_chain_heads WHERE chain_key = :k"), {"k": chain_key}
+            ).scalar_one()
         )
 
 

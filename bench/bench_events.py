@@ -65,7 +65,7 @@ machine. Not tried: keys by a binary COPY into a staging table merged in one sta
 save the JSON parse, ~2 ms per 1,000 on Postgres, but not the insert's cost, and costs the API a
 row-by-row COPY in Python, which an earlier design measured at 31-37 ms per 1,000).
 
-Built, measured and not merged (branch i20-batch4, 2026-12-01): a batch far from midnight
+Built on a branch, measured and not merged (2026-12-01): a batch far from midnight
 written by one read of the window's earlier days for its keys (`WINDOW_PROBE`) and a text `COPY`
 of the rows not found (built by msgspec a column at a time, ~0.8 ms per 1,000; psycopg's C
 `write_row` cost ~4 ms), the day partition's unique index refusing a same-day duplicate, which

@@ -9,7 +9,7 @@ import contextlib
 import importlib.util
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -67,18 +67,35 @@ async def _store(conn: Conn, org_id: uuid.UUID, message_id: str, received_at: da
     return await store(conn, rows, 1)
 
 
-def _fill(engine: Engine, org_id: uuid.UUID, day: date, n: int) -> None:
-    """``n`` more keys on ``day`` (as the owner, server-side), so the planner sees a real day."""
+@pytest.fixture
+def fill(engine: Engine) -> Iterator[Callable[[uuid.UUID, date, int], None]]:
+    """``fill(org_id, day, n)``: ``n`` more keys on ``day`` (as the owner, server-side), so the
+    planner sees a real day. Removed after the test: the session's database is every later test's
+    too (each export reads all of it)."""
+    filled: list[tuple[uuid.UUID, date]] = []
+
+    def _fill(org_id: uuid.UUID, day: date, n: int) -> None:
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "INSERT INTO events (organization_id, message_id, event, timestamp, received_at,"
+                    " properties, context) SELECT :o, 'fill-' || md5(i::text), 'x', :r, :r, '{}', '{}'"
+                    " FROM generate_series(1, :n) AS i"
+                ),
+                {"o": org_id, "r": _noon(day), "n": n},
+            )
+            c.execute(text(f"ANALYZE events_p{day:%Y%m%d}"))
+        filled.append((org_id, day))
+
+    yield _fill
     with engine.begin() as c:
-        c.execute(
-            text(
-                "INSERT INTO events (organization_id, message_id, event, timestamp, received_at,"
-                " properties, context) SELECT :o, 'fill-' || md5(i::text), 'x', :r, :r, '{}', '{}'"
-                " FROM generate_series(1, :n) AS i"
-            ),
-            {"o": org_id, "r": _noon(day), "n": n},
-        )
-        c.execute(text(f"ANALYZE events_p{day:%Y%m%d}"))
+        for org_id, day in filled:
+            c.execute(
+                text(
+                    f"DELETE FROM events_p{day:%Y%m%d} WHERE organization_id = :o AND message_id LIKE 'fill-%'"
+                ),
+                {"o": org_id},
+            )
 
 
 def test_the_store_probes_by_the_expression_the_index_holds() -> None:
@@ -90,14 +107,18 @@ def test_the_store_probes_by_the_expression_the_index_holds() -> None:
 
 
 async def test_a_closed_day_gets_the_probe_and_a_replay_on_it_is_still_found(
-    conn: Conn, engine: Engine, org: OrgWorld, other_org: OrgWorld
+    conn: Conn,
+    engine: Engine,
+    org: OrgWorld,
+    other_org: OrgWorld,
+    fill: Callable[[uuid.UUID, date, int], None],
 ) -> None:
     org_id = uuid.UUID(org.id)
     today = datetime.now(UTC).date()
     closed, next_day = today - timedelta(days=2), today - timedelta(days=1)
     first = f"probe-{uuid.uuid4().hex}"
     assert await _store(conn, org_id, first, _noon(closed)) == 1
-    _fill(engine, org_id, closed, 20_000)
+    fill(org_id, closed, 20_000)
     # The upkeep of a day after `next_day`: its window is `next_day` alone, `closed` loses nothing
     # yet; the upkeep of `next_day`'s own day builds the index on `closed` (closed long since).
     keeper = PartitionKeeper(1)
@@ -124,7 +145,7 @@ async def test_a_closed_day_gets_the_probe_and_a_replay_on_it_is_still_found(
 
 
 async def test_a_key_that_collides_in_the_hash_index_is_still_stored(
-    conn: Conn, engine: Engine, org: OrgWorld
+    conn: Conn, engine: Engine, org: OrgWorld, fill: Callable[[uuid.UUID, date, int], None]
 ) -> None:
     """Two message ids whose entries share the hash index's bucket hash (a 32-bit hash of the key's
     64-bit hash, found by trying ids): the bitmap scan returns the stored one's row for the other,
@@ -153,7 +174,7 @@ async def test_a_key_that_collides_in_the_hash_index_is_still_stored(
         ).one()
         assert same_bucket_hash and not same_key_hash
     assert await _store(conn, org_id, stored, _noon(closed)) == 1
-    _fill(engine, org_id, closed, 20_000)
+    fill(org_id, closed, 20_000)
     await PartitionKeeper(1).keep_probes(conn, next_day)
     assert _indexdef(engine, closed) is not None
     # The bitmap scan does return the stored key's row for the other (a bucket hash match), and

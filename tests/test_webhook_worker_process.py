@@ -83,7 +83,9 @@ def test_keel_worker_delivers_audit_streams(
     database_url: str, hooks_client: httpx.Client, engine: Engine, hooks_settings: Settings, tmp_path: Path
 ) -> None:
     """The one outbound worker also delivers audit streams; it opens the credentials with the key
-    the API sealed them with (the data dir's generated key, shared here)."""
+    the API sealed them with (the data dir's generated key, shared here). It runs as deployed (no
+    ``--until-idle``: the session's database holds other tests' backlogs) until this org's chain
+    has arrived, and stops cleanly on SIGTERM."""
     world = make_org(hooks_client, engine, roles=("owner", "admin"))
     with Receiver(splunk_hec("hec-process-token")) as receiver:
         created = hooks_client.post(
@@ -93,15 +95,29 @@ def test_keel_worker_delivers_audit_streams(
             headers=world.headers("owner"),
         )  # fmt: skip
         assert created.status_code == 201, created.text
-        env_dir = Path(hooks_settings.data_dir)
-        worker = start_worker(database_url, env_dir, "--until-idle")
-        _out, err = worker.communicate(timeout=120)
+        with engine.connect() as conn:
+            seqs = (
+                conn.execute(
+                    text("SELECT seq FROM audit_log WHERE chain_key = :k ORDER BY seq"), {"k": world.id}
+                )
+                .scalars()
+                .all()
+            )
+        assert seqs
+
+        def delivered() -> list[object]:
+            events = [e["event"] for a in list(receiver.arrivals) for e in hec_events(a.body)]
+            return [e["seq"] for e in events if isinstance(e, dict)]
+
+        worker = start_worker(database_url, Path(hooks_settings.data_dir))
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(delivered()) < len(seqs) and worker.poll() is None:
+                time.sleep(0.1)
+            worker.send_signal(signal.SIGTERM)
+            _out, err = worker.communicate(timeout=60)
+        finally:
+            worker.kill()
         assert worker.returncode == 0, err.decode()
-        events = [e for a in receiver.arrivals for e in hec_events(a.body)]
-    with engine.connect() as conn:
-        seqs = (
-            conn.execute(text("SELECT seq FROM audit_log WHERE chain_key = :k ORDER BY seq"), {"k": world.id})
-            .scalars()
-            .all()
-        )
-    assert [e["event"]["seq"] for e in events] == list(seqs) and seqs
+        assert b"worker stopped" in err
+        assert delivered() == list(seqs)

@@ -335,7 +335,9 @@ async def _fill(rows: list[FlowStatus]) -> None:
                     row.last_time = _run_time(run)
                     row.last_message = (run.state.message or None) if run.state else None
                     row.last_origin = "scheduled" if run.auto_scheduled else "by hand"
-                if deployment is not None:
+                # A paused deployment has no next run, even if Prefect's scheduler inserted one
+                # while the serve was pausing it (nothing runs it until the next serve).
+                if deployment is not None and not row.paused:
                     upcoming = await client.read_flow_runs(
                         flow_run_filter=FlowRunFilter(
                             deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),

@@ -40,6 +40,16 @@ def _midnight(days_from_today: int) -> datetime:
     return datetime(today.year, today.month, today.day, tzinfo=UTC)
 
 
+def _tomorrow_too(received: datetime) -> list[str]:
+    """The next day's key partition, when the claim runs in its day's last hour (``BOUNDARY``) and
+    ``received`` is on that day: a claim made that close to midnight is claimed on the next day as
+    well as a receipt that close would be."""
+    now = datetime.now(UTC)
+    if received.date() == now.date() and now >= _midnight(1) - BOUNDARY:
+        return [f"event_keys_p{_midnight(1):%Y%m%d}"]
+    return []
+
+
 async def _claim(conn: Conn, org_id: uuid.UUID, message_id: str, received_at: datetime, days: int = 1) -> int:
     rows = [_row(org_id, message_id, received_at)]
     await PartitionKeeper(days).ensure_for(conn, rows)
@@ -146,7 +156,7 @@ async def test_claims_racing_across_midnight_store_the_event_once(
     assert count(engine, org_id, key) == 1
     # Stored on its day; both claims near the boundary met on the next day's key partition.
     assert _held(engine, "events", org_id, key) == [f"events_p{before:%Y%m%d}"]
-    assert _key_days(engine, org_id, key) == [f"event_keys_p{after:%Y%m%d}"]
+    assert _key_days(engine, org_id, key) == [f"event_keys_p{after:%Y%m%d}", *_tomorrow_too(after)]
 
 
 async def test_claims_racing_across_midnight_meet_whichever_runs_first(
@@ -204,10 +214,7 @@ async def test_only_keys_near_a_day_boundary_are_claimed_in_event_keys(
     early = _midnight(0) + timedelta(seconds=5)
     key = f"plain-{uuid.uuid4().hex}"
     assert await _claim(conns[0], org_id, key, early) == 1
-    held = [f"event_keys_p{early:%Y%m%d}"]
-    if datetime.now(UTC) >= _midnight(1) - BOUNDARY:  # claimed in the day's last hour itself
-        held.append(f"event_keys_p{_midnight(1):%Y%m%d}")
-    assert _key_days(engine, org_id, key) == held
+    assert _key_days(engine, org_id, key) == [f"event_keys_p{early:%Y%m%d}", *_tomorrow_too(early)]
     # Received at yesterday's noon, claimed now: late, so held on the next day.
     key = f"plain-{uuid.uuid4().hex}"
     noon = _midnight(-1) + timedelta(hours=12)

@@ -125,13 +125,20 @@ def test_failed_authentication_is_limited_per_client_address(api: httpx.Client, 
     assert_refused(api.get("/v1/me", headers=here), "failed-auth", at_most=1)  # no token at all
     _, fresh_token = make_user(engine)
     assert_refused(api.get("/v1/me", headers={**here, **auth(fresh_token)}), "failed-auth", at_most=1)
+    empty = time.monotonic()  # no unit left here
     # Another address has its own budget.
     assert api.get("/v1/me", headers={**elsewhere, **auth("keel_ut_" + "y" * 40)}).status_code == 401
     assert api.get("/v1/me", headers={**elsewhere, **auth(fresh_token)}).status_code == 200
-    # Retry-After is honest: one attempt a second comes back.
+    # Retry-After is honest: one attempt a second comes back (more if this machine was slow since).
     time.sleep(1.05)
-    assert api.get("/v1/me", headers=bad).status_code == 401
-    assert_refused(api.get("/v1/me", headers=bad), "failed-auth", at_most=1)
+    answers = [api.get("/v1/me", headers=bad)]
+    while answers[-1].status_code == 401 and len(answers) <= FAILED_AUTH:
+        answers.append(api.get("/v1/me", headers=bad))
+    *granted, refused = answers
+    assert all(r.status_code == 401 for r in granted)
+    assert_refused(refused, "failed-auth", at_most=1)
+    back = len(granted)
+    assert 1 <= back <= (time.monotonic() - empty) * FAILED_AUTH / 60 + 1, back
 
 
 def test_ingest_requests_are_limited_per_key(api: httpx.Client, engine: Engine) -> None:

@@ -33,7 +33,7 @@ from pipelines.lake import Lake
 from pipelines.tasks import export as export_tasks
 from tests.harness import write_lake_rows as write_rows
 from warehouse import dbt_project
-from warehouse.build import WarehouseError, build_warehouse, check_columns
+from warehouse.build import BUILDING_FILE, WarehouseError, build_warehouse, check_columns
 from warehouse.lake_tables import DUCKDB_TYPES, LAKE_TABLES
 from warehouse.models import MODELS_DIR, Model, load_models
 
@@ -163,7 +163,7 @@ def test_a_failed_dbt_test_names_itself_and_its_rows_and_keeps_the_previous_ware
         assert con.execute("SELECT count(*) FROM org_daily_activity").fetchone() == (10,)
     finally:
         con.close()
-    assert not warehouse.with_name(f".{warehouse.name}.building").exists()
+    assert not (warehouse.with_name(f".{warehouse.name}.dbt") / BUILDING_FILE).exists()
 
 
 def test_the_flow_fails_with_the_failed_test_in_its_log(

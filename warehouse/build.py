@@ -130,14 +130,17 @@ def write_profile(directory: Path, database: Path, *, threads: int = 1) -> None:
     (directory / "profiles.yml").write_text(yaml.safe_dump(profile))
 
 
-def run_dbt(args: list[str], work_dir: Path, *, on_event: Callable[[Any], None] | None = None) -> Any:
+def run_dbt(
+    args: list[str], work_dir: Path, *, on_event: Callable[[Any], None] | None = None, manifest: Any = None
+) -> Any:
     """``dbt ARGS`` on Keel's project, in-process (dbt's programmatic runner), with the profile,
-    target and logs of ``work_dir`` (so concurrent builds and the package directory stay apart)."""
+    target and logs of ``work_dir`` (so concurrent builds and the package directory stay apart);
+    ``manifest``, the project as parsed before (:func:`parsed_project`), skips dbt's parse."""
     from dbt.adapters.duckdb.connections import DuckDBConnectionManager
     from dbt.cli.main import dbtRunner
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    runner = dbtRunner(callbacks=[on_event] if on_event else [])
+    runner = dbtRunner(manifest=manifest, callbacks=[on_event] if on_event else [])
     with _DBT_LOCK:  # dbt and dbt-duckdb keep process-wide state: one invocation at a time
         try:
             return _invoke(runner, args, work_dir)
@@ -169,6 +172,38 @@ def _invoke(runner: Any, args: list[str], work_dir: Path) -> Any:
     )
 
 
+#: The file a build writes, in the build's work directory beside the warehouse, then renamed over it.
+BUILDING_FILE = "keel.duckdb"
+
+#: The project as dbt parsed it, by the state of its files: dbt's own partial parse starts over
+#: whenever the profile's database path or the vars differ, which they do for every build (a new
+#: file each time, the day built for). Nothing in the project's parse depends on either (``as_of``
+#: is rendered when a model is compiled, with the build's own vars), so one parse serves the
+#: process's builds until a file of the project changes.
+_PARSED: dict[tuple[tuple[str, int, int], ...], Any] = {}
+
+
+def _project_state() -> tuple[tuple[str, int, int], ...]:
+    files = sorted(p for p in PROJECT_DIR.rglob("*") if p.is_file())
+    return tuple((str(p.relative_to(PROJECT_DIR)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+
+
+def parsed_project(work_dir: Path) -> Any:
+    """Keel's dbt project parsed (dbt's ``Manifest``), once per process and state of its files."""
+    state = _project_state()
+    with _DBT_LOCK:
+        manifest = _PARSED.get(state)
+    if manifest is None:
+        parsed = run_dbt(["parse"], work_dir)
+        if not parsed.success:
+            raise WarehouseError(f"dbt could not parse the project: {parsed.exception or parsed.result}")
+        manifest = parsed.result
+        with _DBT_LOCK:
+            _PARSED.clear()
+            _PARSED[state] = manifest
+    return manifest
+
+
 def build_warehouse(
     lake_url: str,
     warehouse_path: Path,
@@ -186,8 +221,11 @@ def build_warehouse(
     # Absolute: dbt reads relative target and profile paths from its project directory.
     warehouse_path = Path(warehouse_path).resolve()
     warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    building = warehouse_path.with_name(f".{warehouse_path.name}.building")
     work_dir = warehouse_path.with_name(f".{warehouse_path.name}.dbt")
+    work_dir.mkdir(exist_ok=True)
+    # One name for every build's file: DuckDB names the file's catalog after it, and the parsed
+    # project (parsed_project) holds the catalog its models are built in.
+    building = work_dir / BUILDING_FILE
     for stale in (building, building.with_name(building.name + ".wal")):
         stale.unlink(missing_ok=True)
     try:
@@ -206,11 +244,15 @@ def build_warehouse(
             if on_model and event.info.name == "LogModelResult":
                 on_model(event.data.node_info.node_name)
 
+        manifest = parsed_project(work_dir)
         built = run_dbt(
-            ["build", "--vars", json.dumps({"as_of": as_of.isoformat()})], work_dir, on_event=on_event
+            ["build", "--vars", json.dumps({"as_of": as_of.isoformat()})],
+            work_dir,
+            on_event=on_event,
+            manifest=manifest,
         )
         _raise_for(built, building)
-        documented = run_dbt(["docs", "generate", "--no-compile"], work_dir)
+        documented = run_dbt(["docs", "generate", "--no-compile"], work_dir, manifest=manifest)
         _raise_for(documented, building)
         con = duckdb.connect(str(building))
         try:

@@ -130,6 +130,43 @@ def canonical_values(values: Sequence[Any]) -> bytes:
     return _encode(body)
 
 
+#: Where each field's value sits in :func:`canonical_values`' order, split at ``seq``: the fields
+#: whose names sort before it, and after it (the keys of the canonical object are sorted).
+_SEQ_AT = CANONICAL_FIELDS.index("seq")
+_BEFORE_SEQ = tuple((name, at) for at, name in enumerate(HASHED_FIELDS) if name < "seq")
+_AFTER_SEQ = tuple((name, at) for at, name in enumerate(HASHED_FIELDS) if name > "seq")
+_OPTIONAL_BEFORE_SEQ = tuple(o for o in _OPTIONAL_AT if o[0] < "seq")
+_OPTIONAL_AFTER_SEQ = tuple(o for o in _OPTIONAL_AT if o[0] > "seq")
+# Both halves always hold a hashed field (so neither encodes as a bare ``{}``), and seq is hashed.
+assert _BEFORE_SEQ and _AFTER_SEQ and "seq" in HASHED_FIELDS
+
+
+def canonical_parts(values: Sequence[Any]) -> tuple[bytes, bytes]:
+    """:func:`canonical_values` of ``values`` as the bytes before and after seq's digits (the seq
+    among ``values`` is not read): for every seq ``n``, ``head + b"%d" % n + tail`` is
+    ``canonical_values`` of ``values`` with seq ``n``. An entry can so be encoded once, before its
+    place on the chain is known, and each chaining of it is one concatenation.
+
+    Why the bytes are the same: the canonical body is an object with sorted keys, which the
+    definition's encoder (the json module, compact separators) writes as ``{`` + its members
+    joined by ``,`` + ``}``, each member spelled on its own. Cut the sorted keys at ``seq``: the
+    members before it are the encoding of the object of those fields less its ``}``, the members
+    after it that of theirs less its ``{``; ``seq``'s member is ``"seq":`` and the integer's
+    digits. ``_encode`` gives the json module's bytes for any object, so for the halves too.
+    ``tests/test_audit_chain.py`` holds them equal over generated entries."""
+    before = {name: values[at] for name, at in _BEFORE_SEQ}
+    after = {name: values[at] for name, at in _AFTER_SEQ}
+    for name, default, at in _OPTIONAL_BEFORE_SEQ:
+        value = values[at]
+        if value is not None and value != default:
+            before[name] = value
+    for name, default, at in _OPTIONAL_AFTER_SEQ:
+        value = values[at]
+        if value is not None and value != default:
+            after[name] = value
+    return _encode(before)[:-1] + b',"seq":', b"," + _encode(after)[1:]
+
+
 def values_hash(values: Sequence[Any], prev_hash: str) -> str:
     """:func:`entry_hash` of an entry given as :func:`canonical_values` takes it."""
     return hashlib.sha256(canonical_values(values) + prev_hash.encode()).hexdigest()

@@ -141,13 +141,11 @@ def prepare(
 ) -> Prepared:
     """Check one product entry for the chain ``key`` (its org's; ValidationFailed names the field)
     and encode it, ready to chain."""
-    occurred_at, ip = check_entry(data, now, raw)
+    occurred_at, ip, floats = check_entry(data, now, raw)
     # jsonb_safe is what makes a value hash as Postgres will hand it back. The checks above refused
     # NULs and out-of-range numbers, and msgspec let through only scalars: what is left for it is
     # a -0.0 to turn into 0.0, so it runs only where a float is (the common entry has none).
-    metadata = data.metadata
-    if any(type(v) is float for v in metadata.values()):
-        metadata = jsonb_safe(metadata)
+    metadata = jsonb_safe(data.metadata) if floats else data.metadata
     targets: list[dict[str, Any]] = msgspec.to_builtins(data.targets) if data.targets else []  # text only
     first = targets[0] if targets else None
     entry_id = new_id_text()  # (and ``key`` is the org id as text: an org's chain key)
@@ -580,6 +578,9 @@ async def ingest_batch(
         try:
             if decoded is not None:
                 item, raw = decoded[index], (b"" if nul_free else None)
+                # Once encoded, the decoded entry is not needed: freed now, its lists and dicts die
+                # young instead of being walked by the garbage collector while the request waits.
+                decoded[index] = None  # type: ignore[call-overload]
             else:
                 assert raws is not None
                 item = msgspec.json.decode(raws[index], type=AuditBatchEntry)

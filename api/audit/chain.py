@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import product
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -130,15 +132,53 @@ def canonical_values(values: Sequence[Any]) -> bytes:
     return _encode(body)
 
 
-#: Where each field's value sits in :func:`canonical_values`' order, split at ``seq``: the fields
-#: whose names sort before it, and after it (the keys of the canonical object are sorted).
-_SEQ_AT = CANONICAL_FIELDS.index("seq")
-_BEFORE_SEQ = tuple((name, at) for at, name in enumerate(HASHED_FIELDS) if name < "seq")
-_AFTER_SEQ = tuple((name, at) for at, name in enumerate(HASHED_FIELDS) if name > "seq")
-_OPTIONAL_BEFORE_SEQ = tuple(o for o in _OPTIONAL_AT if o[0] < "seq")
-_OPTIONAL_AFTER_SEQ = tuple(o for o in _OPTIONAL_AT if o[0] > "seq")
-# Both halves always hold a hashed field (so neither encodes as a bare ``{}``), and seq is hashed.
-assert _BEFORE_SEQ and _AFTER_SEQ and "seq" in HASHED_FIELDS
+class _Half:
+    """The canonical body's members on one side of ``seq`` (the body's keys are sorted), written by
+    one msgspec encode of a Struct whose fields are those members in sorted order: a Struct class
+    for each set of optional fields present (they are left out at their default)."""
+
+    def __init__(self, side: str, names: list[str]) -> None:
+        names = sorted(names)
+        # Both sides always hold a hashed field, so neither is a bare ``{}`` (whose cut would be wrong).
+        assert any(n not in OPTIONAL_FIELDS for n in names)
+        self.optional = [
+            (OPTIONAL_FIELDS[n], CANONICAL_FIELDS.index(n)) for n in names if n in OPTIONAL_FIELDS
+        ]
+        #: Where a float can hide (the test _encode makes for one): metadata and targets.
+        self.containers = [CANONICAL_FIELDS.index(n) for n in names if n in ("metadata", "targets")]
+        self.kinds: dict[tuple[bool, ...], tuple[type[msgspec.Struct], Callable[[Sequence[Any]], Any]]] = {}
+        optional = [n for n in names if n in OPTIONAL_FIELDS]
+        for present in product((False, True), repeat=len(optional)):
+            kept = [n for n in names if n not in {o for o, p in zip(optional, present, strict=True) if not p}]
+            kind = msgspec.defstruct(f"_Canonical{side}", [(n, Any) for n in kept], gc=False)
+            ats = [CANONICAL_FIELDS.index(n) for n in kept]
+            # (itemgetter gives a tuple of two or more indexes' values, and one index's bare value)
+            pick = itemgetter(*ats) if len(ats) > 1 else itemgetter(slice(ats[0], ats[0] + 1))
+            self.kinds[present] = (kind, pick)
+
+    def encode(self, values: Sequence[Any]) -> bytes:
+        """``_encode``'s bytes for the object of these members of ``values``."""
+        present = tuple([values[at] is not None and values[at] != default for default, at in self.optional])
+        kind, pick = self.kinds[present]
+        picked = pick(values)
+        # The test _encode makes: no float, and nothing escaped or beyond ASCII in what msgspec
+        # wrote; then the json module would write these very bytes (the members in this order).
+        for at in self.containers:
+            if _has_float(values[at]):
+                break
+        else:
+            try:
+                fast = _FAST_ENCODER.encode(kind(*picked))
+            except (TypeError, OverflowError):
+                fast = b""
+            if fast and fast.isascii() and b"\\" not in fast:
+                return fast
+        return _ENCODER.encode(dict(zip(kind.__struct_fields__, picked, strict=True))).encode()
+
+
+_BEFORE_SEQ = _Half("BeforeSeq", [n for n in CANONICAL_FIELDS if n < "seq"])
+_AFTER_SEQ = _Half("AfterSeq", [n for n in CANONICAL_FIELDS if n > "seq"])
+assert "seq" in HASHED_FIELDS
 
 
 def canonical_parts(values: Sequence[Any]) -> tuple[bytes, bytes]:
@@ -152,19 +192,9 @@ def canonical_parts(values: Sequence[Any]) -> tuple[bytes, bytes]:
     joined by ``,`` + ``}``, each member spelled on its own. Cut the sorted keys at ``seq``: the
     members before it are the encoding of the object of those fields less its ``}``, the members
     after it that of theirs less its ``{``; ``seq``'s member is ``"seq":`` and the integer's
-    digits. ``_encode`` gives the json module's bytes for any object, so for the halves too.
+    digits. Each half is ``_encode``'s bytes for its object (see ``_Half``).
     ``tests/test_audit_chain.py`` holds them equal over generated entries."""
-    before = {name: values[at] for name, at in _BEFORE_SEQ}
-    after = {name: values[at] for name, at in _AFTER_SEQ}
-    for name, default, at in _OPTIONAL_BEFORE_SEQ:
-        value = values[at]
-        if value is not None and value != default:
-            before[name] = value
-    for name, default, at in _OPTIONAL_AFTER_SEQ:
-        value = values[at]
-        if value is not None and value != default:
-            after[name] = value
-    return _encode(before)[:-1] + b',"seq":', b"," + _encode(after)[1:]
+    return _BEFORE_SEQ.encode(values)[:-1] + b',"seq":', b"," + _AFTER_SEQ.encode(values)[1:]
 
 
 def values_hash(values: Sequence[Any], prev_hash: str) -> str:

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -556,31 +559,56 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-async def ingest_batch(
-    appender: AuditAppender, body: bytes, *, principal: Principal, request_id: str | None
-) -> AuditBatchResult:
-    """Check every entry on its own, store the valid ones (grouped by organization), answer each."""
-    decoded = _decode_entries(body)
+@dataclass(slots=True)
+class _OrgEntries:
+    """One organization's entries of a batch: their indexes in it, and the entries checked."""
+
+    key: str
+    indexes: list[int] = field(default_factory=list)
+    entries: list[Prepared] = field(default_factory=list)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The garbage collector held off for a synchronous stretch that makes and drops many objects
+    (a batch's decoding and checking: no await inside, so nothing else runs meanwhile). What dies
+    inside is never walked; what survives is walked once, at the next collection."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _check_batch(
+    body: bytes, principal: Principal, request_id: str | None
+) -> tuple[list[BatchEntryResult | None], dict[uuid.UUID, _OrgEntries]]:
+    """Every entry of ``body`` decoded and checked: the results of the refused ones (by index; the
+    others ``None`` yet), and the checked ones by organization, in order."""
+    decoded: list[AuditBatchEntry | None] | None = _decode_entries(body)  # type: ignore[assignment]
     raws = _decode_envelope(body).entries if decoded is None else None
     count = len(decoded) if decoded is not None else len(raws or ())
     if count > MAX_BATCH_ENTRIES:
         raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH_ENTRIES} entries; this one has {count}")
     now = datetime.now(UTC)
-    # JSON spells a NUL only as \u0000: a body without one spares each entry the walk looking for it.
+    # JSON spells a NUL only as \\u0000: a body without one spares each entry the walk looking for it.
     nul_free = b"\\u0000" not in body
     results: list[BatchEntryResult | None] = [None] * count
-    by_org: dict[uuid.UUID, tuple[str, list[tuple[int, Prepared]]]] = {}
+    by_org: dict[uuid.UUID, _OrgEntries] = {}
     last_org: uuid.UUID | None = None
-    # The last entry's org: its chain key and entries (most batches have one org).
-    key, bucket = "", list[tuple[int, Prepared]]()
+    bucket = _OrgEntries("")  # the last entry's org's (most batches have one org)
     for index in range(count):
         idem = None
         try:
             if decoded is not None:
                 item, raw = decoded[index], (b"" if nul_free else None)
-                # Once encoded, the decoded entry is not needed: freed now, its lists and dicts die
-                # young instead of being walked by the garbage collector while the request waits.
-                decoded[index] = None  # type: ignore[call-overload]
+                # Once encoded, the decoded entry is not needed: freed now (its lists and dicts die
+                # young), not held until the request is answered.
+                decoded[index] = None
+                assert item is not None
             else:
                 assert raws is not None
                 item = msgspec.json.decode(raws[index], type=AuditBatchEntry)
@@ -590,17 +618,12 @@ async def ingest_batch(
             if org_id is not last_org:
                 last_org = org_id
                 if org_id not in by_org:
-                    by_org[org_id] = (chain_key_of(org_id), [])
-                key, bucket = by_org[org_id]
+                    by_org[org_id] = _OrgEntries(chain_key_of(org_id))
+                bucket = by_org[org_id]
             prepared = prepare(
-                item,
-                key=key,
-                request_id=request_id,
-                idempotency_key=idem,
-                now=now,
-                raw=raw,
+                item, key=bucket.key, request_id=request_id, idempotency_key=idem, now=now, raw=raw,
                 answer_body=False,
-            )
+            )  # fmt: skip
         except msgspec.ValidationError as exc:
             results[index] = BatchEntryResult(index=index, status=422, error=str(exc))
             continue
@@ -609,11 +632,21 @@ async def ingest_batch(
                 index=index, status=exc.status_code, idempotency_key=idem, error=_reason(exc)
             )
             continue
-        bucket.append((index, prepared))
+        bucket.indexes.append(index)
+        bucket.entries.append(prepared)
+    return results, by_org
 
-    async def one_org(org_id: uuid.UUID, items: list[tuple[int, Prepared]]) -> None:
-        outcomes = await appender.append(org_id, [p for _, p in items])
-        for (index, prepared), outcome in zip(items, outcomes, strict=True):
+
+async def ingest_batch(
+    appender: AuditAppender, body: bytes, *, principal: Principal, request_id: str | None
+) -> AuditBatchResult:
+    """Check every entry on its own, store the valid ones (grouped by organization), answer each."""
+    with _collector_paused():
+        results, by_org = _check_batch(body, principal, request_id)
+
+    async def one_org(org_id: uuid.UUID, mine: _OrgEntries) -> None:
+        outcomes = await appender.append(org_id, mine.entries)
+        for index, prepared, outcome in zip(mine.indexes, mine.entries, outcomes, strict=True):
             idem = prepared.idempotency_key
             if isinstance(outcome, KeelError):
                 results[index] = BatchEntryResult(
@@ -630,7 +663,7 @@ async def ingest_batch(
                 id=entry_id, seq=seq, hash=digest,
             )  # fmt: skip
 
-    await asyncio.gather(*(one_org(org_id, items) for org_id, (_, items) in by_org.items() if items))
+    await asyncio.gather(*(one_org(org_id, mine) for org_id, mine in by_org.items() if mine.entries))
     done = [r for r in results if r is not None]
     return AuditBatchResult(
         accepted=sum(1 for r in done if r.status == 201),

@@ -185,3 +185,27 @@ def test_a_chained_row_is_the_canonical_object_it_hashes() -> None:
         values = [body.get(name, OPTIONAL_FIELDS.get(name)) for name in CANONICAL_FIELDS]
         assert values_hash(values, prev) == digest and body["seq"] == seq
         prev = digest
+
+
+def test_a_batch_is_checked_with_the_collector_held_off_and_given_back_whatever_happens() -> None:
+    """ingest_batch decodes and checks with the garbage collector off (api.audit.batch); a refused
+    batch (here a 413 raised inside) gives it back on, and one off before stays off."""
+    import gc
+
+    import pytest
+
+    from api.audit.batch import _collector_paused
+    from api.errors import PayloadTooLarge
+
+    assert gc.isenabled()
+    with pytest.raises(PayloadTooLarge), _collector_paused():
+        assert not gc.isenabled()
+        raise PayloadTooLarge("too many")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -119,3 +119,15 @@ def test_canonical_parts_splice_any_seq_into_the_canonical_bytes(entry: dict[str
     head, tail = canonical_parts(values)
     values[CANONICAL_FIELDS.index("seq")] = seq
     assert head + b"%d" % seq + tail == reference_canonical({**entry, "seq": seq})
+    # A caller that knows whether a float is there (a product entry's checks) gets the same bytes.
+    floats = any(type(v) is float for v in (*walk(entry["metadata"]), *walk(entry["targets"])))
+    assert canonical_parts(values, floats=floats) == (head, tail)
+
+
+def walk(value: Any) -> list[Any]:
+    """Every value nested in ``value``, and it."""
+    if isinstance(value, dict):
+        return [value, *(v for item in value.values() for v in walk(item))]
+    if isinstance(value, list):
+        return [value, *(v for item in value for v in walk(item))]
+    return [value]

@@ -159,7 +159,7 @@ def prepare(
         data.action, first["type"] if first else None, first["id"] if first else None, metadata, ip,
         context.user_agent if context else None, request_id, _PRODUCT, targets,
     )  # fmt: skip
-    head, tail = canonical_parts(values)
+    head, tail = canonical_parts(values, floats=floats)  # (targets are text: only metadata may hold one)
     return Prepared(
         id=entry_id,
         head=head,

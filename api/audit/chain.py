@@ -156,15 +156,16 @@ class _Half:
             pick = itemgetter(*ats) if len(ats) > 1 else itemgetter(slice(ats[0], ats[0] + 1))
             self.kinds[present] = (kind, pick)
 
-    def encode(self, values: Sequence[Any]) -> bytes:
-        """``_encode``'s bytes for the object of these members of ``values``."""
+    def encode(self, values: Sequence[Any], floats: bool | None = None) -> bytes:
+        """``_encode``'s bytes for the object of these members of ``values`` (``floats``: see
+        :func:`canonical_parts`)."""
         present = tuple([values[at] is not None and values[at] != default for default, at in self.optional])
         kind, pick = self.kinds[present]
         picked = pick(values)
         # The test _encode makes: no float, and nothing escaped or beyond ASCII in what msgspec
         # wrote; then the json module would write these very bytes (the members in this order).
-        for at in self.containers:
-            if _has_float(values[at]):
+        for at in self.containers if floats is not False else ():
+            if floats or _has_float(values[at]):
                 break
         else:
             try:
@@ -181,7 +182,7 @@ _AFTER_SEQ = _Half("AfterSeq", [n for n in CANONICAL_FIELDS if n > "seq"])
 assert "seq" in HASHED_FIELDS
 
 
-def canonical_parts(values: Sequence[Any]) -> tuple[bytes, bytes]:
+def canonical_parts(values: Sequence[Any], *, floats: bool | None = None) -> tuple[bytes, bytes]:
     """:func:`canonical_values` of ``values`` as the bytes before and after seq's digits (the seq
     among ``values`` is not read): for every seq ``n``, ``head + b"%d" % n + tail`` is
     ``canonical_values`` of ``values`` with seq ``n``. An entry can so be encoded once, before its
@@ -193,8 +194,14 @@ def canonical_parts(values: Sequence[Any]) -> tuple[bytes, bytes]:
     members before it are the encoding of the object of those fields less its ``}``, the members
     after it that of theirs less its ``{``; ``seq``'s member is ``"seq":`` and the integer's
     digits. Each half is ``_encode``'s bytes for its object (see ``_Half``).
-    ``tests/test_audit_chain.py`` holds them equal over generated entries."""
-    return _BEFORE_SEQ.encode(values)[:-1] + b',"seq":', b"," + _AFTER_SEQ.encode(values)[1:]
+    ``tests/test_audit_chain.py`` holds them equal over generated entries.
+
+    ``floats``: whether metadata or targets hold a float, when the caller knows (a product entry's
+    checks tell, its targets being text); ``None``: looked for."""
+    return (
+        _BEFORE_SEQ.encode(values, floats)[:-1] + b',"seq":',
+        b"," + _AFTER_SEQ.encode(values, floats)[1:],
+    )
 
 
 def values_hash(values: Sequence[Any], prev_hash: str) -> str:

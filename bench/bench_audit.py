@@ -129,19 +129,22 @@ What was profiled (issue 18's two missed figures), and what changed:
   the decoding and checking run with the collector held off, each decoded entry freed once encoded,
   and the per-entry objects that live on (``Prepared``, ``Answer``, results, the input Structs) are
   ``gc=False`` Structs: collections 5-7 → 0.1 µs per entry. Back to back, main (a checkout under /tmp,
-  ``git archive``) and this tree on one venv, ``KEEL_BENCH_AUDIT_PART=batch`` in turn (00:00-00:05
-  UTC, load 5-7; the first main run shared the machine with a ``make lint``): server CPU per entry
-  49.8, 46.3, 55.3 → 31.2, 31.3, 32.7 µs beside 9.0, 9.3, 11.0 / 10.0, 7.8, 10.3 µs per batched event
-  (ratio 5.5, 5.0, 5.0 → 3.1, 4.0, 3.2); 3,132, 5,896, 4,687 → 5,882, 7,072, 6,016 entries/s beside
-  17,778, 22,829, 20,770 / 17,679, 29,175, 22,150 events/s. At a lighter load (23:49, 2.7-3.8): 51.7 →
-  24.5 µs (10.7 / 6.7 per event), 7,127 → 9,999 entries/s. The rate this hour is the neighbours' and
-  Postgres's: ``EXPLAIN (ANALYZE, BUFFERS, WAL)`` of one 2,000-row insert (load ~4): 68-90 ms, 34-45
-  µs an entry — ``jsonb_array_elements`` and the casts 9-12 ms, the heap and six indexes ~40-58 ms (~6
-  WAL records, ~1.05 kB an entry), the foreign key to organizations checked per row 8-12 ms, the chain
-  trigger 7 ms once. One chain's appends are serialized there, so that, not Python, bounds one org's
-  rate now: left untouched here (a per-row FK and the indexes are guarantees and reads to weigh, with
-  their plans). Left in Python per entry: the typed decode ~1.2 µs, checks ~1.7, ``iso`` ~1, the two
-  half encodes ~1.5 each with their glue, chaining ~2 (timed in-process, load 3-8).
+  ``git archive``) and this tree on one venv, ``KEEL_BENCH_AUDIT_PART=batch`` in turn, three pairs
+  (00:15-00:19 UTC, load 5.5-8.5): server CPU per entry 51.2, 49.3, 47.5 → 27.3, 27.5, 23.7 µs beside
+  9.7, 8.7, 10.8 / 8.7, 7.7, 8.0 µs per batched event (ratio 5.3, 5.7, 4.4 → 3.1, 3.6, 3.0; medians
+  49.3 → 27.3 µs); 6,040, 6,019, 6,678 → 7,738, 8,186, 9,016 entries/s beside 26,255, 29,646, 22,827 /
+  29,677, 32,049, 30,206 events/s. Before the last change (the float walks skipped: the caller's
+  checks tell), 00:00-00:05, load 5-7, the first main run beside a ``make lint``: 49.8, 46.3, 55.3 →
+  31.2, 31.3, 32.7 µs (9.0, 9.3, 11.0 / 10.0, 7.8, 10.3 per event); 3,132, 5,896, 4,687 → 5,882,
+  7,072, 6,016 entries/s; at 23:49 (load 2.7-3.8) 51.7 → 24.5 µs (10.7 / 6.7 per event), 7,127 → 9,999
+  entries/s. The rate this hour is the neighbours' and Postgres's: ``EXPLAIN (ANALYZE, BUFFERS, WAL)``
+  of one 2,000-row insert (load ~4): 68-90 ms, 34-45 µs an entry — ``jsonb_array_elements`` and the
+  casts 9-12 ms, the heap and six indexes ~40-58 ms (~6 WAL records, ~1.05 kB an entry), the foreign
+  key to organizations checked per row 8-12 ms, the chain trigger 7 ms once. One chain's appends are
+  serialized there, so that, not Python, bounds one org's rate now: left untouched here (a per-row FK
+  and the indexes are guarantees and reads to weigh, with their plans). Left in Python per entry: the
+  typed decode ~1.2 µs, checks ~1.7, ``iso`` ~1, the two half encodes ~1.5 each with their glue,
+  chaining ~2 (timed in-process, load 3-8).
 """
 
 from __future__ import annotations

@@ -109,19 +109,42 @@ What was profiled (issue 18's two missed figures), and what changed:
   300,000 with the earlier spawn versions: two spawn children,
   42,651 → 58,417/s (ratio 0.66 → 0.64, right after 0.82 → 0.88; CPU 10.13 → 11.13 µs); the thread
   and one spawn child, 54,038 → 57,523/s (0.91 → 1.37, right after 0.44 → 1.13; 9.57 → 11.17 µs).
-- batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. Before:
-  the JSON depth check 7.4% (2.2-2.9 ms a 1,000-entry body, splitting it at 30,000 quotes; now
-  1.0 ms: only brackets and quotes kept, adjacent quote pairs dropped first), ``canonical``'s
-  ``_plain`` of the ``occurred_at`` datetime and mapping walk ~7% (now ``values_hash`` of plain
-  values, the time spelled once), a future and a shield per entry ~4% (now one per request),
-  hashing 15%, msgspec's decode of each entry 11%. Server CPU per batch entry, interleaved runs:
-  33.7 and 36.7 µs before, 27.8 and 30.7 µs after; at a lighter load 29.3 and 27.7 before, 24.0
-  and 23.5 after (12,659 and 19,570 → 18,338 and 21,710 entries/s; events batch 61k-90k/s).
-  In Postgres, an insert of 2,000 rows costs 55-98 µs per entry of wall time on this machine
-  (six indexes and the chain trigger); COPY measured no faster (54-72), so the
-  ``jsonb_array_elements`` insert stays. Python's chaining of a
-  group (7 µs/entry) was on the chain's critical path, inside the lock: the next group is now
-  chained while the one before is in Postgres (``api.audit.batch``, pipelined group commit).
+- batch: ``py-spy record --pid`` of the API server under ``KEEL_BENCH_AUDIT_PART=batch``. First pass:
+  the JSON depth check cut to 1.0 ms a 1,000-entry body, ``values_hash`` of plain values, one future
+  per request, the next group chained while the one before is in Postgres (pipelined group commit);
+  33.7-36.7 → 27.8-30.7 µs per entry. Then (task F of round 8; ~45 µs per entry against 8-10 per
+  batched event on main): py-spy put the request side at ~75% of samples, the commit at ~25%;
+  canonical encoding ~3.6 µs an entry in-process (``time.process_time``: the dict built, two float
+  walks, the encode), ``new_id`` and ``str`` of the ``uuid.UUID`` ~8% of samples, a 20-item insert row
+  built and encoded again per entry, a frozen dataclass per entry (``Prepared``, ``Answer``), and,
+  counted by gc callbacks in the server, 5-7 µs per entry of collections (each 1,000-entry request
+  kept thousands of tracked lists, dicts and dataclasses alive). Now (``api.audit.batch``,
+  ``chain.canonical_parts``): each entry is encoded once when it is checked — its id (a UUIDv7 as
+  text) chosen, its canonical bytes written as the bytes before and after seq's digits, one msgspec
+  encode of a Struct per half (the json module where the definition's could differ; proved in the
+  docstring, held by a hypothesis test); chaining is a concatenation and a SHA-256, and the insert row
+  is those bytes with seq spliced in plus prev_hash and hash (the insert reads the canonical object's
+  fields; one binary JSONB parameter). A batch whose every entry decodes is decoded in one pass (no
+  depth check needed: these types never descend past their own depth), else entry by entry as before;
+  the decoding and checking run with the collector held off, each decoded entry freed once encoded,
+  and the per-entry objects that live on (``Prepared``, ``Answer``, results, the input Structs) are
+  ``gc=False`` Structs: collections 5-7 → 0.1 µs per entry. Back to back, main (a checkout under /tmp,
+  ``git archive``) and this tree on one venv, ``KEEL_BENCH_AUDIT_PART=batch`` in turn, three pairs
+  (00:15-00:19 UTC, load 5.5-8.5): server CPU per entry 51.2, 49.3, 47.5 → 27.3, 27.5, 23.7 µs beside
+  9.7, 8.7, 10.8 / 8.7, 7.7, 8.0 µs per batched event (ratio 5.3, 5.7, 4.4 → 3.1, 3.6, 3.0; medians
+  49.3 → 27.3 µs); 6,040, 6,019, 6,678 → 7,738, 8,186, 9,016 entries/s beside 26,255, 29,646, 22,827 /
+  29,677, 32,049, 30,206 events/s. Before the last change (the float walks skipped: the caller's
+  checks tell), 00:00-00:05, load 5-7, the first main run beside a ``make lint``: 49.8, 46.3, 55.3 →
+  31.2, 31.3, 32.7 µs (9.0, 9.3, 11.0 / 10.0, 7.8, 10.3 per event); 3,132, 5,896, 4,687 → 5,882,
+  7,072, 6,016 entries/s; at 23:49 (load 2.7-3.8) 51.7 → 24.5 µs (10.7 / 6.7 per event), 7,127 → 9,999
+  entries/s. The rate this hour is the neighbours' and Postgres's: ``EXPLAIN (ANALYZE, BUFFERS, WAL)``
+  of one 2,000-row insert (load ~4): 68-90 ms, 34-45 µs an entry — ``jsonb_array_elements`` and the
+  casts 9-12 ms, the heap and six indexes ~40-58 ms (~6 WAL records, ~1.05 kB an entry), the foreign
+  key to organizations checked per row 8-12 ms, the chain trigger 7 ms once. One chain's appends are
+  serialized there, so that, not Python, bounds one org's rate now: left untouched here (a per-row FK
+  and the indexes are guarantees and reads to weigh, with their plans). Left in Python per entry: the
+  typed decode ~1.2 µs, checks ~1.7, ``iso`` ~1, the two half encodes ~1.5 each with their glue,
+  chaining ~2 (timed in-process, load 3-8).
 """
 
 from __future__ import annotations

@@ -175,13 +175,13 @@ def test_a_group_chained_in_advance_onto_a_head_that_moved_is_chained_again(
         await pool.open()
         try:
             appender = AuditAppender(pool)
-            stale = _plan(org.id, head, prepared(5, {}), {})
+            stale = _plan(head, prepared(5, {}, org.id), {})
             moved = client.post("/v1/audit-logs", json=entry(), headers=auth(org.ingest_key))
             assert moved.status_code == 201, moved.text
-            outcomes = await appender._commit(org_id, prepared(5, {}), stale)
-            keyed = prepared(1, {0: "k-ahead"}) * 2  # one body, sent twice with its key
+            outcomes = await appender._commit(org_id, prepared(5, {}, org.id), stale)
+            keyed = prepared(1, {0: "k-ahead"}, org.id) * 2  # one body, sent twice with its key
             first = await appender._commit(org_id, keyed[:1])
-            ahead = _plan(org.id, (first[0].stored[1], first[0].stored[2]), keyed[1:], {})  # type: ignore[union-attr]
+            ahead = _plan((first[0].stored[1], first[0].stored[2]), keyed[1:], {})  # type: ignore[union-attr, index]
             again = await appender._commit(org_id, keyed[1:], ahead)
             return [*outcomes, *first, *again]
         finally:

@@ -6,6 +6,7 @@ keys and is redone when the head moved."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -127,7 +128,8 @@ def test_a_clean_chain_in_many_chunks_is_accepted_by_the_row_path() -> None:
     assert report.ok and report.entries_checked == 40
 
 
-def prepared(n: int, keys: dict[int, str]) -> list[Any]:
+def prepared(n: int, keys: dict[int, str], key: str = ORG) -> list[Any]:
+    """``n`` product entries checked and encoded for the chain ``key``, entry ``i`` keyed ``keys[i]``."""
     from api.audit.batch import AuditBatchEntry, prepare
 
     now = datetime.now(UTC)
@@ -138,7 +140,9 @@ def prepared(n: int, keys: dict[int, str]) -> list[Any]:
             "metadata": {"i": i},
         }  # fmt: skip
         data = msgspec.convert(body, AuditBatchEntry)
-        out.append(prepare(data, request_id=None, idempotency_key=keys.get(i), now=now, answer_body=False))
+        out.append(
+            prepare(data, key=key, request_id=None, idempotency_key=keys.get(i), now=now, answer_body=False)
+        )
     return out
 
 
@@ -149,16 +153,59 @@ def test_chaining_in_advance_keeps_a_key_met_in_an_earlier_slice_a_replay() -> N
 
     async def ahead() -> Any:
         return await _plan_async(
-            ORG, (5, "a" * 64), [_Pending(entries, asyncio.get_running_loop().create_future())]
+            (5, "a" * 64), [_Pending(entries, asyncio.get_running_loop().create_future())]
         )
 
     plan = asyncio.run(ahead())
     assert plan.links[_PLAN_SLICE + 10] is None and plan.links[3] is not None
-    assert len(plan.rows) == len(entries) - 1
-    # The same links as chaining the group at once; the rows chain from the base in order.
-    at_once = _plan(ORG, (5, "a" * 64), entries, {})
-    assert plan.links == at_once.links
-    assert [r[2] for r in plan.rows] == list(range(6, 6 + len(plan.rows)))
-    assert plan.rows[0][17] == "a" * 64
-    assert all(b[17] == a[18] for a, b in zip(plan.rows, plan.rows[1:], strict=False))
-    assert plan.end == (plan.rows[-1][2], plan.rows[-1][18])
+    assert len(plan.rows) == len(plan.stored) == len(entries) - 1
+    # The same links and rows as chaining the group at once; the rows chain from the base in order.
+    at_once = _plan((5, "a" * 64), entries, {})
+    assert plan.links == at_once.links and plan.rows == at_once.rows and plan.stored == at_once.stored
+    rows = [json.loads(r) for r in plan.rows]
+    assert [r["seq"] for r in rows] == [s for _, s, _ in plan.stored] == list(range(6, 6 + len(rows)))
+    assert [r["id"] for r in rows] == [i for i, _, _ in plan.stored]
+    assert rows[0]["prev_hash"] == "a" * 64
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
+    assert plan.end == (rows[-1]["seq"], rows[-1]["hash"]) == plan.stored[-1][1:]
+
+
+def test_a_chained_row_is_the_canonical_object_it_hashes() -> None:
+    """A row the group commit inserts is the entry's canonical bytes with seq spliced in, plus its
+    prev_hash and hash; its hash is values_hash of its values (chain.canonical_parts)."""
+    from api.audit.batch import _plan
+    from api.audit.chain import CANONICAL_FIELDS, OPTIONAL_FIELDS, values_hash
+
+    entries = prepared(3, {})
+    plan = _plan((41, "b" * 64), entries, {})
+    prev = "b" * 64
+    for row, (_, seq, digest) in zip(plan.rows, plan.stored, strict=True):
+        body = json.loads(row)
+        assert (body.pop("prev_hash"), body.pop("hash")) == (prev, digest)
+        values = [body.get(name, OPTIONAL_FIELDS.get(name)) for name in CANONICAL_FIELDS]
+        assert values_hash(values, prev) == digest and body["seq"] == seq
+        prev = digest
+
+
+def test_a_batch_is_checked_with_the_collector_held_off_and_given_back_whatever_happens() -> None:
+    """ingest_batch decodes and checks with the garbage collector off (api.audit.batch); a refused
+    batch (here a 413 raised inside) gives it back on, and one off before stays off."""
+    import gc
+
+    import pytest
+
+    from api.audit.batch import _collector_paused
+    from api.errors import PayloadTooLarge
+
+    assert gc.isenabled()
+    with pytest.raises(PayloadTooLarge), _collector_paused():
+        assert not gc.isenabled()
+        raise PayloadTooLarge("too many")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -25,17 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
+import hashlib
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from api.audit.chain import GENESIS, values_hash
+from api.audit.chain import GENESIS, canonical_parts
 from api.audit.ingest import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_TTL,
@@ -51,7 +56,7 @@ from api.auth import services as auth
 from api.auth.context import Principal
 from api.auth.services import ORG_NOT_FOUND
 from api.bodies import check_json
-from api.db.base import new_id
+from api.db.base import new_id_text
 from api.errors import (
     BadRequest,
     Conflict,
@@ -79,14 +84,19 @@ _HEAD = (
     "SELECT (SELECT seq FROM audit_chain_heads WHERE chain_key = %(k)s),"
     " (SELECT hash FROM audit_chain_heads WHERE chain_key = %(k)s), now()"
 )
+# Each row is the entry's canonical object (chain.canonical_parts, seq spliced in) with its
+# prev_hash and hash: the bytes the hash covers are the bytes inserted, encoded once. The optional
+# fields the canonical object leaves out hold their defaults (chain.OPTIONAL_FIELDS).
 _INSERT = """
 INSERT INTO audit_log (id, chain_key, seq, organization_id, occurred_at, actor_type, actor_id, actor_name,
                        action, resource_type, resource_id, metadata, ip, user_agent, request_id, source,
                        targets, prev_hash, hash)
-SELECT (e->>0)::uuid, e->>1, (e->>2)::bigint, (e->>3)::uuid, (e->>4)::timestamptz, e->>5,
-       e->>6, e->>7, e->>8, e->>9, e->>10, e->11, (e->>12)::inet, e->>13, e->>14, e->>15,
-       e->16, e->>17, e->>18
-FROM jsonb_array_elements(%s::jsonb) AS t(e)"""
+SELECT (e->>'id')::uuid, %s, (e->>'seq')::bigint, (e->>'organization_id')::uuid,
+       (e->>'occurred_at')::timestamptz, e->>'actor_type', e->>'actor_id', e->>'actor_name', e->>'action',
+       e->>'resource_type', e->>'resource_id', e->'metadata', (e->>'ip')::inet, e->>'user_agent',
+       e->>'request_id', COALESCE(e->>'source', 'keel'), COALESCE(e->'targets', '[]'::jsonb),
+       e->>'prev_hash', e->>'hash'
+FROM jsonb_array_elements(%b) AS t(e)"""
 _EARLIER_KEYS = (
     "SELECT key, body_hash, status_code, response FROM audit_idempotency_keys"
     " WHERE organization_id = %s AND key = ANY(%s) AND created_at > %s"
@@ -100,58 +110,63 @@ ON CONFLICT (organization_id, key) DO UPDATE SET body_hash = EXCLUDED.body_hash,
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """One checked entry, everything but its place on the chain (id, seq, prev_hash, hash)."""
+class Prepared(msgspec.Struct, gc=False):
+    """One checked entry, encoded: everything but its place on the chain (seq, prev_hash, hash).
 
-    occurred_at: datetime
-    actor_type: str
-    actor_id: str
-    actor_name: str | None
-    action: str
-    targets: list[dict[str, Any]]
-    metadata: dict[str, Any]
-    ip: str | None
-    user_agent: str | None
-    request_id: str | None
+    (A Struct built in C and left alone by the garbage collector: nothing it holds leads back to it.)"""
+
+    #: Its id, a UUIDv7 as text, chosen when it is checked (kept if its group is chained again).
+    id: str
+    #: Its canonical bytes up to seq's digits, and after them less the closing brace
+    #: (``chain.canonical_parts``): chaining it is a concatenation and a hash.
+    head: bytes
+    tail: bytes
     idempotency_key: str | None
     #: Only entries with an idempotency key need it (a replay compares bodies).
     body_hash: str | None
-    #: Whether the answer must carry the stored entry (the single route, and any keyed entry).
-    answer_body: bool = True
+    #: When the answer must carry the stored entry (the single route, and any keyed entry): its
+    #: values in ``chain.CANONICAL_FIELDS`` order and its ``occurred_at``; else ``None``.
+    shown: tuple[tuple[Any, ...], datetime] | None = None
+
+
+_PRODUCT = AuditSource.product.value
 
 
 def prepare(
     data: AuditLogCreate,
     *,
+    key: str,
     request_id: str | None,
     idempotency_key: str | None,
     now: datetime,
     raw: bytes | None = None,
     answer_body: bool = True,
 ) -> Prepared:
-    """Check one product entry (ValidationFailed names the field) and make it ready to chain."""
-    occurred_at, ip = check_entry(data, now, raw)
+    """Check one product entry for the chain ``key`` (its org's; ValidationFailed names the field)
+    and encode it, ready to chain."""
+    occurred_at, ip, floats = check_entry(data, now, raw)
     # jsonb_safe is what makes a value hash as Postgres will hand it back. The checks above refused
     # NULs and out-of-range numbers, and msgspec let through only scalars: what is left for it is
     # a -0.0 to turn into 0.0, so it runs only where a float is (the common entry has none).
-    metadata = dict(data.metadata)
-    if any(type(v) is float for v in metadata.values()):
-        metadata = jsonb_safe(metadata)
+    metadata = jsonb_safe(data.metadata) if floats else data.metadata
+    targets: list[dict[str, Any]] = msgspec.to_builtins(data.targets) if data.targets else []  # text only
+    first = targets[0] if targets else None
+    entry_id = new_id_text()  # (and ``key`` is the org id as text: an org's chain key)
+    context = data.context
+    # The hashed values in CANONICAL_FIELDS order (seq's place is not read: it is spliced in later).
+    values = (
+        entry_id, key, 0, iso(occurred_at), data.actor.type.value, data.actor.id, data.actor.name,
+        data.action, first["type"] if first else None, first["id"] if first else None, metadata, ip,
+        context.user_agent if context else None, request_id, _PRODUCT, targets,
+    )  # fmt: skip
+    head, tail = canonical_parts(values, floats=floats)  # (targets are text: only metadata may hold one)
     return Prepared(
-        occurred_at=occurred_at,
-        actor_type=data.actor.type.value,
-        actor_id=data.actor.id,
-        actor_name=data.actor.name,
-        action=data.action,
-        targets=[{"type": t.type, "id": t.id, "name": t.name} for t in data.targets],  # text only
-        metadata=metadata,
-        ip=ip,
-        user_agent=data.context.user_agent if data.context else None,
-        request_id=request_id,
+        id=entry_id,
+        head=head,
+        tail=tail[:-1],
         idempotency_key=idempotency_key,
         body_hash=body_hash(data) if idempotency_key is not None else None,
-        answer_body=answer_body or idempotency_key is not None,
+        shown=(values, occurred_at) if answer_body or idempotency_key is not None else None,
     )
 
 
@@ -210,7 +225,7 @@ class AuditAppender:
                 await asyncio.wait((commit, planned), return_when=asyncio.FIRST_COMPLETED)
                 if planned.done() and not commit.done() and chain.queue:
                     following = _take_group(chain.queue)
-                    ahead = (following, await _plan_async(key, planned.result().end, following))
+                    ahead = (following, await _plan_async(planned.result().end, following))
                 try:
                     outcomes = await commit
                 except KeelError as exc:  # the org itself (gone, suspended): every entry's answer
@@ -268,11 +283,12 @@ class AuditAppender:
                 cursor = await conn.execute(_EARLIER_KEYS, (organization_id, keys, now - IDEMPOTENCY_TTL))
                 earlier = {k: (h, code, bytes(body)) for k, h, code, body in await cursor.fetchall()}
             if plan is None or plan.base != head or earlier:
-                plan = _plan(key, head, group, earlier)
+                plan = _plan(head, group, earlier)
             if planned is not None and not planned.done():
                 planned.set_result(plan)
             if plan.rows:
-                await conn.execute(_INSERT, (_encode(plan.rows).decode(),))
+                rows = Jsonb(b"[" + b",".join(plan.rows) + b"]", dumps=_as_is)
+                await conn.execute(_INSERT, (key, rows))
             answers, claimed = _answers(organization_id, group, plan, earlier, now)
             if claimed:
                 saved = [[k, h, code, _b64(body)] for k, (h, code, body) in claimed.items()]
@@ -282,17 +298,18 @@ class AuditAppender:
 
 @dataclass(slots=True)
 class _Plan:
-    """A group chained onto the head ``base`` (seq, hash): the rows to insert, and for each entry
-    the index of its row, or ``None`` when it replays an earlier entry with its idempotency key."""
+    """A group chained onto the head ``base`` (seq, hash): the rows to insert (JSON objects) and
+    each row's (id, seq, hash); for each entry the index of its row, or ``None`` when it replays an
+    earlier entry with its idempotency key."""
 
     base: tuple[int, str]
     end: tuple[int, str]
-    rows: list[list[Any]]
+    rows: list[bytes]
+    stored: list[tuple[str, int, str]]
     links: list[int | None]
 
 
 def _plan(
-    key: str,
     base: tuple[int, str],
     group: list[Prepared],
     earlier: dict[str, tuple[str, int, bytes]],
@@ -301,9 +318,12 @@ def _plan(
     """``group`` chained onto ``base``; ``earlier``: the keys stored before, ``seen``: the keys of
     this group met so far (a later entry with one replays the first)."""
     seq, prev_hash = base
-    rows: list[list[Any]] = []
+    previous = prev_hash.encode()
+    rows: list[bytes] = []
+    stored: list[tuple[str, int, str]] = []
     links: list[int | None] = []
     seen = set() if seen is None else seen
+    sha256, join = hashlib.sha256, b"".join
     for entry in group:
         idem = entry.idempotency_key
         if idem is not None and (idem in earlier or idem in seen):
@@ -312,11 +332,21 @@ def _plan(
         if idem is not None:
             seen.add(idem)
         seq += 1
-        row = _chained(key, seq, prev_hash, entry)
-        prev_hash = row[_ROW_HASH]
+        digits = b"%d" % seq
+        head, tail = entry.head, entry.tail
+        # The entry's hash (chain.values_hash: its canonical bytes and the previous hash), and its row.
+        prev_hash = sha256(join((head, digits, tail, b"}", previous))).hexdigest()
+        digest = prev_hash.encode()
         links.append(len(rows))
-        rows.append(row)
-    return _Plan(base, (seq, prev_hash), rows, links)
+        rows.append(join((head, digits, tail, b',"prev_hash":"', previous, b'","hash":"', digest, b'"}')))
+        stored.append((entry.id, seq, prev_hash))
+        previous = digest
+    return _Plan(base, (seq, prev_hash), rows, stored, links)
+
+
+def _as_is(data: bytes) -> bytes:
+    """The JSON an insert's parameter already is (psycopg's ``Jsonb`` sends it binary, as it is)."""
+    return data
 
 
 #: Entries chained between two looks at the event loop, when a group is chained in advance: the
@@ -324,17 +354,18 @@ def _plan(
 _PLAN_SLICE = 250
 
 
-async def _plan_async(key: str, base: tuple[int, str], group: list[_Pending]) -> _Plan:
+async def _plan_async(base: tuple[int, str], group: list[_Pending]) -> _Plan:
     """:func:`_plan` of a group ahead of its transaction (no keys stored before assumed: the
     commit checks), a slice at a time."""
     entries = [e for p in group for e in p.entries]
-    plan = _Plan(base, base, [], [])
+    plan = _Plan(base, base, [], [], [])
     seen: set[str] = set()  # (one group: a key met in an earlier slice is met)
     for at in range(0, len(entries), _PLAN_SLICE):
         await asyncio.sleep(0)
-        piece = _plan(key, plan.end, entries[at : at + _PLAN_SLICE], {}, seen)
+        piece = _plan(plan.end, entries[at : at + _PLAN_SLICE], {}, seen)
         offset = len(plan.rows)
         plan.rows.extend(piece.rows)
+        plan.stored.extend(piece.stored)
         plan.links.extend(None if link is None else link + offset for link in piece.links)
         plan.end = piece.end
     return plan
@@ -356,12 +387,16 @@ def _answers(
             assert idem is not None
             answers.append(_replay(earlier.get(idem) or claimed[idem], entry.body_hash))
             continue
-        row = plan.rows[link]
-        body = _encode(_answer(organization_id, row, entry, now)) if entry.answer_body else b""
-        stored = Answer(201, body, stored=(row[_ROW_ID], row[_ROW_SEQ], row[_ROW_HASH]))
-        answers.append(stored)
+        stored = plan.stored[link]
+        shown = entry.shown
+        if shown is None:
+            answers.append(Answer(201, b"", stored=stored))
+            continue
+        prev_hash = plan.stored[link - 1][2] if link else plan.base[1]
+        answer = Answer(201, _encode(_answer(organization_id, stored, prev_hash, shown, now)), stored=stored)
+        answers.append(answer)
         if idem is not None:
-            claimed[idem] = (entry.body_hash or "", stored.status_code, stored.body)
+            claimed[idem] = (entry.body_hash or "", answer.status_code, answer.body)
     return answers, claimed
 
 
@@ -400,42 +435,27 @@ def _replay(first: tuple[str, int, bytes], digest: str | None) -> Answer | KeelE
     return Answer(status_code, body, replayed=True)
 
 
-#: Where an insert row holds what the answer needs (see ``_INSERT``; the 20th item is not inserted).
-_ROW_SEQ, _ROW_PREV_HASH, _ROW_HASH, _ROW_ID = 2, 17, 18, 19
-
-
-def _chained(key: str, seq: int, prev_hash: str, e: Prepared) -> list[Any]:
-    """The insert row of ``e`` placed at ``seq`` after ``prev_hash``, its hash computed."""
-    entry_id = new_id()
-    entry_text = str(entry_id)  # (and ``key`` is the org id as text: an org's chain key)
-    resource_type = e.targets[0]["type"] if e.targets else None
-    resource_id = e.targets[0]["id"] if e.targets else None
-    occurred_at = iso(e.occurred_at)  # as the hash spells it (and Postgres reads it)
-    source = AuditSource.product.value
-    # The hashed values in CANONICAL_FIELDS order: the body is built once, by canonical_values.
-    digest = values_hash(
-        (entry_text, key, seq, occurred_at, e.actor_type, e.actor_id, e.actor_name, e.action, resource_type,
-         resource_id, e.metadata, e.ip, e.user_agent, e.request_id, source, e.targets),
-        prev_hash,
-    )  # fmt: skip
-    # The insert reads the first 19 items; a 20th, the id as a UUID for the answer, rides along unread.
-    return [
-        entry_text, key, seq, key, occurred_at, e.actor_type, e.actor_id,
-        e.actor_name, e.action, resource_type, resource_id, e.metadata, e.ip, e.user_agent, e.request_id,
-        source, e.targets, prev_hash, digest, entry_id,
-    ]  # fmt: skip
-
-
-def _answer(organization_id: uuid.UUID, row: list[Any], e: Prepared, now: datetime) -> AuditLogOut:
-    """The API's answer for ``e``, stored as ``row`` (``now``: the transaction's time, recorded_at)."""
+def _answer(
+    organization_id: uuid.UUID,
+    stored: tuple[str, int, str],
+    prev_hash: str,
+    shown: tuple[tuple[Any, ...], datetime],
+    now: datetime,
+) -> AuditLogOut:
+    """The API's answer for an entry stored as ``stored`` (id, seq, hash) after ``prev_hash``;
+    ``shown``: its values in CANONICAL_FIELDS order and its occurred_at; ``now``: the transaction's
+    time, recorded_at."""
+    values, occurred_at = shown
+    entry_id, seq, digest = stored
+    targets: list[dict[str, Any]] = values[15]
     return AuditLogOut(
-        id=row[_ROW_ID], organization_id=organization_id, seq=row[_ROW_SEQ], source=AuditSource.product.value,
-        action=e.action, occurred_at=e.occurred_at, recorded_at=now.astimezone(UTC),
-        actor=ActorOut(type=e.actor_type, id=e.actor_id, name=e.actor_name),
-        targets=[TargetOut(type=t["type"], id=t["id"], name=t.get("name")) for t in e.targets],
-        resource_type=row[9], resource_id=row[10],
-        context=ContextOut(ip=e.ip, user_agent=e.user_agent), metadata=e.metadata,
-        request_id=e.request_id, prev_hash=row[_ROW_PREV_HASH], hash=row[_ROW_HASH],
+        id=uuid.UUID(entry_id), organization_id=organization_id, seq=seq, source=values[14],
+        action=values[7], occurred_at=occurred_at, recorded_at=now.astimezone(UTC),
+        actor=ActorOut(type=values[4], id=values[5], name=values[6]),
+        targets=[TargetOut(type=t["type"], id=t["id"], name=t.get("name")) for t in targets],
+        resource_type=values[8], resource_id=values[9],
+        context=ContextOut(ip=values[11], user_agent=values[12]), metadata=values[10],
+        request_id=values[13], prev_hash=prev_hash, hash=digest,
     )  # fmt: skip
 
 
@@ -468,24 +488,28 @@ class _Envelope(Struct):
     entries: list[msgspec.Raw]
 
 
+class _Entries(Struct):
+    entries: list[AuditBatchEntry]
+
+
 class _Stored(msgspec.Struct):
-    id: uuid.UUID
+    id: str
     seq: int
     hash: str
 
 
-class BatchEntryResult(msgspec.Struct):
+class BatchEntryResult(msgspec.Struct, gc=False):
     index: int
     #: 201 stored; 200 the first answer to its idempotency key (nothing stored); else the error's status.
     status: int
     idempotency_key: str | None = None
-    id: uuid.UUID | None = None
+    id: Annotated[str, msgspec.Meta(extra_json_schema={"extra": {"format": "uuid"}})] | None = None
     seq: int | None = None
     hash: str | None = None
     error: str | None = None
 
 
-class BatchRejection(msgspec.Struct):
+class BatchRejection(msgspec.Struct, gc=False):
     index: int
     idempotency_key: str | None
     error: str
@@ -513,6 +537,20 @@ def _decode_envelope(body: bytes) -> _Envelope:
         raise BadRequest("the request body is not JSON") from None
 
 
+def _decode_entries(body: bytes) -> list[AuditBatchEntry] | None:
+    """Every entry of a batch in which every entry decodes, in one pass in C; else ``None`` (the
+    envelope is then read entry by entry, and each entry that does not decode is one rejection).
+
+    No depth check is needed first: decoding into these types never descends further than they
+    do (an unknown field is an error, not skipped, and metadata holds scalars), so no body reaches
+    the decoder's recursion limit here. Anything this refuses — too deep, not UTF-8, not JSON, one
+    bad entry — goes the other way, which names it as before."""
+    try:
+        return msgspec.json.decode(body, type=_Entries).entries
+    except Exception:  # (every refusal is named by the entry-by-entry path)
+        return None
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationFailed) and exc.errors:
         return "; ".join(f"{e.get('field')}: {e.get('message')}" for e in exc.errors)
@@ -521,44 +559,98 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-async def ingest_batch(
-    appender: AuditAppender, body: bytes, *, principal: Principal, request_id: str | None
-) -> AuditBatchResult:
-    """Check every entry on its own, store the valid ones (grouped by organization), answer each."""
-    envelope = _decode_envelope(body)
-    if len(envelope.entries) > MAX_BATCH_ENTRIES:
-        raise PayloadTooLarge(
-            f"a batch holds at most {MAX_BATCH_ENTRIES} entries; this one has {len(envelope.entries)}"
-        )
+@dataclass(slots=True)
+class _OrgEntries:
+    """One organization's entries of a batch: their indexes in it, and the entries checked."""
+
+    key: str
+    indexes: list[int] = field(default_factory=list)
+    entries: list[Prepared] = field(default_factory=list)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The garbage collector held off for a synchronous stretch that makes and drops many objects
+    (a batch's decoding and checking: no await inside, so nothing else runs meanwhile). What dies
+    inside is never walked; what survives is walked once, at the next collection."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _check_batch(
+    body: bytes, principal: Principal, request_id: str | None
+) -> tuple[list[BatchEntryResult | None], dict[uuid.UUID, _OrgEntries]]:
+    """Every entry of ``body`` decoded and checked: the results of the refused ones (by index; the
+    others ``None`` yet), and the checked ones by organization, in order."""
+    decoded: list[AuditBatchEntry | None] | None = _decode_entries(body)  # type: ignore[assignment]
+    raws = _decode_envelope(body).entries if decoded is None else None
+    count = len(decoded) if decoded is not None else len(raws or ())
+    if count > MAX_BATCH_ENTRIES:
+        raise PayloadTooLarge(f"a batch holds at most {MAX_BATCH_ENTRIES} entries; this one has {count}")
     now = datetime.now(UTC)
-    results: list[BatchEntryResult | None] = [None] * len(envelope.entries)
-    by_org: dict[uuid.UUID, list[tuple[int, Prepared]]] = {}
-    for index, raw in enumerate(envelope.entries):
-        key = None
+    # JSON spells a NUL only as \\u0000: a body without one spares each entry the walk looking for it.
+    nul_free = b"\\u0000" not in body
+    results: list[BatchEntryResult | None] = [None] * count
+    by_org: dict[uuid.UUID, _OrgEntries] = {}
+    last_org: uuid.UUID | None = None
+    bucket = _OrgEntries("")  # the last entry's org's (most batches have one org)
+    for index in range(count):
+        idem = None
         try:
-            item = msgspec.json.decode(raw, type=AuditBatchEntry)
-            key = item.idempotency_key
+            if decoded is not None:
+                item, raw = decoded[index], (b"" if nul_free else None)
+                # Once encoded, the decoded entry is not needed: freed now (its lists and dicts die
+                # young), not held until the request is answered.
+                decoded[index] = None
+                assert item is not None
+            else:
+                assert raws is not None
+                item = msgspec.json.decode(raws[index], type=AuditBatchEntry)
+                raw = b"" if nul_free else bytes(raws[index])
+            idem = item.idempotency_key
             org_id = auth.ingest_target(principal, item.org_id)
+            if org_id is not last_org:
+                last_org = org_id
+                if org_id not in by_org:
+                    by_org[org_id] = _OrgEntries(chain_key_of(org_id))
+                bucket = by_org[org_id]
             prepared = prepare(
-                item, request_id=request_id, idempotency_key=key, now=now, raw=bytes(raw), answer_body=False
-            )
+                item, key=bucket.key, request_id=request_id, idempotency_key=idem, now=now, raw=raw,
+                answer_body=False,
+            )  # fmt: skip
         except msgspec.ValidationError as exc:
             results[index] = BatchEntryResult(index=index, status=422, error=str(exc))
             continue
         except KeelError as exc:
             results[index] = BatchEntryResult(
-                index=index, status=exc.status_code, idempotency_key=key, error=_reason(exc)
+                index=index, status=exc.status_code, idempotency_key=idem, error=_reason(exc)
             )
             continue
-        by_org.setdefault(org_id, []).append((index, prepared))
+        bucket.indexes.append(index)
+        bucket.entries.append(prepared)
+    return results, by_org
 
-    async def one_org(org_id: uuid.UUID, items: list[tuple[int, Prepared]]) -> None:
-        outcomes = await appender.append(org_id, [p for _, p in items])
-        for (index, prepared), outcome in zip(items, outcomes, strict=True):
-            key = prepared.idempotency_key
+
+async def ingest_batch(
+    appender: AuditAppender, body: bytes, *, principal: Principal, request_id: str | None
+) -> AuditBatchResult:
+    """Check every entry on its own, store the valid ones (grouped by organization), answer each."""
+    with _collector_paused():
+        results, by_org = _check_batch(body, principal, request_id)
+
+    async def one_org(org_id: uuid.UUID, mine: _OrgEntries) -> None:
+        outcomes = await appender.append(org_id, mine.entries)
+        for index, prepared, outcome in zip(mine.indexes, mine.entries, outcomes, strict=True):
+            idem = prepared.idempotency_key
             if isinstance(outcome, KeelError):
                 results[index] = BatchEntryResult(
-                    index=index, status=outcome.status_code, idempotency_key=key, error=_reason(outcome)
+                    index=index, status=outcome.status_code, idempotency_key=idem, error=_reason(outcome)
                 )
                 continue
             if outcome.stored is not None:
@@ -567,11 +659,11 @@ async def ingest_batch(
                 stored = msgspec.json.decode(outcome.body, type=_Stored)
                 entry_id, seq, digest = stored.id, stored.seq, stored.hash
             results[index] = BatchEntryResult(
-                index=index, status=200 if outcome.replayed else outcome.status_code, idempotency_key=key,
+                index=index, status=200 if outcome.replayed else outcome.status_code, idempotency_key=idem,
                 id=entry_id, seq=seq, hash=digest,
             )  # fmt: skip
 
-    await asyncio.gather(*(one_org(org_id, items) for org_id, items in by_org.items()))
+    await asyncio.gather(*(one_org(org_id, mine) for org_id, mine in by_org.items() if mine.entries))
     done = [r for r in results if r is not None]
     return AuditBatchResult(
         accepted=sum(1 for r in done if r.status == 201),

@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import product
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -128,6 +130,78 @@ def canonical_values(values: Sequence[Any]) -> bytes:
         if value is not None and value != default:
             body[name] = value
     return _encode(body)
+
+
+class _Half:
+    """The canonical body's members on one side of ``seq`` (the body's keys are sorted), written by
+    one msgspec encode of a Struct whose fields are those members in sorted order: a Struct class
+    for each set of optional fields present (they are left out at their default)."""
+
+    def __init__(self, side: str, names: list[str]) -> None:
+        names = sorted(names)
+        # Both sides always hold a hashed field, so neither is a bare ``{}`` (whose cut would be wrong).
+        assert any(n not in OPTIONAL_FIELDS for n in names)
+        self.optional = [
+            (OPTIONAL_FIELDS[n], CANONICAL_FIELDS.index(n)) for n in names if n in OPTIONAL_FIELDS
+        ]
+        #: Where a float can hide (the test _encode makes for one): metadata and targets.
+        self.containers = [CANONICAL_FIELDS.index(n) for n in names if n in ("metadata", "targets")]
+        self.kinds: dict[tuple[bool, ...], tuple[type[msgspec.Struct], Callable[[Sequence[Any]], Any]]] = {}
+        optional = [n for n in names if n in OPTIONAL_FIELDS]
+        for present in product((False, True), repeat=len(optional)):
+            kept = [n for n in names if n not in {o for o, p in zip(optional, present, strict=True) if not p}]
+            kind = msgspec.defstruct(f"_Canonical{side}", [(n, Any) for n in kept], gc=False)
+            ats = [CANONICAL_FIELDS.index(n) for n in kept]
+            # (itemgetter gives a tuple of two or more indexes' values, and one index's bare value)
+            pick = itemgetter(*ats) if len(ats) > 1 else itemgetter(slice(ats[0], ats[0] + 1))
+            self.kinds[present] = (kind, pick)
+
+    def encode(self, values: Sequence[Any], floats: bool | None = None) -> bytes:
+        """``_encode``'s bytes for the object of these members of ``values`` (``floats``: see
+        :func:`canonical_parts`)."""
+        present = tuple([values[at] is not None and values[at] != default for default, at in self.optional])
+        kind, pick = self.kinds[present]
+        picked = pick(values)
+        # The test _encode makes: no float, and nothing escaped or beyond ASCII in what msgspec
+        # wrote; then the json module would write these very bytes (the members in this order).
+        for at in self.containers if floats is not False else ():
+            if floats or _has_float(values[at]):
+                break
+        else:
+            try:
+                fast = _FAST_ENCODER.encode(kind(*picked))
+            except (TypeError, OverflowError):
+                fast = b""
+            if fast and fast.isascii() and b"\\" not in fast:
+                return fast
+        return _ENCODER.encode(dict(zip(kind.__struct_fields__, picked, strict=True))).encode()
+
+
+_BEFORE_SEQ = _Half("BeforeSeq", [n for n in CANONICAL_FIELDS if n < "seq"])
+_AFTER_SEQ = _Half("AfterSeq", [n for n in CANONICAL_FIELDS if n > "seq"])
+assert "seq" in HASHED_FIELDS
+
+
+def canonical_parts(values: Sequence[Any], *, floats: bool | None = None) -> tuple[bytes, bytes]:
+    """:func:`canonical_values` of ``values`` as the bytes before and after seq's digits (the seq
+    among ``values`` is not read): for every seq ``n``, ``head + b"%d" % n + tail`` is
+    ``canonical_values`` of ``values`` with seq ``n``. An entry can so be encoded once, before its
+    place on the chain is known, and each chaining of it is one concatenation.
+
+    Why the bytes are the same: the canonical body is an object with sorted keys, which the
+    definition's encoder (the json module, compact separators) writes as ``{`` + its members
+    joined by ``,`` + ``}``, each member spelled on its own. Cut the sorted keys at ``seq``: the
+    members before it are the encoding of the object of those fields less its ``}``, the members
+    after it that of theirs less its ``{``; ``seq``'s member is ``"seq":`` and the integer's
+    digits. Each half is ``_encode``'s bytes for its object (see ``_Half``).
+    ``tests/test_audit_chain.py`` holds them equal over generated entries.
+
+    ``floats``: whether metadata or targets hold a float, when the caller knows (a product entry's
+    checks tell, its targets being text); ``None``: looked for."""
+    return (
+        _BEFORE_SEQ.encode(values, floats)[:-1] + b',"seq":',
+        b"," + _AFTER_SEQ.encode(values, floats)[1:],
+    )
 
 
 def values_hash(values: Sequence[Any], prev_hash: str) -> str:

@@ -90,7 +90,11 @@ class AuditIngestController(Controller):
         # No session: the org's liveness is checked in the (group) transaction that writes the entry.
         org_id = auth.ingest_target(principal, data.org_id)
         prepared = batch.prepare(
-            data, request_id=ctx.request_id, idempotency_key=idempotency_key, now=datetime.now(UTC)
+            data,
+            key=chain_key_of(org_id),
+            request_id=ctx.request_id,
+            idempotency_key=idempotency_key,
+            now=datetime.now(UTC),
         )
         (answer,) = await state.audit_appender.append(org_id, [prepared])
         if isinstance(answer, KeelError):

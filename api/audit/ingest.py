@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -30,13 +28,15 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(msgspec.Struct, frozen=True, gc=False):
+    """One entry's answer. (A Struct: built in C, one per entry of a batch, and untracked by the
+    garbage collector — it holds no container that could lead back to it.)"""
+
     status_code: int
     body: bytes
     replayed: bool = False
     #: The stored entry's (id, seq, hash), when known without decoding ``body``.
-    stored: tuple[uuid.UUID, int, str] | None = None
+    stored: tuple[str, int, str] | None = None
 
 
 def body_hash(data: AuditLogCreate) -> str:
@@ -61,12 +61,14 @@ def _check_occurred_at(value: datetime, now: datetime) -> datetime:
     return utc
 
 
+#: (a tuple: looked up by identity, where a frozenset would call the enum's hash, Python code)
+_RESERVED_ACTOR_TYPES = tuple(RESERVED_ACTOR_TYPES)
 PRODUCT_ACTOR_TYPES = ", ".join(t.value for t in ActorType if t not in RESERVED_ACTOR_TYPES)
 
 
 def _check_not_keel(data: AuditLogCreate) -> None:
     """A product entry cannot pass for one of Keel's own: not its actions, not its actor types."""
-    if data.actor.type in RESERVED_ACTOR_TYPES:
+    if data.actor.type in _RESERVED_ACTOR_TYPES:
         raise ValidationFailed(
             f"actor.type {data.actor.type.value!r} is for Keel's own entries; a product's actor is "
             f"one of {PRODUCT_ACTOR_TYPES}",
@@ -98,19 +100,31 @@ def _checked_ip(value: str) -> str:
     return str(address)
 
 
-def _check_metadata(metadata: dict[str, Any]) -> None:
+def _check_metadata(metadata: dict[str, Any]) -> bool:
+    """What msgspec cannot check of metadata (its decoders give exact types: str, int, float,
+    bool, None); whether a value is a float."""
+    floats = False
     for key, value in metadata.items():
-        field = f"metadata.{key}"
         if not 1 <= len(key) <= MAX_METADATA_KEY:
-            raise ValidationFailed(f"metadata keys are 1-{MAX_METADATA_KEY} characters", field=field[:60])
-        if isinstance(value, str) and len(value) > MAX_METADATA_STRING:
             raise ValidationFailed(
-                f"metadata values are at most {MAX_METADATA_STRING} characters", field=field
+                f"metadata keys are 1-{MAX_METADATA_KEY} characters", field=f"metadata.{key}"[:60]
             )
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_METADATA_INT:
-            raise ValidationFailed("metadata integers must fit in 64 bits", field=field)
-        if isinstance(value, float) and not abs(value) < MAX_JSON_FLOAT:
-            raise ValidationFailed("metadata numbers must be below 1e16 in magnitude", field=field)
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_METADATA_STRING:
+                raise ValidationFailed(
+                    f"metadata values are at most {MAX_METADATA_STRING} characters", field=f"metadata.{key}"
+                )
+        elif kind is int:
+            if abs(value) > MAX_METADATA_INT:
+                raise ValidationFailed("metadata integers must fit in 64 bits", field=f"metadata.{key}")
+        elif kind is float:
+            floats = True
+            if not abs(value) < MAX_JSON_FLOAT:
+                raise ValidationFailed(
+                    "metadata numbers must be below 1e16 in magnitude", field=f"metadata.{key}"
+                )
+    return floats
 
 
 def _first_nul(value: Any, path: str) -> str | None:
@@ -132,9 +146,12 @@ def _first_nul(value: Any, path: str) -> str | None:
     return None
 
 
-def check_entry(data: AuditLogCreate, now: datetime, raw: bytes | None = None) -> tuple[datetime, str | None]:
+def check_entry(
+    data: AuditLogCreate, now: datetime, raw: bytes | None = None
+) -> tuple[datetime, str | None, bool]:
     """What msgspec cannot check of one product entry (ValidationFailed naming the field); returns
-    its ``occurred_at`` in UTC and its address in the one spelling the hash uses. ``raw``: the JSON
+    its ``occurred_at`` in UTC, its address in the one spelling the hash uses, and whether its
+    metadata holds a float. ``raw``: the JSON
     the entry was decoded from, if at hand (JSON spells a NUL only as ``\\u0000``: without one, the
     walk looking for it is skipped).
 
@@ -143,7 +160,7 @@ def check_entry(data: AuditLogCreate, now: datetime, raw: bytes | None = None) -
     nul = None if raw is not None and b"\\u0000" not in raw else _first_nul(msgspec.to_builtins(data), "")
     if nul:
         raise ValidationFailed("text cannot contain NUL (\\u0000) characters", field=nul.replace(".[", "["))
-    _check_metadata(data.metadata)
+    floats = _check_metadata(data.metadata)
     occurred_at = _check_occurred_at(data.occurred_at, now)
     ip = _check_ip(data.context.ip if data.context else None)
-    return occurred_at, ip
+    return occurred_at, ip, floats

@@ -35,7 +35,7 @@ MAX_METADATA_STRING = 500
 MAX_METADATA_INT = 2**63 - 1
 
 
-class ActorIn(Struct):
+class ActorIn(Struct, gc=False):
     type: Annotated[
         ActorType,
         msgspec.Meta(description="`staff` and `system` are for Keel's own entries and are refused (422)."),
@@ -44,13 +44,13 @@ class ActorIn(Struct):
     name: DisplayName | None = None
 
 
-class TargetIn(Struct):
+class TargetIn(Struct, gc=False):
     type: TypeName
     id: Identifier
     name: DisplayName | None = None
 
 
-class ContextIn(Struct):
+class ContextIn(Struct, gc=False):
     ip: (
         Annotated[str, msgspec.Meta(min_length=2, max_length=64, description="An IPv4 or IPv6 address.")]
         | None
@@ -58,7 +58,7 @@ class ContextIn(Struct):
     user_agent: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
 
-class AuditLogCreate(Struct):
+class AuditLogCreate(Struct, gc=False):
     """One entry sent by the product (ingest key). A platform ingest key names the ``org_id``."""
 
     action: Action

@@ -49,6 +49,11 @@ def new_id() -> uuid.UUID:
     return uuid.UUID(bytes=uuid_utils.uuid7().bytes)
 
 
+def new_id_text() -> str:
+    """:func:`new_id` as its text, without the ``uuid.UUID`` in between (where only the text is used)."""
+    return str(uuid_utils.uuid7())
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

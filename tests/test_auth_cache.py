@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from api.tokens.models import TokenKind
 from tests.harness import OrgWorld
 
 
-def finished_at_once(coro: Coroutine[Any, Any, Any]) -> Any:
+def finished_at_once(coro: Any) -> Any:
     """The value of a coroutine that returns at its first step (never suspends); fails otherwise."""
     with pytest.raises(StopIteration) as done:
         coro.send(None)

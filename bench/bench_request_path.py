@@ -87,27 +87,27 @@ calls it (no client sockets; CPU per request of the process, 4 tasks, medians of
   same run, main / branch: /v1/me 4.6 4.2 3.9 / 2.7 4.2 3.3, organization 5.1 5.0 5.5 / 2.7 4.1
   3.3, members page 7.0 8.2 7.0 / 3.9 5.4 4.9.
 
-Figures of the fourth pass over HTTP (`--no-single`, 1 Dec 2026 23:48-23:55 UTC, load average
-2.7-6 from other sessions; main c0b0c8c checked out under /tmp and this branch, the same venv,
-taking turns, three runs each): the rate ratio to /health and, in brackets, the server's CPU per
-request as a multiple of /health's.
+Figures of the fourth pass over HTTP (`--no-single`, 1 Dec 2026 23:48 - 2 Dec 00:21 UTC, load
+average 2.7-9 from other sessions; main c0b0c8c checked out under /tmp and this branch, the same
+venv and this bench file, taking turns, six runs each): the rate ratio to /health and, in
+brackets, the server's CPU per request as a multiple of /health's (the steadier figure).
 
-| route | main: three runs | branch: three runs |
+| route | main: six runs, median | branch: six runs, median |
 |---|---|---|
-| GET /v1/me | .44 (2.2x) .56 (1.8x) .57 (2.1x) | .56 (1.9x) .52 (2.0x) .46 (2.0x) |
-| GET /v1/orgs/{org_id} | .45 (2.2x) .49 (2.0x) .52 (2.3x) | .41 (2.1x) .50 (2.1x) .45 (2.3x) |
-| GET …/members | .36 (2.8x) .38 (2.4x) .36 (3.1x) | .40 (2.5x) .39 (2.5x) .37 (2.6x) |
+| GET /v1/me | .44 .56 .57 .52 .42 .42: 0.48 (2.2x) | .56 .52 .46 .47 .47 .45: 0.47 (2.05x) |
+| GET /v1/orgs/{org_id} | .45 .49 .52 .46 .37 .48: 0.47 (2.3x) | .41 .50 .45 .55 .50 .45: 0.48 (2.15x) |
+| GET …/members | .36 .38 .36 .46 .30 .37: 0.37 (2.8x) | .40 .39 .37 .47 .44 .32: 0.40 (2.5x) |
 
-/health ran at 1,142-3,251 req/s (main) and 897-1,781 (branch) in these runs: the machine was
-loaded throughout, and the server's CPU per request of /health itself moved 0.20-0.38 ms.
+/health ran at 574-3,251 req/s (main) and 897-1,781 (branch) in these runs: the machine was
+loaded throughout, and the server's CPU per request of /health itself moved 0.20-0.48 ms.
 
 So: the read's client-side CPU is down by about 45 us (the reader alone, under load) and the
-members page's rows by half again; over HTTP under this load the CPU multiples of the members
-page moved (2.4-3.1x -> 2.5-2.6x) and the others within their spread, and the rate ratios did not
-move measurably: at 2-4x /health's CPU per request, what is left is the round trip (the `sendto`
-that wakes Postgres, and Postgres's own 0.1-0.25 ms a request on the same two cores), which no
-route-specific change removes. /v1/me and the organization are near 0.5 at the median, the
-members page is not (0.37-0.40).
+members page's rows by half again; over HTTP under this load the server's CPU per request moved
+from 2.2 / 2.3 / 2.8x /health's to 2.05 / 2.15 / 2.5x (medians of six), and the rate ratios
+within their spread (0.48 -> 0.47, 0.47 -> 0.48, 0.37 -> 0.40). At ~2x /health's CPU per request
+what is left is the round trip (the `sendto` that wakes Postgres, and Postgres's own 0.1-0.25 ms
+a request on the same two cores), which no route-specific change removes. /v1/me and the
+organization are near 0.5 at the median, not in every run; the members page is not (0.40).
 """
 
 from __future__ import annotations

@@ -134,16 +134,6 @@ async def _bearer_principal(request: Request[Any, Any, Any]) -> Principal:
     """The bearer token's principal (cached), spending a failed attempt of the address on a 401."""
     scope, state = request.scope, request.app.state
     header = _header(scope, b"authorization")
-    secret = ""
-
-    async def lookup() -> Principal:
-        async with state.sessionmaker() as session:
-            found = await auth.authenticate(
-                session, secret, touch_interval=state.settings.token_touch_interval
-            )
-            await session.commit()
-            return found
-
     try:
         secret = auth.bearer_secret(header, basic=bool(request.route_handler.opt.get(auth.BASIC_WRITE_KEY)))
         digest = secrets.digest(secret)
@@ -151,11 +141,20 @@ async def _bearer_principal(request: Request[Any, Any, Any]) -> Principal:
         if principal is None:
             # An address out of failed attempts costs no lookup; a token already known still works.
             refuse_locked_out_address(state.limits, scope)
-            principal = await cache.principals.get_or_load(digest, lookup)
+            principal = await cache.principals.get_or_load(digest, _authenticate, state, secret)
     except Unauthorized:
         count_failed_auth(state.limits, scope)
         raise
     return principal
+
+
+async def _authenticate(state: State, secret: str) -> Principal:
+    """A token not in ``cache.principals``: looked up (and its ``last_used_at`` touched) in a
+    session of its own."""
+    async with state.sessionmaker() as session:
+        found = await auth.authenticate(session, secret, touch_interval=state.settings.token_touch_interval)
+        await session.commit()
+        return found
 
 
 async def _check_csrf(request: Request[Any, Any, Any], secret: str) -> None:

@@ -28,91 +28,86 @@ read route (py-spy on PATH); with `KEEL_BENCH_PG_BIN` naming a Postgres that has
 `pg_stat_statements` (Debian's `/usr/lib/postgresql/15/bin`) `--statements` prints the statements
 each route ran.
 
-What was found, in three passes (py-spy, `strace -c`, `perf stat` on the server, CPU of Postgres's
+What was found, in four passes (py-spy, `strace -c`, `perf stat` on the server, CPU of Postgres's
 backends; this machine is a Firecracker VM with nested virtualization, 2 cores shared by several
 sessions, where every system call that wakes a peer is dear):
 
 First pass (main at f55b447): server CPU per request /health 0.2 ms, /v1/me 1.8, the organization
-2.6, its members 3.2. 38% of an org read's samples sent `BEGIN`/`COMMIT`/`ROLLBACK`: the guard and
-the handler each opened a session, six round trips for one organization, the ORM most of the
-rest. Since then the guard and the three routes read through `api/db/reads.py` (Core statements
-compiled once, read-only autocommit connections, server-prepared statements: pg_stat_statements
-shows one `SELECT` a request and no `BEGIN`/`COMMIT`; `EXPLAIN (ANALYZE, BUFFERS)` of the members
-page: 2 shared hits, 0.04 ms) and an active member's grant is cached for 2 s.
+2.6, its members 3.2; 38% of an org read's samples sent `BEGIN`/`COMMIT`/`ROLLBACK` (two sessions,
+six round trips), the ORM most of the rest. Since then the guard and the three routes read through
+`api/db/reads.py` (Core statements compiled once, read-only autocommit connections,
+server-prepared statements: one `SELECT` a request, no `BEGIN`/`COMMIT`) and an active member's
+grant is cached for 2 s.
 
 Second pass (main at 0950ec8): what separates these routes from /health is system calls that wake
-a peer: the answer's writes (uvicorn writes head and body apart: shared by /health) and the one
-`sendto` to Postgres (10-26% of an org read's samples); `strace -c` per read: 1 sendto, 1
-recvfrom, ~6 epoll_ctl, 1 ioctl (psycopg's wait adds the socket's reader and removes it at every
-wait; libuv checks a new poll handle and sets O_NONBLOCK), ~25 us at 3.5 us an epoll_ctl. The
-page's Python work is small (22 rows converted 7 us, the page built 3 us, encoded 5 us); parsing
-44 text `timestamptz` ~15 us; asyncpg no cheaper than psycopg for one prepared `SELECT`. Pool
+a peer: the answer's writes (shared by /health) and the one `sendto` to Postgres; psycopg's wait
+added and removed the socket from the loop at every read (~6 epoll_ctl and an ioctl). Pool
 `getconn`/`putconn` and converting only the enum columns took ~10 us off a read.
 
-Third pass (main at 963ab4a, branch i20-reads4; micro-benchmarks of the reader alone in a uvloop
-process, 4 tasks; the app called in-process as uvicorn calls it, no client sockets, py-spy `record
---rate 400 --format raw` on it; this bench):
-- psycopg's wait, replaced for the read pool (`api/db/reads.py` `ReadConnection`): the socket is
-  registered with the loop at its first wait and stays so; a wait is a future its reader callback
-  resolves. Reader alone, CPU per read (medians of 5 rounds, four runs each way taking turns):
-  organization 65-69 us -> 47-49, members page 98-117 -> 82-90. The hazard is fd reuse: a
-  registration left behind for a socket libpq closed would keep libuv from ever polling the next
-  socket given that number (tests/test_reads.py proves a socket at the old number is polled after
-  a close and after a connection lost mid-read, and that an idle connection the server closed is
-  dropped from the loop's epoll set; each test fails with the matching drop removed). `strace -c`
-  of that process over 10,000 reads: main 6.0 epoll_ctl (half failing), 1.0 ioctl and 0.31
-  io_uring_enter a read beside its sendto and recvfrom (10.7 system calls a read); now 0.014
-  epoll_ctl and no ioctl (3.4 a read: sendto, recvfrom, getpid, 0.4 epoll_pwait).
-- Binary results: members page read and built, medians 137-139 -> 119-131 us (timestamps and
-  uuids from their binary form in C; Postgres's binary send functions are cheaper than
-  `timestamptz_out` too); the organization's one row: no difference. Same JSON, to the byte (test). The enum
-  columns (role, status) are converted by a dict lookup in a table of SQLAlchemy's own
-  processor's answers: 22 rows 6.8 -> 3.9 us (after the figures below were taken).
-- Dependencies: the three routes took `reader` (depending on `principal`, to stay out of
-  Litestar's task group) and `principal`, two `Provide` layers each with a signature model and a
-  call; now one, `ReadContext` (principal and reader, from the request alone). A cached
-  membership grant is returned without building the lookup closure or awaiting it.
-- The send: in the in-process app (no client sockets), 50-68% of an org or members request's
-  samples are in psycopg's `_send_query_prepared`, i.e. the `sendto` that wakes Postgres's
-  backend; with both cores busy the woken backend often runs at once on the sender's core
-  (wake-up preemption), so the sender stalls for the query's execution. This is what is left:
-  one round trip a request, and Postgres's own CPU (0.07-0.19 ms a request) competes with the
-  server for the 2 cores, which /health does not. Measured and not taken: a pipeline of the
-  reads that coincide (psycopg pipeline mode, batches of 4 in the micro-benchmark) cost 56-69 us
-  a read against 49-50 for one read at a time: its Python machinery outweighs the wake-ups saved.
-- Not changed, for the ratio's sake or the contract's: one write for the answer's head and body
-  would speed /health as much as these routes; answers cached across requests would break
-  read-your-writes (the 2 s grant cache is for access only, documented); a `Response` of
-  pre-encoded bytes would save an encode of ~5 us and lose the answer's schema in /schema.
+Third pass (main at 963ab4a): `ReadConnection` keeps its socket registered with the loop (reader
+alone: organization 65-69 -> 47-49 us of CPU a read; 10.7 -> 3.4 system calls a read; the fd-reuse
+hazard is covered by tests/test_reads.py), binary results, one `ReadContext` dependency, the enum
+columns converted by a table lookup. Measured and not taken: psycopg's pipeline mode (its Python
+outweighed the wake-ups saved), one write for the answer's head and body (speeds /health alike),
+answers cached across requests (read-your-writes), a `Response` of pre-encoded bytes (the schema
+in /schema would go). Rate ratios then (medians of six runs under load): 0.50, 0.54, 0.40.
 
-Figures of the third pass (`--no-single`, 1 Dec 2026 20:49-21:15 UTC, load average 5-10 from other
-sessions; main 963ab4a checked out under /tmp and this branch run with the same venv and this
-bench file, taking turns, six runs each): the rate ratio to /health and, in brackets, the server's
-CPU per request as a multiple of /health's (the steadier figure).
+Fourth pass (main at c0b0c8c, branch i20-reads5). Measured: the app called in-process as uvicorn
+calls it (no client sockets; CPU per request of the process, 4 tasks, medians of 5 rounds), py-spy
+`record --rate 400 --format raw` of it per route, and the reader alone (the main and the branch
+`Reader` in one process, taking turns):
+- In-process, main, a quiet moment: /health 55 us, /v1/me with an ingest key (authentication
+  alone) 83, /v1/me 201, the organization 187, the members page 248. Beside authentication every
+  route pays one read; /v1/me and the organization cost the same (the org route's own work, the
+  cached grant, the path's uuid, `read_access`, the `OrgOut`, is ~1-2% of its samples each), so
+  what separates the org routes from /v1/me is nothing route-specific but the members page's rows.
+- The read, in py-spy: 47% of an org request's samples, 28% in psycopg's `_send_query_prepared`
+  (libpq's `PQsendQueryPrepared`: the `sendto` that wakes the backend, which on 2 busy cores
+  often preempts the sender), the rest psycopg's cursor: the connection's lock twice, query
+  conversion, prepare bookkeeping, result selection, the row maker. `ReadConnection.fetch` now
+  sends the statement through libpq itself: SQLAlchemy compiles it with `$n` placeholders, psycopg's
+  C Transformer dumps the values and names their types, the statement is prepared once per
+  connection and parameter types (`pg_prepared_statements`: one entry per read, tested), each read
+  one `PQsendQueryPrepared`, rows loaded in binary by the Transformer. Reader alone, CPU per read
+  (medians of 7 rounds, load average ~8): organization 100 -> 56 us, members page 167 -> 119 us;
+  a raw libpq floor (no pool, nothing converted) was 26 us for the organization.
+- The members page's rows: loading 22 rows in binary took 69 us with the connection's zone
+  `Etc/UTC` and 34 us with `UTC` (micro-benchmark, load ~7): psycopg gives `UTC` the fixed
+  `datetime.timezone.utc` and any other name a `ZoneInfo`, whose conversion is per timestamp
+  (44 of them). A read connection whose server zone is UTC by another name is set to `UTC`
+  (`reads.utc_by_its_name`): the same instants, offsets and JSON (`Z`; tested); a zone with
+  another offset is left alone. The rest of the page: enum conversion ~4-10 us, 21 `MemberOut`s
+  ~6 us, encoding ~15 us (5,994 bytes); a generated row function saved ~2 us: not taken.
+- `TtlCache.get_or_load` answers a hit itself (no task, no closure: the load takes its arguments)
+  and is what the guard's `active_role` and flag evaluation's `org_access_cached` both call (the
+  review finding; before, each checked `cache.memberships` by hand); a miss of the latter is now
+  shared too, and a grant read across an invalidation is not kept (it was, by `put`).
+- In-process before/after (main tree and branch taking turns, three pairs, load average 5-7, so
+  the absolute figures are inflated and spread): CPU per request as a multiple of /health's in the
+  same run, main / branch: /v1/me 4.6 4.2 3.9 / 2.7 4.2 3.3, organization 5.1 5.0 5.5 / 2.7 4.1
+  3.3, members page 7.0 8.2 7.0 / 3.9 5.4 4.9.
+
+Figures of the fourth pass over HTTP (`--no-single`, 1 Dec 2026 23:48 - 2 Dec 00:21 UTC, load
+average 2.7-9 from other sessions; main c0b0c8c checked out under /tmp and this branch, the same
+venv and this bench file, taking turns, six runs each): the rate ratio to /health and, in
+brackets, the server's CPU per request as a multiple of /health's (the steadier figure).
 
 | route | main: six runs, median | branch: six runs, median |
 |---|---|---|
-| GET /v1/me | .39 .44 .56 .38 .54 .32: 0.42 (2.35x) | .46 .49 .51 .57 .46 .55: 0.50 (2.15x) |
-| GET /v1/orgs/{org_id} | .39 .40 .52 .23 .47 .39: 0.40 (2.5x) | .43 .56 .55 .52 .41 .56: 0.54 (2.3x) |
-| GET …/members | .35 .33 .43 .30 .43 .28: 0.34 (3.1x) | .43 .33 .42 .48 .37 .38: 0.40 (2.85x) |
+| GET /v1/me | .44 .56 .57 .52 .42 .42: 0.48 (2.2x) | .56 .52 .46 .47 .47 .45: 0.47 (2.05x) |
+| GET /v1/orgs/{org_id} | .45 .49 .52 .46 .37 .48: 0.47 (2.3x) | .41 .50 .45 .55 .50 .45: 0.48 (2.15x) |
+| GET …/members | .36 .38 .36 .46 .30 .37: 0.37 (2.8x) | .40 .39 .37 .47 .44 .32: 0.40 (2.5x) |
 
-/health ran at 918-3,054 req/s in these runs. The first three branch runs predate binary results.
+/health ran at 574-3,251 req/s (main) and 897-1,781 (branch) in these runs: the machine was
+loaded throughout, and the server's CPU per request of /health itself moved 0.20-0.48 ms.
 
-Then the machine went quiet (load average 1-2.5, 21:21-21:24 UTC), three more pairs with the final
-code (enum lookup included): rate ratios main .47 .49 .51 / .45 .50 .46 / .38 .38 .33, branch
-.55 .51 .49 / .49 .45 .45 / .42 .38 .39 (/v1/me / organization / members page; /health 3,486-6,248
-req/s); server CPU per request main 0.40 0.37 0.41 / 0.43 0.40 0.45 / 0.49 0.50 0.60 ms, branch
-0.29 0.34 0.31 / 0.32 0.38 0.34 / 0.36 0.45 0.40 ms (2.1-2.2x, 2.2-2.4x, 2.6-3.1x /health's on
-main; 1.8-2.0x, 2.0-2.2x, 2.2-2.6x on the branch), Postgres's 0.09-0.14 -> 0.06-0.12 ms.
-
-So the server's CPU per request of the three routes is down 20-25% on a quiet machine (about a
-third of what separated each from /health's), and the rate ratios follow under load (medians
-0.42 -> 0.50, 0.40 -> 0.54, 0.34 -> 0.40); on a quiet machine main was already near 0.5 for the
-first two and the rates moved less than the CPU (/health itself did not always saturate the
-server there: the client and Postgres share the second core). /v1/me and the organization are at
-the target at the median under load, not in every run; the members page is not (0.38-0.42):
-beside the organization it parses 21 rows, builds and encodes the page, and Postgres spends
-0.08-0.22 ms a request on it, CPU taken from the same two cores.
+So: the read's client-side CPU is down by about 45 us (the reader alone, under load) and the
+members page's rows by half again; over HTTP under this load the server's CPU per request moved
+from 2.2 / 2.3 / 2.8x /health's to 2.05 / 2.15 / 2.5x (medians of six), and the rate ratios
+within their spread (0.48 -> 0.47, 0.47 -> 0.48, 0.37 -> 0.40). At ~2x /health's CPU per request
+what is left is the round trip (the `sendto` that wakes Postgres, and Postgres's own 0.1-0.25 ms
+a request on the same two cores), which no route-specific change removes. /v1/me and the
+organization are near 0.5 at the median, not in every run; the members page is not (0.40).
 """
 
 from __future__ import annotations

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import socket
 import time
 import uuid
 
 import httpx
+import msgspec
 import psycopg
 import pytest
 import uvloop
 from psycopg import pq
-from sqlalchemy import Engine, bindparam, func, literal, select, text
+from sqlalchemy import Engine, Integer, bindparam, func, literal, select, text
 
 from api.auth import cache
 from api.auth import services as auth
@@ -345,3 +347,82 @@ def test_a_read_connection_lost_mid_read_or_while_idle_leaves_nothing_registered
             await pool.close()
 
     uvloop.run(main())
+
+
+def test_a_read_is_prepared_once_per_connection_and_its_errors_are_psycopgs_own(
+    database_url: str, org: OrgWorld
+) -> None:
+    """``ReadConnection.fetch`` prepares each read on the server at its first use on a connection
+    and then only binds and executes it (``pg_prepared_statements``: one entry per read however
+    many times it ran); a parameter whose type psycopg dumps differently (an int past int2) gets a
+    statement of its own; a statement the server refuses raises psycopg's error for it and leaves
+    the connection answering the next read."""
+    page = Read(
+        select(Organization.name)
+        .where(Organization.id.in_([bindparam("org_id"), bindparam("other")]))
+        .limit(bindparam("limit"))
+    )
+    divide = Read(select(literal(1) / bindparam("n", type_=Integer)))
+
+    async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+        org_id = uuid.UUID(org.id)
+        answers = [await reader.all(page, org_id=org_id, other=uuid.uuid4(), limit=n) for n in (1, 5, 50)]
+        answers.append(await reader.all(page, org_id=uuid.uuid4(), other=org_id, limit=100_000))
+        assert await reader.first(NAME, org_id=org_id) == (f"Org {org.slug}",)
+        assert await reader.first(NAME, org_id=uuid.uuid4()) is None
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await reader.first(divide, n=0)
+        assert await reader.first(divide, n=1) == (1,)
+        conn = await pool.getconn()
+        try:
+            cursor = await conn.execute("SELECT statement FROM pg_prepared_statements ORDER BY prepare_time")
+            prepared = [statement for (statement,) in await cursor.fetchall()]
+        finally:
+            await pool.putconn(conn)
+        return answers, prepared
+
+    async def main():  # type: ignore[no-untyped-def]
+        pool = make_read_pool(database_url, max_size=1)
+        await pool.open()
+        try:
+            return await work(Reader(pool), pool)
+        finally:
+            await pool.close()
+
+    answers, prepared = asyncio.run(main())
+    assert answers == [[(f"Org {org.slug}",)]] * 4
+    # The page twice (limits 1-50 dump as int2, 100,000 as int4), the name once, the division once
+    # (prepared, then refused at execution): nothing prepared again per call.
+    assert prepared.count(page.sql) == 2 and prepared.count(NAME.sql) == 1 and prepared.count(divide.sql) == 1
+    assert len(prepared) == 4, prepared
+
+
+def test_a_utc_server_gives_timestamps_a_fixed_utc_offset_and_other_zones_are_kept(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read connection whose zone is UTC under another name (``Etc/UTC``) is told ``UTC``:
+    psycopg's loaders then use ``datetime.timezone.utc`` (cheap) instead of ``ZoneInfo``; the
+    instant and its offset are the same, so the answer's JSON is too (``msgspec``: ``Z`` either
+    way). A zone with another offset is left alone: its answers keep their offsets."""
+    moment = Read(select(func.to_timestamp(bindparam("epoch", type_=Integer))))
+
+    def read_in(zone: str) -> tuple[datetime.datetime, bytes | None]:
+        monkeypatch.setenv("PGTZ", zone)  # libpq sends it at connect: the session's zone
+
+        async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+            (when,) = await reader.first(moment, epoch=1_700_000_000)
+            conn = await pool.getconn()
+            try:
+                return when, conn.pgconn.parameter_status(b"TimeZone")
+            finally:
+                await pool.putconn(conn)
+
+        return with_reader(database_url, work)
+
+    utc, zone = read_in("Etc/UTC")
+    assert zone == b"UTC" and utc.tzinfo is datetime.UTC
+    berlin, zone = read_in("Europe/Berlin")
+    assert zone == b"Europe/Berlin" and berlin.utcoffset() == datetime.timedelta(hours=1)
+    assert utc == berlin == datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.UTC)
+    assert msgspec.json.encode(utc) == b'"2023-11-14T22:13:20Z"'
+    assert msgspec.json.encode(berlin) == b'"2023-11-14T23:13:20+01:00"'

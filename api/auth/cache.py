@@ -20,7 +20,9 @@ back (psql), simply waits for the entries to expire.
 A missing entry is looked up once however many requests want it at the same moment
 (:meth:`TtlCache.get_or_load`): at hundreds of requests a second, every request arriving during
 the lookup used to make its own, and each expiry (every ``TTL``) stalled the ingest path for a
-few hundred milliseconds.
+few hundred milliseconds. A hit is answered by the same method without suspending: no task, no
+closure built for the lookup (its arguments are passed along instead), nothing awaited; every
+caller goes through it rather than checking the dictionary by hand first.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, TypeVarTuple
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +45,7 @@ MAX_ENTRIES = 50_000
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+Args = TypeVarTuple("Args")
 
 
 class TtlCache(Generic[K, V]):
@@ -76,25 +79,28 @@ class TtlCache(Generic[K, V]):
         self._loading.clear()
         self._generation += 1
 
-    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        """The cached value, or the result of ``load()``, shared by every caller that asks for the
-        same key while it runs. Errors (an unknown token) reach every such caller and are not
-        cached."""
+    async def get_or_load(self, key: K, load: Callable[[*Args], Awaitable[V]], *args: *Args) -> V:
+        """The cached value, or the result of ``load(*args)``, shared by every caller that asks for
+        the same key while it runs. Errors (an unknown token) reach every such caller and are not
+        cached, nor is a value loaded across a :meth:`clear` (an invalidation).
+
+        A hit returns at once: the coroutine finishes at its first step, having built nothing
+        (``load`` is called only on a miss, with ``args``: no closure per request)."""
         value = self.get(key)
         if value is not None:
             return value
         slot = (id(asyncio.get_running_loop()), key)
         task = self._loading.get(slot)
         if task is None:
-            task = asyncio.ensure_future(self._load(slot, load))
+            task = asyncio.ensure_future(self._load(slot, load(*args)))
             self._loading[slot] = task
         # One caller going away (a client disconnecting) must not cancel the others' lookup.
         return await asyncio.shield(task)
 
-    async def _load(self, slot: tuple[int, K], load: Callable[[], Awaitable[V]]) -> V:
+    async def _load(self, slot: tuple[int, K], loading: Awaitable[V]) -> V:
         generation = self._generation
         try:
-            value = await load()
+            value = await loading
         finally:
             if self._loading.get(slot) is asyncio.current_task():
                 del self._loading[slot]

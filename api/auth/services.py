@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -240,21 +240,29 @@ async def read_access(
     return _access(principal, org_id, role, permission)
 
 
-async def active_role(reader: Reader, principal: Principal, org_id: uuid.UUID) -> OrgRole:
+def active_role(reader: Reader, principal: Principal, org_id: uuid.UUID) -> Awaitable[OrgRole]:
     """The role of the caller's active membership of ``org_id`` (404/403 as :func:`org_access`),
     from ``cache.memberships`` or one read, whose grant is then kept for ``cache.TTL`` seconds
-    (refusals never are); concurrent requests for the same membership share one read."""
+    (refusals never are); concurrent requests for the same membership share one read. A cached
+    grant is answered by ``TtlCache.get_or_load``'s hit path: nothing built, nothing suspended."""
     user_id = principal.user_id
     assert user_id is not None
-    role = cache.memberships.get((user_id, org_id))
-    if role is not None:  # the usual case: no lookup to build, nothing to await
-        return role
+    return cache.memberships.get_or_load((user_id, org_id), _read_role, reader, org_id, user_id)
 
-    async def lookup() -> OrgRole:
-        row = await reader.first(READ_MEMBERSHIP, org_id=org_id, user_id=user_id)
-        return _granted(None if row is None else (row[0], row[1]))
 
-    return await cache.memberships.get_or_load((user_id, org_id), lookup)
+async def _read_role(reader: Reader, org_id: uuid.UUID, user_id: uuid.UUID) -> OrgRole:
+    """A miss of ``cache.memberships``, looked up through the reader."""
+    row = await reader.first(READ_MEMBERSHIP, org_id=org_id, user_id=user_id)
+    return _granted(None if row is None else (row[0], row[1]))
+
+
+async def _session_role(
+    sessions: async_sessionmaker[AsyncSession], org_id: uuid.UUID, user_id: uuid.UUID
+) -> OrgRole:
+    """A miss of ``cache.memberships``, looked up in a session of its own (opened only for it)."""
+    async with sessions() as session:
+        row = (await session.execute(MEMBERSHIP, {"org_id": org_id, "user_id": user_id})).first()
+    return _granted(None if row is None else (row[0], row[1]))
 
 
 async def org_access_cached(
@@ -265,22 +273,22 @@ async def org_access_cached(
 ) -> OrgAccess:
     """:func:`org_access` for routes that need nothing else from the database (flag evaluation).
 
-    A granted membership is kept in ``cache.memberships`` for ``cache.TTL`` seconds, so a member
-    asking again costs no session; a miss opens one, only for the check. Refusals (404, 403) are
-    never cached. Removal, a role change, suspension and deletion clear the cache in-process; see
+    A granted membership is kept in ``cache.memberships`` for ``cache.TTL`` seconds (the same
+    entries, and the same ``TtlCache.get_or_load``, as :func:`active_role`), so a member asking
+    again costs no session; a miss opens one, only for the check, shared by the requests that miss
+    together. Refusals (404, 403) are never cached, nor a grant read across an invalidation.
+    Removal, a role change, suspension and deletion clear the cache in-process; see
     ``api/auth/cache.py`` for the bound everywhere else.
     """
-    if principal.is_user and principal.user_id is not None:
-        role = cache.memberships.get((principal.user_id, org_id))
-        if role is not None:
-            if not role_allows(role, permission):
-                raise _role_refuses(role, permission)
-            return OrgAccess(organization_id=org_id, role=role, principal=principal)
-    async with sessions() as session:
-        access = await org_access(session, principal, org_id, permission)
-    assert principal.user_id is not None  # org_access refused every credential that is not a user's
-    cache.memberships.put((principal.user_id, org_id), access.role)
-    return access
+    if not principal.is_user or principal.user_id is None:
+        raise NotFound(ORG_NOT_FOUND)
+    found = _guard_found(principal, org_id)
+    if found is False:
+        key = (principal.user_id, org_id)
+        role = await cache.memberships.get_or_load(key, _session_role, sessions, org_id, principal.user_id)
+    else:
+        role = _granted(found)
+    return _access(principal, org_id, role, permission)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +338,10 @@ async def guard_org(
 
 
 def forget_guarded_membership() -> None:
-    """Start of every request: nothing the guard found for an earlier request applies to this one."""
-    _guarded.set(None)
+    """Start of every request: nothing the guard found for an earlier request applies to this one
+    (a request task starts with none: a ``set`` only when one is there, as ``get`` costs less)."""
+    if _guarded.get() is not None:
+        _guarded.set(None)
 
 
 def ingest_target(principal: Principal, org_id: uuid.UUID | None) -> uuid.UUID:

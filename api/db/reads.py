@@ -12,10 +12,18 @@ once for psycopg; :class:`Reader` runs it on a connection of its own pool:
   statement, or uses the request's session;
 - ``default_transaction_read_only``: Postgres refuses any write sent on these connections, so a
   route cannot write outside a transaction by mistake (and the app role's privileges are unchanged);
-- prepared on the server at first use (psycopg's ``prepare=True``): no parse or plan per request;
+- prepared on the server once per connection (:meth:`ReadConnection.fetch`): no parse or plan per
+  request; the statement is sent straight through libpq (``send_query_prepared``), its parameters
+  dumped and its rows loaded by psycopg's own C adapters, without a cursor: a psycopg cursor's
+  machinery (its lock, query conversion, prepare bookkeeping, result selection) cost ~30 us of
+  CPU a read, about what the round trip itself costs (``bench/bench_request_path.py``);
 - results in binary: psycopg's C loaders of binary timestamps and uuids do less than parsing
   their text (a members page of 21: ~10 us of CPU a read); the values are the same objects
   (timestamps aware, in the connection's time zone), so answers encode to the same JSON;
+- a server whose time zone is UTC by another name (``Etc/UTC``, what initdb usually picks) is
+  told ``UTC`` on each read connection (:func:`utc_by_its_name`): psycopg then makes timestamps
+  with ``datetime.timezone.utc`` rather than ``ZoneInfo("Etc/UTC")``, whose conversion was half
+  the cost of loading a members page; the same instants at the same offset, the same JSON;
 - waited for with the socket kept in the event loop (:class:`ReadConnection`), not added to it and
   removed again at every wait as psycopg's own wait does.
 """
@@ -23,11 +31,14 @@ once for psycopg; :class:`Reader` runs it on a connection of its own pool:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, AsyncCursor, pq
+from psycopg import AsyncConnection, errors, pq
 from psycopg.abc import PQGen
+from psycopg.abc import Transformer as AdaptTransformer
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.generators import execute
 from psycopg.rows import TupleRow
 from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool
@@ -41,17 +52,25 @@ R = TypeVar("R")
 #: What every read connection runs with (a server-side setting: writes are refused, not just unsent).
 READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 
-_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+#: psycopg's dialect, with ``$1``-style placeholders: the SQL libpq prepares as it is.
+_DIALECT = psycopg_dialect.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+_BINARY = pq.Format.BINARY
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
 
 Processor = Callable[[Any], Any] | None
 
 
 class Read:
-    """A Core ``SELECT`` compiled once: its SQL, its constants (as the column types store them),
-    the processors of the parameters named by :func:`sqlalchemy.bindparam` and of the result columns.
+    """A Core ``SELECT`` compiled once: its SQL (``$n`` placeholders), its constants (as the column
+    types store them), the processors of the parameters named by :func:`sqlalchemy.bindparam` and
+    of the result columns.
     """
 
-    __slots__ = ("constants", "converted", "parameters", "results", "sql")
+    __slots__ = (
+        "constants", "converted", "formats", "parameters", "results", "slots", "sql", "sql_bytes",
+        "template",
+    )  # fmt: skip
 
     def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
         # The parameters are the binds with no value (``bindparam("org_id")``); the rest are the
@@ -62,12 +81,23 @@ class Read:
         expanded = compiled.construct_expanded_state(dict.fromkeys(names))
         processors: Mapping[str, Processor] = expanded.processors or {}
         self.sql: str = expanded.statement
+        self.sql_bytes: bytes = self.sql.encode()
         self.parameters: dict[str, Processor] = {name: processors.get(name) for name in names}
         self.constants: dict[str, Any] = {}
         for name, value in expanded.parameters.items():
             if name not in self.parameters:
                 process = processors.get(name)
                 self.constants[name] = process(value) if process else value
+        order = expanded.positiontup or []
+        #: The values in placeholder order, the constants in place (the parameters' slots: None).
+        self.template: tuple[Any, ...] = tuple(self.constants.get(name) for name in order)
+        #: Where each parameter goes, and its processor.
+        self.slots: dict[str, tuple[tuple[int, ...], Processor]] = {
+            name: (tuple(i for i, n in enumerate(order) if n == name), process)
+            for name, process in self.parameters.items()
+        }
+        #: psycopg chooses each value's format (binary for uuids and numbers, text for strings).
+        self.formats: list[PyFormat] = [PyFormat.AUTO] * len(order)
         self.results: tuple[Processor, ...] = tuple(
             _result_processor(column.type) for column in statement.selected_columns
         )
@@ -77,13 +107,19 @@ class Read:
             (i, p) for i, p in enumerate(self.results) if p is not None
         )
 
-    def bind(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    def bind(self, values: Mapping[str, Any]) -> list[Any]:
+        """The statement's values in placeholder order: ``values`` (exactly its parameters,
+        processed as their types do) and its constants."""
         if values.keys() != self.parameters.keys():
             raise TypeError(f"this read takes {sorted(self.parameters)}, not {sorted(values)}")
-        bound = dict(self.constants)
+        bound = list(self.template)
+        slots = self.slots
         for name, value in values.items():
-            process = self.parameters[name]
-            bound[name] = process(value) if process else value
+            places, process = slots[name]
+            if process is not None:
+                value = process(value)
+            for i in places:
+                bound[i] = value
         return bound
 
     def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
@@ -140,6 +176,48 @@ class ReadConnection(AsyncConnection[TupleRow]):
     _kept: asyncio.AbstractEventLoop | None = None
     _kept_fd = -1
     _waiter: asyncio.Future[None] | None = None
+    #: Made at the first :meth:`fetch`: this connection's adapters, and the name of each statement
+    #: it has prepared, by read and parameter types.
+    _keel_transformer: AdaptTransformer | None = None
+    _keel_statements: dict[tuple[Read, tuple[int, ...]], bytes]
+
+    async def fetch(self, read: Read, params: list[Any], *, limit: int | None = None) -> list[Any]:
+        """The rows (at most ``limit``) of ``read`` with ``params`` (:meth:`Read.bind`'s), as
+        psycopg's binary loaders make them: prepared on the server at its first use here, then one
+        ``Bind``/``Execute`` a call, in a single write (libpq's ``PQsendQueryPrepared``).
+
+        Without a cursor: the connection is this caller's alone (taken from the pool), in
+        autocommit, and nothing here changes its state but the statements it prepares. Errors are
+        psycopg's own (``errors.error_from_result``; a lost connection: ``OperationalError``)."""
+        tx = self._keel_transformer
+        if tx is None:
+            tx = self._keel_transformer = Transformer(self)
+            self._keel_statements = {}
+        dumped = tx.dump_sequence(params, read.formats)
+        types, formats = tx.types or (), tx.formats  # what this dump chose (an int's size, mostly)
+        pgconn = self.pgconn
+        name = self._keel_statements.get((read, types))
+        if name is None:
+            name = b"keel_%d" % len(self._keel_statements)
+            pgconn.send_prepare(name, read.sql_bytes, param_types=types)
+            self._check(await self.wait(execute(pgconn)), _COMMAND_OK)
+            self._keel_statements[read, types] = name
+        pgconn.send_query_prepared(name, dumped, param_formats=formats, result_format=_BINARY)
+        result = self._check(await self.wait(execute(pgconn)), _TUPLES_OK)
+        tx.set_pgresult(result, format=_BINARY)
+        count = result.ntuples if limit is None else min(limit, result.ntuples)
+        return tx.load_rows(0, count, tuple)
+
+    def _check(self, results: list[pq.abc.PGresult], expected: pq.ExecStatus) -> pq.abc.PGresult:
+        for result in results:
+            status = pq.ExecStatus(result.status)
+            if status != expected:
+                if status == pq.ExecStatus.FATAL_ERROR:
+                    raise errors.error_from_result(result, encoding=self.info.encoding)
+                raise errors.InternalError(f"a read got {status.name}, not {expected.name}")
+        if len(results) != 1:
+            raise errors.InternalError(f"a read got {len(results)} results, not one")
+        return results[0]
 
     def _readable(self) -> None:
         waiter = self._waiter
@@ -217,6 +295,26 @@ def _resumed(gen: PQGen[R], state: Wait) -> Generator[Wait, Ready | int, R]:
         ready = yield state
 
 
+#: Postgres's names of time zones that are UTC at every instant (offset 0, no transitions).
+UTC_ALIASES = frozenset(
+    name.casefold()
+    for name in (
+        "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu", "GMT",
+        "Etc/GMT", "GMT0", "Etc/GMT0", "GMT+0", "Etc/GMT+0", "GMT-0", "Etc/GMT-0", "Greenwich",
+        "Etc/Greenwich",
+    )
+)  # fmt: skip
+
+
+async def utc_by_its_name(conn: AsyncConnection[Any]) -> None:
+    """A new read connection whose time zone is UTC under another name is set to ``UTC`` itself
+    (psycopg's one name for ``datetime.timezone.utc``, a fixed offset its C loaders apply at no
+    cost); any other zone is left as the server has it, so answers keep its offsets."""
+    zone = conn.pgconn.parameter_status(b"TimeZone")
+    if zone is not None and zone != b"UTC" and zone.decode().casefold() in UTC_ALIASES:
+        await conn.execute("SET TimeZone TO 'UTC'")
+
+
 def make_read_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[ReadConnection]:
     """Read-only autocommit connections (not opened: the app's lifespan opens and closes it)."""
     return AsyncConnectionPool(
@@ -225,6 +323,7 @@ def make_read_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool[ReadC
         max_size=max_size,
         kwargs={"autocommit": True, "options": READ_ONLY_OPTIONS},
         connection_class=ReadConnection,
+        configure=utc_by_its_name,
         open=False,
         name="keel-reads",
     )
@@ -239,15 +338,13 @@ class Reader:
         self.observers: list[Callable[[str], None]] = []
 
     async def all(self, read: Read, **values: Any) -> list[tuple[Any, ...]]:
-        return read.rows(await self._run(read, values, AsyncCursor.fetchall))
+        return read.rows(await self._run(read, values, None))
 
     async def first(self, read: Read, **values: Any) -> tuple[Any, ...] | None:
-        raw = await self._run(read, values, AsyncCursor.fetchone)
-        return None if raw is None else read.row(raw)
+        raw = await self._run(read, values, 1)
+        return read.row(raw[0]) if raw else None
 
-    async def _run(
-        self, read: Read, values: dict[str, Any], fetch: Callable[[AsyncCursor[TupleRow]], Awaitable[R]]
-    ) -> R:
+    async def _run(self, read: Read, values: dict[str, Any], limit: int | None) -> list[Any]:
         for observe in self.observers:
             observe(read.sql)
         params = read.bind(values)
@@ -256,6 +353,6 @@ class Reader:
         # putconn still discards a connection a failed or cancelled read left in a bad state.
         conn = await self.pool.getconn()
         try:
-            return await fetch(await conn.execute(read.sql, params, prepare=True, binary=True))
+            return await conn.fetch(read, params, limit=limit)
         finally:
             await self.pool.putconn(conn)

@@ -27,9 +27,11 @@ from tests.harness import OrgWorld
 from tests.test_flags import REQUEST_SLACK, eventually
 
 
-def with_reader(database_url: str, work):  # type: ignore[no-untyped-def]
+def with_reader(database_url: str, work, **pool_options: int):  # type: ignore[no-untyped-def]
+    """``work(reader, pool)`` run on a read pool of its own (``make_read_pool``'s options)."""
+
     async def main():  # type: ignore[no-untyped-def]
-        pool = make_read_pool(database_url)
+        pool = make_read_pool(database_url, **pool_options)
         await pool.open()
         try:
             return await work(Reader(pool), pool)
@@ -97,15 +99,7 @@ def test_a_read_cancelled_mid_statement_leaves_no_broken_connection_behind(
             await task
         return await asyncio.wait_for(reader.first(name, org_id=uuid.UUID(org.id)), 10)
 
-    async def main():  # type: ignore[no-untyped-def]
-        pool = make_read_pool(database_url, max_size=1)
-        await pool.open()
-        try:
-            return await work(Reader(pool), pool)
-        finally:
-            await pool.close()
-
-    assert asyncio.run(main()) == (f"Org {org.slug}",)
+    assert with_reader(database_url, work, max_size=1) == (f"Org {org.slug}",)
 
 
 def test_rows_are_converted_only_where_a_column_needs_it(database_url: str, org: OrgWorld) -> None:
@@ -381,15 +375,7 @@ def test_a_read_is_prepared_once_per_connection_and_its_errors_are_psycopgs_own(
             await pool.putconn(conn)
         return answers, prepared
 
-    async def main():  # type: ignore[no-untyped-def]
-        pool = make_read_pool(database_url, max_size=1)
-        await pool.open()
-        try:
-            return await work(Reader(pool), pool)
-        finally:
-            await pool.close()
-
-    answers, prepared = asyncio.run(main())
+    answers, prepared = with_reader(database_url, work, max_size=1)
     assert answers == [[(f"Org {org.slug}",)]] * 4
     # The page twice (limits 1-50 dump as int2, 100,000 as int4), the name once, the division once
     # (prepared, then refused at execution): nothing prepared again per call.

@@ -85,12 +85,15 @@ node-deps: $(NODE_STAMP) ## Install the JavaScript clients the tests drive (npm 
 
 # LAYER=unit|api|pipelines|e2e runs one layer of the suite (the markers of pyproject.toml).
 # The suite runs on every core (pytest-xdist): each worker starts its own Postgres and Prefect server
-# once, on free ports. Tests go to workers one by one (`--dist load`): `loadfile` would hand
-# schemathesis's per-operation tests over as one and fuzz a single operation. WORKERS=0: one process.
+# once, on free ports. Each worker starts with half the tests in order (the heaviest layers first,
+# tests/conftest.py) and an idle one takes half of what another has left (`--dist worksteal`):
+# a file's tests mostly stay on one worker, and neither ends waiting alone (`load` handed out
+# fixed shares: one worker held the long tests while the other sat idle, 18% of the run).
+# `loadfile` would hand schemathesis's per-operation tests over as one. WORKERS=0: one process.
 LAYER ?=
 WORKERS ?= auto
 test: lint test-tools node-deps ## Lint, type-check and run the suite (own Postgres); LAYER=unit|api|pipelines|e2e: one layer
-	$(VENV)/bin/pytest -n $(WORKERS) --dist load $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(WORKERS) --dist worksteal $(if $(LAYER),-m $(LAYER)) $(PYTEST_ARGS)
 
 # dbt by hand on the current lake (KEEL_LAKE_URL, default .keel/lake) into .keel/dbt-dev.duckdb, never
 # the served warehouse: make dbt ARGS="build -s stg_events+"; make dbt ARGS="test"; make dbt ARGS="docs generate"

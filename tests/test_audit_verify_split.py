@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -313,3 +314,31 @@ def test_the_api_and_the_cli_split_by_the_setting(
         report["first_broken"]["seq"] == joint(ranges) + 11
         and report["entries_checked"] == one["entries_checked"]
     )
+
+
+@pytest.mark.parametrize(
+    "program", ["import sys; sys.exit(3)", "print('not json')", "import os; os.close(0)"]
+)
+def test_a_range_process_that_dies_or_talks_nonsense_is_a_503_and_leaves_nothing_behind(
+    client: httpx.Client, engine: Engine, settings: Any, monkeypatch: pytest.MonkeyPatch, program: str
+) -> None:
+    """The API's own verify, its range processes broken three ways: a precise 503 (retry), never a
+    500; no process or connection left; the next verify, with working processes, answers."""
+    from api.app import create_app
+    from tests.harness import LiveServer
+
+    org = big_org(client, engine, batches=2)
+    working = verify_module._RANGE_PROGRAM
+    with (
+        LiveServer(create_app(settings.with_(audit_verify_split_entries=1000))) as server,
+        httpx.Client(base_url=server.url, timeout=60) as split_client,
+    ):
+        monkeypatch.setattr(verify_module, "_RANGE_PROGRAM", (sys.executable, "-c", program))
+        answer = split_client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("admin"))
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["detail"].endswith("could not finish; retry") and answer.headers["retry-after"]
+        assert not [p for p in psutil.Process().children() if program in p.cmdline()]
+        monkeypatch.setattr(verify_module, "_RANGE_PROGRAM", working)
+        again = split_client.get(f"/v1/orgs/{org.id}/audit-logs/verify", headers=org.headers("admin"))
+        assert again.status_code == 200 and again.json()["ok"] is True, again.text

@@ -42,6 +42,7 @@ from api.audit.walk import (
     walk_reader_range,
 )
 from api.db.engine import libpq_url
+from api.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -231,26 +232,31 @@ async def _range_process(task: dict[str, Any], counts: list[int], index: int) ->
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, (_IMPORT_ROOT, os.environ.get("PYTHONPATH")))),
     }
-    process = await asyncio.create_subprocess_exec(
-        *_RANGE_PROGRAM, stdin=PIPE, stdout=PIPE, env=env, limit=_LINE_LIMIT
-    )
+    failed = ServiceUnavailable(f"the verification of chain {task['chain_key']} could not finish; retry")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *_RANGE_PROGRAM, stdin=PIPE, stdout=PIPE, env=env, limit=_LINE_LIMIT
+        )
+    except OSError as exc:  # (no process to start: out of processes or memory)
+        raise failed from exc
     try:
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(json.dumps(task).encode() + b"\n")
-        await process.stdin.drain()
-        process.stdin.close()
         result: RangeResult | None = None
-        while line := await process.stdout.readline():
-            message = json.loads(line)
-            if "read" in message:
-                counts[index] += message["read"]
-            else:
-                result = RangeResult.of_json(message["result"])
+        try:
+            process.stdin.write(json.dumps(task).encode() + b"\n")
+            await process.stdin.drain()
+            process.stdin.close()
+            while line := await process.stdout.readline():
+                message = json.loads(line)
+                if "read" in message:
+                    counts[index] += message["read"]
+                else:
+                    result = RangeResult.of_json(message["result"])
+        except (OSError, RuntimeError, ValueError) as exc:  # it died (a closed pipe) or wrote garbage
+            raise failed from exc
         code = await process.wait()
         if code != 0 or result is None:
-            raise RuntimeError(
-                f"the process verifying a range of chain {task['chain_key']} ended with {code}"
-            )
+            raise failed from RuntimeError(f"the process verifying a range ended with {code}")
         return result
     finally:
         if process.returncode is None:

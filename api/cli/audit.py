@@ -12,6 +12,7 @@ import typer
 
 from api.audit.schemas import ExportFormat
 from api.cli.common import TIME_FORMATS, console, database_url, fail, org_id, progress_bar, settings, utc
+from api.errors import KeelError
 
 app = typer.Typer(no_args_is_help=True, help="The audit log: verify its hash chains, export it.")
 
@@ -46,7 +47,10 @@ def audit_verify(
                 split=Split.of(configured),
             )
 
-        report = run_with_engine(url, work, pool_size=1)
+        try:
+            report = run_with_engine(url, work, pool_size=1)
+        except KeelError as exc:
+            raise fail(exc.detail) from None
     summary = report.as_dict()
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")

@@ -19,9 +19,9 @@ import contextlib
 import itertools
 import json
 import os
+import subprocess
 import sys
 import threading
-from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,46 +227,56 @@ _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
 async def _range_process(task: dict[str, Any], counts: list[int], index: int) -> RangeResult:
     """One range walked by ``python -m api.audit.walk`` (:func:`api.audit.walk.main`): its task
     written on its stdin, its progress (rows read, into ``counts[index]``) and result read from
-    its stdout. Cancelled, or failing, it terminates the process and waits for it."""
+    its stdout. Cancelled, or failing, it terminates the process and waits for it. A process that
+    cannot start, dies or answers nonsense is a 503: the verification could not finish.
+
+    Started by ``subprocess`` in a thread, not by the event loop: uvloop's spawn runs the parent's
+    fork handlers in the child, and after Prefect's flows ran in the process the child died of
+    SIGSEGV before its first line (seen in the suite, where flows and the API share a process)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, (_IMPORT_ROOT, os.environ.get("PYTHONPATH")))),
     }
     failed = ServiceUnavailable(f"the verification of chain {task['chain_key']} could not finish; retry")
     try:
-        process = await asyncio.create_subprocess_exec(
-            *_RANGE_PROGRAM, stdin=PIPE, stdout=PIPE, env=env, limit=_LINE_LIMIT
+        process = await asyncio.to_thread(
+            subprocess.Popen, _RANGE_PROGRAM, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
     except OSError as exc:  # (no process to start: out of processes or memory)
         raise failed from exc
     try:
-        assert process.stdin is not None and process.stdout is not None
-        result: RangeResult | None = None
-        try:
-            process.stdin.write(json.dumps(task).encode() + b"\n")
-            await process.stdin.drain()
-            process.stdin.close()
-            while line := await process.stdout.readline():
-                message = json.loads(line)
-                if "read" in message:
-                    counts[index] += message["read"]
-                else:
-                    result = RangeResult.of_json(message["result"])
-        except (OSError, RuntimeError, ValueError) as exc:  # it died (a closed pipe) or wrote garbage
-            raise failed from exc
-        code = await process.wait()
-        if code != 0 or result is None:
-            raise failed from RuntimeError(f"the process verifying a range ended with {code}")
-        return result
+        return await asyncio.to_thread(_talk, process, task, counts, index, failed)
     finally:
-        if process.returncode is None:
+        if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
-            await process.wait()
+            await asyncio.to_thread(process.wait)
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
-#: The longest line a range's process writes: its result, with the raw row it could not accept.
-_LINE_LIMIT = 64 * 2**20
+def _talk(
+    process: subprocess.Popen[bytes], task: dict[str, Any], counts: list[int], index: int, failed: Exception
+) -> RangeResult:
+    """The parent's side of :func:`api.audit.walk.main`, blocking (in a thread of its own)."""
+    assert process.stdin is not None and process.stdout is not None
+    result: RangeResult | None = None
+    try:
+        process.stdin.write(json.dumps(task).encode() + b"\n")
+        process.stdin.close()
+        for line in process.stdout:
+            message = json.loads(line)
+            if "read" in message:
+                counts[index] += message["read"]
+            else:
+                result = RangeResult.of_json(message["result"])
+    except (OSError, ValueError) as exc:  # it died (a closed pipe) or wrote garbage
+        raise failed from exc
+    code = process.wait()
+    if code != 0 or result is None:
+        raise failed from RuntimeError(f"the process verifying a range ended with {code}")
+    return result
 
 
 async def _until_done(work: Awaitable[Any]) -> None:

@@ -61,7 +61,7 @@ def layer_of(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test gets its layer's marker; the heaviest layers run first (whole programs, then the
     pipelines, then the API, then pure functions), each file's tests still together, so the
-    workers of ``--dist load`` end on many short tests rather than one waiting on a long one."""
+    workers (``--dist worksteal``) end on many short tests rather than one waiting on a long one."""
     layers = {item.nodeid: layer_of(item) for item in items}
     for item in items:
         item.add_marker(getattr(pytest.mark, layers[item.nodeid]))

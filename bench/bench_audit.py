@@ -145,6 +145,21 @@ What was profiled (issue 18's two missed figures), and what changed:
   and the indexes are guarantees and reads to weigh, with their plans). Left in Python per entry: the
   typed decode ~1.2 µs, checks ~1.7, ``iso`` ~1, the two half encodes ~1.5 each with their glue,
   chaining ~2 (timed in-process, load 3-8).
+  Then (session 9, Postgres's side): the backend's CPU (``/proc/PID/schedstat``) around one
+  2,000-entry insert into a chain of 100,000 (a private server, 9-11 inserts each rolled back,
+  variants in one transaction each): 44-47 ms at the minimum; without the foreign key to
+  organizations 39-44 (its check query ran per row); with the key columns compared as bytes
+  (``COLLATE "C"``: Postgres 16 compares C.UTF-8 text through ``strcoll``, without abbreviated
+  keys) 42-45; both 35-37; ``jsonb_to_recordset`` instead of the per-field ``->>`` no better
+  (53.6 against 52.3). Migration 0095 does both (the link trigger checks and key-locks each
+  organization once per statement; an organization with entries cannot be deleted): 47.3 and
+  48.3 → 38.5 and 40.7 ms (0090 and 0095 in turn on one database). The figure now takes turns for
+  ``KEEL_BENCH_AUDIT_BATCH_ROUNDS`` (3) rounds of audit then events batches and prints the median
+  with every round, and the CPU of Postgres's backends beside the server's: a single 60-batch
+  phase read 16,837-25,586/s in five runs of one tree within ten minutes. Three pairs, main's tree
+  (f895f5a) then 0095's, taking turns (02:22-02:27 UTC, load ~1): 23,920 / 22,706 / 21,896 →
+  21,804 / 27,499 / 26,216 entries/s at the median round; Postgres CPU per entry 28.4 / 30.0 /
+  31.1 → 28.7 / 23.8 / 25.3 µs, the server's 19.3-21.1 → 18.1-21.8 µs.
 """
 
 from __future__ import annotations
@@ -153,6 +168,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,6 +177,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -172,7 +189,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import wait_for_answer  # noqa: E402
+from harness import CpuMeter, postmaster, wait_for_answer  # noqa: E402
 
 from api.audit.chain import GENESIS, entry_hash  # noqa: E402
 from api.auth.models import PlatformRole  # noqa: E402
@@ -509,34 +526,56 @@ def streams_only() -> int:
 
 BATCH_ENTRIES = 1000
 BATCH_REQUESTS = int(os.environ.get("KEEL_BENCH_AUDIT_BATCHES", "60"))
+#: Rounds of the batch figure (audit batches, then events batches), the median printed.
+BATCH_ROUNDS = int(os.environ.get("KEEL_BENCH_AUDIT_BATCH_ROUNDS", "3"))
 
 
-class CpuUse:
-    """CPU seconds (user + system) a process spends inside the block, with the children it waited
-    for meanwhile (``verify``'s range processes): ``seconds``. On a shared machine a rate swings
-    with the neighbours; the CPU an entry costs the server does much less."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.seconds = 0.0
-
-    def _now(self) -> float:
-        times = self.process.cpu_times()
-        return times.user + times.system + times.children_user + times.children_system
-
-    def __enter__(self) -> CpuUse:
-        self._began = self._now()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = self._now() - self._began
+def server_cpu(pid: int) -> CpuMeter:
+    """CPU of the API server's process tree (``verify``'s range processes too) inside a block."""
+    return CpuMeter({"server": psutil.Process(pid)}, {})
 
 
-def batch_figures(url: str, key: str, server_pid: int) -> tuple[float, float, float, float]:
+@dataclass
+class BatchFigures:
+    """Each round's rates (entries or events per second), and CPU microseconds per entry (per event)
+    over all rounds: the API server's, Postgres's backends'."""
+
+    audit: list[float]
+    events: list[float]
+    audit_cpu: dict[str, float]
+    events_cpu: dict[str, float]
+
+    @property
+    def audit_rate(self) -> float:
+        return statistics.median(self.audit)
+
+    @property
+    def events_rate(self) -> float:
+        return statistics.median(self.events)
+
+    def lines(self) -> list[tuple[str, str, str]]:
+        """The figure rows: the median round beside the events batch's, each round, the CPU."""
+        rounds = ", ".join(f"{a:,.0f}/{e:,.0f}" for a, e in zip(self.audit, self.events, strict=True))
+        return [
+            (
+                f"batch entries/s, one org ({BATCH_ENTRIES:,} a request, median of {len(self.audit)}"
+                " rounds; target 20,000)",
+                f"{self.audit_rate:,.0f}",
+                f"events batch {self.events_rate:,.0f} events/s (rounds, entries/events: {rounds})",
+            ),
+            (
+                "  CPU per batch entry: server / Postgres",
+                f"{self.audit_cpu['server']:.1f} / {self.audit_cpu['postgres']:.1f} us",
+                f"per batched event {self.events_cpu['server']:.1f} / {self.events_cpu['postgres']:.1f} us",
+            ),
+        ]
+
+
+def batch_figures(url: str, key: str, server_pid: int, database_url: str) -> BatchFigures:
     """``POST /v1/audit-logs/batch`` into one org (1,000 entries a request, WRITERS clients), and the
-    same server's ``POST /v1/events/batch`` of 1,000 events: entries (events) per second, and the
-    server's CPU microseconds per entry (event). Request bodies are encoded before the clock
-    starts, so the figures are the server's, not the clients' JSON encoding."""
+    same server's ``POST /v1/events/batch`` of 1,000 events, taking turns for BATCH_ROUNDS rounds.
+    Request bodies are encoded before the clock starts, so the figures are the server's, not the
+    clients' JSON encoding; each round's events are new (no duplicates)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     stored = 0
     counting = threading.Lock()
@@ -544,17 +583,19 @@ def batch_figures(url: str, key: str, server_pid: int) -> tuple[float, float, fl
         json.dumps({"entries": [product_entry(i * BATCH_ENTRIES + n) for n in range(BATCH_ENTRIES)]}).encode()
         for i in range(BATCH_REQUESTS)
     ]
-    event_bodies = [
-        json.dumps(
-            {
-                "events": [
-                    {"event": "bench.batch", "user_id": f"u{n}", "message_id": f"b-{i}-{n}"}
-                    for n in range(BATCH_ENTRIES)
-                ]
-            }
-        ).encode()
-        for i in range(BATCH_REQUESTS)
-    ]
+
+    def event_bodies(round_: int) -> list[bytes]:
+        return [
+            json.dumps(
+                {
+                    "events": [
+                        {"event": "bench.batch", "user_id": f"u{n}", "message_id": f"b-{round_}-{i}-{n}"}
+                        for n in range(BATCH_ENTRIES)
+                    ]
+                }
+            ).encode()
+            for i in range(BATCH_REQUESTS)
+        ]
 
     def audit_batch(c: httpx.Client, i: int) -> httpx.Response:
         nonlocal stored
@@ -565,21 +606,32 @@ def batch_figures(url: str, key: str, server_pid: int) -> tuple[float, float, fl
                 stored += accepted
         return response
 
-    with CpuUse(server_pid) as audit_cpu:
-        audit = concurrently(BATCH_REQUESTS, audit_batch, url) * BATCH_ENTRIES
-    if stored != BATCH_REQUESTS * BATCH_ENTRIES:
-        raise RuntimeError(f"the batches stored {stored} entries, not {BATCH_REQUESTS * BATCH_ENTRIES}")
-    with CpuUse(server_pid) as events_cpu:
-        events = (
-            concurrently(
-                BATCH_REQUESTS,
-                lambda c, i: c.post("/v1/events/batch", content=event_bodies[i], headers=headers),
-                url,
+    trees = {"server": psutil.Process(server_pid), "postgres": postmaster(database_url)}
+    figures = BatchFigures([], [], {"server": 0.0, "postgres": 0.0}, {"server": 0.0, "postgres": 0.0})
+    for round_ in range(BATCH_ROUNDS):
+        bodies = event_bodies(round_)
+        stored = 0
+        with CpuMeter(trees, {}) as audit_cpu:
+            figures.audit.append(concurrently(BATCH_REQUESTS, audit_batch, url) * BATCH_ENTRIES)
+        if stored != BATCH_REQUESTS * BATCH_ENTRIES:
+            raise RuntimeError(f"the batches stored {stored} entries, not {BATCH_REQUESTS * BATCH_ENTRIES}")
+        with CpuMeter(trees, {}) as events_cpu:
+            figures.events.append(
+                concurrently(
+                    BATCH_REQUESTS,
+                    lambda c, i: c.post("/v1/events/batch", content=bodies[i], headers=headers),  # noqa: B023
+                    url,
+                )
+                * BATCH_ENTRIES
             )
-            * BATCH_ENTRIES
-        )
-    per = 1e6 / (BATCH_REQUESTS * BATCH_ENTRIES)
-    return audit, events, audit_cpu.seconds * per, events_cpu.seconds * per
+        for name in trees:
+            figures.audit_cpu[name] += audit_cpu.taken[name]
+            figures.events_cpu[name] += events_cpu.taken[name]
+    per = 1e6 / (BATCH_ROUNDS * BATCH_REQUESTS * BATCH_ENTRIES)
+    for name in trees:
+        figures.audit_cpu[name] *= per
+        figures.events_cpu[name] *= per
+    return figures
 
 
 def part_only(part: str) -> int:
@@ -593,21 +645,20 @@ def part_only(part: str) -> int:
                 say(f"  API server pid {server.pid}")
                 token, orgs = make_world(url, database_url)
                 if part == "batch":
-                    rate, events, entry_cpu, event_cpu = batch_figures(url, orgs[0][1], server.pid)
-                    say(f"batch entries/s, one org  {rate:>10,.0f}  events batch {events:,.0f} events/s")
-                    say(f"  server CPU per entry {entry_cpu:.1f} us; per batched event {event_cpu:.1f} us")
+                    for name, value, base in batch_figures(url, orgs[0][1], server.pid, database_url).lines():
+                        say(f"{name}  {value:>12}  {base}")
                     return 0
                 big = orgs[-1][0]
                 hash_rate = bulk_load(database_url, big, ENTRIES)
                 headers = {"Authorization": f"Bearer {token}"}
                 with (
                     httpx.Client(base_url=url, headers=headers, timeout=3600) as c,
-                    CpuUse(server.pid) as cpu,
+                    server_cpu(server.pid) as cpu,
                 ):
                     began = time.perf_counter()
                     report = c.get(f"/v1/orgs/{big}/audit-logs/verify").json()
                     rate = report["entries_checked"] / (time.perf_counter() - began)
-                verify_cpu = cpu.seconds / report["entries_checked"] * 1e6
+                verify_cpu = cpu.taken["server"] / report["entries_checked"] * 1e6
                 hash_cpu, hash_after = hashing_alone(big)
                 if not report["ok"] or report["entries_checked"] < ENTRIES:
                     raise RuntimeError(f"the bulk chain does not verify: {report}")
@@ -693,22 +744,9 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
         )
     )
     say(f"  appends: one org {one:,.0f}/s, {WRITERS} orgs {spread:,.0f}/s; single events {events:,.0f}/s")
-    batch_rate, events_batch_rate, batch_cpu, events_batch_cpu = batch_figures(url, one_key, server.pid)
-    results.append(
-        (
-            f"batch entries/s, one org ({BATCH_ENTRIES:,} a request; target 20,000)",
-            f"{batch_rate:,.0f}",
-            f"events batch {events_batch_rate:,.0f} events/s",
-        )
-    )
-    results.append(
-        (
-            "  server CPU per batch entry",
-            f"{batch_cpu:.1f} us",
-            f"per batched event {events_batch_cpu:.1f} us",
-        )
-    )
-    say(f"  batch: {batch_rate:,.0f} entries/s into one org; events batch {events_batch_rate:,.0f}/s")
+    batch = batch_figures(url, one_key, server.pid, database_url)
+    results.extend(batch.lines())
+    say(f"  batch: {batch.audit_rate:,.0f} entries/s into one org; events batch {batch.events_rate:,.0f}/s")
     with httpx.Client(base_url=url, headers=user_headers, timeout=600) as client:
         report = client.get(f"/v1/orgs/{orgs[0][0]}/audit-logs/verify").json()
         if not report["ok"]:
@@ -727,12 +765,12 @@ def run(url: str, server: subprocess.Popen[bytes], database_url: str, tmp: Path)
     with (
         httpx.Client(base_url=url, headers=user_headers, timeout=3600) as client,
         PeakRss(server.pid) as rss,
-        CpuUse(server.pid) as cpu,
+        server_cpu(server.pid) as cpu,
     ):
         began = time.perf_counter()
         report = client.get(f"/v1/orgs/{big}/audit-logs/verify").json()
         verify_rate = total / (time.perf_counter() - began)
-    verify_cpu = cpu.seconds / total * 1e6
+    verify_cpu = cpu.taken["server"] / total * 1e6
     hash_cpu, hash_after = hashing_alone(big)
     if not report["ok"] or report["entries_checked"] != total:
         raise RuntimeError(f"the bulk chain does not verify: {report}")

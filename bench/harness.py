@@ -276,10 +276,22 @@ class CpuMeter:
     def reset(self) -> None:
         self.start = self._now()
 
+    def __enter__(self) -> CpuMeter:
+        self.reset()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        #: After the block: CPU seconds of every part inside it (the children it waited for too).
+        self.taken = self.spent(settle=0)
+
+    def spent(self, settle: float = 0.5) -> dict[str, float]:
+        """CPU seconds of every part since :meth:`reset`."""
+        time.sleep(settle)  # a closed connection's backend must exit and be reaped to be counted
+        return {name: seconds - self.start[name] for name, seconds in self._now().items()}
+
     def per(self, units: float, scale: float = 1000.0) -> str:
         """Milliseconds of CPU of every part per ``scale`` units (events, requests)."""
-        time.sleep(0.5)  # a closed connection's backend must exit and be reaped to be counted
-        spent = {name: seconds - self.start[name] for name, seconds in self._now().items()}
+        spent = self.spent()
         return ", ".join(f"{name} {seconds / units * scale * 1000:.1f} ms" for name, seconds in spent.items())
 
 

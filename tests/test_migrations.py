@@ -68,6 +68,61 @@ def test_audit_log_is_append_only_in_the_database(admin_database_url: str, org) 
         engine.dispose()
 
 
+_BARE_ORG = text(
+    "INSERT INTO organizations (id, name, slug, status, lake_version) VALUES (:id, 'Bare', :slug, 'active', 0)"
+)
+_FIRST_LINK = text(
+    "INSERT INTO audit_log (id, chain_key, seq, organization_id, occurred_at, actor_type, action, metadata,"
+    " prev_hash, hash)"
+    " VALUES (gen_random_uuid(), :k, 1, :o, now(), 'system', 'org.created', '{}', repeat('0', 64),"
+    " repeat('a', 64))"
+)
+
+
+def test_an_entry_names_an_existing_organization_which_then_stays(admin_database_url: str, org) -> None:  # type: ignore[no-untyped-def]
+    """What a foreign key guaranteed, checked once per statement by the link trigger (0095): an
+    entry naming no organization is refused whole, an organization with entries cannot be deleted
+    or re-keyed, and an uncommitted entry holds its organization's key lock."""
+    engine = make_sync_engine(admin_database_url)
+    missing, bare = uuid.uuid4(), uuid.uuid4()
+    try:
+        refused_missing = pytest.raises(DBAPIError, match=f"organization {missing}, which does not exist")
+        with refused_missing as refused, engine.begin() as conn:
+            conn.execute(_FIRST_LINK, {"k": str(missing), "o": missing})
+        assert getattr(refused.value.orig, "sqlstate", None) == "23503"  # foreign_key_violation
+        for statement in (
+            "DELETE FROM organizations WHERE id = :org",
+            "UPDATE organizations SET id = gen_random_uuid() WHERE id = :org",
+        ):
+            with pytest.raises(DBAPIError, match="has audit entries"), engine.begin() as conn:
+                conn.execute(text(statement), {"org": org.id})
+        with engine.connect() as conn:
+            assert not conn.execute(
+                text("SELECT count(*) FROM audit_log WHERE chain_key = :k"), {"k": str(missing)}
+            ).scalar()
+            assert conn.execute(
+                text("SELECT count(*) FROM organizations WHERE id = :o"), {"o": org.id}
+            ).scalar()
+            conn.execute(_BARE_ORG, {"id": bare, "slug": f"bare-{bare.hex[:12]}"})
+            conn.commit()
+        with engine.connect() as writer, engine.connect() as deleter:
+            writer.execute(_FIRST_LINK, {"k": str(bare), "o": bare})  # left uncommitted
+            deleter.execute(text("SET lock_timeout = '200ms'"))
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                deleter.execute(text("DELETE FROM organizations WHERE id = :o"), {"o": bare})
+            deleter.rollback()
+            writer.rollback()
+            deleter.execute(
+                text("DELETE FROM organizations WHERE id = :o"), {"o": bare}
+            )  # no entries: it may go
+            deleter.commit()
+            assert not deleter.execute(
+                text("SELECT count(*) FROM organizations WHERE id = :o"), {"o": bare}
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
 def fullwidth(text: str) -> str:
     """The full-width lookalike of ASCII text (U+FF01-FF5E for ``!``-``~``)."""
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)

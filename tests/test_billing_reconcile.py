@@ -286,6 +286,16 @@ def test_reconcile_flow_runs_in_prefect_exports_to_the_lake_and_retries_stripe_f
     assert found_rows == 1
 
 
+def no_stripe_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Stripe in the environment, and after the test the environment as it was: the demo's
+    Stripe exports its address for child processes (``start_demo_stripe``), which must not reach
+    the tests that run after this one in the same process. (``delenv`` of a name that is not set
+    records nothing to undo; a ``setenv`` first does.)"""
+    for name in ("KEEL_STRIPE_API_KEY", "KEEL_STRIPE_API_BASE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 def test_keel_devs_demo_stripe_plants_nothing_in_another_database_unless_asked(
     billing_db: tuple[str, Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,8 +307,7 @@ def test_keel_devs_demo_stripe_plants_nothing_in_another_database_unless_asked(
     url, engine = billing_db
     for n, d in zip((8, 9), DEMO_ORGS, strict=False):
         insert_org(engine, members=n, slug=d[0])
-    monkeypatch.delenv("KEEL_STRIPE_API_KEY", raising=False)
-    monkeypatch.delenv("KEEL_STRIPE_API_BASE", raising=False)
+    no_stripe_in_environment(monkeypatch)
     config = settings_for(url, None, tmp_path).with_(stripe_api_key=None)
     same, server, summary = start_demo_stripe(config, url, embedded=False)
     assert server is None and same == config
@@ -326,8 +335,7 @@ def test_the_demo_stripe_for_keel_dev_mirrors_the_orgs_and_plants_discrepancies(
     url, engine = billing_db
     orgs = [insert_org(engine, members=n, slug=d[0]) for n, d in zip((8, 9, 10, 11), DEMO_ORGS, strict=True)]
     mine = insert_org(engine, members=3)  # an org a user made: the demo's Stripe leaves it alone
-    monkeypatch.delenv("KEEL_STRIPE_API_KEY", raising=False)
-    monkeypatch.delenv("KEEL_STRIPE_API_BASE", raising=False)
+    no_stripe_in_environment(monkeypatch)
     config = settings_for(url, None, tmp_path).with_(stripe_api_key=None)
     local, server, summary = start_demo_stripe(config, url, embedded=False, plant_anywhere=True)
     assert server is not None

@@ -180,28 +180,29 @@ BUILDING_FILE = "keel.duckdb"
 #: file each time, the day built for). Nothing in the project's parse depends on either (``as_of``
 #: is rendered when a model is compiled, with the build's own vars), so one parse serves the
 #: process's builds until a file of the project changes.
-_PARSED: dict[tuple[tuple[str, int, int], ...], Any] = {}
+#: The project's file state and its parsed manifest: the last parse of this process.
+_parsed: tuple[tuple[tuple[str, int, int], ...], Any] | None = None
 
 
 def _project_state() -> tuple[tuple[str, int, int], ...]:
-    files = sorted(p for p in PROJECT_DIR.rglob("*") if p.is_file())
-    return tuple((str(p.relative_to(PROJECT_DIR)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    stats = sorted((p, p.stat()) for p in PROJECT_DIR.rglob("*") if p.is_file())
+    return tuple((str(p.relative_to(PROJECT_DIR)), st.st_mtime_ns, st.st_size) for p, st in stats)
 
 
 def parsed_project(work_dir: Path) -> Any:
     """Keel's dbt project parsed (dbt's ``Manifest``), once per process and state of its files."""
+    global _parsed
     state = _project_state()
     with _DBT_LOCK:
-        manifest = _PARSED.get(state)
-    if manifest is None:
-        parsed = run_dbt(["parse"], work_dir)
-        if not parsed.success:
-            raise WarehouseError(f"dbt could not parse the project: {parsed.exception or parsed.result}")
-        manifest = parsed.result
-        with _DBT_LOCK:
-            _PARSED.clear()
-            _PARSED[state] = manifest
-    return manifest
+        last = _parsed
+    if last is not None and last[0] == state:
+        return last[1]
+    parsed = run_dbt(["parse"], work_dir)
+    if not parsed.success:
+        raise WarehouseError(f"dbt could not parse the project: {parsed.exception or parsed.result}")
+    with _DBT_LOCK:
+        _parsed = (state, parsed.result)
+    return parsed.result
 
 
 def build_warehouse(

@@ -80,7 +80,7 @@ _FIRST_LINK = text(
 
 
 def test_an_entry_names_an_existing_organization_which_then_stays(admin_database_url: str, org) -> None:  # type: ignore[no-untyped-def]
-    """What a foreign key guaranteed, checked once per statement by the link trigger (0095): an
+    """What a foreign key guaranteed, checked once per statement by a trigger (0095): an
     entry naming no organization is refused whole, an organization with entries cannot be deleted
     or re-keyed, and an uncommitted entry holds its organization's key lock."""
     engine = make_sync_engine(admin_database_url)

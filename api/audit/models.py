@@ -90,9 +90,9 @@ class AuditEntry(Base):
     #: The organization id as text, or ``platform`` for entries of no organization.
     chain_key: Mapped[str] = mapped_column(key_text(64))
     seq: Mapped[int] = mapped_column(BigInteger)
-    #: An existing organization's id: the link trigger checks it once per insert statement (and
-    #: takes the key lock a foreign key would), and an organization with entries cannot be deleted
-    #: (migration 0095). A foreign key checked it once per row: a fifth of a batch's insert.
+    #: An existing organization's id: a statement-level trigger checks it once per insert statement
+    #: (and takes the key lock a foreign key would), and an organization with entries cannot be
+    #: deleted (migration 0095). A foreign key checked it once per row: a fifth of a batch's insert.
     organization_id: Mapped[uuid.UUID | None]
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     recorded_at: Mapped[datetime] = mapped_column(

@@ -18,9 +18,9 @@ costs that buy nothing a collation or a per-row check is needed for:
   table's ``chain_key`` takes it, so the joins between them (the link trigger's, ``verify``'s)
   still use each other's indexes.
 - **The organization checked once per statement.** The foreign key from ``audit_log`` to
-  ``organizations`` ran its check query per inserted row (2,000 times for a batch of one org). The
-  link trigger, which already runs once per statement over the new rows, now takes the same key
-  lock on each distinct organization the statement names (``FOR KEY SHARE``, what the foreign key
+  ``organizations`` ran its check query per inserted row (2,000 times for a batch of one org). A
+  statement-level trigger beside the link trigger (both read the statement's one transition
+  table) now takes the same key lock on each distinct organization the statement names (``FOR KEY SHARE``, what the foreign key
   took) and refuses the statement if one does not exist, with the foreign key's error code; and
   ``organizations`` refuses to delete (or re-key) an organization that has entries, which the
   foreign key did too. The guarantee is the foreign key's: an entry never names a missing
@@ -53,49 +53,34 @@ BYTE_ORDER_COLUMNS = (
 )
 FOREIGN_KEY = "fk_audit_log_organization_id_organizations"
 
-# The body of 0005's link check, with the organization check ahead of it.
-LINK = f"""
-CREATE OR REPLACE FUNCTION keel_audit_log_link() RETURNS trigger LANGUAGE plpgsql
+# What a foreign key would check per row, once per organization of the statement: the key lock
+# first (a concurrent delete then waits for this transaction), then any organization missing. A
+# statement-level trigger of its own beside the link trigger (0005), which is left as it is: both
+# read the one transition table Postgres captures for the statement.
+ORGS_EXIST = f"""
+CREATE FUNCTION keel_audit_log_orgs_exist() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER {SEARCH_PATH} AS $$
 DECLARE
-    bad record;
+    missing uuid;
 BEGIN
-    -- What a foreign key would check per row, once per organization of the statement: the key
-    -- lock first (a concurrent delete waits for this transaction), then any organization missing.
     PERFORM 1 FROM organizations o
     WHERE o.id IN (SELECT DISTINCT n.organization_id FROM new_entries n)
     FOR KEY SHARE OF o;
-    SELECT n.organization_id INTO bad
+    SELECT n.organization_id INTO missing
     FROM (SELECT DISTINCT organization_id FROM new_entries WHERE organization_id IS NOT NULL) n
     WHERE NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = n.organization_id)
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'audit entries name organization %, which does not exist', bad.organization_id
+        RAISE EXCEPTION 'audit entries name organization %, which does not exist', missing
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    WITH batch AS (
-        SELECT n.chain_key, n.seq, n.id, n.prev_hash,
-               lag(n.seq) OVER w AS prior_seq, lag(n.hash) OVER w AS prior_hash
-        FROM new_entries n
-        WINDOW w AS (PARTITION BY n.chain_key ORDER BY n.seq)
-    )
-    SELECT b.chain_key, b.seq, b.id INTO bad
-    FROM batch b LEFT JOIN audit_chain_heads h ON h.chain_key = b.chain_key
-    WHERE b.seq <> COALESCE(b.prior_seq, h.seq, 0) + 1
-       OR b.prev_hash <> COALESCE(b.prior_hash, h.hash, repeat('0', 64))
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'audit entry % (chain %, seq %) does not extend its chain head', bad.id, bad.chain_key, bad.seq
-            USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
-    INSERT INTO audit_chain_heads (chain_key, seq, entry_id, hash)
-    SELECT DISTINCT ON (chain_key) chain_key, seq, id, hash FROM new_entries ORDER BY chain_key, seq DESC
-    ON CONFLICT (chain_key) DO UPDATE
-        SET seq = EXCLUDED.seq, entry_id = EXCLUDED.entry_id, hash = EXCLUDED.hash;
     RETURN NULL;
 END;
 $$;
-REVOKE ALL ON FUNCTION keel_audit_log_link() FROM PUBLIC;
+REVOKE ALL ON FUNCTION keel_audit_log_orgs_exist() FROM PUBLIC;
+CREATE TRIGGER audit_log_orgs_exist AFTER INSERT ON audit_log
+    REFERENCING NEW TABLE AS new_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION keel_audit_log_orgs_exist();
 
 CREATE FUNCTION keel_organizations_keep_audited() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER {SEARCH_PATH} AS $$
@@ -113,37 +98,11 @@ CREATE TRIGGER organizations_keep_audited BEFORE DELETE OR UPDATE OF id ON organ
     FOR EACH ROW EXECUTE FUNCTION keel_organizations_keep_audited();
 """
 
-OLD_LINK = f"""
+NO_ORGS_EXIST = """
 DROP TRIGGER IF EXISTS organizations_keep_audited ON organizations;
 DROP FUNCTION IF EXISTS keel_organizations_keep_audited();
-CREATE OR REPLACE FUNCTION keel_audit_log_link() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER {SEARCH_PATH} AS $$
-DECLARE
-    bad record;
-BEGIN
-    WITH batch AS (
-        SELECT n.chain_key, n.seq, n.id, n.prev_hash,
-               lag(n.seq) OVER w AS prior_seq, lag(n.hash) OVER w AS prior_hash
-        FROM new_entries n
-        WINDOW w AS (PARTITION BY n.chain_key ORDER BY n.seq)
-    )
-    SELECT b.chain_key, b.seq, b.id INTO bad
-    FROM batch b LEFT JOIN audit_chain_heads h ON h.chain_key = b.chain_key
-    WHERE b.seq <> COALESCE(b.prior_seq, h.seq, 0) + 1
-       OR b.prev_hash <> COALESCE(b.prior_hash, h.hash, repeat('0', 64))
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'audit entry % (chain %, seq %) does not extend its chain head', bad.id, bad.chain_key, bad.seq
-            USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
-    INSERT INTO audit_chain_heads (chain_key, seq, entry_id, hash)
-    SELECT DISTINCT ON (chain_key) chain_key, seq, id, hash FROM new_entries ORDER BY chain_key, seq DESC
-    ON CONFLICT (chain_key) DO UPDATE
-        SET seq = EXCLUDED.seq, entry_id = EXCLUDED.entry_id, hash = EXCLUDED.hash;
-    RETURN NULL;
-END;
-$$;
-REVOKE ALL ON FUNCTION keel_audit_log_link() FROM PUBLIC;
+DROP TRIGGER IF EXISTS audit_log_orgs_exist ON audit_log;
+DROP FUNCTION IF EXISTS keel_audit_log_orgs_exist();
 """
 
 
@@ -155,10 +114,10 @@ def _collate(collation: str) -> None:
 def upgrade() -> None:
     _collate('"C"')
     op.drop_constraint(FOREIGN_KEY, "audit_log", type_="foreignkey")
-    op.execute(LINK)
+    op.execute(ORGS_EXIST)
 
 
 def downgrade() -> None:
-    op.execute(OLD_LINK)
+    op.execute(NO_ORGS_EXIST)
     op.create_foreign_key(FOREIGN_KEY, "audit_log", "organizations", ["organization_id"], ["id"])
     _collate("pg_catalog.default")

@@ -78,6 +78,15 @@ path 81, 57, 64, 78% (server / Postgres CPU per 1,000: main 6.9-10.6 / 11.8-17.5
 9.5-13.2 / 8.0-9.6 ms): no gain beyond the noise for a second write path, so it was left out.
 The statement without its final `ON CONFLICT` (a violation falling back to it) measured 9.7 ms
 of backend CPU against 11.2, within the noise end to end (79% against main's 75% in one triple).
+Measured again and not taken (2 Dec 2026, a private sized server, 1,000-event statements, backend
+CPU by /proc/PID/schedstat, twelve rounds each, variants taking turns): the statement as it is 13.0
+ms at the minimum (median 20.2: the machine), without its final `ON CONFLICT` 11.3 (16.8), the
+rows as ten `unnest` arrays instead of one JSONB array 12.1 (19.1), both 10.4 (13.8). The arrays
+cost the API 35 ms per 1,000 where the JSON costs 1.8 (psycopg dumps a list of text element by
+element in Python). On this 2-core machine the path spends server 6.2 + Postgres 10.5 + load
+0.6 ms per 1,000 against raw COPY's Postgres 5.7 + client 6.2 run as a two-process pipeline
+(157,049 rows/s, one quiet run): 90% of it would need the path's total near 12.7 ms per 1,000
+with both cores busy, about a quarter less than now.
 
 The server's memory (issue 20: < 300 MB with 2 workers), 1 Dec 2026 18:00-18:27 UTC, two pairs
 taking turns with main at 0950ec8 (the same bench file), load average 6-12: main 306 and 307 MB

@@ -108,6 +108,15 @@ within their spread (0.48 -> 0.47, 0.47 -> 0.48, 0.37 -> 0.40). At ~2x /health's
 what is left is the round trip (the `sendto` that wakes Postgres, and Postgres's own 0.1-0.25 ms
 a request on the same two cores), which no route-specific change removes. /v1/me and the
 organization are near 0.5 at the median, not in every run; the members page is not (0.40).
+
+Single events (2 Dec 2026, quiet machine; a fixed open-loop rate with commits counted from
+`pg_stat_database`): at 2,000 req/s a statement carried 2.3-3.6 requests and Postgres spent
+250-276 us of CPU an event (a one-row statement costs its backend ~0.19 ms, a 64-row one 0.74 ms,
+commits apart), the server 387-413 us, against /health's 200-230 us; at 2,500-3,000 req/s the
+groups grow (5-9 a statement) and Postgres falls to 97-142 us. One shared writer instead of two,
+or a 1-2 ms linger before a small group is sent, gave bigger groups (Postgres 102-217 us an event
+at 2,000/s) but no p99 and no highest rate outside the run-to-run spread (/health's own highest
+rate moved 3,750-6,000 req/s between runs of one tree): not taken.
 """
 
 from __future__ import annotations

@@ -85,8 +85,8 @@ rows as ten `unnest` arrays instead of one JSONB array 12.1 (19.1), both 10.4 (1
 cost the API 35 ms per 1,000 where the JSON costs 1.8 (psycopg dumps a list of text element by
 element in Python). On this 2-core machine the path spends server 6.2 + Postgres 10.5 + load
 0.6 ms per 1,000 against raw COPY's Postgres 5.7 + client 6.2 run as a two-process pipeline
-(157,049 rows/s, one quiet run): 90% of it would need the path's total near 12.7 ms per 1,000
-with both cores busy, about a quarter less than now.
+(157,049 rows/s, one quiet run): 90% of it, 141,000 events/s, would need the path's total at
+14.2 ms per 1,000 with both cores busy all the time (2 cores / 141,000), a fifth less than its 17.3.
 
 The server's memory (issue 20: < 300 MB with 2 workers), 1 Dec 2026 18:00-18:27 UTC, two pairs
 taking turns with main at 0950ec8 (the same bench file), load average 6-12: main 306 and 307 MB

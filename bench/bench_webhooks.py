@@ -153,6 +153,14 @@ of both after 5,760 of 20,000 were delivered; ``pg_prepared_statements``; ``pg_s
   rate ratio follows the whole CPU a delivery takes (worker + Postgres + receiver, ~600 ms per
   1,000 against the baseline's ~330), not the worker's share. What is left: the non-HOT updates
   (the queue table above), the claim's planning, and ``attempt`` itself (84-86% of the worker).
+
+The queue table, built (branch i20-queue5, not merged): migration 0100 kept the due and leased
+deliveries' moving columns in a narrow ``webhook_queue`` (fillfactor 50), so a claim writes only a
+lease there and a record's delivery update is HOT (94-97% of them); WAL per delivery fell by a
+third. End to end it did not pay: on its branch, six pairs at load 2-9, rate ratio 0.57 -> 0.63 and
+CPU ratio 0.745 -> 0.745 at the medians; again on 2 Dec 2026 (02:36-02:41 UTC, load ~1, the
+branch and main taking turns, 3 rounds each) 0.66 / 0.75 against main's 0.74 / 0.72, and
+Postgres per 1,000 deliveries 123-181 ms against main's 96-119 (a claim now joins two tables).
 """
 
 from __future__ import annotations

@@ -117,6 +117,13 @@ groups grow (5-9 a statement) and Postgres falls to 97-142 us. One shared writer
 or a 1-2 ms linger before a small group is sent, gave bigger groups (Postgres 102-217 us an event
 at 2,000/s) but no p99 and no highest rate outside the run-to-run spread (/health's own highest
 rate moved 3,750-6,000 req/s between runs of one tree): not taken.
+
+Where an organization read's cost sits (2 Dec 2026, quiet machine, a scratch tree whose handler
+answered a kept `OrgOut` after its first request, two pairs): `GET /v1/orgs/{org_id}` at 1.6-1.7x
+/health's server CPU per request (0.57-0.60 of its rate), 1.4x without the handler's access check,
+read and `OrgOut` (0.69-0.71). So the route's framework, authentication and membership guard are
+1.4x (an ingest key's `/v1/me`, which reads nothing, 1.2-1.3x), the one read 0.2-0.3x; an answer
+kept across requests would break read-your-writes between workers, so the read stays.
 """
 
 from __future__ import annotations

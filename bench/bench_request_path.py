@@ -113,10 +113,12 @@ Single events (2 Dec 2026, quiet machine; a fixed open-loop rate with commits co
 `pg_stat_database`): at 2,000 req/s a statement carried 2.3-3.6 requests and Postgres spent
 250-276 us of CPU an event (a one-row statement costs its backend ~0.19 ms, a 64-row one 0.74 ms,
 commits apart), the server 387-413 us, against /health's 200-230 us; at 2,500-3,000 req/s the
-groups grow (5-9 a statement) and Postgres falls to 97-142 us. One shared writer instead of two,
-or a 1-2 ms linger before a small group is sent, gave bigger groups (Postgres 102-217 us an event
-at 2,000/s) but no p99 and no highest rate outside the run-to-run spread (/health's own highest
-rate moved 3,750-6,000 req/s between runs of one tree): not taken.
+groups grow (5-9 a statement) and Postgres falls to 97-142 us. One shared writer instead of two
+(`store.SHARED_WRITERS`) gives bigger groups (Postgres 102-217 us an event at 2,000/s) and, in five
+pairs of this search taking turns (two writers, then one; /health's own highest rate moved
+3,750-6,800 req/s between runs, so only pairs compare), a higher ratio in each: 0.53 -> 0.60,
+0.44 -> 0.53, 0.41 -> 0.45, 0.44 -> 0.46, 0.36 -> 0.44. Taken: one writer. A 1-2 ms linger
+before a small group is sent gave bigger groups too, but a worse p99 at 2,500/s: not taken.
 
 Where an organization read's cost sits (2 Dec 2026, quiet machine, a scratch tree whose handler
 answered a kept `OrgOut` after its first request, two pairs): `GET /v1/orgs/{org_id}` at 1.6-1.7x

@@ -72,8 +72,12 @@ PARTITION_DAYS_AHEAD = 7
 SHARED_MAX_ROWS = 32
 #: Rows in one shared statement at most (events are at most 32 KB each).
 GROUP_MAX_ROWS = 512
-#: Statements of shared requests in flight at once (each on its own connection).
-SHARED_WRITERS = 2
+#: Statements of shared requests in flight at once (each on its own connection). One: what arrives
+#: while it runs (and commits) joins the next, so a statement carries more requests and Postgres
+#: spends less a request. Two writers split the same arrivals into twice the statements: at
+#: 2,000 single events/s each carried 2.3-3.6 requests, and one writer rated higher in each of five
+#: pairs of bench_request_path's single-event search (its docstring).
+SHARED_WRITERS = 1
 
 PgConnection = psycopg.AsyncConnection[Any]
 EventKey = tuple[uuid.UUID, str]

@@ -114,10 +114,11 @@ Single events (2 Dec 2026, quiet machine; a fixed open-loop rate with commits co
 250-276 us of CPU an event (a one-row statement costs its backend ~0.19 ms, a 64-row one 0.74 ms,
 commits apart), the server 387-413 us, against /health's 200-230 us; at 2,500-3,000 req/s the
 groups grow (5-9 a statement) and Postgres falls to 97-142 us. One shared writer instead of two
-(`store.SHARED_WRITERS`) gives bigger groups (Postgres 102-217 us an event at 2,000/s) and, in five
+(`store.SHARED_WRITERS`) gives bigger groups (Postgres 102-217 us an event at 2,000/s) and, in seven
 pairs of this search taking turns (two writers, then one; /health's own highest rate moved
-3,750-6,800 req/s between runs, so only pairs compare), a higher ratio in each: 0.53 -> 0.60,
-0.44 -> 0.53, 0.41 -> 0.45, 0.44 -> 0.46, 0.36 -> 0.44. Taken: one writer. A 1-2 ms linger
+3,500-6,800 req/s between runs, so only pairs compare), a higher ratio in each: 0.53 -> 0.60,
+0.44 -> 0.53, 0.41 -> 0.45, 0.44 -> 0.46, 0.36 -> 0.44, and, fresh clones of main before and after,
+0.36 -> 0.59, 0.33 -> 0.65. Taken: one writer (a single run of it still read 0.39). A 1-2 ms linger
 before a small group is sent gave bigger groups too, but a worse p99 at 2,500/s: not taken.
 
 Where an organization read's cost sits (2 Dec 2026, quiet machine, a scratch tree whose handler

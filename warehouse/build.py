@@ -179,8 +179,8 @@ BUILDING_FILE = "keel.duckdb"
 #: whenever the profile's database path or the vars differ, which they do for every build (a new
 #: file each time, the day built for). Nothing in the project's parse depends on either (``as_of``
 #: is rendered when a model is compiled, with the build's own vars), so one parse serves the
-#: process's builds until a file of the project changes.
-#: The project's file state and its parsed manifest: the last parse of this process.
+#: process's builds until a file of the project changes: (that state, the manifest) of the last
+#: parse.
 _parsed: tuple[tuple[tuple[str, int, int], ...], Any] | None = None
 
 

@@ -75,7 +75,7 @@ GROUP_MAX_ROWS = 512
 #: Statements of shared requests in flight at once (each on its own connection). One: what arrives
 #: while it runs (and commits) joins the next, so a statement carries more requests and Postgres
 #: spends less a request. Two writers split the same arrivals into twice the statements: at
-#: 2,000 single events/s each carried 2.3-3.6 requests, and one writer rated higher in each of five
+#: 2,000 single events/s each carried 2.3-3.6 requests, and one writer rated higher in each of seven
 #: pairs of bench_request_path's single-event search (its docstring).
 SHARED_WRITERS = 1
 

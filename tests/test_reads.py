@@ -22,6 +22,7 @@ from api.auth import services as auth
 from api.auth.secrets import digest
 from api.db.reads import Read, Reader, make_read_pool
 from api.members.models import MembershipStatus, OrgRole
+from api.members.services import READ_MEMBERS, READ_MEMBERS_AFTER
 from api.orgs.models import Organization, OrgStatus
 from tests.harness import OrgWorld
 from tests.test_flags import REQUEST_SLACK, eventually
@@ -412,3 +413,39 @@ def test_a_utc_server_gives_timestamps_a_fixed_utc_offset_and_other_zones_are_ke
     assert utc == berlin == datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.UTC)
     assert msgspec.json.encode(utc) == b'"2023-11-14T22:13:20Z"'
     assert msgspec.json.encode(berlin) == b'"2023-11-14T23:13:20+01:00"'
+
+
+def test_the_members_page_is_one_index_range_in_a_plan_made_once(database_url: str, org: OrgWorld) -> None:
+    """The members page (first and later pages) finds the organization's members through
+    ``ix_memberships_organization_id_id`` (organization, then the page's id order), in a plan that
+    does not depend on the organization, and Postgres keeps that plan for the connection instead of
+    planning every read again (``pg_prepared_statements``: generic plans after the first five
+    custom ones). With many organizations the plan is that index's range in order, no sort
+    (migration 0096's docstring)."""
+    org_id = uuid.UUID(org.id)
+
+    async def work(reader: Reader, pool):  # type: ignore[no-untyped-def]
+        first = [await reader.all(READ_MEMBERS, org_id=org_id, limit=3) for _ in range(8)]
+        after = [
+            await reader.all(READ_MEMBERS_AFTER, org_id=org_id, after=first[0][-1][0], limit=3)
+            for _ in range(8)
+        ]
+        conn = await pool.getconn()
+        try:
+            plans = {}
+            for read in (READ_MEMBERS, READ_MEMBERS_AFTER):
+                cursor = await conn.execute("EXPLAIN (GENERIC_PLAN, COSTS OFF) " + read.sql)
+                plans[read.sql] = "\n".join(line for (line,) in await cursor.fetchall())
+            cursor = await conn.execute("SELECT statement, generic_plans FROM pg_prepared_statements")
+            generic = dict(await cursor.fetchall())
+        finally:
+            await pool.putconn(conn)
+        return first, after, plans, generic
+
+    first, after, plans, generic = with_reader(database_url, work, max_size=1)
+    ids = sorted(row[0] for row in first[0])
+    assert [row[0] for row in first[0]] == ids and all(page == first[0] for page in first)
+    assert all(row[0] > ids[-1] for row in after[0]) and all(page == after[0] for page in after)
+    for sql, plan in plans.items():
+        assert "ix_memberships_organization_id_id" in plan, plan
+        assert generic[sql] > 0, generic

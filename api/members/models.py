@@ -36,6 +36,8 @@ class Membership(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         UniqueConstraint("organization_id", "user_id"),
         Index("ix_memberships_user_id", "user_id"),
+        # The members page (api/members/services.py): an organization's members in id order.
+        Index("ix_memberships_organization_id_id", "organization_id", "id"),
     )
 
     organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Organization.id))

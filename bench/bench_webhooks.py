@@ -163,12 +163,12 @@ branch and main taking turns, 3 rounds each) 0.66 / 0.75 against main's 0.74 / 0
 Postgres per 1,000 deliveries 123-181 ms against main's 96-119 (a claim now joins two tables).
 
 Where the worker's time goes now (2 Dec 2026, 12:20-12:40 UTC, load ~1, the host slow: one SHA-256
-of 200 bytes 0.54-0.62 us against 0.41 in a quick hour; five runs of this bench on main, rate
+of 200 bytes 0.54-0.62 us against 0.41 in a quick hour; four runs of this bench on main, rate
 ratios 0.57-0.84, CPU ratios 0.65-0.98 at single rounds). psutil per thread every 2 s and user /
 system time every 0.5 s of ``keel worker`` through the drains: one thread does everything, at 0.93-
-0.98 of a core while it drains (user 0.84-0.96, system 0.02-0.12), so the rate is its CPU a delivery
-(441-594 us a delivery, against the baseline sender's 339-458 us a request in the same runs), and
-neither the wire nor Postgres holds it back. py-spy sees 214 us of it a delivery and 226 of the
+0.98 of a core while it drains (user 0.84-0.96, system 0.02-0.12; two runs sampled), so the rate
+is its CPU a delivery (441-594 us, against the baseline sender's 339-458 us a request in the same
+runs), and neither the wire nor Postgres holds it back. py-spy sees 214 us of it a delivery and 226 of the
 baseline's 330-360 a request (CPU outside Python's frames is not sampled), and in both the leaves
 are the same shares: httpcore 30 / 29%, asyncio 16 / 17%, h11 12 / 11%, httpx 9 / 12%, anyio 5 /
 5%; the worker's own code 12.6% (8.9% in the baseline: the same ``attempt``, ``Lanes`` and signing)

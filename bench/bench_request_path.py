@@ -130,16 +130,10 @@ read and `OrgOut` (0.69-0.71). So the route's framework, authentication and memb
 1.4x (an ingest key's `/v1/me`, which reads nothing, 1.2-1.3x), the one read 0.2-0.3x; an answer
 kept across requests would break read-your-writes between workers, so the read stays.
 
-The members page's plan (2 Dec 2026, `EXPLAIN (ANALYZE, BUFFERS)`, `pg_prepared_statements` and the
-backend's CPU by /proc/PID/schedstat on a private server). With only the unique (organization_id,
-user_id) index, each plan read all of the organization's memberships and sorted them; among 2,000
-organizations of 100 members Postgres planned every execution afresh (0 generic plans, 18 custom:
-0.12-0.14 ms of planning against 0.05 ms of execution for a page of 21), and a 20,000-member
-organization's page walked the primary key past the other tenants' rows (0.2-0.85 ms); among 50
-organizations of 21 it kept a generic plan that did that for every page: 471-533 us of the
-backend a read, against 134-179 us with migration 0096's (organization_id, id) index, whose range
-is the page (generic plans from the sixth execution, planning 0.007 ms). Which plan Postgres
-settles on follows the table's statistics; with the index every one of them is that range. This
+The members page's plan (2 Dec 2026): with only the unique (organization_id, user_id) index,
+Postgres planned each page afresh or kept a plan that walked the primary key past other tenants'
+rows, depending on the table's statistics; migration 0096's (organization_id, id) index makes the
+page one range in one generic plan (its docstring has the plans and the backend's CPU a read). This
 bench's database (one organization until then; now with `NEIGHBOURS`) got a cheap plan either
 way: two pairs taking turns with main before 0096, the same bench file, members 0.49 / 0.51 before
 and 0.51 / 0.55 after, Postgres 0.10-0.11 ms a request in all four; /v1/me 0.56 / 0.59 and 0.59 /

@@ -25,7 +25,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.db.embedded import APP_ROLE, app_url, start_embedded_postgres
+from api.db.embedded import APP_ROLE, app_url, start_embedded_postgres, system_user
 from api.db.migrate import upgrade_with_roles
 from api.settings import Settings
 
@@ -70,10 +70,8 @@ def tcp_postgres(**settings: str) -> Iterator[str]:
     pgdata.mkdir()
     sockets.mkdir()
     user = None
-    if os.geteuid() == 0:  # Postgres refuses to run as root: as pgserver does, run it as its user
-        user = "pgserver"
-        entry = utils.ensure_user_exists(user)
-        assert entry is not None
+    if (entry := system_user()) is not None:  # as root: run Postgres as pgserver runs it
+        user = entry.pw_name
         utils.ensure_prefix_permissions(pgdata)
         for path in (workdir, pgdata, sockets):
             os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -1,11 +1,18 @@
-"""The embedded Postgres is sized for the machine (docs/operations.md), once, when its data is new."""
+"""The embedded Postgres is sized for the machine (docs/operations.md), once, when its data is new;
+as root, the servers started at once on a new machine all run as one system user."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
+import pwd
+import subprocess
+import uuid
 
 import pytest
 from sqlalchemy import Engine, text
 
-from api.db.embedded import MB, machine_settings
+from api.db.embedded import MB, machine_settings, system_user
 
 pytestmark = pytest.mark.api
 
@@ -37,3 +44,32 @@ def _normal(setting: str, unit: str | None) -> str:
             factor = {"GB": 1024 * MB, "MB": MB, "min": 60}[suffix]
             return str(int(setting[: -len(suffix)]) * factor)
     return setting
+
+
+def _first_start(
+    name: str, barrier: multiprocessing.synchronize.Barrier, uids: multiprocessing.Queue
+) -> None:
+    barrier.wait()
+    uids.put(system_user(name).pw_uid)
+
+
+def test_servers_starting_at_once_on_a_new_machine_share_one_system_user() -> None:
+    """The suite's workers each start a Postgres on a machine that has no pgserver user yet: each
+    must find the one user that owns its data directory (unguarded, two ``useradd`` left one
+    worker's directory owned by a uid that named nobody, and its whole share of the suite erred)."""
+    name = f"keel-t{uuid.uuid4().hex[:8]}"
+    if os.geteuid() != 0:  # Postgres runs as whoever started it: no user is made
+        assert system_user(name) is None
+        return
+    context = multiprocessing.get_context("spawn")
+    barrier, uids = context.Barrier(6), context.Queue()
+    starts = [context.Process(target=_first_start, args=(name, barrier, uids)) for _ in range(6)]
+    try:
+        for start in starts:
+            start.start()
+        for start in starts:
+            start.join(60)
+        seen = {uids.get(timeout=5) for _ in starts}
+        assert seen == {pwd.getpwnam(name).pw_uid}
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)

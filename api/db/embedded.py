@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,25 @@ DATABASE_NAME = "keel"
 APP_ROLE = "keel_app"
 log = logging.getLogger("keel.db")
 MB = 1024 * 1024
+#: Postgres refuses to run as root: as root, pgserver runs it as this system user (its own name).
+SYSTEM_USER = "pgserver"
+
+
+def system_user(name: str = SYSTEM_USER) -> Any:
+    """As root, the passwd entry of the system user ``name`` (pgserver's), made if missing; else None.
+
+    pgserver creates the user itself (``getpwnam``, else ``useradd``), unguarded: two processes
+    starting their first server at once on a new machine (the test suite's two workers) each ran
+    ``useradd``, and one's data directory ended up owned by a uid that then named nobody (initdb:
+    "could not look up effective user ID"). Creating it here under a lock file first, every
+    caller after the first finds it."""
+    if os.geteuid() != 0:
+        return None
+    from pgserver import utils
+
+    with open(Path(tempfile.gettempdir()) / "keel-pgserver-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return utils.ensure_user_exists(name)
 
 
 def machine_settings(memory_bytes: int | None = None) -> dict[str, str]:
@@ -75,6 +96,7 @@ def start_embedded_postgres(
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
+    system_user()  # before pgserver looks it up (and, without the lock, makes it)
     new = not (pgdata / "PG_VERSION").exists()
     server = pgserver.get_server(pgdata, cleanup_mode=cleanup)
     if new and sized:

@@ -177,6 +177,34 @@ asyncio's, the worker uvloop): four pairs 634 / 654, 592 / 621, 537 / 519, 568 /
 no difference beyond the host's swings. Nothing found in the worker's Python accounts for the
 100-150 us a delivery between the two; what is left to try is the HTTP client itself (the same for
 both, so it moves the ratio only by what the worker adds) and measuring on a quieter host.
+
+Below Python's frames (2 Dec 2026, 15:25-15:40 UTC, load ~1, the host slow: the baseline sender at
+480-630 us a request). ``perf record -e cpu-clock -F 997 -a`` over one round of 30,000 (all
+processes, their samples split by pid, the sender's 9.5 s and the drain's 27.5 s apart; perf's
+interrupts inflate every figure alike): the worker 813 us a delivery against the sender's 598 a
+request (rate ratio 0.63, CPU ratio 0.76). By library, worker / sender: libpython 685 / 535 (the
+interpreter loop 282 / 231, allocation and attribute lookup a quarter up throughout, no one
+function), the kernel 82 / 37 (``_raw_spin_unlock_irqrestore``, where waking another process
+lands in this VM, 46 / 17; ``kvm_kick_cpu``, the inter-processor kick, 2.4 / 0), uvloop's loop 16
+/ 0, libc 13 / 14. And the receiver, whose work per request is the same in both phases, spent 56
+ms per 1,000 requests beside the sender but 102 per 1,000 deliveries beside the worker: sharing
+two cores with Postgres (240-270 ms a 1,000 here) makes every process wake and be woken more.
+
+- Pinned (``os.sched_setaffinity``: the worker and the bench's sender on core 0, Postgres and the
+  receiver on core 1; a scratch copy of this bench), main in three runs of 3 rounds: 0.82, 0.74,
+  0.74 at the median round, and 0.80 in one round of 30,000 (single rounds 0.72-1.01, CPU ratio
+  0.73-1.04); the receiver then costs the same in both phases (50-72 against 52-71 ms per 1,000,
+  all pinned runs). So about half of what
+  separated the unpinned rate ratio (0.57-0.74 on this host) from the CPU ratio is co-location;
+  with a core to itself the worker still spends 10-25% more CPU a delivery than the sender a
+  request: claiming, recording and its loop (14-16% of its samples outside ``attempt``, above).
+  The bench keeps all processes on both cores, as a one-machine deployment runs them.
+- Not taken: the worker on asyncio's own loop instead of uvloop, pinned, two pairs: 0.74 / 0.74
+  and 0.80 / 0.74 (CPU ratio 0.75 / 0.80, 0.81 / 0.74): no difference. The sending path alone,
+  pinned, in a process with the worker's imports and frozen start-up objects or without them, on
+  either loop (three of each, 466-641 us a request, spread +-50): the process's make-up does not
+  account for the difference. ``gc.disable()`` after the freeze: 536 / 716 / 704 us a delivery
+  over three rounds against 685 / 714 / 657 (and nothing would free a cycle): no steady gain.
 """
 
 from __future__ import annotations

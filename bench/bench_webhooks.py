@@ -519,11 +519,10 @@ def main() -> None:
                 ratios, cpu_ratios = [], []
                 receiving = psutil.Process(receiver.pid)
                 me, working = psutil.Process(), psutil.Process(worker.pid)
-                sending = CpuMeter(
-                    {"postgres": postmaster(url)}, {"sender": psutil.Process(), "receiver": receiving}
-                )
+                postgres = {"postgres": postmaster(url)}
+                sending = CpuMeter(postgres, {"sender": psutil.Process(), "receiver": receiving})
                 draining = CpuMeter(
-                    {"postgres": postmaster(url)},
+                    postgres,
                     {"worker": psutil.Process(worker.pid), "receiver": receiving},
                 )
                 for n in range(1, ROUNDS + 1):

@@ -266,17 +266,14 @@ RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\
 def postgres_with_commit_times() -> Iterator[str]:
     """bench/harness.py's private Postgres, with ``track_commit_timestamp`` on: a message is
     accepted when its transaction commits, and ``pg_xact_commit_timestamp(xmin)`` says when."""
-    from api.db.embedded import start_embedded_postgres
+    from api.db.embedded import restart_with, start_embedded_postgres
     from api.db.migrate import upgrade_with_roles
     from api.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     url, server = start_embedded_postgres(workdir, cleanup="delete")  # (quiets pgserver's warnings)
-    from pgserver._commands import pg_ctl
-
     try:
-        server.psql("ALTER SYSTEM SET track_commit_timestamp = on;")
-        pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+        restart_with(server, {"track_commit_timestamp": "on"})  # a bare pg_ctl restart leaked it
         upgrade_with_roles(url, app_url(url), audit_retention_days=Settings().audit_retention_days)
         yield url
     finally:

@@ -66,15 +66,13 @@ def machine_settings(memory_bytes: int | None = None) -> dict[str, str]:
     }
 
 
-def _size_for_machine(server: Any) -> None:
-    """Write :func:`machine_settings` into a new data directory and restart its server once (only
-    the server this call made: one that others joined is left as it is)."""
+def restart_with(server: Any, settings: dict[str, str]) -> None:
+    """Write ``settings`` with ``ALTER SYSTEM`` and restart the server through pgserver, which then
+    knows the new postmaster (after a bare ``pg_ctl restart`` its cleanup finds the old one gone,
+    deletes the data directory and leaves the new server running)."""
     from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # (set at its import)
 
-    statements = "".join(
-        f"ALTER SYSTEM SET {name} = '{value}';" for name, value in machine_settings().items()
-    )
-    server.psql(statements)
+    server.psql("".join(f"ALTER SYSTEM SET {name} = '{value}';" for name, value in settings.items()))
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
     server.ensure_postgres_running()  # pgserver's own start (Unix socket only), reading the settings
 
@@ -101,7 +99,7 @@ def start_embedded_postgres(
     server = pgserver.get_server(pgdata, cleanup_mode=cleanup)
     if new and sized:
         try:
-            _size_for_machine(server)
+            restart_with(server, machine_settings())  # only the server this call made
         except subprocess.CalledProcessError:  # the server would not restart: stock settings
             log.warning("could not size the embedded Postgres for this machine", exc_info=True)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
